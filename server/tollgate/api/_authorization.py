@@ -1,0 +1,74 @@
+"""AuthorizationService: check limits → map the request → authorize → map errors to status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from tollgate.api._convert import InvalidRequest, largest_field, to_decision_request, to_record_message, to_response
+from tollgate.authorizer import Authorizer
+from tollgate.decisionlog import DecisionLog, DecisionLogError
+from tollgate.v1 import authorization_pb2 as pb
+from tollgate.v1 import authorization_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What a request may be before it is refused without reaching the policy."""
+
+    #: Largest serialized AuthorizeRequest, in bytes (RESOURCE_EXHAUSTED above it).
+    max_request_bytes: int = 1024 * 1024
+    #: Deepest nesting of objects and arrays in tool.arguments and context (INVALID_ARGUMENT above it).
+    max_depth: int = 32
+
+
+class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
+    def __init__(self, authorizer: Authorizer, decision_log: DecisionLog, limits: RequestLimits) -> None:
+        self._authorizer = authorizer
+        self._log = decision_log
+        self._limits = limits
+
+    async def Authorize(  # noqa: N802 - gRPC method name
+        self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuthorizeResponse:
+        size = request.ByteSize()
+        if size > self._limits.max_request_bytes:
+            name, field_size = largest_field(request)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request is {size} bytes, over the limit of {self._limits.max_request_bytes}"
+                f" (largest field: {name}, {field_size} bytes)",
+            )
+        try:
+            domain = to_decision_request(request, max_depth=self._limits.max_depth)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            decision = await self._authorizer.authorize(domain)
+        except DecisionLogError as exc:
+            log.error("authorize: %s", exc)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "decision log is unavailable; no decision can be answered"
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("authorize: unexpected error")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        return to_response(decision)
+
+    async def GetDecision(  # noqa: N802 - gRPC method name
+        self, request: pb.GetDecisionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DecisionRecord:
+        if not request.decision_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "decision_id: required")
+        loop = asyncio.get_running_loop()
+        record = await loop.run_in_executor(None, self._log.get, request.decision_id)
+        if record is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"decision {request.decision_id!r} is not in the log")
+        return to_record_message(record)

@@ -1,0 +1,170 @@
+"""Wire ↔ domain: validate an AuthorizeRequest into a DecisionRequest, and records back into messages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from tollgate.authorizer import Decision, DecisionRequest
+from tollgate.v1 import authorization_pb2 as pb
+
+DECISION_ENUM = {
+    "allow": pb.DECISION_ALLOW,
+    "deny": pb.DECISION_DENY,
+    "require_approval": pb.DECISION_REQUIRE_APPROVAL,
+}
+BUDGET_UNITS = ("usd", "tokens")
+
+
+class InvalidRequest(ValueError):
+    """A request that breaks the API schema; the message names the field."""
+
+
+def to_decision_request(msg: pb.AuthorizeRequest, *, max_depth: int) -> DecisionRequest:
+    kind = msg.WhichOneof("action")
+    if kind is None:
+        raise InvalidRequest("action: one of tool, model or budget is required")
+    p = msg.principal
+    if not p.agent_id:
+        raise InvalidRequest("principal.agent_id: required")
+    principal = {
+        "agent_id": p.agent_id, "instance_id": p.instance_id, "session_id": p.session_id,
+        "workflow": p.workflow, "team": p.team, "user": p.user, "labels": dict(p.labels),
+    }
+    action: dict[str, Any]
+    if kind == "tool":
+        t = msg.tool
+        if not t.name:
+            raise InvalidRequest("tool.name: required")
+        action = {
+            "server": t.server, "name": t.name,
+            "arguments": struct_to_dict(t.arguments, "tool.arguments", max_depth),
+            "resources": list(t.resources),
+        }
+    elif kind == "model":
+        m = msg.model
+        if not m.model:
+            raise InvalidRequest("model.model: required")
+        if m.input_tokens < 0:
+            raise InvalidRequest("model.input_tokens: must not be negative")
+        if m.max_output_tokens < 0:
+            raise InvalidRequest("model.max_output_tokens: must not be negative")
+        action = {
+            "provider": m.provider, "model": m.model, "input_tokens": m.input_tokens,
+            "max_output_tokens": m.max_output_tokens, "data_classes": list(m.data_classes),
+        }
+    else:
+        b = msg.budget
+        if not math.isfinite(b.amount) or b.amount < 0:
+            raise InvalidRequest("budget.amount: must be a finite number, zero or more")
+        if b.unit not in BUDGET_UNITS:
+            raise InvalidRequest(f"budget.unit: must be one of {', '.join(BUDGET_UNITS)}, got {b.unit!r}")
+        action = {"amount": b.amount, "unit": b.unit, "category": b.category}
+    context = struct_to_dict(msg.context, "context", max_depth) if msg.HasField("context") else {}
+    return DecisionRequest(
+        kind=kind, principal=principal, action=action, context=context,
+        request_id=msg.request_id, approval_id=msg.approval_id,
+    )
+
+
+def struct_to_dict(s: struct_pb2.Struct, where: str, max_depth: int) -> dict[str, Any]:
+    """Struct → dict, refusing nesting deeper than max_depth and numbers JSON cannot carry."""
+    return {k: _value(v, f"{where}.{k}", 1, max_depth) for k, v in s.fields.items()}
+
+
+def _value(v: struct_pb2.Value, where: str, depth: int, max_depth: int) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "string_value":
+        return v.string_value
+    if kind == "number_value":
+        n = v.number_value
+        if not math.isfinite(n):
+            raise InvalidRequest(f"{where}: NaN and infinite numbers are not allowed")
+        return int(n) if n.is_integer() and abs(n) < 2**53 else n
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "struct_value":
+        if depth >= max_depth:
+            raise InvalidRequest(f"{where}: nested deeper than the limit of {max_depth} levels")
+        return {k: _value(x, f"{where}.{k}", depth + 1, max_depth) for k, x in v.struct_value.fields.items()}
+    if kind == "list_value":
+        if depth >= max_depth:
+            raise InvalidRequest(f"{where}: nested deeper than the limit of {max_depth} levels")
+        return [_value(x, f"{where}[{i}]", depth + 1, max_depth) for i, x in enumerate(v.list_value.values)]
+    return None
+
+
+def largest_field(msg: pb.AuthorizeRequest) -> tuple[str, int]:
+    """The biggest top-level part of a request (for size errors), e.g. ("tool.arguments", 1200000)."""
+    sizes: list[tuple[str, int]] = [("principal", msg.principal.ByteSize()), ("context", msg.context.ByteSize())]
+    kind = msg.WhichOneof("action")
+    if kind == "tool":
+        sizes += [("tool.arguments", msg.tool.arguments.ByteSize()),
+                  ("tool.resources", sum(len(r) for r in msg.tool.resources))]
+    elif kind is not None:
+        sizes.append((kind, getattr(msg, kind).ByteSize()))
+    return max(sizes, key=lambda s: s[1])
+
+
+def to_response(d: Decision) -> pb.AuthorizeResponse:
+    response = pb.AuthorizeResponse(
+        decision=DECISION_ENUM[d.decision],
+        decision_id=d.decision_id,
+        reasons=[pb.Reason(code=r.code, message=r.message) for r in d.reasons],
+        bundle_revision=d.bundle_revision,
+        approval_id=d.approval_id if d.decision == "require_approval" else "",
+        reservation_id=d.reservation_id,
+    )
+    if d.obligations:
+        response.obligations.update(d.obligations)
+    return response
+
+
+def to_record_message(record: Mapping[str, Any]) -> pb.DecisionRecord:
+    """A logged record (dict) as the DecisionRecord message."""
+    inp = record["input"]
+    principal = dict(inp["principal"])
+    msg = pb.DecisionRecord(
+        decision_id=record["decision_id"],
+        principal=pb.Principal(**principal),
+        decision=DECISION_ENUM[record["decision"]],
+        reasons=[pb.Reason(code=r["code"], message=r.get("message", "")) for r in record["reasons"]],
+        bundle_revision=record["bundle_revision"],
+        latency_us=record.get("latency_us", 0),
+        request_id=record.get("request_id", ""),
+        approval_id=record.get("approval_id", ""),
+        reservation_id=record.get("reservation_id", ""),
+        previous_decision_id=record.get("previous_decision_id", ""),
+        prev_hash=record.get("prev_hash", ""),
+        hash=record.get("hash", ""),
+        policy_path=record.get("policy_path", ""),
+        request_digest=record.get("request_digest", ""),
+    )
+    msg.timestamp.FromJsonString(record["timestamp"])
+    kind = inp["kind"]
+    action = inp[kind]
+    if kind == "tool":
+        msg.tool.server, msg.tool.name = action["server"], action["name"]
+        msg.tool.arguments.update(action["arguments"])
+        msg.tool.resources.extend(action["resources"])
+    elif kind == "model":
+        msg.model.CopyFrom(pb.ModelCall(**action))
+    else:
+        msg.budget.CopyFrom(pb.BudgetRequest(**action))
+    msg.context.update(inp.get("context") or {})
+    msg.obligations.update(record.get("obligations") or {})
+    msg.input.update(inp)
+    if record.get("result") is not None:
+        msg.result.CopyFrom(_to_value(record["result"]))
+    else:
+        msg.result.null_value = struct_pb2.NULL_VALUE
+    return msg
+
+
+def _to_value(x: Any) -> struct_pb2.Value:
+    holder = struct_pb2.Struct()
+    holder.update({"v": x})
+    return holder.fields["v"]

@@ -1,0 +1,242 @@
+"""The decision path: build the policy input, evaluate it, hold the result to the contract, log, answer.
+
+Every failure on this path is a DENY with its own reason code, logged like any other decision.
+Only a decision log that cannot commit stops an answer (DecisionLogError): an answer without a
+durable record would break the promise every decision ID makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL, ContractError, PolicyResult, Reason, parse_result
+from tollgate.decisionlog import DecisionLog, canonical_json
+from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
+from tollgate.ids import new_decision_id
+
+log = logging.getLogger(__name__)
+
+#: Reason codes of the DENYs the server makes itself, when the policy could not decide.
+NO_BUNDLE = "no_bundle"
+ENGINE_ERROR = "engine_error"
+POLICY_CONTRACT = "policy_contract"
+DEADLINE_EXCEEDED = "deadline_exceeded"
+
+KINDS = ("tool", "model", "budget")
+
+
+@dataclass(frozen=True)
+class AuthorizerConfig:
+    """How the authorizer evaluates."""
+
+    #: Deadline for one policy evaluation, in seconds; past it the answer is a DENY (deadline_exceeded).
+    eval_timeout: float = 0.050
+    #: The entrypoint evaluated, recorded with each decision.
+    entrypoint: str = "tollgate/decision"
+
+
+@dataclass(frozen=True)
+class DecisionRequest:
+    """One validated question: who (principal) wants to do what (a tool call, a model call, a spend)."""
+
+    kind: str
+    principal: Mapping[str, Any]
+    action: Mapping[str, Any]
+    context: Mapping[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+    approval_id: str = ""
+
+    def digest(self) -> str:
+        """sha256 of the canonical request: principal, kind and action (not context or approval_id)."""
+        body = canonical_json({"kind": self.kind, "principal": self.principal, "action": self.action})
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to one DecisionRequest, as logged under decision_id."""
+
+    decision: str
+    decision_id: str
+    reasons: tuple[Reason, ...]
+    obligations: Mapping[str, Any]
+    bundle_revision: str
+    approval_id: str = ""
+    reservation_id: str = ""
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Decision:
+        return cls(
+            decision=record["decision"],
+            decision_id=record["decision_id"],
+            reasons=tuple(Reason(r["code"], r.get("message", "")) for r in record["reasons"]),
+            obligations=record.get("obligations") or {},
+            bundle_revision=record["bundle_revision"],
+            approval_id=record.get("approval_id", ""),
+            reservation_id=record.get("reservation_id", ""),
+        )
+
+
+class EngineSlot:
+    """The active engine. Swapping it is atomic: a request keeps the engine it started with."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self.current: Engine | None = engine
+
+    def swap(self, engine: Engine | None) -> Engine | None:
+        old, self.current = self.current, engine
+        return old
+
+
+class Authorizer:
+    """Answers DecisionRequests; each answer is committed to the decision log before it is returned."""
+
+    def __init__(self, engines: EngineSlot, decision_log: DecisionLog,
+                 config: AuthorizerConfig = AuthorizerConfig()) -> None:
+        self._engines = engines
+        self._log = decision_log
+        self._config = config
+        self._inflight: dict[str, asyncio.Future[tuple[str, str, Decision]]] = {}
+
+    async def authorize(self, request: DecisionRequest) -> Decision:
+        if not request.request_id:
+            return await self._decide(request, digest=request.digest(), previous_id="")
+        return await self._idempotent(request)
+
+    async def _idempotent(self, request: DecisionRequest) -> Decision:
+        """Same request_id and same request → the same logged answer; a changed request is decided anew."""
+        digest = request.digest()
+        key = request.request_id
+        running = self._inflight.get(key)
+        if running is not None:
+            prior_digest, prior_approval, prior = await asyncio.shield(running)
+            if prior_digest == digest and prior_approval == request.approval_id:
+                return prior
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[str, str, Decision]] = loop.create_future()
+        self._inflight[key] = future
+        try:
+            record = self._log.latest_for_request(key)
+            if record and record["request_digest"] == digest and record["approval_id"] == request.approval_id:
+                decision = Decision.from_record(record)
+            else:
+                previous = record["decision_id"] if record else ""
+                decision = await self._decide(request, digest=digest, previous_id=previous)
+            future.set_result((digest, request.approval_id, decision))
+            return decision
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it; no "never retrieved" warning
+            raise
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+
+    async def _decide(self, request: DecisionRequest, *, digest: str, previous_id: str) -> Decision:
+        started = time.perf_counter_ns()
+        now = datetime.now(UTC)
+        input_doc = build_input(request, now=now)
+        engine = self._engines.current
+        raw: Any = None
+        error = ""
+        if engine is None:
+            result = _server_deny(NO_BUNDLE, "no policy bundle is loaded")
+            revision = ""
+        else:
+            revision = engine.revision
+            result, raw, error = await self._evaluate(engine, input_doc)
+        decision = Decision(
+            decision=result.decision,
+            decision_id=new_decision_id(),
+            reasons=result.reasons,
+            obligations=result.obligations,
+            bundle_revision=revision,
+            approval_id=request.approval_id,
+        )
+        record = {
+            "decision_id": decision.decision_id,
+            "timestamp": _rfc3339(now),
+            "input": input_doc,
+            "result": None if raw is UNDEFINED else raw,
+            "decision": decision.decision,
+            "reasons": [r.as_dict() for r in decision.reasons],
+            "obligations": dict(decision.obligations),
+            "bundle_revision": revision,
+            "policy_path": self._config.entrypoint,
+            "request_id": request.request_id,
+            "request_digest": digest,
+            "approval_id": request.approval_id,
+            "reservation_id": "",
+            "previous_decision_id": previous_id,
+            "error": error,
+            "latency_us": (time.perf_counter_ns() - started) // 1000,
+        }
+        await self._log.append(record)
+        return decision
+
+    async def _evaluate(self, engine: Engine, input_doc: dict[str, Any]) -> tuple[PolicyResult, Any, str]:
+        """Evaluate and validate; every failure becomes a server DENY with its reason and the detail."""
+        try:
+            payload = json.dumps(input_doc, separators=(",", ":"), ensure_ascii=False).encode()
+            raw = await engine.evaluate(payload, timeout=self._config.eval_timeout)
+        except EvaluationTimeout as exc:
+            ms = self._config.eval_timeout * 1000
+            return _server_deny(DEADLINE_EXCEEDED, f"policy evaluation did not finish within {ms:g} ms"), None, str(exc)
+        except EngineError as exc:
+            log.warning("policy evaluation failed: %s", exc)
+            return _server_deny(ENGINE_ERROR, "policy evaluation failed; see the decision log"), None, str(exc)
+        if raw is UNDEFINED:
+            detail = f"data.{self._config.entrypoint.replace('/', '.')} is undefined"
+            return _server_deny(POLICY_CONTRACT, f"policy result breaks the contract: {detail}"), raw, detail
+        try:
+            return parse_result(raw), raw, ""
+        except ContractError as exc:
+            return _server_deny(POLICY_CONTRACT, f"policy result breaks the contract: {exc}"), raw, str(exc)
+
+
+def build_input(request: DecisionRequest, *, now: datetime) -> dict[str, Any]:
+    """The input document of the policy contract (DESIGN.md)."""
+    return {
+        "kind": request.kind,
+        "principal": request.principal,
+        request.kind: request.action,
+        "context": request.context,
+        "request_id": request.request_id,
+        "approval_id": request.approval_id,
+        "auth": {"method": "none", "subject": ""},
+        "state": {"spend": {}, "killed": [], "approval": None},
+        "now": _rfc3339(now),
+    }
+
+
+def _server_deny(code: str, message: str) -> PolicyResult:
+    return PolicyResult(DENY, (Reason(code, message),))
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+__all__ = [
+    "ALLOW",
+    "DEADLINE_EXCEEDED",
+    "DENY",
+    "ENGINE_ERROR",
+    "NO_BUNDLE",
+    "POLICY_CONTRACT",
+    "REQUIRE_APPROVAL",
+    "Authorizer",
+    "AuthorizerConfig",
+    "Decision",
+    "DecisionRequest",
+    "EngineSlot",
+    "build_input",
+]

@@ -1,0 +1,244 @@
+"""Read a policy bundle from a directory or an OPA-format .tar.gz into memory, placing data by directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Largest total uncompressed size a bundle may have (a guard against gzip bombs), in bytes.
+DEFAULT_SIZE_LIMIT = 256 * 1024 * 1024
+
+_DATA_FILES = ("data.json", "data.yaml", "data.yml")
+_SKIP_DIRS = {".git", ".github", "__pycache__", ".tollgate"}
+
+
+class BundleError(Exception):
+    """A bundle that cannot be loaded; the message says what and where, with a hint."""
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """The `.manifest` of an OPA bundle (or what a directory bundle implies)."""
+
+    revision: str
+    roots: tuple[str, ...] = ("",)
+    rego_version: int = 1
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything an engine needs: Rego modules by path, the merged data document, and the manifest."""
+
+    source: str
+    manifest: BundleManifest
+    modules: Mapping[str, str]
+    data: Mapping[str, Any]
+    digest: str  # sha256 over every file's path and content, in path order
+
+    @property
+    def revision(self) -> str:
+        return self.manifest.revision
+
+
+def load_bundle(
+    path: str | Path, *, size_limit: int = DEFAULT_SIZE_LIMIT, include_tests: bool = False
+) -> Bundle:
+    """Load a bundle directory or .tar.gz. Test modules (`*_test.rego`) are left out unless include_tests."""
+    p = Path(path)
+    if p.is_dir():
+        files = dict(_read_directory(p, size_limit))
+        manifest_raw = files.pop(".manifest", None)
+    elif p.is_file():
+        files = dict(_read_tarball(p, size_limit))
+        manifest_raw = files.pop(".manifest", None)
+        if manifest_raw is None:
+            raise BundleError(f"bundle {p}: no .manifest (hint: build it with `tollgate build`)")
+    else:
+        raise BundleError(f"bundle {p}: no such file or directory (hint: check --bundle)")
+    files.pop(".signatures.json", None)
+    digest = _digest(files)
+    manifest = _parse_manifest(p, manifest_raw, default_revision=f"sha256:{digest[:16]}")
+    modules: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for name, content in sorted(files.items()):
+        base = posixpath.basename(name)
+        if name.endswith(".rego"):
+            if name.endswith("_test.rego") and not include_tests:
+                continue
+            modules[name] = _text(p, name, content)
+        elif base in _DATA_FILES:
+            value = _parse_data(p, name, content)
+            segments = [s for s in posixpath.dirname(name).split("/") if s]
+            _place(data, segments, value, where=f"{p}:{name}")
+    _check_roots(p, manifest.roots, data)
+    return Bundle(source=str(p), manifest=manifest, modules=modules, data=data, digest=digest)
+
+
+def _read_directory(root: Path, size_limit: int) -> Iterable[tuple[str, bytes]]:
+    total = 0
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        if any(part in _SKIP_DIRS for part in rel.parts) or not f.is_file():
+            continue
+        name = rel.as_posix()
+        if not (name.endswith(".rego") or rel.name in _DATA_FILES or name == ".manifest"):
+            continue
+        content = f.read_bytes()
+        total += len(content)
+        if total > size_limit:
+            raise BundleError(f"bundle {root}: larger than the {size_limit}-byte limit")
+        yield name, content
+
+
+def _read_tarball(path: Path, size_limit: int) -> Iterable[tuple[str, bytes]]:
+    total = 0
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                name = posixpath.normpath(member.name.lstrip("/"))
+                if not member.isreg():
+                    raise BundleError(f"bundle {path}: {member.name} is not a regular file")
+                if name.startswith("../") or name == "..":
+                    raise BundleError(f"bundle {path}: {member.name} escapes the bundle root")
+                total += member.size
+                if total > size_limit:
+                    raise BundleError(
+                        f"bundle {path}: uncompressed size exceeds the {size_limit}-byte limit "
+                        "(hint: raise the size limit if the bundle is genuinely this large)"
+                    )
+                fh = tar.extractfile(member)
+                if fh is None:
+                    continue
+                content = fh.read(size_limit + 1)
+                yield name, content
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(f"bundle {path}: not a readable .tar.gz ({exc})") from exc
+
+
+def _digest(files: Mapping[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update(hashlib.sha256(files[name]).digest())
+    return h.hexdigest()
+
+
+def _parse_manifest(source: Path, raw: bytes | None, *, default_revision: str) -> BundleManifest:
+    if raw is None:
+        return BundleManifest(revision=default_revision)
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise BundleError(f"bundle {source}: .manifest is not JSON ({exc}) (hint: check .manifest)") from exc
+    if not isinstance(doc, dict):
+        raise BundleError(f"bundle {source}: .manifest must be a JSON object (hint: check .manifest)")
+    revision = doc.get("revision", "")
+    roots = doc.get("roots", [""])
+    rego_version = doc.get("rego_version", 1)
+    metadata = doc.get("metadata", {})
+    if not isinstance(revision, str):
+        raise BundleError(f"bundle {source}: .manifest revision must be a string")
+    if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+        raise BundleError(f"bundle {source}: .manifest roots must be a list of strings")
+    if rego_version != 1:
+        raise BundleError(
+            f"bundle {source}: rego_version {rego_version!r} is not supported (hint: Tollgate loads Rego v1)"
+        )
+    if not isinstance(metadata, dict):
+        raise BundleError(f"bundle {source}: .manifest metadata must be an object")
+    _check_roots_disjoint(source, roots)
+    return BundleManifest(
+        revision=revision or default_revision, roots=tuple(roots), rego_version=1, metadata=metadata
+    )
+
+
+def _check_roots_disjoint(source: Path, roots: list[str]) -> None:
+    norm = [r.strip("/") for r in roots]
+    for i, a in enumerate(norm):
+        for b in norm[i + 1 :]:
+            if a == b or a.startswith(b + "/") or b.startswith(a + "/") or a == "" or b == "":
+                raise BundleError(f"bundle {source}: manifest roots overlap: {a!r} and {b!r} (hint: check .manifest)")
+
+
+def _check_roots(source: Path, roots: tuple[str, ...], data: Mapping[str, Any]) -> None:
+    norm = [r.strip("/") for r in roots]
+    if "" in norm:
+        return
+
+    def covered(path: str) -> bool:
+        return any(path == r or path.startswith(r + "/") or r.startswith(path + "/") for r in norm)
+
+    for key in data:
+        if not covered(key):
+            raise BundleError(
+                f"bundle {source}: data path {key!r} is outside the manifest roots {list(roots)} "
+                "(hint: check .manifest)"
+            )
+
+
+def _text(source: Path, name: str, content: bytes) -> str:
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"bundle {source}: {name} is not UTF-8 ({exc})") from exc
+
+
+def _parse_data(source: Path, name: str, content: bytes) -> Any:
+    text = _text(source, name, content)
+    try:
+        value = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise BundleError(f"bundle {source}: {name} does not parse ({exc})") from exc
+    if value is None:
+        return {}
+    if not isinstance(value, dict) and posixpath.dirname(name) == "":
+        raise BundleError(f"bundle {source}: {name} at the bundle root must hold an object")
+    return value
+
+
+def _place(data: dict[str, Any], segments: list[str], value: Any, *, where: str) -> None:
+    """Merge value into data at segments, refusing to overwrite a different value (as OPA does)."""
+    node = data
+    for i, seg in enumerate(segments):
+        if i == len(segments) - 1:
+            break
+        child = node.setdefault(seg, {})
+        if not isinstance(child, dict):
+            raise BundleError(f"{where}: data at {'/'.join(segments[: i + 1])} is not an object")
+        node = child
+    if not segments:
+        _merge(data, value, path="", where=where)
+        return
+    last = segments[-1]
+    if last in node:
+        if isinstance(node[last], dict) and isinstance(value, dict):
+            _merge(node[last], value, path="/".join(segments), where=where)
+            return
+        raise BundleError(f"{where}: data at {'/'.join(segments)} is defined twice")
+    node[last] = value
+
+
+def _merge(dst: dict[str, Any], src: Mapping[str, Any], *, path: str, where: str) -> None:
+    for key, value in src.items():
+        sub = f"{path}/{key}" if path else key
+        if key in dst:
+            if isinstance(dst[key], dict) and isinstance(value, dict):
+                _merge(dst[key], value, path=sub, where=where)
+                continue
+            if dst[key] != value:
+                raise BundleError(f"{where}: data at {sub} is defined twice with different values")
+        else:
+            dst[key] = value
+

@@ -1,0 +1,95 @@
+"""`tollgate serve` settings: defaults, a YAML file, then flags (every flag is also a config key)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
+
+
+def default_bundle() -> str:
+    """The project's rego/ (when run from a checkout), else ./rego."""
+    return str(_PROJECT_REGO) if _PROJECT_REGO.is_dir() else "rego"
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `tollgate serve` needs. Keys in the YAML file are these names (dashes also accepted)."""
+
+    #: gRPC address: HOST:PORT (port 0 picks a free one) or unix:PATH.
+    listen: str = "127.0.0.1:50051"
+    #: Directory for the decision log and state.
+    data_dir: str = ".tollgate"
+    #: Policy bundle: a directory laid out like rego/, or an OPA bundle .tar.gz.
+    bundle: str = dataclasses.field(default_factory=default_bundle)
+    #: The policy document evaluated for every request.
+    entrypoint: str = "tollgate/decision"
+    #: Deadline for one policy evaluation, in milliseconds; past it the answer is DENY (deadline_exceeded).
+    eval_timeout_ms: float = 50.0
+    #: Engine worker processes; 0 means one per CPU.
+    workers: int = 0
+    #: Largest AuthorizeRequest accepted, in bytes.
+    max_request_bytes: int = 1024 * 1024
+    #: Deepest nesting accepted in tool.arguments and context.
+    max_depth: int = 32
+    #: Decision-log durability: "full" (fsync per group commit) or "normal" (survives a process crash only).
+    log_sync: str = "full"
+    #: RPCs handled at once; more are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
+    max_concurrent_rpcs: int = 4096
+    #: On SIGTERM, how long in-flight requests may take to finish, in seconds.
+    drain_seconds: float = 15.0
+    #: Server log level (debug, info, warning, error).
+    log_level: str = "info"
+
+    def validate(self) -> ServeConfig:
+        if self.eval_timeout_ms <= 0:
+            raise ConfigError("eval_timeout_ms: must be greater than 0")
+        if self.workers < 0:
+            raise ConfigError("workers: must be 0 (one per CPU) or more")
+        if self.max_request_bytes <= 0:
+            raise ConfigError("max_request_bytes: must be greater than 0")
+        if self.max_depth < 1:
+            raise ConfigError("max_depth: must be 1 or more")
+        if self.log_sync not in ("full", "normal"):
+            raise ConfigError(f"log_sync: must be 'full' or 'normal', not {self.log_sync!r}")
+        if self.max_concurrent_rpcs < 1:
+            raise ConfigError("max_concurrent_rpcs: must be 1 or more")
+        if not self.listen:
+            raise ConfigError("listen: required (HOST:PORT or unix:PATH)")
+        return self
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> ServeConfig:
+    """Defaults, then the YAML file at path (if any), then overrides (flags that were given)."""
+    known = {f.name: f for f in fields(ServeConfig)}
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config {path}: cannot read ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config {path}: must be a mapping of keys to values")
+        for key, value in doc.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"config {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            values[name] = _coerce(name, value, known[name].type, path)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ServeConfig(**values).validate()
+
+
+def _coerce(name: str, value: Any, type_name: Any, path: str) -> Any:
+    expected = {"str": str, "int": int, "float": (int, float)}.get(str(type_name), object)
+    if isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"config {path}: {name} must be a {type_name}, got {value!r}")
+    return float(value) if type_name == "float" else value

@@ -1,0 +1,107 @@
+"""The policy contract: what `data.tollgate.decision` must return, checked before anything is answered."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ALLOW = "allow"
+DENY = "deny"
+REQUIRE_APPROVAL = "require_approval"
+DECISIONS = frozenset({ALLOW, DENY, REQUIRE_APPROVAL})
+
+_RESULT_KEYS = frozenset({"decision", "reasons", "obligations", "approval"})
+_APPROVAL_KEYS = frozenset({"approvers", "ttl_seconds"})
+
+
+class ContractError(ValueError):
+    """The policy's result does not have the shape the contract requires."""
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why: a stable code for machines and a message for people."""
+
+    code: str
+    message: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class ApprovalSpec:
+    """Who may approve a require_approval decision, and for how long the approval may stay open."""
+
+    approvers: tuple[str, ...]
+    ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """A policy result that satisfies the contract."""
+
+    decision: str
+    reasons: tuple[Reason, ...] = ()
+    obligations: Mapping[str, Any] = field(default_factory=dict)
+    approval: ApprovalSpec | None = None
+
+
+def parse_result(value: Any) -> PolicyResult:
+    """Validate a raw policy result; raise ContractError naming the first thing that is wrong."""
+    if not isinstance(value, dict):
+        raise ContractError(f"result must be an object, got {_type(value)}")
+    unknown = set(value) - _RESULT_KEYS
+    if unknown:
+        raise ContractError(f"result has unknown keys {sorted(unknown)}; allowed: {sorted(_RESULT_KEYS)}")
+    decision = value.get("decision")
+    if decision not in DECISIONS:
+        raise ContractError(f"result.decision must be one of {sorted(DECISIONS)}, got {decision!r}")
+    raw_reasons = value.get("reasons", [])
+    if not isinstance(raw_reasons, list):
+        raise ContractError(f"result.reasons must be an array, got {_type(raw_reasons)}")
+    reasons = []
+    for i, r in enumerate(raw_reasons):
+        if not isinstance(r, dict) or set(r) - {"code", "message"}:
+            raise ContractError(f"result.reasons[{i}] must be an object with code and message")
+        code, message = r.get("code"), r.get("message", "")
+        if not isinstance(code, str) or not code:
+            raise ContractError(f"result.reasons[{i}].code must be a non-empty string")
+        if not isinstance(message, str):
+            raise ContractError(f"result.reasons[{i}].message must be a string")
+        reasons.append(Reason(code, message))
+    if decision == DENY and not reasons:
+        raise ContractError("a deny must carry at least one reason")
+    obligations = value.get("obligations", {})
+    if not isinstance(obligations, dict):
+        raise ContractError(f"result.obligations must be an object, got {_type(obligations)}")
+    approval = None
+    raw_approval = value.get("approval")
+    if decision == REQUIRE_APPROVAL:
+        if raw_approval is None:
+            raise ContractError("require_approval needs result.approval with approvers and ttl_seconds")
+        approval = _parse_approval(raw_approval)
+    elif raw_approval is not None:
+        raise ContractError(f"result.approval is only allowed with require_approval, not {decision}")
+    return PolicyResult(decision, tuple(reasons), obligations, approval)
+
+
+def _parse_approval(raw: Any) -> ApprovalSpec:
+    if not isinstance(raw, dict) or set(raw) - _APPROVAL_KEYS:
+        raise ContractError(f"result.approval must be an object with keys {sorted(_APPROVAL_KEYS)}")
+    approvers = raw.get("approvers")
+    if not isinstance(approvers, list) or not approvers or not all(isinstance(a, str) and a for a in approvers):
+        raise ContractError("result.approval.approvers must be a non-empty array of non-empty strings")
+    ttl = raw.get("ttl_seconds")
+    if isinstance(ttl, float) and ttl.is_integer():
+        ttl = int(ttl)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+        raise ContractError(f"result.approval.ttl_seconds must be a positive integer, got {ttl!r}")
+    return ApprovalSpec(tuple(approvers), ttl)
+
+
+def _type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), "number")

@@ -1,0 +1,10 @@
+"""The decision log: one durable record per answer, committed before the answer is sent."""
+
+from tollgate.decisionlog._sqlite import (
+    DecisionLog,
+    DecisionLogError,
+    LogConfig,
+    canonical_json,
+)
+
+__all__ = ["DecisionLog", "DecisionLogError", "LogConfig", "canonical_json"]

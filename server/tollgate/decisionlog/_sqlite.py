@@ -1,0 +1,228 @@
+"""SQLite decision log in WAL mode with group commit and a hash chain.
+
+Requests append records from the event loop; one writer thread takes everything queued since its last
+commit, inserts it in one transaction, commits (an fsync of the WAL with synchronous=FULL), and only
+then resolves the requests' futures. Concurrent requests therefore share one fsync, so durability costs
+latency (one commit) but not throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY,              -- append order; the hash chain follows it
+    decision_id TEXT NOT NULL UNIQUE,
+    timestamp TEXT NOT NULL,              -- RFC 3339, UTC, microseconds
+    agent_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,                   -- tool | model | budget
+    decision TEXT NOT NULL,               -- allow | deny | require_approval
+    request_id TEXT NOT NULL,
+    bundle_revision TEXT NOT NULL,
+    record TEXT NOT NULL,                 -- the whole record as canonical JSON
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_request_id ON decisions(request_id) WHERE request_id != '';
+"""
+_GENESIS = "0" * 64
+_INSERT = (
+    "INSERT INTO decisions (decision_id, timestamp, agent_id, session_id, kind, decision, request_id,"
+    " bundle_revision, record, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+class DecisionLogError(Exception):
+    """The log could not durably record a decision; the decision must not be answered."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where and how durably decisions are written."""
+
+    #: SQLite database file.
+    path: Path
+    #: "full" fsyncs the WAL on every commit (survives power loss); "normal" survives a process crash only.
+    synchronous: str = "full"
+    #: Most records one commit takes; more waits for the next commit.
+    max_batch: int = 512
+    #: Requests waiting for a commit at once; Authorize waits for room rather than queueing without bound.
+    max_pending: int = 8192
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling used for hashing and storage: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def record_hash(prev_hash: str, record_json: str) -> str:
+    return hashlib.sha256(prev_hash.encode() + b"\n" + record_json.encode()).hexdigest()
+
+
+class DecisionLog:
+    """Append-only decision log. `append` resolves once the record is committed to disk."""
+
+    def __init__(self, config: LogConfig) -> None:
+        if config.synchronous not in ("full", "normal"):
+            raise ValueError(f"log synchronous must be 'full' or 'normal', not {config.synchronous!r}")
+        self._config = config
+        self._queue: queue.SimpleQueue[tuple[dict[str, Any], asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._room = threading.BoundedSemaphore(config.max_pending)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failed: BaseException | None = None
+        self._readers = threading.local()
+        config.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = self._connect()
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
+        self._last_hash: str = row[0] if row else _GENESIS
+
+    @property
+    def path(self) -> Path:
+        return self._config.path
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._config.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._config.synchronous.upper()}")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
+        self._thread.start()
+
+    async def append(self, record: dict[str, Any]) -> None:
+        """Queue a record and wait until it is committed. Raises DecisionLogError if it cannot be."""
+        if self._failed is not None:
+            raise DecisionLogError(f"decision log is unavailable: {self._failed}")
+        if self._thread is None or self._loop is None:
+            raise DecisionLogError("decision log is not running")
+        future: asyncio.Future[None] = self._loop.create_future()
+        if not self._room.acquire(blocking=False):
+            await self._loop.run_in_executor(None, self._room.acquire)
+        self._queue.put((record, future))
+        await future
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        q, max_batch = self._queue, self._config.max_batch
+        stopping = False
+        while not stopping:
+            item = q.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < max_batch:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            error: BaseException | None = None
+            try:
+                self._write(batch)
+            except BaseException as exc:  # a disk error must reach every waiting request
+                log.exception("decision log: commit failed")
+                error = exc
+                self._failed = exc
+            futures = [f for _, f in batch]
+            for _ in batch:
+                self._room.release()
+            self._loop.call_soon_threadsafe(_resolve, futures, error)
+
+    def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        rows = []
+        prev = self._last_hash
+        for record, _ in batch:
+            record["prev_hash"] = prev
+            body = canonical_json(record)
+            digest = record_hash(prev, body)
+            principal = record["input"]["principal"]
+            rows.append((
+                record["decision_id"], record["timestamp"], principal["agent_id"],
+                principal["session_id"], record["input"]["kind"], record["decision"],
+                record["request_id"], record["bundle_revision"], body, prev, digest,
+            ))
+            prev = digest
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(_INSERT, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._last_hash = prev
+
+    def close(self) -> None:
+        """Commit everything queued, checkpoint the WAL into the database, and stop the writer."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
+
+    # -- reads (any thread; one connection per thread) --------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._readers, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._config.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=5000")
+            self._readers.db = db
+        return db
+
+    def get(self, decision_id: str) -> dict[str, Any] | None:
+        """The committed record with this ID, with its hash, or None."""
+        row = self._reader().execute(
+            "SELECT record, hash FROM decisions WHERE decision_id = ?", (decision_id,)
+        ).fetchone()
+        return _load(row)
+
+    def latest_for_request(self, request_id: str) -> dict[str, Any] | None:
+        """The most recent committed record answering this caller request_id, or None."""
+        row = self._reader().execute(
+            "SELECT record, hash FROM decisions WHERE request_id = ? ORDER BY seq DESC LIMIT 1",
+            (request_id,),
+        ).fetchone()
+        return _load(row)
+
+
+def _load(row: tuple[str, str] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    record: dict[str, Any] = json.loads(row[0])
+    record["hash"] = row[1]
+    return record
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for f in futures:
+        if f.done():
+            continue
+        if error is None:
+            f.set_result(None)
+        else:
+            f.set_exception(DecisionLogError(f"decision log is unavailable: {error}"))

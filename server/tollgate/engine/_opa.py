@@ -1,0 +1,96 @@
+"""The embedded OPA v1 engine (Go `rego` package through opa-golib-python-bindings), without the GIL-bound extras."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from tollgate.engine._base import EngineError, decode_envelope
+
+_lib: Any = None
+
+
+def _library() -> Any:
+    # The package's ctypes layer; its high-level wrapper JSON-decodes every result, which the worker
+    # does not need (it hands the raw envelope to the server), so the bridge is called directly.
+    global _lib
+    if _lib is None:
+        from opa_bindings import _native
+
+        _lib = _native.load()
+    return _lib
+
+
+class EmbeddedOpa:
+    """One in-process OPA engine holding one bundle's modules and data. Evaluations are serialised."""
+
+    def __init__(self, modules: Mapping[str, str], data: Mapping[str, Any]) -> None:
+        self._lib = _library()
+        self._handle: int | None = self._lib.OpaNew()
+        try:
+            for path, source in modules.items():
+                self._call(self._lib.OpaAddPolicy, _cstr(path), _cstr(source))
+            if data:
+                self._call(self._lib.OpaAddData, b"", json.dumps(data).encode())
+        except BaseException:
+            self.close()
+            raise
+
+    def _call(self, fn: Any, *args: Any) -> bytes:
+        if self._handle is None:
+            raise EngineError("closed", "engine has been closed")
+        ptr = fn(self._handle, *args)
+        if not ptr:
+            raise EngineError("internal", "OPA bridge returned NULL")
+        try:
+            raw: bytes = ctypes.string_at(ptr)
+        finally:
+            self._lib.OpaFreeString(ptr)
+        error = json.loads(raw).get("error")
+        if error:
+            raise EngineError(str(error.get("code", "unknown")), str(error.get("message", "")))
+        return raw
+
+    def evaluate_raw(self, path: bytes, input_json: bytes) -> bytes:
+        """Evaluate data.<path> (slash- or dot-separated) for a JSON input; return the raw envelope."""
+        if self._handle is None:
+            raise EngineError("closed", "engine has been closed")
+        ptr = self._lib.OpaEvalDocument(self._handle, path, input_json, 0, 0)
+        if not ptr:
+            raise EngineError("internal", "OPA bridge returned NULL")
+        try:
+            raw: bytes = ctypes.string_at(ptr)
+        finally:
+            self._lib.OpaFreeString(ptr)
+        return raw
+
+    def evaluate(self, path: str, input_doc: Any = None) -> Any:
+        """Evaluate data.<path>; return its value or UNDEFINED; raise EngineError on errors."""
+        payload = b"" if input_doc is None else json.dumps(input_doc).encode()
+        return decode_envelope(self.evaluate_raw(_cstr(path), payload))
+
+    def query(self, query: str, input_doc: Any = None) -> list[dict[str, Any]]:
+        """Evaluate an ad-hoc Rego query; return its bindings, one dict per result."""
+        payload = b"" if input_doc is None else json.dumps(input_doc).encode()
+        raw = self._call(self._lib.OpaEvalQuery, _cstr(query), payload, 0, 0)
+        results = json.loads(raw).get("result") or []
+        return [r.get("bindings", {}) for r in results]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._lib.OpaDestroy(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> EmbeddedOpa:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _cstr(text: str) -> bytes:
+    if "\0" in text:
+        raise EngineError("invalid_argument", "string contains a NUL character")
+    return text.encode("utf-8")

@@ -1,0 +1,103 @@
+"""An engine worker process: holds one embedded OPA engine and answers evaluations over a socket.
+
+Started by the pool with `python -m tollgate.engine._worker FD`. Frames on the socket are a 4-byte
+big-endian length and a payload. The first request carries the bundle
+(`{"entrypoint", "modules", "data"}`); the worker compiles it and answers `{"ok": true}` or
+`{"error": {...}}`. Every later request is an input document as JSON, answered with the OPA bridge's
+raw result envelope. The worker exits when the socket closes or its parent dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import signal
+import socket
+import struct
+import sys
+
+_HEADER = struct.Struct(">I")
+
+
+def _die_with_parent() -> None:
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the closed socket still ends the loop
+        pass
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _recv_frame(sock: socket.socket) -> bytes | None:
+    header = _recv_exact(sock, _HEADER.size)
+    if header is None:
+        return None
+    (length,) = _HEADER.unpack(header)
+    return _recv_exact(sock, length)
+
+
+def _send_frame(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(_HEADER.pack(len(payload)) + payload)
+
+
+def main() -> int:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server owns shutdown; Ctrl-C reaches the group
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    init = _recv_frame(sock)
+    if init is None:
+        return 0
+    from tollgate.engine._base import EngineError
+    from tollgate.engine._opa import EmbeddedOpa
+
+    spec = json.loads(init)
+    path = spec["entrypoint"].encode()
+    try:
+        engine = EmbeddedOpa(spec["modules"], spec["data"])
+        del spec
+        # OPA compiles lazily on the first evaluation: force it now so a broken bundle is refused
+        # at load time rather than on a live request.
+        raw = engine.evaluate_raw(path, b"{}")
+        error = json.loads(raw).get("error")
+        if error and error.get("code") != "eval_error":
+            raise EngineError(str(error.get("code")), str(error.get("message")))
+    except EngineError as exc:
+        _send_frame(sock, json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode())
+        return 1
+    _send_frame(sock, b'{"ok": true}')
+    evaluate = engine.evaluate_raw
+    pack, unpack_from, size = _HEADER.pack, _HEADER.unpack_from, _HEADER.size
+    buf = bytearray()
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return 0
+        buf += chunk
+        # Answer every complete frame that arrived together with one send.
+        out = []
+        offset = 0
+        while len(buf) - offset >= size:
+            (length,) = unpack_from(buf, offset)
+            if len(buf) - offset - size < length:
+                break
+            answer = evaluate(path, bytes(buf[offset + size : offset + size + length]))
+            out.append(pack(len(answer)))
+            out.append(answer)
+            offset += size + length
+        if offset:
+            del buf[:offset]
+            sock.sendall(b"".join(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""`tollgate serve`: the sidecar process — gRPC server, engine pool, decision log, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from tollgate.api import AuthorizationServicer, RequestLimits
+from tollgate.authorizer import Authorizer, AuthorizerConfig, EngineSlot
+from tollgate.bundle import BundleError, load_bundle
+from tollgate.config import ServeConfig
+from tollgate.decisionlog import DecisionLog, LogConfig
+from tollgate.engine import EngineConfig, EngineError, WorkerPoolEngine
+from tollgate.v1 import authorization_pb2, authorization_pb2_grpc
+
+log = logging.getLogger("tollgate")
+
+SERVICE = authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
+
+
+async def serve(config: ServeConfig) -> int:
+    """Run until SIGTERM or SIGINT; then drain, flush the decision log and return 0."""
+    loop = asyncio.get_running_loop()
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    decision_log = DecisionLog(LogConfig(path=data_dir / "decisions.db", synchronous=config.log_sync))
+    decision_log.start(loop)
+
+    health = HealthServicer()
+    slot = EngineSlot()
+    engine_config = EngineConfig(
+        entrypoint=config.entrypoint, workers=config.workers, eval_timeout=config.eval_timeout_ms / 1000
+    )
+    try:
+        bundle = load_bundle(config.bundle)
+        engine = WorkerPoolEngine(bundle, engine_config)
+        await engine.start()
+        slot.swap(engine)
+        log.info("bundle %s loaded from %s (%d modules)", bundle.revision, config.bundle, len(bundle.modules))
+    except (BundleError, EngineError) as exc:
+        # Fail closed: keep serving, answer every request DENY (no_bundle), report NOT_SERVING.
+        log.error("no policy bundle loaded: %s; every request will be denied (no_bundle)", exc)
+
+    limits = RequestLimits(max_request_bytes=config.max_request_bytes, max_depth=config.max_depth)
+    authorizer = Authorizer(
+        slot, decision_log,
+        AuthorizerConfig(eval_timeout=engine_config.eval_timeout, entrypoint=config.entrypoint),
+    )
+    server = grpc.aio.server(
+        options=[
+            # The transport refuses anything far past the limit; the servicer names the field for the rest.
+            ("grpc.max_receive_message_length", 2 * config.max_request_bytes + 65536),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
+    authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
+        AuthorizationServicer(authorizer, decision_log, limits), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    address = _bind(server, config.listen)
+    status = health_pb2.HealthCheckResponse.SERVING if slot.current else health_pb2.HealthCheckResponse.NOT_SERVING
+    await health.set("", status)
+    await health.set(SERVICE, status)
+    await server.start()
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    revision = slot.current.revision if slot.current else "none"
+    # One line on stdout that tools and tests can wait for.
+    print(f"tollgate: serving on {address} (bundle {revision}, decision log {decision_log.path})", flush=True)
+    await stop.wait()
+
+    log.info("shutting down: draining in-flight requests (up to %gs)", config.drain_seconds)
+    await health.enter_graceful_shutdown()
+    await server.stop(config.drain_seconds)
+    if slot.current is not None:
+        await slot.current.close()
+    await loop.run_in_executor(None, decision_log.close)
+    log.info("decision log flushed; bye")
+    return 0
+
+
+def _bind(server: grpc.aio.Server, listen: str) -> str:
+    if listen.startswith("unix:"):
+        path = listen[len("unix:"):]
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # a stale socket from an earlier run
+        except FileNotFoundError:
+            pass
+        server.add_insecure_port(listen)
+        return listen
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise SystemExit(f"tollgate serve: cannot listen on {listen} (address in use or invalid?)")
+    host = listen.rsplit(":", 1)[0]
+    return f"{host}:{port}"
+
+
+def main(config: ServeConfig) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(serve(config))

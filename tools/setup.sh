@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for Tollgate: system packages, a virtualenv in .venv, pinned Python packages,
+# and the project itself (editable). Safe to run again; it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+# h2load (Debian's nghttp2-client) drives the benchmark; the tests and the server need nothing from apt.
+if ! command -v h2load >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nghttp2-client
+  else
+    echo "note: h2load not found; install Debian's nghttp2-client to run tools/bench.py" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.tollgate-installed
+want=$(cat requirements.txt requirements-dev.txt pyproject.toml tools/setup.sh | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+  .venv/bin/pip install -q --disable-pip-version-check --ignore-requires-python opa-golib-python-bindings==0.4.4
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  echo "$want" > "$stamp"
+fi
