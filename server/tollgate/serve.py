@@ -21,7 +21,7 @@ from tollgate.bundle import BundleError, load_bundle
 from tollgate.config import ServeConfig
 from tollgate.decisionlog import DecisionLog, LogConfig
 from tollgate.engine import EngineConfig, EngineError, WorkerPoolEngine
-from tollgate.v1 import authorization_pb2, authorization_pb2_grpc
+from tollgate.v1 import authorization_pb2
 
 log = logging.getLogger("tollgate")
 
@@ -64,9 +64,7 @@ async def serve(config: ServeConfig) -> int:
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
-        AuthorizationServicer(authorizer, decision_log, limits), server
-    )
+    server.add_generic_rpc_handlers((AuthorizationServicer(authorizer, decision_log, limits).handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from tollgate.api._convert import InvalidRequest, largest_field, to_decision_request, to_record_message, to_response
 from tollgate.authorizer import Authorizer
@@ -15,6 +16,7 @@ from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+SERVICE = pb.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
 
 
 @dataclass(frozen=True)
@@ -33,15 +35,35 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         self._log = decision_log
         self._limits = limits
 
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's handlers. Authorize takes raw bytes so that the size limit is checked before
+        parsing, and a message the protobuf decoder refuses (too deeply nested, malformed) is an
+        INVALID_ARGUMENT rather than an opaque UNKNOWN."""
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Authorize": grpc.unary_unary_rpc_method_handler(
+                self.Authorize, request_deserializer=None,
+                response_serializer=pb.AuthorizeResponse.SerializeToString),
+            "GetDecision": grpc.unary_unary_rpc_method_handler(
+                self.GetDecision, request_deserializer=pb.GetDecisionRequest.FromString,
+                response_serializer=pb.DecisionRecord.SerializeToString),
+        })
+
     async def Authorize(  # noqa: N802 - gRPC method name
-        self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
-        size = request.ByteSize()
-        if size > self._limits.max_request_bytes:
+        try:
+            request = pb.AuthorizeRequest.FromString(raw)
+        except DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request: not a valid AuthorizeRequest ({exc}); arguments and context may nest at most "
+                f"{self._limits.max_depth} levels",
+            )
+        if len(raw) > self._limits.max_request_bytes:
             name, field_size = largest_field(request)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request is {size} bytes, over the limit of {self._limits.max_request_bytes}"
+                f"request is {len(raw)} bytes, over the limit of {self._limits.max_request_bytes}"
                 f" (largest field: {name}, {field_size} bytes)",
             )
         try:

@@ -1,0 +1,130 @@
+"""Shared fixtures: real `tollgate serve` processes on real sockets, with real bundles and SQLite files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tollgate.v1 import authorization_pb2 as pb
+from tollgate.v1 import authorization_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+REGO = ROOT / "rego"
+_SCRIPT = Path(sys.executable).parent / "tollgate"
+# The console script the README tells people to run (falls back to the module in odd environments).
+TOLLGATE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tollgate_cli.main"]
+
+
+class Server:
+    """A running `tollgate serve` subprocess."""
+
+    def __init__(self, proc: subprocess.Popen[str], address: str, data_dir: Path) -> None:
+        self.proc = proc
+        self.address = address
+        self.data_dir = data_dir
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.AuthorizationServiceStub(self.channel)
+        self._stderr: list[str] = []
+        self._pump = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._pump.start()
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    def authorize(self, request: pb.AuthorizeRequest, timeout: float = 10) -> pb.AuthorizeResponse:
+        response: pb.AuthorizeResponse = self.stub.Authorize(request, timeout=timeout)
+        return response
+
+    def get_decision(self, decision_id: str) -> pb.DecisionRecord:
+        record: pb.DecisionRecord = self.stub.GetDecision(pb.GetDecisionRequest(decision_id=decision_id), timeout=10)
+        return record
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        self.channel.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+def start_server(data_dir: Path, *, bundle: Path | str = REGO, listen: str = "127.0.0.1:0",
+                 extra: list[str] | None = None, ready_timeout: float = 60) -> Server:
+    """Start `tollgate serve` and wait for its ready line."""
+    args = [*TOLLGATE, "serve", "--listen", listen, "--data-dir", str(data_dir), "--bundle", str(bundle),
+            *(extra or [])]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    deadline = time.monotonic() + ready_timeout
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("tollgate: serving on "):
+            address = line.split()[3]
+            server = Server(proc, address, data_dir)
+            grpc.channel_ready_future(server.channel).result(timeout=10)
+            return server
+    proc.kill()
+    _, err = proc.communicate()
+    raise AssertionError(f"tollgate serve did not become ready (last stdout {line!r}):\n{err}")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[object]:
+    """Factory: serve(bundle=..., extra=[...]) → Server, stopped at the end of the test."""
+    servers: list[Server] = []
+
+    def factory(*, bundle: Path | str = REGO, data_dir: Path | None = None, listen: str = "127.0.0.1:0",
+                extra: list[str] | None = None) -> Server:
+        server = start_server(data_dir or tmp_path / "data", bundle=bundle, listen=listen, extra=extra)
+        servers.append(server)
+        return server
+
+    yield factory
+    for s in servers:
+        if s.proc.poll() is None:
+            s.kill()
+
+
+def write_policy(root: Path, rego: str, data: str | None = None) -> Path:
+    """A bundle directory with one module at tollgate/decision.rego (and optional root data.json)."""
+    (root / "tollgate").mkdir(parents=True, exist_ok=True)
+    (root / "tollgate" / "decision.rego").write_text(textwrap.dedent(rego))
+    if data is not None:
+        (root / "data.json").write_text(data)
+    return root
+
+
+def tool_request(agent: str = "code-reviewer", server: str = "github", name: str = "get_pull_request",
+                 arguments: dict[str, object] | None = None, **principal: str) -> pb.AuthorizeRequest:
+    request = pb.AuthorizeRequest(principal=pb.Principal(agent_id=agent, **principal),
+                                  tool=pb.ToolCall(server=server, name=name))
+    request.tool.arguments.update(arguments or {})
+    return request

@@ -1,0 +1,194 @@
+"""The sidecar process: durability, drain, GetDecision, idempotency, listeners, config, standard services."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.conftest import start_server, tool_request, write_policy
+from tollgate.v1 import authorization_pb2 as pb
+
+ALLOW_ALL = """
+package tollgate
+
+decision := {"decision": "allow", "reasons": [{"code": "ok", "message": "allowed"}], "obligations": {"n": 1}}
+"""
+
+# About a quarter of a second of work per evaluation: long enough to be in flight when SIGTERM lands.
+SLOW_ALLOW = """
+package tollgate
+
+decision := {"decision": "allow", "reasons": [{"code": "n", "message": sprintf("%d", [n])}]} if {
+    n := count([x | some x in numbers.range(1, 200000)])
+}
+"""
+
+
+def test_every_answered_decision_survives_sigkill(serve, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL), data_dir=data)
+    received: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        channel = grpc.insecure_channel(server.address)
+        from tollgate.v1 import authorization_pb2_grpc as pb_grpc
+
+        stub = pb_grpc.AuthorizationServiceStub(channel)
+        i = 0
+        while not stop.is_set():
+            try:
+                r = stub.Authorize(tool_request(agent=f"agent-{n}", session_id=str(i)), timeout=5)
+            except grpc.RpcError:
+                return  # the server is gone: this request was never answered
+            with lock:
+                received.append(r.decision_id)
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    server.proc.send_signal(signal.SIGKILL)  # mid-load: answers are leaving the process right now
+    server.proc.wait()
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert len(received) > 100
+    restarted = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL), data_dir=data)
+    for decision_id in received:
+        assert restarted.get_decision(decision_id).decision_id == decision_id
+    assert len(set(received)) == len(received)
+
+
+def test_get_decision_returns_the_logged_record(serve, tmp_path: Path) -> None:
+    server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL))
+    request = tool_request(arguments={"repo": "payments-api", "number": 42}, session_id="s-1", team="platform")
+    request.tool.resources.append("repo:payments-api")
+    request.context.update({"ticket": "SEC-1"})
+    response = server.authorize(request)
+    record = server.get_decision(response.decision_id)
+    assert record.decision_id == response.decision_id
+    assert record.decision == pb.DECISION_ALLOW
+    assert record.principal.agent_id == "code-reviewer"
+    assert record.principal.session_id == "s-1"
+    assert record.tool.name == "get_pull_request"
+    assert dict(record.tool.arguments) == {"repo": "payments-api", "number": 42}
+    assert list(record.tool.resources) == ["repo:payments-api"]
+    assert record.context["ticket"] == "SEC-1"
+    assert record.bundle_revision == response.bundle_revision
+    assert record.input["kind"] == "tool"
+    assert record.result.struct_value["decision"] == "allow"
+    assert dict(record.obligations) == {"n": 1}
+    assert record.policy_path == "tollgate/decision"
+    assert len(record.hash) == 64 and len(record.prev_hash) == 64
+    assert record.timestamp.seconds > 0
+
+
+def test_get_decision_unknown_id_is_not_found(serve, tmp_path: Path) -> None:
+    server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL))
+    with pytest.raises(grpc.RpcError) as err:
+        server.get_decision("01234567-89ab-7def-8123-456789abcdef")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        server.get_decision("")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_decision_ids_are_unique_and_time_ordered(serve, tmp_path: Path) -> None:
+    server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL))
+    ids = [server.authorize(tool_request()).decision_id for _ in range(50)]
+    assert len(set(ids)) == 50
+    assert ids == sorted(ids)
+
+
+def test_sigterm_drains_in_flight_requests_flushes_the_log_and_exits_0(serve, tmp_path: Path) -> None:
+    server = serve(bundle=write_policy(tmp_path / "b", SLOW_ALLOW),
+                   extra=["--workers", "2", "--eval-timeout-ms", "20000"])
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(server.authorize, tool_request(agent=f"a{i}"), 60) for i in range(6)]
+        time.sleep(0.3)  # all six are in flight (two evaluating, four queued)
+        server.proc.send_signal(signal.SIGTERM)
+        responses = [f.result() for f in futures]
+    assert server.proc.wait(60) == 0
+    assert [r.decision for r in responses] == [pb.DECISION_ALLOW] * 6
+    db = sqlite3.connect(server.data_dir / "decisions.db")
+    logged = {row[0] for row in db.execute("SELECT decision_id FROM decisions")}
+    assert {r.decision_id for r in responses} <= logged
+    assert not (server.data_dir / "decisions.db-wal").exists() or (
+        server.data_dir / "decisions.db-wal").stat().st_size == 0
+
+
+def test_same_request_id_and_request_gets_the_same_decision(serve, tmp_path: Path) -> None:
+    server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL))
+    request = tool_request(arguments={"n": 1})
+    request.request_id = "req-1"
+    first = server.authorize(request)
+    again = server.authorize(request)
+    assert again.decision_id == first.decision_id
+    changed = tool_request(arguments={"n": 2})
+    changed.request_id = "req-1"
+    other = server.authorize(changed)
+    assert other.decision_id != first.decision_id
+    assert server.get_decision(other.decision_id).previous_decision_id == first.decision_id
+
+
+def test_serves_on_a_unix_socket(serve, tmp_path: Path) -> None:
+    sock = tmp_path / "tollgate.sock"
+    server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL), listen=f"unix:{sock}")
+    assert server.address == f"unix:{sock}"
+    assert server.authorize(tool_request()).decision == pb.DECISION_ALLOW
+
+
+def test_config_file_sets_every_flag_and_flags_override_it(tmp_path: Path) -> None:
+    bundle = write_policy(tmp_path / "b", SLOW_ALLOW)
+    config = tmp_path / "tollgate.yaml"
+    config.write_text(f"bundle: {bundle}\ndata-dir: {tmp_path / 'from-config'}\neval_timeout_ms: 1\nworkers: 1\n")
+    server = start_server(tmp_path / "from-flag", bundle=bundle, extra=["--config", str(config)])
+    try:
+        response = server.authorize(tool_request())
+        assert response.reasons[0].code == "deadline_exceeded"  # eval_timeout_ms came from the file
+        assert (tmp_path / "from-flag" / "decisions.db").exists()  # --data-dir beat data-dir
+        assert not (tmp_path / "from-config").exists()
+    finally:
+        server.kill()
+
+
+def test_config_file_with_an_unknown_key_is_refused_naming_it(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import TOLLGATE
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("listen: 127.0.0.1:0\nbundel: rego\n")
+    result = subprocess.run([*TOLLGATE, "serve", "--config", str(config)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode != 0
+    assert "bundel" in result.stderr
+
+
+def test_health_and_reflection_work_for_generic_grpc_tools(serve, tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL))
+    health = health_pb2_grpc.HealthStub(server.channel)
+    for service in ("", "tollgate.v1.AuthorizationService"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+    answers = list(stub.ServerReflectionInfo(iter([
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="tollgate.v1.AuthorizationService"),
+    ]), timeout=5))
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert {"tollgate.v1.AuthorizationService", "grpc.health.v1.Health"} <= names
+    assert answers[1].file_descriptor_response.file_descriptor_proto
