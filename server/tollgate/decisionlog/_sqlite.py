@@ -83,13 +83,15 @@ class DecisionLog:
         self._room = threading.BoundedSemaphore(config.max_pending)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._failed: BaseException | None = None
         self._readers = threading.local()
         config.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect()
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
         self._last_hash: str = row[0] if row else _GENESIS
+        #: Commits and records written since start: records / commits is the group-commit factor.
+        self.commits = 0
+        self.records = 0
 
     @property
     def path(self) -> Path:
@@ -109,8 +111,6 @@ class DecisionLog:
 
     async def append(self, record: dict[str, Any]) -> None:
         """Queue a record and wait until it is committed. Raises DecisionLogError if it cannot be."""
-        if self._failed is not None:
-            raise DecisionLogError(f"decision log is unavailable: {self._failed}")
         if self._thread is None or self._loop is None:
             raise DecisionLogError("decision log is not running")
         future: asyncio.Future[None] = self._loop.create_future()
@@ -143,7 +143,6 @@ class DecisionLog:
             except BaseException as exc:  # a disk error must reach every waiting request
                 log.exception("decision log: commit failed")
                 error = exc
-                self._failed = exc
             futures = [f for _, f in batch]
             for _ in batch:
                 self._room.release()
@@ -172,6 +171,8 @@ class DecisionLog:
             db.execute("ROLLBACK")
             raise
         self._last_hash = prev
+        self.commits += 1
+        self.records += len(rows)
 
     def close(self) -> None:
         """Commit everything queued, checkpoint the WAL into the database, and stop the writer."""

@@ -1,0 +1,51 @@
+"""The policy contract: valid results parse; anything else is named precisely."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tollgate.contract import ContractError, Reason, parse_result
+
+
+def test_allow_with_obligations() -> None:
+    result = parse_result({"decision": "allow", "reasons": [{"code": "ok", "message": "fine"}],
+                           "obligations": {"max_output_tokens": 2000}})
+    assert result.decision == "allow"
+    assert result.reasons == (Reason("ok", "fine"),)
+    assert result.obligations == {"max_output_tokens": 2000}
+
+
+def test_require_approval_with_approvers() -> None:
+    result = parse_result({"decision": "require_approval", "reasons": [{"code": "destructive_action"}],
+                           "approval": {"approvers": ["group:sre"], "ttl_seconds": 3600.0}})
+    assert result.approval is not None
+    assert result.approval.approvers == ("group:sre",)
+    assert result.approval.ttl_seconds == 3600
+
+
+BROKEN: list[tuple[str, Any, str]] = [
+    ("not-an-object", "allow", "must be an object"),
+    ("null", None, "must be an object"),
+    ("unknown-decision", {"decision": "maybe"}, "result.decision"),
+    ("unknown-key", {"decision": "allow", "why": 1}, "unknown keys"),
+    ("reasons-not-array", {"decision": "allow", "reasons": {}}, "result.reasons must be an array"),
+    ("reason-without-code", {"decision": "deny", "reasons": [{"message": "m"}]}, r"reasons\[0\].code"),
+    ("reason-extra-key", {"decision": "deny", "reasons": [{"code": "c", "x": 1}]}, r"reasons\[0\]"),
+    ("deny-without-reason", {"decision": "deny", "reasons": []}, "at least one reason"),
+    ("obligations-not-object", {"decision": "allow", "obligations": []}, "obligations"),
+    ("approval-missing", {"decision": "require_approval"}, "needs result.approval"),
+    ("approvers-empty", {"decision": "require_approval", "approval": {"approvers": [], "ttl_seconds": 1}},
+     "approvers"),
+    ("ttl-not-positive", {"decision": "require_approval", "approval": {"approvers": ["a"], "ttl_seconds": 0}},
+     "ttl_seconds"),
+    ("approval-on-allow", {"decision": "allow", "approval": {"approvers": ["a"], "ttl_seconds": 1}},
+     "only allowed with require_approval"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), [(v, m) for _, v, m in BROKEN], ids=[b[0] for b in BROKEN])
+def test_broken_results_are_refused_naming_the_problem(value: Any, message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        parse_result(value)
