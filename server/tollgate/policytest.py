@@ -84,7 +84,7 @@ def _test_rules(engine: EmbeddedOpa, name: str, source: str) -> list[tuple[str, 
         head = rule.get("head", {})
         rule_name = head.get("name") or ""
         if (rule_name.startswith("test_") or rule_name.startswith("todo_test_")) and rule_name not in seen:
-            match = re.search(rf"^\s*{re.escape(rule_name)}\b", source, re.MULTILINE)
+            match = re.search(rf"^[ \t]*{re.escape(rule_name)}\b", source, re.MULTILINE)
             seen[rule_name] = source.count("\n", 0, match.start()) + 1 if match else 0
     return [(package, rule_name, line) for rule_name, line in seen.items()]
 

@@ -26,6 +26,7 @@ from tollgate.engine._base import EngineError, EvaluationTimeout, decode_envelop
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">I")
+_RECV_SIZE = 65536  # below malloc's mmap threshold: no page-fault storm per read
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,11 @@ class EngineConfig:
     eval_timeout: float = 0.050
     #: How long a new worker may take to load and compile the bundle, in seconds.
     start_timeout: float = 60.0
-    #: Evaluations queued on one worker at once; more batches system calls, fewer spreads load.
-    max_queue_per_worker: int = 8
+    #: Evaluations queued on one worker at once; deeper queues batch more work per wake-up.
+    max_queue_per_worker: int = 32
+    #: When one evaluation has run this long (seconds), the requests queued behind it on the same
+    #: worker are also sent to other workers; whichever answer comes first is used.
+    hedge_after: float = 0.005
 
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
@@ -169,11 +173,11 @@ class WorkerPoolEngine:
             pending.timer.cancel()
         return decode_envelope(raw)
 
-    def _dispatch(self, pending: _Pending) -> None:
-        """Queue an evaluation on the least busy live worker (or fail it when none can take it)."""
+    def _dispatch(self, pending: _Pending, exclude: _Worker | None = None) -> None:
+        """Queue an evaluation on the least busy live worker, or hold it until one has room."""
         best: _Worker | None = None
         for w in self._workers:
-            if not w.dead and (best is None or len(w.pending) < len(best.pending)):
+            if not w.dead and w is not exclude and (best is None or len(w.pending) < len(best.pending)):
                 best = w
         if best is None:
             # Every worker is being replaced; the deadline timer answers if none comes back in time.
@@ -197,15 +201,29 @@ class WorkerPoolEngine:
             self._arm_watchdog(best)
 
     def _arm_watchdog(self, worker: _Worker) -> None:
-        """The head of the worker's queue starts now; kill the worker if it is still running it after
-        a whole evaluation deadline. Requests queued behind a slow one time out on their own deadline
-        without taking a healthy worker down."""
+        """The head of the worker's queue starts now. If it is still running after `hedge_after`, the
+        requests behind it are sent to other workers too; if it is still running after a whole
+        evaluation deadline, the worker is killed."""
         if worker.watchdog is not None:
             worker.watchdog.cancel()
             worker.watchdog = None
         if worker.pending and self._loop is not None:
             head = worker.pending[0]
-            worker.watchdog = self._loop.call_later(self._config.eval_timeout, self._on_stuck, worker, head)
+            hedge = min(self._config.hedge_after, self._config.eval_timeout)
+            worker.watchdog = self._loop.call_later(hedge, self._on_slow, worker, head)
+
+    def _on_slow(self, worker: _Worker, head: _Pending) -> None:
+        if worker.dead or not worker.pending or worker.pending[0] is not head or self._loop is None:
+            return
+        # The queued copies stay on this worker (its answers arrive in order), but they no longer
+        # wait for it: duplicates go to the other workers, and the first answer wins.
+        others = [w for w in self._workers if w is not worker and not w.dead]
+        if others:
+            for queued in list(worker.pending)[1:]:
+                if not queued.future.done():
+                    self._dispatch(_Pending(queued.payload, queued.future, queued.deadline), exclude=worker)
+        remaining = self._config.eval_timeout - min(self._config.hedge_after, self._config.eval_timeout)
+        worker.watchdog = self._loop.call_later(max(remaining, 0.0), self._on_stuck, worker, head)
 
     def _on_stuck(self, worker: _Worker, head: _Pending) -> None:
         if not worker.dead and worker.pending and worker.pending[0] is head:
@@ -213,7 +231,7 @@ class WorkerPoolEngine:
 
     def _on_readable(self, worker: _Worker) -> None:
         try:
-            chunk = worker.sock.recv(1 << 20)
+            chunk = worker.sock.recv(_RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:

@@ -79,7 +79,7 @@ def main() -> int:
     pack, unpack_from, size = _HEADER.pack, _HEADER.unpack_from, _HEADER.size
     buf = bytearray()
     while True:
-        chunk = sock.recv(1 << 20)
+        chunk = sock.recv(65536)  # below malloc's mmap threshold
         if not chunk:
             return 0
         buf += chunk
