@@ -17,7 +17,7 @@ from tollgate.ids import new_decision_id
 def _record(i: int, request_id: str = "") -> dict[str, Any]:
     return {
         "decision_id": new_decision_id(), "timestamp": "2026-11-21T00:00:00.000000Z",
-        "input": {"kind": "tool", "principal": {"agent_id": f"a{i}", "session_id": "s"}},
+        "input": {"kind": "tool", "principal": {"agent_id": f"a{i}", "session_id": "s"}, "tool": {"name": "t"}},
         "decision": "allow", "reasons": [], "request_id": request_id, "bundle_revision": "r1",
     }
 

@@ -8,7 +8,6 @@ durable record would break the promise every decision ID makes.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL, ContractError, PolicyResult, Reason, parse_result
-from tollgate.decisionlog import DecisionLog, canonical_json
+from tollgate.decisionlog import DecisionLog, request_digest
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
 from tollgate.ids import new_decision_id
 
@@ -56,8 +55,7 @@ class DecisionRequest:
 
     def digest(self) -> str:
         """sha256 of the canonical request: principal, kind and action (not context or approval_id)."""
-        body = canonical_json({"kind": self.kind, "principal": self.principal, "action": self.action})
-        return hashlib.sha256(body.encode()).hexdigest()
+        return request_digest(self.kind, self.principal, self.action)
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,8 @@ class Authorizer:
 
     async def authorize(self, request: DecisionRequest) -> Decision:
         if not request.request_id:
-            return await self._decide(request, digest=request.digest(), previous_id="")
+            # The digest is only needed here for idempotency; the log computes it off the request path.
+            return await self._decide(request, digest="", previous_id="")
         return await self._idempotent(request)
 
     async def _idempotent(self, request: DecisionRequest) -> Decision:
@@ -142,7 +141,7 @@ class Authorizer:
 
     async def _decide(self, request: DecisionRequest, *, digest: str, previous_id: str) -> Decision:
         started = time.perf_counter_ns()
-        now = datetime.now(UTC)
+        now = _rfc3339(datetime.now(UTC))
         input_doc = build_input(request, now=now)
         engine = self._engines.current
         raw: Any = None
@@ -163,7 +162,7 @@ class Authorizer:
         )
         record = {
             "decision_id": decision.decision_id,
-            "timestamp": _rfc3339(now),
+            "timestamp": now,
             "input": input_doc,
             "result": None if raw is UNDEFINED else raw,
             "decision": decision.decision,
@@ -202,7 +201,7 @@ class Authorizer:
             return _server_deny(POLICY_CONTRACT, f"policy result breaks the contract: {exc}"), raw, str(exc)
 
 
-def build_input(request: DecisionRequest, *, now: datetime) -> dict[str, Any]:
+def build_input(request: DecisionRequest, *, now: str) -> dict[str, Any]:
     """The input document of the policy contract (DESIGN.md)."""
     return {
         "kind": request.kind,
@@ -213,7 +212,7 @@ def build_input(request: DecisionRequest, *, now: datetime) -> dict[str, Any]:
         "approval_id": request.approval_id,
         "auth": {"method": "none", "subject": ""},
         "state": {"spend": {}, "killed": [], "approval": None},
-        "now": _rfc3339(now),
+        "now": now,
     }
 
 

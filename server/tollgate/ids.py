@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import random
 import threading
 import time
 
 _lock = threading.Lock()
+# The random bits come from the random module (seeded from the OS, reseeded after fork): IDs need
+# uniqueness, not secrecy, and a getrandom() system call per decision would cost more than the rest.
 _last_ms = 0
 _seq = 0
 
@@ -20,14 +22,14 @@ def new_decision_id() -> str:
     with _lock:
         ms = time.time_ns() // 1_000_000
         if ms > _last_ms:
-            _last_ms, _seq = ms, int.from_bytes(os.urandom(2), "big") & 0x1FF  # room to count up
+            _last_ms, _seq = ms, random.getrandbits(9)  # a random start, with room to count up
         else:
             _seq += 1
             if _seq > 0xFFF:  # counter exhausted: borrow the next millisecond
                 _last_ms, _seq = _last_ms + 1, 0
             ms = _last_ms
         seq = _seq
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        rand = random.getrandbits(62)
     value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -5,6 +5,7 @@ from tollgate.decisionlog._sqlite import (
     DecisionLogError,
     LogConfig,
     canonical_json,
+    request_digest,
 )
 
-__all__ = ["DecisionLog", "DecisionLogError", "LogConfig", "canonical_json"]
+__all__ = ["DecisionLog", "DecisionLogError", "LogConfig", "canonical_json", "request_digest"]

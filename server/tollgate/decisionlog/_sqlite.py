@@ -68,6 +68,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def request_digest(kind: str, principal: Any, action: Any) -> str:
+    """sha256 of the canonical request — principal, kind and action; not context, not approval_id.
+
+    What an idempotent retry must repeat exactly, and what an approval is bound to.
+    """
+    body = canonical_json({"kind": kind, "principal": principal, "action": action})
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def record_hash(prev_hash: str, record_json: str) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + record_json.encode()).hexdigest()
 
@@ -152,6 +161,9 @@ class DecisionLog:
         rows = []
         prev = self._last_hash
         for record, _ in batch:
+            if not record.get("request_digest"):  # computed here, off the request path, when nobody needed it yet
+                inp = record["input"]
+                record["request_digest"] = request_digest(inp["kind"], inp["principal"], inp[inp["kind"]])
             record["prev_hash"] = prev
             body = canonical_json(record)
             digest = record_hash(prev, body)

@@ -76,6 +76,7 @@ class _Worker:
         self.sock = sock
         self.pending: collections.deque[_Pending] = collections.deque()
         self.buffer = bytearray()
+        self.outbox: list[bytes] = []  # frames queued this loop iteration, sent together
         self.dead = False
         #: Fires when the evaluation at the head of `pending` has run for a whole deadline.
         self.watchdog: asyncio.TimerHandle | None = None
@@ -187,18 +188,25 @@ class WorkerPoolEngine:
             self._waiting.append(pending)
             return
         best.pending.append(pending)
-        payload = pending.payload
-        try:
-            best.sock.send(_HEADER.pack(len(payload)) + payload)
-        except (BlockingIOError, InterruptedError):
-            best.pending.pop()
-            self._waiting.append(pending)
-            return
-        except OSError as exc:
-            self._retire(best, why=f"socket error: {exc}")
-            return
+        if not best.outbox:
+            # One send per worker per loop iteration: waking another process costs far more than
+            # copying a few more bytes, so everything dispatched in this iteration travels together.
+            assert self._loop is not None
+            self._loop.call_soon(self._flush, best)
+        best.outbox.append(_HEADER.pack(len(pending.payload)))
+        best.outbox.append(pending.payload)
         if len(best.pending) == 1:
             self._arm_watchdog(best)
+
+    def _flush(self, worker: _Worker) -> None:
+        if worker.dead or not worker.outbox:
+            return
+        data = b"".join(worker.outbox)
+        worker.outbox.clear()
+        try:
+            worker.sock.sendall(data)  # frames are small and the worker drains its socket continuously
+        except OSError as exc:
+            self._retire(worker, why=f"socket error: {exc}")
 
     def _arm_watchdog(self, worker: _Worker) -> None:
         """The head of the worker's queue starts now. If it is still running after `hedge_after`, the
