@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import REGO
-from tollgate.policytest import TestResult, run_tests
+from tollgate.policytest import RegoTestResult, run_tests
 
 REPORT = run_tests([REGO])
 
@@ -15,7 +15,7 @@ def test_the_library_has_tests() -> None:
 
 
 @pytest.mark.parametrize("result", REPORT.results, ids=[f"{r.package}.{r.name}" for r in REPORT.results])
-def test_rego(result: TestResult) -> None:
+def test_rego(result: RegoTestResult) -> None:
     if result.outcome == "SKIP":
         pytest.skip(f"{result.location}: todo")
     assert result.outcome == "PASS", f"{result.location}: {result.outcome} {result.detail}"

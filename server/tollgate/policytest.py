@@ -18,7 +18,7 @@ class PolicyTestError(Exception):
 
 
 @dataclass(frozen=True)
-class TestResult:
+class RegoTestResult:
     package: str
     name: str
     location: str  # file:line
@@ -28,8 +28,8 @@ class TestResult:
 
 
 @dataclass(frozen=True)
-class TestReport:
-    results: tuple[TestResult, ...] = field(default_factory=tuple)
+class RegoTestReport:
+    results: tuple[RegoTestResult, ...] = field(default_factory=tuple)
 
     def count(self, outcome: str) -> int:
         return sum(1 for r in self.results if r.outcome == outcome)
@@ -50,10 +50,10 @@ class TestReport:
 _PARSE = "m := rego.parse_module(input.name, input.source)"
 
 
-def run_tests(paths: Iterable[str | Path], *, pattern: str = "") -> TestReport:
+def run_tests(paths: Iterable[str | Path], *, pattern: str = "") -> RegoTestReport:
     """Load each path (modules, tests and data) into one engine and evaluate every test rule."""
     selector = re.compile(pattern) if pattern else None
-    results: list[TestResult] = []
+    results: list[RegoTestResult] = []
     for path in paths:
         try:
             bundle = load_bundle(path, include_tests=True)
@@ -70,7 +70,7 @@ def run_tests(paths: Iterable[str | Path], *, pattern: str = "") -> TestReport:
                     if selector and not selector.search(f"{package}.{rule}"):
                         continue
                     results.append(_run_one(engine, Path(path) / name, package, rule, line))
-    return TestReport(tuple(results))
+    return RegoTestReport(tuple(results))
 
 
 def _test_rules(engine: EmbeddedOpa, name: str, source: str) -> list[tuple[str, str, int]]:
@@ -89,19 +89,19 @@ def _test_rules(engine: EmbeddedOpa, name: str, source: str) -> list[tuple[str, 
     return [(package, rule_name, line) for rule_name, line in seen.items()]
 
 
-def _run_one(engine: EmbeddedOpa, file: Path, package: str, rule: str, line: int) -> TestResult:
+def _run_one(engine: EmbeddedOpa, file: Path, package: str, rule: str, line: int) -> RegoTestResult:
     location = f"{file}:{line}"
     if rule.startswith("todo_"):
-        return TestResult(package, rule, location, "SKIP")
+        return RegoTestResult(package, rule, location, "SKIP")
     started = time.perf_counter_ns()
     try:
         value: Any = engine.evaluate(f"{package}.{rule}")
     except EngineError as exc:
-        return TestResult(package, rule, location, "ERROR", exc.message, _since(started))
+        return RegoTestResult(package, rule, location, "ERROR", exc.message, _since(started))
     if value is True:
-        return TestResult(package, rule, location, "PASS", "", _since(started))
+        return RegoTestResult(package, rule, location, "PASS", "", _since(started))
     detail = "undefined" if value is UNDEFINED else f"got {value!r}"
-    return TestResult(package, rule, location, "FAIL", detail, _since(started))
+    return RegoTestResult(package, rule, location, "FAIL", detail, _since(started))
 
 
 def _since(started: int) -> int:
