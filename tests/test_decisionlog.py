@@ -91,3 +91,16 @@ def test_a_failed_commit_fails_the_append_and_later_ones(tmp_path: Path) -> None
 def test_synchronous_setting_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         DecisionLog(LogConfig(path=tmp_path / "d.db", synchronous="off"))
+
+
+@pytest.mark.parametrize("record", [
+    {"a": 1, "z": [2], "m": {"x": None}},
+    {"z": 1},
+    {"a": "é"},
+    {},
+], ids=["keys-both-sides", "only-after", "only-before", "empty"])
+def test_spliced_canonical_json_equals_a_full_serialisation(record: dict[str, Any]) -> None:
+    from tollgate.decisionlog._sqlite import canonical_json_with
+
+    value = {"kind": "tool", "nested": {"b": 1, "a": [1.5, "x"]}}
+    assert canonical_json_with(record, "input", canonical_json(value)) == canonical_json({**record, "input": value})

@@ -8,7 +8,6 @@ durable record would break the promise every decision ID makes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL, ContractError, PolicyResult, Reason, parse_result
-from tollgate.decisionlog import DecisionLog, request_digest
+from tollgate.decisionlog import DecisionLog, canonical_json, request_digest
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
 from tollgate.ids import new_decision_id
 
@@ -106,7 +105,8 @@ class Authorizer:
 
     async def authorize(self, request: DecisionRequest) -> Decision:
         if not request.request_id:
-            # The digest is only needed here for idempotency; the log computes it off the request path.
+            # The digest costs a canonical serialisation; it is only needed to match idempotent
+            # retries (and, later, to bind approvals), so plain requests skip it.
             return await self._decide(request, digest="", previous_id="")
         return await self._idempotent(request)
 
@@ -143,6 +143,8 @@ class Authorizer:
         started = time.perf_counter_ns()
         now = _rfc3339(datetime.now(UTC))
         input_doc = build_input(request, now=now)
+        # One canonical serialisation serves both the engine and the log record.
+        input_json = canonical_json(input_doc)
         engine = self._engines.current
         raw: Any = None
         error = ""
@@ -151,7 +153,7 @@ class Authorizer:
             revision = ""
         else:
             revision = engine.revision
-            result, raw, error = await self._evaluate(engine, input_doc)
+            result, raw, error = await self._evaluate(engine, input_json)
         decision = Decision(
             decision=result.decision,
             decision_id=new_decision_id(),
@@ -178,14 +180,13 @@ class Authorizer:
             "error": error,
             "latency_us": (time.perf_counter_ns() - started) // 1000,
         }
-        await self._log.append(record)
+        await self._log.append(record, input_json=input_json)
         return decision
 
-    async def _evaluate(self, engine: Engine, input_doc: dict[str, Any]) -> tuple[PolicyResult, Any, str]:
+    async def _evaluate(self, engine: Engine, input_json: str) -> tuple[PolicyResult, Any, str]:
         """Evaluate and validate; every failure becomes a server DENY with its reason and the detail."""
         try:
-            payload = json.dumps(input_doc, separators=(",", ":"), ensure_ascii=False).encode()
-            raw = await engine.evaluate(payload, timeout=self._config.eval_timeout)
+            raw = await engine.evaluate(input_json.encode(), timeout=self._config.eval_timeout)
         except EvaluationTimeout as exc:
             ms = self._config.eval_timeout * 1000
             return _server_deny(DEADLINE_EXCEEDED, f"policy evaluation did not finish within {ms:g} ms"), None, str(exc)

@@ -45,6 +45,9 @@ _INSERT = (
 )
 
 
+_Entry = tuple[dict[str, Any], str | None, "asyncio.Future[None]"]
+
+
 class DecisionLogError(Exception):
     """The log could not durably record a decision; the decision must not be answered."""
 
@@ -77,6 +80,16 @@ def request_digest(kind: str, principal: Any, action: Any) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def canonical_json_with(value: dict[str, Any], key: str, value_json: str) -> str:
+    """canonical_json(value | {key: v}) where value_json is already canonical_json(v); value lacks key."""
+    before = canonical_json({k: v for k, v in value.items() if k < key})
+    after = canonical_json({k: v for k, v in value.items() if k > key})
+    middle = f"{json.dumps(key)}:{value_json}"
+    head = before[:-1] + "," if len(before) > 2 else "{"
+    tail = "," + after[1:] if len(after) > 2 else "}"
+    return head + middle + tail
+
+
 def record_hash(prev_hash: str, record_json: str) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + record_json.encode()).hexdigest()
 
@@ -88,7 +101,7 @@ class DecisionLog:
         if config.synchronous not in ("full", "normal"):
             raise ValueError(f"log synchronous must be 'full' or 'normal', not {config.synchronous!r}")
         self._config = config
-        self._queue: queue.SimpleQueue[tuple[dict[str, Any], asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
         self._room = threading.BoundedSemaphore(config.max_pending)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,14 +131,18 @@ class DecisionLog:
         self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
         self._thread.start()
 
-    async def append(self, record: dict[str, Any]) -> None:
-        """Queue a record and wait until it is committed. Raises DecisionLogError if it cannot be."""
+    async def append(self, record: dict[str, Any], *, input_json: str | None = None) -> None:
+        """Queue a record and wait until it is committed. Raises DecisionLogError if it cannot be.
+
+        input_json, when given, is canonical_json(record["input"]) already made for the engine; the
+        writer reuses it instead of serialising the input a second time.
+        """
         if self._thread is None or self._loop is None:
             raise DecisionLogError("decision log is not running")
         future: asyncio.Future[None] = self._loop.create_future()
         if not self._room.acquire(blocking=False):
             await self._loop.run_in_executor(None, self._room.acquire)
-        self._queue.put((record, future))
+        self._queue.put((record, input_json, future))
         await future
 
     def _run(self) -> None:
@@ -152,20 +169,20 @@ class DecisionLog:
             except BaseException as exc:  # a disk error must reach every waiting request
                 log.exception("decision log: commit failed")
                 error = exc
-            futures = [f for _, f in batch]
+            futures = [f for _, _, f in batch]
             for _ in batch:
                 self._room.release()
             self._loop.call_soon_threadsafe(_resolve, futures, error)
 
-    def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+    def _write(self, batch: list[_Entry]) -> None:
         rows = []
         prev = self._last_hash
-        for record, _ in batch:
-            if not record.get("request_digest"):  # computed here, off the request path, when nobody needed it yet
-                inp = record["input"]
-                record["request_digest"] = request_digest(inp["kind"], inp["principal"], inp[inp["kind"]])
+        for record, input_json, _ in batch:
             record["prev_hash"] = prev
-            body = canonical_json(record)
+            if input_json is None:
+                body = canonical_json(record)
+            else:
+                body = canonical_json_with({k: v for k, v in record.items() if k != "input"}, "input", input_json)
             digest = record_hash(prev, body)
             principal = record["input"]["principal"]
             rows.append((
