@@ -150,11 +150,23 @@ def _authorize(args: argparse.Namespace) -> int:
         for r in response.reasons:
             print(f"  reason {r.code}: {r.message}")
         if response.obligations.fields:
-            print(f"  obligations {json.dumps(json_format.MessageToDict(response.obligations), sort_keys=True)}")
+            obligations = _integral(json_format.MessageToDict(response.obligations))
+            print(f"  obligations {json.dumps(obligations, sort_keys=True)}")
         if response.approval_id:
             print(f"  approval_id {response.approval_id}")
     return {pb.DECISION_ALLOW: EXIT_ALLOW, pb.DECISION_DENY: EXIT_DENY,
             pb.DECISION_REQUIRE_APPROVAL: EXIT_APPROVAL}.get(response.decision, EXIT_ERROR)
+
+
+def _integral(value: Any) -> Any:
+    """Struct numbers are doubles on the wire; show 8000.0 as 8000."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 def _decision(args: argparse.Namespace) -> int:

@@ -1,0 +1,102 @@
+package tollgate.budget_test
+
+import data.tollgate.budget
+import data.tollgate.fixtures_test as fx
+
+test_request_under_ceiling_allowed if {
+	count(budget.deny) == 0 with input as fx.budget("code-reviewer", 0.25, "usd")
+	count(budget.deny) == 0 with input as fx.budget("code-reviewer", 2, "usd")
+	count(budget.deny) == 0 with input as fx.budget("code-reviewer", 150000, "tokens")
+}
+
+test_request_over_usd_ceiling_denied if {
+	deny := budget.deny with input as fx.budget("code-reviewer", 2.5, "usd")
+	deny == {{"code": "budget_request_over_limit", "message": "request for 2.5 usd is over the per-request ceiling of 2 usd (max_request_usd)"}}
+}
+
+test_request_over_token_ceiling_denied if {
+	fx.codes(budget.deny) == {"budget_request_over_limit"} with input as fx.budget("code-reviewer", 200001, "tokens")
+}
+
+test_missing_ceiling_allows_nothing if {
+	fx.codes(budget.deny) == {"budget_request_over_limit"} with input as fx.budget("tokens-only", 1, "usd")
+		with data.agents["tokens-only"] as {"budget": {"max_request_tokens": 1000}}
+	count(budget.deny) == 0 with input as fx.budget("tokens-only", 0, "usd")
+		with data.agents["tokens-only"] as {"budget": {"max_request_tokens": 1000}}
+}
+
+test_unknown_unit_denied if {
+	deny := budget.deny with input as fx.budget("code-reviewer", 1, "eur")
+	deny == {{"code": "invalid_budget_unit", "message": "budget unit eur is not one of [\"tokens\", \"usd\"]"}}
+}
+
+test_empty_unit_denied if {
+	fx.codes(budget.deny) == {"invalid_budget_unit"} with input as fx.budget("code-reviewer", 1, "")
+}
+
+test_negative_or_non_numeric_amount_denied if {
+	fx.codes(budget.deny) == {"invalid_budget_amount"} with input as fx.budget("code-reviewer", -5, "usd")
+	fx.codes(budget.deny) == {"invalid_budget_amount"} with input as fx.budget("code-reviewer", "1", "usd")
+}
+
+test_missing_budget_object_denied if {
+	r := json.patch(fx.budget("code-reviewer", 1, "usd"), [{"op": "replace", "path": "/budget", "value": null}])
+	fx.codes(budget.deny) == {"invalid_budget_unit", "invalid_budget_amount"} with input as r
+}
+
+test_spend_within_session_limit_allowed if {
+	r := fx.with_state(fx.budget("code-reviewer", 1, "usd"), "spend", {"session": {"usd": 18.5}, "agent": {"usd": 100}})
+	count(budget.deny) == 0 with input as r
+}
+
+test_spend_reaching_limit_exactly_allowed if {
+	r := fx.with_state(fx.budget("code-reviewer", 1.5, "usd"), "spend", {"session": {"usd": 18.5}})
+	count(budget.deny) == 0 with input as r
+}
+
+test_spend_over_session_limit_denied if {
+	r := fx.with_state(fx.budget("code-reviewer", 1.5, "usd"), "spend", {"session": {"usd": 19}})
+	deny := budget.deny with input as r
+	deny == {{"code": "budget_exceeded", "message": "session spend 19 usd plus this request's 1.5 would pass the session limit of 20 usd"}}
+}
+
+test_each_limited_scope_checked if {
+	r := fx.with_state(fx.budget("release-bot", 0.5, "usd"), "spend", {
+		"session": {"usd": 9.9}, "workflow": {"usd": 24.9}, "team": {"usd": 199.9},
+	})
+	deny := budget.deny with input as r
+	count(deny) == 3
+	fx.codes(deny) == {"budget_exceeded"}
+}
+
+test_limits_are_per_unit if {
+	r := fx.with_state(fx.budget("code-reviewer", 1000, "tokens"), "spend", {"session": {"usd": 20, "tokens": 10}})
+	count(budget.deny) == 0 with input as r
+	r2 := fx.with_state(fx.budget("code-reviewer", 1000, "tokens"), "spend", {"session": {"tokens": 1999500}})
+	fx.codes(budget.deny) == {"budget_exceeded"} with input as r2
+}
+
+test_unlimited_scope_is_not_checked if {
+	r := fx.with_state(fx.budget("code-reviewer", 1, "usd"), "spend", {"team": {"usd": 1000000}})
+	count(budget.deny) == 0 with input as r
+}
+
+test_unreadable_spend_denied if {
+	r := fx.with_state(fx.budget("code-reviewer", 1, "usd"), "spend", {"session": {"usd": "lots"}})
+	fx.codes(budget.deny) == {"budget_exceeded"} with input as r
+}
+
+test_unknown_agent_gets_only_request_checks if {
+	count(budget.deny) == 0 with input as fx.budget("intruder", 1000, "usd")
+	fx.codes(budget.deny) == {"invalid_budget_unit"} with input as fx.budget("intruder", 1, "gold")
+}
+
+test_other_kinds_are_not_judged_here if {
+	count(budget.deny) == 0 with input as fx.tool("code-reviewer", "github", "get_pull_request", {})
+}
+
+test_non_numeric_ceiling_allows_nothing if {
+	request := fx.budget("odd-agent", 0.01, "usd")
+	fx.codes(budget.deny) == {"budget_request_over_limit"} with input as request
+		with data.agents["odd-agent"] as {"budget": {"max_request_usd": "unlimited"}}
+}

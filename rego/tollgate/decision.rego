@@ -1,0 +1,136 @@
+# METADATA
+# title: Tollgate decision
+# description: >-
+#   The entrypoint Tollgate evaluates for every tool call, model call and budget request.
+#   It gathers deny and approval reasons from the rule packages and folds them into one
+#   result: deny beats require_approval beats allow, a kill switch beats any approval, and
+#   an approval granted for this request turns require_approval into allow.
+package tollgate
+
+import data.tollgate.agent
+import data.tollgate.budget
+import data.tollgate.killswitch
+import data.tollgate.models
+import data.tollgate.tools
+
+_kinds := {"tool", "model", "budget"}
+
+# Approval states that end in a deny, each with its own code: approval_<status>.
+_closed_approval_messages := {
+	"denied": "a person denied this request",
+	"expired": "the approval for this request expired before it was used",
+	"used": "the approval for this request has already been used",
+	"mismatch": "the approval presented was granted for a different request",
+}
+
+# METADATA
+# title: decision
+# description: >-
+#   {"decision": "allow"|"deny"|"require_approval", "reasons": [{"code", "message"}],
+#   "obligations": {...}} plus "approval": {"approvers", "ttl_seconds"} when approval is
+#   required. Defined for every input.
+# entrypoint: true
+default decision := {
+	"decision": "deny",
+	"reasons": [{"code": "policy_incomplete", "message": "the policy reached no decision for this request"}],
+	"obligations": {},
+}
+
+decision := object.union(
+	{"decision": _verdict, "reasons": _reasons, "obligations": _obligations},
+	_approval_block,
+)
+
+_known_kind if input.kind in _kinds
+
+_invalid_request contains {"code": "invalid_request", "message": message} if {
+	not _known_kind
+	message := sprintf("request kind %v is not one of %v", [object.get(input, "kind", null), sort(_kinds)])
+}
+
+_rule_denials := ((((agent.deny | killswitch.deny) | tools.deny) | models.deny) | budget.deny) | _invalid_request
+
+_approval_reasons := tools.require_approval
+
+_approval_status := input.state.approval.status
+
+_approval_denials contains {"code": concat("_", ["approval", status]), "message": message} if {
+	count(_approval_reasons) > 0
+	status := _approval_status
+	message := _closed_approval_messages[status]
+}
+
+_approval_denials contains {"code": "no_approvers", "message": message} if {
+	count(_approval_reasons) > 0
+	count(_approvers) == 0
+	message := sprintf("this request needs approval but agent %q names no approvers", [input.principal.agent_id])
+}
+
+_denials := _rule_denials | _approval_denials
+
+_approved if {
+	count(_approval_reasons) > 0
+	_approval_status == "approved"
+}
+
+_needs_approval if {
+	count(_approval_reasons) > 0
+	not _approved
+}
+
+_verdict := "deny" if count(_denials) > 0
+
+_verdict := "require_approval" if {
+	count(_denials) == 0
+	_needs_approval
+}
+
+_verdict := "allow" if {
+	count(_denials) == 0
+	not _needs_approval
+}
+
+_reasons := [reason | some reason in _denials] if _verdict == "deny"
+
+_reasons := [reason | some reason in _approval_reasons | _pending] if _verdict == "require_approval"
+
+_reasons := [reason | some reason in _granted] if _verdict == "allow"
+
+_pending contains {"code": "approval_pending", "message": message} if {
+	_approval_status == "pending"
+	message := sprintf("approval %v is waiting for a decision", [object.get(input.state.approval, "id", "")])
+}
+
+_granted contains {"code": "approved", "message": message} if {
+	_approved
+	message := sprintf("approved by %v (approval %v) for: %s", [
+		object.get(input.state.approval, "approver", ""),
+		object.get(input.state.approval, "id", ""),
+		concat(", ", sort({reason.code | some reason in _approval_reasons})),
+	])
+}
+
+_obligations := {} if _verdict == "deny"
+
+_obligations := models.obligations if _verdict != "deny"
+
+default _approval_block := {}
+
+_approval_block := {"approval": {"approvers": _approvers, "ttl_seconds": _approval_ttl_seconds}} if {
+	_verdict == "require_approval"
+}
+
+default _approvers := []
+
+_approvers := approvers if {
+	approvers := agent.manifest.approval.approvers
+	is_array(approvers)
+}
+
+default _approval_ttl_seconds := 3600
+
+_approval_ttl_seconds := round(ttl) if {
+	ttl := agent.manifest.approval.ttl_seconds
+	is_number(ttl)
+	ttl >= 1
+}
