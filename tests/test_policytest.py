@@ -47,5 +47,5 @@ todo_test_later if false
 
 def test_compile_errors_stop_the_run_with_their_location(tmp_path: Path) -> None:
     _write(tmp_path, "p/p.rego", "package p\n\nx := undefined_function(1)\n")
-    with pytest.raises(PolicyTestError, match="p/p.rego:3"):
+    with pytest.raises(PolicyTestError, match=r"p/p\.rego:3"):
         run_tests([tmp_path])

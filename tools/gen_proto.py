@@ -17,9 +17,8 @@ INIT_TEXT = '"""Generated from proto/tollgate/v1 by tools/gen_proto.py. Do not e
 
 def generate(out_root: Path) -> list[Path]:
     """Run protoc over every .proto under proto/ into out_root; return the generated files."""
-    from grpc_tools import protoc  # imported here: only this script needs grpcio-tools
-
     import grpc_tools
+    from grpc_tools import protoc  # imported here: only this script needs grpcio-tools
 
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -88,8 +88,11 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> ServeConfig:
     return ServeConfig(**values).validate()
 
 
-def _coerce(name: str, value: Any, type_name: Any, path: str) -> Any:
-    expected = {"str": str, "int": int, "float": (int, float)}.get(str(type_name), object)
-    if isinstance(value, bool) or not isinstance(value, expected):
+def _coerce(name: str, value: Any, type_name: object, path: str) -> Any:
+    expected: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float)}
+    kind = expected.get(str(type_name), object)
+    if isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"config {path}: {name} must be a {type_name}, got {value!r}")
-    return float(value) if type_name == "float" else value
+    if str(type_name) == "float":
+        return float(cast(float, value))
+    return value

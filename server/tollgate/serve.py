@@ -56,14 +56,7 @@ async def serve(config: ServeConfig) -> int:
         slot, decision_log,
         AuthorizerConfig(eval_timeout=engine_config.eval_timeout, entrypoint=config.entrypoint),
     )
-    server = grpc.aio.server(
-        options=[
-            # The transport refuses anything far past the limit; the servicer names the field for the rest.
-            ("grpc.max_receive_message_length", 2 * config.max_request_bytes + 65536),
-            ("grpc.so_reuseport", 0),
-        ],
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-    )
+    server = grpc_server(config)
     server.add_generic_rpc_handlers((AuthorizationServicer(authorizer, decision_log, limits).handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -91,6 +84,18 @@ async def serve(config: ServeConfig) -> int:
     await loop.run_in_executor(None, decision_log.close)
     log.info("decision log flushed; bye")
     return 0
+
+
+def grpc_server(config: ServeConfig) -> grpc.aio.Server:
+    """The gRPC server `tollgate serve` runs on (the benchmark's no-op floor uses the same one)."""
+    return grpc.aio.server(
+        options=[
+            # The transport refuses anything far past the limit; the servicer names the field for the rest.
+            ("grpc.max_receive_message_length", 2 * config.max_request_bytes + 65536),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
 
 
 def _bind(server: grpc.aio.Server, listen: str) -> str:

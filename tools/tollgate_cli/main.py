@@ -143,7 +143,7 @@ def _authorize(args: argparse.Namespace) -> int:
             print(f"tollgate authorize: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return EXIT_ERROR
     if args.json:
-        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+        print(_to_json(response))
     else:
         verdict = pb.Decision.Name(response.decision).removeprefix("DECISION_")
         print(f"{verdict}  decision_id={response.decision_id}  bundle={response.bundle_revision}")
@@ -156,6 +156,12 @@ def _authorize(args: argparse.Namespace) -> int:
             print(f"  approval_id {response.approval_id}")
     return {pb.DECISION_ALLOW: EXIT_ALLOW, pb.DECISION_DENY: EXIT_DENY,
             pb.DECISION_REQUIRE_APPROVAL: EXIT_APPROVAL}.get(response.decision, EXIT_ERROR)
+
+
+def _to_json(message: Any) -> str:
+    from google.protobuf import json_format
+
+    return json.dumps(_integral(json_format.MessageToDict(message, preserving_proto_field_name=True)), indent=2)
 
 
 def _integral(value: Any) -> Any:
@@ -171,7 +177,6 @@ def _integral(value: Any) -> Any:
 
 def _decision(args: argparse.Namespace) -> int:
     import grpc
-    from google.protobuf import json_format
 
     from tollgate.v1 import authorization_pb2 as pb
     from tollgate.v1 import authorization_pb2_grpc as pb_grpc
@@ -183,7 +188,7 @@ def _decision(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             print(f"tollgate decision: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return EXIT_ERROR
-    print(json_format.MessageToJson(record, preserving_proto_field_name=True))
+    print(_to_json(record))
     return 0
 
 

@@ -54,7 +54,7 @@ class EngineConfig:
 class _Pending:
     """One evaluation sent to a worker and not yet answered."""
 
-    __slots__ = ("payload", "future", "deadline", "timer")
+    __slots__ = ("deadline", "future", "payload", "timer")
 
     def __init__(self, payload: bytes, future: asyncio.Future[bytes], deadline: float) -> None:
         self.payload = payload

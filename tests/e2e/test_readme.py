@@ -1,0 +1,105 @@
+"""The README walkthrough, run command by command against a real server on the default library."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TOLLGATE, Server, start_server
+
+
+def _commands() -> list[tuple[list[str], str]]:
+    """Each `$ .venv/bin/tollgate ...` command in README.md (continuations joined) with the output shown."""
+    text = (ROOT / "README.md").read_text()
+    found = []
+    for block in re.findall(r"```console\n(.*?)```", text, re.S):
+        lines = block.splitlines()
+        i = 0
+        while i < len(lines):
+            if lines[i].startswith("$ .venv/bin/tollgate "):
+                command = lines[i][2:]
+                while command.endswith("\\"):
+                    i += 1
+                    command = command[:-1] + lines[i].strip()
+                output = []
+                i += 1
+                while i < len(lines) and not lines[i].startswith("$ "):
+                    output.append(lines[i])
+                    i += 1
+                found.append((_split(command), "\n".join(output)))
+            else:
+                i += 1
+    return found
+
+
+def _split(command: str) -> list[str]:
+    import shlex
+
+    return shlex.split(command)
+
+
+COMMANDS = _commands()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    s = start_server(tmp_path_factory.mktemp("data"))
+    yield s
+    s.kill()
+
+
+def _run(server: Server, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    args = [*TOLLGATE, *argv[1:]]
+    if argv[1] in ("authorize", "decision"):
+        args += ["--server", server.address]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_the_walkthrough_has_the_commands_it_promises() -> None:
+    subcommands = [argv[1] for argv, _ in COMMANDS]
+    assert subcommands.count("authorize") >= 6
+    assert "decision" in subcommands
+    assert "test" in subcommands
+
+
+AUTHORIZE = [(argv, shown) for argv, shown in COMMANDS if argv[1] == "authorize"]
+
+
+@pytest.mark.parametrize(("argv", "shown"), AUTHORIZE, ids=[f"{i}-{a[3]}" for i, (a, _) in enumerate(AUTHORIZE)])
+def test_authorize_examples_answer_as_shown(server: Server, argv: list[str], shown: str) -> None:
+    result = _run(server, argv)
+    verdict = shown.split()[0]
+    assert result.stdout.split()[0] == verdict, result.stdout + result.stderr
+    assert result.returncode == {"ALLOW": 0, "DENY": 2, "REQUIRE_APPROVAL": 3}[verdict]
+    shown_codes = re.findall(r"reason (\w+):", shown)
+    assert re.findall(r"reason (\w+):", result.stdout) == shown_codes
+    for line in shown.splitlines():
+        if line.strip().startswith("obligations"):
+            assert line.strip() in result.stdout
+
+
+def test_decision_example_reads_back_the_logged_record(server: Server) -> None:
+    first = AUTHORIZE[0][0]
+    answered = _run(server, first)
+    decision_id = re.search(r"decision_id=(\S+)", answered.stdout)
+    assert decision_id
+    shown = _run(server, [".venv/bin/tollgate", "decision", decision_id.group(1)])
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["decision_id"] == decision_id.group(1)
+    assert record["decision"] == "DECISION_ALLOW"
+    assert record["principal"] == {"agent_id": "code-reviewer", "session_id": "s-1"}
+    assert record["tool"]["arguments"] == {"owner": "acme", "repo": "payments-api", "pullNumber": 42}
+    assert record["result"] == {"decision": "allow", "reasons": [], "obligations": {}}
+    assert len(record["hash"]) == 64
+
+
+def test_policy_test_example_passes(tmp_path: Path) -> None:
+    argv = next(a for a, _ in COMMANDS if a[1] == "test")
+    result = subprocess.run([*TOLLGATE, *argv[1:]], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.match(r"PASS: (\d+)/\1$", result.stdout.strip().splitlines()[-1])
