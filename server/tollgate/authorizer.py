@@ -33,10 +33,8 @@ KINDS = ("tool", "model", "budget")
 
 @dataclass(frozen=True)
 class AuthorizerConfig:
-    """How the authorizer evaluates."""
+    """How the authorizer records what it evaluated (the engine owns evaluation and its deadline)."""
 
-    #: Deadline for one policy evaluation, in seconds; past it the answer is a DENY (deadline_exceeded).
-    eval_timeout: float = 0.050
     #: The entrypoint evaluated, recorded with each decision.
     entrypoint: str = "tollgate/decision"
 
@@ -186,10 +184,9 @@ class Authorizer:
     async def _evaluate(self, engine: Engine, input_json: str) -> tuple[PolicyResult, Any, str]:
         """Evaluate and validate; every failure becomes a server DENY with its reason and the detail."""
         try:
-            raw = await engine.evaluate(input_json.encode(), timeout=self._config.eval_timeout)
+            raw = await engine.evaluate(input_json.encode())
         except EvaluationTimeout as exc:
-            ms = self._config.eval_timeout * 1000
-            return _server_deny(DEADLINE_EXCEEDED, f"policy evaluation did not finish within {ms:g} ms"), None, str(exc)
+            return _server_deny(DEADLINE_EXCEEDED, exc.message), None, str(exc)
         except EngineError as exc:
             log.warning("policy evaluation failed: %s", exc)
             return _server_deny(ENGINE_ERROR, "policy evaluation failed; see the decision log"), None, str(exc)

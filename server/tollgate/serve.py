@@ -54,7 +54,7 @@ async def serve(config: ServeConfig) -> int:
     limits = RequestLimits(max_request_bytes=config.max_request_bytes, max_depth=config.max_depth)
     authorizer = Authorizer(
         slot, decision_log,
-        AuthorizerConfig(eval_timeout=engine_config.eval_timeout, entrypoint=config.entrypoint),
+        AuthorizerConfig(entrypoint=config.entrypoint),
     )
     server = grpc_server(config)
     server.add_generic_rpc_handlers((AuthorizationServicer(authorizer, decision_log, limits).handler(),))

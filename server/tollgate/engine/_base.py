@@ -38,10 +38,11 @@ class Engine(Protocol):
     @property
     def revision(self) -> str: ...
 
-    async def evaluate(self, input_json: bytes, *, timeout: float) -> Any:
+    async def evaluate(self, input_json: bytes) -> Any:
         """Evaluate the entrypoint for a JSON-encoded input; UNDEFINED if the policy defines no value.
 
-        Raises EvaluationTimeout when the deadline passes and EngineError for any other failure.
+        The engine owns its deadline: it raises EvaluationTimeout when the evaluation runs past it, and
+        EngineError for any other failure.
         """
         ...
 

@@ -1,10 +1,16 @@
-"""The embedded engine as a pool of worker processes, so a runaway evaluation can be killed on its deadline.
+"""The embedded engine as a pool of worker processes, so a runaway evaluation can be stopped.
 
 The Go `rego` package cannot cancel an evaluation from the outside, and an in-process thread that runs
 one past its deadline would keep burning a core (and memory) until it finishes. Each worker process
-holds one OPA engine; the server hands one input to one idle worker at a time. When the deadline
-passes, the caller gets its answer (a DENY) at once, the worker is killed, and a replacement starts in
-the background while the other workers keep serving.
+holds one OPA engine and evaluates one input at a time; the server queues inputs on the least busy
+worker and sends everything queued in one loop iteration with one write.
+
+Deadlines, per worker, on the evaluation it is running (the head of its queue):
+- at half the deadline, the requests queued behind it are also sent to idle workers (first answer wins);
+- at the deadline, its caller gets EvaluationTimeout (a DENY). If the worker is burning CPU on it, the
+  worker is killed and replaced in the background; if the machine is merely too busy to run it, the
+  worker is left to finish and checked again, since killing it would only shrink the pool under load.
+A request that waits `max_queue_wait` without reaching a worker also gets EvaluationTimeout.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import struct
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from tollgate.bundle import Bundle
 from tollgate.engine._base import EngineError, EvaluationTimeout, decode_envelope
@@ -37,38 +44,36 @@ class EngineConfig:
     entrypoint: str = "tollgate/decision"
     #: Worker processes, each with its own OPA engine; 0 means one per CPU.
     workers: int = 0
-    #: Deadline for one evaluation, in seconds (including any wait for a free worker).
+    #: Deadline for one evaluation, in seconds, from the moment a worker starts it.
     eval_timeout: float = 0.050
+    #: Longest a request may wait for a worker before it is answered with EvaluationTimeout, in seconds.
+    max_queue_wait: float = 1.0
     #: How long a new worker may take to load and compile the bundle, in seconds.
     start_timeout: float = 60.0
     #: Evaluations queued on one worker at once; deeper queues batch more work per wake-up.
     max_queue_per_worker: int = 32
-    #: When one evaluation has run this long (seconds), the requests queued behind it on the same
-    #: worker are also sent to other workers; whichever answer comes first is used.
-    hedge_after: float = 0.005
+    #: A worker still on one evaluation this long after its deadline is killed even if it seems starved.
+    kill_after: float = 2.0
 
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
 
 
 class _Pending:
-    """One evaluation sent to a worker and not yet answered."""
+    """One evaluation waiting for, or sent to, a worker."""
 
-    __slots__ = ("deadline", "future", "payload", "timer")
+    __slots__ = ("future", "payload", "timer")
 
-    def __init__(self, payload: bytes, future: asyncio.Future[bytes], deadline: float) -> None:
+    def __init__(self, payload: bytes, future: asyncio.Future[bytes]) -> None:
         self.payload = payload
         self.future = future
-        self.deadline = deadline
         self.timer: asyncio.TimerHandle | None = None
 
 
 class _Worker:
-    """The server's end of one worker process: a socket and the evaluations in flight on it, in order.
+    """The server's end of one worker process: a socket and the evaluations queued on it, in order.
 
-    Several evaluations may be queued on one worker (up to the pool's depth) so that under load one
-    wake-up and one system call carry many frames each way. The worker answers in order, so the head
-    of `pending` is always the evaluation running now.
+    The worker answers in order, so the head of `pending` is the evaluation it is running now.
     """
 
     def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
@@ -78,7 +83,9 @@ class _Worker:
         self.buffer = bytearray()
         self.outbox: list[bytes] = []  # frames queued this loop iteration, sent together
         self.dead = False
-        #: Fires when the evaluation at the head of `pending` has run for a whole deadline.
+        self.slow = False  # the head has run past half its deadline: send new work elsewhere
+        self.head_started = 0.0
+        self.cpu_mark: tuple[int | None, float] = (None, 0.0)  # (CPU ns, loop time) at the last check
         self.watchdog: asyncio.TimerHandle | None = None
 
 
@@ -93,8 +100,8 @@ class WorkerPoolEngine:
              "modules": dict(bundle.modules), "data": bundle.data}
         ).encode()
         self._workers: list[_Worker] = []
-        self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: collections.deque[_Pending] = collections.deque()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -160,33 +167,37 @@ class WorkerPoolEngine:
         self._workers.append(worker)
         self._loop.add_reader(worker.sock.fileno(), self._on_readable, worker)
 
-    async def evaluate(self, input_json: bytes, *, timeout: float) -> object:
+    async def evaluate(self, input_json: bytes) -> object:
         if self._closed:
             raise EngineError("closed", "engine has been closed")
         loop = self._loop or asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
-        pending = _Pending(input_json, future, loop.time() + timeout)
-        pending.timer = loop.call_at(pending.deadline, self._on_deadline, pending)
+        pending = _Pending(input_json, loop.create_future())
+        config = self._config
+        pending.timer = loop.call_later(config.max_queue_wait + config.eval_timeout, self._on_wait_timeout, pending)
         self._dispatch(pending)
         try:
-            raw = await future
+            raw = await pending.future
         finally:
             pending.timer.cancel()
         return decode_envelope(raw)
 
-    def _dispatch(self, pending: _Pending, exclude: _Worker | None = None) -> None:
-        """Queue an evaluation on the least busy live worker, or hold it until one has room."""
+    # -- placing work ------------------------------------------------------------------------------
+
+    def _dispatch(self, pending: _Pending, *, idle_only: bool = False, exclude: _Worker | None = None) -> bool:
+        """Queue an evaluation on the least busy healthy worker; hold it when none has room.
+
+        With idle_only, only a worker with nothing queued will do, and nothing is held (for hedging).
+        """
         best: _Worker | None = None
         for w in self._workers:
-            if not w.dead and w is not exclude and (best is None or len(w.pending) < len(best.pending)):
+            if w.dead or w is exclude or (idle_only and (w.pending or w.slow)):
+                continue
+            if best is None or (w.slow, len(w.pending)) < (best.slow, len(best.pending)):
                 best = w
-        if best is None:
-            # Every worker is being replaced; the deadline timer answers if none comes back in time.
-            self._waiting.append(pending)
-            return
-        if len(best.pending) >= self._config.max_queue_per_worker:
-            self._waiting.append(pending)
-            return
+        if best is None or len(best.pending) >= self._config.max_queue_per_worker:
+            if not idle_only:
+                self._waiting.append(pending)
+            return False
         best.pending.append(pending)
         if not best.outbox:
             # One send per worker per loop iteration: waking another process costs far more than
@@ -196,7 +207,8 @@ class WorkerPoolEngine:
         best.outbox.append(_HEADER.pack(len(pending.payload)))
         best.outbox.append(pending.payload)
         if len(best.pending) == 1:
-            self._arm_watchdog(best)
+            self._start_head(best)
+        return True
 
     def _flush(self, worker: _Worker) -> None:
         if worker.dead or not worker.outbox:
@@ -208,34 +220,24 @@ class WorkerPoolEngine:
         except OSError as exc:
             self._retire(worker, why=f"socket error: {exc}")
 
-    def _arm_watchdog(self, worker: _Worker) -> None:
-        """The head of the worker's queue starts now. If it is still running after `hedge_after`, the
-        requests behind it are sent to other workers too; if it is still running after a whole
-        evaluation deadline, the worker is killed."""
-        if worker.watchdog is not None:
-            worker.watchdog.cancel()
-            worker.watchdog = None
-        if worker.pending and self._loop is not None:
-            head = worker.pending[0]
-            hedge = min(self._config.hedge_after, self._config.eval_timeout)
-            worker.watchdog = self._loop.call_later(hedge, self._on_slow, worker, head)
+    def _drain_waiting(self) -> None:
+        while self._waiting:
+            pending = self._waiting.popleft()
+            if pending.future.done():
+                continue
+            if not self._dispatch(pending):
+                # It went back to the end of the queue; put it in front again and stop for now.
+                self._waiting.rotate(1)
+                return
 
-    def _on_slow(self, worker: _Worker, head: _Pending) -> None:
-        if worker.dead or not worker.pending or worker.pending[0] is not head or self._loop is None:
-            return
-        # The queued copies stay on this worker (its answers arrive in order), but they no longer
-        # wait for it: duplicates go to the other workers, and the first answer wins.
-        others = [w for w in self._workers if w is not worker and not w.dead]
-        if others:
-            for queued in list(worker.pending)[1:]:
-                if not queued.future.done():
-                    self._dispatch(_Pending(queued.payload, queued.future, queued.deadline), exclude=worker)
-        remaining = self._config.eval_timeout - min(self._config.hedge_after, self._config.eval_timeout)
-        worker.watchdog = self._loop.call_later(max(remaining, 0.0), self._on_stuck, worker, head)
+    def _hedge(self, worker: _Worker) -> None:
+        """Send copies of what waits behind a slow head to idle workers; the first answer wins."""
+        for queued in list(worker.pending)[1:]:
+            if not queued.future.done():
+                if not self._dispatch(_Pending(queued.payload, queued.future), idle_only=True, exclude=worker):
+                    return
 
-    def _on_stuck(self, worker: _Worker, head: _Pending) -> None:
-        if not worker.dead and worker.pending and worker.pending[0] is head:
-            self._retire(worker, why="evaluation ran past its deadline", timed_out=head)
+    # -- answers -----------------------------------------------------------------------------------
 
     def _on_readable(self, worker: _Worker) -> None:
         try:
@@ -259,32 +261,64 @@ class WorkerPoolEngine:
             frame = bytes(buf[offset + size : offset + size + length])
             offset += size + length
             pending = worker.pending.popleft()
-            if not pending.future.done():
+            if not pending.future.done():  # a copy may have answered first, or the deadline passed
                 pending.future.set_result(frame)
         if offset:
             del buf[:offset]
-            self._arm_watchdog(worker)
+            self._start_head(worker)
         self._drain_waiting()
 
-    def _drain_waiting(self) -> None:
-        while self._waiting:
-            pending = self._waiting.popleft()
-            if pending.future.done():
-                continue
-            before = len(self._waiting)
-            self._dispatch(pending)
-            if len(self._waiting) > before:  # went straight back: nobody can take more now
-                return
+    # -- deadlines ---------------------------------------------------------------------------------
 
-    def _on_deadline(self, pending: _Pending) -> None:
-        # The caller gets its answer now. If the evaluation was already sent, its result is dropped
-        # when it arrives; the worker's watchdog decides whether the worker itself is stuck.
+    def _start_head(self, worker: _Worker) -> None:
+        """The head of the worker's queue starts now: watch it."""
+        if worker.watchdog is not None:
+            worker.watchdog.cancel()
+            worker.watchdog = None
+        worker.slow = False
+        if worker.pending and self._loop is not None:
+            worker.head_started = self._loop.time()
+            worker.watchdog = self._loop.call_later(
+                self._config.eval_timeout / 2, self._on_slow, worker, worker.pending[0])
+
+    def _on_slow(self, worker: _Worker, head: _Pending) -> None:
+        if worker.dead or not worker.pending or worker.pending[0] is not head or self._loop is None:
+            return
+        worker.slow = True
+        self._hedge(worker)
+        worker.cpu_mark = (_cpu_ns(worker.proc.pid), self._loop.time())
+        remaining = worker.head_started + self._config.eval_timeout - self._loop.time()
+        worker.watchdog = self._loop.call_later(max(remaining, 0.0), self._on_overdue, worker, head)
+
+    def _on_overdue(self, worker: _Worker, head: _Pending) -> None:
+        if worker.dead or not worker.pending or worker.pending[0] is not head or self._loop is None:
+            return
+        if not head.future.done():
+            ms = self._config.eval_timeout * 1000
+            head.future.set_exception(EvaluationTimeout(f"policy evaluation did not finish within {ms:g} ms"))
+        now = self._loop.time()
+        cpu_before, since = worker.cpu_mark
+        cpu_now = _cpu_ns(worker.proc.pid)
+        burning = cpu_before is None or cpu_now is None or (cpu_now - cpu_before) >= 0.5e9 * (now - since)
+        if burning or now - worker.head_started >= self._config.eval_timeout + self._config.kill_after:
+            self._retire(worker, why="evaluation ran past its deadline")
+            return
+        # Starved rather than stuck: the machine is too busy to run it. Let it finish, look again later.
+        log.debug("engine: worker %d is slow but not burning CPU; not killing it", worker.proc.pid)
+        self._hedge(worker)
+        worker.cpu_mark = (cpu_now, now)
+        worker.watchdog = self._loop.call_later(self._config.eval_timeout, self._on_overdue, worker, head)
+
+    def _on_wait_timeout(self, pending: _Pending) -> None:
         if not pending.future.done():
-            pending.future.set_exception(
-                EvaluationTimeout("policy evaluation did not finish before its deadline"))
+            pending.future.set_exception(EvaluationTimeout(
+                f"no engine worker finished the request within {self._config.max_queue_wait * 1000:g} ms "
+                "of queueing plus the evaluation deadline (overloaded)"))
 
-    def _retire(self, worker: _Worker, *, why: str, timed_out: _Pending | None = None) -> None:
-        """Kill a worker, answer what it was running, re-queue what waited behind it, start a replacement."""
+    # -- worker life cycle -------------------------------------------------------------------------
+
+    def _retire(self, worker: _Worker, *, why: str) -> None:
+        """Kill a worker, fail what it was running, re-queue what waited behind it, start a replacement."""
         if worker.dead:
             return
         worker.dead = True
@@ -303,10 +337,7 @@ class WorkerPoolEngine:
         for i, pending in enumerate(queued):
             if pending.future.done():
                 continue
-            if pending is timed_out:
-                pending.future.set_exception(
-                    EvaluationTimeout("policy evaluation did not finish before its deadline"))
-            elif i == 0:
+            if i == 0:
                 pending.future.set_exception(EngineError("worker_died", why))
             else:
                 self._waiting.append(pending)
@@ -375,3 +406,12 @@ async def _read_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> b
 
     (length,) = _HEADER.unpack(await exact(_HEADER.size))
     return await exact(length)
+
+
+def _cpu_ns(pid: int) -> int | None:
+    """CPU time all threads of a process have used, in ns (Linux schedstat), or None if unknown."""
+    try:
+        return sum(int((task / "schedstat").read_text().split()[0])
+                   for task in Path(f"/proc/{pid}/task").iterdir())
+    except (OSError, ValueError, IndexError):
+        return None

@@ -1,0 +1,170 @@
+"""The worker-process engine: results, errors, deadlines, stuck versus starved workers, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import write_policy
+from tollgate.bundle import load_bundle
+from tollgate.engine import UNDEFINED, EngineConfig, EngineError, EvaluationTimeout, WorkerPoolEngine
+
+POLICY = """
+package tollgate
+
+decision := {"decision": "allow", "who": input.who} if input.who != "nobody"
+
+decision := {"decision": "allow"} if input.who == "twice"
+
+decision := {"decision": "deny"} if input.who == "twice"
+
+decision := count([x | some x in numbers.range(1, 1000000000)]) if input.who == "runaway"
+"""
+
+
+def _children() -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.update(int(p) for p in text)
+    return found
+
+
+def _run(tmp_path: Path, config: EngineConfig, body: Callable[[WorkerPoolEngine], Awaitable[None]]) -> None:
+    bundle = load_bundle(write_policy(tmp_path / "b", POLICY))
+
+    async def main() -> None:
+        engine = WorkerPoolEngine(bundle, config)
+        await engine.start()
+        try:
+            await body(engine)
+        finally:
+            await engine.close()
+
+    asyncio.run(main())
+
+
+def _input(who: str) -> bytes:
+    return json.dumps({"who": who}).encode()
+
+
+def test_results_undefined_and_engine_errors(tmp_path: Path) -> None:
+    async def body(engine: WorkerPoolEngine) -> None:
+        assert await engine.evaluate(_input("ann")) == {"decision": "allow", "who": "ann"}
+        assert await engine.evaluate(_input("nobody")) is UNDEFINED
+        with pytest.raises(EngineError) as err:
+            await engine.evaluate(_input("twice"))
+        assert "conflict" in err.value.message
+        answers = await asyncio.gather(*(engine.evaluate(_input(f"u{i}")) for i in range(500)))
+        assert [a["who"] for a in answers] == [f"u{i}" for i in range(500)]  # type: ignore[index]
+
+    _run(tmp_path, EngineConfig(workers=2), body)
+
+
+def test_a_bundle_that_does_not_compile_is_refused_and_leaves_no_process(tmp_path: Path) -> None:
+    bundle = load_bundle(write_policy(tmp_path / "b", "package tollgate\n\ndecision := nope(1)\n"))
+    before = _children()
+
+    async def main() -> None:
+        with pytest.raises(EngineError, match="undefined function"):
+            await WorkerPoolEngine(bundle, EngineConfig(workers=2)).start()
+
+    asyncio.run(main())
+    time.sleep(0.2)
+    assert _children() - before == set()
+
+
+def test_a_runaway_is_answered_at_its_deadline_and_its_worker_replaced(tmp_path: Path) -> None:
+    async def body(engine: WorkerPoolEngine) -> None:
+        first = _children()
+        started = time.monotonic()
+        with pytest.raises(EvaluationTimeout):
+            await engine.evaluate(_input("runaway"))
+        assert time.monotonic() - started < 1.0
+        for _ in range(100):  # the burning worker is killed and a new one takes its place
+            await asyncio.sleep(0.05)
+            if len(_children() - first) == 1 and len(first - _children()) == 1:
+                break
+        assert len(_children() - first) == 1
+        assert await engine.evaluate(_input("ann")) == {"decision": "allow", "who": "ann"}
+
+    _run(tmp_path, EngineConfig(workers=1, eval_timeout=0.1), body)
+
+
+def test_a_starved_worker_is_not_killed_at_the_deadline(tmp_path: Path) -> None:
+    """A stopped process uses no CPU, like one the machine is too busy to run: the caller still gets
+    its deadline answer, but the worker is kept (killing it would only shrink the pool under load)."""
+
+    async def body(engine: WorkerPoolEngine) -> None:
+        (pid,) = _children()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(EvaluationTimeout):
+                await engine.evaluate(_input("ann"))
+            assert time.monotonic() - started < 1.0
+            await asyncio.sleep(0.3)
+            assert _children() == {pid}
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await engine.evaluate(_input("bob")) == {"decision": "allow", "who": "bob"}
+        assert _children() == {pid}
+
+    _run(tmp_path, EngineConfig(workers=1, eval_timeout=0.1, kill_after=5.0), body)
+
+
+def test_a_worker_stuck_past_kill_after_is_replaced_even_if_idle(tmp_path: Path) -> None:
+    async def body(engine: WorkerPoolEngine) -> None:
+        (pid,) = _children()
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(EvaluationTimeout):
+            await engine.evaluate(_input("ann"))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if pid not in _children() and _children():
+                break
+        assert pid not in _children()
+        assert await engine.evaluate(_input("bob")) == {"decision": "allow", "who": "bob"}
+
+    _run(tmp_path, EngineConfig(workers=1, eval_timeout=0.1, kill_after=0.3), body)
+
+
+def test_a_crashed_worker_fails_its_evaluation_and_is_replaced(tmp_path: Path) -> None:
+    async def body(engine: WorkerPoolEngine) -> None:
+        (pid,) = _children()
+        task: asyncio.Future[Any] = asyncio.ensure_future(engine.evaluate(_input("runaway")))
+        await asyncio.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EngineError) as err:
+            await task
+        assert err.value.code == "worker_died"
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if _children() - {pid}:
+                break
+        assert await engine.evaluate(_input("ann")) == {"decision": "allow", "who": "ann"}
+
+    _run(tmp_path, EngineConfig(workers=1, eval_timeout=5.0), body)
+
+
+def test_requests_that_cannot_reach_a_worker_in_time_are_answered_overloaded(tmp_path: Path) -> None:
+    async def body(engine: WorkerPoolEngine) -> None:
+        (pid,) = _children()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            results = await asyncio.gather(*(engine.evaluate(_input("ann")) for _ in range(5)),
+                                           return_exceptions=True)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert all(isinstance(r, EvaluationTimeout) for r in results)
+        assert any("overloaded" in str(r) for r in results)
+
+    _run(tmp_path, EngineConfig(workers=1, eval_timeout=0.1, max_queue_wait=0.2, kill_after=5.0), body)
