@@ -192,3 +192,26 @@ def test_health_and_reflection_work_for_generic_grpc_tools(serve, tmp_path: Path
     names = {s.name for s in answers[0].list_services_response.service}
     assert {"tollgate.v1.AuthorizationService", "grpc.health.v1.Health"} <= names
     assert answers[1].file_descriptor_response.file_descriptor_proto
+
+
+def test_serves_an_opa_bundle_tarball_with_the_revision_from_its_manifest(serve, tmp_path: Path) -> None:
+    import io
+    import json
+    import tarfile
+
+    from tests.conftest import REGO
+
+    bundle = tmp_path / "bundle.tar.gz"
+    with tarfile.open(bundle, "w:gz") as tar:
+        manifest = json.dumps({"revision": "2026.11.21-1", "roots": ["tollgate", "agents", "catalog"]}).encode()
+        info = tarfile.TarInfo(".manifest")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+        for path in sorted(REGO.rglob("*")):
+            if path.is_file() and not path.name.endswith("_test.rego"):
+                tar.add(path, arcname=str(path.relative_to(REGO)))
+    server = serve(bundle=bundle)
+    response = server.authorize(tool_request(arguments={"owner": "acme", "repo": "payments-api", "pullNumber": 1}))
+    assert response.decision == pb.DECISION_ALLOW
+    assert response.bundle_revision == "2026.11.21-1"
+    assert server.get_decision(response.decision_id).bundle_revision == "2026.11.21-1"
