@@ -33,7 +33,10 @@ decision := count([x | some x in numbers.range(1, 1000000000)]) if input.who == 
 def _children() -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except FileNotFoundError:  # the thread ended between the listing and the read
+            continue
         found.update(int(p) for p in text)
     return found
 

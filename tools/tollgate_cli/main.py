@@ -3,209 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
-from typing import Any
 
-DEFAULT_SERVER = "127.0.0.1:50051"
-# Exit codes of `tollgate authorize`, so scripts can branch on the verdict.
-EXIT_ALLOW, EXIT_ERROR, EXIT_DENY, EXIT_APPROVAL = 0, 1, 2, 3
+from tollgate_cli import _policy, _serve, _sidecar
+from tollgate_cli._common import EXIT_ERROR
+
+# Each command module adds its subcommands with register(); order is the order of `tollgate --help`.
+COMMANDS = (_serve, _sidecar, _policy)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = argparse.ArgumentParser(prog="tollgate", description=__doc__)
+    sub = parser.add_subparsers(metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR
     result: int = args.func(args)
     return result
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tollgate", description=__doc__)
-    sub = parser.add_subparsers(metavar="COMMAND")
-
-    from tollgate.config import ServeConfig
-
-    serve = sub.add_parser("serve", help="run the policy decision sidecar")
-    serve.add_argument("--config", help="YAML file; its keys are the flag names")
-    for f in fields(ServeConfig):
-        kind = {"int": int, "float": float}.get(str(f.type), str)
-        serve.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                           help=_field_help(f.name))
-    serve.set_defaults(func=_serve)
-
-    auth = sub.add_parser("authorize", help="ask a running sidecar for one decision")
-    auth.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
-    auth.add_argument("--agent", required=True, help="principal.agent_id")
-    for name in ("session", "instance", "workflow", "team", "user"):
-        auth.add_argument(f"--{name}", default="", help=f"principal.{name}")
-    action = auth.add_mutually_exclusive_group(required=True)
-    action.add_argument("--tool", help="SERVER/NAME (or NAME for a built-in tool)")
-    action.add_argument("--model", help="PROVIDER/MODEL")
-    action.add_argument("--budget", type=float, metavar="AMOUNT", help="amount to spend")
-    auth.add_argument("--args", default="{}", help="tool arguments as a JSON object")
-    auth.add_argument("--resource", action="append", default=[], help="tool resource (repeatable)")
-    auth.add_argument("--input-tokens", type=int, default=0)
-    auth.add_argument("--max-output-tokens", type=int, default=0)
-    auth.add_argument("--data-class", action="append", default=[], help="model data class (repeatable)")
-    auth.add_argument("--unit", default="usd", help="budget unit: usd or tokens")
-    auth.add_argument("--category", default="", help="budget category: model, tool, compute")
-    auth.add_argument("--context", default="{}", help="request context as a JSON object")
-    auth.add_argument("--request-id", default="", help="idempotency key")
-    auth.add_argument("--json", action="store_true", help="print the response as JSON")
-    auth.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
-    auth.set_defaults(func=_authorize)
-
-    dec = sub.add_parser("decision", help="show one logged decision record")
-    dec.add_argument("decision_id")
-    dec.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
-    dec.set_defaults(func=_decision)
-
-    test = sub.add_parser("test", help="run the Rego tests (test_* rules) through the embedded OPA engine")
-    test.add_argument("paths", nargs="*", default=["rego"], help="policy directories (default: rego)")
-    test.add_argument("--run", default="", help="only tests whose name matches this regular expression")
-    test.add_argument("-v", "--verbose", action="store_true", help="print passing tests too")
-    test.set_defaults(func=_test)
-    return parser
-
-
-def _field_help(name: str) -> str:
-    from tollgate.config import ServeConfig
-
-    doc = {
-        "listen": "HOST:PORT or unix:PATH", "data_dir": "decision log and state directory",
-        "bundle": "policy directory or OPA bundle .tar.gz", "entrypoint": "policy document to evaluate",
-        "eval_timeout_ms": "evaluation deadline in ms", "workers": "engine worker processes (0: one per CPU)",
-        "max_request_bytes": "largest request accepted", "max_depth": "deepest argument nesting accepted",
-        "log_sync": "full or normal", "max_concurrent_rpcs": "RPCs handled at once",
-        "drain_seconds": "grace for in-flight requests on SIGTERM", "log_level": "debug, info, warning, error",
-    }.get(name, "")
-    default = getattr(ServeConfig(), name)
-    return f"{doc} (default {default})"
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from tollgate import serve
-    from tollgate.config import ConfigError, ServeConfig, load_config
-
-    overrides = {f.name: getattr(args, f.name) for f in fields(ServeConfig)}
-    try:
-        config = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"tollgate serve: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    return serve.main(config)
-
-
-def _json_object(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise SystemExit(f"tollgate: {flag} is not valid JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise SystemExit(f"tollgate: {flag} must be a JSON object")
-    return value
-
-
-def _authorize(args: argparse.Namespace) -> int:
-    import grpc
-    from google.protobuf import json_format
-
-    from tollgate.v1 import authorization_pb2 as pb
-    from tollgate.v1 import authorization_pb2_grpc as pb_grpc
-
-    request = pb.AuthorizeRequest(
-        principal=pb.Principal(agent_id=args.agent, session_id=args.session, instance_id=args.instance,
-                               workflow=args.workflow, team=args.team, user=args.user),
-        request_id=args.request_id,
-    )
-    request.context.update(_json_object(args.context, "--context"))
-    if args.tool is not None:
-        server, _, name = args.tool.rpartition("/")
-        request.tool.server, request.tool.name = server, name
-        request.tool.arguments.update(_json_object(args.args, "--args"))
-        request.tool.resources.extend(args.resource)
-    elif args.model is not None:
-        provider, _, model = args.model.rpartition("/")
-        request.model.CopyFrom(pb.ModelCall(provider=provider, model=model, input_tokens=args.input_tokens,
-                                            max_output_tokens=args.max_output_tokens,
-                                            data_classes=args.data_class))
-    else:
-        request.budget.CopyFrom(pb.BudgetRequest(amount=args.budget, unit=args.unit, category=args.category))
-    with grpc.insecure_channel(args.server) as channel:
-        try:
-            response = pb_grpc.AuthorizationServiceStub(channel).Authorize(request, timeout=args.timeout)
-        except grpc.RpcError as exc:
-            print(f"tollgate authorize: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return EXIT_ERROR
-    if args.json:
-        print(_to_json(response))
-    else:
-        verdict = pb.Decision.Name(response.decision).removeprefix("DECISION_")
-        print(f"{verdict}  decision_id={response.decision_id}  bundle={response.bundle_revision}")
-        for r in response.reasons:
-            print(f"  reason {r.code}: {r.message}")
-        if response.obligations.fields:
-            obligations = _integral(json_format.MessageToDict(response.obligations))
-            print(f"  obligations {json.dumps(obligations, sort_keys=True)}")
-        if response.approval_id:
-            print(f"  approval_id {response.approval_id}")
-    return {pb.DECISION_ALLOW: EXIT_ALLOW, pb.DECISION_DENY: EXIT_DENY,
-            pb.DECISION_REQUIRE_APPROVAL: EXIT_APPROVAL}.get(response.decision, EXIT_ERROR)
-
-
-def _to_json(message: Any) -> str:
-    from google.protobuf import json_format
-
-    return json.dumps(_integral(json_format.MessageToDict(message, preserving_proto_field_name=True)), indent=2)
-
-
-def _integral(value: Any) -> Any:
-    """Struct numbers are doubles on the wire; show 8000.0 as 8000."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
-
-
-def _decision(args: argparse.Namespace) -> int:
-    import grpc
-
-    from tollgate.v1 import authorization_pb2 as pb
-    from tollgate.v1 import authorization_pb2_grpc as pb_grpc
-
-    with grpc.insecure_channel(args.server) as channel:
-        try:
-            record = pb_grpc.AuthorizationServiceStub(channel).GetDecision(
-                pb.GetDecisionRequest(decision_id=args.decision_id), timeout=5)
-        except grpc.RpcError as exc:
-            print(f"tollgate decision: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return EXIT_ERROR
-    print(_to_json(record))
-    return 0
-
-
-def _test(args: argparse.Namespace) -> int:
-    from tollgate.policytest import PolicyTestError, run_tests
-
-    try:
-        report = run_tests(args.paths, pattern=args.run)
-    except PolicyTestError as exc:
-        print(f"tollgate test: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    for result in report.results:
-        if result.outcome != "PASS" or args.verbose:
-            line = f"{result.location}: {result.outcome} {result.package}.{result.name}"
-            print(line + (f" ({result.detail})" if result.detail else ""))
-    print(report.summary())
-    return 0 if report.ok else EXIT_ERROR
 
 
 if __name__ == "__main__":

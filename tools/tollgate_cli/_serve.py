@@ -1,0 +1,51 @@
+"""`tollgate serve`: flags for every ServeConfig field, then the sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from tollgate_cli._common import EXIT_ERROR
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tollgate.config import ServeConfig
+
+    serve = sub.add_parser("serve", help="run the policy decision sidecar")
+    serve.add_argument("--config", help="YAML file; its keys are the flag names")
+    for f in fields(ServeConfig):
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        serve.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
+                           help=_field_help(f.name))
+    serve.set_defaults(func=_serve)
+
+
+def _field_help(name: str) -> str:
+    from tollgate.config import ServeConfig
+
+    doc = {
+        "listen": "HOST:PORT or unix:PATH", "data_dir": "decision log and state directory",
+        "bundle": "policy directory or OPA bundle .tar.gz", "entrypoint": "policy document to evaluate",
+        "eval_timeout_ms": "evaluation deadline in ms", "workers": "engine worker processes (0: one per CPU)",
+        "max_request_bytes": "largest request accepted", "max_depth": "deepest argument nesting accepted",
+        "log_sync": "full or normal", "max_concurrent_rpcs": "RPCs handled at once",
+        "drain_seconds": "grace for in-flight requests on SIGTERM", "log_level": "debug, info, warning, error",
+    }.get(name, "")
+    default = getattr(ServeConfig(), name)
+    return f"{doc} (default {default})"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tollgate import serve
+    from tollgate.config import ConfigError, ServeConfig, load_config
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(ServeConfig)}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"tollgate serve: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return serve.main(config)
+
+
