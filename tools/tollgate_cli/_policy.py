@@ -7,6 +7,8 @@ import sys
 
 from tollgate_cli._common import EXIT_ERROR
 
+ORDER = 30  # position in `tollgate --help`
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     test = sub.add_parser("test", help="run the Rego tests (test_* rules) through the embedded OPA engine")

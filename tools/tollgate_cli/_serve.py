@@ -8,6 +8,8 @@ from dataclasses import fields
 
 from tollgate_cli._common import EXIT_ERROR
 
+ORDER = 10  # position in `tollgate --help`
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from tollgate.config import ServeConfig

@@ -9,6 +9,8 @@ from typing import Any
 
 from tollgate_cli._common import DEFAULT_SERVER, EXIT_ALLOW, EXIT_APPROVAL, EXIT_DENY, EXIT_ERROR
 
+ORDER = 20  # position in `tollgate --help`
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     auth = sub.add_parser("authorize", help="ask a running sidecar for one decision")

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
-from tollgate_cli import _policy, _serve, _sidecar
+import tollgate_cli
 from tollgate_cli._common import EXIT_ERROR
 
-# Each command module adds its subcommands with register(); order is the order of `tollgate --help`.
-COMMANDS = (_serve, _sidecar, _policy)
+
+def command_modules() -> list[ModuleType]:
+    """Every module of this package that defines register(); ordered by its ORDER (the --help order)."""
+    modules = [importlib.import_module(f"tollgate_cli.{m.name}") for m in pkgutil.iter_modules(tollgate_cli.__path__)]
+    return sorted((m for m in modules if hasattr(m, "register")), key=lambda m: getattr(m, "ORDER", 100))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tollgate", description=__doc__)
     sub = parser.add_subparsers(metavar="COMMAND")
-    for module in COMMANDS:
+    for module in command_modules():
         module.register(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
