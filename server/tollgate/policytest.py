@@ -1,4 +1,4 @@
-"""Run Rego tests (`test_*` rules) through the embedded OPA engine, as `opa test` does."""
+"""Run Rego tests (`test_*` rules) through the embedded OPA engine, as `opa test` does, with coverage."""
 
 from __future__ import annotations
 
@@ -26,10 +26,29 @@ class RegoTestResult:
     detail: str = ""
     duration_us: int = 0
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"package": self.package, "name": self.name, "location": self.location,
+                "outcome": self.outcome, "detail": self.detail, "duration_us": self.duration_us}
+
+
+@dataclass(frozen=True)
+class FileCoverage:
+    """Which lines of one policy file the tests evaluated."""
+
+    file: str
+    covered: frozenset[int]
+    not_covered: frozenset[int]
+
+    @property
+    def percent(self) -> float:
+        total = len(self.covered) + len(self.not_covered)
+        return 100.0 * len(self.covered) / total if total else 100.0
+
 
 @dataclass(frozen=True)
 class RegoTestReport:
     results: tuple[RegoTestResult, ...] = field(default_factory=tuple)
+    coverage: tuple[FileCoverage, ...] | None = None  # None when coverage was not asked for
 
     def count(self, outcome: str) -> int:
         return sum(1 for r in self.results if r.outcome == outcome)
@@ -38,22 +57,46 @@ class RegoTestReport:
     def ok(self) -> bool:
         return self.count("FAIL") == 0 and self.count("ERROR") == 0
 
+    @property
+    def coverage_percent(self) -> float:
+        """Lines covered over coverable lines, across every non-test policy file."""
+        files = self.coverage or ()
+        covered = sum(len(f.covered) for f in files)
+        total = covered + sum(len(f.not_covered) for f in files)
+        return 100.0 * covered / total if total else 100.0
+
     def summary(self) -> str:
         ran = len(self.results) - self.count("SKIP")
         parts = [f"PASS: {self.count('PASS')}/{ran}"]
-        for outcome in ("FAIL", "ERROR", "SKIP"):
+        for outcome in ("FAIL", "ERROR"):
             if self.count(outcome):
-                parts.append(f"{outcome}: {self.count(outcome)}/{len(self.results) if outcome == 'SKIP' else ran}")
+                parts.append(f"{outcome}: {self.count(outcome)}/{ran}")
+        if self.count("SKIP"):
+            parts.append(f"SKIPPED: {self.count('SKIP')}/{len(self.results)} (todo_)")
         return "\n".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "results": [r.as_dict() for r in self.results],
+            "summary": {o.lower(): self.count(o) for o in ("PASS", "FAIL", "ERROR", "SKIP")},
+        }
+        if self.coverage is not None:
+            doc["coverage"] = {
+                "percent": round(self.coverage_percent, 2),
+                "files": {f.file: {"percent": round(f.percent, 2), "covered_lines": len(f.covered),
+                                   "not_covered": sorted(f.not_covered)} for f in self.coverage},
+            }
+        return doc
 
 
 _PARSE = "m := rego.parse_module(input.name, input.source)"
 
 
-def run_tests(paths: Iterable[str | Path], *, pattern: str = "") -> RegoTestReport:
+def run_tests(paths: Iterable[str | Path], *, pattern: str = "", coverage: bool = False) -> RegoTestReport:
     """Load each path (modules, tests and data) into one engine and evaluate every test rule."""
     selector = re.compile(pattern) if pattern else None
     results: list[RegoTestResult] = []
+    lines: dict[str, tuple[set[int], set[int]]] = {}
     for path in paths:
         try:
             bundle = load_bundle(path, include_tests=True)
@@ -69,8 +112,28 @@ def run_tests(paths: Iterable[str | Path], *, pattern: str = "") -> RegoTestRepo
                 for package, rule, line in _test_rules(parser, name, source):
                     if selector and not selector.search(f"{package}.{rule}"):
                         continue
-                    results.append(_run_one(engine, Path(path) / name, package, rule, line))
-    return RegoTestReport(tuple(results))
+                    result, report = _run_one(engine, Path(path) / name, package, rule, line, coverage)
+                    results.append(result)
+                    _merge_coverage(lines, Path(path), report)
+    files = None
+    if coverage:
+        files = tuple(
+            FileCoverage(name, frozenset(covered), frozenset(coverable - covered))
+            for name, (covered, coverable) in sorted(lines.items())
+            if not name.endswith("_test.rego")
+        )
+    return RegoTestReport(tuple(results), files)
+
+
+def _merge_coverage(lines: dict[str, tuple[set[int], set[int]]], root: Path, report: dict[str, Any]) -> None:
+    for name, ranges in (report.get("files") or {}).items():
+        covered, coverable = lines.setdefault(str(root / name), (set(), set()))
+        for key, target in (("covered", covered), ("not_covered", None)):
+            for r in ranges.get(key) or ():
+                rows = range(r["start"]["row"], r["end"]["row"] + 1)
+                coverable.update(rows)
+                if target is not None:
+                    target.update(rows)
 
 
 def _test_rules(engine: EmbeddedOpa, name: str, source: str) -> list[tuple[str, str, int]]:
@@ -89,19 +152,24 @@ def _test_rules(engine: EmbeddedOpa, name: str, source: str) -> list[tuple[str, 
     return [(package, rule_name, line) for rule_name, line in seen.items()]
 
 
-def _run_one(engine: EmbeddedOpa, file: Path, package: str, rule: str, line: int) -> RegoTestResult:
+def _run_one(engine: EmbeddedOpa, file: Path, package: str, rule: str, line: int,
+             coverage: bool) -> tuple[RegoTestResult, dict[str, Any]]:
     location = f"{file}:{line}"
     if rule.startswith("todo_"):
-        return RegoTestResult(package, rule, location, "SKIP")
+        return RegoTestResult(package, rule, location, "SKIP"), {}
     started = time.perf_counter_ns()
+    report: dict[str, Any] = {}
     try:
-        value: Any = engine.evaluate(f"{package}.{rule}")
+        if coverage:
+            value, report = engine.evaluate_with_coverage(f"{package}.{rule}")
+        else:
+            value = engine.evaluate(f"{package}.{rule}")
     except EngineError as exc:
-        return RegoTestResult(package, rule, location, "ERROR", exc.message, _since(started))
+        return RegoTestResult(package, rule, location, "ERROR", exc.message, _since(started)), report
     if value is True:
-        return RegoTestResult(package, rule, location, "PASS", "", _since(started))
+        return RegoTestResult(package, rule, location, "PASS", "", _since(started)), report
     detail = "undefined" if value is UNDEFINED else f"got {value!r}"
-    return RegoTestResult(package, rule, location, "FAIL", detail, _since(started))
+    return RegoTestResult(package, rule, location, "FAIL", detail, _since(started)), report
 
 
 def _since(started: int) -> int:

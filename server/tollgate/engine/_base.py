@@ -55,6 +55,11 @@ def decode_envelope(raw: bytes) -> Any:
         envelope = json.loads(raw)
     except ValueError as exc:
         raise EngineError("internal", f"engine returned malformed JSON: {exc}") from exc
+    return envelope_value(envelope)
+
+
+def envelope_value(envelope: dict[str, Any]) -> Any:
+    """The document's value in a parsed envelope, UNDEFINED, or the EngineError it carries."""
     error = envelope.get("error")
     if error:
         raise EngineError(str(error.get("code", "unknown")), str(error.get("message", "")))

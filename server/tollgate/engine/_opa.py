@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tollgate.engine._base import EngineError, decode_envelope
+from tollgate.engine._base import EngineError, decode_envelope, envelope_value
 
 _lib: Any = None
 
@@ -53,11 +53,14 @@ class EmbeddedOpa:
             raise EngineError(str(error.get("code", "unknown")), str(error.get("message", "")))
         return raw
 
-    def evaluate_raw(self, path: bytes, input_json: bytes) -> bytes:
-        """Evaluate data.<path> (slash- or dot-separated) for a JSON input; return the raw envelope."""
+    def evaluate_raw(self, path: bytes, input_json: bytes, coverage: bool = False) -> bytes:
+        """Evaluate data.<path> (dot-separated) for a JSON input; return the raw envelope.
+
+        With coverage, the envelope's "coverage" holds OPA's line coverage over every module.
+        """
         if self._handle is None:
             raise EngineError("closed", "engine has been closed")
-        ptr = self._lib.OpaEvalDocument(self._handle, path, input_json, 0, 0)
+        ptr = self._lib.OpaEvalDocument(self._handle, path, input_json, int(coverage), 0)
         if not ptr:
             raise EngineError("internal", "OPA bridge returned NULL")
         try:
@@ -70,6 +73,13 @@ class EmbeddedOpa:
         """Evaluate data.<path>; return its value or UNDEFINED; raise EngineError on errors."""
         payload = b"" if input_doc is None else json.dumps(input_doc).encode()
         return decode_envelope(self.evaluate_raw(_cstr(path), payload))
+
+    def evaluate_with_coverage(self, path: str, input_doc: Any = None) -> tuple[Any, dict[str, Any]]:
+        """Like evaluate, also returning OPA's coverage report ({"files": {name: {"covered": [...],
+        "not_covered": [...]}}}) for this evaluation; the report is empty when evaluation fails."""
+        payload = b"" if input_doc is None else json.dumps(input_doc).encode()
+        envelope = json.loads(self.evaluate_raw(_cstr(path), payload, coverage=True))
+        return envelope_value(envelope), envelope.get("coverage") or {}
 
     def query(self, query: str, input_doc: Any = None) -> list[dict[str, Any]]:
         """Evaluate an ad-hoc Rego query; return its bindings, one dict per result."""
