@@ -144,14 +144,13 @@ class Authorizer:
         # One canonical serialisation serves both the engine and the log record.
         input_json = canonical_json(input_doc)
         engine = self._engines.current
-        raw: Any = None
-        error = ""
         if engine is None:
-            result = _server_deny(NO_BUNDLE, "no policy bundle is loaded")
+            outcome = Outcome(_server_deny(NO_BUNDLE, "no policy bundle is loaded"))
             revision = ""
         else:
             revision = engine.revision
-            result, raw, error = await self._evaluate(engine, input_json)
+            outcome = await self._evaluate(engine, input_json)
+        result = outcome.result
         decision = Decision(
             decision=result.decision,
             decision_id=new_decision_id(),
@@ -164,7 +163,7 @@ class Authorizer:
             "decision_id": decision.decision_id,
             "timestamp": now,
             "input": input_doc,
-            "result": None if raw is UNDEFINED else raw,
+            "result": outcome.raw,
             "decision": decision.decision,
             "reasons": [r.as_dict() for r in decision.reasons],
             "obligations": dict(decision.obligations),
@@ -175,28 +174,52 @@ class Authorizer:
             "approval_id": request.approval_id,
             "reservation_id": "",
             "previous_decision_id": previous_id,
-            "error": error,
+            "error": outcome.error,
             "latency_us": (time.perf_counter_ns() - started) // 1000,
         }
         await self._log.append(record, input_json=input_json)
         return decision
 
-    async def _evaluate(self, engine: Engine, input_json: str) -> tuple[PolicyResult, Any, str]:
-        """Evaluate and validate; every failure becomes a server DENY with its reason and the detail."""
+    async def _evaluate(self, engine: Engine, input_json: str) -> Outcome:
         try:
-            raw = await engine.evaluate(input_json.encode())
-        except EvaluationTimeout as exc:
-            return _server_deny(DEADLINE_EXCEEDED, exc.message), None, str(exc)
+            evaluated: Any = await engine.evaluate(input_json.encode())
         except EngineError as exc:
-            log.warning("policy evaluation failed: %s", exc)
-            return _server_deny(ENGINE_ERROR, "policy evaluation failed; see the decision log"), None, str(exc)
-        if raw is UNDEFINED:
-            detail = f"data.{self._config.entrypoint.replace('/', '.')} is undefined"
-            return _server_deny(POLICY_CONTRACT, f"policy result breaks the contract: {detail}"), raw, detail
-        try:
-            return parse_result(raw), raw, ""
-        except ContractError as exc:
-            return _server_deny(POLICY_CONTRACT, f"policy result breaks the contract: {exc}"), raw, str(exc)
+            if not isinstance(exc, EvaluationTimeout):
+                log.warning("policy evaluation failed: %s", exc)
+            evaluated = exc
+        return policy_outcome(evaluated, entrypoint=self._config.entrypoint)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final result for one evaluation, after the contract check and the fail-closed mapping."""
+
+    result: PolicyResult
+    #: The policy's value as logged in the record's `result`; None when undefined or the engine failed.
+    raw: Any = None
+    #: Why the server denied on the policy's behalf (the record's `error`); empty for a policy decision.
+    error: str = ""
+
+
+def policy_outcome(evaluated: Any, *, entrypoint: str) -> Outcome:
+    """Hold one evaluation to the contract: the policy's value, UNDEFINED, or the EngineError it raised.
+
+    Every failure becomes a server DENY with its reason code and the detail. The authorizer and
+    `tollgate replay` both decide through this function, so a replay answers as the server would.
+    """
+    if isinstance(evaluated, EvaluationTimeout):
+        return Outcome(_server_deny(DEADLINE_EXCEEDED, evaluated.message), error=str(evaluated))
+    if isinstance(evaluated, EngineError):
+        return Outcome(_server_deny(ENGINE_ERROR, "policy evaluation failed; see the decision log"),
+                       error=str(evaluated))
+    if evaluated is UNDEFINED:
+        detail = f"data.{entrypoint.replace('/', '.')} is undefined"
+        return Outcome(_server_deny(POLICY_CONTRACT, f"policy result breaks the contract: {detail}"), error=detail)
+    try:
+        return Outcome(parse_result(evaluated), raw=evaluated)
+    except ContractError as exc:
+        return Outcome(_server_deny(POLICY_CONTRACT, f"policy result breaks the contract: {exc}"), raw=evaluated,
+                       error=str(exc))
 
 
 def build_input(request: DecisionRequest, *, now: str) -> dict[str, Any]:
@@ -215,6 +238,7 @@ def build_input(request: DecisionRequest, *, now: str) -> dict[str, Any]:
 
 
 def _server_deny(code: str, message: str) -> PolicyResult:
+    """A DENY the server makes itself when the policy could not decide."""
     return PolicyResult(DENY, (Reason(code, message),))
 
 
@@ -235,5 +259,7 @@ __all__ = [
     "Decision",
     "DecisionRequest",
     "EngineSlot",
+    "Outcome",
     "build_input",
+    "policy_outcome",
 ]
