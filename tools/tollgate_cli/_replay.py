@@ -1,0 +1,152 @@
+"""`tollgate replay`: what a candidate bundle would change, decided again over recorded decisions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+
+ORDER = 50  # position in `tollgate --help`
+
+# Exit codes: 0 the gate passed (whatever changed), 1 a --fail-on transition occurred, 2 replay could not run
+# or some records could not be read.
+EXIT_GATE_PASSED, EXIT_GATE_FAILED, EXIT_REPLAY_ERROR = 0, 1, 2
+
+_DECISIONS = {"allow": "allow", "deny": "deny", "require_approval": "require_approval",
+              "require-approval": "require_approval", "approval": "require_approval"}
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    replay = sub.add_parser(
+        "replay", help="decide recorded decisions again with a candidate bundle and report what would change",
+        description="Re-evaluate recorded decisions' inputs against a candidate bundle (in-process, with the "
+                    "server's contract check and fail-closed mapping) and report which decisions would change. "
+                    "Exit 0: the gate passed; 1: a --fail-on transition occurred; 2: an error (unreadable input, "
+                    "a bundle that does not compile, records that cannot be read).")
+    replay.add_argument("--bundle", required=True, metavar="CANDIDATE",
+                        help="the candidate: a policy directory laid out like rego/, or an OPA bundle .tar.gz")
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", help="a server's data directory; its decisions.db is read read-only")
+    source.add_argument("--decisions", metavar="FILE", help="a JSON Lines file of decision records, one per line")
+    replay.add_argument("--since", type=_time, metavar="T", help="records at or after T (RFC 3339, or 24h, 7d ago)")
+    replay.add_argument("--until", type=_time, metavar="T", help="records before T (RFC 3339, or 24h, 7d ago)")
+    replay.add_argument("--limit", type=_positive, metavar="N", help="only the N most recent records in the window")
+    replay.add_argument("--format", choices=("text", "json", "markdown"), default="text",
+                        help="text (default), json (machine-readable), markdown (a pull-request comment)")
+    replay.add_argument("--fail-on", type=_transitions, default=frozenset(), metavar="TRANSITIONS",
+                        help="exit 1 if any of these occurred: comma-separated FROM→TO (or FROM->TO), e.g. "
+                             "allow→deny,deny→allow; or any")
+    replay.add_argument("--examples", type=_count, default=5, metavar="N",
+                        help="examples shown per transition (default %(default)s)")
+    replay.add_argument("--entrypoint", default="tollgate/decision",
+                        help="policy document evaluated, as for `tollgate serve` (default %(default)s)")
+    replay.set_defaults(func=_replay)
+
+
+def _time(text: str) -> datetime:
+    from tollgate.replay import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    n = _count(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return n
+
+
+ANY = ("*", "*")
+
+
+def parse_transitions(text: str) -> frozenset[tuple[str, str]]:
+    """`allow→deny,deny->allow` → {("allow", "deny"), ("deny", "allow")}; `any` → {ANY}. ValueError if unknown."""
+    found = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.lower() == "any":
+            found.add(ANY)
+            continue
+        before, arrow, after = part.replace("->", "→").partition("→")
+        pair = (_DECISIONS.get(before.strip().lower()), _DECISIONS.get(after.strip().lower()))
+        if not arrow or pair[0] is None or pair[1] is None or pair[0] == pair[1]:
+            raise ValueError(f"{part!r} is not a transition: write FROM→TO (or FROM->TO) with two different "
+                             "decisions from allow, deny, require_approval; or any")
+        found.add((pair[0], pair[1]))
+    if not found:
+        raise ValueError("name at least one transition, e.g. allow→deny, or any")
+    return frozenset(found)
+
+
+def _transitions(text: str) -> frozenset[tuple[str, str]]:
+    try:
+        return parse_transitions(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from tollgate.replay import (
+        BadRecord,
+        Candidate,
+        ReplayError,
+        Window,
+        read_data_dir,
+        read_jsonl,
+        render_markdown,
+        render_text,
+        replay,
+        transition_label,
+    )
+
+    window = Window(since=args.since, until=args.until, limit=args.limit)
+
+    def warn(bad: BadRecord) -> None:
+        print(f"tollgate replay: {source}: {bad.where}: {bad.message}", file=sys.stderr)
+
+    try:
+        if args.decisions is not None:
+            source = args.decisions
+            records = read_jsonl(args.decisions, window)
+        else:
+            source = f"{args.data_dir}/decisions.db"
+            records = read_data_dir(args.data_dir, window)
+        with Candidate(args.bundle, entrypoint=args.entrypoint) as candidate:
+            report = replay(records, candidate, source=source, window=window, examples=args.examples,
+                            on_bad_record=warn)
+    except ReplayError as exc:
+        print(f"tollgate replay: {exc}", file=sys.stderr)
+        return EXIT_REPLAY_ERROR
+    if args.format == "json":
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True, ensure_ascii=False))
+    elif args.format == "markdown":
+        sys.stdout.write(render_markdown(report))
+    else:
+        sys.stdout.write(render_text(report))
+    if report.bad_records:
+        print(f"tollgate replay: {report.bad_records} record(s) in {source} could not be read; the report leaves "
+              "them out (fix or remove them, then run again)", file=sys.stderr)
+        return EXIT_REPLAY_ERROR
+    tripped = [t for t in report.transitions if ANY in args.fail_on or t.transition in args.fail_on]
+    if tripped:
+        listed = ", ".join(f"{t.label} ({t.count})" for t in tripped)
+        gate = ",".join("any" if t == ANY else transition_label(t, "→") for t in sorted(args.fail_on))
+        print(f"tollgate replay: failing (--fail-on {gate}): {listed}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    return EXIT_GATE_PASSED
