@@ -23,6 +23,7 @@ from tests.conftest import REGO, ROOT, TOLLGATE, Server, start_server, tool_requ
 from tollgate.decisionlog import DecisionLog, LogConfig
 from tollgate.ids import new_decision_id
 from tollgate.replay import (
+    ANY,
     BadRecord,
     Candidate,
     RecordedDecision,
@@ -30,13 +31,13 @@ from tollgate.replay import (
     ReplayReport,
     Window,
     parse_time,
+    parse_transitions,
     read_data_dir,
     read_jsonl,
     render_markdown,
     replay,
 )
 from tollgate.v1 import authorization_pb2 as pb
-from tollgate_cli._replay import ANY, parse_transitions
 
 SAMPLE = ROOT / "samples" / "decisions.jsonl"
 AGENTS = sorted(p.name for p in (REGO / "agents").iterdir() if p.is_dir())
@@ -388,9 +389,10 @@ def test_json_output_is_a_stable_document(no_push: Path) -> None:
     result = _cli("--bundle", no_push, "--decisions", SAMPLE, "--format", "json", "--examples", "3")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert sorted(document) == ["bad_records", "by_agent", "by_tool", "candidate", "changed", "not_compared",
-                                "obligation_changes", "reason_changes", "recorded_revisions", "replayed",
-                                "source", "transitions"]
+    assert sorted(document) == ["bad_records", "by_agent", "by_tool", "candidate", "changed", "gate",
+                                "not_compared", "obligation_changes", "reason_changes", "recorded_revisions",
+                                "replayed", "source", "transitions"]
+    assert document["gate"] is None  # no --fail-on
     assert document["replayed"] == len(SAMPLE.read_text().splitlines())
     assert document["changed"] == 1
     assert document["by_agent"] == {"code-reviewer": {"allow→deny": 1}}
@@ -404,6 +406,22 @@ def test_json_output_is_a_stable_document(no_push: Path) -> None:
     assert document["candidate"]["revision"].startswith("sha256:")
     again = _cli("--bundle", no_push, "--decisions", SAMPLE, "--format", "json", "--examples", "3")
     assert again.stdout == result.stdout  # byte for byte: fit for diffing and caching
+
+
+@pytest.mark.parametrize(("fail_on", "gate"), [
+    ("deny->allow,allow->deny", {"fail_on": ["allow→deny", "deny→allow"], "passed": False,
+                                 "tripped": {"allow→deny": 1}}),
+    ("deny→allow", {"fail_on": ["deny→allow"], "passed": True, "tripped": {}}),
+    ("any", {"fail_on": ["any"], "passed": False, "tripped": {"allow→deny": 1}}),
+], ids=["tripped", "passed", "any"])
+def test_json_and_markdown_carry_the_gate_verdict(no_push: Path, fail_on: str, gate: dict[str, Any]) -> None:
+    document = json.loads(_cli("--bundle", no_push, "--decisions", SAMPLE, "--format", "json",
+                               "--fail-on", fail_on).stdout)
+    assert document["gate"] == gate
+    markdown = _cli("--bundle", no_push, "--decisions", SAMPLE, "--format", "markdown", "--fail-on", fail_on).stdout
+    spelled = ",".join(gate["fail_on"])
+    verdict = "passed**." if gate["passed"] else "failed**: allow → deny: 1."
+    assert f"**Gate `--fail-on {spelled}`: {verdict}" in markdown
 
 
 def test_markdown_output_is_a_pull_request_comment(live: tuple[Server, dict[str, list[str]]], no_push: Path) -> None:

@@ -16,7 +16,7 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +41,10 @@ _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 Transition = tuple[str, str]
+#: In a gate, every transition.
+ANY: Transition = ("*", "*")
+_SPELLINGS = {"allow": ALLOW, "deny": DENY, "require_approval": REQUIRE_APPROVAL, "require-approval": REQUIRE_APPROVAL,
+              "approval": REQUIRE_APPROVAL}
 
 
 class ReplayError(Exception):
@@ -404,9 +408,19 @@ class ReplayReport:
     def count(self, transition: Transition) -> int:
         return next((t.count for t in self.transitions if t.transition == transition), 0)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The machine-readable report (`--format json`); its shape is stable, its keys sorted."""
+    def tripped(self, fail_on: Collection[Transition]) -> tuple[TransitionReport, ...]:
+        """The transitions that occurred among these (ANY: every one): what fails a gate."""
+        return tuple(t for t in self.transitions if ANY in fail_on or t.transition in fail_on)
+
+    def as_dict(self, fail_on: Collection[Transition] = ()) -> dict[str, Any]:
+        """The machine-readable report (`--format json`); its shape is stable. `gate` is null without fail_on."""
+        gate = None
+        if fail_on:
+            tripped = self.tripped(fail_on)
+            gate = {"fail_on": gate_spelling(fail_on).split(","), "passed": not tripped and not self.bad_records,
+                    "tripped": {transition_label(t.transition, "→"): t.count for t in tripped}}
         return {
+            "gate": gate,
             "candidate": {"bundle": self.candidate, "revision": self.revision, "entrypoint": self.entrypoint},
             "source": {
                 "path": self.source,
@@ -435,6 +449,34 @@ class ReplayReport:
 
 def transition_label(transition: Transition, arrow: str = " → ") -> str:
     return f"{transition[0]}{arrow}{transition[1]}"
+
+
+def parse_transitions(text: str) -> frozenset[Transition]:
+    """`allow→deny,deny->allow` → {("allow", "deny"), ("deny", "allow")}; `any` → {ANY}. ValueError if unknown."""
+    found = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.lower() == "any":
+            found.add(ANY)
+            continue
+        before, arrow, after = part.replace("->", "→").partition("→")
+        old, new = _SPELLINGS.get(before.strip().lower()), _SPELLINGS.get(after.strip().lower())
+        if not arrow or old is None or new is None or old == new:
+            raise ValueError(f"{part!r} is not a transition: write FROM→TO (or FROM->TO) with two different "
+                             "decisions from allow, deny, require_approval; or any")
+        found.add((old, new))
+    if not found:
+        raise ValueError("name at least one transition, e.g. allow→deny, or any")
+    return frozenset(found)
+
+
+def gate_spelling(fail_on: Collection[Transition]) -> str:
+    """The canonical spelling of a gate: `allow→deny,deny→allow` (or `any`)."""
+    if ANY in fail_on:
+        return "any"
+    return ",".join(transition_label(t, "→") for t in sorted(fail_on))
 
 
 def _keyed(counts: Mapping[Transition, int]) -> dict[str, int]:
@@ -606,8 +648,8 @@ def _text_footnotes(report: ReplayReport) -> list[str]:
     return lines
 
 
-def render_markdown(report: ReplayReport) -> str:
-    """The report as a pull-request comment (GitHub-flavoured Markdown)."""
+def render_markdown(report: ReplayReport, fail_on: Collection[Transition] = ()) -> str:
+    """The report as a pull-request comment (GitHub-flavoured Markdown), with the gate's verdict under fail_on."""
     if report.changed:
         heading = f"### Tollgate replay: {report.changed} of {_n(report.replayed, 'decision')} would change"
     elif report.replayed:
@@ -620,6 +662,15 @@ def render_markdown(report: ReplayReport) -> str:
         f" {_n(report.replayed, 'recorded decision')} from {_code(report.source)}"
         + _window_note(report.window) + ".",
     ]
+    if fail_on:
+        gate = f"Gate {_code('--fail-on ' + gate_spelling(fail_on))}"
+        tripped = report.tripped(fail_on)
+        if report.bad_records:
+            lines += ["", f"**{gate}: error**: {_n(report.bad_records, 'record')} could not be read."]
+        elif tripped:
+            lines += ["", f"**{gate}: failed**: " + ", ".join(f"{t.label}: {t.count}" for t in tripped) + "."]
+        else:
+            lines += ["", f"**{gate}: passed**."]
     if report.changed:
         lines += ["", "| transition | decisions |", "| --- | ---: |"]
         lines += [f"| {t.label} | {t.count} |" for t in report.transitions]
@@ -708,6 +759,7 @@ def _shown(shown: int, total: int) -> str:
 
 
 __all__ = [
+    "ANY",
     "DEFAULT_ENTRYPOINT",
     "BadRecord",
     "Candidate",
@@ -718,8 +770,10 @@ __all__ = [
     "TransitionReport",
     "Window",
     "format_time",
+    "gate_spelling",
     "parse_record",
     "parse_time",
+    "parse_transitions",
     "read_data_dir",
     "read_jsonl",
     "render_markdown",

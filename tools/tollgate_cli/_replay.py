@@ -13,9 +13,6 @@ ORDER = 50  # position in `tollgate --help`
 # or some records could not be read.
 EXIT_GATE_PASSED, EXIT_GATE_FAILED, EXIT_REPLAY_ERROR = 0, 1, 2
 
-_DECISIONS = {"allow": "allow", "deny": "deny", "require_approval": "require_approval",
-              "require-approval": "require_approval", "approval": "require_approval"}
-
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay = sub.add_parser(
@@ -70,31 +67,9 @@ def _count(text: str) -> int:
     return n
 
 
-ANY = ("*", "*")
-
-
-def parse_transitions(text: str) -> frozenset[tuple[str, str]]:
-    """`allow→deny,deny->allow` → {("allow", "deny"), ("deny", "allow")}; `any` → {ANY}. ValueError if unknown."""
-    found = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if part.lower() == "any":
-            found.add(ANY)
-            continue
-        before, arrow, after = part.replace("->", "→").partition("→")
-        pair = (_DECISIONS.get(before.strip().lower()), _DECISIONS.get(after.strip().lower()))
-        if not arrow or pair[0] is None or pair[1] is None or pair[0] == pair[1]:
-            raise ValueError(f"{part!r} is not a transition: write FROM→TO (or FROM->TO) with two different "
-                             "decisions from allow, deny, require_approval; or any")
-        found.add((pair[0], pair[1]))
-    if not found:
-        raise ValueError("name at least one transition, e.g. allow→deny, or any")
-    return frozenset(found)
-
-
 def _transitions(text: str) -> frozenset[tuple[str, str]]:
+    from tollgate.replay import parse_transitions
+
     try:
         return parse_transitions(text)
     except ValueError as exc:
@@ -107,12 +82,12 @@ def _replay(args: argparse.Namespace) -> int:
         Candidate,
         ReplayError,
         Window,
+        gate_spelling,
         read_data_dir,
         read_jsonl,
         render_markdown,
         render_text,
         replay,
-        transition_label,
     )
 
     window = Window(since=args.since, until=args.until, limit=args.limit)
@@ -134,19 +109,18 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"tollgate replay: {exc}", file=sys.stderr)
         return EXIT_REPLAY_ERROR
     if args.format == "json":
-        print(json.dumps(report.as_dict(), indent=2, sort_keys=True, ensure_ascii=False))
+        print(json.dumps(report.as_dict(args.fail_on), indent=2, sort_keys=True, ensure_ascii=False))
     elif args.format == "markdown":
-        sys.stdout.write(render_markdown(report))
+        sys.stdout.write(render_markdown(report, args.fail_on))
     else:
         sys.stdout.write(render_text(report))
     if report.bad_records:
         print(f"tollgate replay: {report.bad_records} record(s) in {source} could not be read; the report leaves "
               "them out (fix or remove them, then run again)", file=sys.stderr)
         return EXIT_REPLAY_ERROR
-    tripped = [t for t in report.transitions if ANY in args.fail_on or t.transition in args.fail_on]
+    tripped = report.tripped(args.fail_on)
     if tripped:
         listed = ", ".join(f"{t.label} ({t.count})" for t in tripped)
-        gate = ",".join("any" if t == ANY else transition_label(t, "→") for t in sorted(args.fail_on))
-        print(f"tollgate replay: failing (--fail-on {gate}): {listed}", file=sys.stderr)
+        print(f"tollgate replay: failing (--fail-on {gate_spelling(args.fail_on)}): {listed}", file=sys.stderr)
         return EXIT_GATE_FAILED
     return EXIT_GATE_PASSED
