@@ -104,7 +104,7 @@ def run_tests(paths: Iterable[str | Path], *, pattern: str = "", coverage: bool 
             raise PolicyTestError(str(exc)) from exc
         try:
             engine = EmbeddedOpa(bundle.modules, bundle.data)
-            engine.query("x := true")  # OPA compiles on first use: surface compile errors before any test
+            engine.compile()  # surface compile errors before any test runs
         except EngineError as exc:
             raise PolicyTestError(f"{path}: {exc.message}") from exc
         with engine, EmbeddedOpa({}, {}) as parser:

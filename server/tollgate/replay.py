@@ -300,12 +300,13 @@ class Candidate:
             self._engine = EmbeddedOpa(bundle.modules, bundle.data)
         except EngineError as exc:
             raise ReplayError(f"candidate bundle {path} does not compile: {exc.message}") from exc
-        # OPA compiles on the first evaluation; like the server's engine workers, refuse a bundle that
-        # does not compile now, not as an engine_error on every record.
-        error = json.loads(self._engine.evaluate_raw(self._path, b"{}")).get("error")
-        if error and error.get("code") != "eval_error":
+        try:
+            # Like the server's engine workers: refuse a bundle that does not compile now, rather than
+            # report an engine_error for every record.
+            self._engine.compile()
+        except EngineError as exc:
             self.close()
-            raise ReplayError(f"candidate bundle {path} does not compile: {error.get('message', error)}")
+            raise ReplayError(f"candidate bundle {path} does not compile: {exc.message}") from exc
 
     def decide(self, input_doc: Mapping[str, Any]) -> Outcome:
         """The final answer for one input document: the policy's, or the server's fail-closed DENY."""

@@ -53,6 +53,12 @@ class EmbeddedOpa:
             raise EngineError(str(error.get("code", "unknown")), str(error.get("message", "")))
         return raw
 
+    def compile(self) -> None:
+        """Compile every module now. OPA compiles lazily, on the first evaluation, so without this a bundle
+        that does not compile would only fail on its first live request. Raises EngineError carrying every
+        compile error as `file:line: message`."""
+        self.query("compiled := true")
+
     def evaluate_raw(self, path: bytes, input_json: bytes, coverage: bool = False) -> bytes:
         """Evaluate data.<path> (dot-separated) for a JSON input; return the raw envelope.
 

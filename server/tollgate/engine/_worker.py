@@ -65,12 +65,7 @@ def main() -> int:
     try:
         engine = EmbeddedOpa(spec["modules"], spec["data"])
         del spec
-        # OPA compiles lazily on the first evaluation: force it now so a broken bundle is refused
-        # at load time rather than on a live request.
-        raw = engine.evaluate_raw(path, b"{}")
-        error = json.loads(raw).get("error")
-        if error and error.get("code") != "eval_error":
-            raise EngineError(str(error.get("code")), str(error.get("message")))
+        engine.compile()  # a broken bundle is refused at load time, not on a live request
     except EngineError as exc:
         _send_frame(sock, json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode())
         return 1
