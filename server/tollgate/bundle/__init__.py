@@ -1,5 +1,7 @@
-"""Policy bundles: a directory laid out like rego/ or an OPA bundle .tar.gz, loaded with explicit limits."""
+"""Policy bundles: a directory laid out like rego/ or an OPA bundle .tar.gz, loaded with explicit limits;
+built reproducibly, signed and verified in OPA's bundle format."""
 
+from tollgate.bundle._build import BuildError, BuiltBundle, build_bundle, git_revision
 from tollgate.bundle._loader import (
     DEFAULT_SIZE_LIMIT,
     Bundle,
@@ -7,5 +9,39 @@ from tollgate.bundle._loader import (
     BundleManifest,
     load_bundle,
 )
+from tollgate.bundle._signing import (
+    ALGORITHMS,
+    PrivateKey,
+    PublicKey,
+    SignatureError,
+    SignedBundle,
+    VerifiedBundle,
+    load_private_key,
+    load_public_key,
+    load_public_keys,
+    sign_bundle,
+    verify_bundle,
+)
 
-__all__ = ["DEFAULT_SIZE_LIMIT", "Bundle", "BundleError", "BundleManifest", "load_bundle"]
+__all__ = [
+    "ALGORITHMS",
+    "DEFAULT_SIZE_LIMIT",
+    "BuildError",
+    "BuiltBundle",
+    "Bundle",
+    "BundleError",
+    "BundleManifest",
+    "PrivateKey",
+    "PublicKey",
+    "SignatureError",
+    "SignedBundle",
+    "VerifiedBundle",
+    "build_bundle",
+    "git_revision",
+    "load_bundle",
+    "load_private_key",
+    "load_public_key",
+    "load_public_keys",
+    "sign_bundle",
+    "verify_bundle",
+]
