@@ -170,6 +170,15 @@ def test_a_package_or_data_path_outside_the_roots_fails(tmp_path: Path, files: d
     assert not (tmp_path / "b.tar.gz").exists()
 
 
+def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    result = subprocess.run([*TOLLGATE, "build", "rego", "--revision", "r", "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr == f"tollgate build: bundle {tmp_path / 'out'}: cannot be written (Is a directory)\n"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_data_that_does_not_parse_fails_the_build_and_writes_nothing(tmp_path: Path) -> None:
     src = write_tree(tmp_path / "policy", {**SMALL, "agents/a/data.yaml": "tools: [read\n"})
     result = subprocess.run([*TOLLGATE, "build", str(src), "--revision", "r", "-o", str(tmp_path / "b.tar.gz")],

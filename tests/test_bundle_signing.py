@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import re
 import shlex
@@ -320,6 +321,18 @@ def test_verify_takes_the_archive_bytes_and_a_size_limit(bundle: Path, ec_key: P
     assert caught.value.reason == "unreadable"
     with pytest.raises(SignatureError, match=r"not a readable \.tar\.gz") as caught:
         verify_bundle(data[:-20], keys)
+
+
+def test_archives_whose_entries_are_not_plain_paths_are_refused(tmp_path: Path, ec_key: PrivateKey) -> None:
+    # What is verified must be exactly what the loader loads, so only canonical names are accepted.
+    for name in ("./tollgate/x.rego", "a/../b.rego", "../x.rego"):
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            info = tarfile.TarInfo(name)
+            tar.addfile(info, io.BytesIO(b""))
+        with pytest.raises(SignatureError, match=r"not a plain relative path|escapes the bundle root") as caught:
+            verify_bundle(raw.getvalue(), {"ci": ec_key.public_key()})
+        assert caught.value.reason == "unreadable"
 
 
 def test_key_files_that_cannot_be_trusted_are_refused(tmp_path: Path, ec_key: PrivateKey) -> None:

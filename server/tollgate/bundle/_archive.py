@@ -92,7 +92,8 @@ def _gunzip(where: str, data: bytes, size_limit: int) -> bytes:
 def _canonical_name(where: str, raw: str) -> str:
     name = raw[1:] if raw.startswith("/") else raw
     if not name or name.startswith("/") or posixpath.normpath(name) != name:
-        raise BundleError(f"bundle {where}: entry name {raw!r} is not a plain relative path")
+        raise BundleError(f"bundle {where}: entry name {raw!r} is not a plain relative path "
+                          "(hint: build the bundle with `tollgate build`)")
     if name == ".." or name.startswith("../"):
         raise BundleError(f"bundle {where}: {raw} escapes the bundle root")
     return name
@@ -119,8 +120,11 @@ def write_archive(files: Mapping[str, bytes]) -> bytes:
 
 def write_file_atomically(path: Path, content: bytes) -> None:
     """Replace path with content so that readers see the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise BundleError(f"bundle {path}: cannot be written ({exc.strerror or exc})") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(content)
@@ -128,6 +132,9 @@ def write_file_atomically(path: Path, content: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise BundleError(f"bundle {path}: cannot be written ({exc.strerror or exc})") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
