@@ -383,7 +383,7 @@ def test_cli_verify_fails_naming_the_problem_and_the_file(tmp_path: Path, bundle
     assert "tollgate/decision.rego does not match its signed SHA-256 hash (modified after signing?)" in modified.stderr
     wrong_alg = _run("sign", str(bundle), "--key", str(tmp_path / "private" / "ci.pem"), "--kid", "ci",
                      "--alg", "RS256")
-    assert wrong_alg.returncode == 1 and "--alg RS256 does not fit the key" in wrong_alg.stderr
+    assert wrong_alg.returncode == 1 and "algorithm RS256 does not fit the key, which signs ES256" in wrong_alg.stderr
 
 
 def _readme_section() -> str:

@@ -192,7 +192,7 @@ def sign_bundle(
     expected = _algorithm_for(key, where=f"key {keyid}")
     if algorithm is not None and algorithm != expected:
         raise SignatureError(
-            f"bundle {where}: --alg {algorithm} does not fit the key ({expected} is the algorithm for it)",
+            f"bundle {where}: algorithm {algorithm} does not fit the key, which signs {expected}",
             reason="algorithm_mismatch",
         )
     files = read_archive(source, size_limit=size_limit)
