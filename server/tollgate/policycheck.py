@@ -12,8 +12,7 @@ from typing import Any
 
 import yaml
 
-from tollgate.bundle import DEFAULT_SIZE_LIMIT, BundleError, load_bundle
-from tollgate.bundle._loader import _read_directory  # the loader's own file selection, so check and load agree
+from tollgate.bundle import DEFAULT_SIZE_LIMIT, BundleError, load_bundle, read_directory
 from tollgate.engine import EmbeddedOpa, EngineError
 from tollgate.policyschema import CATALOG_NAMES, CATALOGS, MANIFEST, YamlFile, parse_yaml, validate
 
@@ -130,7 +129,7 @@ class _BundleCheck:
         self.root = root
         self.parser = parser
         try:
-            self.files = dict(_read_directory(root, DEFAULT_SIZE_LIMIT))
+            self.files = dict(read_directory(root, DEFAULT_SIZE_LIMIT))  # the loader's own selection
         except BundleError as exc:
             raise PolicyCheckError(str(exc)) from exc
         self.problems: list[Problem] = []

@@ -8,6 +8,7 @@ from tollgate.bundle._loader import (
     BundleError,
     BundleManifest,
     load_bundle,
+    read_directory,
 )
 from tollgate.bundle._signing import (
     ALGORITHMS,
@@ -42,6 +43,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "load_public_keys",
+    "read_directory",
     "sign_bundle",
     "verify_bundle",
 ]

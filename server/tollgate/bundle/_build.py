@@ -15,7 +15,7 @@ from typing import Any
 
 from tollgate.bundle._archive import MANIFEST_FILE, write_archive, write_file_atomically
 from tollgate.bundle._canonical import check_data_file
-from tollgate.bundle._loader import DEFAULT_SIZE_LIMIT, BundleError, _read_directory, load_bundle
+from tollgate.bundle._loader import DEFAULT_SIZE_LIMIT, BundleError, load_bundle, read_directory
 
 
 class BuildError(BundleError):
@@ -58,7 +58,7 @@ def build_bundle(
     if not revision.strip():
         raise BuildError(f"build {root}: the revision is empty (hint: pass --revision)")
     loaded = load_bundle(root, size_limit=size_limit, include_tests=include_tests)
-    files = {name: content for name, content in _read_directory(root, size_limit)
+    files = {name: content for name, content in read_directory(root, size_limit)
              if include_tests or not name.endswith("_test.rego")}
     has_manifest = files.pop(MANIFEST_FILE, None) is not None
     where = str(root)

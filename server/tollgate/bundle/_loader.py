@@ -55,7 +55,7 @@ def load_bundle(
     """Load a bundle directory or .tar.gz. Test modules (`*_test.rego`) are left out unless include_tests."""
     p = Path(path)
     if p.is_dir():
-        files = dict(_read_directory(p, size_limit))
+        files = dict(read_directory(p, size_limit))
         manifest_raw = files.pop(".manifest", None)
     elif p.is_file():
         files = dict(_read_tarball(p, size_limit))
@@ -83,7 +83,9 @@ def load_bundle(
     return Bundle(source=str(p), manifest=manifest, modules=modules, data=data, digest=digest)
 
 
-def _read_directory(root: Path, size_limit: int) -> Iterable[tuple[str, bytes]]:
+def read_directory(root: Path, size_limit: int = DEFAULT_SIZE_LIMIT) -> Iterable[tuple[str, bytes]]:
+    """The files of a bundle directory, as (path inside the bundle, content), in path order: every .rego,
+    every data.json/data.yaml and the .manifest; hidden tool directories (.git, .tollgate) are skipped."""
     total = 0
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root)
