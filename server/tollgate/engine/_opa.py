@@ -38,7 +38,8 @@ class EmbeddedOpa:
             self.close()
             raise
 
-    def _call(self, fn: Any, *args: Any) -> bytes:
+    def _raw(self, fn: Any, *args: Any) -> bytes:
+        """Call a bridge function on this engine and return its JSON envelope, freeing the C string."""
         if self._handle is None:
             raise EngineError("closed", "engine has been closed")
         ptr = fn(self._handle, *args)
@@ -48,6 +49,11 @@ class EmbeddedOpa:
             raw: bytes = ctypes.string_at(ptr)
         finally:
             self._lib.OpaFreeString(ptr)
+        return raw
+
+    def _call(self, fn: Any, *args: Any) -> bytes:
+        """Like _raw, raising the EngineError the envelope carries."""
+        raw = self._raw(fn, *args)
         error = json.loads(raw).get("error")
         if error:
             raise EngineError(str(error.get("code", "unknown")), str(error.get("message", "")))
@@ -64,16 +70,7 @@ class EmbeddedOpa:
 
         With coverage, the envelope's "coverage" holds OPA's line coverage over every module.
         """
-        if self._handle is None:
-            raise EngineError("closed", "engine has been closed")
-        ptr = self._lib.OpaEvalDocument(self._handle, path, input_json, int(coverage), 0)
-        if not ptr:
-            raise EngineError("internal", "OPA bridge returned NULL")
-        try:
-            raw: bytes = ctypes.string_at(ptr)
-        finally:
-            self._lib.OpaFreeString(ptr)
-        return raw
+        return self._raw(self._lib.OpaEvalDocument, path, input_json, int(coverage), 0)
 
     def evaluate(self, path: str, input_doc: Any = None) -> Any:
         """Evaluate data.<path>; return its value or UNDEFINED; raise EngineError on errors."""
