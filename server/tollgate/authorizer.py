@@ -8,15 +8,16 @@ durable record would break the promise every decision ID makes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL, ContractError, PolicyResult, Reason, parse_result
-from tollgate.decisionlog import DecisionLog, canonical_json, request_digest
+from tollgate.decisionlog import DecisionLog, canonical_json, log_time, request_digest
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
 from tollgate.ids import new_decision_id
 
@@ -81,22 +82,68 @@ class Decision:
 
 
 class EngineSlot:
-    """The active engine. Swapping it is atomic: a request keeps the engine it started with."""
+    """The active engine. Swapping it is atomic: a request keeps the engine it started with.
+
+    A request leases the engine it reads (`with slot.lease() as engine`); `retire` waits until every
+    lease on a replaced engine is returned before closing it, so no request loses its engine mid-way.
+    Everything runs on the event loop thread, so plain counters are enough.
+    """
 
     def __init__(self, engine: Engine | None = None) -> None:
         self.current: Engine | None = engine
+        self._leases: dict[int, int] = {}  # id(engine) → requests holding it
+        self._released: dict[int, asyncio.Event] = {}  # id(engine) → set when its last lease returns
 
     def swap(self, engine: Engine | None) -> Engine | None:
         old, self.current = self.current, engine
         return old
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Engine | None]:
+        """The current engine, held until the block ends (None when no bundle is loaded)."""
+        engine = self.current
+        if engine is None:
+            yield None
+            return
+        key = id(engine)
+        self._leases[key] = self._leases.get(key, 0) + 1
+        try:
+            yield engine
+        finally:
+            left = self._leases[key] - 1
+            if left:
+                self._leases[key] = left
+            else:
+                del self._leases[key]
+                released = self._released.pop(key, None)
+                if released is not None:
+                    released.set()
+
+    def leases(self, engine: Engine) -> int:
+        """Requests currently holding engine."""
+        return self._leases.get(id(engine), 0)
+
+    async def retire(self, engine: Engine, *, timeout: float) -> None:
+        """Close a replaced engine once the requests holding it are done (at most timeout seconds)."""
+        started = time.monotonic()
+        if self.leases(engine):
+            released = self._released.setdefault(id(engine), asyncio.Event())
+            try:
+                await asyncio.wait_for(released.wait(), timeout)
+            except TimeoutError:
+                log.warning("engine %s: %d requests still running after %gs; closing it anyway",
+                            engine.revision, self.leases(engine), timeout)
+        await engine.close(drain=max(timeout - (time.monotonic() - started), 0.0))
 
 
 class Authorizer:
     """Answers DecisionRequests; each answer is committed to the decision log before it is returned."""
 
     def __init__(self, engines: EngineSlot, decision_log: DecisionLog,
-                 config: AuthorizerConfig = AuthorizerConfig()) -> None:
+                 config: AuthorizerConfig = AuthorizerConfig(), *,
+                 on_decision: Callable[[str, str], None] | None = None) -> None:
         self._engines = engines
+        self._on_decision = on_decision  # (decision, bundle revision) for each decision made, e.g. metrics
         self._log = decision_log
         self._config = config
         self._inflight: dict[str, asyncio.Future[tuple[str, str, Decision]]] = {}
@@ -139,17 +186,18 @@ class Authorizer:
 
     async def _decide(self, request: DecisionRequest, *, digest: str, previous_id: str) -> Decision:
         started = time.perf_counter_ns()
-        now = _rfc3339(datetime.now(UTC))
+        now = log_time(datetime.now(UTC))
         input_doc = build_input(request, now=now)
         # One canonical serialisation serves both the engine and the log record.
         input_json = canonical_json(input_doc)
-        engine = self._engines.current
-        if engine is None:
-            outcome = Outcome(_server_deny(NO_BUNDLE, "no policy bundle is loaded"))
-            revision = ""
-        else:
-            revision = engine.revision
-            outcome = await self._evaluate(engine, input_json)
+        with self._engines.lease() as engine:
+            if engine is None:
+                outcome = Outcome(_server_deny(NO_BUNDLE, "no policy bundle is loaded"))
+                revision = ""
+            else:
+                # The revision recorded is the one of the engine that evaluated, even across a swap.
+                revision = engine.revision
+                outcome = await self._evaluate(engine, input_json)
         result = outcome.result
         decision = Decision(
             decision=result.decision,
@@ -178,6 +226,8 @@ class Authorizer:
             "latency_us": (time.perf_counter_ns() - started) // 1000,
         }
         await self._log.append(record, input_json=input_json)
+        if self._on_decision is not None:
+            self._on_decision(decision.decision, revision)
         return decision
 
     async def _evaluate(self, engine: Engine, input_json: str) -> Outcome:
@@ -241,9 +291,6 @@ def _server_deny(code: str, message: str) -> PolicyResult:
     """A DENY the server makes itself when the policy could not decide."""
     return PolicyResult(DENY, (Reason(code, message),))
 
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 __all__ = [

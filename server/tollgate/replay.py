@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from tollgate.authorizer import DEADLINE_EXCEEDED, NO_BUNDLE, Outcome, policy_outcome
 from tollgate.bundle import BundleError, load_bundle
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL
-from tollgate.decisionlog import canonical_json
+from tollgate.decisionlog import canonical_json, log_time
 from tollgate.engine import EmbeddedOpa, EngineError, decode_envelope
 
 DEFAULT_ENTRYPOINT = "tollgate/decision"
@@ -71,9 +71,7 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def format_time(moment: datetime) -> str:
-    """The decision log's spelling of a time (UTC, microseconds, Z), which sorts as text."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+format_time = log_time  # the log's own spelling, so a window compares as text against stored timestamps
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from tollgate.decisionlog._sqlite import (
     DecisionLogError,
     LogConfig,
     canonical_json,
+    log_time,
     request_digest,
 )
 
-__all__ = ["DecisionLog", "DecisionLogError", "LogConfig", "canonical_json", "request_digest"]
+__all__ = ["DecisionLog", "DecisionLogError", "LogConfig", "canonical_json", "log_time", "request_digest"]

@@ -16,6 +16,7 @@ import queue
 import sqlite3
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,11 @@ class LogConfig:
     max_batch: int = 512
     #: Requests waiting for a commit at once; Authorize waits for room rather than queueing without bound.
     max_pending: int = 8192
+
+
+def log_time(moment: datetime) -> str:
+    """The decision log's spelling of a time: UTC, microseconds, `Z` — it sorts as text."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def canonical_json(value: Any) -> str:
