@@ -176,6 +176,10 @@ def test_replay_fails_closed_exactly_as_the_server_did(tmp_path: Path, case: str
         decision := {"decision": "allow", "reasons": []} if input.principal.agent_id == "conflict"
         decision := {"decision": "deny", "reasons": [{"code": "x", "message": "x"}]} if input.tool.name == "t"
         decision := {"decision": "maybe", "reasons": []} if input.principal.agent_id == "contract"
+        # The server activates a bundle only if it answers its contract smoke test.
+        decision := {"decision": "deny", "reasons": [{"code": "smoke", "message": "smoke"}]} if {
+            input.principal.agent_id == "tollgate-smoke-test"
+        }
         """)
     server = start_server(tmp_path / "data", bundle=policy)
     try:

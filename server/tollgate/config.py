@@ -9,6 +9,8 @@ from typing import Any, cast
 
 import yaml
 
+from tollgate.bundle import DEFAULT_SIZE_LIMIT
+
 _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
 
 
@@ -29,8 +31,21 @@ class ServeConfig:
     listen: str = "127.0.0.1:50051"
     #: Directory for the decision log and state.
     data_dir: str = ".tollgate"
-    #: Policy bundle: a directory laid out like rego/, or an OPA bundle .tar.gz.
+    #: Policy bundle: a directory laid out like rego/, an OPA bundle .tar.gz, or an http(s):// bundle service URL.
+    #: Each is watched: a new revision is verified, compiled, smoke-tested and swapped in without a restart.
     bundle: str = dataclasses.field(default_factory=default_bundle)
+    #: Seconds between polls of an http(s) bundle service (jittered by ±25 %; errors back off up to 5 min).
+    bundle_poll: float = 30.0
+    #: Whole-download deadline for an http(s) bundle, in seconds.
+    bundle_timeout: float = 10.0
+    #: Largest bundle download, and largest uncompressed bundle, in bytes (a guard against gzip bombs).
+    bundle_size_limit: int = DEFAULT_SIZE_LIMIT
+    #: Directory of trusted public keys (KID.pem); signed bundles are verified against them.
+    bundle_keys: str = ""
+    #: Refuse bundles that are not signed by a trusted key (needs bundle_keys).
+    require_signatures: bool = False
+    #: Prometheus metrics endpoint, HOST:PORT (GET /metrics); "" turns it off.
+    metrics_listen: str = ""
     #: The policy document evaluated for every request.
     entrypoint: str = "tollgate/decision"
     #: Deadline for one policy evaluation, in milliseconds; past it the answer is DENY (deadline_exceeded).
@@ -63,6 +78,19 @@ class ServeConfig:
             raise ConfigError(f"log_sync: must be 'full' or 'normal', not {self.log_sync!r}")
         if self.max_concurrent_rpcs < 1:
             raise ConfigError("max_concurrent_rpcs: must be 1 or more")
+        if self.bundle_poll <= 0:
+            raise ConfigError("bundle_poll: must be greater than 0 seconds")
+        if self.bundle_timeout <= 0:
+            raise ConfigError("bundle_timeout: must be greater than 0 seconds")
+        if self.bundle_size_limit <= 0:
+            raise ConfigError("bundle_size_limit: must be greater than 0")
+        if self.require_signatures and not self.bundle_keys:
+            raise ConfigError("require_signatures: needs bundle_keys (the directory of trusted public keys)")
+        if self.bundle_keys and not Path(self.bundle_keys).is_dir():
+            raise ConfigError(f"bundle_keys: {self.bundle_keys!r} is not a directory")
+        if self.metrics_listen and (":" not in self.metrics_listen
+                                    or not self.metrics_listen.rsplit(":", 1)[1].isdigit()):
+            raise ConfigError(f"metrics_listen: must be HOST:PORT, not {self.metrics_listen!r}")
         if not self.listen:
             raise ConfigError("listen: required (HOST:PORT or unix:PATH)")
         return self
@@ -89,9 +117,9 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> ServeConfig:
 
 
 def _coerce(name: str, value: Any, type_name: object, path: str) -> Any:
-    expected: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float)}
+    expected: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
     kind = expected.get(str(type_name), object)
-    if isinstance(value, bool) or not isinstance(value, kind):
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
         raise ConfigError(f"config {path}: {name} must be a {type_name}, got {value!r}")
     if str(type_name) == "float":
         return float(cast(float, value))

@@ -15,17 +15,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from tollgate.api import AuthorizationServicer, RequestLimits
+from tollgate.activation import Activation, ActivatorConfig, BundleActivator, BundleStatus, Failure
+from tollgate.api import AdminServicer, AuthorizationServicer, RequestLimits
 from tollgate.authorizer import Authorizer, AuthorizerConfig, EngineSlot
-from tollgate.bundle import BundleError, load_bundle
+from tollgate.bundle import BundleError
 from tollgate.config import ServeConfig
 from tollgate.decisionlog import DecisionLog, LogConfig
-from tollgate.engine import EngineConfig, EngineError, WorkerPoolEngine
-from tollgate.v1 import authorization_pb2
+from tollgate.engine import EngineConfig
+from tollgate.metrics import Metrics, start_metrics_server
+from tollgate.v1 import admin_pb2, authorization_pb2
 
 log = logging.getLogger("tollgate")
 
 SERVICE = authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 async def serve(config: ServeConfig) -> int:
@@ -41,31 +44,59 @@ async def serve(config: ServeConfig) -> int:
     engine_config = EngineConfig(
         entrypoint=config.entrypoint, workers=config.workers, eval_timeout=config.eval_timeout_ms / 1000
     )
+    metrics = Metrics()
+
+    async def on_bundle(status: BundleStatus, activation: Activation | None, failure: Failure | None) -> None:
+        if activation is not None:
+            metrics.activated(revision=activation.revision, digest=activation.digest, source=status.source,
+                              when=activation.time.timestamp())
+        if failure is not None:
+            metrics.activation_failed(failure.reason)
+        # SERVING only while a bundle is active; a refused revision never takes the active one away.
+        serving = health_pb2.HealthCheckResponse.SERVING if slot.current else health_pb2.HealthCheckResponse.NOT_SERVING
+        await health.set("", serving)
+        await health.set(SERVICE, serving)
+
     try:
-        bundle = load_bundle(config.bundle)
-        engine = WorkerPoolEngine(bundle, engine_config)
-        await engine.start()
-        slot.swap(engine)
-        log.info("bundle %s loaded from %s (%d modules)", bundle.revision, config.bundle, len(bundle.modules))
-    except (BundleError, EngineError) as exc:
-        # Fail closed: keep serving, answer every request DENY (no_bundle), report NOT_SERVING.
-        log.error("no policy bundle loaded: %s; every request will be denied (no_bundle)", exc)
+        activator = BundleActivator(
+            ActivatorConfig(
+                source=config.bundle, state_dir=data_dir / "bundles", keys_dir=config.bundle_keys,
+                require_signatures=config.require_signatures, poll_interval=config.bundle_poll,
+                timeout=config.bundle_timeout, size_limit=config.bundle_size_limit,
+            ),
+            slot, engine_config, listeners=(on_bundle,),
+        )
+    except BundleError as exc:  # an unreadable trusted key: a configuration error, not a bad bundle
+        decision_log.close()
+        raise SystemExit(f"tollgate serve: bundle_keys: {exc}") from exc
+    await on_bundle(activator.status, None, None)  # NOT_SERVING until the first activation
+    await activator.start()
+    if slot.current is None:
+        # Fail closed: keep serving, answer every request DENY (no_bundle), report NOT_SERVING, keep polling.
+        error = activator.status.last_error
+        log.error("no policy bundle loaded: %s; every request will be denied (no_bundle) until a good bundle "
+                  "arrives", error.message if error else "unknown error")
+    metrics_server = None
+    if config.metrics_listen:
+        metrics_server, metrics_address = await start_metrics_server(metrics, config.metrics_listen)
+        log.info("metrics on http://%s/metrics", metrics_address)
 
     limits = RequestLimits(max_request_bytes=config.max_request_bytes, max_depth=config.max_depth)
     authorizer = Authorizer(
         slot, decision_log,
-        AuthorizerConfig(entrypoint=config.entrypoint),
+        AuthorizerConfig(entrypoint=config.entrypoint), on_decision=metrics.decision,
     )
     server = grpc_server(config)
-    server.add_generic_rpc_handlers((AuthorizationServicer(authorizer, decision_log, limits).handler(),))
+    server.add_generic_rpc_handlers((
+        AuthorizationServicer(authorizer, decision_log, limits).handler(),
+        AdminServicer(lambda: activator.status).handler(),
+    ))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server
     )
     address = _bind(server, config.listen)
-    status = health_pb2.HealthCheckResponse.SERVING if slot.current else health_pb2.HealthCheckResponse.NOT_SERVING
-    await health.set("", status)
-    await health.set(SERVICE, status)
     await server.start()
 
     stop = asyncio.Event()
@@ -79,6 +110,9 @@ async def serve(config: ServeConfig) -> int:
     log.info("shutting down: draining in-flight requests (up to %gs)", config.drain_seconds)
     await health.enter_graceful_shutdown()
     await server.stop(config.drain_seconds)
+    await activator.stop()
+    if metrics_server is not None:
+        metrics_server.close()
     if slot.current is not None:
         await slot.current.close()
     await loop.run_in_executor(None, decision_log.close)

@@ -11,12 +11,19 @@ import pytest
 from tests.conftest import tool_request, write_policy
 from tollgate.v1 import authorization_pb2 as pb
 
+# Each bad policy answers the activation's contract smoke test properly (a bundle that breaks the contract
+# for every input is refused before it serves); it breaks for the agents the tests ask about.
+SMOKE_OK = """
+decision := {"decision": "deny", "reasons": [{"code": "smoke", "message": "smoke"}]} if _smoke
+_smoke if input.principal.agent_id == "tollgate-smoke-test"
+"""
+
 CONFLICT = """
 package tollgate
 
-decision := {"decision": "allow", "reasons": []} if input.principal.agent_id != ""
-decision := {"decision": "deny", "reasons": [{"code": "x", "message": "x"}]} if input.tool.name != ""
-"""
+decision := {"decision": "allow", "reasons": []} if { input.principal.agent_id != ""; not _smoke }
+decision := {"decision": "deny", "reasons": [{"code": "x", "message": "x"}]} if { input.tool.name != ""; not _smoke }
+""" + SMOKE_OK
 
 BREAKS_CONTRACT = """
 package tollgate
@@ -25,7 +32,7 @@ decision := {"decision": "maybe", "reasons": []} if input.principal.agent_id == 
 decision := "allow" if input.principal.agent_id == "b"
 decision := {"decision": "require_approval", "reasons": []} if input.principal.agent_id == "c"
 decision := {"decision": "allow", "reasons": [], "extra": 1} if input.principal.agent_id == "d"
-"""
+""" + SMOKE_OK
 
 # A runaway for agent "slow" (minutes of work); every other agent is allowed at once.
 RUNAWAY = """

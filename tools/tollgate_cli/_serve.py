@@ -17,9 +17,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run the policy decision sidecar")
     serve.add_argument("--config", help="YAML file; its keys are the flag names")
     for f in fields(ServeConfig):
+        flag = f"--{f.name.replace('_', '-')}"
+        if str(f.type) == "bool":
+            serve.add_argument(flag, dest=f.name, action="store_const", const=True, default=None,
+                               help=_field_help(f.name))
+            continue
         kind = {"int": int, "float": float}.get(str(f.type), str)
-        serve.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                           help=_field_help(f.name))
+        serve.add_argument(flag, dest=f.name, type=kind, default=None, help=_field_help(f.name))
     serve.set_defaults(func=_serve)
 
 
@@ -28,7 +32,13 @@ def _field_help(name: str) -> str:
 
     doc = {
         "listen": "HOST:PORT or unix:PATH", "data_dir": "decision log and state directory",
-        "bundle": "policy directory or OPA bundle .tar.gz", "entrypoint": "policy document to evaluate",
+        "bundle": "policy directory, OPA bundle .tar.gz, or http(s):// bundle URL (watched for new revisions)",
+        "bundle_poll": "seconds between polls of a bundle URL (±25 % jitter)",
+        "bundle_timeout": "bundle download deadline in seconds", "bundle_size_limit": "largest bundle in bytes",
+        "bundle_keys": "directory of trusted public keys (KID.pem)",
+        "require_signatures": "refuse bundles not signed by a trusted key",
+        "metrics_listen": "HOST:PORT for Prometheus /metrics (off when empty)",
+        "entrypoint": "policy document to evaluate",
         "eval_timeout_ms": "evaluation deadline in ms", "workers": "engine worker processes (0: one per CPU)",
         "max_request_bytes": "largest request accepted", "max_depth": "deepest argument nesting accepted",
         "log_sync": "full or normal", "max_concurrent_rpcs": "RPCs handled at once",

@@ -1,6 +1,7 @@
 """Policy bundles: a directory laid out like rego/ or an OPA bundle .tar.gz, loaded with explicit limits;
 built reproducibly, signed and verified in OPA's bundle format."""
 
+from tollgate.bundle._archive import write_file_atomically
 from tollgate.bundle._build import BuildError, BuiltBundle, build_bundle, git_revision
 from tollgate.bundle._loader import (
     DEFAULT_SIZE_LIMIT,
@@ -23,6 +24,15 @@ from tollgate.bundle._signing import (
     sign_bundle,
     verify_bundle,
 )
+from tollgate.bundle._source import (
+    BundleSource,
+    DirectorySource,
+    Fetched,
+    FetchError,
+    FileSource,
+    HttpSource,
+    open_source,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -32,6 +42,12 @@ __all__ = [
     "Bundle",
     "BundleError",
     "BundleManifest",
+    "BundleSource",
+    "DirectorySource",
+    "FetchError",
+    "Fetched",
+    "FileSource",
+    "HttpSource",
     "PrivateKey",
     "PublicKey",
     "SignatureError",
@@ -43,7 +59,9 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "load_public_keys",
+    "open_source",
     "read_directory",
     "sign_bundle",
     "verify_bundle",
+    "write_file_atomically",
 ]

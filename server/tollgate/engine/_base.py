@@ -46,7 +46,9 @@ class Engine(Protocol):
         """
         ...
 
-    async def close(self) -> None: ...
+    async def close(self, *, drain: float = 0.0) -> None:
+        """Release the engine; with drain, first wait up to drain seconds for evaluations in flight."""
+        ...
 
 
 def decode_envelope(raw: bytes) -> Any:

@@ -104,6 +104,8 @@ class WorkerPoolEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._evaluating = 0  # evaluate() calls not yet returned
+        self._idle: asyncio.Event | None = None  # set when _evaluating drops to 0 during a graceful close
 
     @property
     def revision(self) -> str:
@@ -174,11 +176,15 @@ class WorkerPoolEngine:
         pending = _Pending(input_json, loop.create_future())
         config = self._config
         pending.timer = loop.call_later(config.max_queue_wait + config.eval_timeout, self._on_wait_timeout, pending)
-        self._dispatch(pending)
+        self._evaluating += 1
         try:
+            self._dispatch(pending)
             raw = await pending.future
         finally:
             pending.timer.cancel()
+            self._evaluating -= 1
+            if not self._evaluating and self._idle is not None:
+                self._idle.set()
         return decode_envelope(raw)
 
     # -- placing work ------------------------------------------------------------------------------
@@ -365,8 +371,14 @@ class WorkerPoolEngine:
             self._drain_waiting()
             return
 
-    async def close(self) -> None:
-        """Stop every worker. Evaluations still in flight fail with EngineError('closed')."""
+    async def close(self, *, drain: float = 0.0) -> None:
+        """Stop every worker. With drain, first wait up to drain seconds for the evaluations in flight to
+        finish (new ones are still accepted meanwhile: a caller that picked this engine before it was
+        replaced gets its answer); whatever is still in flight after that fails with EngineError('closed')."""
+        if drain > 0 and self._evaluating and not self._closed:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), drain)
         self._closed = True
         for task in list(self._tasks):
             task.cancel()

@@ -1,0 +1,186 @@
+"""Where the sidecar's bundle comes from: a directory, a .tar.gz file, or an HTTP(S) bundle service (ETag polling).
+
+A source only fetches: it says what the bundle is now (its bytes and digest) or that it has not changed.
+Verifying, loading, compiling and activating a fetched bundle is the activator's job (tollgate.activation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tollgate.bundle._archive import archive_bytes
+from tollgate.bundle._loader import DEFAULT_SIZE_LIMIT, BundleError, read_directory
+
+_CHUNK = 64 * 1024
+
+
+class FetchError(BundleError):
+    """The source could not be read: unreachable, an HTTP error, a timeout, or larger than the limit.
+    `reason` is `download` or `too_large`."""
+
+    def __init__(self, message: str, *, reason: str = "download") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One fetch of a bundle source."""
+
+    #: sha256 of the archive bytes, or over a directory's files (path and content, in path order).
+    digest: str
+    #: The .tar.gz as fetched; None for a directory source (loaded from the directory itself).
+    archive: bytes | None
+    #: The HTTP ETag the service sent with it ("" when none, or not HTTP).
+    etag: str = ""
+
+
+class BundleSource(Protocol):
+    """A place the sidecar reads its bundle from."""
+
+    #: What --bundle said: a path or a URL.
+    location: str
+    #: "directory", "file" or "http".
+    kind: str
+
+    def fetch(self, etag: str) -> Fetched | None:
+        """The bundle as it is now, or None when it has not changed since the fetch that returned etag
+        (only HTTP sources answer None; local sources always return their digest, which is cheap).
+        Blocking: run it in a thread. Raises FetchError."""
+        ...
+
+
+def open_source(location: str, *, size_limit: int = DEFAULT_SIZE_LIMIT, timeout: float = 10.0) -> BundleSource:
+    """The source for a --bundle value: an http(s):// URL, else a directory or a .tar.gz file path."""
+    if location.startswith(("http://", "https://")):
+        return HttpSource(location, size_limit=size_limit, timeout=timeout)
+    if Path(location).is_dir():
+        return DirectorySource(location, size_limit=size_limit)
+    return FileSource(location, size_limit=size_limit)
+
+
+class DirectorySource:
+    """A directory laid out like rego/ (development): re-read when a file's mtime or size changes."""
+
+    kind = "directory"
+
+    def __init__(self, location: str, *, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
+        self.location = location
+        self._size_limit = size_limit
+        self._stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._digest = ""
+
+    def fetch(self, etag: str) -> Fetched:
+        root = Path(self.location)
+        if not root.is_dir():
+            raise FetchError(f"bundle {root}: not a directory any more (hint: check --bundle)")
+        stamp = self._stat(root)
+        if stamp != self._stamp:  # stat is cheap; hash the contents only when something changed
+            try:
+                files = list(read_directory(root, self._size_limit))
+            except OSError as exc:
+                raise FetchError(f"bundle {root}: cannot be read ({exc})") from exc
+            except BundleError as exc:
+                raise FetchError(str(exc), reason="too_large") from exc
+            h = hashlib.sha256()
+            for name, content in files:
+                h.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
+            self._stamp, self._digest = stamp, h.hexdigest()
+        return Fetched(digest=self._digest, archive=None)
+
+    @staticmethod
+    def _stat(root: Path) -> tuple[tuple[str, int, int], ...]:
+        out = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                out.append((path, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+
+class FileSource:
+    """An OPA bundle .tar.gz on the local file system: re-read when its mtime or size changes."""
+
+    kind = "file"
+
+    def __init__(self, location: str, *, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
+        self.location = location
+        self._size_limit = size_limit
+        self._stamp: tuple[int, int, int] | None = None
+        self._last: Fetched | None = None
+
+    def fetch(self, etag: str) -> Fetched:
+        try:
+            st = os.stat(self.location)
+        except OSError as exc:
+            raise FetchError(f"bundle {self.location}: cannot be read ({exc.strerror or exc}) "
+                             "(hint: check --bundle)") from exc
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp or self._last is None:
+            if st.st_size > self._size_limit:
+                raise FetchError(f"bundle {self.location}: larger than the {self._size_limit}-byte limit",
+                                 reason="too_large")
+            try:
+                data = archive_bytes(self.location, size_limit=self._size_limit)
+            except BundleError as exc:
+                raise FetchError(str(exc)) from exc
+            self._stamp, self._last = stamp, Fetched(digest=hashlib.sha256(data).hexdigest(), archive=data)
+        return self._last
+
+
+class HttpSource:
+    """An HTTP(S) bundle service, polled like OPA's: a conditional GET with If-None-Match; 304 = unchanged."""
+
+    kind = "http"
+
+    def __init__(self, location: str, *, size_limit: int = DEFAULT_SIZE_LIMIT, timeout: float = 10.0) -> None:
+        self.location = location
+        self._size_limit = size_limit
+        self._timeout = timeout
+
+    def fetch(self, etag: str) -> Fetched | None:
+        url = self.location
+        request = urllib.request.Request(url, headers={"User-Agent": "tollgate", "Accept-Encoding": "identity"})
+        if etag:
+            request.add_header("If-None-Match", etag)
+        deadline = time.monotonic() + self._timeout
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                length = response.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) > self._size_limit:
+                    raise FetchError(f"bundle {url}: {length} bytes, over the {self._size_limit}-byte limit",
+                                     reason="too_large")
+                body = bytearray()
+                # A total deadline, not only a per-read timeout: a service dripping one byte at a time
+                # must not hold the poller forever.
+                while chunk := response.read(_CHUNK):
+                    body += chunk
+                    if len(body) > self._size_limit:
+                        raise FetchError(f"bundle {url}: larger than the {self._size_limit}-byte limit",
+                                         reason="too_large")
+                    if time.monotonic() > deadline:
+                        raise FetchError(f"bundle {url}: download took longer than {self._timeout:g}s")
+                new_etag = response.headers.get("ETag", "") or ""
+        except urllib.error.HTTPError as exc:
+            if exc.code == 304:
+                return None
+            raise FetchError(f"bundle {url}: HTTP {exc.code} {exc.reason}") from exc
+        except urllib.error.URLError as exc:
+            raise FetchError(f"bundle {url}: unreachable ({exc.reason})") from exc
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise FetchError(f"bundle {url}: download failed ({exc!r})") from exc
+        data = bytes(body)
+        return Fetched(digest=hashlib.sha256(data).hexdigest(), archive=data, etag=new_etag)

@@ -1,0 +1,75 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SourceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOURCE_STATE_UNSPECIFIED: _ClassVar[SourceState]
+    SOURCE_STATE_NOT_READY: _ClassVar[SourceState]
+    SOURCE_STATE_OK: _ClassVar[SourceState]
+    SOURCE_STATE_ERROR: _ClassVar[SourceState]
+SOURCE_STATE_UNSPECIFIED: SourceState
+SOURCE_STATE_NOT_READY: SourceState
+SOURCE_STATE_OK: SourceState
+SOURCE_STATE_ERROR: SourceState
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BundleActivation(_message.Message):
+    __slots__ = ("time", "revision", "digest", "signed_by", "from_persisted")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_BY_FIELD_NUMBER: _ClassVar[int]
+    FROM_PERSISTED_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    revision: str
+    digest: str
+    signed_by: str
+    from_persisted: bool
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[str] = ..., digest: _Optional[str] = ..., signed_by: _Optional[str] = ..., from_persisted: _Optional[bool] = ...) -> None: ...
+
+class BundleError(_message.Message):
+    __slots__ = ("time", "message", "reason")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    message: str
+    reason: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class BundleStatus(_message.Message):
+    __slots__ = ("source", "state", "active_revision", "last_activation", "last_error", "etag", "last_poll")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    LAST_POLL_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    state: SourceState
+    active_revision: str
+    last_activation: BundleActivation
+    last_error: BundleError
+    etag: str
+    last_poll: _timestamp_pb2.Timestamp
+    def __init__(self, source: _Optional[str] = ..., state: _Optional[_Union[SourceState, str]] = ..., active_revision: _Optional[str] = ..., last_activation: _Optional[_Union[BundleActivation, _Mapping]] = ..., last_error: _Optional[_Union[BundleError, _Mapping]] = ..., etag: _Optional[str] = ..., last_poll: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("serving", "bundle")
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    serving: bool
+    bundle: BundleStatus
+    def __init__(self, serving: _Optional[bool] = ..., bundle: _Optional[_Union[BundleStatus, _Mapping]] = ...) -> None: ...
