@@ -38,8 +38,8 @@ from tollgate.bundle import (
     load_public_keys,
     open_source,
     verify_bundle,
+    write_file_atomically,
 )
-from tollgate.bundle._archive import write_file_atomically
 from tollgate.contract import ContractError, parse_result
 from tollgate.decisionlog import canonical_json
 from tollgate.engine import UNDEFINED, EngineConfig, EngineError, EvaluationTimeout, WorkerPoolEngine

@@ -369,3 +369,99 @@ def test_a_tarball_source_picks_up_a_replaced_file(serve, tmp_path: Path, make_b
     tmp.replace(path)
     wait_for(lambda: server.authorize(tool_request()).bundle_revision == "v2", what="v2")
 
+
+
+def test_a_download_past_the_size_limit_is_refused(serve, service: BundleService, make_bundle) -> None:
+    service.publish(make_bundle("v1"))
+    server = serve(bundle=service.url, extra=["--bundle-poll", "0.2", "--bundle-size-limit", "100"])
+    bundle = status(server).bundle
+    assert (bundle.state, bundle.last_error.reason) == (admin_pb2.SOURCE_STATE_ERROR, "too_large")
+    assert "100-byte limit" in bundle.last_error.message
+    assert server.authorize(tool_request()).reasons[0].code == "no_bundle"
+
+
+# -- status command and metrics -----------------------------------------------------------------------------
+
+
+def test_tollgate_status_shows_the_active_revision_and_the_last_error(
+        serve, service: BundleService, make_bundle) -> None:
+    import json
+    import subprocess
+
+    from tests.conftest import TOLLGATE
+
+    service.publish(make_bundle("v1"))
+    server = serve(bundle=service.url, extra=["--bundle-poll", "0.2"])
+    service.publish(b"garbage")
+    wait_for(lambda: status(server).bundle.last_error.reason == "corrupt", what="the refusal")
+    shown = subprocess.run([*TOLLGATE, "status", "--server", server.address], capture_output=True, text=True,
+                           timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    lines = dict(line.split(None, 1) for line in shown.stdout.splitlines() if not line.startswith("last "))
+    assert lines["serving"] == "yes"
+    assert lines["revision"] == "v1"
+    assert lines["source"] == f"{service.url}  [ERROR]"
+    assert " corrupt: " in shown.stdout and "not a readable .tar.gz" in shown.stdout
+    as_json = subprocess.run([*TOLLGATE, "status", "--server", server.address, "--json"], capture_output=True,
+                             text=True, timeout=30)
+    doc = json.loads(as_json.stdout)
+    assert doc["bundle"]["last_activation"]["revision"] == "v1"
+    assert doc["bundle"]["state"] == "SOURCE_STATE_ERROR"
+
+
+def test_tollgate_status_exits_2_when_nothing_is_served(serve, service: BundleService) -> None:
+    import subprocess
+
+    from tests.conftest import TOLLGATE
+
+    service.down = True
+    server = serve(bundle=service.url)
+    shown = subprocess.run([*TOLLGATE, "status", "--server", server.address], capture_output=True, text=True,
+                           timeout=30)
+    assert shown.returncode == 2
+    assert "no (every request is denied: no_bundle)" in shown.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_prometheus_metrics_count_activations_failures_and_decisions_by_revision(
+        serve, service: BundleService, make_bundle) -> None:
+    port = _free_port()
+    service.publish(make_bundle("v1"))
+    server = serve(bundle=service.url, extra=["--bundle-poll", "0.2", "--metrics-listen", f"127.0.0.1:{port}"])
+    for _ in range(3):
+        server.authorize(tool_request())
+    service.publish(b"garbage")
+    wait_for(lambda: status(server).bundle.last_error.reason == "corrupt", what="the refusal")
+    service.publish(make_bundle("v2"))
+    wait_for(lambda: revision_of(server) == "v2", what="v2")
+    server.authorize(tool_request())
+    m = _scrape(port)
+    assert m["tollgate_bundle_activations_total"] == 2
+    assert m['tollgate_bundle_activation_failures_total{reason="corrupt"}'] == 1
+    assert m['tollgate_decisions_total{decision="allow",revision="v1"}'] == 3
+    assert m['tollgate_decisions_total{decision="allow",revision="v2"}'] == 1
+    digest = status(server).bundle.last_activation.digest
+    assert m[f'tollgate_bundle_active_info{{revision="v2",digest="{digest}",source="{service.url}"}}'] == 1
+    assert abs(m["tollgate_bundle_last_activation_timestamp_seconds"] - time.time()) < 60

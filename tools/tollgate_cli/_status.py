@@ -1,0 +1,75 @@
+"""`tollgate status`: what a running sidecar serves, and how its bundle source is doing (AdminService)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR
+
+ORDER = 25  # position in `tollgate --help`
+#: Exit code when the sidecar answers but has no bundle active (it denies everything: no_bundle).
+EXIT_NOT_SERVING = 2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser("status", help="show a running sidecar's active bundle, last activation and last error")
+    status.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    status.set_defaults(func=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from tollgate.v1 import admin_pb2 as pb
+    from tollgate.v1 import admin_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(args.server) as channel:
+        try:
+            status = pb_grpc.AdminServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"tollgate status: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return EXIT_ERROR
+    if args.json:
+        doc = json_format.MessageToDict(status, preserving_proto_field_name=True,
+                                        always_print_fields_with_no_presence=True)
+        print(json.dumps(doc, indent=2))
+    else:
+        print(_text(status))
+    return 0 if status.serving else EXIT_NOT_SERVING
+
+
+def _text(status: Any) -> str:
+    from tollgate.v1 import admin_pb2 as pb
+
+    bundle = status.bundle
+    state = pb.SourceState.Name(bundle.state).removeprefix("SOURCE_STATE_")
+    rows = [
+        ("serving", "yes" if status.serving else "no (every request is denied: no_bundle)"),
+        ("revision", bundle.active_revision or "(none)"),
+        ("source", f"{bundle.source}  [{state}]"),
+    ]
+    if bundle.HasField("last_activation"):
+        a = bundle.last_activation
+        extra = "".join([f"  signed by {a.signed_by}" if a.signed_by else "  unsigned",
+                         "  (from the persisted copy)" if a.from_persisted else ""])
+        rows.append(("activated", f"{_time(a.time)}  {a.revision}  digest {a.digest[:16]}{extra}"))
+    if bundle.HasField("last_error"):
+        e = bundle.last_error
+        rows.append(("last error", f"{_time(e.time)}  {e.reason}: {e.message}"))
+    if bundle.etag:
+        rows.append(("etag", bundle.etag))
+    if bundle.HasField("last_poll"):
+        rows.append(("last poll", _time(bundle.last_poll)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _time(ts: Any) -> str:
+    text: str = ts.ToJsonString()
+    return text
