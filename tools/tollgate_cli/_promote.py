@@ -1,0 +1,199 @@
+"""Promotion through environments: `tollgate promote`, `tollgate rollback`, `tollgate channel status`.
+
+`channel status` (not `status`) shows an environment's channel, so that it cannot be confused with the status
+of a running sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+from tollgate_cli._common import EXIT_ERROR
+
+if TYPE_CHECKING:
+    from tollgate.promotion import Environments, Outcome
+
+ORDER = 45  # position in `tollgate --help`
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--environments", default="bundles/environments.yaml", metavar="FILE",
+                        help="the environments file (default %(default)s)")
+    parser.add_argument("--channel-root", metavar="DIR",
+                        help="publish and read channels under DIR instead of the file's channel_root")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    promote = sub.add_parser(
+        "promote", help="check an environment's gates on a bundle and publish it to the environment's channel",
+        description="Check every gate of the target environment (tests, signed, replay, from) on a bundle file, "
+                    "or on a revision published in the environment its `from` gate names; when all pass, "
+                    "publish it to the channel and record who, when, from where, the digest and the gates in "
+                    "its history. A failing gate changes nothing. Exit 0: published; 1: not published.")
+    promote.add_argument("bundle", metavar="REVISION|FILE",
+                         help="a built (and signed) bundle .tar.gz, or a revision of the previous environment")
+    promote.add_argument("--to", required=True, metavar="ENV", help="the target environment")
+    promote.add_argument("--as", dest="by", metavar="IDENTITY",
+                         help="who promotes (default: git config user.email, else $USER)")
+    promote.add_argument("--ack", action="append", default=[], metavar="TRANSITION|DECISION_ID",
+                         help="acknowledge replay flips: a whole transition (deny→allow, or deny->allow) or one "
+                              "decision ID; repeatable, comma-separated")
+    promote.add_argument("--ack-file", action="append", default=[], metavar="FILE",
+                         help="acknowledge the flips of the decision IDs listed in FILE (one per line, # comments)")
+    promote.add_argument("--note", default="", help="a note recorded with the promotion (a ticket, a reason)")
+    _common(promote)
+    promote.set_defaults(func=_promote)
+
+    rollback = sub.add_parser(
+        "rollback", help="make an environment's previous good revision (or a named one) live again",
+        description="Re-publish an earlier revision from the channel's revisions/ as the live bundle, and "
+                    "record the rollback in the history. Without --to: the revision live before the current "
+                    "one, skipping revisions already rolled back from.")
+    rollback.add_argument("env", metavar="ENV")
+    rollback.add_argument("--to", metavar="REVISION", help="a revision from the environment's history")
+    rollback.add_argument("--as", dest="by", metavar="IDENTITY",
+                          help="who rolls back (default: git config user.email, else $USER)")
+    rollback.add_argument("--note", default="", help="a note recorded with the rollback (an incident, a reason)")
+    _common(rollback)
+    rollback.set_defaults(func=_rollback)
+
+    channel = sub.add_parser("channel", help="promotion channels: what is live in each environment",
+                             description="Read environments' channels (see `tollgate promote`).")
+    commands = channel.add_subparsers(metavar="COMMAND")
+    status = commands.add_parser(
+        "status", help="what is live in an environment and its history (every environment without ENV)",
+        description="Show the live revision, its digest and who published it, and the history, newest first.")
+    status.add_argument("env", nargs="?", metavar="ENV")
+    status.add_argument("--json", action="store_true", help="print channel.json (all environments: a list)")
+    _common(status)
+    status.set_defaults(func=_status)
+    channel.set_defaults(func=lambda args: _usage(channel))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return EXIT_ERROR
+
+
+def _environments(args: argparse.Namespace) -> Environments:
+    from tollgate.promotion import load_environments
+
+    return load_environments(args.environments, channel_root=args.channel_root)
+
+
+def _identity(given: str | None) -> str:
+    if given:
+        return given
+    try:
+        email = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True, timeout=10)
+        if email.returncode == 0 and email.stdout.strip():
+            return email.stdout.strip()
+    except OSError:
+        pass
+    return os.environ.get("USER") or getpass.getuser()
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from tollgate.promotion import PromotionError, parse_ack, promote
+
+    try:
+        envs = _environments(args)
+        ack = parse_ack(args.ack, args.ack_file)
+        outcome = promote(envs, args.to, args.bundle, by=_identity(args.by), ack=ack, note=args.note)
+    except PromotionError as exc:
+        print(f"tollgate promote: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"promote {args.bundle} (revision {outcome.revision}, sha256 {outcome.sha256}) to {outcome.environment}:")
+    _print_gates(outcome)
+    if not outcome.published:
+        failed = ", ".join(g.gate for g in outcome.failed)
+        print(f"tollgate promote: not promoted: gate {failed} failed; {outcome.environment}'s channel is unchanged",
+              file=sys.stderr)
+        return EXIT_ERROR
+    channel = envs.get(outcome.environment).channel
+    print(f"promoted {outcome.revision} to {outcome.environment}: live at {channel / 'bundle.tar.gz'}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from tollgate.promotion import PromotionError, rollback
+
+    try:
+        envs = _environments(args)
+        outcome = rollback(envs, args.env, to=args.to, by=_identity(args.by), note=args.note)
+    except PromotionError as exc:
+        print(f"tollgate rollback: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    _print_gates(outcome)
+    if not outcome.published:
+        print(f"tollgate rollback: not rolled back: {outcome.failed[0].detail}", file=sys.stderr)
+        return EXIT_ERROR
+    assert outcome.entry is not None
+    replaced = outcome.entry.get("replaced") or {}
+    print(f"rolled {outcome.environment} back from {replaced.get('revision')} to {outcome.revision} "
+          f"(sha256 {outcome.sha256})")
+    return 0
+
+
+def _print_gates(outcome: Outcome) -> None:
+    for g in outcome.gates:
+        print(f"  {g.gate:<7} {'passed' if g.passed else 'FAILED'}  {g.detail}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tollgate.promotion import PromotionError, read_channel
+
+    try:
+        envs = _environments(args)
+        names = [args.env] if args.env else list(envs.environments)
+        channels = [(envs.get(name), read_channel(envs.get(name))) for name in names]
+    except PromotionError as exc:
+        print(f"tollgate channel status: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        docs = [c.as_dict() for _, c in channels]
+        print(json.dumps(docs[0] if args.env else docs, indent=2, ensure_ascii=False))
+        return 0
+    for i, (env, channel) in enumerate(channels):
+        if i:
+            print()
+        gates = ", ".join(env.gates) or "none"
+        source = f"from {env.promote_from}; " if env.promote_from else ""
+        print(f"{env.name}  channel {env.channel}  ({source}gates: {gates})")
+        live = channel.live
+        if live is None:
+            print("  live: nothing published yet")
+        else:
+            print(f"  live: {live.get('revision')}  sha256 {live.get('sha256')}  since {live.get('at')} "
+                  f"({live.get('action')} by {live.get('by')})")
+        if args.env and channel.history:
+            print("  history, newest first:")
+            for entry in channel.history[::-1]:
+                print(f"    {_history_line(entry)}")
+        elif channel.history:
+            print(f"  {len(channel.history)} change(s) in the history (`tollgate channel status {env.name}`)")
+    return 0
+
+
+def _history_line(entry: Any) -> str:
+    replaced = (entry.get("replaced") or {}).get("revision")
+    words = [str(entry.get("at")), f"{entry.get('action', '?'):<8}", str(entry.get("revision")),
+             f"sha256 {str(entry.get('sha256'))[:16]}"]
+    words.append(f"from {entry['from']}" if entry.get("from") else f"source {entry.get('source')}")
+    words.append(f"by {entry.get('by')}")
+    if replaced:
+        words.append(f"replacing {replaced}")
+    if entry.get("gates"):
+        words.append(f"gates {','.join(entry['gates'])}")
+    acked = (entry.get("acknowledged") or {}).get("decision_ids") or []
+    if acked:
+        words.append(f"acknowledged {len(acked)} flip(s)")
+    if entry.get("note"):
+        words.append(f"— {entry['note']}")
+    return "  ".join(words)
