@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -169,7 +170,7 @@ def load_environments(path: str | Path = DEFAULT_ENVIRONMENTS, *, channel_root: 
     root_value = top.get("channel_root", "channels")
     if not isinstance(root_value, str) or not root_value:
         raise fail("channel_root", "must be a directory path")
-    root = Path(channel_root) if channel_root is not None else base / root_value
+    root = Path(channel_root) if channel_root is not None else _relative_to(base, root_value)
     envs = top.get("environments")
     if not isinstance(envs, dict) or not envs:
         raise fail("environments", "must map each environment's name (dev, staging, prod) to its definition")
@@ -228,9 +229,9 @@ def _environment(name: str, raw: Any, key: str, base: Path, root: Path, fail: An
     if "replay" in gates:
         replay_gate = _replay_gate(gates["replay"], f"{key}.gates.replay", base, fail)
     return Environment(
-        name=name, keys=base / keys_value if keys_value is not None else None, require_signatures=require,
-        channel=root / channel_value, tests=bool(gates.get("tests", False)), signed=signed, replay=replay_gate,
-        promote_from=source)
+        name=name, keys=_relative_to(base, keys_value) if keys_value is not None else None,
+        require_signatures=require, channel=_relative_to(root, channel_value),
+        tests=bool(gates.get("tests", False)), signed=signed, replay=replay_gate, promote_from=source)
 
 
 def _replay_gate(raw: Any, key: str, base: Path, fail: Any) -> ReplayGate:
@@ -264,9 +265,15 @@ def _replay_gate(raw: Any, key: str, base: Path, fail: Any) -> ReplayGate:
     entrypoint = body.get("entrypoint", "tollgate/decision")
     if not isinstance(entrypoint, str) or not entrypoint:
         raise fail(f"{key}.entrypoint", "must be a policy path such as tollgate/decision")
-    return ReplayGate(decisions=base / path if sources[0] == "decisions" else None,
-                      data_dir=base / path if sources[0] == "data_dir" else None,
+    where = _relative_to(base, path)
+    return ReplayGate(decisions=where if sources[0] == "decisions" else None,
+                      data_dir=where if sources[0] == "data_dir" else None,
                       fail_on=fail_on, since=since, limit=limit, entrypoint=entrypoint)
+
+
+def _relative_to(base: Path, path: str) -> Path:
+    """path read relative to base, without `..` detours in messages (bundles/../samples → samples)."""
+    return Path(os.path.normpath(base / path))
 
 
 def _check_links(envs: Mapping[str, Environment], fail: Any) -> None:
@@ -443,6 +450,7 @@ def _gate_replay(gate: ReplayGate, candidate: _Candidate, ack: Acknowledgement) 
         return GateResult("replay", False, f"{report.bad_records} record(s) in {gate.source} cannot be read "
                                            f"(first: {first.where}: {first.message}); fix them and promote again")
     checked = f"{report.replayed} decisions from {gate.source}"
+    watched = " or ".join(gate_spelling(gate.fail_on).split(","))
     flips = [c for t in report.tripped(gate.fail_on) for c in t.examples]
     open_flips = [c for c in flips if not ack.covers(c.transition, c.record.decision_id)]
     if open_flips:
@@ -461,10 +469,8 @@ def _gate_replay(gate: ReplayGate, candidate: _Candidate, ack: Acknowledgement) 
             "decision_ids": sorted(c.record.decision_id for c in flips),
             **({"files": list(ack.files)} if ack.files else {}),
         }
-        return GateResult("replay", True, f"{len(flips)} {gate_spelling(gate.fail_on)} flip(s) in {checked}, "
-                                          "all acknowledged")
-    return GateResult("replay", True, f"no {gate_spelling(gate.fail_on)} flips in {checked} "
-                                      f"({report.changed} other change(s))")
+        return GateResult("replay", True, f"{len(flips)} {watched} flip(s) in {checked}, all acknowledged")
+    return GateResult("replay", True, f"no {watched} flips in {checked} ({report.changed} other change(s))")
 
 
 def _gate_from(envs: Environments, env: Environment, candidate: _Candidate) -> GateResult:
