@@ -312,7 +312,12 @@ class BundleActivator:
                 return load_bundle(persisted, size_limit=config.size_limit), persisted
             incoming = config.state_dir / "incoming.tar.gz"
             write_file_atomically(incoming, fetched.archive)
-            return load_bundle(incoming, size_limit=config.size_limit), incoming
+            try:
+                return load_bundle(incoming, size_limit=config.size_limit), incoming
+            except BundleError as exc:
+                incoming.unlink(missing_ok=True)
+                # Name what the operator configured, not the scratch file it was loaded from.
+                raise Refused("corrupt", str(exc).replace(str(incoming), config.source)) from exc
         except BundleError as exc:
             raise Refused("corrupt", str(exc)) from exc
 
@@ -349,8 +354,12 @@ class BundleActivator:
         except (OSError, ValueError) as exc:
             log.error("bundle: the persisted bundle %s cannot be read: %s", path, exc)
             return
-        fetched = Fetched(digest=hashlib.sha256(data).hexdigest(), archive=data,
-                          etag=str(meta.get("etag", "")) if meta.get("source") == self._config.source else "")
+        if meta.get("source") != self._config.source:
+            # Another source's bundle (say staging's, before --bundle named prod's) must not stand in for this one.
+            log.error("bundle: the persisted bundle %s came from %s, not %s; not using it", path,
+                      meta.get("source"), self._config.source)
+            return
+        fetched = Fetched(digest=hashlib.sha256(data).hexdigest(), archive=data, etag=str(meta.get("etag", "")))
         log.warning("bundle: %s gave no good bundle at start-up; starting from the persisted revision %s",
                     self._config.source, meta.get("revision", "?"))
         error = self._status.last_error
