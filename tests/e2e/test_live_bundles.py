@@ -380,6 +380,16 @@ def test_a_download_past_the_size_limit_is_refused(serve, service: BundleService
     assert server.authorize(tool_request()).reasons[0].code == "no_bundle"
 
 
+def test_a_gzip_bomb_is_refused_by_the_uncompressed_size_limit(serve, service: BundleService) -> None:
+    bomb = write_archive({".manifest": b'{"revision": "bomb"}', "big/data.json": b" " * 8_000_000 + b"{}"})
+    assert len(bomb) < 100_000
+    service.publish(bomb)
+    server = serve(bundle=service.url, extra=["--bundle-size-limit", "1000000"])
+    bundle = status(server).bundle
+    assert (bundle.last_error.reason, bundle.active_revision) == ("corrupt", "")
+    assert "uncompressed size exceeds the 1000000-byte limit" in bundle.last_error.message
+
+
 # -- status command and metrics -----------------------------------------------------------------------------
 
 
