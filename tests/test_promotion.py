@@ -10,9 +10,10 @@ import shlex
 import shutil
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import REGO, ROOT, TOLLGATE
+from tests.conftest import REGO, ROOT, TOLLGATE, Server, tool_request
 from tests.test_bundle_signing import write_key
 from tollgate.bundle import build_bundle, load_private_key, sign_bundle
 from tollgate.promotion import (
@@ -133,6 +134,11 @@ def published(tmp_path_factory: pytest.TempPathFactory, bundles: Bundles) -> Pat
     promoted into dev only, so that staging's `from` gate lets them through and prod's does not."""
     root = tmp_path_factory.mktemp("published")
     _world(root, bundles)
+    # Seeding, not testing: dev without its tests gate, so that its five promotions take no time.
+    config = root / "environments.yaml"
+    dev_gates = "    require_signatures: false\n    gates:\n      tests: true\n"
+    assert dev_gates in config.read_text()
+    config.write_text(config.read_text().replace(dev_gates, "    require_signatures: false\n"))
     for env in ("dev", "staging", "prod"):
         _promote(root, bundles.good if env == "dev" else "v1", env)
     for bundle in (bundles.newer, bundles.unsigned, bundles.untrusted, bundles.flip):
@@ -377,6 +383,32 @@ def test_a_static_http_server_serves_the_channel_as_published(seeded: Path, bund
     assert _cli(seeded, "rollback", "dev").returncode == 0
     status, body, new_etag = _get(f"{static_server}/dev/bundle.tar.gz", etag)
     assert status == 200 and new_etag != etag and body == bundles.untrusted.read_bytes()
+
+
+def test_a_sidecar_on_the_channel_url_serves_each_promotion_and_rollback(
+        seeded: Path, static_server: str, serve: Callable[..., Server]) -> None:
+    """The whole path: promote and roll back, while a real `tollgate serve` polls prod's channel over HTTP."""
+    server = serve(bundle=f"{static_server}/prod/bundle.tar.gz",
+                   extra=["--bundle-poll", "0.2", "--bundle-keys", str(seeded / "keys" / "prod"),
+                          "--require-signatures"])
+    assert server.authorize(tool_request()).bundle_revision == "v1"
+
+    _promote(seeded, "v2", "staging")  # v2 is in dev's history (see `published`)
+    _promote(seeded, "v2", "prod")
+    _wait_for_revision(server, "v2")
+    assert _cli(seeded, "rollback", "prod").returncode == 0
+    _wait_for_revision(server, "v1")
+
+
+def _wait_for_revision(server: Server, revision: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = server.authorize(tool_request()).bundle_revision
+        if seen == revision:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the sidecar still serves {seen!r}, not {revision!r}:\n{server.stderr}")
 
 
 # -- the environments file ------------------------------------------------------------------------------------
