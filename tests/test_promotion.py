@@ -29,6 +29,7 @@ from tollgate.promotion import (
     EnvironmentsError,
     PromotionError,
     load_environments,
+    parse_ack,
     promote,
     read_channel,
     rollback,
@@ -75,6 +76,7 @@ class Bundles:
     untrusted: Path  # v4, signed with a key no environment trusts
     failing: Path  # v5, one of its Rego tests fails
     flip: Path  # v6, data-analyst may use github/get_file_contents: a deny → allow flip in the sample
+    untested: Path  # v7, built without --include-tests
     trusted_public: Path  # the trusted key's public half, ci.pem
 
 
@@ -98,9 +100,9 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     public = write_key(out / "public", "ci", trusted)
     write_key(out / "private", "stranger", other, private=True)
 
-    def make(revision: str, source: Path = REGO, kid: str | None = "ci") -> Path:
+    def make(revision: str, source: Path = REGO, kid: str | None = "ci", tests: bool = True) -> Path:
         path = out / f"{revision}.tar.gz"
-        build_bundle(source, path, revision=revision, include_tests=True)
+        build_bundle(source, path, revision=revision, include_tests=tests)
         if kid is not None:
             sign_bundle(path, load_private_key(out / "private" / f"{kid}.pem"), keyid=kid)
         return path
@@ -108,6 +110,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     return Bundles(
         good=make("v1"), newer=make("v2"), unsigned=make("v3", kid=None), untrusted=make("v4", kid="stranger"),
         failing=make("v5", _policy(out / "failing", failing=True)), flip=make("v6", _policy(out / "flip", flip=True)),
+        untested=make("v7", tests=False),
         trusted_public=public,
     )
 
@@ -211,6 +214,7 @@ FAILURES = [
     ("unsigned", "unsigned", "staging", "signed", "unsigned"),
     ("untrusted-key", "untrusted", "staging", "signed", "'stranger', which is not trusted"),
     ("failing-test", "failing", "dev", "tests", "tollgate.promotion_test.test_a_broken_expectation FAIL"),
+    ("no-tests-in-the-bundle", "untested", "dev", "tests", "the bundle holds no tests"),
     ("deny-to-allow-flip", "flip", "staging", "replay", "1 deny→allow unacknowledged"),
     ("skipping-staging", "newer", "prod", "from", "never published in staging"),
 ]
@@ -409,6 +413,26 @@ def _wait_for_revision(server: Server, revision: str, timeout: float = 30) -> No
             return
         time.sleep(0.1)
     raise AssertionError(f"the sidecar still serves {seen!r}, not {revision!r}:\n{server.stderr}")
+
+
+def test_acknowledgements_parse_transitions_ids_and_files(tmp_path: Path) -> None:
+    listed = tmp_path / "acks.txt"
+    listed.write_text("# reviewed in PR 812\n\nid-3  # the third\n")
+    ack = parse_ack(["deny->allow,id-1", "id-2"], [listed])
+    assert ack.transitions == {("deny", "allow")} and ack.decision_ids == {"id-1", "id-2", "id-3"}
+    assert ack.covers(("deny", "allow"), "any") and ack.covers(("require_approval", "allow"), "id-3")
+    assert not ack.covers(("require_approval", "allow"), "id-4")
+    with pytest.raises(PromotionError, match="--ack deny→allw: 'deny→allw' is not a transition"):
+        parse_ack(["deny→allw"])
+    with pytest.raises(PromotionError, match=r"ack file .*missing\.txt: cannot be read"):
+        parse_ack([], [tmp_path / "missing.txt"])
+
+
+def test_a_channel_file_from_a_newer_format_is_refused(seeded: Path) -> None:
+    path = seeded / "channels" / "prod" / "channel.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": 2}))
+    refused = _cli(seeded, "channel", "status", "prod")
+    assert refused.returncode == 1 and "not a channel file (format 2; this tollgate reads format 1)" in refused.stderr
 
 
 # -- the environments file ------------------------------------------------------------------------------------

@@ -332,6 +332,8 @@ def read_channel(env: Environment) -> Channel:
         doc = json.loads(raw)
         if not isinstance(doc, dict) or not isinstance(doc.get("history"), list):
             raise ValueError("not an object with a history")
+        if doc.get("format", CHANNEL_FORMAT) != CHANNEL_FORMAT:
+            raise ValueError(f"format {doc.get('format')!r}; this tollgate reads format {CHANNEL_FORMAT}")
     except ValueError as exc:
         raise PromotionError(f"channel {path}: not a channel file ({exc}) (hint: restore it from a backup; "
                              "the revisions/ directory still holds every bundle)") from exc
@@ -404,6 +406,10 @@ class _Candidate:
     from_env: str | None  # the environment it was taken from, when given as a revision
     acknowledged: dict[str, Any] = field(default_factory=dict)
 
+    def named(self, message: str) -> str:
+        """A message about the staged copy, naming the bundle as the person gave it."""
+        return message.replace(str(self.path), self.label)
+
 
 def _gate_tests(candidate: _Candidate) -> GateResult:
     from tollgate.policytest import PolicyTestError, run_tests
@@ -411,7 +417,7 @@ def _gate_tests(candidate: _Candidate) -> GateResult:
     try:
         report = run_tests([candidate.path])
     except PolicyTestError as exc:
-        return GateResult("tests", False, f"the tests cannot run: {exc}")
+        return GateResult("tests", False, f"the tests cannot run: {candidate.named(str(exc))}")
     ran = len(report.results) - report.count("SKIP")
     if ran == 0:
         return GateResult("tests", False, "the bundle holds no tests (hint: build it with "
@@ -444,7 +450,7 @@ def _gate_replay(gate: ReplayGate, candidate: _Candidate, ack: Acknowledgement) 
             # Every change is kept (not a few examples), so that each flip can be acknowledged by its ID.
             report = replay(records, engine, source=str(gate.source), window=window, examples=sys.maxsize)
     except ReplayError as exc:
-        return GateResult("replay", False, str(exc))
+        return GateResult("replay", False, candidate.named(str(exc)))
     if report.bad_records:
         first = report.bad_examples[0]
         return GateResult("replay", False, f"{report.bad_records} record(s) in {gate.source} cannot be read "
@@ -648,7 +654,10 @@ def _stage(envs: Environments, env: Environment, bundle: str | Path, tmp: Path) 
 def _check_immutable(env: Environment, channel: Channel, candidate: _Candidate) -> None:
     path = revision_path(env, candidate.revision)
     if path.exists():
-        existing = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            existing = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise PromotionError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
         if existing != candidate.sha256:
             raise PromotionError(
                 f"revision {candidate.revision} was already published in {env.name} with sha256 {existing}; "
