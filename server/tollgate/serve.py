@@ -78,7 +78,15 @@ async def serve(config: ServeConfig) -> int:
                   "arrives", error.message if error else "unknown error")
     metrics_server = None
     if config.metrics_listen:
-        metrics_server, metrics_address = await start_metrics_server(metrics, config.metrics_listen)
+        try:
+            metrics_server, metrics_address = await start_metrics_server(metrics, config.metrics_listen)
+        except OSError as exc:
+            await activator.stop()
+            if slot.current is not None:
+                await slot.current.close()
+            decision_log.close()
+            raise SystemExit(f"tollgate serve: cannot serve metrics on {config.metrics_listen} ({exc.strerror or exc})"
+                             ) from exc
         log.info("metrics on http://%s/metrics", metrics_address)
 
     limits = RequestLimits(max_request_bytes=config.max_request_bytes, max_depth=config.max_depth)

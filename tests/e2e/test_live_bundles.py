@@ -475,3 +475,30 @@ def test_prometheus_metrics_count_activations_failures_and_decisions_by_revision
     digest = status(server).bundle.last_activation.digest
     assert m[f'tollgate_bundle_active_info{{revision="v2",digest="{digest}",source="{service.url}"}}'] == 1
     assert abs(m["tollgate_bundle_last_activation_timestamp_seconds"] - time.time()) < 60
+
+
+def test_a_directory_that_appears_after_start_up_is_picked_up(serve, tmp_path: Path) -> None:
+    server = serve(bundle=tmp_path / "not-yet")
+    assert server.authorize(tool_request()).reasons[0].code == "no_bundle"
+    assert "no such directory" in status(server).bundle.last_error.message
+    write_policy(tmp_path / "not-yet", POLICY.format(revision="arrived"))
+    wait_for(lambda: status(server).serving, what="the directory")
+    assert server.authorize(tool_request()).reasons[0].message == "arrived"
+    assert health(server) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_metrics_port_in_use_stops_start_up_with_a_message(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    from tests.conftest import TOLLGATE
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([*TOLLGATE, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
+                                 "--bundle", str(write_policy(tmp_path / "b", POLICY.format(revision="x"))),
+                                 "--metrics-listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr

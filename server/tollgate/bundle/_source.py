@@ -62,9 +62,11 @@ def open_source(location: str, *, size_limit: int = DEFAULT_SIZE_LIMIT, timeout:
     """The source for a --bundle value: an http(s):// URL, else a directory or a .tar.gz file path."""
     if location.startswith(("http://", "https://")):
         return HttpSource(location, size_limit=size_limit, timeout=timeout)
-    if Path(location).is_dir():
-        return DirectorySource(location, size_limit=size_limit)
-    return FileSource(location, size_limit=size_limit)
+    path = Path(location)
+    if path.is_file() or (not path.is_dir() and location.endswith((".tar.gz", ".tgz"))):
+        return FileSource(location, size_limit=size_limit)
+    # A directory, or a path that is not there yet: it is picked up once it appears.
+    return DirectorySource(location, size_limit=size_limit)
 
 
 class DirectorySource:
@@ -81,7 +83,7 @@ class DirectorySource:
     def fetch(self, etag: str) -> Fetched:
         root = Path(self.location)
         if not root.is_dir():
-            raise FetchError(f"bundle {root}: not a directory any more (hint: check --bundle)")
+            raise FetchError(f"bundle {root}: no such directory (hint: check --bundle)")
         stamp = self._stat(root)
         if stamp != self._stamp:  # stat is cheap; hash the contents only when something changed
             try:
