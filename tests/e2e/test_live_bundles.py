@@ -502,3 +502,15 @@ def test_a_metrics_port_in_use_stops_start_up_with_a_message(tmp_path: Path) -> 
                                  "--metrics-listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+
+
+def test_serve_help_lists_the_bundle_source_flags() -> None:
+    import subprocess
+
+    from tests.conftest import TOLLGATE
+
+    result = subprocess.run([*TOLLGATE, "serve", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--bundle-poll", "--bundle-keys", "--require-signatures", "--bundle-size-limit",
+                 "--bundle-timeout", "--metrics-listen"):
+        assert flag in result.stdout

@@ -33,7 +33,7 @@ def _field_help(name: str) -> str:
     doc = {
         "listen": "HOST:PORT or unix:PATH", "data_dir": "decision log and state directory",
         "bundle": "policy directory, OPA bundle .tar.gz, or http(s):// bundle URL (watched for new revisions)",
-        "bundle_poll": "seconds between polls of a bundle URL (±25 % jitter)",
+        "bundle_poll": "seconds between polls of a bundle URL (jittered by a quarter either way)",
         "bundle_timeout": "bundle download deadline in seconds", "bundle_size_limit": "largest bundle in bytes",
         "bundle_keys": "directory of trusted public keys (KID.pem)",
         "require_signatures": "refuse bundles not signed by a trusted key",
