@@ -415,6 +415,30 @@ def _wait_for_revision(server: Server, revision: str, timeout: float = 30) -> No
     raise AssertionError(f"the sidecar still serves {seen!r}, not {revision!r}:\n{server.stderr}")
 
 
+def test_concurrent_promotions_into_one_environment_lose_no_history(world: Path, bundles: Bundles) -> None:
+    """Each promotion reads the channel, runs its gates (seconds), then writes: without the lock, the second
+    writer would drop the first one's history entry."""
+    envs = load_environments(world / "environments.yaml")
+    errors: list[BaseException] = []
+
+    def run(bundle: Path) -> None:
+        try:
+            assert promote(envs, "dev", bundle, by=bundle.name).published
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in (bundles.good, bundles.newer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    doc = _channel(world, "dev")
+    assert sorted(h["revision"] for h in doc["history"]) == ["v1", "v2"]
+    assert doc["history"][1]["replaced"]["revision"] == doc["history"][0]["revision"]
+    assert doc["live"]["revision"] == doc["history"][1]["revision"]
+
+
 def test_acknowledgements_parse_transitions_ids_and_files(tmp_path: Path) -> None:
     listed = tmp_path / "acks.txt"
     listed.write_text("# reviewed in PR 812\n\nid-3  # the third\n")
