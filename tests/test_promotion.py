@@ -415,6 +415,16 @@ def _wait_for_revision(server: Server, revision: str, timeout: float = 30) -> No
     raise AssertionError(f"the sidecar still serves {seen!r}, not {revision!r}:\n{server.stderr}")
 
 
+def test_a_replay_gate_without_its_recorded_decisions_fails(seeded: Path, bundles: Bundles) -> None:
+    config = seeded / "environments.yaml"
+    config.write_text(config.read_text().replace(str(SAMPLE), str(seeded / "missing.jsonl")))
+    snapshot = _snapshot(seeded)
+    failed = _cli(seeded, "promote", "v2", "--to", "staging")
+    assert failed.returncode == 1
+    assert re.search(r"^  replay +FAILED  cannot read decisions file .*missing\.jsonl", failed.stdout, re.M)
+    assert _snapshot(seeded) == snapshot
+
+
 def test_concurrent_promotions_into_one_environment_lose_no_history(world: Path, bundles: Bundles) -> None:
     """Each promotion reads the channel, runs its gates (seconds), then writes: without the lock, the second
     writer would drop the first one's history entry."""
