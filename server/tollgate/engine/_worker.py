@@ -66,6 +66,9 @@ def main() -> int:
         engine = EmbeddedOpa(spec["modules"], spec["data"])
         del spec
         engine.compile()  # a broken bundle is refused at load time, not on a live request
+        # The engine prepares a query the first time it sees it (tens of ms, more on a busy machine): do it
+        # for the entrypoint now, or every new worker's first request would run into the deadline.
+        engine.evaluate_raw(path, b"{}")
     except EngineError as exc:
         _send_frame(sock, json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode())
         return 1
