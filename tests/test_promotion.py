@@ -325,6 +325,8 @@ def test_channel_status_shows_what_is_live_and_the_history(seeded: Path, bundles
     assert "  live: v1  sha256" in every.stdout
     as_json = json.loads(_cli(world, "channel", "status", "dev", "--json").stdout)
     assert as_json == _channel(world, "dev")
+    # `tollgate status ENV`, as the issue names it, is the same command (without ENV it asks a sidecar).
+    assert _cli(world, "status", "dev").stdout == shown.stdout
 
 
 class _StaticFiles(http.server.SimpleHTTPRequestHandler):

@@ -1,7 +1,7 @@
 """Promotion through environments: `tollgate promote`, `tollgate rollback`, `tollgate channel status`.
 
-`channel status` (not `status`) shows an environment's channel, so that it cannot be confused with the status
-of a running sidecar.
+`tollgate status ENV` shows the same as `tollgate channel status ENV`; without ENV, `tollgate status` is the
+status of a running sidecar.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 ORDER = 45  # position in `tollgate --help`
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def add_environment_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--environments", default="bundles/environments.yaml", metavar="FILE",
                         help="the environments file (default %(default)s)")
     parser.add_argument("--channel-root", metavar="DIR",
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     promote.add_argument("--ack-file", action="append", default=[], metavar="FILE",
                          help="acknowledge the flips of the decision IDs listed in FILE (one per line, # comments)")
     promote.add_argument("--note", default="", help="a note recorded with the promotion (a ticket, a reason)")
-    _common(promote)
+    add_environment_flags(promote)
     promote.set_defaults(func=_promote)
 
     rollback = sub.add_parser(
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rollback.add_argument("--as", dest="by", metavar="IDENTITY",
                           help="who rolls back (default: git config user.email, else $USER)")
     rollback.add_argument("--note", default="", help="a note recorded with the rollback (an incident, a reason)")
-    _common(rollback)
+    add_environment_flags(rollback)
     rollback.set_defaults(func=_rollback)
 
     channel = sub.add_parser("channel", help="promotion channels: what is live in each environment",
@@ -71,8 +71,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Show the live revision, its digest and who published it, and the history, newest first.")
     status.add_argument("env", nargs="?", metavar="ENV")
     status.add_argument("--json", action="store_true", help="print channel.json (all environments: a list)")
-    _common(status)
-    status.set_defaults(func=_status)
+    add_environment_flags(status)
+    status.set_defaults(func=channel_status)
     channel.set_defaults(func=lambda args: _usage(channel))
 
 
@@ -146,7 +146,7 @@ def _print_gates(outcome: Outcome) -> None:
         print(f"  {g.gate:<7} {'passed' if g.passed else 'FAILED'}  {g.detail}")
 
 
-def _status(args: argparse.Namespace) -> int:
+def channel_status(args: argparse.Namespace) -> int:
     from tollgate.promotion import PromotionError, read_channel
 
     try:

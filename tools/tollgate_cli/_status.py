@@ -15,7 +15,14 @@ EXIT_NOT_SERVING = 2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    status = sub.add_parser("status", help="show a running sidecar's active bundle, last activation and last error")
+    from tollgate_cli import _promote
+
+    status = sub.add_parser(
+        "status", help="a running sidecar's active bundle, last activation and last error; or, given ENV, what "
+                       "is live in that environment's promotion channel and its history")
+    status.add_argument("env", nargs="?", metavar="ENV",
+                        help="an environment of bundles/environments.yaml (same as `tollgate channel status ENV`)")
+    _promote.add_environment_flags(status)
     status.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
@@ -23,6 +30,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.env:
+        from tollgate_cli import _promote
+
+        return _promote.channel_status(args)
     import grpc
     from google.protobuf import json_format
 
