@@ -1,0 +1,237 @@
+"""Kill switches: durable stops by scope, and the in-memory view every decision reads."""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tollgate.state._store import StateError, StateStore
+
+#: What a kill switch can name; the default policy (rego/tollgate/killswitch) matches the same scopes.
+SCOPES = ("agent", "instance", "session", "workflow", "team", "user", "tool", "mcp_server", "model", "all")
+#: The value an `all` kill switch is stored under.
+ALL_VALUE = "*"
+_PRINCIPAL_FIELDS = {"agent": "agent_id", "instance": "instance_id", "session": "session_id",
+                     "workflow": "workflow", "team": "team", "user": "user"}
+
+_SCHEMA = (
+    """
+    CREATE TABLE kill_switches (
+        scope TEXT NOT NULL,
+        value TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        killed_by TEXT NOT NULL,
+        killed_at TEXT NOT NULL,
+        PRIMARY KEY (scope, value)
+    );
+    CREATE TABLE kill_switch_history (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        time TEXT NOT NULL,
+        action TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        value TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        actor TEXT NOT NULL
+    )
+    """,
+)
+
+
+class InvalidKillSwitch(ValueError):
+    """A kill or revive that cannot be carried out as asked; the message starts with the field."""
+
+
+class KillSwitchNotFound(LookupError):
+    """Revive of a scope and value that is not killed."""
+
+
+@dataclass(frozen=True)
+class KillSwitch:
+    """One active kill switch."""
+
+    scope: str
+    value: str
+    reason: str
+    killed_by: str
+    killed_at: str  # RFC 3339, UTC
+
+    def policy_entry(self) -> dict[str, str]:
+        """The entry in input.state.killed."""
+        return {"scope": self.scope, "value": self.value, "reason": self.reason}
+
+    def message(self) -> str:
+        """The reason message, worded as the default policy words it."""
+        if self.scope == "all":
+            return f"all requests are stopped by a kill switch: {self.reason}"
+        return f"{self.scope} \"{self.value}\" is stopped by a kill switch: {self.reason}"
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One change: a kill or a revive, who made it, when and why."""
+
+    seq: int
+    time: str
+    action: str  # "kill" or "revive"
+    scope: str
+    value: str
+    reason: str
+    actor: str
+
+
+def validate_target(scope: str, value: str) -> tuple[str, str]:
+    """(scope, value) checked and normalised: an `all` kill switch's value is always "*"."""
+    if not scope:
+        raise InvalidKillSwitch(f"scope: required (one of {', '.join(SCOPES)})")
+    if scope not in SCOPES:
+        raise InvalidKillSwitch(f"scope: {scope!r} is not a kill switch scope (scopes: {', '.join(SCOPES)})")
+    if scope == "all":
+        if value not in ("", ALL_VALUE):
+            raise InvalidKillSwitch(f"value: scope all takes no value or {ALL_VALUE!r}, not {value!r}")
+        return scope, ALL_VALUE
+    if not value.strip():
+        raise InvalidKillSwitch(f"value: required for scope {scope} (e.g. {scope}=NAME)")
+    if value != value.strip():
+        raise InvalidKillSwitch(f"value: {value!r} has leading or trailing spaces")
+    return scope, value
+
+
+def request_targets(kind: str, principal: Mapping[str, Any], action: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """What a request is, as the (scope, value) pairs a kill switch can name (the policy's `_targets`).
+
+    The policy also matches a team kill against the agent's manifest owner team, which only the
+    bundle knows; the server's own check covers the team the caller names.
+    """
+    targets = {("all", ALL_VALUE)}
+    for scope, name in _PRINCIPAL_FIELDS.items():
+        value = principal.get(name)
+        if isinstance(value, str) and value:
+            targets.add((scope, value))
+    if kind == "tool":
+        server, name = str(action.get("server") or ""), str(action.get("name") or "")
+        tool_id = f"{server}/{name}" if server else name
+        targets.add(("tool", tool_id))
+        if "/" in tool_id:
+            targets.add(("mcp_server", tool_id.split("/", 1)[0]))
+    elif kind == "model":
+        provider, model = str(action.get("provider") or ""), str(action.get("model") or "")
+        targets.add(("model", model))
+        if provider:
+            targets.add(("model", f"{provider}/{model}"))
+    return targets
+
+
+class KillSwitches:
+    """kill / revive / list over the state store, with an in-memory copy that decisions read.
+
+    The server is the only writer of its state.db, so the copy is exact: it is replaced in the same
+    call that commits a change, after the commit, so once kill() returns the very next decision sees
+    it, and nothing cached can outlive a revive. Reads never touch SQLite.
+    """
+
+    COMPONENT = "kill_switches"
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        store.migrate(self.COMPONENT, _SCHEMA)
+        self._snapshot = _Snapshot({}, [])
+        with store.lock:
+            try:
+                rows = store.db.execute(
+                    "SELECT scope, value, reason, killed_by, killed_at FROM kill_switches "
+                    "ORDER BY killed_at, scope, value"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"state store {store.path}: cannot read kill switches ({exc})") from exc
+        self._publish({(r[0], r[1]): KillSwitch(*r) for r in rows})
+
+    def kill(self, scope: str, value: str, *, reason: str, by: str) -> KillSwitch:
+        """Stop every request that scope=value names; killing it again replaces the reason."""
+        scope, value = validate_target(scope, value)
+        if not reason.strip():
+            raise InvalidKillSwitch("reason: required (say why, e.g. an incident number)")
+        if not by.strip():
+            raise InvalidKillSwitch("by: required (who kills it)")
+        switch = KillSwitch(scope, value, reason, by, _now())
+        with self._store.lock:
+            self._write(
+                ("INSERT INTO kill_switches (scope, value, reason, killed_by, killed_at) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT(scope, value) DO UPDATE SET reason = excluded.reason, killed_by = excluded.killed_by, "
+                 "killed_at = excluded.killed_at",
+                 (scope, value, reason, by, switch.killed_at)),
+                ("kill", switch.killed_at, scope, value, reason, by),
+            )
+            self._publish({**self._snapshot.active, (scope, value): switch})
+        return switch
+
+    def revive(self, scope: str, value: str, *, by: str, reason: str = "") -> KillSwitch:
+        """Lift the kill switch on scope=value; returns the one lifted (KillSwitchNotFound if none)."""
+        scope, value = validate_target(scope, value)
+        if not by.strip():
+            raise InvalidKillSwitch("by: required (who revives it)")
+        with self._store.lock:
+            lifted = self._snapshot.active.get((scope, value))
+            if lifted is None:
+                raise KillSwitchNotFound(f"{scope}={value} is not killed")
+            self._write(
+                ("DELETE FROM kill_switches WHERE scope = ? AND value = ?", (scope, value)),
+                ("revive", _now(), scope, value, reason, by),
+            )
+            self._publish({k: v for k, v in self._snapshot.active.items() if k != (scope, value)})
+        return lifted
+
+    def list(self) -> list[KillSwitch]:
+        """Active kill switches, oldest first."""
+        return list(self._snapshot.active.values())
+
+    def history(self) -> builtins.list[HistoryEntry]:
+        """Every kill and revive, oldest first."""
+        with self._store.lock:
+            rows = self._store.db.execute(
+                "SELECT seq, time, action, scope, value, reason, actor FROM kill_switch_history ORDER BY seq"
+            ).fetchall()
+        return [HistoryEntry(*r) for r in rows]
+
+    def policy_view(self) -> builtins.list[dict[str, str]]:
+        """Every active kill switch as input.state.killed holds it (shared; do not modify)."""
+        return self._snapshot.policy_view
+
+    def matching(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any]) -> builtins.list[KillSwitch]:
+        """The active kill switches that name this request."""
+        active = self._snapshot.active
+        if not active:
+            return []
+        return [active[t] for t in sorted(request_targets(kind, principal, action)) if t in active]
+
+    def _write(self, change: tuple[str, tuple[str, ...]], history: tuple[str, ...]) -> None:
+        db = self._store.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(*change)
+                db.execute("INSERT INTO kill_switch_history (action, time, scope, value, reason, actor) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", history)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self._store.path}: cannot record the change ({exc})") from exc
+
+    def _publish(self, active: dict[tuple[str, str], KillSwitch]) -> None:
+        # One assignment: a reader on another thread sees the old snapshot or the new one, never a mix.
+        self._snapshot = _Snapshot(active, [s.policy_entry() for s in active.values()])
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    active: dict[tuple[str, str], KillSwitch]
+    policy_view: list[dict[str, str]]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,0 +1,73 @@
+"""The state store's SQLite file: one connection, WAL, and a version per component's schema."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class StateError(RuntimeError):
+    """The state store cannot be read or written (the message names the file)."""
+
+
+class StateStore:
+    """DATA_DIR/state.db: run-time state the server owns (kill switches; later approvals and budgets).
+
+    The server is the only writer of its file. Each component (a unit such as KillSwitches) owns its
+    tables and migrates them with `migrate(component, steps)`: step i brings its schema from version i
+    to i + 1, and `schema_versions` records where each component is, so components evolve on their own.
+    Writes are serialised by one lock; each change is one transaction, fsynced before it returns.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # A kill switch that is not on disk when Kill returns could be lost by a power cut.
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {path}: cannot open ({exc})") from exc
+
+    def migrate(self, component: str, steps: Sequence[str]) -> None:
+        """Bring component's tables to version len(steps), applying the steps it has not had yet."""
+        with self.lock:
+            try:
+                row = self.db.execute("SELECT version FROM schema_versions WHERE component = ?",
+                                      (component,)).fetchone()
+                version = row[0] if row else 0
+                if version > len(steps):
+                    raise StateError(
+                        f"state store {self.path}: {component} schema is version {version}, newer than this "
+                        f"server knows ({len(steps)}) (hint: run the newer server, or use another data directory)")
+                for number in range(version, len(steps)):
+                    self.db.execute("BEGIN IMMEDIATE")
+                    try:
+                        _run_script(self.db, steps[number])
+                        self.db.execute(
+                            "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
+                            "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+                            (component, number + 1))
+                        self.db.execute("COMMIT")
+                    except BaseException:
+                        self.db.execute("ROLLBACK")
+                        raise
+            except sqlite3.Error as exc:
+                raise StateError(f"state store {self.path}: cannot migrate {component} ({exc})") from exc
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the open transaction first; run statement by statement inside it.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
