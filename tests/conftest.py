@@ -23,15 +23,19 @@ REGO = ROOT / "rego"
 _SCRIPT = Path(sys.executable).parent / "tollgate"
 # The console script the README tells people to run (falls back to the module in odd environments).
 TOLLGATE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tollgate_cli.main"]
+#: The admin token test servers are started with (unless a test asks for none).
+ADMIN_TOKEN = "test-admin-token-7f3a"
 
 
 class Server:
     """A running `tollgate serve` subprocess."""
 
-    def __init__(self, proc: subprocess.Popen[str], address: str, data_dir: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[str], address: str, data_dir: Path, admin_token: str | None) -> None:
         self.proc = proc
         self.address = address
         self.data_dir = data_dir
+        #: Call metadata for AdminService RPCs (empty when the server has no admin token).
+        self.admin_metadata = [("authorization", f"Bearer {admin_token}")] if admin_token else []
         self.channel = grpc.insecure_channel(address)
         self.stub = pb_grpc.AuthorizationServiceStub(self.channel)
         self._stderr: list[str] = []
@@ -73,10 +77,11 @@ class Server:
 
 
 def start_server(data_dir: Path, *, bundle: Path | str = REGO, listen: str = "127.0.0.1:0",
-                 extra: list[str] | None = None, ready_timeout: float = 60) -> Server:
-    """Start `tollgate serve` and wait for its ready line."""
+                 extra: list[str] | None = None, ready_timeout: float = 60,
+                 admin_token: str | None = ADMIN_TOKEN) -> Server:
+    """Start `tollgate serve` and wait for its ready line (with --admin-token admin_token unless None)."""
     args = [*TOLLGATE, "serve", "--listen", listen, "--data-dir", str(data_dir), "--bundle", str(bundle),
-            *(extra or [])]
+            *(["--admin-token", admin_token] if admin_token else []), *(extra or [])]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
@@ -88,7 +93,7 @@ def start_server(data_dir: Path, *, bundle: Path | str = REGO, listen: str = "12
             break
         if line.startswith("tollgate: serving on "):
             address = line.split()[3]
-            server = Server(proc, address, data_dir)
+            server = Server(proc, address, data_dir, admin_token)
             grpc.channel_ready_future(server.channel).result(timeout=10)
             return server
     proc.kill()
@@ -102,8 +107,9 @@ def serve(tmp_path: Path) -> Iterator[object]:
     servers: list[Server] = []
 
     def factory(*, bundle: Path | str = REGO, data_dir: Path | None = None, listen: str = "127.0.0.1:0",
-                extra: list[str] | None = None) -> Server:
-        server = start_server(data_dir or tmp_path / "data", bundle=bundle, listen=listen, extra=extra)
+                extra: list[str] | None = None, admin_token: str | None = ADMIN_TOKEN) -> Server:
+        server = start_server(data_dir or tmp_path / "data", bundle=bundle, listen=listen, extra=extra,
+                              admin_token=admin_token)
         servers.append(server)
         return server
 

@@ -37,6 +37,7 @@ from tollgate.replay import (
     render_markdown,
     replay,
 )
+from tollgate.v1 import admin_pb2, admin_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
 SAMPLE = ROOT / "samples" / "decisions.jsonl"
@@ -193,6 +194,22 @@ def test_replay_fails_closed_exactly_as_the_server_did(tmp_path: Path, case: str
     allow_all = write_policy(tmp_path / "allow", 'package tollgate\n\ndecision := {"decision": "allow"}\n')
     opened = _replay(read_data_dir(tmp_path / "data"), allow_all).transitions[0].examples[0]
     assert (opened.record.decision, opened.record.reasons, opened.decision) == ("deny", (code,), "allow")
+
+
+def test_a_kill_the_server_enforced_replays_as_a_kill_against_a_bundle_without_the_rule(tmp_path: Path) -> None:
+    allow_all = write_policy(tmp_path / "allow", 'package tollgate\n\ndecision := {"decision": "allow"}\n')
+    server = start_server(tmp_path / "data", bundle=allow_all)
+    try:
+        admin_pb2_grpc.AdminServiceStub(server.channel).Kill(
+            admin_pb2.KillRequest(scope="agent", value="a", reason="INC-7", by="alice"), timeout=10,
+            metadata=server.admin_metadata)
+        killed = server.authorize(tool_request("a", "s", "t"))
+        spared = server.authorize(tool_request("b", "s", "t"))
+    finally:
+        server.terminate()
+    assert ([r.code for r in killed.reasons], list(spared.reasons)) == (["killed"], [])
+    report = _replay(read_data_dir(tmp_path / "data"), allow_all)
+    assert (report.replayed, report.changed, report.reason_changes) == (2, 0, 0)
 
 
 def test_records_the_server_denied_without_a_policy_decision_are_not_compared(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL, ContractError, Poli
 from tollgate.decisionlog import DecisionLog, canonical_json, log_time, request_digest
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
 from tollgate.ids import new_decision_id
+from tollgate.state import KillSwitch, KillSwitches, request_targets
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ NO_BUNDLE = "no_bundle"
 ENGINE_ERROR = "engine_error"
 POLICY_CONTRACT = "policy_contract"
 DEADLINE_EXCEEDED = "deadline_exceeded"
+#: Reason code of a request an active kill switch names (the policy's, and the server's own backstop).
+KILLED = "killed"
 
 KINDS = ("tool", "model", "budget")
 
@@ -141,8 +144,10 @@ class Authorizer:
 
     def __init__(self, engines: EngineSlot, decision_log: DecisionLog,
                  config: AuthorizerConfig = AuthorizerConfig(), *,
-                 on_decision: Callable[[str, str], None] | None = None) -> None:
+                 on_decision: Callable[[str, str], None] | None = None,
+                 kill_switches: KillSwitches | None = None) -> None:
         self._engines = engines
+        self._kills = kill_switches
         self._on_decision = on_decision  # (decision, bundle revision) for each decision made, e.g. metrics
         self._log = decision_log
         self._config = config
@@ -169,7 +174,9 @@ class Authorizer:
         self._inflight[key] = future
         try:
             record = self._log.latest_for_request(key)
-            if record and record["request_digest"] == digest and record["approval_id"] == request.approval_id:
+            # A retry may not carry an answer past a kill switch made since: a killed request is decided anew.
+            if (record and record["request_digest"] == digest and record["approval_id"] == request.approval_id
+                    and not self._matching_kills(request)):
                 decision = Decision.from_record(record)
             else:
                 previous = record["decision_id"] if record else ""
@@ -187,7 +194,14 @@ class Authorizer:
     async def _decide(self, request: DecisionRequest, *, digest: str, previous_id: str) -> Decision:
         started = time.perf_counter_ns()
         now = log_time(datetime.now(UTC))
-        input_doc = build_input(request, now=now)
+        # The kill switches are read once, here: the policy and the server's own check see the same set.
+        killed: list[dict[str, str]] = []
+        matches: list[KillSwitch] = []
+        if self._kills is not None:
+            snapshot = self._kills.snapshot()
+            killed = snapshot.policy_view
+            matches = snapshot.matching(request.kind, request.principal, request.action)
+        input_doc = build_input(request, now=now, killed=killed)
         # One canonical serialisation serves both the engine and the log record.
         input_json = canonical_json(input_doc)
         with self._engines.lease() as engine:
@@ -198,6 +212,8 @@ class Authorizer:
                 # The revision recorded is the one of the engine that evaluated, even across a swap.
                 revision = engine.revision
                 outcome = await self._evaluate(engine, input_json)
+        if matches:
+            outcome = enforce_kill_switches(outcome, matches)
         result = outcome.result
         decision = Decision(
             decision=result.decision,
@@ -229,6 +245,11 @@ class Authorizer:
         if self._on_decision is not None:
             self._on_decision(decision.decision, revision)
         return decision
+
+    def _matching_kills(self, request: DecisionRequest) -> list[KillSwitch]:
+        if self._kills is None:
+            return []
+        return self._kills.matching(request.kind, request.principal, request.action)
 
     async def _evaluate(self, engine: Engine, input_json: str) -> Outcome:
         try:
@@ -272,8 +293,44 @@ def policy_outcome(evaluated: Any, *, entrypoint: str) -> Outcome:
                        error=str(exc))
 
 
-def build_input(request: DecisionRequest, *, now: str) -> dict[str, Any]:
-    """The input document of the policy contract (DESIGN.md)."""
+def enforce_kill_switches(outcome: Outcome, matches: list[KillSwitch]) -> Outcome:
+    """The server's own rule, whatever the bundle says: a request a kill switch names is denied.
+
+    A policy that already denies it as `killed` keeps its answer. Otherwise (a policy without the
+    kill rule, or one that allowed) the answer becomes a DENY with a `killed` reason per matching
+    switch, after any deny reasons the policy gave; the policy's own result stays in the record.
+    """
+    result = outcome.result
+    if result.decision == DENY and any(r.code == KILLED for r in result.reasons):
+        return outcome
+    kept = result.reasons if result.decision == DENY else ()
+    reasons = (*kept, *(Reason(KILLED, m.message()) for m in matches))
+    error = "kill switch enforced by the server: the policy did not deny this request as killed"
+    return Outcome(PolicyResult(DENY, reasons), raw=outcome.raw,
+                   error=f"{outcome.error}; {error}" if outcome.error else error)
+
+
+def recorded_kill_switches(input_doc: Mapping[str, Any]) -> list[KillSwitch]:
+    """The kill switches in an input document's state.killed that name its request, as the server matched them.
+
+    `tollgate replay` enforces these on a logged input, so a replay answers as the server did.
+    """
+    state = input_doc.get("state")
+    kind = input_doc.get("kind")
+    entries = state.get("killed") if isinstance(state, Mapping) else None
+    if not entries or not isinstance(entries, list) or kind not in KINDS:
+        return []
+    principal, action = input_doc.get("principal"), input_doc.get(str(kind))
+    targets = request_targets(str(kind), principal if isinstance(principal, Mapping) else {},
+                              action if isinstance(action, Mapping) else {})
+    found = {(e["scope"], e["value"]): KillSwitch(e["scope"], e["value"], str(e.get("reason", "")), "", "")
+             for e in entries
+             if isinstance(e, Mapping) and (e.get("scope"), e.get("value")) in targets}
+    return [found[key] for key in sorted(found)]
+
+
+def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The input document of the policy contract (DESIGN.md); killed: the active kill switches."""
     return {
         "kind": request.kind,
         "principal": request.principal,
@@ -282,7 +339,7 @@ def build_input(request: DecisionRequest, *, now: str) -> dict[str, Any]:
         "request_id": request.request_id,
         "approval_id": request.approval_id,
         "auth": {"method": "none", "subject": ""},
-        "state": {"spend": {}, "killed": [], "approval": None},
+        "state": {"spend": {}, "killed": killed if killed is not None else [], "approval": None},
         "now": now,
     }
 
@@ -298,6 +355,7 @@ __all__ = [
     "DEADLINE_EXCEEDED",
     "DENY",
     "ENGINE_ERROR",
+    "KILLED",
     "NO_BUNDLE",
     "POLICY_CONTRACT",
     "REQUIRE_APPROVAL",
@@ -308,5 +366,7 @@ __all__ = [
     "EngineSlot",
     "Outcome",
     "build_input",
+    "enforce_kill_switches",
     "policy_outcome",
+    "recorded_kill_switches",
 ]

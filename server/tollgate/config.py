@@ -64,6 +64,11 @@ class ServeConfig:
     drain_seconds: float = 15.0
     #: Server log level (debug, info, warning, error).
     log_level: str = "info"
+    #: The bearer token AdminService RPCs (status, kill switches) require; without one they are refused.
+    #: Prefer admin_token_file: a token on a command line is visible to every user of the machine.
+    admin_token: str = ""
+    #: A file holding the admin token (surrounding whitespace ignored), instead of admin_token.
+    admin_token_file: str = ""
 
     def validate(self) -> ServeConfig:
         if self.eval_timeout_ms <= 0:
@@ -93,7 +98,24 @@ class ServeConfig:
             raise ConfigError(f"metrics_listen: must be HOST:PORT, not {self.metrics_listen!r}")
         if not self.listen:
             raise ConfigError("listen: required (HOST:PORT or unix:PATH)")
+        if self.admin_token and self.admin_token_file:
+            raise ConfigError("admin_token_file: give admin_token or admin_token_file, not both")
+        if self.admin_token and self.admin_token != self.admin_token.strip():
+            raise ConfigError("admin_token: must not start or end with whitespace")
         return self
+
+    def resolved_admin_token(self) -> str:
+        """The admin token: admin_token, or the contents of admin_token_file ("" when neither is set)."""
+        if not self.admin_token_file:
+            return self.admin_token
+        try:
+            token = Path(self.admin_token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"admin_token_file: cannot read {self.admin_token_file!r} "
+                              f"({exc.strerror or exc})") from exc
+        if not token:
+            raise ConfigError(f"admin_token_file: {self.admin_token_file!r} is empty")
+        return token
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> ServeConfig:

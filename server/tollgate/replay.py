@@ -22,7 +22,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tollgate.authorizer import DEADLINE_EXCEEDED, NO_BUNDLE, Outcome, policy_outcome
+from tollgate.authorizer import (
+    DEADLINE_EXCEEDED,
+    NO_BUNDLE,
+    Outcome,
+    enforce_kill_switches,
+    policy_outcome,
+    recorded_kill_switches,
+)
 from tollgate.bundle import BundleError, load_bundle
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL
 from tollgate.decisionlog import canonical_json, log_time
@@ -313,7 +320,10 @@ class Candidate:
             evaluated = decode_envelope(self._engine.evaluate_raw(self._path, canonical_json(input_doc).encode()))
         except EngineError as exc:
             evaluated = exc
-        return policy_outcome(evaluated, entrypoint=self.entrypoint)
+        outcome = policy_outcome(evaluated, entrypoint=self.entrypoint)
+        # The server's own kill-switch rule, over the kill switches the logged input carried.
+        killed = recorded_kill_switches(input_doc)
+        return enforce_kill_switches(outcome, killed) if killed else outcome
 
     def close(self) -> None:
         self._engine.close()

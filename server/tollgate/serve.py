@@ -19,10 +19,11 @@ from tollgate.activation import Activation, ActivatorConfig, BundleActivator, Bu
 from tollgate.api import AdminServicer, AuthorizationServicer, RequestLimits
 from tollgate.authorizer import Authorizer, AuthorizerConfig, EngineSlot
 from tollgate.bundle import BundleError
-from tollgate.config import ServeConfig
+from tollgate.config import ConfigError, ServeConfig
 from tollgate.decisionlog import DecisionLog, LogConfig
 from tollgate.engine import EngineConfig
 from tollgate.metrics import Metrics, start_metrics_server
+from tollgate.state import KillSwitches, StateError, StateStore
 from tollgate.v1 import admin_pb2, authorization_pb2
 
 log = logging.getLogger("tollgate")
@@ -36,6 +37,21 @@ async def serve(config: ServeConfig) -> int:
     loop = asyncio.get_running_loop()
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        admin_token = config.resolved_admin_token()
+    except ConfigError as exc:
+        raise SystemExit(f"tollgate serve: {exc}") from exc
+    if not admin_token:
+        log.warning("no admin token configured: AdminService (status, kill switches) refuses every call "
+                    "(set --admin-token-file FILE, --admin-token TOKEN or admin_token in the config)")
+    try:
+        state = StateStore(data_dir / "state.db")
+        kill_switches = KillSwitches(state)
+    except StateError as exc:
+        raise SystemExit(f"tollgate serve: {exc}") from exc
+    if kill_switches.list():
+        log.warning("kill switches active: %s",
+                    ", ".join(f"{s.scope}={s.value}" for s in kill_switches.list()))
     decision_log = DecisionLog(LogConfig(path=data_dir / "decisions.db", synchronous=config.log_sync))
     decision_log.start(loop)
 
@@ -68,6 +84,7 @@ async def serve(config: ServeConfig) -> int:
         )
     except BundleError as exc:  # an unreadable trusted key: a configuration error, not a bad bundle
         decision_log.close()
+        state.close()
         raise SystemExit(f"tollgate serve: bundle_keys: {exc}") from exc
     await on_bundle(activator.status, None, None)  # NOT_SERVING until the first activation
     await activator.start()
@@ -85,6 +102,7 @@ async def serve(config: ServeConfig) -> int:
             if slot.current is not None:
                 await slot.current.close()
             decision_log.close()
+            state.close()
             raise SystemExit(f"tollgate serve: cannot serve metrics on {config.metrics_listen} ({exc.strerror or exc})"
                              ) from exc
         log.info("metrics on http://%s/metrics", metrics_address)
@@ -93,11 +111,12 @@ async def serve(config: ServeConfig) -> int:
     authorizer = Authorizer(
         slot, decision_log,
         AuthorizerConfig(entrypoint=config.entrypoint), on_decision=metrics.decision,
+        kill_switches=kill_switches,
     )
     server = grpc_server(config)
     server.add_generic_rpc_handlers((
         AuthorizationServicer(authorizer, decision_log, limits).handler(),
-        AdminServicer(lambda: activator.status).handler(),
+        AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token).handler(),
     ))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -124,6 +143,7 @@ async def serve(config: ServeConfig) -> int:
     if slot.current is not None:
         await slot.current.close()
     await loop.run_in_executor(None, decision_log.close)
+    state.close()
     log.info("decision log flushed; bye")
     return 0
 

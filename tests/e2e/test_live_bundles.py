@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import itertools
+import os
 import sqlite3
 import threading
 import time
@@ -127,7 +128,7 @@ def signing_key(tmp_path: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
 
 def status(server: Server) -> admin_pb2.Status:
     result: admin_pb2.Status = admin_pb2_grpc.AdminServiceStub(server.channel).GetStatus(
-        admin_pb2.GetStatusRequest(), timeout=10)
+        admin_pb2.GetStatusRequest(), timeout=10, metadata=server.admin_metadata)
     return result
 
 
@@ -398,14 +399,14 @@ def test_tollgate_status_shows_the_active_revision_and_the_last_error(
     import json
     import subprocess
 
-    from tests.conftest import TOLLGATE
+    from tests.conftest import ADMIN_TOKEN, TOLLGATE
 
     service.publish(make_bundle("v1"))
     server = serve(bundle=service.url, extra=["--bundle-poll", "0.2"])
     service.publish(b"garbage")
     wait_for(lambda: status(server).bundle.last_error.reason == "corrupt", what="the refusal")
-    shown = subprocess.run([*TOLLGATE, "status", "--server", server.address], capture_output=True, text=True,
-                           timeout=30)
+    shown = subprocess.run([*TOLLGATE, "status", "--server", server.address, "--token", ADMIN_TOKEN],
+                           capture_output=True, text=True, timeout=30)
     assert shown.returncode == 0, shown.stderr
     lines = dict(line.split(None, 1) for line in shown.stdout.splitlines() if not line.startswith("last "))
     assert lines["serving"] == "yes"
@@ -413,7 +414,7 @@ def test_tollgate_status_shows_the_active_revision_and_the_last_error(
     assert lines["source"] == f"{service.url}  [ERROR]"
     assert " corrupt: " in shown.stdout and "not a readable .tar.gz" in shown.stdout
     as_json = subprocess.run([*TOLLGATE, "status", "--server", server.address, "--json"], capture_output=True,
-                             text=True, timeout=30)
+                             text=True, timeout=30, env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
     doc = json.loads(as_json.stdout)
     assert doc["bundle"]["last_activation"]["revision"] == "v1"
     assert doc["bundle"]["state"] == "SOURCE_STATE_ERROR"
@@ -422,12 +423,12 @@ def test_tollgate_status_shows_the_active_revision_and_the_last_error(
 def test_tollgate_status_exits_2_when_nothing_is_served(serve, service: BundleService) -> None:
     import subprocess
 
-    from tests.conftest import TOLLGATE
+    from tests.conftest import ADMIN_TOKEN, TOLLGATE
 
     service.down = True
     server = serve(bundle=service.url)
-    shown = subprocess.run([*TOLLGATE, "status", "--server", server.address], capture_output=True, text=True,
-                           timeout=30)
+    shown = subprocess.run([*TOLLGATE, "status", "--server", server.address, "--token", ADMIN_TOKEN],
+                           capture_output=True, text=True, timeout=30)
     assert shown.returncode == 2
     assert "no (every request is denied: no_bundle)" in shown.stdout
 

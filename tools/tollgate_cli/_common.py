@@ -2,6 +2,40 @@
 
 from __future__ import annotations
 
+import argparse
+import getpass
+import os
+import subprocess
+
 DEFAULT_SERVER = "127.0.0.1:50051"
 # Exit codes of `tollgate authorize`, so scripts can branch on the verdict; 1 is any error.
 EXIT_ALLOW, EXIT_ERROR, EXIT_DENY, EXIT_APPROVAL = 0, 1, 2, 3
+#: Where the admin commands find the sidecar's admin token when --token is not given.
+ADMIN_TOKEN_ENV = "TOLLGATE_ADMIN_TOKEN"
+
+
+def identity(given: str | None) -> str:
+    """Who runs a command, as recorded: --as, else `git config user.email`, else $USER."""
+    if given:
+        return given
+    try:
+        email = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True, timeout=10)
+        if email.returncode == 0 and email.stdout.strip():
+            return email.stdout.strip()
+    except OSError:
+        pass
+    return os.environ.get("USER") or getpass.getuser()
+
+
+def add_admin_flags(parser: argparse.ArgumentParser) -> None:
+    """--server and --token, for commands that call the sidecar's AdminService."""
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
+    parser.add_argument("--token", default=None,
+                        help=f"the sidecar's admin token (default: ${ADMIN_TOKEN_ENV})")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+
+
+def admin_metadata(token: str | None) -> list[tuple[str, str]]:
+    """The call metadata carrying the admin token (from --token, else $TOLLGATE_ADMIN_TOKEN); none without one."""
+    token = token or os.environ.get(ADMIN_TOKEN_ENV, "")
+    return [("authorization", f"Bearer {token}")] if token else []

@@ -7,14 +7,11 @@ status of a running sidecar.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
-import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tollgate_cli._common import EXIT_ERROR
+from tollgate_cli._common import EXIT_ERROR, identity
 
 if TYPE_CHECKING:
     from tollgate.promotion import Environments, Outcome
@@ -87,25 +84,13 @@ def _environments(args: argparse.Namespace) -> Environments:
     return load_environments(args.environments, channel_root=args.channel_root)
 
 
-def _identity(given: str | None) -> str:
-    if given:
-        return given
-    try:
-        email = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True, timeout=10)
-        if email.returncode == 0 and email.stdout.strip():
-            return email.stdout.strip()
-    except OSError:
-        pass
-    return os.environ.get("USER") or getpass.getuser()
-
-
 def _promote(args: argparse.Namespace) -> int:
     from tollgate.promotion import PromotionError, parse_ack, promote
 
     try:
         envs = _environments(args)
         ack = parse_ack(args.ack, args.ack_file)
-        outcome = promote(envs, args.to, args.bundle, by=_identity(args.by), ack=ack, note=args.note)
+        outcome = promote(envs, args.to, args.bundle, by=identity(args.by), ack=ack, note=args.note)
     except PromotionError as exc:
         print(f"tollgate promote: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -126,7 +111,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
     try:
         envs = _environments(args)
-        outcome = rollback(envs, args.env, to=args.to, by=_identity(args.by), note=args.note)
+        outcome = rollback(envs, args.env, to=args.to, by=identity(args.by), note=args.note)
     except PromotionError as exc:
         print(f"tollgate rollback: {exc}", file=sys.stderr)
         return EXIT_ERROR

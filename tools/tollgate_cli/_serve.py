@@ -43,8 +43,12 @@ def _field_help(name: str) -> str:
         "max_request_bytes": "largest request accepted", "max_depth": "deepest argument nesting accepted",
         "log_sync": "full or normal", "max_concurrent_rpcs": "RPCs handled at once",
         "drain_seconds": "grace for in-flight requests on SIGTERM", "log_level": "debug, info, warning, error",
+        "admin_token": "bearer token AdminService requires (prefer --admin-token-file: argv is visible to all)",
+        "admin_token_file": "file holding the admin token",
     }.get(name, "")
     default = getattr(ServeConfig(), name)
+    if name.startswith("admin_token"):
+        return f"{doc} (default: none, admin RPCs refused)"
     return f"{doc} (default {default})"
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR
+from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata
 
 ORDER = 25  # position in `tollgate --help`
 #: Exit code when the sidecar answers but has no bundle active (it denies everything: no_bundle).
@@ -23,9 +23,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status.add_argument("env", nargs="?", metavar="ENV",
                         help="an environment of bundles/environments.yaml (same as `tollgate channel status ENV`)")
     _promote.add_environment_flags(status)
-    status.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
+    add_admin_flags(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     status.set_defaults(func=_status)
 
 
@@ -42,7 +41,8 @@ def _status(args: argparse.Namespace) -> int:
 
     with grpc.insecure_channel(args.server) as channel:
         try:
-            status = pb_grpc.AdminServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=args.timeout)
+            status = pb_grpc.AdminServiceStub(channel).GetStatus(
+                pb.GetStatusRequest(), timeout=args.timeout, metadata=admin_metadata(args.token))
         except grpc.RpcError as exc:
             print(f"tollgate status: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return EXIT_ERROR

@@ -1,7 +1,10 @@
-"""AdminService: what the sidecar is serving and how its bundle source is doing (kill switches come later)."""
+"""AdminService: bundle status and kill switches, for holders of the admin token only."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import logging
 from collections.abc import Callable
 from datetime import datetime
 
@@ -9,8 +12,10 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tollgate.activation import BundleStatus, SourceState
+from tollgate.state import InvalidKillSwitch, KillSwitch, KillSwitches, KillSwitchNotFound, StateError
 from tollgate.v1 import admin_pb2 as pb
 
+log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 _STATES = {
@@ -18,23 +23,106 @@ _STATES = {
     SourceState.OK: pb.SOURCE_STATE_OK,
     SourceState.ERROR: pb.SOURCE_STATE_ERROR,
 }
+NO_TOKEN_CONFIGURED = (
+    "admin RPCs are disabled: this sidecar has no admin token (start it with --admin-token-file FILE, "
+    "--admin-token TOKEN or the admin_token config key)")
 
 
 class AdminServicer:
-    def __init__(self, bundle_status: Callable[[], BundleStatus]) -> None:
+    def __init__(self, bundle_status: Callable[[], BundleStatus], kill_switches: KillSwitches, *,
+                 admin_token: str) -> None:
         self._bundle_status = bundle_status
+        self._kills = kill_switches
+        self._token = admin_token.encode()
 
     def handler(self) -> grpc.GenericRpcHandler:
+        def unary(method: Callable[..., object], request: type, response: type) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                method, request_deserializer=request.FromString,  # type: ignore[attr-defined]
+                response_serializer=response.SerializeToString)  # type: ignore[attr-defined]
+
         return grpc.method_handlers_generic_handler(SERVICE, {
-            "GetStatus": grpc.unary_unary_rpc_method_handler(
-                self.GetStatus, request_deserializer=pb.GetStatusRequest.FromString,
-                response_serializer=pb.Status.SerializeToString),
+            "GetStatus": unary(self.GetStatus, pb.GetStatusRequest, pb.Status),
+            "Kill": unary(self.Kill, pb.KillRequest, pb.KillSwitch),
+            "Revive": unary(self.Revive, pb.ReviveRequest, pb.KillSwitch),
+            "ListKills": unary(self.ListKills, pb.ListKillsRequest, pb.ListKillsResponse),
         })
 
     async def GetStatus(  # noqa: N802 - gRPC method name
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.Status:
+        await self._authenticate(context, "GetStatus")
         return to_status_message(self._bundle_status())
+
+    async def Kill(  # noqa: N802 - gRPC method name
+        self, request: pb.KillRequest, context: grpc.aio.ServicerContext
+    ) -> pb.KillSwitch:
+        identity = await self._authenticate(context, "Kill")
+        loop = asyncio.get_running_loop()
+        try:
+            # The commit (an fsync) runs off the event loop; it returns once the in-memory copy has the switch.
+            switch = await loop.run_in_executor(
+                None, lambda: self._kills.kill(request.scope, request.value, reason=request.reason, by=request.by))
+        except InvalidKillSwitch as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StateError as exc:
+            log.error("admin Kill %s=%s: %s", request.scope, request.value, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable; nothing was killed")
+        log.warning("admin: kill %s=%s by %r (%s): %s", switch.scope, switch.value, switch.killed_by, identity,
+                    switch.reason)
+        return to_kill_switch_message(switch)
+
+    async def Revive(  # noqa: N802 - gRPC method name
+        self, request: pb.ReviveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.KillSwitch:
+        identity = await self._authenticate(context, "Revive")
+        loop = asyncio.get_running_loop()
+        try:
+            switch = await loop.run_in_executor(
+                None, lambda: self._kills.revive(request.scope, request.value, by=request.by, reason=request.reason))
+        except InvalidKillSwitch as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except KillSwitchNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except StateError as exc:
+            log.error("admin Revive %s=%s: %s", request.scope, request.value, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable; nothing was revived")
+        log.warning("admin: revive %s=%s by %r (%s)%s", switch.scope, switch.value, request.by, identity,
+                    f": {request.reason}" if request.reason else "")
+        return to_kill_switch_message(switch)
+
+    async def ListKills(  # noqa: N802 - gRPC method name
+        self, request: pb.ListKillsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListKillsResponse:
+        await self._authenticate(context, "ListKills")
+        return pb.ListKillsResponse(kill_switches=[to_kill_switch_message(s) for s in self._kills.list()])
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> str:
+        """The caller's identity as logged, or the RPC is aborted: no token configured, none sent, a wrong one."""
+        peer = context.peer()
+        if not self._token:
+            log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_TOKEN_CONFIGURED)
+        sent = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                sent = value if isinstance(value, str) else value.decode(errors="replace")
+        scheme, _, token = sent.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            log.warning("admin: %s from %s refused: no admin token sent", method, peer)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "admin RPCs need the admin token: send `authorization: Bearer TOKEN` metadata "
+                                "(tollgate: --token or TOLLGATE_ADMIN_TOKEN)")
+        if not hmac.compare_digest(token.strip().encode(), self._token):
+            log.warning("admin: %s from %s refused: wrong admin token", method, peer)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin token is not valid for this sidecar")
+        return f"admin token, peer {peer}"
+
+
+def to_kill_switch_message(switch: KillSwitch) -> pb.KillSwitch:
+    message = pb.KillSwitch(scope=switch.scope, value=switch.value, reason=switch.reason, killed_by=switch.killed_by)
+    message.killed_at.FromJsonString(switch.killed_at)
+    return message
 
 
 def to_status_message(status: BundleStatus) -> pb.Status:

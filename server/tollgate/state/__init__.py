@@ -8,6 +8,7 @@ from tollgate.state._killswitch import (
     KillSwitch,
     KillSwitches,
     KillSwitchNotFound,
+    KillSwitchSnapshot,
     request_targets,
     validate_target,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "InvalidKillSwitch",
     "KillSwitch",
     "KillSwitchNotFound",
+    "KillSwitchSnapshot",
     "KillSwitches",
     "StateError",
     "StateStore",

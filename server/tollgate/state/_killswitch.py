@@ -138,7 +138,7 @@ class KillSwitches:
     def __init__(self, store: StateStore) -> None:
         self._store = store
         store.migrate(self.COMPONENT, _SCHEMA)
-        self._snapshot = _Snapshot({}, [])
+        self._snapshot = KillSwitchSnapshot({}, [])
         with store.lock:
             try:
                 rows = store.db.execute(
@@ -196,16 +196,17 @@ class KillSwitches:
             ).fetchall()
         return [HistoryEntry(*r) for r in rows]
 
+    def snapshot(self) -> KillSwitchSnapshot:
+        """The active kill switches as of now; one decision reads one snapshot."""
+        return self._snapshot
+
     def policy_view(self) -> builtins.list[dict[str, str]]:
         """Every active kill switch as input.state.killed holds it (shared; do not modify)."""
         return self._snapshot.policy_view
 
     def matching(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any]) -> builtins.list[KillSwitch]:
         """The active kill switches that name this request."""
-        active = self._snapshot.active
-        if not active:
-            return []
-        return [active[t] for t in sorted(request_targets(kind, principal, action)) if t in active]
+        return self._snapshot.matching(kind, principal, action)
 
     def _write(self, change: tuple[str, tuple[str, ...]], history: tuple[str, ...]) -> None:
         db = self._store.db
@@ -224,13 +225,22 @@ class KillSwitches:
 
     def _publish(self, active: dict[tuple[str, str], KillSwitch]) -> None:
         # One assignment: a reader on another thread sees the old snapshot or the new one, never a mix.
-        self._snapshot = _Snapshot(active, [s.policy_entry() for s in active.values()])
+        self._snapshot = KillSwitchSnapshot(active, [s.policy_entry() for s in active.values()])
 
 
 @dataclass(frozen=True)
-class _Snapshot:
+class KillSwitchSnapshot:
+    """The active kill switches at one moment, never changed: a change publishes a new snapshot."""
+
     active: dict[tuple[str, str], KillSwitch]
+    #: As input.state.killed holds them.
     policy_view: list[dict[str, str]]
+
+    def matching(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any]) -> list[KillSwitch]:
+        """The kill switches that name this request, by (scope, value)."""
+        if not self.active:
+            return []
+        return [self.active[t] for t in sorted(request_targets(kind, principal, action)) if t in self.active]
 
 
 def _now() -> str:

@@ -25,25 +25,35 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tollgate/v1/admin.proto\x12\x0btollgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"\x89\x01\n\x10\x42undleActivation\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x11\n\tsigned_by\x18\x04 \x01(\t\x12\x16\n\x0e\x66rom_persisted\x18\x05 \x01(\x08\"X\n\x0b\x42undleError\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x83\x02\n\x0c\x42undleStatus\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.tollgate.v1.SourceState\x12\x17\n\x0f\x61\x63tive_revision\x18\x03 \x01(\t\x12\x36\n\x0flast_activation\x18\x04 \x01(\x0b\x32\x1d.tollgate.v1.BundleActivation\x12,\n\nlast_error\x18\x05 \x01(\x0b\x32\x18.tollgate.v1.BundleError\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\x12-\n\tlast_poll\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x06Status\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12)\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x19.tollgate.v1.BundleStatus*t\n\x0bSourceState\x12\x1c\n\x18SOURCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SOURCE_STATE_NOT_READY\x10\x01\x12\x13\n\x0fSOURCE_STATE_OK\x10\x02\x12\x16\n\x12SOURCE_STATE_ERROR\x10\x03\x32O\n\x0c\x41\x64minService\x12?\n\tGetStatus\x12\x1d.tollgate.v1.GetStatusRequest\x1a\x13.tollgate.v1.Statusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tollgate/v1/admin.proto\x12\x0btollgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x0bKillRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\n\n\x02\x62y\x18\x04 \x01(\t\"I\n\rReviveRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"|\n\nKillSwitch\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tkilled_by\x18\x04 \x01(\t\x12-\n\tkilled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10ListKillsRequest\"C\n\x11ListKillsResponse\x12.\n\rkill_switches\x18\x01 \x03(\x0b\x32\x17.tollgate.v1.KillSwitch\"\x12\n\x10GetStatusRequest\"\x89\x01\n\x10\x42undleActivation\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x11\n\tsigned_by\x18\x04 \x01(\t\x12\x16\n\x0e\x66rom_persisted\x18\x05 \x01(\x08\"X\n\x0b\x42undleError\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x83\x02\n\x0c\x42undleStatus\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.tollgate.v1.SourceState\x12\x17\n\x0f\x61\x63tive_revision\x18\x03 \x01(\t\x12\x36\n\x0flast_activation\x18\x04 \x01(\x0b\x32\x1d.tollgate.v1.BundleActivation\x12,\n\nlast_error\x18\x05 \x01(\x0b\x32\x18.tollgate.v1.BundleError\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\x12-\n\tlast_poll\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x06Status\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12)\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x19.tollgate.v1.BundleStatus*t\n\x0bSourceState\x12\x1c\n\x18SOURCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SOURCE_STATE_NOT_READY\x10\x01\x12\x13\n\x0fSOURCE_STATE_OK\x10\x02\x12\x16\n\x12SOURCE_STATE_ERROR\x10\x03\x32\x95\x02\n\x0c\x41\x64minService\x12?\n\tGetStatus\x12\x1d.tollgate.v1.GetStatusRequest\x1a\x13.tollgate.v1.Status\x12\x39\n\x04Kill\x12\x18.tollgate.v1.KillRequest\x1a\x17.tollgate.v1.KillSwitch\x12=\n\x06Revive\x12\x1a.tollgate.v1.ReviveRequest\x1a\x17.tollgate.v1.KillSwitch\x12J\n\tListKills\x12\x1d.tollgate.v1.ListKillsRequest\x1a\x1e.tollgate.v1.ListKillsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tollgate.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOURCESTATE']._serialized_start=655
-  _globals['_SOURCESTATE']._serialized_end=771
-  _globals['_GETSTATUSREQUEST']._serialized_start=73
-  _globals['_GETSTATUSREQUEST']._serialized_end=91
-  _globals['_BUNDLEACTIVATION']._serialized_start=94
-  _globals['_BUNDLEACTIVATION']._serialized_end=231
-  _globals['_BUNDLEERROR']._serialized_start=233
-  _globals['_BUNDLEERROR']._serialized_end=321
-  _globals['_BUNDLESTATUS']._serialized_start=324
-  _globals['_BUNDLESTATUS']._serialized_end=583
-  _globals['_STATUS']._serialized_start=585
-  _globals['_STATUS']._serialized_end=653
-  _globals['_ADMINSERVICE']._serialized_start=773
-  _globals['_ADMINSERVICE']._serialized_end=852
+  _globals['_SOURCESTATE']._serialized_start=1018
+  _globals['_SOURCESTATE']._serialized_end=1134
+  _globals['_KILLREQUEST']._serialized_start=73
+  _globals['_KILLREQUEST']._serialized_end=144
+  _globals['_REVIVEREQUEST']._serialized_start=146
+  _globals['_REVIVEREQUEST']._serialized_end=219
+  _globals['_KILLSWITCH']._serialized_start=221
+  _globals['_KILLSWITCH']._serialized_end=345
+  _globals['_LISTKILLSREQUEST']._serialized_start=347
+  _globals['_LISTKILLSREQUEST']._serialized_end=365
+  _globals['_LISTKILLSRESPONSE']._serialized_start=367
+  _globals['_LISTKILLSRESPONSE']._serialized_end=434
+  _globals['_GETSTATUSREQUEST']._serialized_start=436
+  _globals['_GETSTATUSREQUEST']._serialized_end=454
+  _globals['_BUNDLEACTIVATION']._serialized_start=457
+  _globals['_BUNDLEACTIVATION']._serialized_end=594
+  _globals['_BUNDLEERROR']._serialized_start=596
+  _globals['_BUNDLEERROR']._serialized_end=684
+  _globals['_BUNDLESTATUS']._serialized_start=687
+  _globals['_BUNDLESTATUS']._serialized_end=946
+  _globals['_STATUS']._serialized_start=948
+  _globals['_STATUS']._serialized_end=1016
+  _globals['_ADMINSERVICE']._serialized_start=1137
+  _globals['_ADMINSERVICE']._serialized_end=1414
 # @@protoc_insertion_point(module_scope)

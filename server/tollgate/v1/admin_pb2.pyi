@@ -1,10 +1,11 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -19,6 +20,54 @@ SOURCE_STATE_UNSPECIFIED: SourceState
 SOURCE_STATE_NOT_READY: SourceState
 SOURCE_STATE_OK: SourceState
 SOURCE_STATE_ERROR: SourceState
+
+class KillRequest(_message.Message):
+    __slots__ = ("scope", "value", "reason", "by")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    value: str
+    reason: str
+    by: str
+    def __init__(self, scope: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., by: _Optional[str] = ...) -> None: ...
+
+class ReviveRequest(_message.Message):
+    __slots__ = ("scope", "value", "by", "reason")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    value: str
+    by: str
+    reason: str
+    def __init__(self, scope: _Optional[str] = ..., value: _Optional[str] = ..., by: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class KillSwitch(_message.Message):
+    __slots__ = ("scope", "value", "reason", "killed_by", "killed_at")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    KILLED_BY_FIELD_NUMBER: _ClassVar[int]
+    KILLED_AT_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    value: str
+    reason: str
+    killed_by: str
+    killed_at: _timestamp_pb2.Timestamp
+    def __init__(self, scope: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., killed_by: _Optional[str] = ..., killed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListKillsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListKillsResponse(_message.Message):
+    __slots__ = ("kill_switches",)
+    KILL_SWITCHES_FIELD_NUMBER: _ClassVar[int]
+    kill_switches: _containers.RepeatedCompositeFieldContainer[KillSwitch]
+    def __init__(self, kill_switches: _Optional[_Iterable[_Union[KillSwitch, _Mapping]]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()

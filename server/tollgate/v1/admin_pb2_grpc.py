@@ -39,6 +39,21 @@ class AdminServiceStub:
                 request_serializer=tollgate_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=tollgate_dot_v1_dot_admin__pb2.Status.FromString,
                 _registered_method=True)
+        self.Kill = channel.unary_unary(
+                '/tollgate.v1.AdminService/Kill',
+                request_serializer=tollgate_dot_v1_dot_admin__pb2.KillRequest.SerializeToString,
+                response_deserializer=tollgate_dot_v1_dot_admin__pb2.KillSwitch.FromString,
+                _registered_method=True)
+        self.Revive = channel.unary_unary(
+                '/tollgate.v1.AdminService/Revive',
+                request_serializer=tollgate_dot_v1_dot_admin__pb2.ReviveRequest.SerializeToString,
+                response_deserializer=tollgate_dot_v1_dot_admin__pb2.KillSwitch.FromString,
+                _registered_method=True)
+        self.ListKills = channel.unary_unary(
+                '/tollgate.v1.AdminService/ListKills',
+                request_serializer=tollgate_dot_v1_dot_admin__pb2.ListKillsRequest.SerializeToString,
+                response_deserializer=tollgate_dot_v1_dot_admin__pb2.ListKillsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -51,6 +66,28 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Kill(self, request, context):
+        """Stop every request that scope=value names, from the very next decision (DENY, reason `killed`).
+        Killing what is already killed replaces its reason. INVALID_ARGUMENT names a bad field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revive(self, request, context):
+        """Lift a kill switch; NOT_FOUND when scope=value is not killed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKills(self, request, context):
+        """The active kill switches, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +95,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=tollgate_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=tollgate_dot_v1_dot_admin__pb2.Status.SerializeToString,
+            ),
+            'Kill': grpc.unary_unary_rpc_method_handler(
+                    servicer.Kill,
+                    request_deserializer=tollgate_dot_v1_dot_admin__pb2.KillRequest.FromString,
+                    response_serializer=tollgate_dot_v1_dot_admin__pb2.KillSwitch.SerializeToString,
+            ),
+            'Revive': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revive,
+                    request_deserializer=tollgate_dot_v1_dot_admin__pb2.ReviveRequest.FromString,
+                    response_serializer=tollgate_dot_v1_dot_admin__pb2.KillSwitch.SerializeToString,
+            ),
+            'ListKills': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKills,
+                    request_deserializer=tollgate_dot_v1_dot_admin__pb2.ListKillsRequest.FromString,
+                    response_serializer=tollgate_dot_v1_dot_admin__pb2.ListKillsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +139,87 @@ class AdminService:
             '/tollgate.v1.AdminService/GetStatus',
             tollgate_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             tollgate_dot_v1_dot_admin__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Kill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollgate.v1.AdminService/Kill',
+            tollgate_dot_v1_dot_admin__pb2.KillRequest.SerializeToString,
+            tollgate_dot_v1_dot_admin__pb2.KillSwitch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollgate.v1.AdminService/Revive',
+            tollgate_dot_v1_dot_admin__pb2.ReviveRequest.SerializeToString,
+            tollgate_dot_v1_dot_admin__pb2.KillSwitch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKills(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollgate.v1.AdminService/ListKills',
+            tollgate_dot_v1_dot_admin__pb2.ListKillsRequest.SerializeToString,
+            tollgate_dot_v1_dot_admin__pb2.ListKillsResponse.FromString,
             options,
             channel_credentials,
             insecure,

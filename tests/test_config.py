@@ -1,0 +1,34 @@
+"""ServeConfig: the admin token settings (flags and config keys), checked before the server starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tollgate.config import ConfigError, load_config
+
+
+def test_the_admin_token_comes_from_the_flag_or_the_file(tmp_path: Path) -> None:
+    assert load_config(None, {"admin_token": "t0k"}).resolved_admin_token() == "t0k"
+    token = tmp_path / "token"
+    token.write_text("  from-file\n")
+    assert load_config(None, {"admin_token_file": str(token)}).resolved_admin_token() == "from-file"
+    assert load_config(None, {}).resolved_admin_token() == ""
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"admin_token": "a", "admin_token_file": "f"}, "admin_token_file: give admin_token or admin_token_file, not both"),
+    ({"admin_token": " a"}, "admin_token: must not start or end with whitespace"),
+], ids=["both", "padded"])
+def test_bad_admin_token_settings_name_the_key(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_an_unreadable_or_empty_token_file_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"admin_token_file: cannot read .*missing"):
+        load_config(None, {"admin_token_file": str(tmp_path / "missing")}).resolved_admin_token()
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match=r"admin_token_file: .*empty' is empty"):
+        load_config(None, {"admin_token_file": str(tmp_path / "empty")}).resolved_admin_token()
