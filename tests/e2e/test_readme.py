@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TOLLGATE, Server, start_server
+from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, Server, start_server
 
 
-def _commands() -> list[tuple[list[str], str]]:
-    """Each `$ .venv/bin/tollgate ...` command in README.md (continuations joined) with the output shown."""
-    text = (ROOT / "README.md").read_text()
+def _commands(text: str) -> list[tuple[list[str], str]]:
+    """Each `$ .venv/bin/tollgate ...` command in text (continuations joined) with the output shown."""
     found = []
     for block in re.findall(r"```console\n(.*?)```", text, re.S):
         lines = block.splitlines()
@@ -42,7 +42,17 @@ def _split(command: str) -> list[str]:
     return shlex.split(command)
 
 
-COMMANDS = _commands()
+def _sections() -> tuple[str, str]:
+    """README.md without its "Kill switches" section, and that section (its commands run in order, on their own)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## Kill switches\n")
+    end = text.index("\n## ", start + 1)
+    return text[:start] + text[end:], text[start:end]
+
+
+_REST, _KILL_SECTION = _sections()
+COMMANDS = _commands(_REST)
+KILL_COMMANDS = _commands(_KILL_SECTION)
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +64,10 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 
 def _run(server: Server, argv: list[str]) -> subprocess.CompletedProcess[str]:
     args = [*TOLLGATE, *argv[1:]]
-    if argv[1] in ("authorize", "decision"):
+    if argv[1] in ("authorize", "decision", "kill", "revive", "kills"):
         args += ["--server", server.address]
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
 
 
 def test_the_walkthrough_has_the_commands_it_promises() -> None:
@@ -103,3 +114,18 @@ def test_policy_test_example_passes(tmp_path: Path) -> None:
     result = subprocess.run([*TOLLGATE, *argv[1:]], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.match(r"PASS: (\d+)/\1$", result.stdout.strip().splitlines()[-1])
+
+
+def test_kill_switch_walkthrough_runs_as_shown(server: Server) -> None:
+    """The "Kill switches" section, command by command: kill, the denial, another agent spared, list, revive."""
+    assert [argv[1] for argv, _ in KILL_COMMANDS] == ["kill", "authorize", "authorize", "kills", "revive", "kills"]
+    for argv, shown in KILL_COMMANDS:
+        result = _run(server, argv)
+        assert result.returncode == (2 if shown.startswith("DENY") else 0), result.stdout + result.stderr
+        assert _varying(result.stdout) == _varying(shown), result.stdout
+
+
+def _varying(text: str) -> str:
+    """Output with what differs from run to run (times, decision IDs, the bundle digest) replaced."""
+    text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "TIME", text)
+    return re.sub(r"(decision_id|bundle)=\S+", r"\1=...", text).strip()
