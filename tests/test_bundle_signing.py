@@ -6,7 +6,6 @@ import base64
 import hashlib
 import io
 import json
-import re
 import shlex
 import subprocess
 import tarfile
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import REGO, ROOT, TOLLGATE
+from tests.readme import readme_section, run_console_lines, scratch_venv
 from tests.test_bundle_build import SMALL, write_tree
 from tollgate.bundle import (
     PrivateKey,
@@ -386,31 +386,10 @@ def test_cli_verify_fails_naming_the_problem_and_the_file(tmp_path: Path, bundle
     assert wrong_alg.returncode == 1 and "algorithm RS256 does not fit the key, which signs ES256" in wrong_alg.stderr
 
 
-def _readme_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    match = re.search(r"^## Building and signing bundles\n(.*?)^## ", text, re.S | re.M)
-    assert match, "README.md has no 'Building and signing bundles' section"
-    return match.group(1)
-
-
 def test_readme_build_sign_verify_commands_run_as_shown(tmp_path: Path) -> None:
     """Each `$ ` line of the section's console blocks, run in a scratch directory beside a link to rego/."""
     (tmp_path / "rego").symlink_to(REGO)
-    venv_bin = tmp_path / ".venv" / "bin"
-    venv_bin.mkdir(parents=True)
-    (venv_bin / "tollgate").write_text(f"#!/bin/sh\nexec {shlex.join(TOLLGATE)} \"$@\"\n")
-    (venv_bin / "tollgate").chmod(0o755)
-    ran = []
-    for block in re.findall(r"```console\n(.*?)```", _readme_section(), re.S):
-        lines = block.splitlines()
-        for i, line in enumerate(lines):
-            if not line.startswith("$ "):
-                continue
-            shown = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("$ ") else ""
-            result = subprocess.run(["bash", "-c", line[2:]], cwd=tmp_path, capture_output=True, text=True,
-                                    timeout=120)
-            assert result.returncode == 0, f"{line}\n{result.stdout}{result.stderr}"
-            if shown:
-                assert result.stdout.split()[:2] == shown.split()[:2], line
-            ran.append(shlex.split(line[2:])[1])
+    scratch_venv(tmp_path)
+    ran = [shlex.split(line)[1] for line in
+           run_console_lines(readme_section("Building and signing bundles"), tmp_path, timeout=120)]
     assert {"build", "sign", "verify", "genpkey"} <= set(ran)

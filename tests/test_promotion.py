@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import json
 import re
-import shlex
 import shutil
 import subprocess
 import threading
@@ -23,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import REGO, ROOT, TOLLGATE, Server, tool_request
+from tests.readme import readme_section, run_console_lines, scratch_venv
 from tests.test_bundle_signing import write_key
 from tollgate.bundle import build_bundle, load_private_key, sign_bundle
 from tollgate.promotion import (
@@ -538,30 +538,13 @@ def test_channel_root_flag_moves_every_channel(world: Path, bundles: Bundles, tm
 def test_readme_promotion_commands_run_as_shown(tmp_path: Path) -> None:
     """Each `$ ` line of the section's console blocks, run in a scratch checkout: rego/, samples/, bundles/
     (without channels), and the CI key the signing section made."""
-    section = re.search(r"^## Promoting bundles\n(.*?)^## ", (ROOT / "README.md").read_text(), re.S | re.M)
-    assert section, "README.md has no 'Promoting bundles' section"
     (tmp_path / "rego").symlink_to(REGO)
     (tmp_path / "samples").symlink_to(ROOT / "samples")
     shutil.copytree(ROOT / "bundles", tmp_path / "bundles", ignore=shutil.ignore_patterns("channels"))
-    venv_bin = tmp_path / ".venv" / "bin"
-    venv_bin.mkdir(parents=True)
-    (venv_bin / "tollgate").write_text(f"#!/bin/sh\nexec {shlex.join(TOLLGATE)} \"$@\"\n")
-    (venv_bin / "tollgate").chmod(0o755)
+    scratch_venv(tmp_path)
     write_key(tmp_path, "ci-2026", ec.generate_private_key(ec.SECP256R1()), private=True)
     (tmp_path / "ci-2026.pem").rename(tmp_path / "ci-2026.key")
-    ran = []
-    for block in re.findall(r"```console\n(.*?)```", section.group(1), re.S):
-        lines = block.splitlines()
-        for i, line in enumerate(lines):
-            if not line.startswith("$ "):
-                continue
-            shown = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("$ ") else ""
-            result = subprocess.run(["bash", "-c", line[2:]], cwd=tmp_path, capture_output=True, text=True,
-                                    timeout=180)
-            assert result.returncode == 0, f"{line}\n{result.stdout}{result.stderr}"
-            if shown:
-                assert result.stdout.split()[:2] == shown.split()[:2], f"{line}\n{result.stdout}"
-            ran.append(line)
+    ran = run_console_lines(readme_section("Promoting bundles"), tmp_path)
     assert sum("tollgate promote" in line for line in ran) == 3 and "channel status prod" in ran[-1]
     prod = json.loads((tmp_path / "bundles" / "channels" / "prod" / "channel.json").read_text())
     assert prod["live"]["revision"] == "v1.4.0" and prod["history"][0]["note"] == "CHG-1234"
