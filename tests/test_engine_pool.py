@@ -171,3 +171,15 @@ def test_requests_that_cannot_reach_a_worker_in_time_are_answered_overloaded(tmp
         assert any("overloaded" in str(r) for r in results)
 
     _run(tmp_path, EngineConfig(workers=1, eval_timeout=0.1, max_queue_wait=0.2, kill_after=5.0), body)
+
+
+def test_a_worker_process_imports_only_the_engine() -> None:
+    """Each worker is a separate process: what it imports it pays for in start-up and memory, per worker."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, tollgate.engine._worker; "
+             "print(' '.join(m for m in ('asyncio', 'cryptography', 'jwt', 'yaml', 'grpc', 'tollgate.bundle') "
+             "if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.split() == []

@@ -1,5 +1,9 @@
 """Policy engines: the Engine protocol and the embedded OPA engine run in a pool of worker processes."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from tollgate.engine._base import (
     UNDEFINED,
     Engine,
@@ -8,7 +12,21 @@ from tollgate.engine._base import (
     decode_envelope,
 )
 from tollgate.engine._opa import EmbeddedOpa
-from tollgate.engine._pool import EngineConfig, WorkerPoolEngine
+
+if TYPE_CHECKING:
+    from tollgate.engine._pool import EngineConfig, WorkerPoolEngine
+
+
+def __getattr__(name: str) -> Any:
+    # The pool (asyncio, the bundle package, its signing dependencies) is imported on first use, so that an
+    # engine worker process, which needs only _base and _opa, starts without it: less start-up and memory
+    # in every worker.
+    if name in ("EngineConfig", "WorkerPoolEngine"):
+        from tollgate.engine import _pool
+
+        return getattr(_pool, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "UNDEFINED",
