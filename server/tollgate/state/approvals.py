@@ -1,0 +1,291 @@
+"""Approvals: a require_approval decision's request held open for a named approver, used at most once."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tollgate.ids import new_decision_id
+from tollgate.state._store import StateError, StateStore
+
+#: Stored statuses. `expired` is never stored: a pending or approved approval past its expiry reads as expired.
+PENDING, APPROVED, DENIED, EXPIRED, USED = "pending", "approved", "denied", "expired", "used"
+#: What input.state.approval.status can also be: the approval was granted for a different request.
+MISMATCH = "mismatch"
+STATUSES = (PENDING, APPROVED, DENIED, EXPIRED, USED)
+#: An approvers entry naming a group of identities from the approver_groups configuration.
+GROUP_PREFIX = "group:"
+#: Principal fields whose value may never decide the request: an agent (or the user it acts for)
+#: cannot approve its own request.
+_SELF_FIELDS = ("agent_id", "instance_id", "user")
+
+_SCHEMA = (
+    """
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        request_digest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        action TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        approvers TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        decided_by TEXT NOT NULL DEFAULT '',
+        decided_at TEXT NOT NULL DEFAULT '',
+        reason TEXT NOT NULL DEFAULT '',
+        opened_by TEXT NOT NULL,
+        used_by TEXT
+    );
+    CREATE INDEX approvals_open ON approvals (request_digest, session_id, status)
+    """,
+)
+
+
+class ApprovalError(ValueError):
+    """A decision on an approval that cannot be carried out as asked; the message says why."""
+
+
+class ApprovalNotFound(LookupError):
+    """No approval has this id."""
+
+
+class NotAnApprover(PermissionError):
+    """The identity may not decide this approval (not named by its approvers, or its own request)."""
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One approval as stored, with `status` as of when it was read (expired past `expires_at`)."""
+
+    id: str
+    request_digest: str
+    kind: str
+    principal: Mapping[str, Any]
+    action: Mapping[str, Any]
+    approvers: tuple[str, ...]
+    created_at: str  # RFC 3339, UTC
+    expires_at: str
+    status: str
+    decided_by: str = ""
+    decided_at: str = ""
+    reason: str = ""
+    #: The decision that opened it (require_approval) and the one that used it (the single ALLOW).
+    opened_by: str = ""
+    used_by: str = ""
+
+    @property
+    def agent_id(self) -> str:
+        return str(self.principal.get("agent_id") or "")
+
+    @property
+    def session_id(self) -> str:
+        return str(self.principal.get("session_id") or "")
+
+    def closed(self) -> bool:
+        """Decided for good: nothing will change it any more (approved still waits to be used or expire)."""
+        return self.status in (DENIED, EXPIRED, USED)
+
+    def policy_state(self, digest: str) -> dict[str, str]:
+        """input.state.approval for a request with this digest that presents this approval."""
+        status = self.status if digest == self.request_digest else MISMATCH
+        return {"id": self.id, "status": status, "approver": self.decided_by}
+
+
+class Approvals:
+    """open / decide / consume / list approvals in the state store.
+
+    Unlike kill switches, nothing is cached: every read goes to SQLite, because consuming an approval
+    must be one atomic UPDATE that two concurrent re-asks cannot both win. Each change notifies
+    `changed` so watchers (WatchApproval) wake up.
+    """
+
+    COMPONENT = "approvals"
+
+    def __init__(self, store: StateStore, *, approver_groups: Mapping[str, Sequence[str]] | None = None) -> None:
+        self._store = store
+        store.migrate(self.COMPONENT, _SCHEMA)
+        #: group name (without "group:") → identities; from the approver_groups configuration key.
+        self.approver_groups = {g: frozenset(m) for g, m in (approver_groups or {}).items()}
+        #: Notified after every committed change; wait on it to follow an approval.
+        self.changed = threading.Condition()
+        self._generation = 0
+
+    def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
+             approvers: Sequence[str], ttl_seconds: int, opened_by: str, now: datetime | None = None) -> Approval:
+        """A new pending approval for this request, or the pending one already open for it in this session."""
+        if ttl_seconds < 1:
+            raise ApprovalError(f"ttl_seconds: must be at least 1, got {ttl_seconds}")
+        moment = now or datetime.now(UTC)
+        session_id = str(principal.get("session_id") or "")
+        with self._store.lock:
+            row = self._query(
+                f"SELECT {_COLUMNS} FROM approvals WHERE request_digest = ? AND session_id = ? AND status = ? "
+                "AND expires_at > ? ORDER BY created_at DESC LIMIT 1",
+                (request_digest, session_id, PENDING, _time(moment))).fetchone()
+            if row is not None:
+                return _approval(row, moment)
+            approval = Approval(
+                id="apr_" + new_decision_id(), request_digest=request_digest, kind=kind, principal=dict(principal),
+                action=dict(action), approvers=tuple(approvers), created_at=_time(moment),
+                expires_at=_time(moment + timedelta(seconds=ttl_seconds)), status=PENDING, opened_by=opened_by)
+            self._write(
+                "INSERT INTO approvals (id, request_digest, kind, principal, action, agent_id, session_id, approvers, "
+                "created_at, expires_at, status, opened_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (approval.id, request_digest, kind, _json(approval.principal), _json(approval.action),
+                 approval.agent_id, session_id, _json(list(approval.approvers)), approval.created_at,
+                 approval.expires_at, PENDING, opened_by))
+        self._notify()
+        return approval
+
+    def get(self, approval_id: str, *, now: datetime | None = None) -> Approval | None:
+        with self._store.lock:
+            row = self._query(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        return _approval(row, now or datetime.now(UTC)) if row else None
+
+    def may_decide(self, approval: Approval, identity: str) -> str:
+        """Why identity may not decide this approval; "" when it may."""
+        if not identity.strip():
+            return "the approver's identity is required"
+        for name in _SELF_FIELDS:
+            if approval.principal.get(name) == identity:
+                return f"{identity} cannot decide a request made by or for itself (principal {name})"
+        if identity in approval.approvers:
+            return ""
+        for entry in approval.approvers:
+            if entry.startswith(GROUP_PREFIX) and identity in self.approver_groups.get(entry[len(GROUP_PREFIX):], ()):
+                return ""
+        return f"{identity} is not an approver of {approval.id} (approvers: {', '.join(approval.approvers) or 'none'})"
+
+    def decide(self, approval_id: str, *, approve: bool, by: str, reason: str,
+               now: datetime | None = None) -> Approval:
+        """Approve or deny a pending approval as `by`; NotAnApprover, ApprovalNotFound or ApprovalError if not."""
+        moment = now or datetime.now(UTC)
+        if not reason.strip():
+            raise ApprovalError("reason: required (say why)")
+        approval = self.get(approval_id, now=moment)
+        if approval is None:
+            raise ApprovalNotFound(f"approval {approval_id} does not exist")
+        refusal = self.may_decide(approval, by)
+        if refusal:
+            raise NotAnApprover(refusal)
+        status = APPROVED if approve else DENIED
+        with self._store.lock:
+            # The WHERE re-checks what get() saw: a concurrent decision or the expiry wins over this one.
+            changed = self._write(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ? "
+                "WHERE id = ? AND status = ? AND expires_at > ?",
+                (status, by, _time(moment), reason, approval_id, PENDING, _time(moment)))
+        if not changed:
+            current = self.get(approval_id, now=moment)
+            state = current.status if current else "gone"
+            raise ApprovalError(f"approval {approval_id} is {state}, not pending: it can no longer be decided")
+        self._notify()
+        return replace(approval, status=status, decided_by=by, decided_at=_time(moment), reason=reason)
+
+    def consume(self, approval_id: str, *, request_digest: str, decision_id: str,
+                now: datetime | None = None) -> bool:
+        """Use an approved approval for the ALLOW decision_id: True for exactly one caller, ever.
+
+        One UPDATE with every condition in its WHERE: of two concurrent re-asks, one changes the row
+        and the other finds it used (rowcount 0).
+        """
+        moment = now or datetime.now(UTC)
+        with self._store.lock:
+            changed = self._write(
+                "UPDATE approvals SET status = ?, used_by = ? WHERE id = ? AND status = ? AND used_by IS NULL "
+                "AND request_digest = ? AND expires_at > ?",
+                (USED, decision_id, approval_id, APPROVED, request_digest, _time(moment)))
+        if changed:
+            self._notify()
+        return changed
+
+    def list(self, *, approver: str = "", agent: str = "", session: str = "", status: str = "",
+             now: datetime | None = None) -> builtins.list[Approval]:
+        """Approvals, newest first, filtered; approver: those the identity may decide."""
+        moment = now or datetime.now(UTC)
+        if status and status not in STATUSES:
+            raise ApprovalError(f"status: {status!r} is not an approval status ({', '.join(STATUSES)})")
+        clauses, args = [], []
+        if agent:
+            clauses.append("agent_id = ?")
+            args.append(agent)
+        if session:
+            clauses.append("session_id = ?")
+            args.append(session)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._store.lock:
+            rows = self._query(f"SELECT {_COLUMNS} FROM approvals{where} ORDER BY created_at DESC",
+                               tuple(args)).fetchall()
+        found = [_approval(r, moment) for r in rows]
+        return [a for a in found
+                if (not status or a.status == status) and (not approver or not self.may_decide(a, approver))]
+
+    def wait_for_change(self, generation: int, timeout: float) -> int:
+        """Block until a change after `generation` (or the timeout); returns the current generation."""
+        with self.changed:
+            self.changed.wait_for(lambda: self._generation != generation, timeout=timeout)
+            return self._generation
+
+    @property
+    def generation(self) -> int:
+        with self.changed:
+            return self._generation
+
+    def _notify(self) -> None:
+        with self.changed:
+            self._generation += 1
+            self.changed.notify_all()
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
+        try:
+            return self._store.db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self._store.path}: cannot read approvals ({exc})") from exc
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> bool:
+        """One statement in its own transaction (fsynced on commit); True if it changed a row."""
+        db = self._store.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                changed = db.execute(sql, args).rowcount == 1
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self._store.path}: cannot record the approval ({exc})") from exc
+        return changed
+
+
+_COLUMNS = ("id, request_digest, kind, principal, action, approvers, created_at, expires_at, status, decided_by, "
+            "decided_at, reason, opened_by, used_by")
+
+
+def _approval(row: tuple[Any, ...], now: datetime) -> Approval:
+    (id_, digest, kind, principal, action, approvers, created, expires, status, decided_by, decided_at, reason,
+     opened_by, used_by) = row
+    if status in (PENDING, APPROVED) and expires <= _time(now):
+        status = EXPIRED
+    return Approval(id=id_, request_digest=digest, kind=kind, principal=json.loads(principal),
+                    action=json.loads(action), approvers=tuple(json.loads(approvers)), created_at=created,
+                    expires_at=expires, status=status, decided_by=decided_by, decided_at=decided_at, reason=reason,
+                    opened_by=opened_by, used_by=used_by or "")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _time(moment: datetime) -> str:
+    # Fixed width (microseconds, Z) so stored times compare as strings in SQL.
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
