@@ -21,6 +21,7 @@ from tollgate.decisionlog import DecisionLog, canonical_json, log_time, request_
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
 from tollgate.ids import new_decision_id
 from tollgate.state import KillSwitch, KillSwitches, request_targets
+from tollgate.state.approvals import APPROVED, MISMATCH, Approvals
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,10 @@ class Authorizer:
     def __init__(self, engines: EngineSlot, decision_log: DecisionLog,
                  config: AuthorizerConfig = AuthorizerConfig(), *,
                  on_decision: Callable[[str, str], None] | None = None,
-                 kill_switches: KillSwitches | None = None) -> None:
+                 kill_switches: KillSwitches | None = None, approvals: Approvals | None = None) -> None:
         self._engines = engines
         self._kills = kill_switches
+        self._approvals = approvals
         self._on_decision = on_decision  # (decision, bundle revision) for each decision made, e.g. metrics
         self._log = decision_log
         self._config = config
@@ -175,7 +177,10 @@ class Authorizer:
         try:
             record = self._log.latest_for_request(key)
             # A retry may not carry an answer past a kill switch made since: a killed request is decided anew.
-            if (record and record["request_digest"] == digest and record["approval_id"] == request.approval_id
+            # A require_approval answer carries the approval it opened; its retry presents none.
+            same_approval = record is not None and (record["approval_id"] == request.approval_id or (
+                not request.approval_id and record["decision"] == REQUIRE_APPROVAL))
+            if (record and record["request_digest"] == digest and same_approval
                     and not self._matching_kills(request)):
                 decision = Decision.from_record(record)
             else:
@@ -201,7 +206,12 @@ class Authorizer:
             snapshot = self._kills.snapshot()
             killed = snapshot.policy_view
             matches = snapshot.matching(request.kind, request.principal, request.action)
-        input_doc = build_input(request, now=now, killed=killed)
+        # The approval presented is read once, here: the policy sees its state, the server enforces it.
+        approval: dict[str, str] | None = None
+        if request.approval_id and self._approvals is not None:
+            digest = digest or request.digest()
+            approval = await asyncio.to_thread(self._approval_state, request.approval_id, digest)
+        input_doc = build_input(request, now=now, killed=killed, approval=approval)
         # One canonical serialisation serves both the engine and the log record.
         input_json = canonical_json(input_doc)
         with self._engines.lease() as engine:
@@ -214,14 +224,19 @@ class Authorizer:
                 outcome = await self._evaluate(engine, input_json)
         if matches:
             outcome = enforce_kill_switches(outcome, matches)
+        decision_id = new_decision_id()
+        approval_id = request.approval_id
+        if self._approvals is not None:
+            approval_id, outcome = await self._settle_approval(request, outcome, approval, digest=digest,
+                                                               decision_id=decision_id)
         result = outcome.result
         decision = Decision(
             decision=result.decision,
-            decision_id=new_decision_id(),
+            decision_id=decision_id,
             reasons=result.reasons,
             obligations=result.obligations,
             bundle_revision=revision,
-            approval_id=request.approval_id,
+            approval_id=approval_id,
         )
         record = {
             "decision_id": decision.decision_id,
@@ -235,7 +250,8 @@ class Authorizer:
             "policy_path": self._config.entrypoint,
             "request_id": request.request_id,
             "request_digest": digest,
-            "approval_id": request.approval_id,
+            "approval_id": approval_id,
+            "approval_status": approval["status"] if approval else "",
             "reservation_id": "",
             "previous_decision_id": previous_id,
             "error": outcome.error,
@@ -245,6 +261,42 @@ class Authorizer:
         if self._on_decision is not None:
             self._on_decision(decision.decision, revision)
         return decision
+
+    def _approval_state(self, approval_id: str, digest: str) -> dict[str, str]:
+        assert self._approvals is not None
+        found = self._approvals.get(approval_id)
+        if found is None:  # an id the server never issued was not granted for this request
+            return {"id": approval_id, "status": MISMATCH, "approver": ""}
+        return found.policy_state(digest)
+
+    async def _settle_approval(self, request: DecisionRequest, outcome: Outcome, approval: dict[str, str] | None,
+                               *, digest: str, decision_id: str) -> tuple[str, Outcome]:
+        """The server's own approval rule, whatever the bundle says; returns (the approval id to answer, outcome).
+
+        An ALLOW on a presented approval stands only if it was approved for this very request and this
+        decision is the one that uses it (one atomic UPDATE): otherwise DENY approval_<status>. A
+        require_approval opens an approval (or finds the pending one for this request and session).
+        """
+        assert self._approvals is not None
+        result = outcome.result
+        if approval is not None and result.decision == ALLOW:
+            status = approval["status"]
+            if status == APPROVED:
+                used = await asyncio.to_thread(self._approvals.consume, approval["id"], request_digest=digest,
+                                               decision_id=decision_id)
+                if used:
+                    return approval["id"], outcome
+                status = (await asyncio.to_thread(self._approval_state, approval["id"], digest))["status"]
+                status = MISMATCH if status == APPROVED else status  # not reachable: consume only fails when closed
+            return approval["id"], enforce_approval(outcome, approval["id"], status)
+        if result.decision == REQUIRE_APPROVAL and result.approval is not None:
+            digest = digest or request.digest()
+            opened = await asyncio.to_thread(
+                self._approvals.open, request_digest=digest, kind=request.kind, principal=request.principal,
+                action=request.action, approvers=result.approval.approvers, ttl_seconds=result.approval.ttl_seconds,
+                opened_by=decision_id)
+            return opened.id, outcome
+        return request.approval_id, outcome
 
     def _matching_kills(self, request: DecisionRequest) -> list[KillSwitch]:
         if self._kills is None:
@@ -310,6 +362,15 @@ def enforce_kill_switches(outcome: Outcome, matches: list[KillSwitch]) -> Outcom
                    error=f"{outcome.error}; {error}" if outcome.error else error)
 
 
+def enforce_approval(outcome: Outcome, approval_id: str, status: str) -> Outcome:
+    """An ALLOW the policy gave on an approval that cannot yield one: DENY approval_<status>."""
+    message = (f"approval {approval_id} is {status}: an approval allows one request, once, and only the "
+               "request it was granted for")
+    error = f"approval enforced by the server: the policy allowed on an approval that is {status}"
+    return Outcome(PolicyResult(DENY, (Reason(f"approval_{status}", message),)), raw=outcome.raw,
+                   error=f"{outcome.error}; {error}" if outcome.error else error)
+
+
 def recorded_kill_switches(input_doc: Mapping[str, Any]) -> list[KillSwitch]:
     """The kill switches in an input document's state.killed that name its request, as the server matched them.
 
@@ -329,8 +390,10 @@ def recorded_kill_switches(input_doc: Mapping[str, Any]) -> list[KillSwitch]:
     return [found[key] for key in sorted(found)]
 
 
-def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """The input document of the policy contract (DESIGN.md); killed: the active kill switches."""
+def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, str]] | None = None,
+                approval: dict[str, str] | None = None) -> dict[str, Any]:
+    """The input document of the policy contract (DESIGN.md); killed: the active kill switches; approval: the
+    state of the approval presented ({id, status, approver})."""
     return {
         "kind": request.kind,
         "principal": request.principal,
@@ -339,7 +402,7 @@ def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, st
         "request_id": request.request_id,
         "approval_id": request.approval_id,
         "auth": {"method": "none", "subject": ""},
-        "state": {"spend": {}, "killed": killed if killed is not None else [], "approval": None},
+        "state": {"spend": {}, "killed": killed if killed is not None else [], "approval": approval},
         "now": now,
     }
 
@@ -366,6 +429,7 @@ __all__ = [
     "EngineSlot",
     "Outcome",
     "build_input",
+    "enforce_approval",
     "enforce_kill_switches",
     "policy_outcome",
     "recorded_kill_switches",

@@ -69,6 +69,9 @@ class ServeConfig:
     admin_token: str = ""
     #: A file holding the admin token (surrounding whitespace ignored), instead of admin_token.
     admin_token_file: str = ""
+    #: Approver groups: an approval's approvers entry `group:NAME` names every identity listed under NAME
+    #: here (e.g. {"sre": ["alice", "bob"]}); a group not listed names no one.
+    approver_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> ServeConfig:
         if self.eval_timeout_ms <= 0:
@@ -102,6 +105,12 @@ class ServeConfig:
             raise ConfigError("admin_token_file: give admin_token or admin_token_file, not both")
         if self.admin_token and self.admin_token != self.admin_token.strip():
             raise ConfigError("admin_token: must not start or end with whitespace")
+        if not isinstance(self.approver_groups, dict):
+            raise ConfigError(f"approver_groups: must map group names to lists of identities, "
+                              f"got {self.approver_groups!r}")
+        for group, members in self.approver_groups.items():
+            if not isinstance(members, list) or not all(isinstance(m, str) and m.strip() for m in members):
+                raise ConfigError(f"approver_groups: {group!r} must be a list of identities, got {members!r}")
         return self
 
     def resolved_admin_token(self) -> str:

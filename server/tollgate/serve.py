@@ -24,6 +24,7 @@ from tollgate.decisionlog import DecisionLog, LogConfig
 from tollgate.engine import EngineConfig
 from tollgate.metrics import Metrics, start_metrics_server
 from tollgate.state import KillSwitches, StateError, StateStore
+from tollgate.state.approvals import Approvals
 from tollgate.v1 import admin_pb2, authorization_pb2
 
 log = logging.getLogger("tollgate")
@@ -47,6 +48,7 @@ async def serve(config: ServeConfig) -> int:
     try:
         state = StateStore(data_dir / "state.db")
         kill_switches = KillSwitches(state)
+        approvals = Approvals(state, approver_groups=config.approver_groups)
     except StateError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     if kill_switches.list():
@@ -111,7 +113,7 @@ async def serve(config: ServeConfig) -> int:
     authorizer = Authorizer(
         slot, decision_log,
         AuthorizerConfig(entrypoint=config.entrypoint), on_decision=metrics.decision,
-        kill_switches=kill_switches,
+        kill_switches=kill_switches, approvals=approvals,
     )
     server = grpc_server(config)
     server.add_generic_rpc_handlers((

@@ -1,0 +1,158 @@
+"""Approvals on real servers: require_approval opens one; a re-ask with it is allowed once, for that request only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REGO, Server, start_server, tool_request
+from tollgate.state import StateStore
+from tollgate.state.approvals import Approvals
+from tollgate.v1 import admin_pb2, admin_pb2_grpc
+from tollgate.v1 import authorization_pb2 as pb
+
+GROUPS = {"release-managers": ["rita"], "sre-oncall": ["sam"]}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("approvals")
+    config = root / "tollgate.yaml"
+    config.write_text(json.dumps({"approver_groups": GROUPS}))
+    started = start_server(root / "data", extra=["--config", str(config)])
+    yield started
+    started.terminate()
+
+
+@pytest.fixture(scope="module")
+def approvals(server: Server) -> Approvals:
+    # The same state.db the server writes; deciding here stands in for an approver until the RPC exists.
+    return Approvals(StateStore(server.data_dir / "state.db"), approver_groups=GROUPS)
+
+
+def merge(pr: int = 7, session: str = "s-1", approval_id: str = "") -> pb.AuthorizeRequest:
+    request = tool_request("release-bot", "github", "merge_pull_request", {"owner": "acme", "repo": "app",
+                                                                           "pullNumber": pr}, session_id=session)
+    request.approval_id = approval_id
+    return request
+
+
+def codes(response: pb.AuthorizeResponse) -> list[str]:
+    return [r.code for r in response.reasons]
+
+
+def record(server: Server, decision_id: str) -> dict[str, Any]:
+    with sqlite3.connect(server.data_dir / "decisions.db") as db:
+        row = db.execute("SELECT record FROM decisions WHERE decision_id = ?", (decision_id,)).fetchone()
+    found: dict[str, Any] = json.loads(row[0])
+    return found
+
+
+def ask_for_approval(server: Server, **kwargs: Any) -> pb.AuthorizeResponse:
+    response = server.authorize(merge(**kwargs))
+    assert response.decision == pb.DECISION_REQUIRE_APPROVAL, response
+    assert response.approval_id.startswith("apr_")
+    return response
+
+
+def test_approved_request_is_allowed_exactly_once_and_every_step_is_linked(server: Server,
+                                                                           approvals: Approvals) -> None:
+    asked = ask_for_approval(server, pr=1)
+    assert ask_for_approval(server, pr=1).approval_id == asked.approval_id  # the pending one is reused
+    approval = approvals.get(asked.approval_id)
+    assert approval is not None and approval.approvers == ("group:release-managers", "group:sre-oncall")
+    assert approval.opened_by == asked.decision_id
+
+    pending = server.authorize(merge(pr=1, approval_id=asked.approval_id))
+    assert pending.decision == pb.DECISION_REQUIRE_APPROVAL and "approval_pending" in codes(pending)
+
+    approvals.decide(asked.approval_id, approve=True, by="rita", reason="release 1.2")
+    allowed = server.authorize(merge(pr=1, approval_id=asked.approval_id))
+    assert allowed.decision == pb.DECISION_ALLOW and codes(allowed) == ["approved"]
+    again = server.authorize(merge(pr=1, approval_id=asked.approval_id))
+    assert again.decision == pb.DECISION_DENY and codes(again) == ["approval_used"]
+
+    used = approvals.get(asked.approval_id)
+    assert used is not None and used.status == "used" and used.used_by == allowed.decision_id
+    for response, status in ((asked, ""), (pending, "pending"), (allowed, "approved"), (again, "used")):
+        logged = record(server, response.decision_id)
+        assert logged["approval_id"] == asked.approval_id
+        assert logged["approval_status"] == status
+        assert logged["input"]["state"]["approval"] == (
+            None if not status else {"id": asked.approval_id, "status": status,
+                                     "approver": "rita" if status in ("approved", "used") else ""})
+
+
+def test_an_approval_for_other_arguments_is_a_mismatch(server: Server, approvals: Approvals) -> None:
+    asked = ask_for_approval(server, pr=2)
+    approvals.decide(asked.approval_id, approve=True, by="sam", reason="ok")
+    other = server.authorize(merge(pr=3, approval_id=asked.approval_id))
+    assert other.decision == pb.DECISION_DENY and codes(other) == ["approval_mismatch"]
+    # The mismatch did not use it up: the request it was granted for still gets its one ALLOW.
+    assert server.authorize(merge(pr=2, approval_id=asked.approval_id)).decision == pb.DECISION_ALLOW
+
+
+def test_an_unknown_approval_id_is_a_mismatch(server: Server) -> None:
+    response = server.authorize(merge(pr=4, approval_id="apr_made-up"))
+    assert response.decision == pb.DECISION_DENY and codes(response) == ["approval_mismatch"]
+
+
+def test_a_denied_approval_is_denied(server: Server, approvals: Approvals) -> None:
+    asked = ask_for_approval(server, pr=5)
+    approvals.decide(asked.approval_id, approve=False, by="rita", reason="not during the freeze")
+    response = server.authorize(merge(pr=5, approval_id=asked.approval_id))
+    assert response.decision == pb.DECISION_DENY and codes(response) == ["approval_denied"]
+
+
+def test_concurrent_re_asks_with_one_approval_get_exactly_one_allow(server: Server, approvals: Approvals) -> None:
+    asked = ask_for_approval(server, pr=6)
+    approvals.decide(asked.approval_id, approve=True, by="sam", reason="ok")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda _: server.authorize(merge(pr=6, approval_id=asked.approval_id)), range(32)))
+    assert sum(a.decision == pb.DECISION_ALLOW for a in answers) == 1
+    assert all(codes(a) == ["approval_used"] for a in answers if a.decision != pb.DECISION_ALLOW)
+
+
+def test_an_approved_request_a_kill_switch_names_is_denied_and_the_approval_kept(server: Server,
+                                                                                 approvals: Approvals) -> None:
+    asked = ask_for_approval(server, pr=8, session="s-killed")
+    approvals.decide(asked.approval_id, approve=True, by="rita", reason="ok")
+    admin = admin_pb2_grpc.AdminServiceStub(server.channel)
+    admin.Kill(admin_pb2.KillRequest(scope="session", value="s-killed", reason="incident", by="ops"), timeout=10,
+               metadata=server.admin_metadata)
+    try:
+        killed = server.authorize(merge(pr=8, session="s-killed", approval_id=asked.approval_id))
+        assert killed.decision == pb.DECISION_DENY and "killed" in codes(killed)
+    finally:
+        admin.Revive(admin_pb2.ReviveRequest(scope="session", value="s-killed", by="ops"), timeout=10,
+                     metadata=server.admin_metadata)
+    revived = server.authorize(merge(pr=8, session="s-killed", approval_id=asked.approval_id))
+    assert revived.decision == pb.DECISION_ALLOW
+
+
+def test_an_expired_approval_is_denied(tmp_path: Path) -> None:
+    bundle = tmp_path / "rego"
+    shutil.copytree(REGO, bundle)
+    manifest = bundle / "agents/release-bot/data.yaml"
+    manifest.write_text(manifest.read_text().replace("ttl_seconds: 1800", "ttl_seconds: 1"))
+    config = tmp_path / "tollgate.yaml"
+    config.write_text(json.dumps({"approver_groups": GROUPS}))
+    server = start_server(tmp_path / "data", bundle=bundle, extra=["--config", str(config)])
+    try:
+        asked = ask_for_approval(server, pr=9)
+        Approvals(StateStore(server.data_dir / "state.db"), approver_groups=GROUPS).decide(
+            asked.approval_id, approve=True, by="rita", reason="ok")
+        time.sleep(1.1)
+        expired = server.authorize(merge(pr=9, approval_id=asked.approval_id))
+        assert expired.decision == pb.DECISION_DENY and codes(expired) == ["approval_expired"]
+        assert record(server, expired.decision_id)["approval_status"] == "expired"
+    finally:
+        server.terminate()
