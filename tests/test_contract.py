@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tollgate.contract import ContractError, Reason, parse_result
+from tollgate.contract import ContractError, Reason, ReservePlan, parse_result
 
 
 def test_allow_with_obligations() -> None:
@@ -23,6 +23,13 @@ def test_require_approval_with_approvers() -> None:
     assert result.approval is not None
     assert result.approval.approvers == ("group:sre",)
     assert result.approval.ttl_seconds == 3600
+
+
+def test_allow_with_a_reservation_plan() -> None:
+    result = parse_result({"decision": "allow", "reasons": [],
+                           "reserve": {"amounts": {"usd": 0.25, "tokens": 100}, "limits": {"session": {"usd": 5}}}})
+    assert result.reserve == ReservePlan({"usd": 0.25, "tokens": 100.0}, {"session": {"usd": 5.0}})
+    assert parse_result({"decision": "allow"}).reserve is None
 
 
 BROKEN: list[tuple[str, Any, str]] = [
@@ -42,6 +49,12 @@ BROKEN: list[tuple[str, Any, str]] = [
      "ttl_seconds"),
     ("approval-on-allow", {"decision": "allow", "approval": {"approvers": ["a"], "ttl_seconds": 1}},
      "only allowed with require_approval"),
+    ("reserve-on-deny", {"decision": "deny", "reasons": [{"code": "c"}], "reserve": {"amounts": {"usd": 1}}},
+     "result.reserve is only allowed with allow"),
+    ("reserve-negative", {"decision": "allow", "reserve": {"amounts": {"usd": -1}}}, "reserve.amounts"),
+    ("reserve-extra-key", {"decision": "allow", "reserve": {"amounts": {}, "x": 1}}, "result.reserve must be"),
+    ("reserve-limit-not-number", {"decision": "allow", "reserve": {"amounts": {}, "limits": {"session": {"usd": "5"}}}},
+     "reserve.limits"),
 ]
 
 

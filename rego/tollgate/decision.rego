@@ -28,7 +28,8 @@ _closed_approval_messages := {
 # description: >-
 #   {"decision": "allow"|"deny"|"require_approval", "reasons": [{"code", "message"}],
 #   "obligations": {...}} plus "approval": {"approvers", "ttl_seconds"} when approval is
-#   required. Defined for every input.
+#   required, and "reserve": {"amounts", "limits"} when an allowed request spends. Defined for
+#   every input.
 # entrypoint: true
 default decision := {
 	"decision": "deny",
@@ -37,8 +38,8 @@ default decision := {
 }
 
 decision := object.union(
-	{"decision": _verdict, "reasons": _reasons, "obligations": _obligations},
-	_approval_block,
+	object.union({"decision": _verdict, "reasons": _reasons, "obligations": _obligations}, _approval_block),
+	_reserve_block,
 )
 
 _known_kind if input.kind in _kinds
@@ -113,6 +114,14 @@ _granted contains {"code": "approved", "message": message} if {
 _obligations := {} if _verdict == "deny"
 
 _obligations := models.obligations if _verdict != "deny"
+
+# What an allowed request spends, for the server to reserve against the limits (budget.reserve).
+default _reserve_block := {}
+
+_reserve_block := {"reserve": budget.reserve} if {
+	_verdict == "allow"
+	budget.reserve
+}
 
 default _approval_block := {}
 

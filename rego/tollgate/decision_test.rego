@@ -188,11 +188,26 @@ test_kill_all_stops_budget_requests if {
 
 # --- models ---
 
-test_allowed_model_call_carries_token_cap if {
+test_allowed_model_call_carries_token_cap_and_estimated_cost if {
+	# 1,200 input tokens at 0.003 usd per 1k plus the 8,000-token cap at 0.015 usd per 1k.
 	_decide(fx.model("code-reviewer", "anthropic", "claude-sonnet-4-5", 16000, ["source-code"])) == {
 		"decision": "allow",
 		"reasons": [],
 		"obligations": {"max_output_tokens": 8000},
+		"reserve": {
+			"amounts": {"usd": 0.1236, "tokens": 9200},
+			"limits": {"session": {"usd": 20, "tokens": 2000000}, "agent": {"usd": 400}},
+		},
+	}
+}
+
+test_model_call_whose_estimated_cost_passes_a_limit_denied if {
+	r := fx.with_state(fx.model("code-reviewer", "anthropic", "claude-sonnet-4-5", 16000, ["source-code"]),
+		"spend", {"session": {"usd": 19.9}})
+	_decide(r) == {
+		"decision": "deny",
+		"reasons": [{"code": "budget_exceeded", "message": "session spend 19.9 usd plus this request's 0.1236 would pass the session limit of 20 usd"}],
+		"obligations": {},
 	}
 }
 
@@ -220,7 +235,10 @@ test_secrets_to_external_model_denied if {
 
 test_budget_request_allowed if {
 	r := fx.with_state(fx.budget("code-reviewer", 0.25, "usd"), "spend", {"session": {"usd": 3.5}, "agent": {"usd": 120}})
-	_decide(r) == {"decision": "allow", "reasons": [], "obligations": {}}
+	_decide(r) == {"decision": "allow", "reasons": [], "obligations": {}, "reserve": {
+		"amounts": {"usd": 0.25},
+		"limits": {"session": {"usd": 20, "tokens": 2000000}, "agent": {"usd": 400}},
+	}}
 }
 
 test_budget_request_over_ceiling_denied if {

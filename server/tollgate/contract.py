@@ -11,7 +11,8 @@ DENY = "deny"
 REQUIRE_APPROVAL = "require_approval"
 DECISIONS = frozenset({ALLOW, DENY, REQUIRE_APPROVAL})
 
-_RESULT_KEYS = frozenset({"decision", "reasons", "obligations", "approval"})
+_RESULT_KEYS = frozenset({"decision", "reasons", "obligations", "approval", "reserve"})
+_RESERVE_KEYS = frozenset({"amounts", "limits"})
 _APPROVAL_KEYS = frozenset({"approvers", "ttl_seconds"})
 
 
@@ -39,6 +40,17 @@ class ApprovalSpec:
 
 
 @dataclass(frozen=True)
+class ReservePlan:
+    """What an allowed request spends (unit → amount), and the limits (scope → unit → limit) it must fit.
+
+    The server reserves the amounts as part of the decision, re-checking the limits against the ledger.
+    """
+
+    amounts: Mapping[str, float]
+    limits: Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
 class PolicyResult:
     """A policy result that satisfies the contract."""
 
@@ -46,6 +58,7 @@ class PolicyResult:
     reasons: tuple[Reason, ...] = ()
     obligations: Mapping[str, Any] = field(default_factory=dict)
     approval: ApprovalSpec | None = None
+    reserve: ReservePlan | None = None
 
 
 def parse_result(value: Any) -> PolicyResult:
@@ -84,7 +97,29 @@ def parse_result(value: Any) -> PolicyResult:
         approval = _parse_approval(raw_approval)
     elif raw_approval is not None:
         raise ContractError(f"result.approval is only allowed with require_approval, not {decision}")
-    return PolicyResult(decision, tuple(reasons), obligations, approval)
+    reserve = None
+    if value.get("reserve") is not None:
+        if decision != ALLOW:
+            raise ContractError(f"result.reserve is only allowed with allow, not {decision}")
+        reserve = _parse_reserve(value["reserve"])
+    return PolicyResult(decision, tuple(reasons), obligations, approval, reserve)
+
+
+def _parse_reserve(raw: Any) -> ReservePlan:
+    if not isinstance(raw, dict) or set(raw) - _RESERVE_KEYS:
+        raise ContractError(f"result.reserve must be an object with keys {sorted(_RESERVE_KEYS)}")
+    amounts, limits = raw.get("amounts", {}), raw.get("limits", {})
+    if not isinstance(amounts, dict) or not all(_non_negative(a) for a in amounts.values()):
+        raise ContractError("result.reserve.amounts must map units to numbers >= 0")
+    if not isinstance(limits, dict) or not all(
+            isinstance(units, dict) and all(_non_negative(n) for n in units.values()) for units in limits.values()):
+        raise ContractError("result.reserve.limits must map scopes to objects of units and numbers >= 0")
+    return ReservePlan({str(u): float(a) for u, a in amounts.items()},
+                       {str(s): {str(u): float(n) for u, n in units.items()} for s, units in limits.items()})
+
+
+def _non_negative(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 def _parse_approval(raw: Any) -> ApprovalSpec:

@@ -123,6 +123,11 @@ CATALOGS: Mapping[str, Schema] = {
         "hosting": req(Str(choices=("external", "internal"))),
         "max_output_tokens": opt(Num(integer=True, minimum=1)),
         "data_classes": req(ListOf(Str(), unique=True)),
+        # What a model call is estimated to cost, reserved against the agent's budgets (usd per 1,000 tokens).
+        "price": opt(Obj({
+            "input_usd_per_1k": req(Num(minimum=0)),
+            "output_usd_per_1k": req(Num(minimum=0)),
+        })),
     }), key_joins=("provider", "model")),
     "databases": MapOf(Str(), Obj({
         "description": opt(Str()),

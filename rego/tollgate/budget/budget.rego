@@ -3,10 +3,13 @@
 # description: >-
 #   A step's spend request must fit under the manifest's per-request ceiling for its unit and,
 #   with what has already been spent (input.state.spend), under every limit the manifest sets
-#   per scope (session, agent, team, workflow).
+#   per scope (session, agent, team, workflow). A model call's estimated cost (the catalog's
+#   price table, input tokens plus the max_output_tokens obligation) must fit the same limits.
+#   What an allowed request spends is `reserve`, which the server reserves in the same step.
 package tollgate.budget
 
 import data.tollgate.agent
+import data.tollgate.models
 
 _ceiling_fields := {"usd": "max_request_usd", "tokens": "max_request_tokens"}
 
@@ -60,15 +63,55 @@ deny contains {"code": "budget_request_over_limit", "message": message} if {
 }
 
 deny contains {"code": "budget_exceeded", "message": message} if {
-	input.kind == "budget"
-	_comparable
+	some unit, amount in _requested
 	some scope, limits in object.get(agent.manifest, ["budget", "limits"], {})
-	limit := limits[_unit]
-	spent := object.get(input, ["state", "spend", scope, _unit], 0)
-	not _fits(spent, _amount, limit)
+	limit := limits[unit]
+	spent := object.get(input, ["state", "spend", scope, unit], 0)
+	not _fits(spent, amount, limit)
 	message := sprintf("%s spend %v %s plus this request's %v would pass the %s limit of %v %s", [
-		scope, spent, _unit, _amount, scope, limit, _unit,
+		scope, spent, unit, amount, scope, limit, unit,
 	])
+}
+
+# What the request would spend, by unit: a budget request its amount; a model call its
+# estimated cost in usd (when the catalog prices the model) and its tokens.
+default _requested := {}
+
+_requested := {_unit: _amount} if _comparable
+
+_requested := object.union({"tokens": _model_tokens}, _model_cost) if {
+	input.kind == "model"
+	models.entry
+}
+
+_model_input_tokens := n if {
+	n := input.model.input_tokens
+	is_number(n)
+	n > 0
+} else := 0
+
+_model_output_tokens := n if {
+	n := models.obligations.max_output_tokens
+} else := 0
+
+_model_tokens := _model_input_tokens + _model_output_tokens
+
+default _model_cost := {}
+
+_model_cost := {"usd": cost} if {
+	price := models.entry.price
+	cost := ((_model_input_tokens * price.input_usd_per_1k) + (_model_output_tokens * price.output_usd_per_1k)) / 1000
+}
+
+# METADATA
+# title: reserve
+# description: >-
+#   {"amounts": {unit: amount}, "limits": {scope: {unit: limit}}} for a request that spends;
+#   undefined otherwise. The decision carries it as result.reserve when it allows: the server
+#   reserves the amounts against the principal's scopes, re-checking the limits in the same
+#   transaction, and answers the reservation's id.
+reserve := {"amounts": _requested, "limits": object.get(agent.manifest, ["budget", "limits"], {})} if {
+	count(_requested) > 0
 }
 
 # Non-numeric spend or limits cannot be shown to fit, so they do not.

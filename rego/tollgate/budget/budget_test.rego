@@ -100,3 +100,26 @@ test_non_numeric_ceiling_allows_nothing if {
 	fx.codes(budget.deny) == {"budget_request_over_limit"} with input as request
 		with data.agents["odd-agent"] as {"budget": {"max_request_usd": "unlimited"}}
 }
+
+test_model_call_reserves_its_estimated_cost_and_tokens if {
+	reserve := budget.reserve with input as fx.model("code-reviewer", "anthropic", "claude-haiku-4-5", 1000, [])
+	reserve.amounts == {"usd": 0.0062, "tokens": 2200}
+}
+
+test_model_without_a_price_reserves_only_tokens if {
+	reserve := budget.reserve with input as fx.model("code-reviewer", "anthropic", "claude-haiku-4-5", 1000, [])
+		with data.catalog.models["anthropic/claude-haiku-4-5"].price as null
+	reserve.amounts == {"tokens": 2200}
+}
+
+test_budget_request_reserves_its_amount_under_the_manifest_limits if {
+	reserve := budget.reserve with input as fx.budget("code-reviewer", 0.25, "usd")
+	reserve == {
+		"amounts": {"usd": 0.25},
+		"limits": {"session": {"usd": 20, "tokens": 2000000}, "agent": {"usd": 400}},
+	}
+}
+
+test_invalid_budget_request_reserves_nothing if {
+	not budget.reserve with input as fx.budget("code-reviewer", -1, "usd")
+}

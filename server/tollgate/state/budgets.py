@@ -1,0 +1,243 @@
+"""Budgets: a spend ledger of reservations and committed spend per session, agent, team and workflow."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tollgate.state._store import StateError, StateStore
+
+#: The scopes a budget limit can name, and the principal field each one reads.
+BUDGET_SCOPES = {"session": "session_id", "agent": "agent_id", "team": "team", "workflow": "workflow"}
+#: The window each scope's spend is counted over: a session's whole run; an agent's, team's and
+#: workflow's current UTC day.
+WINDOWS = {"session": "run", "agent": "day", "team": "day", "workflow": "day"}
+#: How long a reservation holds its amount when no usage is reported (seconds).
+DEFAULT_TTL = 900.0
+
+_SCHEMA = (
+    """
+    CREATE TABLE budget_reservations (
+        id TEXT NOT NULL,
+        session TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        team TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        amount REAL NOT NULL,
+        committed REAL NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        day TEXT NOT NULL,
+        month TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        decision_id TEXT NOT NULL,
+        over_reported INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (id, unit)
+    );
+    CREATE INDEX budget_reservations_session ON budget_reservations (session, unit);
+    CREATE INDEX budget_reservations_agent ON budget_reservations (agent, unit, day);
+    CREATE INDEX budget_reservations_team ON budget_reservations (team, unit, day);
+    CREATE INDEX budget_reservations_workflow ON budget_reservations (workflow, unit, day);
+    CREATE INDEX budget_reservations_open ON budget_reservations (status, expires_at)
+    """,
+)
+
+#: Sums of floats drift (0.1 + 0.2 > 0.3); the policy compares exact decimals, so the re-check allows this much.
+_TOLERANCE = 1e-9
+#: What a row counts as spend: a live reservation its amount, anything else what was committed.
+_COUNTED = ("CASE WHEN status = 'reserved' AND expires_at > :now THEN amount "
+            "WHEN status = 'committed' THEN committed ELSE 0 END")
+
+
+class BudgetExceeded(Exception):
+    """A reservation would pass a limit (the message names the scope)."""
+
+
+class ReservationNotFound(LookupError):
+    """No reservation has this id."""
+
+
+class ReservationClosed(Exception):
+    """The reservation was already committed, released or has expired."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One reservation in one unit: the amount held against every scope of one principal.
+
+    A model call reserves under one id in two units (usd and tokens); each is reported on its own.
+    """
+
+    id: str
+    scopes: Mapping[str, str]
+    unit: str
+    amount: float
+    committed: float
+    status: str  # reserved / committed / expired (a reported reservation releases what it did not commit)
+    expires_at: float
+    over_reported: bool = False
+
+
+def principal_scopes(principal: Mapping[str, Any]) -> dict[str, str]:
+    """The (scope → value) pairs a principal is counted under."""
+    return {scope: str(principal.get(field) or "") for scope, field in BUDGET_SCOPES.items()}
+
+
+class Budgets:
+    """The ledger. The server is its only writer; every check-and-reserve is one IMMEDIATE transaction."""
+
+    COMPONENT = "budgets"
+
+    def __init__(self, store: StateStore, *, ttl: float = DEFAULT_TTL) -> None:
+        self._store = store
+        self.ttl = ttl
+        store.migrate(self.COMPONENT, _SCHEMA)
+
+    def spend(self, scopes: Mapping[str, str], *, now: float | None = None) -> dict[str, dict[str, float]]:
+        """Current spend (committed + live reservations) as input.state.spend holds it: {scope: {unit: amount}}."""
+        now = time.time() if now is None else now
+        with self._store.lock:
+            try:
+                return {scope: self._sums(scope, value, now) for scope, value in scopes.items() if scope in WINDOWS}
+            except sqlite3.Error as exc:
+                raise StateError(f"state store {self._store.path}: cannot read spend ({exc})") from exc
+
+    def reserve(self, scopes: Mapping[str, str], amounts: Mapping[str, float], *,
+                limits: Mapping[str, Any], decision_id: str = "", now: float | None = None) -> str:
+        """Hold each unit's amount against every scope under one new id, re-checking every limit in the
+        same IMMEDIATE transaction; BudgetExceeded (nothing reserved) when one would be passed."""
+        now = time.time() if now is None else now
+        scopes = {s: str(scopes.get(s, "")) for s in WINDOWS}
+        reservation_id = f"rsv-{uuid.uuid4().hex}"
+        stamp = datetime.fromtimestamp(now, UTC)
+        db = self._store.db
+        with self._store.lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for unit, amount in sorted(amounts.items()):
+                        for scope, scope_limits in sorted(limits.items()):
+                            limit = scope_limits.get(unit) if isinstance(scope_limits, Mapping) else None
+                            if scope not in WINDOWS or not isinstance(limit, int | float):
+                                continue
+                            spent = self._sum(scope, scopes[scope], unit, now)
+                            if spent + amount > limit + _TOLERANCE:
+                                raise BudgetExceeded(
+                                    f"{scope} spend {spent:g} {unit} plus this request's {amount:g} would pass "
+                                    f"the {scope} limit of {limit:g} {unit}")
+                        db.execute(
+                            "INSERT INTO budget_reservations (id, session, agent, team, workflow, unit, amount, "
+                            "status, day, month, created_at, expires_at, decision_id) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)",
+                            (reservation_id, scopes["session"], scopes["agent"], scopes["team"],
+                             scopes["workflow"], unit, float(amount), stamp.strftime("%Y-%m-%d"),
+                             stamp.strftime("%Y-%m"), now, now + self.ttl, decision_id))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StateError(f"state store {self._store.path}: cannot reserve ({exc})") from exc
+        return reservation_id
+
+    def report(self, reservation_id: str, *, amount: float, unit: str = "",
+               now: float | None = None) -> Reservation:
+        """Commit the actual amount in unit and release the rest; more than reserved is committed and flagged.
+
+        ReservationNotFound for an unknown id (or a unit it does not hold); ReservationClosed when it was
+        already reported or has expired; ValueError when unit is needed (the id holds several units).
+        """
+        now = time.time() if now is None else now
+        if amount < 0:
+            raise ValueError(f"amount: {amount:g} is negative")
+        db = self._store.db
+        with self._store.lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = db.execute(
+                        "SELECT unit, session, agent, team, workflow, amount, status, expires_at "
+                        "FROM budget_reservations WHERE id = ? ORDER BY unit", (reservation_id,)).fetchall()
+                    if not rows:
+                        raise ReservationNotFound(f"reservation {reservation_id!r} does not exist")
+                    units = [r[0] for r in rows]
+                    if not unit:
+                        if len(rows) > 1:
+                            raise ValueError(f"unit: required, reservation {reservation_id} holds "
+                                             f"{' and '.join(units)}")
+                        unit = units[0]
+                    if unit not in units:
+                        raise ReservationNotFound(f"reservation {reservation_id} holds no {unit} "
+                                                  f"(it holds {', '.join(units)})")
+                    _, session, agent, team, workflow, reserved, status, expires_at = rows[units.index(unit)]
+                    if status == "reserved" and expires_at <= now:
+                        db.execute("UPDATE budget_reservations SET status = 'expired' WHERE id = ? AND unit = ?",
+                                   (reservation_id, unit))
+                        db.execute("COMMIT")
+                        raise ReservationClosed(f"reservation {reservation_id} ({unit}) expired; its amount "
+                                                "was released")
+                    if status != "reserved":
+                        raise ReservationClosed(f"reservation {reservation_id} ({unit}) is already {status}; "
+                                                "usage is reported once, before the reservation expires")
+                    over = amount > reserved
+                    db.execute("UPDATE budget_reservations SET status = 'committed', committed = ?, "
+                               "over_reported = ? WHERE id = ? AND unit = ?",
+                               (float(amount), int(over), reservation_id, unit))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StateError(f"state store {self._store.path}: cannot report usage ({exc})") from exc
+        return Reservation(reservation_id, {"session": session, "agent": agent, "team": team, "workflow": workflow},
+                           unit, reserved, float(amount), "committed", expires_at, over)
+
+    def expire(self, *, now: float | None = None) -> int:
+        """Mark reservations past their expiry as expired (they already count as nothing); returns how many."""
+        now = time.time() if now is None else now
+        with self._store.lock:
+            try:
+                cursor = self._store.db.execute(
+                    "UPDATE budget_reservations SET status = 'expired' WHERE status = 'reserved' AND expires_at <= ?",
+                    (now,))
+                return cursor.rowcount
+            except sqlite3.Error as exc:
+                raise StateError(f"state store {self._store.path}: cannot expire reservations ({exc})") from exc
+
+    def get(self, reservation_id: str) -> list[Reservation]:
+        """The reservation's rows, one per unit (ReservationNotFound when there are none)."""
+        with self._store.lock:
+            rows = self._store.db.execute(
+                "SELECT id, session, agent, team, workflow, unit, amount, committed, status, expires_at, "
+                "over_reported FROM budget_reservations WHERE id = ? ORDER BY unit", (reservation_id,)).fetchall()
+        if not rows:
+            raise ReservationNotFound(f"reservation {reservation_id!r} does not exist")
+        return [Reservation(r[0], dict(zip(WINDOWS, r[1:5], strict=True)), r[5], r[6], r[7], r[8], r[9], bool(r[10]))
+                for r in rows]
+
+    def _sums(self, scope: str, value: str, now: float) -> dict[str, float]:
+        window, params = self._window(scope, now)
+        rows = self._store.db.execute(
+            f"SELECT unit, SUM({_COUNTED}) FROM budget_reservations WHERE {scope} = :value{window} GROUP BY unit",
+            {"value": value, "now": now, **params}).fetchall()
+        return {unit: float(total or 0) for unit, total in rows}
+
+    def _sum(self, scope: str, value: str, unit: str, now: float) -> float:
+        window, params = self._window(scope, now)
+        row = self._store.db.execute(
+            f"SELECT SUM({_COUNTED}) FROM budget_reservations WHERE {scope} = :value AND unit = :unit{window}",
+            {"value": value, "unit": unit, "now": now, **params}).fetchone()
+        return float(row[0] or 0)
+
+    @staticmethod
+    def _window(scope: str, now: float) -> tuple[str, dict[str, str]]:
+        if WINDOWS[scope] == "day":
+            return " AND day = :day", {"day": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")}
+        return "", {}

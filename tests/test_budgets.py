@@ -1,0 +1,129 @@
+"""The Budgets ledger: spend by scope and window, reservations checked against limits, usage reports, expiry."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tollgate.state import StateStore
+from tollgate.state.budgets import (
+    BudgetExceeded,
+    Budgets,
+    ReservationClosed,
+    ReservationNotFound,
+    principal_scopes,
+)
+
+ALICE = {"session": "s1", "agent": "code-reviewer", "team": "platform", "workflow": "review"}
+LIMITS = {"session": {"usd": 1.0}, "team": {"usd": 10.0, "tokens": 1000}}
+NOON = datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp()
+DAY = 86400.0
+
+
+@pytest.fixture
+def budgets(tmp_path: Path) -> Budgets:
+    return Budgets(StateStore(tmp_path / "state.db"), ttl=60)
+
+
+def test_principal_scopes_read_session_agent_team_and_workflow() -> None:
+    principal = {"agent_id": "a", "session_id": "s", "team": "t", "workflow": "w", "user": "u"}
+    assert principal_scopes(principal) == {"session": "s", "agent": "a", "team": "t", "workflow": "w"}
+
+
+def test_spend_counts_live_reservations_in_every_scope(budgets: Budgets) -> None:
+    budgets.reserve(ALICE, {"usd": 0.25, "tokens": 100}, limits=LIMITS, now=NOON)
+    budgets.reserve({**ALICE, "session": "s2"}, {"usd": 0.5}, limits=LIMITS, now=NOON)
+    spend = budgets.spend(ALICE, now=NOON + 1)
+    assert spend["session"] == {"usd": 0.25, "tokens": 100}
+    assert spend["team"] == {"usd": 0.75, "tokens": 100}
+
+
+def test_reservation_past_a_limit_is_refused_and_reserves_nothing(budgets: Budgets) -> None:
+    budgets.reserve(ALICE, {"usd": 0.75}, limits=LIMITS, now=NOON)
+    with pytest.raises(BudgetExceeded, match=r"session spend 0\.75 usd plus this request's 0\.5 would pass the "
+                                             r"session limit of 1 usd"):
+        budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, now=NOON)
+    with pytest.raises(BudgetExceeded, match="team limit of 1000 tokens"):
+        budgets.reserve(ALICE, {"usd": 0.1, "tokens": 1001}, limits=LIMITS, now=NOON)
+    assert budgets.spend(ALICE, now=NOON)["session"] == {"usd": 0.75}
+    budgets.reserve(ALICE, {"usd": 0.25}, limits=LIMITS, now=NOON)  # exactly up to the limit fits
+
+
+def test_expired_reservation_releases_its_amount(budgets: Budgets) -> None:
+    rid = budgets.reserve(ALICE, {"usd": 1.0}, limits=LIMITS, now=NOON)
+    with pytest.raises(BudgetExceeded):
+        budgets.reserve(ALICE, {"usd": 0.1}, limits=LIMITS, now=NOON + 59)
+    assert budgets.spend(ALICE, now=NOON + 60)["session"] == {"usd": 0.0}
+    assert budgets.expire(now=NOON + 60) == 1
+    assert [r.status for r in budgets.get(rid)] == ["expired"]
+    with pytest.raises(ReservationClosed, match="expired"):
+        budgets.report(rid, amount=0.5, now=NOON + 61)
+    budgets.reserve(ALICE, {"usd": 1.0}, limits=LIMITS, now=NOON + 61)
+
+
+def test_report_commits_part_and_releases_the_rest(budgets: Budgets) -> None:
+    rid = budgets.reserve(ALICE, {"usd": 0.8}, limits=LIMITS, now=NOON)
+    reported = budgets.report(rid, amount=0.3, now=NOON + 1)
+    assert (reported.status, reported.committed, reported.over_reported) == ("committed", 0.3, False)
+    # Committed spend is a fact: it does not expire.
+    assert budgets.spend(ALICE, now=NOON + 3600)["session"] == {"usd": 0.3}
+    with pytest.raises(ReservationClosed, match="already committed"):
+        budgets.report(rid, amount=0.3, now=NOON + 2)
+
+
+def test_report_over_the_reservation_commits_the_actual_amount_and_flags_it(budgets: Budgets) -> None:
+    rid = budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, now=NOON)
+    reported = budgets.report(rid, amount=1.5, unit="usd", now=NOON + 1)
+    assert (reported.committed, reported.over_reported) == (1.5, True)
+    assert budgets.spend(ALICE, now=NOON + 1)["session"] == {"usd": 1.5}
+
+
+def test_report_of_several_units_needs_the_unit(budgets: Budgets) -> None:
+    rid = budgets.reserve(ALICE, {"usd": 0.5, "tokens": 100}, limits=LIMITS, now=NOON)
+    with pytest.raises(ValueError, match="unit: required"):
+        budgets.report(rid, amount=0.1, now=NOON)
+    with pytest.raises(ReservationNotFound, match="holds no eur"):
+        budgets.report(rid, amount=0.1, unit="eur", now=NOON)
+    assert budgets.report(rid, amount=80, unit="tokens", now=NOON).committed == 80
+    assert budgets.spend(ALICE, now=NOON)["session"] == {"usd": 0.5, "tokens": 80}
+
+
+def test_report_of_an_unknown_reservation_is_not_found(budgets: Budgets) -> None:
+    with pytest.raises(ReservationNotFound):
+        budgets.report("rsv-nope", amount=1)
+
+
+def test_agent_team_and_workflow_spend_is_per_utc_day_and_session_spend_is_the_whole_run(budgets: Budgets) -> None:
+    budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, now=NOON)
+    rid = budgets.reserve(ALICE, {"usd": 0.25}, limits=LIMITS, now=NOON)
+    budgets.report(rid, amount=0.25, now=NOON)
+    tomorrow = budgets.spend(ALICE, now=NOON + DAY)
+    assert tomorrow["session"] == {"usd": 0.25}
+    assert tomorrow["team"] == {} and tomorrow["agent"] == {}
+
+
+def test_spend_survives_a_restart(tmp_path: Path) -> None:
+    first = Budgets(StateStore(tmp_path / "state.db"))
+    first.reserve(ALICE, {"usd": 0.5}, limits=LIMITS)
+    assert Budgets(StateStore(tmp_path / "state.db")).spend(ALICE)["session"] == {"usd": 0.5}
+
+
+def test_concurrent_reservations_never_pass_the_limit(budgets: Budgets) -> None:
+    granted: list[str] = []
+
+    def ask() -> None:
+        try:
+            granted.append(budgets.reserve(ALICE, {"usd": 0.1}, limits={"session": {"usd": 1.0}}))
+        except BudgetExceeded:
+            pass
+
+    threads = [threading.Thread(target=ask) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(granted) == 10
+    assert budgets.spend(ALICE)["session"]["usd"] == pytest.approx(1.0)
