@@ -16,7 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from tollgate.activation import Activation, ActivatorConfig, BundleActivator, BundleStatus, Failure
-from tollgate.api import AdminServicer, AuthorizationServicer, RequestLimits
+from tollgate.api import AdminServicer, ApprovalServicer, AuthorizationServicer, RequestLimits
 from tollgate.authorizer import Authorizer, AuthorizerConfig, EngineSlot
 from tollgate.bundle import BundleError
 from tollgate.config import ConfigError, ServeConfig
@@ -25,12 +25,13 @@ from tollgate.engine import EngineConfig
 from tollgate.metrics import Metrics, start_metrics_server
 from tollgate.state import KillSwitches, StateError, StateStore
 from tollgate.state.approvals import Approvals
-from tollgate.v1 import admin_pb2, authorization_pb2
+from tollgate.v1 import admin_pb2, approval_pb2, authorization_pb2
 
 log = logging.getLogger("tollgate")
 
 SERVICE = authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+APPROVAL_SERVICE = approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"].full_name
 
 
 async def serve(config: ServeConfig) -> int:
@@ -119,10 +120,11 @@ async def serve(config: ServeConfig) -> int:
     server.add_generic_rpc_handlers((
         AuthorizationServicer(authorizer, decision_log, limits).handler(),
         AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token).handler(),
+        ApprovalServicer(approvals, admin_token=admin_token).handler(),
     ))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        (SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (SERVICE, ADMIN_SERVICE, APPROVAL_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server
     )
     address = _bind(server, config.listen)

@@ -11,15 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.conftest import REGO, Server, start_server, tool_request
-from tollgate.state import StateStore
-from tollgate.state.approvals import Approvals
-from tollgate.v1 import admin_pb2, admin_pb2_grpc
+from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
-GROUPS = {"release-managers": ["rita"], "sre-oncall": ["sam"]}
+# release-bot is in a group of approvers on purpose: an agent still never approves its own request.
+GROUPS = {"release-managers": ["rita", "release-bot"], "sre-oncall": ["sam"]}
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,28 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     started.terminate()
 
 
+class ApproverClient:
+    """ApprovalService as an approver uses it (with the admin token)."""
+
+    def __init__(self, server: Server) -> None:
+        self.stub = approval_pb2_grpc.ApprovalServiceStub(server.channel)
+        self.metadata = server.admin_metadata
+
+    def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> approval_pb2.Approval:
+        decided: approval_pb2.Approval = self.stub.Decide(
+            approval_pb2.DecideRequest(id=approval_id, approve=approve, by=by, reason=reason), timeout=10,
+            metadata=self.metadata)
+        return decided
+
+    def get(self, approval_id: str) -> approval_pb2.Approval:
+        found: approval_pb2.Approval = self.stub.GetApproval(approval_pb2.GetApprovalRequest(id=approval_id),
+                                                             timeout=10, metadata=self.metadata)
+        return found
+
+
 @pytest.fixture(scope="module")
-def approvals(server: Server) -> Approvals:
-    # The same state.db the server writes; deciding here stands in for an approver until the RPC exists.
-    return Approvals(StateStore(server.data_dir / "state.db"), approver_groups=GROUPS)
+def approvals(server: Server) -> ApproverClient:
+    return ApproverClient(server)
 
 
 def merge(pr: int = 7, session: str = "s-1", approval_id: str = "") -> pb.AuthorizeRequest:
@@ -64,11 +82,11 @@ def ask_for_approval(server: Server, **kwargs: Any) -> pb.AuthorizeResponse:
 
 
 def test_approved_request_is_allowed_exactly_once_and_every_step_is_linked(server: Server,
-                                                                           approvals: Approvals) -> None:
+                                                                           approvals: ApproverClient) -> None:
     asked = ask_for_approval(server, pr=1)
     assert ask_for_approval(server, pr=1).approval_id == asked.approval_id  # the pending one is reused
     approval = approvals.get(asked.approval_id)
-    assert approval is not None and approval.approvers == ("group:release-managers", "group:sre-oncall")
+    assert list(approval.approvers) == ["group:release-managers", "group:sre-oncall"]
     assert approval.opened_by == asked.decision_id
 
     pending = server.authorize(merge(pr=1, approval_id=asked.approval_id))
@@ -81,7 +99,7 @@ def test_approved_request_is_allowed_exactly_once_and_every_step_is_linked(serve
     assert again.decision == pb.DECISION_DENY and codes(again) == ["approval_used"]
 
     used = approvals.get(asked.approval_id)
-    assert used is not None and used.status == "used" and used.used_by == allowed.decision_id
+    assert used.status == "used" and used.used_by == allowed.decision_id
     for response, status in ((asked, ""), (pending, "pending"), (allowed, "approved"), (again, "used")):
         logged = record(server, response.decision_id)
         assert logged["approval_id"] == asked.approval_id
@@ -91,7 +109,7 @@ def test_approved_request_is_allowed_exactly_once_and_every_step_is_linked(serve
                                      "approver": "rita" if status in ("approved", "used") else ""})
 
 
-def test_an_approval_for_other_arguments_is_a_mismatch(server: Server, approvals: Approvals) -> None:
+def test_an_approval_for_other_arguments_is_a_mismatch(server: Server, approvals: ApproverClient) -> None:
     asked = ask_for_approval(server, pr=2)
     approvals.decide(asked.approval_id, approve=True, by="sam", reason="ok")
     other = server.authorize(merge(pr=3, approval_id=asked.approval_id))
@@ -105,14 +123,14 @@ def test_an_unknown_approval_id_is_a_mismatch(server: Server) -> None:
     assert response.decision == pb.DECISION_DENY and codes(response) == ["approval_mismatch"]
 
 
-def test_a_denied_approval_is_denied(server: Server, approvals: Approvals) -> None:
+def test_a_denied_approval_is_denied(server: Server, approvals: ApproverClient) -> None:
     asked = ask_for_approval(server, pr=5)
     approvals.decide(asked.approval_id, approve=False, by="rita", reason="not during the freeze")
     response = server.authorize(merge(pr=5, approval_id=asked.approval_id))
     assert response.decision == pb.DECISION_DENY and codes(response) == ["approval_denied"]
 
 
-def test_concurrent_re_asks_with_one_approval_get_exactly_one_allow(server: Server, approvals: Approvals) -> None:
+def test_concurrent_re_asks_with_one_approval_get_exactly_one_allow(server: Server, approvals: ApproverClient) -> None:
     asked = ask_for_approval(server, pr=6)
     approvals.decide(asked.approval_id, approve=True, by="sam", reason="ok")
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -122,7 +140,7 @@ def test_concurrent_re_asks_with_one_approval_get_exactly_one_allow(server: Serv
 
 
 def test_an_approved_request_a_kill_switch_names_is_denied_and_the_approval_kept(server: Server,
-                                                                                 approvals: Approvals) -> None:
+                                                                                 approvals: ApproverClient) -> None:
     asked = ask_for_approval(server, pr=8, session="s-killed")
     approvals.decide(asked.approval_id, approve=True, by="rita", reason="ok")
     admin = admin_pb2_grpc.AdminServiceStub(server.channel)
@@ -148,11 +166,75 @@ def test_an_expired_approval_is_denied(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", bundle=bundle, extra=["--config", str(config)])
     try:
         asked = ask_for_approval(server, pr=9)
-        Approvals(StateStore(server.data_dir / "state.db"), approver_groups=GROUPS).decide(
-            asked.approval_id, approve=True, by="rita", reason="ok")
+        ApproverClient(server).decide(asked.approval_id, approve=True, by="rita", reason="ok")
         time.sleep(1.1)
         expired = server.authorize(merge(pr=9, approval_id=asked.approval_id))
         assert expired.decision == pb.DECISION_DENY and codes(expired) == ["approval_expired"]
         assert record(server, expired.decision_id)["approval_status"] == "expired"
     finally:
         server.terminate()
+
+
+REFUSED = [
+    pytest.param("release-bot", "PERMISSION_DENIED", "release-bot cannot decide a request made by or for itself",
+                 id="the-agent-itself"),
+    pytest.param("bob", "PERMISSION_DENIED", "bob cannot decide a request made by or for itself (principal user)",
+                 id="the-user-it-acts-for"),
+    pytest.param("mallory", "PERMISSION_DENIED", "mallory is not an approver of", id="not-an-approver"),
+    pytest.param("", "PERMISSION_DENIED", "the approver's identity is required", id="no-identity"),
+]
+
+
+@pytest.mark.parametrize(("by", "code", "message"), REFUSED)
+def test_who_may_not_decide(server: Server, approvals: ApproverClient, by: str, code: str, message: str) -> None:
+    asked = server.authorize(merge(pr=10, session=f"s-refused-{by}"))
+    asked_for_bob = server.authorize(
+        tool_request("release-bot", "github", "merge_pull_request", {"pullNumber": 10}, session_id="s-bob",
+                     user="bob")) if by == "bob" else asked
+    with pytest.raises(grpc.RpcError) as refused:
+        approvals.decide(asked_for_bob.approval_id, approve=True, by=by, reason="mine")
+    assert refused.value.code().name == code and message in str(refused.value.details())
+    assert approvals.get(asked_for_bob.approval_id).status == "pending"
+
+
+def test_a_member_of_either_named_group_may_decide_and_only_once(server: Server, approvals: ApproverClient) -> None:
+    asked = ask_for_approval(server, pr=11)
+    assert approvals.decide(asked.approval_id, approve=True, by="sam", reason="on call").decided_by == "sam"
+    with pytest.raises(grpc.RpcError) as again:
+        approvals.decide(asked.approval_id, approve=False, by="rita", reason="too late")
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_list_filters_by_approver_agent_session_and_status(server: Server, approvals: ApproverClient) -> None:
+    asked = ask_for_approval(server, pr=12, session="s-list")
+    listed = approvals.stub.ListApprovals(approval_pb2.ListApprovalsRequest(
+        approver="rita", agent_id="release-bot", session_id="s-list", status="pending"), timeout=10,
+        metadata=approvals.metadata)
+    assert [a.id for a in listed.approvals] == [asked.approval_id]
+    assert listed.approvals[0].action["name"] == "merge_pull_request"
+    nobody = approvals.stub.ListApprovals(approval_pb2.ListApprovalsRequest(approver="mallory"), timeout=10,
+                                          metadata=approvals.metadata)
+    assert not nobody.approvals
+
+
+def test_watch_streams_pending_then_approved(server: Server, approvals: ApproverClient) -> None:
+    asked = ask_for_approval(server, pr=13)
+    stream = approvals.stub.WatchApproval(approval_pb2.GetApprovalRequest(id=asked.approval_id), timeout=20,
+                                          metadata=approvals.metadata)
+    first = next(stream)
+    assert first.status == "pending"
+    approvals.decide(asked.approval_id, approve=True, by="rita", reason="ok")
+    assert [a.status for a in stream] == ["approved"]
+
+
+def test_approval_rpcs_need_the_admin_token(server: Server) -> None:
+    stub = approval_pb2_grpc.ApprovalServiceStub(server.channel)
+    asked = ask_for_approval(server, pr=14)
+    for metadata in ([], [("authorization", "Bearer wrong")]):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Decide(approval_pb2.DecideRequest(id=asked.approval_id, approve=True, by="rita", reason="r"),
+                        timeout=10, metadata=metadata)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError):
+            stub.ListApprovals(approval_pb2.ListApprovalsRequest(), timeout=10, metadata=metadata)
+    assert server.authorize(merge(pr=14, approval_id=asked.approval_id)).decision == pb.DECISION_REQUIRE_APPROVAL

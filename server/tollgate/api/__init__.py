@@ -1,6 +1,7 @@
 """gRPC servicers: thin adapters from the wire to the authorizer, the decision log and the bundle status."""
 
 from tollgate.api._admin import AdminServicer, to_status_message
+from tollgate.api._approvals import ApprovalServicer
 from tollgate.api._authorization import AuthorizationServicer, RequestLimits
 
-__all__ = ["AdminServicer", "AuthorizationServicer", "RequestLimits", "to_status_message"]
+__all__ = ["AdminServicer", "ApprovalServicer", "AuthorizationServicer", "RequestLimits", "to_status_message"]

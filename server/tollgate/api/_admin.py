@@ -98,25 +98,29 @@ class AdminServicer:
         return pb.ListKillsResponse(kill_switches=[to_kill_switch_message(s) for s in self._kills.list()])
 
     async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> str:
-        """The caller's identity as logged, or the RPC is aborted: no token configured, none sent, a wrong one."""
-        peer = context.peer()
-        if not self._token:
-            log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_TOKEN_CONFIGURED)
-        sent = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                sent = value if isinstance(value, str) else value.decode(errors="replace")
-        scheme, _, token = sent.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            log.warning("admin: %s from %s refused: no admin token sent", method, peer)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "admin RPCs need the admin token: send `authorization: Bearer TOKEN` metadata "
-                                "(tollgate: --token or TOLLGATE_ADMIN_TOKEN)")
-        if not hmac.compare_digest(token.strip().encode(), self._token):
-            log.warning("admin: %s from %s refused: wrong admin token", method, peer)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin token is not valid for this sidecar")
-        return f"admin token, peer {peer}"
+        return await check_admin_token(context, self._token, method)
+
+
+async def check_admin_token(context: grpc.aio.ServicerContext, expected: bytes, method: str) -> str:
+    """The caller's identity as logged, or the RPC is aborted: no token configured, none sent, a wrong one."""
+    peer = context.peer()
+    if not expected:
+        log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_TOKEN_CONFIGURED)
+    sent = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            sent = value if isinstance(value, str) else value.decode(errors="replace")
+    scheme, _, token = sent.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        log.warning("admin: %s from %s refused: no admin token sent", method, peer)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "admin RPCs need the admin token: send `authorization: Bearer TOKEN` metadata "
+                            "(tollgate: --token or TOLLGATE_ADMIN_TOKEN)")
+    if not hmac.compare_digest(token.strip().encode(), expected):
+        log.warning("admin: %s from %s refused: wrong admin token", method, peer)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin token is not valid for this sidecar")
+    return f"admin token, peer {peer}"
 
 
 def to_kill_switch_message(switch: KillSwitch) -> pb.KillSwitch:

@@ -1,0 +1,133 @@
+"""ApprovalService: list, read, decide and watch approvals, for holders of the admin token only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf import struct_pb2
+
+from tollgate.api._admin import check_admin_token
+from tollgate.state import StateError
+from tollgate.state.approvals import PENDING, Approval, ApprovalError, ApprovalNotFound, Approvals, NotAnApprover
+from tollgate.v1 import approval_pb2 as pb
+
+log = logging.getLogger(__name__)
+SERVICE = pb.DESCRIPTOR.services_by_name["ApprovalService"].full_name
+#: Longest a watcher waits before it looks again (a change wakes it at once; expiry and cancellation do not).
+_WATCH_POLL_SECONDS = 1.0
+
+
+class ApprovalServicer:
+    """The approver's side of approvals. The approver identity is the declared `by`, checked against the
+    approval's approvers; the admin token is what makes the declaration trusted (mTLS identities come later)."""
+
+    def __init__(self, approvals: Approvals, *, admin_token: str) -> None:
+        self._approvals = approvals
+        self._token = admin_token.encode()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(method: Callable[..., object], request: type, response: type) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                method, request_deserializer=request.FromString,  # type: ignore[attr-defined]
+                response_serializer=response.SerializeToString)  # type: ignore[attr-defined]
+
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "ListApprovals": unary(self.ListApprovals, pb.ListApprovalsRequest, pb.ListApprovalsResponse),
+            "GetApproval": unary(self.GetApproval, pb.GetApprovalRequest, pb.Approval),
+            "Decide": unary(self.Decide, pb.DecideRequest, pb.Approval),
+            "WatchApproval": grpc.unary_stream_rpc_method_handler(
+                self.WatchApproval, request_deserializer=pb.GetApprovalRequest.FromString,
+                response_serializer=pb.Approval.SerializeToString),
+        })
+
+    async def ListApprovals(  # noqa: N802 - gRPC method name
+        self, request: pb.ListApprovalsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListApprovalsResponse:
+        await check_admin_token(context, self._token, "ListApprovals")
+        try:
+            found = await asyncio.to_thread(self._approvals.list, approver=request.approver, agent=request.agent_id,
+                                            session=request.session_id, status=request.status)
+        except ApprovalError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StateError as exc:
+            log.error("approvals: ListApprovals: %s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable")
+        return pb.ListApprovalsResponse(approvals=[to_approval_message(a) for a in found])
+
+    async def GetApproval(  # noqa: N802 - gRPC method name
+        self, request: pb.GetApprovalRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Approval:
+        await check_admin_token(context, self._token, "GetApproval")
+        return to_approval_message(await self._get(request.id, context))
+
+    async def Decide(  # noqa: N802 - gRPC method name
+        self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Approval:
+        identity = await check_admin_token(context, self._token, "Decide")
+        verb = "approve" if request.approve else "deny"
+        try:
+            decided = await asyncio.to_thread(self._approvals.decide, request.id, approve=request.approve,
+                                              by=request.by, reason=request.reason)
+        except ApprovalNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except NotAnApprover as exc:
+            log.warning("approvals: %s %s by %r (%s) refused: %s", verb, request.id, request.by, identity, exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except ApprovalError as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT if str(exc).startswith("reason:") else \
+                grpc.StatusCode.FAILED_PRECONDITION
+            await context.abort(code, str(exc))
+        except StateError as exc:
+            log.error("approvals: Decide %s: %s", request.id, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable; nothing was decided")
+        log.warning("approvals: %s %s by %r (%s): %s", verb, decided.id, decided.decided_by, identity, decided.reason)
+        return to_approval_message(decided)
+
+    async def WatchApproval(  # noqa: N802 - gRPC method name
+        self, request: pb.GetApprovalRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Approval]:
+        await check_admin_token(context, self._token, "WatchApproval")
+        approval = await self._get(request.id, context)
+        while True:
+            generation = self._approvals.generation
+            yield to_approval_message(approval)
+            if approval.status != PENDING:
+                return
+            remaining = (datetime.fromisoformat(approval.expires_at) - datetime.now(UTC)).total_seconds()
+            while True:
+                timeout = max(0.0, min(_WATCH_POLL_SECONDS, remaining + 0.001))
+                generation = await asyncio.to_thread(self._approvals.wait_for_change, generation, timeout)
+                current = await self._get(request.id, context)
+                if current.status != approval.status:
+                    break
+                remaining = (datetime.fromisoformat(current.expires_at) - datetime.now(UTC)).total_seconds()
+            approval = current
+
+    async def _get(self, approval_id: str, context: grpc.aio.ServicerContext) -> Approval:
+        try:
+            found = await asyncio.to_thread(self._approvals.get, approval_id)
+        except StateError as exc:
+            log.error("approvals: get %s: %s", approval_id, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable")
+        if found is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"approval {approval_id} does not exist")
+        assert found is not None
+        return found
+
+
+def to_approval_message(a: Approval) -> pb.Approval:
+    principal, action = struct_pb2.Struct(), struct_pb2.Struct()
+    principal.update(dict(a.principal))
+    action.update(dict(a.action))
+    message = pb.Approval(id=a.id, status=a.status, request_digest=a.request_digest, kind=a.kind,
+                          principal=principal, action=action, approvers=list(a.approvers),
+                          decided_by=a.decided_by, reason=a.reason, opened_by=a.opened_by, used_by=a.used_by)
+    message.created_at.FromJsonString(a.created_at)
+    message.expires_at.FromJsonString(a.expires_at)
+    if a.decided_at:
+        message.decided_at.FromJsonString(a.decided_at)
+    return message
