@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import REGO, Server, start_server, tool_request
+from tests.conftest import ADMIN_TOKEN, REGO, TOLLGATE, Server, start_server, tool_request
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
@@ -238,3 +240,36 @@ def test_approval_rpcs_need_the_admin_token(server: Server) -> None:
         with pytest.raises(grpc.RpcError):
             stub.ListApprovals(approval_pb2.ListApprovalsRequest(), timeout=10, metadata=metadata)
     assert server.authorize(merge(pr=14, approval_id=asked.approval_id)).decision == pb.DECISION_REQUIRE_APPROVAL
+
+
+def tollgate(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    return subprocess.run([*TOLLGATE, *argv], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_the_cli_lists_watches_approves_and_denies(server: Server) -> None:
+    at = ["--server", server.address]
+    asked = ask_for_approval(server, pr=20, session="s-cli")
+    listed = tollgate("approvals", "list", "--approver", "rita", "--status", "pending", *at)
+    assert listed.returncode == 0, listed.stderr
+    assert f"{asked.approval_id}  release-bot  github/merge_pull_request  expires " in listed.stdout
+
+    watcher = subprocess.Popen([*TOLLGATE, "approvals", "watch", asked.approval_id, *at], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert watcher.stdout is not None
+    assert watcher.stdout.readline().rstrip().endswith("  pending")
+    refused = tollgate("approvals", "approve", asked.approval_id, "--as", "release-bot", "--reason", "me", *at)
+    assert refused.returncode == 1 and "PERMISSION_DENIED: release-bot cannot decide" in refused.stderr
+    approved = tollgate("approvals", "approve", asked.approval_id, "--as", "rita", "--reason", "release 2.0", *at)
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout == f"approved {asked.approval_id}  by rita: release 2.0\n"
+    out, _ = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0 and out.rstrip().endswith("approved by rita: release 2.0")
+    assert server.authorize(merge(pr=20, session="s-cli", approval_id=asked.approval_id)).decision == \
+        pb.DECISION_ALLOW
+
+    other = ask_for_approval(server, pr=21, session="s-cli")
+    denied = tollgate("approvals", "deny", other.approval_id, "--as", "sam", "--reason", "freeze", *at)
+    assert denied.returncode == 0 and denied.stdout.startswith(f"denied {other.approval_id}  by sam")
+    assert tollgate("approvals", "watch", other.approval_id, *at).returncode == 2
