@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from tollgate.budgetguard import BudgetGuard
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL, ContractError, PolicyResult, Reason, parse_result
 from tollgate.decisionlog import DecisionLog, canonical_json, log_time, request_digest
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
@@ -146,8 +147,10 @@ class Authorizer:
     def __init__(self, engines: EngineSlot, decision_log: DecisionLog,
                  config: AuthorizerConfig = AuthorizerConfig(), *,
                  on_decision: Callable[[str, str], None] | None = None,
-                 kill_switches: KillSwitches | None = None, approvals: Approvals | None = None) -> None:
+                 kill_switches: KillSwitches | None = None, approvals: Approvals | None = None,
+                 budgets: BudgetGuard | None = None) -> None:
         self._engines = engines
+        self._budgets = budgets
         self._kills = kill_switches
         self._approvals = approvals
         self._on_decision = on_decision  # (decision, bundle revision) for each decision made, e.g. metrics
@@ -156,6 +159,13 @@ class Authorizer:
         self._inflight: dict[str, asyncio.Future[tuple[str, str, Decision]]] = {}
 
     async def authorize(self, request: DecisionRequest) -> Decision:
+        if self._budgets is not None and self._budgets.applies(request.kind):
+            # Read spend → evaluate → reserve is one step: concurrent spends cannot both take the same room.
+            async with self._budgets.lock:
+                return await self._authorize(request)
+        return await self._authorize(request)
+
+    async def _authorize(self, request: DecisionRequest) -> Decision:
         if not request.request_id:
             # The digest costs a canonical serialisation; it is only needed to match idempotent
             # retries (and, later, to bind approvals), so plain requests skip it.
@@ -212,6 +222,11 @@ class Authorizer:
             digest = digest or request.digest()
             approval = await asyncio.to_thread(self._approval_state, request.approval_id, digest)
         input_doc = build_input(request, now=now, killed=killed, approval=approval)
+        # Spend is read only for requests that spend (under the budget lock), and the policy sees it.
+        spend = None
+        if self._budgets is not None and self._budgets.applies(request.kind):
+            spend = self._budgets.view(request.principal)
+            input_doc["state"]["spend"] = spend.spend
         # One canonical serialisation serves both the engine and the log record.
         input_json = canonical_json(input_doc)
         with self._engines.lease() as engine:
@@ -229,6 +244,14 @@ class Authorizer:
         if self._approvals is not None:
             approval_id, outcome = await self._settle_approval(request, outcome, approval, digest=digest,
                                                                decision_id=decision_id)
+        reservation_id = ""
+        if spend is not None and self._budgets is not None:
+            settled = self._budgets.settle(request.kind, request.principal, request.action, outcome.result, spend,
+                                           decision_id=decision_id)
+            reservation_id = settled.reservation_id
+            if settled.result is not outcome.result:
+                outcome = Outcome(settled.result, raw=outcome.raw,
+                                  error=f"{outcome.error}; {settled.error}" if outcome.error else settled.error)
         result = outcome.result
         decision = Decision(
             decision=result.decision,
@@ -237,6 +260,7 @@ class Authorizer:
             obligations=result.obligations,
             bundle_revision=revision,
             approval_id=approval_id,
+            reservation_id=reservation_id,
         )
         record = {
             "decision_id": decision.decision_id,
@@ -252,7 +276,7 @@ class Authorizer:
             "request_digest": digest,
             "approval_id": approval_id,
             "approval_status": approval["status"] if approval else "",
-            "reservation_id": "",
+            "reservation_id": reservation_id,
             "previous_decision_id": previous_id,
             "error": outcome.error,
             "latency_us": (time.perf_counter_ns() - started) // 1000,

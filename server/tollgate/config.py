@@ -72,6 +72,8 @@ class ServeConfig:
     #: Approver groups: an approval's approvers entry `group:NAME` names every identity listed under NAME
     #: here (e.g. {"sre": ["alice", "bob"]}); a group not listed names no one.
     approver_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: How long a budget reservation holds its amount when no usage is reported, in seconds.
+    reservation_ttl: float = 900.0
 
     def validate(self) -> ServeConfig:
         if self.eval_timeout_ms <= 0:
@@ -86,6 +88,8 @@ class ServeConfig:
             raise ConfigError(f"log_sync: must be 'full' or 'normal', not {self.log_sync!r}")
         if self.max_concurrent_rpcs < 1:
             raise ConfigError("max_concurrent_rpcs: must be 1 or more")
+        if self.reservation_ttl <= 0:
+            raise ConfigError("reservation_ttl: must be greater than 0 seconds")
         if self.bundle_poll <= 0:
             raise ConfigError("bundle_poll: must be greater than 0 seconds")
         if self.bundle_timeout <= 0:

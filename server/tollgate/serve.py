@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from tollgate.activation import Activation, ActivatorConfig, BundleActivator, BundleStatus, Failure
 from tollgate.api import AdminServicer, ApprovalServicer, AuthorizationServicer, RequestLimits
 from tollgate.authorizer import Authorizer, AuthorizerConfig, EngineSlot
+from tollgate.budgetguard import BudgetGuard
 from tollgate.bundle import BundleError
 from tollgate.config import ConfigError, ServeConfig
 from tollgate.decisionlog import DecisionLog, LogConfig
@@ -25,6 +26,7 @@ from tollgate.engine import EngineConfig
 from tollgate.metrics import Metrics, start_metrics_server
 from tollgate.state import KillSwitches, StateError, StateStore
 from tollgate.state.approvals import Approvals
+from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2, approval_pb2, authorization_pb2
 
 log = logging.getLogger("tollgate")
@@ -50,6 +52,7 @@ async def serve(config: ServeConfig) -> int:
         state = StateStore(data_dir / "state.db")
         kill_switches = KillSwitches(state)
         approvals = Approvals(state, approver_groups=config.approver_groups)
+        budgets = Budgets(state, ttl=config.reservation_ttl)
     except StateError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     if kill_switches.list():
@@ -114,11 +117,11 @@ async def serve(config: ServeConfig) -> int:
     authorizer = Authorizer(
         slot, decision_log,
         AuthorizerConfig(entrypoint=config.entrypoint), on_decision=metrics.decision,
-        kill_switches=kill_switches, approvals=approvals,
+        kill_switches=kill_switches, approvals=approvals, budgets=BudgetGuard(budgets),
     )
     server = grpc_server(config)
     server.add_generic_rpc_handlers((
-        AuthorizationServicer(authorizer, decision_log, limits).handler(),
+        AuthorizationServicer(authorizer, decision_log, limits, budgets=budgets).handler(),
         AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token).handler(),
         ApprovalServicer(approvals, admin_token=admin_token).handler(),
     ))
@@ -136,8 +139,10 @@ async def serve(config: ServeConfig) -> int:
     revision = slot.current.revision if slot.current else "none"
     # One line on stdout that tools and tests can wait for.
     print(f"tollgate: serving on {address} (bundle {revision}, decision log {decision_log.path})", flush=True)
+    sweep = asyncio.create_task(_sweep_reservations(budgets, every=min(config.reservation_ttl, 60.0)))
     await stop.wait()
 
+    sweep.cancel()
     log.info("shutting down: draining in-flight requests (up to %gs)", config.drain_seconds)
     await health.enter_graceful_shutdown()
     await server.stop(config.drain_seconds)
@@ -150,6 +155,19 @@ async def serve(config: ServeConfig) -> int:
     state.close()
     log.info("decision log flushed; bye")
     return 0
+
+
+async def _sweep_reservations(budgets: Budgets, *, every: float) -> None:
+    """Mark expired reservations: spend already leaves them out once past expiry; this keeps their status true."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            expired = budgets.expire()
+        except StateError as exc:
+            log.error("budgets: %s", exc)
+            continue
+        if expired:
+            log.info("budgets: %d reservations expired and released their amounts", expired)
 
 
 def grpc_server(config: ServeConfig) -> grpc.aio.Server:

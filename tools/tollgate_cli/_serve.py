@@ -45,6 +45,7 @@ def _field_help(name: str) -> str:
         "drain_seconds": "grace for in-flight requests on SIGTERM", "log_level": "debug, info, warning, error",
         "admin_token": "bearer token AdminService requires (prefer --admin-token-file: argv is visible to all)",
         "admin_token_file": "file holding the admin token",
+        "reservation_ttl": "seconds a budget reservation holds its amount until usage is reported",
     }.get(name, "")
     default = getattr(ServeConfig(), name)
     if name.startswith("admin_token"):

@@ -18,6 +18,8 @@ from tollgate.api._convert import (
 )
 from tollgate.authorizer import Authorizer
 from tollgate.decisionlog import DecisionLog, DecisionLogError
+from tollgate.state import StateError
+from tollgate.state.budgets import Budgets, ReservationClosed, ReservationNotFound
 from tollgate.v1 import authorization_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,10 @@ class RequestLimits:
 
 
 class AuthorizationServicer:
-    def __init__(self, authorizer: Authorizer, decision_log: DecisionLog, limits: RequestLimits) -> None:
+    def __init__(self, authorizer: Authorizer, decision_log: DecisionLog, limits: RequestLimits, *,
+                 budgets: Budgets | None = None) -> None:
         self._authorizer = authorizer
+        self._budgets = budgets
         self._log = decision_log
         self._limits = limits
 
@@ -51,6 +55,9 @@ class AuthorizationServicer:
             "GetDecision": grpc.unary_unary_rpc_method_handler(
                 self.GetDecision, request_deserializer=pb.GetDecisionRequest.FromString,
                 response_serializer=pb.DecisionRecord.SerializeToString),
+            "ReportUsage": grpc.unary_unary_rpc_method_handler(
+                self.ReportUsage, request_deserializer=pb.ReportUsageRequest.FromString,
+                response_serializer=pb.ReportUsageResponse.SerializeToString),
         })
 
     async def Authorize(  # noqa: N802 - gRPC method name
@@ -100,3 +107,37 @@ class AuthorizationServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"decision {request.decision_id!r} is not in the log")
             raise AssertionError("unreachable: abort raises")
         return to_record_message(record)
+
+    async def ReportUsage(  # noqa: N802 - gRPC method name
+        self, request: pb.ReportUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportUsageResponse:
+        if not request.reservation_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "reservation_id: required")
+        if not request.amount >= 0:  # also refuses NaN
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"amount: must be a number >= 0, not {request.amount}")
+        if self._budgets is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server keeps no budgets")
+            raise AssertionError("unreachable: abort raises")
+        try:
+            reported = await asyncio.to_thread(self._budgets.report, request.reservation_id, amount=request.amount,
+                                               unit=request.unit)
+        except ReservationNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise AssertionError("unreachable: abort raises") from exc
+        except ReservationClosed as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("unreachable: abort raises") from exc
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable: abort raises") from exc
+        except StateError as exc:
+            log.error("report usage: %s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the spend ledger is unavailable; report again later")
+            raise AssertionError("unreachable: abort raises") from exc
+        if reported.over_reported:
+            log.warning("reservation %s: %g %s reported, over the %g reserved (committed as reported)",
+                        reported.id, reported.committed, reported.unit, reported.amount)
+        return pb.ReportUsageResponse(
+            reservation_id=reported.id, unit=reported.unit, reserved=reported.amount, committed=reported.committed,
+            released=max(reported.amount - reported.committed, 0.0), over_reserved=reported.over_reported)

@@ -180,3 +180,29 @@ class DecisionRecord(_message.Message):
     policy_path: str
     request_digest: str
     def __init__(self, decision_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal: _Optional[_Union[Principal, _Mapping]] = ..., tool: _Optional[_Union[ToolCall, _Mapping]] = ..., model: _Optional[_Union[ModelCall, _Mapping]] = ..., budget: _Optional[_Union[BudgetRequest, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., obligations: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bundle_revision: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., latency_us: _Optional[int] = ..., request_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., previous_decision_id: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ..., policy_path: _Optional[str] = ..., request_digest: _Optional[str] = ...) -> None: ...
+
+class ReportUsageRequest(_message.Message):
+    __slots__ = ("reservation_id", "amount", "unit")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    amount: float
+    unit: str
+    def __init__(self, reservation_id: _Optional[str] = ..., amount: _Optional[float] = ..., unit: _Optional[str] = ...) -> None: ...
+
+class ReportUsageResponse(_message.Message):
+    __slots__ = ("reservation_id", "unit", "reserved", "committed", "released", "over_reserved")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    OVER_RESERVED_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    unit: str
+    reserved: float
+    committed: float
+    released: float
+    over_reserved: bool
+    def __init__(self, reservation_id: _Optional[str] = ..., unit: _Optional[str] = ..., reserved: _Optional[float] = ..., committed: _Optional[float] = ..., released: _Optional[float] = ..., over_reserved: _Optional[bool] = ...) -> None: ...

@@ -44,6 +44,11 @@ class AuthorizationServiceStub:
                 request_serializer=tollgate_dot_v1_dot_authorization__pb2.GetDecisionRequest.SerializeToString,
                 response_deserializer=tollgate_dot_v1_dot_authorization__pb2.DecisionRecord.FromString,
                 _registered_method=True)
+        self.ReportUsage = channel.unary_unary(
+                '/tollgate.v1.AuthorizationService/ReportUsage',
+                request_serializer=tollgate_dot_v1_dot_authorization__pb2.ReportUsageRequest.SerializeToString,
+                response_deserializer=tollgate_dot_v1_dot_authorization__pb2.ReportUsageResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizationServiceServicer:
@@ -64,6 +69,16 @@ class AuthorizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportUsage(self, request, context):
+        """Report what an allowed spend actually cost, against the reservation its answer carried:
+        commit that amount and release the rest of the reservation. More than reserved is committed
+        (spend is a fact) and flagged. NOT_FOUND for an unknown reservation; FAILED_PRECONDITION for
+        one already reported or expired (its amount was released at expiry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +91,11 @@ def add_AuthorizationServiceServicer_to_server(servicer, server):
                     servicer.GetDecision,
                     request_deserializer=tollgate_dot_v1_dot_authorization__pb2.GetDecisionRequest.FromString,
                     response_serializer=tollgate_dot_v1_dot_authorization__pb2.DecisionRecord.SerializeToString,
+            ),
+            'ReportUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUsage,
+                    request_deserializer=tollgate_dot_v1_dot_authorization__pb2.ReportUsageRequest.FromString,
+                    response_serializer=tollgate_dot_v1_dot_authorization__pb2.ReportUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +152,33 @@ class AuthorizationService:
             '/tollgate.v1.AuthorizationService/GetDecision',
             tollgate_dot_v1_dot_authorization__pb2.GetDecisionRequest.SerializeToString,
             tollgate_dot_v1_dot_authorization__pb2.DecisionRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollgate.v1.AuthorizationService/ReportUsage',
+            tollgate_dot_v1_dot_authorization__pb2.ReportUsageRequest.SerializeToString,
+            tollgate_dot_v1_dot_authorization__pb2.ReportUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

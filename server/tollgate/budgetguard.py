@@ -1,0 +1,98 @@
+"""The server's side of budgets on the decision path: the spend the policy sees, and the reservation an allow makes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tollgate.contract import ALLOW, DENY, PolicyResult, Reason
+from tollgate.state import StateError
+from tollgate.state.budgets import BudgetExceeded, Budgets, principal_scopes
+
+log = logging.getLogger(__name__)
+
+#: Request kinds that spend: a budget request its amount, a model call its priced tokens.
+SPENDING_KINDS = frozenset({"budget", "model"})
+#: Reason code when a spend would pass a limit (the policy's, and the server's own re-check).
+BUDGET_EXCEEDED = "budget_exceeded"
+#: Reason code when the spend ledger cannot be read or written: fail closed.
+BUDGET_UNAVAILABLE = "budget_unavailable"
+
+
+@dataclass(frozen=True)
+class SpendView:
+    """The spend one decision read: input.state.spend, or why it could not be read."""
+
+    spend: Mapping[str, Mapping[str, float]]
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The result after the reservation: the policy's, or a server DENY; with the reservation made, if any."""
+
+    result: PolicyResult
+    reservation_id: str = ""
+    error: str = ""
+
+
+class BudgetGuard:
+    """Makes read-spend → evaluate → reserve one step for spending requests.
+
+    `lock` serialises spending decisions in this process (the server is the only writer of its
+    state.db), so two concurrent requests cannot both see room the other is about to take; the
+    ledger's reserve() re-checks every limit inside an IMMEDIATE transaction all the same, and a
+    limit that would be passed there turns the policy's ALLOW into DENY budget_exceeded.
+    """
+
+    def __init__(self, budgets: Budgets) -> None:
+        self.budgets = budgets
+        self.lock = asyncio.Lock()
+
+    @staticmethod
+    def applies(kind: str) -> bool:
+        return kind in SPENDING_KINDS
+
+    def view(self, principal: Mapping[str, Any]) -> SpendView:
+        """Current spend of every scope the principal is counted under."""
+        try:
+            return SpendView(self.budgets.spend(principal_scopes(principal)))
+        except StateError as exc:
+            log.error("budgets: %s", exc)
+            return SpendView({}, error=str(exc))
+
+    def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
+               view: SpendView, *, decision_id: str) -> Settlement:
+        """Reserve what an allowed spending request spends; any failure is a DENY (fail closed)."""
+        if result.decision != ALLOW or not self.applies(kind):
+            return Settlement(result)
+        if view.error:
+            return _deny(BUDGET_UNAVAILABLE, "the spend ledger cannot be read; spending requests are denied",
+                         view.error)
+        if result.reserve is not None:
+            amounts, limits = dict(result.reserve.amounts), result.reserve.limits
+        elif kind == "budget":
+            # A bundle without reserve still spends what a budget request asks for (no limits to re-check).
+            amounts, limits = {str(action.get("unit", "")): float(action.get("amount", 0.0))}, {}
+        else:
+            return Settlement(result)
+        if not amounts:
+            return Settlement(result)
+        try:
+            reservation_id = self.budgets.reserve(principal_scopes(principal), amounts, limits=limits,
+                                                  decision_id=decision_id)
+        except BudgetExceeded as exc:
+            return _deny(BUDGET_EXCEEDED, str(exc),
+                         "budget re-check at reservation: the policy allowed, the ledger found the limit passed")
+        except StateError as exc:
+            log.error("budgets: %s", exc)
+            return _deny(BUDGET_UNAVAILABLE, "the spend ledger cannot be written; spending requests are denied",
+                         str(exc))
+        return Settlement(result, reservation_id)
+
+
+def _deny(code: str, message: str, error: str) -> Settlement:
+    return Settlement(PolicyResult(DENY, (Reason(code, message),)), error=error)

@@ -1,0 +1,201 @@
+"""Budgets on real servers: reservations made with the decision, never past a limit; usage reports; expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from tests.conftest import Server, write_policy
+from tollgate.v1 import authorization_pb2 as pb
+from tollgate.v1 import authorization_pb2_grpc as pb_grpc
+
+# code-reviewer (rego/agents/code-reviewer): max_request_usd 2; limits session usd 20, tokens 2,000,000; agent usd 400.
+SESSION_LIMIT = 20.0
+
+
+def budget_request(amount: float, unit: str = "usd", *, agent: str = "code-reviewer", session: str = "run-1",
+                   team: str = "") -> pb.AuthorizeRequest:
+    return pb.AuthorizeRequest(principal=pb.Principal(agent_id=agent, session_id=session, team=team),
+                               budget=pb.BudgetRequest(amount=amount, unit=unit, category="model"))
+
+
+def answer(response: pb.AuthorizeResponse) -> tuple[str, list[str]]:
+    return pb.Decision.Name(response.decision), [r.code for r in response.reasons]
+
+
+def ledger(server: Server, sql: str, *params: object) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(server.data_dir / "state.db")
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+def reserved_in_session(server: Server, session: str) -> float:
+    rows = ledger(server, "SELECT COALESCE(SUM(amount), 0) FROM budget_reservations "
+                          "WHERE session = ? AND unit = 'usd' AND status = 'reserved'", session)
+    return float(rows[0][0])  # type: ignore[arg-type]
+
+
+def spend_seen(server: Server, decision_id: str) -> dict[str, object]:
+    record = json_format.MessageToDict(server.get_decision(decision_id).input)
+    spend: dict[str, object] = record["state"]["spend"]
+    return spend
+
+
+def report(server: Server, reservation_id: str, amount: float, unit: str = "") -> pb.ReportUsageResponse:
+    response: pb.ReportUsageResponse = server.stub.ReportUsage(
+        pb.ReportUsageRequest(reservation_id=reservation_id, amount=amount, unit=unit), timeout=10)
+    return response
+
+
+def test_200_concurrent_budget_requests_never_reserve_more_than_the_limit(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve()
+
+    async def ask_all() -> list[pb.AuthorizeResponse]:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AuthorizationServiceStub(channel)
+            calls = [stub.Authorize(budget_request(0.35), timeout=60) for _ in range(200)]
+            return list(await asyncio.gather(*calls))
+
+    responses = asyncio.run(ask_all())
+    allowed = [r for r in responses if r.decision == pb.DECISION_ALLOW]
+    denied = [r for r in responses if r.decision == pb.DECISION_DENY]
+    assert len(allowed) == int(SESSION_LIMIT // 0.35) == 57
+    assert {tuple(answer(r)[1]) for r in denied} == {("budget_exceeded",)}
+    assert len({r.reservation_id for r in allowed}) == len(allowed) and all(r.reservation_id for r in allowed)
+    assert not any(r.reservation_id for r in denied)
+    # The ledger itself holds no more than the limit, and exactly the allowed answers.
+    assert reserved_in_session(server, "run-1") == pytest.approx(57 * 0.35)
+    assert reserved_in_session(server, "run-1") <= SESSION_LIMIT
+    rows = ledger(server, "SELECT id, decision_id FROM budget_reservations WHERE session = 'run-1'")
+    assert {r[0] for r in rows} == {r.reservation_id for r in allowed}
+    assert {r[1] for r in rows} == {r.decision_id for r in allowed}
+
+
+def test_each_decision_shows_the_policy_current_spend_and_logs_its_reservation(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve()
+    first = server.authorize(budget_request(1.5, team="platform"))
+    second = server.authorize(budget_request(0.5, team="platform"))
+    assert answer(first) == answer(second) == ("DECISION_ALLOW", [])
+    assert spend_seen(server, first.decision_id)["session"] == {}
+    assert spend_seen(server, second.decision_id) == {
+        "session": {"usd": 1.5}, "agent": {"usd": 1.5}, "team": {"usd": 1.5}, "workflow": {"usd": 1.5}}
+    # Another session of the same agent shares the agent's (daily) budget but not the session's.
+    other = server.authorize(budget_request(0.25, session="run-2"))
+    assert spend_seen(server, other.decision_id)["agent"] == {"usd": 2.0}
+    assert spend_seen(server, other.decision_id)["session"] == {}
+    for response in (first, second, other):
+        assert server.get_decision(response.decision_id).reservation_id == response.reservation_id
+
+
+def test_a_request_past_the_limit_is_denied_by_the_policy_with_the_spend_it_saw(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve()
+    for _ in range(10):
+        assert answer(server.authorize(budget_request(2))) == ("DECISION_ALLOW", [])
+    over = server.authorize(budget_request(0.01))
+    assert answer(over) == ("DECISION_DENY", ["budget_exceeded"])
+    assert over.reasons[0].message == ("session spend 20 usd plus this request's 0.01 would pass the session limit "
+                                       "of 20 usd")
+    assert over.reservation_id == ""
+    assert server.get_decision(over.decision_id).reservation_id == ""
+
+
+def test_report_usage_commits_part_and_releases_the_rest(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve()
+    granted = server.authorize(budget_request(2))
+    reported = report(server, granted.reservation_id, 0.5)
+    assert (reported.reserved, reported.committed, reported.released, reported.over_reserved) == (2, 0.5, 1.5, False)
+    assert ledger(server, "SELECT status, amount, committed FROM budget_reservations WHERE id = ?",
+                  granted.reservation_id) == [("committed", 2.0, 0.5)]
+    after = server.authorize(budget_request(0.1))
+    assert spend_seen(server, after.decision_id)["session"] == {"usd": 0.5}
+    # Once only; an unknown reservation is not found.
+    with pytest.raises(grpc.RpcError) as again:
+        report(server, granted.reservation_id, 0.5)
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already committed" in (again.value.details() or "")
+    with pytest.raises(grpc.RpcError) as unknown:
+        report(server, "rsv-does-not-exist", 1)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as negative:
+        report(server, after.reservation_id, -1)
+    assert negative.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_report_over_the_reservation_commits_what_was_spent_and_flags_it(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve()
+    granted = server.authorize(budget_request(1))
+    reported = report(server, granted.reservation_id, 3, "usd")
+    assert (reported.committed, reported.released, reported.over_reserved) == (3, 0, True)
+    assert spend_seen(server, server.authorize(budget_request(0.1)).decision_id)["session"] == {"usd": 3.0}
+    assert "over the 1 reserved" in server.stderr
+
+
+def test_an_expired_reservation_releases_its_amount(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve(extra=["--reservation-ttl", "2"])
+    granted = [server.authorize(budget_request(2)) for _ in range(10)]
+    assert all(answer(g) == ("DECISION_ALLOW", []) for g in granted)
+    assert answer(server.authorize(budget_request(1))) == ("DECISION_DENY", ["budget_exceeded"])
+    time.sleep(2.2)
+    again = server.authorize(budget_request(1))
+    assert answer(again) == ("DECISION_ALLOW", [])
+    assert spend_seen(server, again.decision_id)["session"] == {"usd": 0.0}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(
+            ledger(server, "SELECT id FROM budget_reservations WHERE status = 'expired'")) < 10:
+        time.sleep(0.2)
+    expired = ledger(server, "SELECT id FROM budget_reservations WHERE status = 'expired'")
+    assert {g.reservation_id for g in granted} <= {r[0] for r in expired}
+    with pytest.raises(grpc.RpcError) as late:
+        report(server, granted[0].reservation_id, 1)
+    assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_an_allowed_model_call_reserves_its_estimated_cost_and_tokens(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve()
+    response = server.authorize(pb.AuthorizeRequest(
+        principal=pb.Principal(agent_id="code-reviewer", session_id="run-1"),
+        model=pb.ModelCall(provider="anthropic", model="claude-sonnet-4-5", input_tokens=1200,
+                           max_output_tokens=20000, data_classes=["source-code"])))
+    assert answer(response) == ("DECISION_ALLOW", [])
+    assert json_format.MessageToDict(response.obligations) == {"max_output_tokens": 8000}
+    # 1,200 input tokens at 0.003 usd per 1k, plus the 8,000-token cap at 0.015 usd per 1k.
+    rows = ledger(server, "SELECT unit, amount, status FROM budget_reservations WHERE id = ? ORDER BY unit",
+                  response.reservation_id)
+    assert rows == [("tokens", 9200.0, "reserved"), ("usd", pytest.approx(0.1236), "reserved")]
+    assert server.get_decision(response.decision_id).reservation_id == response.reservation_id
+    # Both units counted against the budgets the next request is decided on; each is reported on its own.
+    after = server.authorize(budget_request(0.1))
+    assert spend_seen(server, after.decision_id)["session"] == {"usd": pytest.approx(0.1236), "tokens": 9200}
+    with pytest.raises(grpc.RpcError) as which:
+        report(server, response.reservation_id, 0.05)
+    assert which.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert report(server, response.reservation_id, 3100, "tokens").committed == 3100
+
+
+ALWAYS_ALLOWS = """
+package tollgate
+
+decision := {"decision": "allow", "reasons": [], "obligations": {},
+             "reserve": {"amounts": {"usd": 0.6}, "limits": {"session": {"usd": 1}}}}
+"""
+
+
+def test_a_policy_allow_the_ledger_cannot_fit_is_denied_by_the_server(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # This policy ignores input.state.spend, as a policy that raced another request would have seen too little.
+    server = serve(bundle=write_policy(tmp_path / "policy", ALWAYS_ALLOWS))
+    first = server.authorize(budget_request(0.6))
+    second = server.authorize(budget_request(0.6))
+    assert answer(first) == ("DECISION_ALLOW", [])
+    assert answer(second) == ("DECISION_DENY", ["budget_exceeded"])
+    assert second.reservation_id == ""
+    record = server.get_decision(second.decision_id)
+    assert json_format.MessageToDict(record.result)["decision"] == "allow"  # the policy's own answer stays logged
+    assert reserved_in_session(server, "run-1") == pytest.approx(0.6)
