@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -17,6 +19,7 @@ import grpc
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, REGO, TOLLGATE, Server, start_server, tool_request
+from tests.readme import readme_section
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
@@ -273,3 +276,48 @@ def test_the_cli_lists_watches_approves_and_denies(server: Server) -> None:
     denied = tollgate("approvals", "deny", other.approval_id, "--as", "sam", "--reason", "freeze", *at)
     assert denied.returncode == 0 and denied.stdout.startswith(f"denied {other.approval_id}  by sam")
     assert tollgate("approvals", "watch", other.approval_id, *at).returncode == 2
+
+
+def test_the_readme_walkthrough_runs_as_shown(tmp_path: Path) -> None:
+    """The README's "Approvals" section, command by command, on a sidecar with the config it shows."""
+    section = readme_section("Approvals")
+    config = tmp_path / "tollgate.yaml"
+    config.write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))  # type: ignore[union-attr]
+    server = start_server(tmp_path / "data", extra=["--config", str(config)])
+    try:
+        shown_id = re.search(r"approval_id (apr_\S+)", section).group(1)  # type: ignore[union-attr]
+        real_id = ""
+        commands = _console_commands(section)
+        assert [argv[1:3] for argv, _ in commands][:3] == [
+            ["authorize", "--agent"], ["approvals", "list"], ["approvals", "approve"]]
+        for argv, shown in commands:
+            argv = [real_id if a == shown_id and real_id else a for a in argv]
+            result = subprocess.run([*TOLLGATE, *argv[1:], "--server", server.address], capture_output=True,
+                                    text=True, timeout=60, env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+            verdict = shown.split()[0]
+            assert result.returncode == {"ALLOW": 0, "DENY": 2, "REQUIRE_APPROVAL": 3}.get(verdict, 0), \
+                result.stdout + result.stderr
+            found = re.search(r"approval_id (apr_\S+)", result.stdout)
+            real_id = found.group(1) if found and not real_id else real_id
+            assert _varying(result.stdout) == _varying(shown), result.stdout
+    finally:
+        server.terminate()
+
+
+def _console_commands(section: str) -> list[tuple[list[str], str]]:
+    """Each `$ .venv/bin/tollgate ...` line (continuations joined) with the output the README shows."""
+    found = []
+    for block in re.findall(r"```console\n(.*?)```", section, re.S):
+        for chunk in re.split(r"^\$ ", block, flags=re.M)[1:]:
+            lines = chunk.splitlines()
+            command = lines.pop(0)
+            while command.endswith("\\"):
+                command = command[:-1] + lines.pop(0).strip()
+            found.append((shlex.split(command), "\n".join(lines)))
+    return found
+
+
+def _varying(text: str) -> str:
+    text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "TIME", text)
+    text = re.sub(r"apr_[0-9a-f-]+", "apr_ID", text)
+    return re.sub(r"(decision_id|bundle)=\S+", r"\1=...", text).strip()

@@ -43,11 +43,14 @@ def _split(command: str) -> list[str]:
 
 
 def _sections() -> tuple[str, str]:
-    """README.md without its "Kill switches" section, and that section (its commands run in order, on their own)."""
+    """README.md without its "Kill switches" and "Approvals" sections, and the kill switch section (its commands
+    run in order, on their own; test_approvals runs the approvals walkthrough)."""
     text = (ROOT / "README.md").read_text()
     start = text.index("\n## Kill switches\n")
     end = text.index("\n## ", start + 1)
-    return text[:start] + text[end:], text[start:end]
+    rest = text[:start] + text[end:]
+    approvals = rest.index("\n## Approvals\n")
+    return rest[:approvals] + rest[rest.index("\n## ", approvals + 1):], text[start:end]
 
 
 _REST, _KILL_SECTION = _sections()

@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     auth.add_argument("--category", default="", help="budget category: model, tool, compute")
     auth.add_argument("--context", default="{}", help="request context as a JSON object")
     auth.add_argument("--request-id", default="", help="idempotency key")
+    auth.add_argument("--approval-id", default="", help="ask again with this approval (tollgate approvals)")
     auth.add_argument("--json", action="store_true", help="print the response as JSON")
     auth.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     auth.set_defaults(func=_authorize)
@@ -61,7 +62,7 @@ def _authorize(args: argparse.Namespace) -> int:
     request = pb.AuthorizeRequest(
         principal=pb.Principal(agent_id=args.agent, session_id=args.session, instance_id=args.instance,
                                workflow=args.workflow, team=args.team, user=args.user),
-        request_id=args.request_id,
+        request_id=args.request_id, approval_id=args.approval_id,
     )
     request.context.update(_json_object(args.context, "--context"))
     if args.tool is not None:
