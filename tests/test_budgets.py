@@ -14,6 +14,7 @@ from tollgate.state.budgets import (
     Budgets,
     ReservationClosed,
     ReservationNotFound,
+    ScopeSpend,
     principal_scopes,
 )
 
@@ -127,3 +128,15 @@ def test_concurrent_reservations_never_pass_the_limit(budgets: Budgets) -> None:
         t.join()
     assert len(granted) == 10
     assert budgets.spend(ALICE)["session"]["usd"] == pytest.approx(1.0)
+
+
+def test_usage_shows_committed_and_reserved_by_scope_and_window(budgets: Budgets) -> None:
+    rid = budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, now=NOON)
+    budgets.report(rid, amount=0.2, now=NOON)
+    budgets.reserve(ALICE, {"usd": 0.25}, limits=LIMITS, now=NOON)
+    assert budgets.usage({"session": "s1", "team": "platform"}, now=NOON) == [
+        ScopeSpend("session", "s1", "run", {"usd": (0.2, 0.25)}),
+        ScopeSpend("team", "platform", "day 2026-03-10", {"usd": (0.2, 0.25)}),
+    ]
+    with pytest.raises(ValueError, match="user: not a budget scope"):
+        budgets.usage({"user": "bob"})

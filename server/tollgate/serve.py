@@ -122,7 +122,7 @@ async def serve(config: ServeConfig) -> int:
     server = grpc_server(config)
     server.add_generic_rpc_handlers((
         AuthorizationServicer(authorizer, decision_log, limits, budgets=budgets).handler(),
-        AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token).handler(),
+        AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token, budgets=budgets).handler(),
         ApprovalServicer(approvals, admin_token=admin_token).handler(),
     ))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +14,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from tests.conftest import Server, write_policy
+from tests.conftest import ADMIN_TOKEN, TOLLGATE, Server, write_policy
+from tollgate.v1 import admin_pb2, admin_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -199,3 +203,40 @@ def test_a_policy_allow_the_ledger_cannot_fit_is_denied_by_the_server(serve, tmp
     record = server.get_decision(second.decision_id)
     assert json_format.MessageToDict(record.result)["decision"] == "allow"  # the policy's own answer stays logged
     assert reserved_in_session(server, "run-1") == pytest.approx(0.6)
+
+
+def test_spend_by_scope_over_the_admin_rpc_and_the_cli(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve()
+    granted = server.authorize(budget_request(1.5, team="platform"))
+    report(server, granted.reservation_id, 1)
+    server.authorize(budget_request(0.5, team="platform"))
+    admin = admin_pb2_grpc.AdminServiceStub(server.channel)
+    found = admin.GetSpend(admin_pb2.GetSpendRequest(session="run-1", team="platform"), timeout=10,
+                           metadata=server.admin_metadata)
+    shown_units = [(s.scope, s.value, [(u.unit, u.committed, u.reserved, u.total) for u in s.units])
+                   for s in found.scopes]
+    assert shown_units == [("session", "run-1", [("usd", 1.0, 0.5, 1.5)]),
+                           ("team", "platform", [("usd", 1.0, 0.5, 1.5)])]
+    assert found.scopes[0].window == "run" and found.scopes[1].window.startswith("day ")
+    with pytest.raises(grpc.RpcError) as no_token:
+        admin.GetSpend(admin_pb2.GetSpendRequest(session="run-1"), timeout=10)
+    assert no_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as no_scope:
+        admin.GetSpend(admin_pb2.GetSpendRequest(), timeout=10, metadata=server.admin_metadata)
+    assert no_scope.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    env = {**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    shown = subprocess.run([*TOLLGATE, "spend", "--server", server.address, "--session", "run-1", "--agent",
+                            "code-reviewer"], capture_output=True, text=True, env=env, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "session=run-1  (run)"
+    assert lines[1].split() == ["usd", "1.5", "(committed", "1,", "reserved", "0.5)"]
+    assert lines[2].startswith("agent=code-reviewer  (day ")
+    as_json = subprocess.run([*TOLLGATE, "spend", "--server", server.address, "--workflow", "none", "--json"],
+                             capture_output=True, text=True, env=env, timeout=60)
+    [workflow] = json.loads(as_json.stdout)
+    assert (workflow["scope"], workflow["value"], workflow["units"]) == ("workflow", "none", [])
+    refused = subprocess.run([*TOLLGATE, "spend", "--server", server.address, "--session", "run-1"],
+                             capture_output=True, text=True, env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ""}, timeout=60)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tollgate.activation import BundleStatus, SourceState
 from tollgate.state import InvalidKillSwitch, KillSwitch, KillSwitches, KillSwitchNotFound, StateError
+from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ NO_TOKEN_CONFIGURED = (
 
 class AdminServicer:
     def __init__(self, bundle_status: Callable[[], BundleStatus], kill_switches: KillSwitches, *,
-                 admin_token: str) -> None:
+                 admin_token: str, budgets: Budgets | None = None) -> None:
         self._bundle_status = bundle_status
+        self._budgets = budgets
         self._kills = kill_switches
         self._token = admin_token.encode()
 
@@ -46,6 +48,7 @@ class AdminServicer:
             "Kill": unary(self.Kill, pb.KillRequest, pb.KillSwitch),
             "Revive": unary(self.Revive, pb.ReviveRequest, pb.KillSwitch),
             "ListKills": unary(self.ListKills, pb.ListKillsRequest, pb.ListKillsResponse),
+            "GetSpend": unary(self.GetSpend, pb.GetSpendRequest, pb.GetSpendResponse),
         })
 
     async def GetStatus(  # noqa: N802 - gRPC method name
@@ -96,6 +99,29 @@ class AdminServicer:
     ) -> pb.ListKillsResponse:
         await self._authenticate(context, "ListKills")
         return pb.ListKillsResponse(kill_switches=[to_kill_switch_message(s) for s in self._kills.list()])
+
+    async def GetSpend(  # noqa: N802 - gRPC method name
+        self, request: pb.GetSpendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSpendResponse:
+        await self._authenticate(context, "GetSpend")
+        scopes = {scope: value for scope, value in (("session", request.session), ("agent", request.agent),
+                                                    ("team", request.team), ("workflow", request.workflow)) if value}
+        if not scopes:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "scope: name at least one of session, agent, team, workflow")
+        if self._budgets is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server keeps no budgets")
+            raise AssertionError("unreachable: abort raises")
+        try:
+            found = await asyncio.to_thread(self._budgets.usage, scopes)
+        except StateError as exc:
+            log.error("admin GetSpend: %s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable")
+            raise AssertionError("unreachable: abort raises") from exc
+        return pb.GetSpendResponse(scopes=[
+            pb.ScopeSpend(scope=s.scope, value=s.value, window=s.window, units=[
+                pb.UnitSpend(unit=unit, committed=c, reserved=r, total=c + r) for unit, (c, r) in s.units.items()])
+            for s in found])
 
     async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> str:
         return await check_admin_token(context, self._token, method)

@@ -84,6 +84,16 @@ class Reservation:
     over_reported: bool = False
 
 
+@dataclass(frozen=True)
+class ScopeSpend:
+    """Spend of one scope value over its window, by unit: (committed, reserved)."""
+
+    scope: str
+    value: str
+    window: str  # "run", or "day YYYY-MM-DD" (UTC)
+    units: Mapping[str, tuple[float, float]]
+
+
 def principal_scopes(principal: Mapping[str, Any]) -> dict[str, str]:
     """The (scope → value) pairs a principal is counted under."""
     return {scope: str(principal.get(field) or "") for scope, field in BUDGET_SCOPES.items()}
@@ -221,6 +231,28 @@ class Budgets:
             raise ReservationNotFound(f"reservation {reservation_id!r} does not exist")
         return [Reservation(r[0], dict(zip(WINDOWS, r[1:5], strict=True)), r[5], r[6], r[7], r[8], r[9], bool(r[10]))
                 for r in rows]
+
+    def usage(self, scopes: Mapping[str, str], *, now: float | None = None) -> list[ScopeSpend]:
+        """Committed and reserved spend of each scope named (scope → value), over its current window."""
+        now = time.time() if now is None else now
+        found = []
+        with self._store.lock:
+            try:
+                for scope, value in scopes.items():
+                    if scope not in WINDOWS:
+                        raise ValueError(f"{scope}: not a budget scope (scopes: {', '.join(WINDOWS)})")
+                    window, params = self._window(scope, now)
+                    rows = self._store.db.execute(
+                        "SELECT unit, SUM(CASE WHEN status = 'committed' THEN committed ELSE 0 END), "
+                        "SUM(CASE WHEN status = 'reserved' AND expires_at > :now THEN amount ELSE 0 END) "
+                        f"FROM budget_reservations WHERE {scope} = :value{window} GROUP BY unit ORDER BY unit",
+                        {"value": value, "now": now, **params}).fetchall()
+                    label = f"day {params['day']}" if "day" in params else "run"
+                    found.append(ScopeSpend(scope, value, label,
+                                            {unit: (float(c or 0), float(r or 0)) for unit, c, r in rows}))
+            except sqlite3.Error as exc:
+                raise StateError(f"state store {self._store.path}: cannot read spend ({exc})") from exc
+        return found
 
     def _sums(self, scope: str, value: str, now: float) -> dict[str, float]:
         window, params = self._window(scope, now)

@@ -122,3 +122,45 @@ class Status(_message.Message):
     serving: bool
     bundle: BundleStatus
     def __init__(self, serving: _Optional[bool] = ..., bundle: _Optional[_Union[BundleStatus, _Mapping]] = ...) -> None: ...
+
+class GetSpendRequest(_message.Message):
+    __slots__ = ("session", "agent", "team", "workflow")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    agent: str
+    team: str
+    workflow: str
+    def __init__(self, session: _Optional[str] = ..., agent: _Optional[str] = ..., team: _Optional[str] = ..., workflow: _Optional[str] = ...) -> None: ...
+
+class UnitSpend(_message.Message):
+    __slots__ = ("unit", "committed", "reserved", "total")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    unit: str
+    committed: float
+    reserved: float
+    total: float
+    def __init__(self, unit: _Optional[str] = ..., committed: _Optional[float] = ..., reserved: _Optional[float] = ..., total: _Optional[float] = ...) -> None: ...
+
+class ScopeSpend(_message.Message):
+    __slots__ = ("scope", "value", "window", "units")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    value: str
+    window: str
+    units: _containers.RepeatedCompositeFieldContainer[UnitSpend]
+    def __init__(self, scope: _Optional[str] = ..., value: _Optional[str] = ..., window: _Optional[str] = ..., units: _Optional[_Iterable[_Union[UnitSpend, _Mapping]]] = ...) -> None: ...
+
+class GetSpendResponse(_message.Message):
+    __slots__ = ("scopes",)
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    scopes: _containers.RepeatedCompositeFieldContainer[ScopeSpend]
+    def __init__(self, scopes: _Optional[_Iterable[_Union[ScopeSpend, _Mapping]]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class AdminServiceStub:
                 request_serializer=tollgate_dot_v1_dot_admin__pb2.ListKillsRequest.SerializeToString,
                 response_deserializer=tollgate_dot_v1_dot_admin__pb2.ListKillsResponse.FromString,
                 _registered_method=True)
+        self.GetSpend = channel.unary_unary(
+                '/tollgate.v1.AdminService/GetSpend',
+                request_serializer=tollgate_dot_v1_dot_admin__pb2.GetSpendRequest.SerializeToString,
+                response_deserializer=tollgate_dot_v1_dot_admin__pb2.GetSpendResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -88,6 +93,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSpend(self, request, context):
+        """Budget spend, committed and reserved, of each scope named, over its current window.
+        INVALID_ARGUMENT when no scope is named.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListKills,
                     request_deserializer=tollgate_dot_v1_dot_admin__pb2.ListKillsRequest.FromString,
                     response_serializer=tollgate_dot_v1_dot_admin__pb2.ListKillsResponse.SerializeToString,
+            ),
+            'GetSpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSpend,
+                    request_deserializer=tollgate_dot_v1_dot_admin__pb2.GetSpendRequest.FromString,
+                    response_serializer=tollgate_dot_v1_dot_admin__pb2.GetSpendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class AdminService:
             '/tollgate.v1.AdminService/ListKills',
             tollgate_dot_v1_dot_admin__pb2.ListKillsRequest.SerializeToString,
             tollgate_dot_v1_dot_admin__pb2.ListKillsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollgate.v1.AdminService/GetSpend',
+            tollgate_dot_v1_dot_admin__pb2.GetSpendRequest.SerializeToString,
+            tollgate_dot_v1_dot_admin__pb2.GetSpendResponse.FromString,
             options,
             channel_credentials,
             insecure,

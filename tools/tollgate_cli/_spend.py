@@ -1,0 +1,54 @@
+"""Budget spend on a running sidecar: `tollgate spend` (AdminService.GetSpend)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata
+
+ORDER = 65  # position in `tollgate --help`
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    spend = sub.add_parser("spend", help="budget spend (committed and reserved) by scope")
+    spend.add_argument("--session", default="", help="a session (its whole run)")
+    spend.add_argument("--agent", default="", help="an agent id (today, UTC)")
+    spend.add_argument("--team", default="", help="a team (today, UTC)")
+    spend.add_argument("--workflow", default="", help="a workflow (today, UTC)")
+    spend.add_argument("--json", action="store_true", help="print the scopes as JSON")
+    add_admin_flags(spend)
+    spend.set_defaults(func=_spend)
+
+
+def _spend(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from tollgate.v1 import admin_pb2 as pb
+    from tollgate.v1 import admin_pb2_grpc as pb_grpc
+
+    if not (args.session or args.agent or args.team or args.workflow):
+        print("tollgate spend: name a scope: --session S, --agent A, --team T or --workflow W", file=sys.stderr)
+        return EXIT_ERROR
+    request = pb.GetSpendRequest(session=args.session, agent=args.agent, team=args.team, workflow=args.workflow)
+    with grpc.insecure_channel(args.server) as channel:
+        try:
+            found = pb_grpc.AdminServiceStub(channel).GetSpend(
+                request, timeout=args.timeout, metadata=admin_metadata(args.token))
+        except grpc.RpcError as exc:
+            print(f"tollgate spend: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return EXIT_ERROR
+    if args.json:
+        doc = json_format.MessageToDict(found, preserving_proto_field_name=True,
+                                        always_print_fields_with_no_presence=True)
+        print(json.dumps(doc["scopes"], indent=2))
+        return 0
+    for scope in found.scopes:
+        print(f"{scope.scope}={scope.value}  ({scope.window})")
+        if not scope.units:
+            print("  nothing spent")
+        for u in scope.units:
+            print(f"  {u.unit:<6}  {u.total:g}  (committed {u.committed:g}, reserved {u.reserved:g})")
+    return 0
