@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shlex
 import sqlite3
 import subprocess
 import time
@@ -14,7 +16,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from tests.conftest import ADMIN_TOKEN, TOLLGATE, Server, write_policy
+from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, Server, write_policy
+from tests.readme import readme_section
 from tollgate.v1 import admin_pb2, admin_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc
@@ -240,3 +243,26 @@ def test_spend_by_scope_over_the_admin_rpc_and_the_cli(serve) -> None:  # type: 
     refused = subprocess.run([*TOLLGATE, "spend", "--server", server.address, "--session", "run-1"],
                              capture_output=True, text=True, env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ""}, timeout=60)
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+
+
+def test_readme_budgets_walkthrough_runs_as_shown(serve) -> None:  # type: ignore[no-untyped-def]
+    """The README's "Budgets" section, command by command, on a fresh sidecar."""
+    server = serve()
+    block = re.findall(r"```console\n(.*?)```", readme_section("Budgets"), re.S)
+    assert len(block) == 1
+    steps = re.split(r"^\$ ", block[0].replace("\\\n", ""), flags=re.M)[1:]
+    commands = [step.split("\n", 1) for step in steps]
+    assert [shlex.split(c)[1] for c, _ in commands] == ["authorize", "authorize", "spend"]
+    for command, shown in commands:
+        argv = shlex.split(command)
+        result = subprocess.run([*TOLLGATE, *argv[1:], "--server", server.address], capture_output=True, text=True,
+                                timeout=60, cwd=ROOT, env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert _varying(result.stdout) == _varying(shown), result.stdout
+
+
+def _varying(text: str) -> str:
+    """Output with what differs from run to run (IDs, the bundle digest, the day) replaced."""
+    text = re.sub(r"day \d{4}-\d\d-\d\d", "day DAY", text)
+    text = re.sub(r"rsv-[0-9a-f]+", "rsv-...", text)
+    return re.sub(r"(decision_id|bundle)=\S+", r"\1=...", text).strip()

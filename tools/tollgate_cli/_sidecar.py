@@ -95,6 +95,8 @@ def _authorize(args: argparse.Namespace) -> int:
             print(f"  obligations {json.dumps(obligations, sort_keys=True)}")
         if response.approval_id:
             print(f"  approval_id {response.approval_id}")
+        if response.reservation_id:
+            print(f"  reservation_id {response.reservation_id}")
     return {pb.DECISION_ALLOW: EXIT_ALLOW, pb.DECISION_DENY: EXIT_DENY,
             pb.DECISION_REQUIRE_APPROVAL: EXIT_APPROVAL}.get(response.decision, EXIT_ERROR)
 
