@@ -161,7 +161,7 @@ class Authorizer:
     async def authorize(self, request: DecisionRequest) -> Decision:
         if self._budgets is not None and self._budgets.applies(request.kind):
             # Read spend → evaluate → reserve is one step: concurrent spends cannot both take the same room.
-            async with self._budgets.lock:
+            async with self._budgets.step():
                 return await self._authorize(request)
         return await self._authorize(request)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,18 +41,45 @@ class Settlement:
     error: str = ""
 
 
+class _Step:
+    released = False
+
+
+#: The step the current request holds, so settle() can end it once the reservation is made.
+_current_step: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("budget_step", default=None)
+
+
 class BudgetGuard:
     """Makes read-spend → evaluate → reserve one step for spending requests.
 
-    `lock` serialises spending decisions in this process (the server is the only writer of its
+    `step()` serialises spending decisions in this process (the server is the only writer of its
     state.db), so two concurrent requests cannot both see room the other is about to take; the
     ledger's reserve() re-checks every limit inside an IMMEDIATE transaction all the same, and a
-    limit that would be passed there turns the policy's ALLOW into DENY budget_exceeded.
+    limit that would be passed there turns the policy's ALLOW into DENY budget_exceeded. The step
+    ends as soon as settle() has reserved (or not): the decision-log append that follows need not
+    wait for the next request's turn.
     """
 
     def __init__(self, budgets: Budgets) -> None:
         self.budgets = budgets
         self.lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def step(self) -> AsyncIterator[None]:
+        """Hold this process's budget step until settle() (or the block's end, whichever comes first)."""
+        await self.lock.acquire()
+        step = _Step()
+        token = _current_step.set(step)
+        try:
+            yield
+        finally:
+            _current_step.reset(token)
+            self._end(step)
+
+    def _end(self, step: _Step | None) -> None:
+        if step is not None and not step.released:
+            step.released = True
+            self.lock.release()
 
     @staticmethod
     def applies(kind: str) -> bool:
@@ -66,7 +95,14 @@ class BudgetGuard:
 
     def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
                view: SpendView, *, decision_id: str) -> Settlement:
-        """Reserve what an allowed spending request spends; any failure is a DENY (fail closed)."""
+        """Reserve what an allowed spending request spends; any failure is a DENY (fail closed). Ends the step."""
+        try:
+            return self._settle(kind, principal, action, result, view, decision_id=decision_id)
+        finally:
+            self._end(_current_step.get())
+
+    def _settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
+                view: SpendView, *, decision_id: str) -> Settlement:
         if result.decision != ALLOW or not self.applies(kind):
             return Settlement(result)
         if view.error:
