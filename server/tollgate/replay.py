@@ -26,6 +26,7 @@ from tollgate.authorizer import (
     DEADLINE_EXCEEDED,
     NO_BUNDLE,
     Outcome,
+    enforce_approval,
     enforce_kill_switches,
     policy_outcome,
     recorded_kill_switches,
@@ -34,6 +35,7 @@ from tollgate.bundle import BundleError, load_bundle
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL
 from tollgate.decisionlog import canonical_json, log_time
 from tollgate.engine import EmbeddedOpa, EngineError, decode_envelope
+from tollgate.state.approvals import APPROVED
 
 DEFAULT_ENTRYPOINT = "tollgate/decision"
 #: Decisions in the order transitions are listed: from the most permissive to the least.
@@ -323,7 +325,15 @@ class Candidate:
         outcome = policy_outcome(evaluated, entrypoint=self.entrypoint)
         # The server's own kill-switch rule, over the kill switches the logged input carried.
         killed = recorded_kill_switches(input_doc)
-        return enforce_kill_switches(outcome, killed) if killed else outcome
+        if killed:
+            return enforce_kill_switches(outcome, killed)
+        # And its approval rule: an ALLOW on an approval the logged input shows was not approved is a DENY.
+        state = input_doc.get("state")
+        approval = state.get("approval") if isinstance(state, dict) else None
+        if (isinstance(approval, dict) and outcome.result.decision == ALLOW
+                and approval.get("status") != APPROVED):
+            return enforce_approval(outcome, str(approval.get("id", "")), str(approval.get("status", "")))
+        return outcome
 
     def close(self) -> None:
         self._engine.close()

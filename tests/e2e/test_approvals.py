@@ -18,8 +18,9 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, REGO, TOLLGATE, Server, start_server, tool_request
+from tests.conftest import ADMIN_TOKEN, REGO, TOLLGATE, Server, start_server, tool_request, write_policy
 from tests.readme import readme_section
+from tollgate.replay import Candidate, read_data_dir, replay
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
@@ -321,3 +322,41 @@ def _varying(text: str) -> str:
     text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "TIME", text)
     text = re.sub(r"apr_[0-9a-f-]+", "apr_ID", text)
     return re.sub(r"(decision_id|bundle)=\S+", r"\1=...", text).strip()
+
+
+PERMISSIVE = """
+    package tollgate
+
+    # A careless policy: any approval presented, whatever its status, is taken for a yes.
+    decision := {"decision": "allow"} if input.state.approval != null
+
+    decision := {"decision": "require_approval", "approval": {"approvers": ["alice"], "ttl_seconds": 60}} if {
+        input.state.approval == null
+    }
+    """
+
+
+def test_the_server_holds_a_permissive_policy_to_single_use_and_replay_agrees(tmp_path: Path) -> None:
+    bundle = write_policy(tmp_path / "permissive", PERMISSIVE)
+    server = start_server(tmp_path / "data", bundle=bundle)
+    try:
+        asked = server.authorize(tool_request("a", "s", "t", session_id="s-1"))
+        assert asked.decision == pb.DECISION_REQUIRE_APPROVAL
+        answers = [server.authorize(tool_request("a", "s", "t", session_id="s-1"))]  # reuses the pending one
+        again = tool_request("a", "s", "t", session_id="s-1")
+        again.approval_id = asked.approval_id
+        answers.append(server.authorize(again))  # pending: the policy says allow, the server does not
+        ApproverClient(server).decide(asked.approval_id, approve=True, by="alice", reason="ok")
+        answers += [server.authorize(again), server.authorize(again)]
+        other = tool_request("a", "s", "t", {"x": 1}, session_id="s-1")
+        other.approval_id = asked.approval_id
+        answers.append(server.authorize(other))
+    finally:
+        server.terminate()
+    assert [(pb.Decision.Name(a.decision), codes(a)) for a in answers] == [
+        ("DECISION_REQUIRE_APPROVAL", []), ("DECISION_DENY", ["approval_pending"]), ("DECISION_ALLOW", []),
+        ("DECISION_DENY", ["approval_used"]), ("DECISION_DENY", ["approval_mismatch"])]
+    with Candidate(bundle) as candidate:
+        report = replay(read_data_dir(tmp_path / "data"), candidate)
+    # Replay applies the same rule to the approval state each logged input carried (the used one shows as used).
+    assert (report.replayed, report.changed) == (6, 0)
