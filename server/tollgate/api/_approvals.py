@@ -17,8 +17,8 @@ from tollgate.v1 import approval_pb2 as pb
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["ApprovalService"].full_name
-#: Longest a watcher waits before it looks again (a change wakes it at once; expiry and cancellation do not).
-_WATCH_POLL_SECONDS = 1.0
+#: How often a watcher looks for a change (a cheap counter read; the approval is re-read only after a change).
+_WATCH_POLL_SECONDS = 0.2
 
 
 class ApprovalServicer:
@@ -97,14 +97,17 @@ class ApprovalServicer:
             yield to_approval_message(approval)
             if approval.status != PENDING:
                 return
-            remaining = (datetime.fromisoformat(approval.expires_at) - datetime.now(UTC)).total_seconds()
+            expires = datetime.fromisoformat(approval.expires_at)
             while True:
-                timeout = max(0.0, min(_WATCH_POLL_SECONDS, remaining + 0.001))
-                generation = await asyncio.to_thread(self._approvals.wait_for_change, generation, timeout)
+                # Polling the change counter holds no thread: a thousand watchers cost no executor slots,
+                # which Authorize needs for its own approval reads and writes.
+                await asyncio.sleep(_WATCH_POLL_SECONDS)
+                if self._approvals.generation == generation and datetime.now(UTC) < expires:
+                    continue
+                generation = self._approvals.generation
                 current = await self._get(request.id, context)
                 if current.status != approval.status:
                     break
-                remaining = (datetime.fromisoformat(current.expires_at) - datetime.now(UTC)).total_seconds()
             approval = current
 
     async def _get(self, approval_id: str, context: grpc.aio.ServicerContext) -> Approval:

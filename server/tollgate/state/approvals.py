@@ -104,8 +104,8 @@ class Approvals:
     """open / decide / consume / list approvals in the state store.
 
     Unlike kill switches, nothing is cached: every read goes to SQLite, because consuming an approval
-    must be one atomic UPDATE that two concurrent re-asks cannot both win. Each change notifies
-    `changed` so watchers (WatchApproval) wake up.
+    must be one atomic UPDATE that two concurrent re-asks cannot both win. Each change bumps
+    `generation`, so a watcher (WatchApproval) re-reads only after something changed.
     """
 
     COMPONENT = "approvals"
@@ -115,8 +115,7 @@ class Approvals:
         store.migrate(self.COMPONENT, _SCHEMA)
         #: group name (without "group:") → identities; from the approver_groups configuration key.
         self.approver_groups = {g: frozenset(m) for g, m in (approver_groups or {}).items()}
-        #: Notified after every committed change; wait on it to follow an approval.
-        self.changed = threading.Condition()
+        self._generation_lock = threading.Lock()
         self._generation = 0
 
     def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
@@ -229,21 +228,14 @@ class Approvals:
         return [a for a in found
                 if (not status or a.status == status) and (not approver or not self.may_decide(a, approver))]
 
-    def wait_for_change(self, generation: int, timeout: float) -> int:
-        """Block until a change after `generation` (or the timeout); returns the current generation."""
-        with self.changed:
-            self.changed.wait_for(lambda: self._generation != generation, timeout=timeout)
-            return self._generation
-
     @property
     def generation(self) -> int:
-        with self.changed:
-            return self._generation
+        """A counter every committed change increments."""
+        return self._generation
 
     def _notify(self) -> None:
-        with self.changed:
+        with self._generation_lock:
             self._generation += 1
-            self.changed.notify_all()
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
         try:
