@@ -244,6 +244,8 @@ class Authorizer:
         if self._approvals is not None:
             approval_id, outcome = await self._settle_approval(request, outcome, approval, digest=digest,
                                                                decision_id=decision_id)
+            if approval_id and not digest:
+                digest = request.digest()  # a record linked to an approval also carries what it is bound to
         reservation_id = ""
         if spend is not None and self._budgets is not None:
             settled = self._budgets.settle(request.kind, request.principal, request.action, outcome.result, spend,

@@ -110,6 +110,7 @@ def test_approved_request_is_allowed_exactly_once_and_every_step_is_linked(serve
         logged = record(server, response.decision_id)
         assert logged["approval_id"] == asked.approval_id
         assert logged["approval_status"] == status
+        assert logged["request_digest"] == used.request_digest
         assert logged["input"]["state"]["approval"] == (
             None if not status else {"id": asked.approval_id, "status": status,
                                      "approver": "rita" if status in ("approved", "used") else ""})
