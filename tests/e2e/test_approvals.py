@@ -111,6 +111,8 @@ def test_approved_request_is_allowed_exactly_once_and_every_step_is_linked(serve
         assert logged["approval_id"] == asked.approval_id
         assert logged["approval_status"] == status
         assert logged["request_digest"] == used.request_digest
+        read_back = server.get_decision(response.decision_id)
+        assert (read_back.approval_id, read_back.approval_status) == (asked.approval_id, status)
         assert logged["input"]["state"]["approval"] == (
             None if not status else {"id": asked.approval_id, "status": status,
                                      "approver": "rita" if status in ("approved", "used") else ""})

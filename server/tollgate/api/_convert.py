@@ -136,6 +136,7 @@ def to_record_message(record: Mapping[str, Any]) -> pb.DecisionRecord:
         latency_us=record.get("latency_us", 0),
         request_id=record.get("request_id", ""),
         approval_id=record.get("approval_id", ""),
+        approval_status=record.get("approval_status", ""),
         reservation_id=record.get("reservation_id", ""),
         previous_decision_id=record.get("previous_decision_id", ""),
         prev_hash=record.get("prev_hash", ""),
