@@ -1,4 +1,4 @@
-"""Run-time state the server owns, in DATA_DIR/state.db: kill switches, approvals (tollgate.state.approvals), budgets."""
+"""Run-time state the server owns, in DATA_DIR/state.db: kill switches, approvals and budgets."""
 
 from tollgate.state._killswitch import (
     ALL_VALUE,
