@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tollgate.activation import BundleStatus, SourceState
+from tollgate.api._handlers import unary
 from tollgate.state import InvalidKillSwitch, KillSwitch, KillSwitches, KillSwitchNotFound, StateError
 from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2 as pb
@@ -38,11 +39,6 @@ class AdminServicer:
         self._token = admin_token.encode()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        def unary(method: Callable[..., object], request: type, response: type) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                method, request_deserializer=request.FromString,  # type: ignore[attr-defined]
-                response_serializer=response.SerializeToString)  # type: ignore[attr-defined]
-
         return grpc.method_handlers_generic_handler(SERVICE, {
             "GetStatus": unary(self.GetStatus, pb.GetStatusRequest, pb.Status),
             "Kill": unary(self.Kill, pb.KillRequest, pb.KillSwitch),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import struct_pb2
 
 from tollgate.api._admin import check_admin_token
+from tollgate.api._handlers import unary
 from tollgate.state import StateError
 from tollgate.state.approvals import PENDING, Approval, ApprovalError, ApprovalNotFound, Approvals, NotAnApprover
 from tollgate.v1 import approval_pb2 as pb
@@ -30,11 +31,6 @@ class ApprovalServicer:
         self._token = admin_token.encode()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        def unary(method: Callable[..., object], request: type, response: type) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                method, request_deserializer=request.FromString,  # type: ignore[attr-defined]
-                response_serializer=response.SerializeToString)  # type: ignore[attr-defined]
-
         return grpc.method_handlers_generic_handler(SERVICE, {
             "ListApprovals": unary(self.ListApprovals, pb.ListApprovalsRequest, pb.ListApprovalsResponse),
             "GetApproval": unary(self.GetApproval, pb.GetApprovalRequest, pb.Approval),
