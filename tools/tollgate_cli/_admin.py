@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata, identity
+from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata, call_server, identity, message_dict
 
 ORDER = 60  # position in `tollgate --help`
 
@@ -44,17 +43,10 @@ def _target(text: str) -> tuple[str, str]:
 
 
 def _call(args: argparse.Namespace, command: str, rpc: Callable[[Any], Any]) -> Any:
-    """Run rpc(stub) against --server with the admin token; None (after a message) when it fails."""
-    import grpc
-
+    """Run rpc(stub) against --server's AdminService; None (after a message) when it fails."""
     from tollgate.v1 import admin_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(args.server) as channel:
-        try:
-            return rpc(pb_grpc.AdminServiceStub(channel))
-        except grpc.RpcError as exc:
-            print(f"tollgate {command}: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return None
+    return call_server(args, command, pb_grpc.AdminServiceStub, rpc)
 
 
 def _kill(args: argparse.Namespace) -> int:
@@ -86,8 +78,6 @@ def _revive(args: argparse.Namespace) -> int:
 
 
 def _kills(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
-
     from tollgate.v1 import admin_pb2 as pb
 
     listed = _call(args, "kills", lambda stub: stub.ListKills(
@@ -95,9 +85,7 @@ def _kills(args: argparse.Namespace) -> int:
     if listed is None:
         return EXIT_ERROR
     if args.json:
-        doc = json_format.MessageToDict(listed, preserving_proto_field_name=True,
-                                        always_print_fields_with_no_presence=True)
-        print(json.dumps(doc["kill_switches"], indent=2))
+        print(json.dumps(message_dict(listed)["kill_switches"], indent=2))
         return 0
     if not listed.kill_switches:
         print("no kill switches are active")

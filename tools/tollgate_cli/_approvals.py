@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from tollgate_cli._common import EXIT_DENY, EXIT_ERROR, add_admin_flags, admin_metadata, identity
+from tollgate_cli._common import EXIT_DENY, EXIT_ERROR, add_admin_flags, admin_metadata, call_server, identity
 
 ORDER = 55  # position in `tollgate --help`
 
@@ -43,18 +42,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _call(args: argparse.Namespace, rpc: Callable[[Any], Any]) -> Any:
-    """Run rpc(stub) against --server with the admin token; None (after a message) when it fails."""
-    import grpc
-
+    """Run rpc(stub) against --server's ApprovalService; None (after a message) when it fails."""
     from tollgate.v1 import approval_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(args.server) as channel:
-        try:
-            return rpc(pb_grpc.ApprovalServiceStub(channel))
-        except grpc.RpcError as exc:
-            print(f"tollgate approvals {args.approvals_command}: {args.server}: {exc.code().name}: {exc.details()}",
-                  file=sys.stderr)
-            return None
+    return call_server(args, f"approvals {args.approvals_command}", pb_grpc.ApprovalServiceStub, rpc)
 
 
 def _line(a: Any) -> str:

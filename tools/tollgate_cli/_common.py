@@ -6,6 +6,9 @@ import argparse
 import getpass
 import os
 import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 # Exit codes of `tollgate authorize`, so scripts can branch on the verdict; 1 is any error.
@@ -39,3 +42,24 @@ def admin_metadata(token: str | None) -> list[tuple[str, str]]:
     """The call metadata carrying the admin token (from --token, else $TOLLGATE_ADMIN_TOKEN); none without one."""
     token = token or os.environ.get(ADMIN_TOKEN_ENV, "")
     return [("authorization", f"Bearer {token}")] if token else []
+
+
+def call_server(args: argparse.Namespace, command: str, stub: Callable[[Any], Any], rpc: Callable[[Any], Any]) -> Any:
+    """rpc(stub(channel)) against --server; None, after a message naming the command, when the call fails."""
+    import grpc
+
+    with grpc.insecure_channel(args.server) as channel:
+        try:
+            return rpc(stub(channel))
+        except grpc.RpcError as exc:
+            print(f"tollgate {command}: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return None
+
+
+def message_dict(message: Any) -> dict[str, Any]:
+    """A response as JSON-ready data, with proto field names and every field, set or not."""
+    from google.protobuf import json_format
+
+    doc: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                                   always_print_fields_with_no_presence=True)
+    return doc

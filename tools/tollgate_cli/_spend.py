@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata
+from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata, call_server, message_dict
 
 ORDER = 65  # position in `tollgate --help`
 
@@ -23,9 +23,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _spend(args: argparse.Namespace) -> int:
-    import grpc
-    from google.protobuf import json_format
-
     from tollgate.v1 import admin_pb2 as pb
     from tollgate.v1 import admin_pb2_grpc as pb_grpc
 
@@ -33,17 +30,12 @@ def _spend(args: argparse.Namespace) -> int:
         print("tollgate spend: name a scope: --session S, --agent A, --team T or --workflow W", file=sys.stderr)
         return EXIT_ERROR
     request = pb.GetSpendRequest(session=args.session, agent=args.agent, team=args.team, workflow=args.workflow)
-    with grpc.insecure_channel(args.server) as channel:
-        try:
-            found = pb_grpc.AdminServiceStub(channel).GetSpend(
-                request, timeout=args.timeout, metadata=admin_metadata(args.token))
-        except grpc.RpcError as exc:
-            print(f"tollgate spend: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return EXIT_ERROR
+    found = call_server(args, "spend", pb_grpc.AdminServiceStub, lambda stub: stub.GetSpend(
+        request, timeout=args.timeout, metadata=admin_metadata(args.token)))
+    if found is None:
+        return EXIT_ERROR
     if args.json:
-        doc = json_format.MessageToDict(found, preserving_proto_field_name=True,
-                                        always_print_fields_with_no_presence=True)
-        print(json.dumps(doc["scopes"], indent=2))
+        print(json.dumps(message_dict(found)["scopes"], indent=2))
         return 0
     for scope in found.scopes:
         print(f"{scope.scope}={scope.value}  ({scope.window})")

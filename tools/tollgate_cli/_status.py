@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata
+from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata, call_server, message_dict
 
 ORDER = 25  # position in `tollgate --help`
 #: Exit code when the sidecar answers but has no bundle active (it denies everything: no_bundle).
@@ -33,23 +32,15 @@ def _status(args: argparse.Namespace) -> int:
         from tollgate_cli import _promote
 
         return _promote.channel_status(args)
-    import grpc
-    from google.protobuf import json_format
-
     from tollgate.v1 import admin_pb2 as pb
     from tollgate.v1 import admin_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(args.server) as channel:
-        try:
-            status = pb_grpc.AdminServiceStub(channel).GetStatus(
-                pb.GetStatusRequest(), timeout=args.timeout, metadata=admin_metadata(args.token))
-        except grpc.RpcError as exc:
-            print(f"tollgate status: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return EXIT_ERROR
+    status = call_server(args, "status", pb_grpc.AdminServiceStub, lambda stub: stub.GetStatus(
+        pb.GetStatusRequest(), timeout=args.timeout, metadata=admin_metadata(args.token)))
+    if status is None:
+        return EXIT_ERROR
     if args.json:
-        doc = json_format.MessageToDict(status, preserving_proto_field_name=True,
-                                        always_print_fields_with_no_presence=True)
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(message_dict(status), indent=2))
     else:
         print(_text(status))
     return 0 if status.serving else EXIT_NOT_SERVING
