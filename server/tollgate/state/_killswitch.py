@@ -209,19 +209,10 @@ class KillSwitches:
         return self._snapshot.matching(kind, principal, action)
 
     def _write(self, change: tuple[str, tuple[str, ...]], history: tuple[str, ...]) -> None:
-        db = self._store.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute(*change)
-                db.execute("INSERT INTO kill_switch_history (action, time, scope, value, reason, actor) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", history)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StateError(f"state store {self._store.path}: cannot record the change ({exc})") from exc
+        with self._store.transaction("record the change") as db:
+            db.execute(*change)
+            db.execute("INSERT INTO kill_switch_history (action, time, scope, value, reason, actor) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", history)
 
     def _publish(self, active: dict[tuple[str, str], KillSwitch]) -> None:
         # One assignment: a reader on another thread sees the old snapshot or the new one, never a mix.

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -46,20 +47,31 @@ class StateStore:
                     raise StateError(
                         f"state store {self.path}: {component} schema is version {version}, newer than this "
                         f"server knows ({len(steps)}) (hint: run the newer server, or use another data directory)")
-                for number in range(version, len(steps)):
-                    self.db.execute("BEGIN IMMEDIATE")
-                    try:
-                        _run_script(self.db, steps[number])
-                        self.db.execute(
-                            "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
-                            "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
-                            (component, number + 1))
-                        self.db.execute("COMMIT")
-                    except BaseException:
-                        self.db.execute("ROLLBACK")
-                        raise
             except sqlite3.Error as exc:
                 raise StateError(f"state store {self.path}: cannot migrate {component} ({exc})") from exc
+            for number in range(version, len(steps)):
+                with self.transaction(f"migrate {component}") as db:
+                    _run_script(db, steps[number])
+                    db.execute(
+                        "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
+                        "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+                        (component, number + 1))
+
+    @contextlib.contextmanager
+    def transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: committed (and fsynced) when the block ends, rolled back when it raises;
+        a database error becomes a StateError saying what could not be done ("cannot <doing>"). The caller
+        holds `lock` where other threads may write."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self.path}: cannot {doing} ({exc})") from exc
 
     def close(self) -> None:
         with self.lock:

@@ -245,17 +245,8 @@ class Approvals:
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> bool:
         """One statement in its own transaction (fsynced on commit); True if it changed a row."""
-        db = self._store.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                changed = db.execute(sql, args).rowcount == 1
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StateError(f"state store {self._store.path}: cannot record the approval ({exc})") from exc
+        with self._store.transaction("record the approval") as db:
+            changed: bool = db.execute(sql, args).rowcount == 1
         return changed
 
 

@@ -126,34 +126,24 @@ class Budgets:
         scopes = {s: str(scopes.get(s, "")) for s in WINDOWS}
         reservation_id = f"rsv-{uuid.uuid4().hex}"
         stamp = datetime.fromtimestamp(now, UTC)
-        db = self._store.db
-        with self._store.lock:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    for unit, amount in sorted(amounts.items()):
-                        for scope, scope_limits in sorted(limits.items()):
-                            limit = scope_limits.get(unit) if isinstance(scope_limits, Mapping) else None
-                            if scope not in WINDOWS or not isinstance(limit, int | float):
-                                continue
-                            spent = self._sum(scope, scopes[scope], unit, now)
-                            if spent + amount > limit + _TOLERANCE:
-                                raise BudgetExceeded(
-                                    f"{scope} spend {spent:g} {unit} plus this request's {amount:g} would pass "
-                                    f"the {scope} limit of {limit:g} {unit}")
-                        db.execute(
-                            "INSERT INTO budget_reservations (id, session, agent, team, workflow, unit, amount, "
-                            "status, day, month, created_at, expires_at, decision_id) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)",
-                            (reservation_id, scopes["session"], scopes["agent"], scopes["team"],
-                             scopes["workflow"], unit, float(amount), stamp.strftime("%Y-%m-%d"),
-                             stamp.strftime("%Y-%m"), now, now + self.ttl, decision_id))
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StateError(f"state store {self._store.path}: cannot reserve ({exc})") from exc
+        with self._store.lock, self._store.transaction("reserve") as db:
+            for unit, amount in sorted(amounts.items()):
+                for scope, scope_limits in sorted(limits.items()):
+                    limit = scope_limits.get(unit) if isinstance(scope_limits, Mapping) else None
+                    if scope not in WINDOWS or not isinstance(limit, int | float):
+                        continue
+                    spent = self._sum(scope, scopes[scope], unit, now)
+                    if spent + amount > limit + _TOLERANCE:
+                        raise BudgetExceeded(
+                            f"{scope} spend {spent:g} {unit} plus this request's {amount:g} would pass "
+                            f"the {scope} limit of {limit:g} {unit}")
+                db.execute(
+                    "INSERT INTO budget_reservations (id, session, agent, team, workflow, unit, amount, "
+                    "status, day, month, created_at, expires_at, decision_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)",
+                    (reservation_id, scopes["session"], scopes["agent"], scopes["team"],
+                     scopes["workflow"], unit, float(amount), stamp.strftime("%Y-%m-%d"),
+                     stamp.strftime("%Y-%m"), now, now + self.ttl, decision_id))
         return reservation_id
 
     def report(self, reservation_id: str, *, amount: float, unit: str = "",
