@@ -23,6 +23,7 @@ from tests.readme import readme_section
 from tollgate.replay import Candidate, read_data_dir, replay
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
+from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 
 # release-bot is in a group of approvers on purpose: an agent still never approves its own request.
 GROUPS = {"release-managers": ["rita", "release-bot"], "sre-oncall": ["sam"]}
@@ -234,6 +235,31 @@ def test_watch_streams_pending_then_approved(server: Server, approvals: Approver
     assert first.status == "pending"
     approvals.decide(asked.approval_id, approve=True, by="rita", reason="ok")
     assert [a.status for a in stream] == ["approved"]
+
+
+def test_a_harness_waits_for_the_decision_without_admin_credentials(server: Server,
+                                                                   approvals: ApproverClient) -> None:
+    asked = ask_for_approval(server, pr=15)
+    stub = pb_grpc.AuthorizationServiceStub(server.channel)
+    stream = stub.WaitForApproval(pb.WaitForApprovalRequest(approval_id=asked.approval_id), timeout=20)
+    first = next(stream)
+    assert (first.id, first.status, first.decided_by) == (asked.approval_id, "pending", "")
+    assert first.expires_at.seconds > time.time()
+    approvals.decide(asked.approval_id, approve=False, by="sam", reason="not during the freeze")
+    assert [(s.status, s.decided_by, s.reason) for s in stream] == [("denied", "sam", "not during the freeze")]
+    # A decided approval answers at once, and the stream ends.
+    assert [s.status for s in stub.WaitForApproval(pb.WaitForApprovalRequest(approval_id=asked.approval_id),
+                                                   timeout=5)] == ["denied"]
+
+
+@pytest.mark.parametrize(("approval_id", "code"), [("", grpc.StatusCode.INVALID_ARGUMENT),
+                                                   ("apr_nope", grpc.StatusCode.NOT_FOUND)], ids=["empty", "unknown"])
+def test_waiting_for_no_approval_is_refused(server: Server, approval_id: str, code: grpc.StatusCode) -> None:
+    stub = pb_grpc.AuthorizationServiceStub(server.channel)
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.WaitForApproval(pb.WaitForApprovalRequest(approval_id=approval_id), timeout=5))
+    assert refused.value.code() == code
+    assert (approval_id or "approval_id") in (refused.value.details() or "")
 
 
 def test_approval_rpcs_need_the_admin_token(server: Server) -> None:

@@ -87,24 +87,13 @@ class ApprovalServicer:
         self, request: pb.GetApprovalRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Approval]:
         await check_admin_token(context, self._token, "WatchApproval")
-        approval = await self._get(request.id, context)
-        while True:
-            generation = self._approvals.generation
-            yield to_approval_message(approval)
-            if approval.status != PENDING:
-                return
-            expires = datetime.fromisoformat(approval.expires_at)
-            while True:
-                # Polling the change counter holds no thread: a thousand watchers cost no executor slots,
-                # which Authorize needs for its own approval reads and writes.
-                await asyncio.sleep(_WATCH_POLL_SECONDS)
-                if self._approvals.generation == generation and datetime.now(UTC) < expires:
-                    continue
-                generation = self._approvals.generation
-                current = await self._get(request.id, context)
-                if current.status != approval.status:
-                    break
-            approval = current
+        first = await self._get(request.id, context)
+        try:
+            async for approval in approval_changes(self._approvals, first):
+                yield to_approval_message(approval)
+        except StateError as exc:
+            log.error("approvals: watch %s: %s", request.id, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable")
 
     async def _get(self, approval_id: str, context: grpc.aio.ServicerContext) -> Approval:
         try:
@@ -116,6 +105,33 @@ class ApprovalServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"approval {approval_id} does not exist")
         assert found is not None
         return found
+
+
+async def approval_changes(approvals: Approvals, first: Approval) -> AsyncIterator[Approval]:
+    """first, then the approval each time its status changes, until it is no longer pending.
+
+    StateError when the state store cannot be read.
+    """
+    approval = first
+    while True:
+        generation = approvals.generation
+        yield approval
+        if approval.status != PENDING:
+            return
+        expires = datetime.fromisoformat(approval.expires_at)
+        while True:
+            # Polling the change counter holds no thread: a thousand watchers cost no executor slots,
+            # which Authorize needs for its own approval reads and writes.
+            await asyncio.sleep(_WATCH_POLL_SECONDS)
+            if approvals.generation == generation and datetime.now(UTC) < expires:
+                continue
+            generation = approvals.generation
+            current = await asyncio.to_thread(approvals.get, approval.id)
+            if current is None:  # not reachable: approvals are never deleted while the server runs
+                return
+            if current.status != approval.status:
+                break
+        approval = current
 
 
 def to_approval_message(a: Approval) -> pb.Approval:

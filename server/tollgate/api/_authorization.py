@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from tollgate.api._approvals import approval_changes
 from tollgate.api._convert import (
     InvalidRequest,
     largest_field,
@@ -19,6 +21,7 @@ from tollgate.api._convert import (
 from tollgate.authorizer import Authorizer
 from tollgate.decisionlog import DecisionLog, DecisionLogError
 from tollgate.state import StateError
+from tollgate.state.approvals import Approval, Approvals
 from tollgate.state.budgets import Budgets, ReservationClosed, ReservationNotFound
 from tollgate.v1 import authorization_pb2 as pb
 
@@ -38,9 +41,10 @@ class RequestLimits:
 
 class AuthorizationServicer:
     def __init__(self, authorizer: Authorizer, decision_log: DecisionLog, limits: RequestLimits, *,
-                 budgets: Budgets | None = None) -> None:
+                 budgets: Budgets | None = None, approvals: Approvals | None = None) -> None:
         self._authorizer = authorizer
         self._budgets = budgets
+        self._approvals = approvals
         self._log = decision_log
         self._limits = limits
 
@@ -58,6 +62,9 @@ class AuthorizationServicer:
             "ReportUsage": grpc.unary_unary_rpc_method_handler(
                 self.ReportUsage, request_deserializer=pb.ReportUsageRequest.FromString,
                 response_serializer=pb.ReportUsageResponse.SerializeToString),
+            "WaitForApproval": grpc.unary_stream_rpc_method_handler(
+                self.WaitForApproval, request_deserializer=pb.WaitForApprovalRequest.FromString,
+                response_serializer=pb.ApprovalState.SerializeToString),
         })
 
     async def Authorize(  # noqa: N802 - gRPC method name
@@ -141,3 +148,30 @@ class AuthorizationServicer:
         return pb.ReportUsageResponse(
             reservation_id=reported.id, unit=reported.unit, reserved=reported.amount, committed=reported.committed,
             released=max(reported.amount - reported.committed, 0.0), over_reserved=reported.over_reported)
+
+    async def WaitForApproval(  # noqa: N802 - gRPC method name
+        self, request: pb.WaitForApprovalRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ApprovalState]:
+        if not request.approval_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "approval_id: required")
+        if self._approvals is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server keeps no approvals")
+            raise AssertionError("unreachable: abort raises")
+        try:
+            first = await asyncio.to_thread(self._approvals.get, request.approval_id)
+            if first is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"approval {request.approval_id} does not exist")
+                raise AssertionError("unreachable: abort raises")
+            async for approval in approval_changes(self._approvals, first):
+                yield to_approval_state(approval)
+        except StateError as exc:
+            log.error("wait for approval %s: %s", request.approval_id, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the state store is unavailable; wait again later")
+
+
+def to_approval_state(approval: Approval) -> pb.ApprovalState:
+    """What a waiting harness may know of an approval: its state, never the request or its approvers."""
+    state = pb.ApprovalState(id=approval.id, status=approval.status, decided_by=approval.decided_by,
+                             reason=approval.reason)
+    state.expires_at.FromJsonString(approval.expires_at)
+    return state

@@ -1,5 +1,6 @@
 """The decision log: one durable record per answer, committed before the answer is sent."""
 
+from tollgate.decisionlog._events import jsonl_record, opa_event, opa_time
 from tollgate.decisionlog._sqlite import (
     DecisionLog,
     DecisionLogError,
@@ -9,4 +10,5 @@ from tollgate.decisionlog._sqlite import (
     request_digest,
 )
 
-__all__ = ["DecisionLog", "DecisionLogError", "LogConfig", "canonical_json", "log_time", "request_digest"]
+__all__ = ["DecisionLog", "DecisionLogError", "LogConfig", "canonical_json", "jsonl_record", "log_time", "opa_event",
+           "opa_time", "request_digest"]

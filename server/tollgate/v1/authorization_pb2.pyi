@@ -208,3 +208,23 @@ class ReportUsageResponse(_message.Message):
     released: float
     over_reserved: bool
     def __init__(self, reservation_id: _Optional[str] = ..., unit: _Optional[str] = ..., reserved: _Optional[float] = ..., committed: _Optional[float] = ..., released: _Optional[float] = ..., over_reserved: _Optional[bool] = ...) -> None: ...
+
+class WaitForApprovalRequest(_message.Message):
+    __slots__ = ("approval_id",)
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    approval_id: str
+    def __init__(self, approval_id: _Optional[str] = ...) -> None: ...
+
+class ApprovalState(_message.Message):
+    __slots__ = ("id", "status", "expires_at", "decided_by", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    status: str
+    expires_at: _timestamp_pb2.Timestamp
+    decided_by: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -49,6 +49,11 @@ class AuthorizationServiceStub:
                 request_serializer=tollgate_dot_v1_dot_authorization__pb2.ReportUsageRequest.SerializeToString,
                 response_deserializer=tollgate_dot_v1_dot_authorization__pb2.ReportUsageResponse.FromString,
                 _registered_method=True)
+        self.WaitForApproval = channel.unary_stream(
+                '/tollgate.v1.AuthorizationService/WaitForApproval',
+                request_serializer=tollgate_dot_v1_dot_authorization__pb2.WaitForApprovalRequest.SerializeToString,
+                response_deserializer=tollgate_dot_v1_dot_authorization__pb2.ApprovalState.FromString,
+                _registered_method=True)
 
 
 class AuthorizationServiceServicer:
@@ -79,6 +84,18 @@ class AuthorizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitForApproval(self, request, context):
+        """Wait for a person to decide an approval this service opened (AuthorizeResponse.approval_id):
+        the approval's current state, then each change, until it is approved, denied, expired or used.
+        For harnesses and gateways: it needs no admin credential and tells only the state, never the
+        request (the approval id, which only the caller that was answered holds, is what it asks with).
+        After "approved", ask Authorize again with the same request and approval_id: ALLOW, once.
+        NOT_FOUND when no approval has the id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +113,11 @@ def add_AuthorizationServiceServicer_to_server(servicer, server):
                     servicer.ReportUsage,
                     request_deserializer=tollgate_dot_v1_dot_authorization__pb2.ReportUsageRequest.FromString,
                     response_serializer=tollgate_dot_v1_dot_authorization__pb2.ReportUsageResponse.SerializeToString,
+            ),
+            'WaitForApproval': grpc.unary_stream_rpc_method_handler(
+                    servicer.WaitForApproval,
+                    request_deserializer=tollgate_dot_v1_dot_authorization__pb2.WaitForApprovalRequest.FromString,
+                    response_serializer=tollgate_dot_v1_dot_authorization__pb2.ApprovalState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +201,33 @@ class AuthorizationService:
             '/tollgate.v1.AuthorizationService/ReportUsage',
             tollgate_dot_v1_dot_authorization__pb2.ReportUsageRequest.SerializeToString,
             tollgate_dot_v1_dot_authorization__pb2.ReportUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitForApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tollgate.v1.AuthorizationService/WaitForApproval',
+            tollgate_dot_v1_dot_authorization__pb2.WaitForApprovalRequest.SerializeToString,
+            tollgate_dot_v1_dot_authorization__pb2.ApprovalState.FromString,
             options,
             channel_credentials,
             insecure,
