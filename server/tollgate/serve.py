@@ -121,7 +121,7 @@ async def serve(config: ServeConfig) -> int:
     )
     server = grpc_server(config)
     server.add_generic_rpc_handlers((
-        AuthorizationServicer(authorizer, decision_log, limits, budgets=budgets).handler(),
+        AuthorizationServicer(authorizer, decision_log, limits, budgets=budgets, approvals=approvals).handler(),
         AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token, budgets=budgets).handler(),
         ApprovalServicer(approvals, admin_token=admin_token).handler(),
     ))
