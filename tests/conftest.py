@@ -30,13 +30,15 @@ ADMIN_TOKEN = "test-admin-token-7f3a"
 class Server:
     """A running `tollgate serve` subprocess."""
 
-    def __init__(self, proc: subprocess.Popen[str], address: str, data_dir: Path, admin_token: str | None) -> None:
+    def __init__(self, proc: subprocess.Popen[str], address: str, data_dir: Path, admin_token: str | None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.proc = proc
         self.address = address
         self.data_dir = data_dir
         #: Call metadata for AdminService RPCs (empty when the server has no admin token).
         self.admin_metadata = [("authorization", f"Bearer {admin_token}")] if admin_token else []
-        self.channel = grpc.insecure_channel(address)
+        self.channel = (grpc.secure_channel(address, credentials) if credentials is not None
+                        else grpc.insecure_channel(address))
         self.stub = pb_grpc.AuthorizationServiceStub(self.channel)
         self._stderr: list[str] = []
         self._pump = threading.Thread(target=self._drain_stderr, daemon=True)
@@ -78,8 +80,9 @@ class Server:
 
 def start_server(data_dir: Path, *, bundle: Path | str = REGO, listen: str = "127.0.0.1:0",
                  extra: list[str] | None = None, ready_timeout: float = 60,
-                 admin_token: str | None = ADMIN_TOKEN) -> Server:
-    """Start `tollgate serve` and wait for its ready line (with --admin-token admin_token unless None)."""
+                 admin_token: str | None = ADMIN_TOKEN, credentials: grpc.ChannelCredentials | None = None) -> Server:
+    """Start `tollgate serve` and wait for its ready line (with --admin-token admin_token unless None);
+    credentials: for a TLS listener, what the test's own channel connects with."""
     args = [*TOLLGATE, "serve", "--listen", listen, "--data-dir", str(data_dir), "--bundle", str(bundle),
             *(["--admin-token", admin_token] if admin_token else []), *(extra or [])]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -93,7 +96,7 @@ def start_server(data_dir: Path, *, bundle: Path | str = REGO, listen: str = "12
             break
         if line.startswith("tollgate: serving on "):
             address = line.split()[3]
-            server = Server(proc, address, data_dir, admin_token)
+            server = Server(proc, address, data_dir, admin_token, credentials)
             grpc.channel_ready_future(server.channel).result(timeout=10)
             return server
     proc.kill()
@@ -107,9 +110,10 @@ def serve(tmp_path: Path) -> Iterator[object]:
     servers: list[Server] = []
 
     def factory(*, bundle: Path | str = REGO, data_dir: Path | None = None, listen: str = "127.0.0.1:0",
-                extra: list[str] | None = None, admin_token: str | None = ADMIN_TOKEN) -> Server:
+                extra: list[str] | None = None, admin_token: str | None = ADMIN_TOKEN,
+                credentials: grpc.ChannelCredentials | None = None) -> Server:
         server = start_server(data_dir or tmp_path / "data", bundle=bundle, listen=listen, extra=extra,
-                              admin_token=admin_token)
+                              admin_token=admin_token, credentials=credentials)
         servers.append(server)
         return server
 

@@ -32,3 +32,16 @@ def test_an_unreadable_or_empty_token_file_names_the_key(tmp_path: Path) -> None
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match=r"admin_token_file: .*empty' is empty"):
         load_config(None, {"admin_token_file": str(tmp_path / "empty")}).resolved_admin_token()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"tls_cert": "c.pem"}, "tls_cert: give tls_cert and tls_key together"),
+    ({"tls_client_ca": "ca.pem"}, "tls_client_ca: needs TLS on the listener"),
+    ({"tls_require_client_cert": True}, "tls_require_client_cert: needs TLS on the listener"),
+    ({"tls_cert": "c.pem", "tls_key": "k.pem", "tls_require_client_cert": True},
+     "tls_require_client_cert: needs tls_client_ca"),
+    ({"tls_cert": "missing.pem", "tls_key": "k.pem"}, "tls_cert: 'missing.pem' is not a readable file"),
+], ids=["cert-without-key", "ca-without-tls", "require-without-tls", "require-without-ca", "missing-file"])
+def test_bad_tls_settings_name_the_key(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

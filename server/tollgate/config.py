@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, cast
 
+import grpc
 import yaml
 
 from tollgate.bundle import DEFAULT_SIZE_LIMIT
@@ -74,6 +75,15 @@ class ServeConfig:
     approver_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     #: How long a budget reservation holds its amount when no usage is reported, in seconds.
     reservation_ttl: float = 900.0
+    #: PEM server certificate (chain) for TLS on the gRPC listener; with tls_key. "" serves plaintext.
+    tls_cert: str = ""
+    #: PEM private key of tls_cert.
+    tls_key: str = ""
+    #: PEM CA bundle that client certificates are verified against (mTLS). Without it no client certificate
+    #: is asked for; with it a presented certificate must chain to it and names the caller (its SANs).
+    tls_client_ca: str = ""
+    #: Refuse TLS connections without a valid client certificate (needs tls_client_ca).
+    tls_require_client_cert: bool = False
 
     def validate(self) -> ServeConfig:
         if self.eval_timeout_ms <= 0:
@@ -115,7 +125,35 @@ class ServeConfig:
         for group, members in self.approver_groups.items():
             if not isinstance(members, list) or not all(isinstance(m, str) and m.strip() for m in members):
                 raise ConfigError(f"approver_groups: {group!r} must be a list of identities, got {members!r}")
+        self._validate_tls()
         return self
+
+    def _validate_tls(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert: give tls_cert and tls_key together (the server certificate and its key)")
+        if (self.tls_client_ca or self.tls_require_client_cert) and not self.tls_cert:
+            name = "tls_client_ca" if self.tls_client_ca else "tls_require_client_cert"
+            raise ConfigError(f"{name}: needs TLS on the listener (tls_cert and tls_key)")
+        if self.tls_require_client_cert and not self.tls_client_ca:
+            raise ConfigError("tls_require_client_cert: needs tls_client_ca (the CA client certificates chain to)")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name}: {path!r} is not a readable file")
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """The gRPC listener's TLS credentials (None: plaintext)."""
+        if not self.tls_cert:
+            return None
+        try:
+            key, cert = Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes()
+            client_ca = Path(self.tls_client_ca).read_bytes() if self.tls_client_ca else None
+        except OSError as exc:
+            raise ConfigError(f"tls: cannot read {exc.filename!r} ({exc.strerror or exc})") from exc
+        # With a client CA, gRPC asks for a client certificate and verifies one if sent; require_client_auth
+        # makes one mandatory. Without a CA, none is asked for.
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                           require_client_auth=self.tls_require_client_cert)
 
     def resolved_admin_token(self) -> str:
         """The admin token: admin_token, or the contents of admin_token_file ("" when neither is set)."""

@@ -43,6 +43,7 @@ async def serve(config: ServeConfig) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         admin_token = config.resolved_admin_token()
+        credentials = config.server_credentials()
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     if not admin_token:
@@ -130,7 +131,7 @@ async def serve(config: ServeConfig) -> int:
         (SERVICE, ADMIN_SERVICE, APPROVAL_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server
     )
-    address = _bind(server, config.listen)
+    address = _bind(server, config.listen, credentials)
     await server.start()
 
     stop = asyncio.Event()
@@ -182,7 +183,12 @@ def grpc_server(config: ServeConfig) -> grpc.aio.Server:
     )
 
 
-def _bind(server: grpc.aio.Server, listen: str) -> str:
+def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> str:
+    def add_port(address: str) -> int:
+        port: int = (server.add_insecure_port(address) if credentials is None
+                     else server.add_secure_port(address, credentials))
+        return port
+
     if listen.startswith("unix:"):
         path = listen[len("unix:"):]
         try:
@@ -190,9 +196,9 @@ def _bind(server: grpc.aio.Server, listen: str) -> str:
                 os.unlink(path)  # a stale socket from an earlier run
         except FileNotFoundError:
             pass
-        server.add_insecure_port(listen)
+        add_port(listen)
         return listen
-    port = server.add_insecure_port(listen)
+    port = add_port(listen)
     if port == 0:
         raise SystemExit(f"tollgate serve: cannot listen on {listen} (address in use or invalid?)")
     host = listen.rsplit(":", 1)[0]

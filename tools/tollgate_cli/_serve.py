@@ -46,6 +46,9 @@ def _field_help(name: str) -> str:
         "admin_token": "bearer token AdminService requires (prefer --admin-token-file: argv is visible to all)",
         "admin_token_file": "file holding the admin token",
         "reservation_ttl": "seconds a budget reservation holds its amount until usage is reported",
+        "tls_cert": "PEM server certificate: serve gRPC over TLS", "tls_key": "PEM key of --tls-cert",
+        "tls_client_ca": "PEM CA that client certificates must chain to (mTLS; the certificate names the caller)",
+        "tls_require_client_cert": "refuse TLS clients without a valid certificate (needs --tls-client-ca)",
     }.get(name, "")
     default = getattr(ServeConfig(), name)
     if name.startswith("admin_token"):
