@@ -10,7 +10,9 @@ import pytest
 from tollgate.budgetguard import BUDGET_EXCEEDED, BudgetGuard, SpendView
 from tollgate.contract import ALLOW, PolicyResult, ReservePlan
 from tollgate.state import StateStore
-from tollgate.state.budgets import Budgets
+from tollgate.state.budgets import Budgets, SpendSnapshot
+
+NOTHING = SpendSnapshot({}, {})  # no spend read yet
 
 PRINCIPAL = {"agent_id": "a", "session_id": "s"}
 ALLOWED = PolicyResult(ALLOW, reserve=ReservePlan({"usd": 0.6}, {"session": {"usd": 1.0}}))
@@ -27,7 +29,7 @@ def test_settle_ends_the_step_so_the_next_request_need_not_wait_for_the_log(guar
 
         async def first() -> None:
             async with guard.step():
-                guard.settle("budget", PRINCIPAL, {}, ALLOWED, SpendView({}), decision_id="d1")
+                guard.settle("budget", PRINCIPAL, {}, ALLOWED, SpendView(NOTHING), decision_id="d1")
                 await asyncio.sleep(0.05)  # the log append, after the reservation
                 order.append("first logged")
 
@@ -54,8 +56,8 @@ def test_a_step_that_fails_before_settle_is_released(guard: BudgetGuard) -> None
 
 
 def test_an_allow_the_ledger_cannot_fit_becomes_a_server_deny(guard: BudgetGuard) -> None:
-    first = guard.settle("budget", PRINCIPAL, {}, ALLOWED, SpendView({}), decision_id="d1")
-    second = guard.settle("budget", PRINCIPAL, {}, ALLOWED, SpendView({}), decision_id="d2")
+    first = guard.settle("budget", PRINCIPAL, {}, ALLOWED, SpendView(NOTHING), decision_id="d1")
+    second = guard.settle("budget", PRINCIPAL, {}, ALLOWED, SpendView(NOTHING), decision_id="d2")
     assert first.reservation_id and first.result is ALLOWED
     assert second.reservation_id == ""
     assert [r.code for r in second.result.reasons] == [BUDGET_EXCEEDED]
@@ -63,13 +65,13 @@ def test_an_allow_the_ledger_cannot_fit_becomes_a_server_deny(guard: BudgetGuard
 
 
 def test_an_unreadable_ledger_denies_spending_and_spares_other_kinds(guard: BudgetGuard) -> None:
-    broken = SpendView({}, error="state store: disk I/O error")
+    broken = SpendView(NOTHING, error="state store: disk I/O error")
     assert [r.code for r in guard.settle("model", PRINCIPAL, {}, ALLOWED, broken, decision_id="d").result.reasons] \
         == ["budget_unavailable"]
     assert guard.settle("tool", PRINCIPAL, {}, ALLOWED, broken, decision_id="d").result is ALLOWED
 
 
 def test_a_budget_allow_without_a_plan_still_reserves_its_amount(guard: BudgetGuard) -> None:
-    settled = guard.settle("budget", PRINCIPAL, {"amount": 2.5, "unit": "usd"}, PolicyResult(ALLOW), SpendView({}),
+    settled = guard.settle("budget", PRINCIPAL, {"amount": 2.5, "unit": "usd"}, PolicyResult(ALLOW), SpendView(NOTHING),
                            decision_id="d")
     assert [(r.unit, r.amount) for r in guard.budgets.get(settled.reservation_id)] == [("usd", 2.5)]

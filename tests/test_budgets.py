@@ -37,7 +37,7 @@ def test_principal_scopes_read_session_agent_team_and_workflow() -> None:
 def test_spend_counts_live_reservations_in_every_scope(budgets: Budgets) -> None:
     budgets.reserve(ALICE, {"usd": 0.25, "tokens": 100}, limits=LIMITS, now=NOON)
     budgets.reserve({**ALICE, "session": "s2"}, {"usd": 0.5}, limits=LIMITS, now=NOON)
-    spend = budgets.spend(ALICE, now=NOON + 1)
+    spend = budgets.spend(ALICE, now=NOON + 1).by_scope
     assert spend["session"] == {"usd": 0.25, "tokens": 100}
     assert spend["team"] == {"usd": 0.75, "tokens": 100}
 
@@ -49,7 +49,7 @@ def test_reservation_past_a_limit_is_refused_and_reserves_nothing(budgets: Budge
         budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, now=NOON)
     with pytest.raises(BudgetExceeded, match="team limit of 1000 tokens"):
         budgets.reserve(ALICE, {"usd": 0.1, "tokens": 1001}, limits=LIMITS, now=NOON)
-    assert budgets.spend(ALICE, now=NOON)["session"] == {"usd": 0.75}
+    assert budgets.spend(ALICE, now=NOON).by_scope["session"] == {"usd": 0.75}
     budgets.reserve(ALICE, {"usd": 0.25}, limits=LIMITS, now=NOON)  # exactly up to the limit fits
 
 
@@ -57,7 +57,7 @@ def test_expired_reservation_releases_its_amount(budgets: Budgets) -> None:
     rid = budgets.reserve(ALICE, {"usd": 1.0}, limits=LIMITS, now=NOON)
     with pytest.raises(BudgetExceeded):
         budgets.reserve(ALICE, {"usd": 0.1}, limits=LIMITS, now=NOON + 59)
-    assert budgets.spend(ALICE, now=NOON + 60)["session"] == {"usd": 0.0}
+    assert budgets.spend(ALICE, now=NOON + 60).by_scope["session"] == {"usd": 0.0}
     assert budgets.expire(now=NOON + 60) == 1
     assert [r.status for r in budgets.get(rid)] == ["expired"]
     with pytest.raises(ReservationClosed, match="expired"):
@@ -70,7 +70,7 @@ def test_report_commits_part_and_releases_the_rest(budgets: Budgets) -> None:
     reported = budgets.report(rid, amount=0.3, now=NOON + 1)
     assert (reported.status, reported.committed, reported.over_reported) == ("committed", 0.3, False)
     # Committed spend is a fact: it does not expire.
-    assert budgets.spend(ALICE, now=NOON + 3600)["session"] == {"usd": 0.3}
+    assert budgets.spend(ALICE, now=NOON + 3600).by_scope["session"] == {"usd": 0.3}
     with pytest.raises(ReservationClosed, match="already committed"):
         budgets.report(rid, amount=0.3, now=NOON + 2)
 
@@ -79,7 +79,7 @@ def test_report_over_the_reservation_commits_the_actual_amount_and_flags_it(budg
     rid = budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, now=NOON)
     reported = budgets.report(rid, amount=1.5, unit="usd", now=NOON + 1)
     assert (reported.committed, reported.over_reported) == (1.5, True)
-    assert budgets.spend(ALICE, now=NOON + 1)["session"] == {"usd": 1.5}
+    assert budgets.spend(ALICE, now=NOON + 1).by_scope["session"] == {"usd": 1.5}
 
 
 def test_report_of_several_units_needs_the_unit(budgets: Budgets) -> None:
@@ -89,7 +89,7 @@ def test_report_of_several_units_needs_the_unit(budgets: Budgets) -> None:
     with pytest.raises(ReservationNotFound, match="holds no eur"):
         budgets.report(rid, amount=0.1, unit="eur", now=NOON)
     assert budgets.report(rid, amount=80, unit="tokens", now=NOON).committed == 80
-    assert budgets.spend(ALICE, now=NOON)["session"] == {"usd": 0.5, "tokens": 80}
+    assert budgets.spend(ALICE, now=NOON).by_scope["session"] == {"usd": 0.5, "tokens": 80}
 
 
 def test_report_of_an_unknown_reservation_is_not_found(budgets: Budgets) -> None:
@@ -101,15 +101,42 @@ def test_agent_team_and_workflow_spend_is_per_utc_day_and_session_spend_is_the_w
     budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, now=NOON)
     rid = budgets.reserve(ALICE, {"usd": 0.25}, limits=LIMITS, now=NOON)
     budgets.report(rid, amount=0.25, now=NOON)
-    tomorrow = budgets.spend(ALICE, now=NOON + DAY)
+    tomorrow = budgets.spend(ALICE, now=NOON + DAY).by_scope
     assert tomorrow["session"] == {"usd": 0.25}
     assert tomorrow["team"] == {} and tomorrow["agent"] == {}
+
+
+def test_monthly_spend_counts_every_day_of_the_utc_month_and_starts_again_next_month(budgets: Budgets) -> None:
+    # 2026-03-10 noon, the next day, and 2026-04-01 just after midnight UTC.
+    budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, now=NOON)
+    rid = budgets.reserve({**ALICE, "session": "s2"}, {"usd": 0.25}, limits=LIMITS, now=NOON + DAY)
+    budgets.report(rid, amount=0.2, now=NOON + DAY)
+    next_day = budgets.spend(ALICE, now=NOON + DAY + 1)
+    assert next_day.by_scope["agent"] == {"usd": 0.2}  # the day's: only the reported 0.2 of 2026-03-11
+    assert next_day.monthly["agent"] == {"usd": 0.2}  # the first reservation (unreported) expired
+    assert set(next_day.monthly) == {"agent", "team", "workflow"}  # a session has no month
+    april = datetime(2026, 4, 1, 0, 0, 1, tzinfo=UTC).timestamp()
+    assert budgets.spend(ALICE, now=april).monthly == {"agent": {}, "team": {}, "workflow": {}}
+
+
+def test_a_monthly_limit_is_checked_across_days(tmp_path: Path) -> None:
+    budgets = Budgets(StateStore(tmp_path / "state.db"), ttl=10 * DAY)
+    monthly = {"agent": {"usd": 1.0}}
+    budgets.reserve(ALICE, {"usd": 0.75}, limits=LIMITS, monthly_limits=monthly, now=NOON)
+    with pytest.raises(BudgetExceeded, match=r"agent monthly spend 0\.75 usd plus this request's 0\.5 would "
+                                             r"pass the agent monthly limit of 1 usd"):
+        budgets.reserve({**ALICE, "session": "s9"}, {"usd": 0.5}, limits=LIMITS, monthly_limits=monthly,
+                        now=NOON + 3 * DAY)
+    # The daily limit alone would have let it through; the next month has room again.
+    budgets.reserve({**ALICE, "session": "s9"}, {"usd": 0.5}, limits=LIMITS, now=NOON + 3 * DAY)
+    april = datetime(2026, 4, 2, tzinfo=UTC).timestamp()
+    budgets.reserve({**ALICE, "session": "s10"}, {"usd": 0.9}, limits=LIMITS, monthly_limits=monthly, now=april)
 
 
 def test_spend_survives_a_restart(tmp_path: Path) -> None:
     first = Budgets(StateStore(tmp_path / "state.db"))
     first.reserve(ALICE, {"usd": 0.5}, limits=LIMITS)
-    assert Budgets(StateStore(tmp_path / "state.db")).spend(ALICE)["session"] == {"usd": 0.5}
+    assert Budgets(StateStore(tmp_path / "state.db")).spend(ALICE).by_scope["session"] == {"usd": 0.5}
 
 
 def test_concurrent_reservations_never_pass_the_limit(budgets: Budgets) -> None:
@@ -127,7 +154,7 @@ def test_concurrent_reservations_never_pass_the_limit(budgets: Budgets) -> None:
     for t in threads:
         t.join()
     assert len(granted) == 10
-    assert budgets.spend(ALICE)["session"]["usd"] == pytest.approx(1.0)
+    assert budgets.spend(ALICE).by_scope["session"]["usd"] == pytest.approx(1.0)
 
 
 def test_usage_shows_committed_and_reserved_by_scope_and_window(budgets: Budgets) -> None:
@@ -137,6 +164,7 @@ def test_usage_shows_committed_and_reserved_by_scope_and_window(budgets: Budgets
     assert budgets.usage({"session": "s1", "team": "platform"}, now=NOON) == [
         ScopeSpend("session", "s1", "run", {"usd": (0.2, 0.25)}),
         ScopeSpend("team", "platform", "day 2026-03-10", {"usd": (0.2, 0.25)}),
+        ScopeSpend("team", "platform", "month 2026-03", {"usd": (0.2, 0.25)}),
     ]
     with pytest.raises(ValueError, match="user: not a budget scope"):
         budgets.usage({"user": "bob"})

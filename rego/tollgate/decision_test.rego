@@ -197,6 +197,7 @@ test_allowed_model_call_carries_token_cap_and_estimated_cost if {
 		"reserve": {
 			"amounts": {"usd": 0.1236, "tokens": 9200},
 			"limits": {"session": {"usd": 20, "tokens": 2000000}, "agent": {"usd": 400}},
+			"monthly_limits": {"agent": {"usd": 3000}},
 		},
 	}
 }
@@ -238,6 +239,7 @@ test_budget_request_allowed if {
 	_decide(r) == {"decision": "allow", "reasons": [], "obligations": {}, "reserve": {
 		"amounts": {"usd": 0.25},
 		"limits": {"session": {"usd": 20, "tokens": 2000000}, "agent": {"usd": 400}},
+		"monthly_limits": {"agent": {"usd": 3000}},
 	}}
 }
 

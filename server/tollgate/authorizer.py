@@ -226,7 +226,8 @@ class Authorizer:
         spend = None
         if self._budgets is not None and self._budgets.applies(request.kind):
             spend = self._budgets.view(request.principal)
-            input_doc["state"]["spend"] = spend.spend
+            input_doc["state"]["spend"] = spend.spend.by_scope
+            input_doc["state"]["spend_month"] = spend.spend.monthly
         # One canonical serialisation serves both the engine and the log record.
         input_json = canonical_json(input_doc)
         with self._engines.lease() as engine:
@@ -427,8 +428,9 @@ def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, st
         "context": request.context,
         "request_id": request.request_id,
         "approval_id": request.approval_id,
-        "auth": {"method": "none", "subject": ""},
-        "state": {"spend": {}, "killed": killed if killed is not None else [], "approval": approval},
+        "auth": request.caller.auth_input(),
+        "state": {"spend": {}, "spend_month": {}, "killed": killed if killed is not None else [],
+                  "approval": approval},
         "now": now,
     }
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from tollgate.contract import ALLOW, DENY, PolicyResult, Reason
 from tollgate.state import StateError
-from tollgate.state.budgets import BudgetExceeded, Budgets, principal_scopes
+from tollgate.state.budgets import BudgetExceeded, Budgets, SpendSnapshot, principal_scopes
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,9 @@ BUDGET_UNAVAILABLE = "budget_unavailable"
 
 @dataclass(frozen=True)
 class SpendView:
-    """The spend one decision read: input.state.spend, or why it could not be read."""
+    """The spend one decision read (input.state.spend and input.state.spend_month), or why it could not be read."""
 
-    spend: Mapping[str, Mapping[str, float]]
+    spend: SpendSnapshot
     error: str = ""
 
 
@@ -91,7 +91,7 @@ class BudgetGuard:
             return SpendView(self.budgets.spend(principal_scopes(principal)))
         except StateError as exc:
             log.error("budgets: %s", exc)
-            return SpendView({}, error=str(exc))
+            return SpendView(SpendSnapshot({}, {}), error=str(exc))
 
     def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
                view: SpendView, *, decision_id: str) -> Settlement:
@@ -108,8 +108,10 @@ class BudgetGuard:
         if view.error:
             return _deny(BUDGET_UNAVAILABLE, "the spend ledger cannot be read; spending requests are denied",
                          view.error)
+        monthly: Mapping[str, Any] = {}
         if result.reserve is not None:
             amounts, limits = dict(result.reserve.amounts), result.reserve.limits
+            monthly = result.reserve.monthly_limits
         elif kind == "budget":
             # A bundle without reserve still spends what a budget request asks for (no limits to re-check).
             amounts, limits = {str(action.get("unit", "")): float(action.get("amount", 0.0))}, {}
@@ -119,7 +121,7 @@ class BudgetGuard:
             return Settlement(result)
         try:
             reservation_id = self.budgets.reserve(principal_scopes(principal), amounts, limits=limits,
-                                                  decision_id=decision_id)
+                                                  monthly_limits=monthly, decision_id=decision_id)
         except BudgetExceeded as exc:
             return _deny(BUDGET_EXCEEDED, str(exc),
                          "budget re-check at reservation: the policy allowed, the ledger found the limit passed")

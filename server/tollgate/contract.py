@@ -12,7 +12,7 @@ REQUIRE_APPROVAL = "require_approval"
 DECISIONS = frozenset({ALLOW, DENY, REQUIRE_APPROVAL})
 
 _RESULT_KEYS = frozenset({"decision", "reasons", "obligations", "approval", "reserve"})
-_RESERVE_KEYS = frozenset({"amounts", "limits"})
+_RESERVE_KEYS = frozenset({"amounts", "limits", "monthly_limits"})
 _APPROVAL_KEYS = frozenset({"approvers", "ttl_seconds"})
 
 
@@ -41,13 +41,15 @@ class ApprovalSpec:
 
 @dataclass(frozen=True)
 class ReservePlan:
-    """What an allowed request spends (unit → amount), and the limits (scope → unit → limit) it must fit.
+    """What an allowed request spends (unit → amount), and the limits (scope → unit → limit) it must fit:
+    `limits` over each scope's default window (a session's run, the UTC day), `monthly_limits` over the UTC month.
 
     The server reserves the amounts as part of the decision, re-checking the limits against the ledger.
     """
 
     amounts: Mapping[str, float]
     limits: Mapping[str, Mapping[str, float]]
+    monthly_limits: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -108,14 +110,19 @@ def parse_result(value: Any) -> PolicyResult:
 def _parse_reserve(raw: Any) -> ReservePlan:
     if not isinstance(raw, dict) or set(raw) - _RESERVE_KEYS:
         raise ContractError(f"result.reserve must be an object with keys {sorted(_RESERVE_KEYS)}")
-    amounts, limits = raw.get("amounts", {}), raw.get("limits", {})
+    amounts = raw.get("amounts", {})
     if not isinstance(amounts, dict) or not all(_non_negative(a) for a in amounts.values()):
         raise ContractError("result.reserve.amounts must map units to numbers >= 0")
+    return ReservePlan({str(u): float(a) for u, a in amounts.items()}, _parse_limits(raw, "limits"),
+                       _parse_limits(raw, "monthly_limits"))
+
+
+def _parse_limits(raw: dict[str, Any], key: str) -> dict[str, dict[str, float]]:
+    limits = raw.get(key, {})
     if not isinstance(limits, dict) or not all(
             isinstance(units, dict) and all(_non_negative(n) for n in units.values()) for units in limits.values()):
-        raise ContractError("result.reserve.limits must map scopes to objects of units and numbers >= 0")
-    return ReservePlan({str(u): float(a) for u, a in amounts.items()},
-                       {str(s): {str(u): float(n) for u, n in units.items()} for s, units in limits.items()})
+        raise ContractError(f"result.reserve.{key} must map scopes to objects of units and numbers >= 0")
+    return {str(s): {str(u): float(n) for u, n in units.items()} for s, units in limits.items()}
 
 
 def _non_negative(value: Any) -> bool:

@@ -96,6 +96,9 @@ MANIFEST = Obj({
         "max_request_tokens": req(Num(minimum=0)),
         "limits": opt(MapOf(Str(choices=("session", "agent", "team", "workflow")),
                             MapOf(Str(choices=("usd", "tokens")), Num(minimum=0)))),
+        # Over the UTC calendar month; a session is one run, so it has no monthly limit.
+        "monthly_limits": opt(MapOf(Str(choices=("agent", "team", "workflow")),
+                                    MapOf(Str(choices=("usd", "tokens")), Num(minimum=0)))),
     })),
     "approval": req(Obj({
         "approvers": req(ListOf(Str(), nonempty=True, unique=True)),

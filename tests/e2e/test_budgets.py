@@ -100,6 +100,9 @@ def test_each_decision_shows_the_policy_current_spend_and_logs_its_reservation(s
     assert spend_seen(server, other.decision_id)["session"] == {}
     for response in (first, second, other):
         assert server.get_decision(response.decision_id).reservation_id == response.reservation_id
+    # The month's spend is beside it, for the scopes that have a month (a session is one run).
+    month = json_format.MessageToDict(server.get_decision(other.decision_id).input)["state"]["spend_month"]
+    assert month == {"agent": {"usd": 2.0}, "team": {}, "workflow": {"usd": 2.0}}  # run-2 names no team
 
 
 def test_a_request_past_the_limit_is_denied_by_the_policy_with_the_spend_it_saw(serve) -> None:  # type: ignore[no-untyped-def]
@@ -208,6 +211,24 @@ def test_a_policy_allow_the_ledger_cannot_fit_is_denied_by_the_server(serve, tmp
     assert reserved_in_session(server, "run-1") == pytest.approx(0.6)
 
 
+MONTHLY_CAP = """
+package tollgate
+
+decision := {"decision": "allow", "reasons": [], "obligations": {},
+             "reserve": {"amounts": {"usd": 0.6}, "limits": {}, "monthly_limits": {"agent": {"usd": 1}}}}
+"""
+
+
+def test_the_server_re_checks_monthly_limits_as_it_reserves(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = serve(bundle=write_policy(tmp_path / "policy", MONTHLY_CAP))
+    first = server.authorize(budget_request(0.6, session="run-a"))
+    second = server.authorize(budget_request(0.6, session="run-b"))  # another run, the same agent's month
+    assert answer(first) == ("DECISION_ALLOW", [])
+    assert answer(second) == ("DECISION_DENY", ["budget_exceeded"])
+    assert second.reasons[0].message == ("agent monthly spend 0.6 usd plus this request's 0.6 would pass the agent "
+                                         "monthly limit of 1 usd")
+
+
 def test_spend_by_scope_over_the_admin_rpc_and_the_cli(serve) -> None:  # type: ignore[no-untyped-def]
     server = serve()
     granted = server.authorize(budget_request(1.5, team="platform"))
@@ -219,8 +240,9 @@ def test_spend_by_scope_over_the_admin_rpc_and_the_cli(serve) -> None:  # type: 
     shown_units = [(s.scope, s.value, [(u.unit, u.committed, u.reserved, u.total) for u in s.units])
                    for s in found.scopes]
     assert shown_units == [("session", "run-1", [("usd", 1.0, 0.5, 1.5)]),
+                           ("team", "platform", [("usd", 1.0, 0.5, 1.5)]),
                            ("team", "platform", [("usd", 1.0, 0.5, 1.5)])]
-    assert found.scopes[0].window == "run" and found.scopes[1].window.startswith("day ")
+    assert [s.window.split()[0] for s in found.scopes] == ["run", "day", "month"]
     with pytest.raises(grpc.RpcError) as no_token:
         admin.GetSpend(admin_pb2.GetSpendRequest(session="run-1"), timeout=10)
     assert no_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -236,10 +258,12 @@ def test_spend_by_scope_over_the_admin_rpc_and_the_cli(serve) -> None:  # type: 
     assert lines[0] == "session=run-1  (run)"
     assert lines[1].split() == ["usd", "1.5", "(committed", "1,", "reserved", "0.5)"]
     assert lines[2].startswith("agent=code-reviewer  (day ")
+    assert lines[4].startswith("agent=code-reviewer  (month ")
     as_json = subprocess.run([*TOLLGATE, "spend", "--server", server.address, "--workflow", "none", "--json"],
                              capture_output=True, text=True, env=env, timeout=60)
-    [workflow] = json.loads(as_json.stdout)
-    assert (workflow["scope"], workflow["value"], workflow["units"]) == ("workflow", "none", [])
+    day, month = json.loads(as_json.stdout)
+    assert (day["scope"], day["value"], day["units"]) == (month["scope"], month["value"], month["units"]) == (
+        "workflow", "none", [])
     refused = subprocess.run([*TOLLGATE, "spend", "--server", server.address, "--session", "run-1"],
                              capture_output=True, text=True, env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ""}, timeout=60)
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr

@@ -3,7 +3,8 @@
 # description: >-
 #   A step's spend request must fit under the manifest's per-request ceiling for its unit and,
 #   with what has already been spent (input.state.spend), under every limit the manifest sets
-#   per scope (session, agent, team, workflow). A model call's estimated cost (the catalog's
+#   per scope (session, agent, team, workflow), and with the month's spend (input.state.spend_month)
+#   under every monthly limit (agent, team, workflow). A model call's estimated cost (the catalog's
 #   price table, input tokens plus the max_output_tokens obligation) must fit the same limits.
 #   What an allowed request spends is `reserve`, which the server reserves in the same step.
 package tollgate.budget
@@ -73,6 +74,19 @@ deny contains {"code": "budget_exceeded", "message": message} if {
 	])
 }
 
+deny contains {"code": "budget_exceeded", "message": message} if {
+	some unit, amount in _requested
+	some scope, limits in _monthly_limits
+	limit := limits[unit]
+	spent := object.get(input, ["state", "spend_month", scope, unit], 0)
+	not _fits(spent, amount, limit)
+	message := sprintf("%s monthly spend %v %s plus this request's %v would pass the %s monthly limit of %v %s", [
+		scope, spent, unit, amount, scope, limit, unit,
+	])
+}
+
+_monthly_limits := object.get(agent.manifest, ["budget", "monthly_limits"], {})
+
 # What the request would spend, by unit: a budget request its amount; a model call its
 # estimated cost in usd (when the catalog prices the model) and its tokens.
 default _requested := {}
@@ -106,13 +120,20 @@ _model_cost := {"usd": cost} if {
 # METADATA
 # title: reserve
 # description: >-
-#   {"amounts": {unit: amount}, "limits": {scope: {unit: limit}}} for a request that spends;
-#   undefined otherwise. The decision carries it as result.reserve when it allows: the server
+#   {"amounts": {unit: amount}, "limits": {scope: {unit: limit}}} for a request that spends, plus
+#   "monthly_limits" (same shape) when the manifest sets any; undefined otherwise. The decision carries it as result.reserve when it allows: the server
 #   reserves the amounts against the principal's scopes, re-checking the limits in the same
 #   transaction, and answers the reservation's id.
-reserve := {"amounts": _requested, "limits": object.get(agent.manifest, ["budget", "limits"], {})} if {
+reserve := object.union(
+	{"amounts": _requested, "limits": object.get(agent.manifest, ["budget", "limits"], {})},
+	_monthly_reserve,
+) if {
 	count(_requested) > 0
 }
+
+default _monthly_reserve := {}
+
+_monthly_reserve := {"monthly_limits": _monthly_limits} if count(_monthly_limits) > 0
 
 # Non-numeric spend or limits cannot be shown to fit, so they do not.
 _fits(spent, amount, limit) if {

@@ -117,7 +117,29 @@ test_budget_request_reserves_its_amount_under_the_manifest_limits if {
 	reserve == {
 		"amounts": {"usd": 0.25},
 		"limits": {"session": {"usd": 20, "tokens": 2000000}, "agent": {"usd": 400}},
+		"monthly_limits": {"agent": {"usd": 3000}},
 	}
+}
+
+test_monthly_limit_reads_the_months_spend if {
+	r := fx.with_state(fx.budget("code-reviewer", 1.5, "usd"), "spend_month", {"agent": {"usd": 2999}})
+	deny := budget.deny with input as r
+	deny == {{"code": "budget_exceeded", "message": "agent monthly spend 2999 usd plus this request's 1.5 would pass the agent monthly limit of 3000 usd"}}
+	count(budget.deny) == 0 with input as fx.with_state(fx.budget("code-reviewer", 1, "usd"), "spend_month", {"agent": {"usd": 2999}})
+}
+
+test_the_days_spend_does_not_count_against_a_monthly_limit_or_the_reverse if {
+	# 390 spent today and 2000 this month: 1.5 more fits both the daily 400 and the monthly 3000.
+	r := object.union(fx.budget("code-reviewer", 1.5, "usd"), {"state": {
+		"spend": {"agent": {"usd": 390}}, "spend_month": {"agent": {"usd": 2000}},
+		"killed": [], "approval": null,
+	}})
+	count(budget.deny) == 0 with input as r
+}
+
+test_a_manifest_without_monthly_limits_reserves_none if {
+	reserve := budget.reserve with input as fx.budget("browser-agent", 0.25, "usd")
+	not "monthly_limits" in object.keys(reserve)
 }
 
 test_invalid_budget_request_reserves_nothing if {

@@ -14,9 +14,12 @@ from tollgate.state._store import StateError, StateStore
 
 #: The scopes a budget limit can name, and the principal field each one reads.
 BUDGET_SCOPES = {"session": "session_id", "agent": "agent_id", "team": "team", "workflow": "workflow"}
-#: The window each scope's spend is counted over: a session's whole run; an agent's, team's and
-#: workflow's current UTC day.
+#: The window each scope's spend is counted over by default (input.state.spend, budget.limits): a session's
+#: whole run; an agent's, team's and workflow's current UTC day.
 WINDOWS = {"session": "run", "agent": "day", "team": "day", "workflow": "day"}
+#: The scopes also counted over the current UTC calendar month (input.state.spend_month,
+#: budget.monthly_limits). A session is one run: a month adds nothing to it.
+MONTHLY_SCOPES = ("agent", "team", "workflow")
 #: How long a reservation holds its amount when no usage is reported (seconds).
 DEFAULT_TTL = 900.0
 
@@ -45,6 +48,12 @@ _SCHEMA = (
     CREATE INDEX budget_reservations_team ON budget_reservations (team, unit, day);
     CREATE INDEX budget_reservations_workflow ON budget_reservations (workflow, unit, day);
     CREATE INDEX budget_reservations_open ON budget_reservations (status, expires_at)
+    """,
+    # 2: monthly limits read each scope's spend over the current month.
+    """
+    CREATE INDEX budget_reservations_agent_month ON budget_reservations (agent, unit, month);
+    CREATE INDEX budget_reservations_team_month ON budget_reservations (team, unit, month);
+    CREATE INDEX budget_reservations_workflow_month ON budget_reservations (workflow, unit, month)
     """,
 )
 
@@ -90,8 +99,16 @@ class ScopeSpend:
 
     scope: str
     value: str
-    window: str  # "run", or "day YYYY-MM-DD" (UTC)
+    window: str  # "run", "day YYYY-MM-DD" or "month YYYY-MM" (UTC)
     units: Mapping[str, tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class SpendSnapshot:
+    """The spend one decision reads: {scope: {unit: amount}} over the default windows, and over the month."""
+
+    by_scope: Mapping[str, Mapping[str, float]]
+    monthly: Mapping[str, Mapping[str, float]]
 
 
 def principal_scopes(principal: Mapping[str, Any]) -> dict[str, str]:
@@ -109,34 +126,46 @@ class Budgets:
         self.ttl = ttl
         store.migrate(self.COMPONENT, _SCHEMA)
 
-    def spend(self, scopes: Mapping[str, str], *, now: float | None = None) -> dict[str, dict[str, float]]:
-        """Current spend (committed + live reservations) as input.state.spend holds it: {scope: {unit: amount}}."""
+    def spend(self, scopes: Mapping[str, str], *, now: float | None = None) -> SpendSnapshot:
+        """Current spend (committed + live reservations) of each scope named, over its default window
+        (input.state.spend) and, for the monthly scopes, over the current month (input.state.spend_month)."""
         now = time.time() if now is None else now
         with self._store.lock:
             try:
-                return {scope: self._sums(scope, value, now) for scope, value in scopes.items() if scope in WINDOWS}
+                return SpendSnapshot(
+                    {scope: self._sums(scope, value, WINDOWS[scope], now)
+                     for scope, value in scopes.items() if scope in WINDOWS},
+                    {scope: self._sums(scope, value, "month", now)
+                     for scope, value in scopes.items() if scope in MONTHLY_SCOPES})
             except sqlite3.Error as exc:
                 raise StateError(f"state store {self._store.path}: cannot read spend ({exc})") from exc
 
     def reserve(self, scopes: Mapping[str, str], amounts: Mapping[str, float], *,
-                limits: Mapping[str, Any], decision_id: str = "", now: float | None = None) -> str:
-        """Hold each unit's amount against every scope under one new id, re-checking every limit in the
-        same IMMEDIATE transaction; BudgetExceeded (nothing reserved) when one would be passed."""
+                limits: Mapping[str, Any], monthly_limits: Mapping[str, Any] | None = None,
+                decision_id: str = "", now: float | None = None) -> str:
+        """Hold each unit's amount against every scope under one new id, re-checking every limit (over each
+        scope's default window) and every monthly limit in the same IMMEDIATE transaction; BudgetExceeded
+        (nothing reserved) when one would be passed."""
         now = time.time() if now is None else now
         scopes = {s: str(scopes.get(s, "")) for s in WINDOWS}
         reservation_id = f"rsv-{uuid.uuid4().hex}"
         stamp = datetime.fromtimestamp(now, UTC)
+        checks = [(scope, WINDOWS[scope], scope_limits) for scope, scope_limits in sorted(limits.items())
+                  if scope in WINDOWS]
+        checks += [(scope, "month", scope_limits) for scope, scope_limits in sorted((monthly_limits or {}).items())
+                   if scope in MONTHLY_SCOPES]
         with self._store.lock, self._store.transaction("reserve") as db:
             for unit, amount in sorted(amounts.items()):
-                for scope, scope_limits in sorted(limits.items()):
+                for scope, window, scope_limits in checks:
                     limit = scope_limits.get(unit) if isinstance(scope_limits, Mapping) else None
-                    if scope not in WINDOWS or not isinstance(limit, int | float):
+                    if not isinstance(limit, int | float):
                         continue
-                    spent = self._sum(scope, scopes[scope], unit, now)
+                    spent = self._sum(scope, scopes[scope], unit, window, now)
                     if spent + amount > limit + _TOLERANCE:
+                        what = f"{scope} monthly" if window == "month" else scope
                         raise BudgetExceeded(
-                            f"{scope} spend {spent:g} {unit} plus this request's {amount:g} would pass "
-                            f"the {scope} limit of {limit:g} {unit}")
+                            f"{what} spend {spent:g} {unit} plus this request's {amount:g} would pass "
+                            f"the {what} limit of {limit:g} {unit}")
                 db.execute(
                     "INSERT INTO budget_reservations (id, session, agent, team, workflow, unit, amount, "
                     "status, day, month, created_at, expires_at, decision_id) "
@@ -223,7 +252,8 @@ class Budgets:
                 for r in rows]
 
     def usage(self, scopes: Mapping[str, str], *, now: float | None = None) -> list[ScopeSpend]:
-        """Committed and reserved spend of each scope named (scope → value), over its current window."""
+        """Committed and reserved spend of each scope named (scope → value), over its default window and,
+        for the monthly scopes, over the current month too."""
         now = time.time() if now is None else now
         found = []
         with self._store.lock:
@@ -231,35 +261,42 @@ class Budgets:
                 for scope, value in scopes.items():
                     if scope not in WINDOWS:
                         raise ValueError(f"{scope}: not a budget scope (scopes: {', '.join(WINDOWS)})")
-                    window, params = self._window(scope, now)
-                    rows = self._store.db.execute(
-                        "SELECT unit, SUM(CASE WHEN status = 'committed' THEN committed ELSE 0 END), "
-                        "SUM(CASE WHEN status = 'reserved' AND expires_at > :now THEN amount ELSE 0 END) "
-                        f"FROM budget_reservations WHERE {scope} = :value{window} GROUP BY unit ORDER BY unit",
-                        {"value": value, "now": now, **params}).fetchall()
-                    label = f"day {params['day']}" if "day" in params else "run"
-                    found.append(ScopeSpend(scope, value, label,
-                                            {unit: (float(c or 0), float(r or 0)) for unit, c, r in rows}))
+                    windows = (WINDOWS[scope], "month") if scope in MONTHLY_SCOPES else (WINDOWS[scope],)
+                    for window in windows:
+                        where, params = self._window(window, now)
+                        rows = self._store.db.execute(
+                            "SELECT unit, SUM(CASE WHEN status = 'committed' THEN committed ELSE 0 END), "
+                            "SUM(CASE WHEN status = 'reserved' AND expires_at > :now THEN amount ELSE 0 END) "
+                            f"FROM budget_reservations WHERE {scope} = :value{where} GROUP BY unit ORDER BY unit",
+                            {"value": value, "now": now, **params}).fetchall()
+                        label = " ".join((window, *params.values()))
+                        found.append(ScopeSpend(scope, value, label,
+                                                {unit: (float(c or 0), float(r or 0)) for unit, c, r in rows}))
             except sqlite3.Error as exc:
                 raise StateError(f"state store {self._store.path}: cannot read spend ({exc})") from exc
         return found
 
-    def _sums(self, scope: str, value: str, now: float) -> dict[str, float]:
-        window, params = self._window(scope, now)
+    def _sums(self, scope: str, value: str, window: str, now: float) -> dict[str, float]:
+        where, params = self._window(window, now)
         rows = self._store.db.execute(
-            f"SELECT unit, SUM({_COUNTED}) FROM budget_reservations WHERE {scope} = :value{window} GROUP BY unit",
+            f"SELECT unit, SUM({_COUNTED}) FROM budget_reservations WHERE {scope} = :value{where} GROUP BY unit",
             {"value": value, "now": now, **params}).fetchall()
         return {unit: float(total or 0) for unit, total in rows}
 
-    def _sum(self, scope: str, value: str, unit: str, now: float) -> float:
-        window, params = self._window(scope, now)
+    def _sum(self, scope: str, value: str, unit: str, window: str, now: float) -> float:
+        where, params = self._window(window, now)
         row = self._store.db.execute(
-            f"SELECT SUM({_COUNTED}) FROM budget_reservations WHERE {scope} = :value AND unit = :unit{window}",
+            f"SELECT SUM({_COUNTED}) FROM budget_reservations WHERE {scope} = :value AND unit = :unit{where}",
             {"value": value, "unit": unit, "now": now, **params}).fetchone()
         return float(row[0] or 0)
 
     @staticmethod
-    def _window(scope: str, now: float) -> tuple[str, dict[str, str]]:
-        if WINDOWS[scope] == "day":
-            return " AND day = :day", {"day": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")}
+    def _window(window: str, now: float) -> tuple[str, dict[str, str]]:
+        """The SQL condition and parameters that keep a window's rows: the current UTC day or month; a run is
+        everything the scope value (a session id) ever spent."""
+        stamp = datetime.fromtimestamp(now, UTC)
+        if window == "day":
+            return " AND day = :day", {"day": stamp.strftime("%Y-%m-%d")}
+        if window == "month":
+            return " AND month = :month", {"month": stamp.strftime("%Y-%m")}
         return "", {}

@@ -94,7 +94,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSpend(self, request, context):
-        """Budget spend, committed and reserved, of each scope named, over its current window.
+        """Budget spend, committed and reserved, of each scope named, over its current window (agent, team and
+        workflow: the UTC day, then the UTC month; a session: its run).
         INVALID_ARGUMENT when no scope is named.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
