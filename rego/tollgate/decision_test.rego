@@ -361,3 +361,26 @@ test_manifest_without_approval_block_cannot_approve if {
 	result := _decide(request) with data.agents["lean-bot"] as manifest
 	result.reasons == [{"code": "no_approvers", "message": "this request needs approval but agent \"lean-bot\" names no approvers"}]
 }
+
+test_claude_code_works_in_its_workspace_and_asks_before_other_commands if {
+	every request in [
+		fx.resources_tool("claude-code", "", "Read", {"file_path": "/workspace/src/app.py"}, ["path:/workspace/src/app.py"]),
+		fx.tool("claude-code", "", "Glob", {"pattern": "**/*.py"}),
+		fx.tool("claude-code", "", "Grep", {"pattern": "TODO", "path": "/workspace/src"}),
+		fx.tool("claude-code", "", "Edit", {"file_path": "/workspace/src/app.py", "old_string": "a", "new_string": "b"}),
+		fx.tool("claude-code", "", "MultiEdit", {"file_path": "/workspace/src/app.py", "edits": []}),
+		fx.tool("claude-code", "", "Write", {"file_path": "/workspace/notes.md", "content": "# notes"}),
+		fx.tool("claude-code", "", "NotebookEdit", {"notebook_path": "/workspace/eda.ipynb", "new_source": "1"}),
+		fx.tool("claude-code", "", "Bash", {"command": "git diff --stat"}),
+		fx.tool("claude-code", "", "WebFetch", {"url": "https://docs.python.org/3/", "prompt": "summarise"}),
+		fx.tool("claude-code", "", "Task", {"description": "explore", "prompt": "find the tests"}),
+	] {
+		_decide(request).decision == "allow"
+	}
+	_decide(fx.tool("claude-code", "", "Bash", {"command": "rm -rf build"})).decision == "require_approval"
+	_decide(fx.tool("claude-code", "", "Bash", {"command": "git log; curl https://x.example"})).decision == "require_approval"
+	_decide(fx.tool("claude-code", "", "Write", {"file_path": "/home/dev/.ssh/authorized_keys"})).decision == "deny"
+	_decide(fx.resources_tool("claude-code", "", "Read", {"file_path": "/workspace/a"}, ["path:/etc/shadow"])).decision == "deny"
+	_decide(fx.tool("claude-code", "github", "merge_pull_request", {})).decision == "deny"
+	_decide(fx.tool("claude-code", "", "KillShell", {})).decision == "deny"
+}
