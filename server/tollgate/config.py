@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import grpc
 import yaml
 
 from tollgate.bundle import DEFAULT_SIZE_LIMIT
+from tollgate.decisionlog import ShippingConfig
 
 _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
 
@@ -84,6 +87,29 @@ class ServeConfig:
     tls_client_ca: str = ""
     #: Refuse TLS connections without a valid client certificate (needs tls_client_ca).
     tls_require_client_cert: bool = False
+    #: OPA decision-log service base URL (http or https): committed records are POSTed to
+    #: {decision_log_service}{decision_log_resource} as gzipped JSON arrays of OPA events. "" exports nothing.
+    decision_log_service: str = ""
+    #: The path below decision_log_service that receives uploads (OPA's decision_logs.resource).
+    decision_log_resource: str = "/logs"
+    #: A file holding the bearer token sent to decision_log_service (surrounding whitespace ignored).
+    decision_log_token_file: str = ""
+    #: OpenTelemetry collector OTLP/HTTP base URL (e.g. http://collector:4318): one log record per decision,
+    #: POSTed as OTLP JSON to {otlp_endpoint}/v1/logs. "" exports nothing.
+    otlp_endpoint: str = ""
+    #: Most records in one upload (both exporters).
+    decision_log_batch_records: int = 500
+    #: Most record bytes (uncompressed JSON) in one upload; a receiver's 413 halves it.
+    decision_log_batch_bytes: int = 1024 * 1024
+    #: Seconds between looks for new records once caught up, and the first retry delay after a failed upload.
+    decision_log_min_delay: float = 1.0
+    #: Longest retry delay in seconds: failed uploads back off exponentially, with jitter, up to it.
+    decision_log_max_delay: float = 60.0
+    #: Seconds an exporter may fall behind before it reports WARN (metrics, GetStatus); 0 means no limit.
+    decision_log_max_lag: float = 300.0
+    #: Delete decision records older than this (e.g. 30d, 12h, 90m), never ones an exporter has not yet
+    #: delivered, never the newest; "" keeps everything.
+    decision_log_retention: str = ""
 
     def validate(self) -> ServeConfig:
         if self.eval_timeout_ms <= 0:
@@ -126,7 +152,45 @@ class ServeConfig:
             if not isinstance(members, list) or not all(isinstance(m, str) and m.strip() for m in members):
                 raise ConfigError(f"approver_groups: {group!r} must be a list of identities, got {members!r}")
         self._validate_tls()
+        self._validate_log_export()
         return self
+
+    def _validate_log_export(self) -> None:
+        for name in ("decision_log_service", "otlp_endpoint"):
+            url = getattr(self, name)
+            parts = urlsplit(url)
+            if url and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query):
+                raise ConfigError(f"{name}: must be an http(s)://HOST[:PORT][/PATH] URL, not {url!r}")
+        if not self.decision_log_resource.startswith("/"):
+            raise ConfigError(f"decision_log_resource: must be a path starting with '/', "
+                              f"not {self.decision_log_resource!r}")
+        if self.decision_log_token_file and not self.decision_log_service:
+            raise ConfigError("decision_log_token_file: needs decision_log_service (the URL the token is sent to)")
+        if self.decision_log_batch_records < 1:
+            raise ConfigError("decision_log_batch_records: must be 1 or more")
+        if self.decision_log_batch_bytes < 1024:
+            raise ConfigError("decision_log_batch_bytes: must be 1024 or more")
+        if self.decision_log_min_delay <= 0:
+            raise ConfigError("decision_log_min_delay: must be greater than 0 seconds")
+        if self.decision_log_max_delay < self.decision_log_min_delay:
+            raise ConfigError("decision_log_max_delay: must be at least decision_log_min_delay")
+        if self.decision_log_max_lag < 0:
+            raise ConfigError("decision_log_max_lag: must be 0 (no limit) or more seconds")
+        if self.decision_log_retention:
+            parse_duration("decision_log_retention", self.decision_log_retention)
+
+    def log_shipping(self) -> ShippingConfig:
+        """The decision log's exporters and retention (reads decision_log_token_file)."""
+        token = ""
+        if self.decision_log_token_file:
+            token = _read_secret("decision_log_token_file", self.decision_log_token_file)
+        return ShippingConfig(
+            opa_service=self.decision_log_service, opa_resource=self.decision_log_resource, opa_token=token,
+            otlp_endpoint=self.otlp_endpoint, batch_records=self.decision_log_batch_records,
+            batch_bytes=self.decision_log_batch_bytes, min_delay=self.decision_log_min_delay,
+            max_delay=self.decision_log_max_delay, max_lag=self.decision_log_max_lag,
+            retention=parse_duration("decision_log_retention", self.decision_log_retention)
+            if self.decision_log_retention else None)
 
     def _validate_tls(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -159,14 +223,32 @@ class ServeConfig:
         """The admin token: admin_token, or the contents of admin_token_file ("" when neither is set)."""
         if not self.admin_token_file:
             return self.admin_token
-        try:
-            token = Path(self.admin_token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"admin_token_file: cannot read {self.admin_token_file!r} "
-                              f"({exc.strerror or exc})") from exc
-        if not token:
-            raise ConfigError(f"admin_token_file: {self.admin_token_file!r} is empty")
-        return token
+        return _read_secret("admin_token_file", self.admin_token_file)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(name: str, text: str) -> timedelta:
+    """`30d`, `12h`, `90m`, `45s` (a number and one unit) as a timedelta; the error names the key."""
+    value, unit = text.strip()[:-1], text.strip()[-1:]
+    try:
+        amount = float(value)
+    except ValueError:
+        amount = -1.0
+    if unit not in _DURATION_UNITS or not amount > 0 or amount == float("inf"):
+        raise ConfigError(f"{name}: must be a positive number and a unit (s, m, h or d), e.g. 30d, not {text!r}")
+    return timedelta(seconds=amount * _DURATION_UNITS[unit])
+
+
+def _read_secret(name: str, path: str) -> str:
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path!r} ({exc.strerror or exc})") from exc
+    if not secret:
+        raise ConfigError(f"{name}: {path!r} is empty")
+    return secret
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> ServeConfig:

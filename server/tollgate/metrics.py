@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tollgate.decisionlog import ExportStatus
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,9 @@ class Metrics:
         self._revisions: dict[str, None] = {}  # insertion-ordered set of revisions seen in decisions
         self.active: tuple[str, str, str] | None = None  # (revision, digest, source)
         self.last_activation = 0.0  # unix time
+        #: The decision-log exporters' snapshots and the records retention deleted, read at each scrape.
+        self.exports: Callable[[], Sequence[ExportStatus]] = tuple
+        self.pruned: Callable[[], int] = int
 
     def decision(self, outcome: str, revision: str) -> None:
         if revision not in self._revisions:
@@ -60,7 +67,29 @@ class Metrics:
         _family(out, "tollgate_bundle_active_info", "gauge", "The active bundle revision (value 1).", active)
         _family(out, "tollgate_bundle_last_activation_timestamp_seconds", "gauge",
                 "Unix time of the last successful activation (0 before the first).", [({}, self.last_activation)])
+        self._render_exports(out)
         return "".join(out)
+
+    def _render_exports(self, out: list[str]) -> None:
+        exports = self.exports()
+        _family(out, "tollgate_decision_log_export_lag_records", "gauge",
+                "Committed decision records the exporter's receiver has not acknowledged yet.",
+                [({"exporter": s.name}, s.lag_records) for s in exports])
+        _family(out, "tollgate_decision_log_export_lag_seconds", "gauge",
+                "Age of the oldest decision record the exporter's receiver has not acknowledged (0 when caught up).",
+                [({"exporter": s.name}, s.lag_seconds) for s in exports])
+        _family(out, "tollgate_decision_log_export_uploads_total", "counter",
+                "Uploads to the exporter's receiver, by result (ok: a 2xx answer; failed: anything else).",
+                [({"exporter": s.name, "result": r}, n) for s in exports
+                 for r, n in (("ok", s.uploads_ok), ("failed", s.uploads_failed))])
+        _family(out, "tollgate_decision_log_export_records_total", "counter",
+                "Decision records acknowledged by the exporter's receiver (re-sent ones counted again).",
+                [({"exporter": s.name}, s.records_exported) for s in exports])
+        _family(out, "tollgate_decision_log_export_state", "gauge",
+                "The exporter's state (value 1): ok, warn (behind by more than max_lag), error (uploads failing).",
+                [({"exporter": s.name, "state": s.state.value}, 1) for s in exports])
+        _family(out, "tollgate_decision_log_pruned_records_total", "counter",
+                "Decision records deleted by retention since start.", [({}, self.pruned())])
 
 
 def _family(out: list[str], name: str, kind: str, help_text: str,

@@ -21,7 +21,7 @@ from tollgate.authorizer import Authorizer, AuthorizerConfig, EngineSlot
 from tollgate.budgetguard import BudgetGuard
 from tollgate.bundle import BundleError
 from tollgate.config import ConfigError, ServeConfig
-from tollgate.decisionlog import DecisionLog, LogConfig
+from tollgate.decisionlog import DecisionLog, LogConfig, LogShipping
 from tollgate.engine import EngineConfig
 from tollgate.metrics import Metrics, start_metrics_server
 from tollgate.state import KillSwitches, StateError, StateStore
@@ -34,6 +34,8 @@ log = logging.getLogger("tollgate")
 SERVICE = authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 APPROVAL_SERVICE = approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"].full_name
+#: On shutdown, how long the decision-log exporters may take to deliver what is committed, in seconds.
+EXPORT_FLUSH_SECONDS = 5.0
 
 
 async def serve(config: ServeConfig) -> int:
@@ -44,6 +46,7 @@ async def serve(config: ServeConfig) -> int:
     try:
         admin_token = config.resolved_admin_token()
         credentials = config.server_credentials()
+        shipping_config = config.log_shipping()
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     if not admin_token:
@@ -113,6 +116,10 @@ async def serve(config: ServeConfig) -> int:
             raise SystemExit(f"tollgate serve: cannot serve metrics on {config.metrics_listen} ({exc.strerror or exc})"
                              ) from exc
         log.info("metrics on http://%s/metrics", metrics_address)
+    # Exporters and retention read decisions.db on connections of their own; answers never wait for them.
+    shipping = LogShipping(decision_log.path, shipping_config)
+    shipping.start()
+    metrics.exports, metrics.pruned = shipping.statuses, shipping.pruned
 
     limits = RequestLimits(max_request_bytes=config.max_request_bytes, max_depth=config.max_depth)
     authorizer = Authorizer(
@@ -153,6 +160,9 @@ async def serve(config: ServeConfig) -> int:
     if slot.current is not None:
         await slot.current.close()
     await loop.run_in_executor(None, decision_log.close)
+    # After the last commit: the exporters try to deliver everything, within a deadline (their cursors are on
+    # disk, so what does not make it goes out on the next start).
+    await loop.run_in_executor(None, shipping.stop, EXPORT_FLUSH_SECONDS)
     state.close()
     log.info("decision log flushed; bye")
     return 0

@@ -1,0 +1,381 @@
+"""Decision-log export: ship committed records, in seq order, to an OPA decision-log service or an OTLP collector.
+
+The database is the buffer. Each exporter keeps a named cursor (the last seq a receiver acknowledged with a
+2xx) in decisions.db and reads forward from it on its own connection and thread, so the writer thread and the
+event loop never wait for a receiver. A failed upload is retried from the same cursor with jittered exponential
+backoff; nothing is ever dropped, and a crash between an upload and the cursor update re-sends that batch
+(at least once). Lag (records and seconds behind the newest committed record) is the backpressure signal:
+past `max_lag` the exporter reports WARN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import http.client
+import json
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from tollgate.decisionlog._events import opa_event
+from tollgate.decisionlog._sqlite import log_time
+
+log = logging.getLogger(__name__)
+
+#: Created on the exporters' own connection; `export_cursors` holds each named exporter's last acknowledged seq.
+EXPORT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS export_cursors (
+    name TEXT PRIMARY KEY,                -- the exporter: "opa" or "otlp"
+    seq INTEGER NOT NULL,                 -- the last decisions.seq its receiver acknowledged
+    updated_at TEXT NOT NULL
+);
+"""
+#: Longest a single upload (connect, send, answer) may take.
+UPLOAD_TIMEOUT = 10.0
+#: How often a waiting exporter re-reads its lag, so metrics stay current through long backoffs.
+_LAG_REFRESH = 1.0
+
+
+class ExportState(Enum):
+    """As OPA's plugin status reports it."""
+
+    NOT_READY = "not_ready"  # not started
+    OK = "ok"                # the last upload (if any) went well and the lag is within its limit
+    WARN = "warn"            # uploads work but the lag is past max_lag
+    ERROR = "error"          # the last upload failed; the records wait in the database
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    """One destination for the decision log."""
+
+    #: The cursor's name in export_cursors ("opa", "otlp"); a new name starts from the oldest record kept.
+    name: str
+    #: The URL each batch is POSTed to (http or https).
+    url: str
+    #: Sent as `Authorization: Bearer TOKEN` when not empty.
+    token: str = ""
+    #: Most records in one upload.
+    batch_records: int = 500
+    #: Most record bytes (uncompressed canonical JSON) in one upload; one larger record still goes alone.
+    batch_bytes: int = 1024 * 1024
+    #: Seconds between looks for new records once caught up, and the first retry delay after a failure.
+    min_delay: float = 1.0
+    #: Longest retry delay: failures double the delay (with jitter) up to this.
+    max_delay: float = 60.0
+    #: Seconds behind past which the exporter reports WARN; 0 means no limit.
+    max_lag: float = 300.0
+
+
+@dataclass(frozen=True)
+class ExportStatus:
+    """A snapshot of one exporter, for metrics and GetStatus."""
+
+    name: str
+    url: str
+    state: ExportState = ExportState.NOT_READY
+    #: The last seq the receiver acknowledged.
+    cursor: int = 0
+    #: Committed records not yet acknowledged, and the age in seconds of the oldest of them.
+    lag_records: int = 0
+    lag_seconds: float = 0.0
+    uploads_ok: int = 0
+    uploads_failed: int = 0
+    records_exported: int = 0
+    last_error: str = ""
+    last_upload: datetime | None = None
+    #: The configured lag limit in seconds (0: none).
+    max_lag: float = 0.0
+
+    @property
+    def lagging(self) -> bool:
+        """Further behind than max_lag allows (whether or not uploads are failing right now)."""
+        return bool(self.max_lag) and self.lag_seconds > self.max_lag
+
+
+class Encoder(Protocol):
+    """Turns a batch of decision records into one request body (before gzip)."""
+
+    def encode(self, records: Sequence[dict[str, Any]]) -> bytes: ...
+
+
+class OpaEncoder:
+    """OPA's decision-log upload: a JSON array of decision events."""
+
+    def encode(self, records: Sequence[dict[str, Any]]) -> bytes:
+        return json.dumps([opa_event(r) for r in records], separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection of its own to decisions.db, never the writer's: reads, cursor updates and pruning."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    # A lost cursor update re-sends a batch (at least once) and a lost prune is redone; neither needs an fsync
+    # of its own, and the writer's next FULL commit syncs these frames anyway.
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    db.executescript(EXPORT_SCHEMA)
+    return db
+
+
+def read_cursor(db: sqlite3.Connection, name: str) -> int:
+    row = db.execute("SELECT seq FROM export_cursors WHERE name = ?", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def write_cursor(db: sqlite3.Connection, name: str, seq: int) -> None:
+    """Persist a cursor in one short transaction (the writer's busy_timeout covers the moment it holds the lock)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("INSERT INTO export_cursors (name, seq, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO "
+                   "UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
+                   (name, seq, log_time(datetime.now(UTC))))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def parse_log_time(text: str) -> datetime:
+    """The inverse of decisionlog.log_time."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class _Row:
+    seq: int
+    body: str
+    timestamp: str
+    hash: str
+
+
+class _UploadError(Exception):
+    def __init__(self, message: str, *, status: int = 0, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class LogExporter:
+    """One destination: configure, start, stop (a final flush with a deadline), status."""
+
+    def __init__(self, path: Path, config: ExporterConfig, encoder: Encoder) -> None:
+        parts = urlsplit(config.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{config.name}: url must be http(s)://HOST[:PORT]/PATH, not {config.url!r}")
+        self._path = path
+        self._config = config
+        self._encoder = encoder
+        self._stop = threading.Event()
+        self._deadline = float("inf")  # monotonic time the final flush must end by
+        self._thread: threading.Thread | None = None
+        # Learned from 413 answers: the receiver refused a body of this many record bytes, so stay below it.
+        self._byte_cap = config.batch_bytes
+        self._status = ExportStatus(name=config.name, url=config.url, max_lag=config.max_lag)
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def status(self) -> ExportStatus:
+        """The latest snapshot; safe to read from any thread."""
+        return self._status
+
+    def start(self) -> None:
+        db = connect(self._path)  # fail at start, not in the thread, when the database cannot be opened
+        self._publish(cursor=read_cursor(db, self.name), state=ExportState.OK)
+        self._thread = threading.Thread(target=self._run, args=(db,), name=f"decision-log-export-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, deadline: float) -> None:
+        """Upload what is committed until caught up or `deadline` seconds pass, then stop; the cursor is on disk."""
+        self.begin_stop(deadline)
+        self.join()
+
+    def begin_stop(self, deadline: float) -> None:
+        """Ask for the final flush and stop without waiting (so several exporters flush side by side)."""
+        self._deadline = time.monotonic() + deadline
+        self._stop.set()
+
+    def join(self) -> None:
+        if self._thread is None:
+            return
+        self._thread.join(max(0.0, self._deadline - time.monotonic()) + UPLOAD_TIMEOUT)
+        if self._thread.is_alive():
+            log.warning("decision log export %s: still uploading at shutdown; the rest goes out on the next start",
+                        self.name)
+        self._thread = None
+
+    # -- the exporter thread ---------------------------------------------------------------------
+
+    def _run(self, db: sqlite3.Connection) -> None:
+        try:
+            self._loop(db)
+        except Exception:  # a bug or a broken database must not end exports silently
+            log.exception("decision log export %s: stopped", self.name)
+            self._publish(state=ExportState.ERROR, last_error="exporter stopped on an internal error; see the log")
+        finally:
+            db.close()
+
+    def _loop(self, db: sqlite3.Connection) -> None:
+        cfg = self._config
+        cursor = self._status.cursor
+        failures = 0
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and time.monotonic() >= self._deadline:
+                return
+            batch = self._read(db, cursor)
+            self._refresh_lag(db, cursor, batch[0].timestamp if batch else None)
+            if not batch:
+                if stopping:
+                    return
+                self._wait(db, cursor, cfg.min_delay)
+                continue
+            try:
+                self._upload(batch)
+            except _UploadError as exc:
+                if exc.status == 413 and len(batch) > 1:
+                    self._byte_cap = max(1, sum(len(r.body) for r in batch) // 2)
+                    log.info("decision log export %s: the receiver refused %d records as too large (413); "
+                             "sending at most %d record bytes per upload from now on",
+                             self.name, len(batch), self._byte_cap)
+                    continue  # split at once: not the receiver failing, just our batch size
+                failures += 1
+                message = str(exc)
+                if exc.status == 413:
+                    message += (f" (decision {_decision_id(batch[0])} alone is too large for the receiver; "
+                                "it stays in the log and the export waits: raise the receiver's body limit)")
+                self._publish(state=ExportState.ERROR, last_error=message,
+                              uploads_failed=self._status.uploads_failed + 1)
+                if stopping:
+                    log.warning("decision log export %s: final upload failed: %s; %d records wait in the log "
+                                "for the next start", self.name, message, self._status.lag_records)
+                    return  # the final flush gets one try
+                delay = self._backoff(failures, exc.retry_after)
+                log.warning("decision log export %s: upload of %d records failed: %s; retrying in %.1fs",
+                            self.name, len(batch), message, delay)
+                self._wait(db, cursor, delay)
+                continue
+            cursor = batch[-1].seq
+            write_cursor(db, self.name, cursor)
+            if failures:
+                log.info("decision log export %s: uploads work again", self.name)
+            failures = 0
+            status = self._status
+            self._publish(cursor=cursor, state=ExportState.OK, last_error="", uploads_ok=status.uploads_ok + 1,
+                          records_exported=status.records_exported + len(batch), last_upload=datetime.now(UTC))
+
+    def _read(self, db: sqlite3.Connection, cursor: int) -> list[_Row]:
+        rows = db.execute("SELECT seq, record, timestamp, hash FROM decisions WHERE seq > ? ORDER BY seq LIMIT ?",
+                          (cursor, self._config.batch_records)).fetchall()
+        batch: list[_Row] = []
+        size = 0
+        for seq, body, timestamp, digest in rows:
+            size += len(body)
+            if batch and size > self._byte_cap:
+                break
+            batch.append(_Row(seq, body, timestamp, digest))
+        return batch
+
+    def _upload(self, batch: list[_Row]) -> None:
+        # seq and hash travel with each record: a receiver can drop the duplicates at-least-once delivery allows
+        # (same seq) and re-check the chain.
+        records = [{**json.loads(r.body), "seq": r.seq, "hash": r.hash} for r in batch]
+        body = gzip.compress(self._encoder.encode(records), compresslevel=6)
+        parts = urlsplit(self._config.url)
+        timeout = min(UPLOAD_TIMEOUT, max(0.5, self._deadline - time.monotonic()))
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(parts.netloc, timeout=timeout)
+        else:
+            conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip", "User-Agent": "tollgate"}
+        if self._config.token:
+            headers["Authorization"] = f"Bearer {self._config.token}"
+        target = parts.path or "/"
+        if parts.query:
+            target += f"?{parts.query}"
+        try:
+            conn.request("POST", target, body=body, headers=headers)
+            response = conn.getresponse()
+            answer = response.read(512).decode(errors="replace").strip()
+        except (OSError, http.client.HTTPException) as exc:
+            raise _UploadError(f"{self._config.url}: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            conn.close()
+        if 200 <= response.status < 300:
+            return
+        raise _UploadError(f"{self._config.url} answered {response.status} {response.reason}"
+                           + (f": {answer[:200]}" if answer else ""),
+                           status=response.status, retry_after=_retry_after(response.getheader("Retry-After")))
+
+    def _backoff(self, failures: int, retry_after: float | None) -> float:
+        cfg = self._config
+        ceiling = min(cfg.max_delay, cfg.min_delay * 2 ** min(failures - 1, 30))
+        delay = random.uniform(ceiling / 2, ceiling)  # jitter: sidecars that failed together retry apart
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, cfg.max_delay))
+        return delay
+
+    def _wait(self, db: sqlite3.Connection, cursor: int, seconds: float) -> None:
+        """Sleep until `seconds` pass or stop is asked, keeping the lag current for the metrics."""
+        end = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            if self._stop.wait(min(left, _LAG_REFRESH)):
+                return
+            self._refresh_lag(db, cursor, None)
+
+    def _refresh_lag(self, db: sqlite3.Connection, cursor: int, oldest: str | None) -> None:
+        newest, first = db.execute("SELECT max(seq), min(seq) FROM decisions").fetchone()
+        if newest is None or newest <= cursor:
+            lag_records, lag_seconds = 0, 0.0
+        else:
+            lag_records = newest - max(cursor, first - 1)  # records pruned before export are not owed
+            if oldest is None:
+                row = db.execute("SELECT timestamp FROM decisions WHERE seq > ? ORDER BY seq LIMIT 1",
+                                 (cursor,)).fetchone()
+                oldest = row[0] if row else None
+            lag_seconds = 0.0 if oldest is None else max(
+                0.0, (datetime.now(UTC) - parse_log_time(oldest)).total_seconds())
+        state = self._status.state
+        limit = self._config.max_lag
+        if state is not ExportState.ERROR:  # failing uploads stay ERROR until one succeeds
+            state = ExportState.WARN if limit and lag_seconds > limit else ExportState.OK
+        self._publish(lag_records=lag_records, lag_seconds=lag_seconds, state=state)
+
+    def _publish(self, **changes: Any) -> None:
+        # Only the exporter thread (and start, before it) writes; readers see one whole snapshot or the next.
+        self._status = dataclasses.replace(self._status, **changes)
+
+
+def _decision_id(row: _Row) -> str:
+    try:
+        return str(json.loads(row.body).get("decision_id", f"seq {row.seq}"))
+    except ValueError:
+        return f"seq {row.seq}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is rare from log receivers and is ignored)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

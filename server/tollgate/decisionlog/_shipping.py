@@ -1,0 +1,93 @@
+"""The decision log's exporters and retention as one unit with one life cycle: start, stop, status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from tollgate.decisionlog._events import VERSION
+from tollgate.decisionlog._export import Encoder, ExporterConfig, ExportStatus, LogExporter, OpaEncoder
+from tollgate.decisionlog._otlp import OtlpEncoder
+from tollgate.decisionlog._retention import LogRetention
+
+#: Cursor names in export_cursors.
+OPA = "opa"
+OTLP = "otlp"
+
+
+@dataclass(frozen=True)
+class ShippingConfig:
+    """Where the decision log goes and how long it stays; everything off by default."""
+
+    #: OPA decision-log service base URL; batches go to POST {opa_service}{opa_resource}. "" turns it off.
+    opa_service: str = ""
+    opa_resource: str = "/logs"
+    #: Bearer token for the OPA service ("" sends none).
+    opa_token: str = ""
+    #: OTLP/HTTP base URL (e.g. http://collector:4318); batches go to POST {otlp_endpoint}/v1/logs. "" is off.
+    otlp_endpoint: str = ""
+    #: Batch limits, retry delays and the lag limit, shared by both exporters (see ExporterConfig).
+    batch_records: int = 500
+    batch_bytes: int = 1024 * 1024
+    min_delay: float = 1.0
+    max_delay: float = 60.0
+    max_lag: float = 300.0
+    #: Keep records this long (None: forever); unexported records are kept whatever their age.
+    retention: timedelta | None = None
+    #: Seconds between retention sweeps.
+    retention_every: float = 60.0
+
+
+def otlp_logs_url(endpoint: str) -> str:
+    """OTLP's rule for a base endpoint: the logs signal is at /v1/logs below it."""
+    base = endpoint.rstrip("/")
+    return base if base.endswith("/v1/logs") else f"{base}/v1/logs"
+
+
+class LogShipping:
+    """Owns the configured exporters and the retention sweeper of one decisions.db."""
+
+    def __init__(self, path: Path, config: ShippingConfig) -> None:
+        targets: list[tuple[str, str, str, Encoder]] = []
+        if config.opa_service:
+            url = config.opa_service.rstrip("/") + "/" + config.opa_resource.lstrip("/")
+            targets.append((OPA, url, config.opa_token, OpaEncoder()))
+        if config.otlp_endpoint:
+            targets.append((OTLP, otlp_logs_url(config.otlp_endpoint), "",
+                            OtlpEncoder(service_version=VERSION)))
+        self.exporters = [
+            LogExporter(path, ExporterConfig(
+                name=name, url=url, token=token, batch_records=config.batch_records,
+                batch_bytes=config.batch_bytes, min_delay=config.min_delay, max_delay=config.max_delay,
+                max_lag=config.max_lag), encoder)
+            for name, url, token, encoder in targets]
+        self.retention = None if config.retention is None else LogRetention(
+            path, window=config.retention, exporters=[e.name for e in self.exporters],
+            every=config.retention_every)
+
+    def start(self) -> None:
+        for exporter in self.exporters:
+            exporter.start()
+        if self.retention is not None:
+            self.retention.start()
+
+    def stop(self, flush_deadline: float) -> None:
+        """Stop pruning, then give the exporters until flush_deadline seconds to upload what is committed."""
+        if self.retention is not None:
+            self.retention.stop()
+        for exporter in self.exporters:  # side by side, so the deadline holds for all of them together
+            exporter.begin_stop(flush_deadline)
+        for exporter in self.exporters:
+            exporter.join()
+
+    def statuses(self) -> Sequence[ExportStatus]:
+        return [e.status for e in self.exporters]
+
+    def pruned(self) -> int:
+        return 0 if self.retention is None else self.retention.pruned
+
+    def lagging(self) -> list[ExportStatus]:
+        """The exporters further behind than their max_lag."""
+        return [s for s in self.statuses() if s.lagging]
