@@ -49,6 +49,15 @@ def _field_help(name: str) -> str:
         "tls_cert": "PEM server certificate: serve gRPC over TLS", "tls_key": "PEM key of --tls-cert",
         "tls_client_ca": "PEM CA that client certificates must chain to (mTLS; the certificate names the caller)",
         "tls_require_client_cert": "refuse TLS clients without a valid certificate (needs --tls-client-ca)",
+        "decision_log_service": "OPA decision-log service URL: records go to POST URL+resource (off when empty)",
+        "decision_log_resource": "path below --decision-log-service that takes uploads",
+        "decision_log_token_file": "file holding the bearer token for --decision-log-service",
+        "otlp_endpoint": "OTLP/HTTP collector URL: one log record per decision to POST URL/v1/logs (off when empty)",
+        "decision_log_batch_records": "most records per upload", "decision_log_batch_bytes": "most bytes per upload",
+        "decision_log_min_delay": "seconds between looks for new records; first retry delay",
+        "decision_log_max_delay": "longest retry delay in seconds",
+        "decision_log_max_lag": "seconds behind before an exporter reports WARN (0: no limit)",
+        "decision_log_retention": "delete exported records older than this, e.g. 30d, 12h (empty: keep all)",
     }.get(name, "")
     default = getattr(ServeConfig(), name)
     if name.startswith("admin_token"):
