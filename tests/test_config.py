@@ -40,8 +40,18 @@ def test_an_unreadable_or_empty_token_file_names_the_key(tmp_path: Path) -> None
     ({"tls_require_client_cert": True}, "tls_require_client_cert: needs TLS on the listener"),
     ({"tls_cert": "c.pem", "tls_key": "k.pem", "tls_require_client_cert": True},
      "tls_require_client_cert: needs tls_client_ca"),
+    ({"tls_cert": "c.pem", "tls_key": "k.pem", "tls_client_ca": "ca.pem"}, "tls_client_ca: also set tls_require"),
     ({"tls_cert": "missing.pem", "tls_key": "k.pem"}, "tls_cert: 'missing.pem' is not a readable file"),
-], ids=["cert-without-key", "ca-without-tls", "require-without-tls", "require-without-ca", "missing-file"])
-def test_bad_tls_settings_name_the_key(overrides: dict[str, object], message: str) -> None:
+    ({"callers": [{"id": "code-reviewer", "agents": ["*"]}]}, r"callers\[0\]\.id: 'code-reviewer' is not a caller"),
+    ({"callers": [{"id": "uid:1", "agent": ["*"]}]}, r"callers\[0\]: unknown key 'agent'"),
+    ({"callers": [{"id": "uid:1", "agents": "*"}]}, r"callers\[0\]\.agents: must be a list"),
+    ({"callers": "[{id: 'uid:1', agents: [a]}, {id: 'uid:1'}]"}, r"callers\[1\]\.id: 'uid:1' is listed twice"),
+    ({"token_keys": "."}, "token_keys: needs token_issuer and token_audience"),
+    ({"token_issuer": "https://idp"}, "token_keys: required with token_issuer"),
+    ({"authzen_listen": "8080"}, "authzen_listen: must be HOST:PORT"),
+], ids=["cert-without-key", "ca-without-tls", "require-without-tls", "require-without-ca", "ca-without-require",
+        "missing-file", "caller-id", "caller-key", "caller-list", "caller-twice-flag", "token-iss-aud",
+        "token-keys", "authzen-listen"])
+def test_bad_tls_and_identity_settings_name_the_key(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)

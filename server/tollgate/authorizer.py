@@ -20,6 +20,7 @@ from tollgate.budgetguard import BudgetGuard
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL, ContractError, PolicyResult, Reason, parse_result
 from tollgate.decisionlog import DecisionLog, canonical_json, log_time, request_digest
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
+from tollgate.identity import ANONYMOUS, CALLER_UNAUTHENTICATED, PRINCIPAL_MISMATCH, Caller, CallerMap
 from tollgate.ids import new_decision_id
 from tollgate.state import KillSwitch, KillSwitches, request_targets
 from tollgate.state.approvals import APPROVED, MISMATCH, Approvals
@@ -55,6 +56,8 @@ class DecisionRequest:
     context: Mapping[str, Any] = field(default_factory=dict)
     request_id: str = ""
     approval_id: str = ""
+    #: Who asked, as the transport proved it (input.auth; the record's requested_by).
+    caller: Caller = ANONYMOUS
 
     def digest(self) -> str:
         """sha256 of the canonical request: principal, kind and action (not context or approval_id)."""
@@ -148,8 +151,9 @@ class Authorizer:
                  config: AuthorizerConfig = AuthorizerConfig(), *,
                  on_decision: Callable[[str, str], None] | None = None,
                  kill_switches: KillSwitches | None = None, approvals: Approvals | None = None,
-                 budgets: BudgetGuard | None = None) -> None:
+                 budgets: BudgetGuard | None = None, callers: CallerMap | None = None) -> None:
         self._engines = engines
+        self._callers = callers or CallerMap()
         self._budgets = budgets
         self._kills = kill_switches
         self._approvals = approvals
@@ -166,7 +170,9 @@ class Authorizer:
         return await self._authorize(request)
 
     async def _authorize(self, request: DecisionRequest) -> Decision:
-        if not request.request_id:
+        if not request.request_id or self.caller_refusal(request):
+            # A refused caller never reaches the idempotency cache: a request_id may not fetch another
+            # caller's answer.
             # The digest costs a canonical serialisation; it is only needed to match idempotent
             # retries (and, later, to bind approvals), so plain requests skip it.
             return await self._decide(request, digest="", previous_id="")
@@ -222,6 +228,7 @@ class Authorizer:
             digest = digest or request.digest()
             approval = await asyncio.to_thread(self._approval_state, request.approval_id, digest)
         input_doc = build_input(request, now=now, killed=killed, approval=approval)
+        refusal = self.caller_refusal(request)
         # Spend is read only for requests that spend (under the budget lock), and the policy sees it.
         spend = None
         if self._budgets is not None and self._budgets.applies(request.kind):
@@ -231,7 +238,11 @@ class Authorizer:
         # One canonical serialisation serves both the engine and the log record.
         input_json = canonical_json(input_doc)
         with self._engines.lease() as engine:
-            if engine is None:
+            if refusal is not None:
+                # The server's own rule, before the policy: it never judges a principal its caller may not claim.
+                outcome = Outcome(_server_deny(*refusal), error=f"caller refused by the server: {refusal[1]}")
+                revision = engine.revision if engine is not None else ""
+            elif engine is None:
                 outcome = Outcome(_server_deny(NO_BUNDLE, "no policy bundle is loaded"))
                 revision = ""
             else:
@@ -281,6 +292,7 @@ class Authorizer:
             "approval_status": approval["status"] if approval else "",
             "reservation_id": reservation_id,
             "previous_decision_id": previous_id,
+            "requested_by": request.caller.subject,
             "error": outcome.error,
             "latency_us": (time.perf_counter_ns() - started) // 1000,
         }
@@ -288,6 +300,14 @@ class Authorizer:
         if self._on_decision is not None:
             self._on_decision(decision.decision, revision)
         return decision
+
+    def caller_refusal(self, request: DecisionRequest) -> tuple[str, str] | None:
+        """(reason code, message) when the request's caller may not ask it: a caller credential that did not
+        verify, or a principal the `callers` mapping does not let it speak for; None when it may."""
+        if request.caller.error:
+            return CALLER_UNAUTHENTICATED, request.caller.error
+        refused = self._callers.check(request.caller, request.principal)
+        return (PRINCIPAL_MISMATCH, refused) if refused else None
 
     def _approval_state(self, approval_id: str, digest: str) -> dict[str, str]:
         assert self._approvals is not None

@@ -13,6 +13,7 @@ import grpc
 import yaml
 
 from tollgate.bundle import DEFAULT_SIZE_LIMIT
+from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier
 from tollgate.decisionlog import ShippingConfig
 
 _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
@@ -82,11 +83,25 @@ class ServeConfig:
     tls_cert: str = ""
     #: PEM private key of tls_cert.
     tls_key: str = ""
-    #: PEM CA bundle that client certificates are verified against (mTLS). Without it no client certificate
-    #: is asked for; with it a presented certificate must chain to it and names the caller (its SANs).
+    #: PEM CA bundle that client certificates must chain to (mTLS); the certificate names the caller (its SANs).
     tls_client_ca: str = ""
-    #: Refuse TLS connections without a valid client certificate (needs tls_client_ca).
+    #: Require a valid client certificate on every TLS connection (needs tls_client_ca). gRPC asks for a client
+    #: certificate only when it requires one, so tls_client_ca needs this too.
     tls_require_client_cert: bool = False
+    #: Which callers may speak for which principals: a list of {id, agents, teams, users, workflows}, where id
+    #: is a certificate identity (spiffe://..., dns:NAME, cn:NAME), uid:N or gid:N (Unix socket) or jwt:SUB
+    #: (caller token), and each list names what it may claim ("*": any). Empty: identity is only reported.
+    #: Once any entry exists, a caller not listed may claim nothing (DENY principal_mismatch).
+    callers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Directory of trusted public keys (KID.pem) that verify caller tokens (JWT, RS256 or ES256, sent in
+    #: `tollgate-caller-token` metadata); "" accepts no tokens.
+    token_keys: str = ""
+    #: The iss every caller token must carry.
+    token_issuer: str = ""
+    #: The aud every caller token must carry.
+    token_audience: str = ""
+    #: AuthZEN 1.0 Access Evaluation API over HTTP, HOST:PORT (POST /access/v1/evaluation[s]); "" turns it off.
+    authzen_listen: str = ""
     #: OPA decision-log service base URL (http or https): committed records are POSTed to
     #: {decision_log_service}{decision_log_resource} as gzipped JSON arrays of OPA events. "" exports nothing.
     decision_log_service: str = ""
@@ -152,6 +167,7 @@ class ServeConfig:
             if not isinstance(members, list) or not all(isinstance(m, str) and m.strip() for m in members):
                 raise ConfigError(f"approver_groups: {group!r} must be a list of identities, got {members!r}")
         self._validate_tls()
+        self._validate_identity()
         self._validate_log_export()
         return self
 
@@ -200,6 +216,9 @@ class ServeConfig:
             raise ConfigError(f"{name}: needs TLS on the listener (tls_cert and tls_key)")
         if self.tls_require_client_cert and not self.tls_client_ca:
             raise ConfigError("tls_require_client_cert: needs tls_client_ca (the CA client certificates chain to)")
+        if self.tls_client_ca and not self.tls_require_client_cert:
+            raise ConfigError("tls_client_ca: also set tls_require_client_cert; gRPC asks for a client certificate "
+                              "only when it requires one, so a client CA alone would verify no one")
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
@@ -214,10 +233,48 @@ class ServeConfig:
             client_ca = Path(self.tls_client_ca).read_bytes() if self.tls_client_ca else None
         except OSError as exc:
             raise ConfigError(f"tls: cannot read {exc.filename!r} ({exc.strerror or exc})") from exc
-        # With a client CA, gRPC asks for a client certificate and verifies one if sent; require_client_auth
-        # makes one mandatory. Without a CA, none is asked for.
+        # With require_client_auth gRPC asks for a client certificate, verifies it against the CA and refuses
+        # the handshake without one; without it, none is asked for.
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
                                            require_client_auth=self.tls_require_client_cert)
+
+    def _validate_identity(self) -> None:
+        self.caller_map()
+        if self.token_keys and not (self.token_issuer and self.token_audience):
+            raise ConfigError("token_keys: needs token_issuer and token_audience (the iss and aud every caller "
+                              "token must carry)")
+        if (self.token_issuer or self.token_audience) and not self.token_keys:
+            raise ConfigError("token_keys: required with token_issuer/token_audience (the directory of KID.pem "
+                              "public keys that verify caller tokens)")
+        if self.token_keys and not Path(self.token_keys).is_dir():
+            raise ConfigError(f"token_keys: {self.token_keys!r} is not a directory of KID.pem public keys")
+        if self.authzen_listen and (":" not in self.authzen_listen
+                                    or not self.authzen_listen.rsplit(":", 1)[1].isdigit()):
+            raise ConfigError(f"authzen_listen: must be HOST:PORT, not {self.authzen_listen!r}")
+
+    def caller_map(self) -> CallerMap:
+        """The callers mapping, parsed (given as a flag, its value is YAML or JSON text)."""
+        raw: Any = self.callers
+        if isinstance(raw, str):
+            try:
+                raw = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"callers: not YAML or JSON ({exc})") from exc
+        try:
+            return CallerMap.parse(raw)
+        except IdentityConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def caller_resolver(self, *, relay_prefix: str = "") -> CallerResolver:
+        """How callers are identified: caller tokens (token_keys) and the Unix-socket relay's peer addresses."""
+        tokens = None
+        if self.token_keys:
+            try:
+                tokens = TokenVerifier.from_config(self.token_keys, issuer=self.token_issuer,
+                                                   audience=self.token_audience)
+            except IdentityConfigError as exc:
+                raise ConfigError(str(exc)) from exc
+        return CallerResolver(tokens=tokens, relay_prefix=relay_prefix)
 
     def resolved_admin_token(self) -> str:
         """The admin token: admin_token, or the contents of admin_token_file ("" when neither is set)."""

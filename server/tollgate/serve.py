@@ -24,6 +24,7 @@ from tollgate.config import ConfigError, ServeConfig
 from tollgate.decisionlog import DecisionLog, LogConfig, LogShipping
 from tollgate.engine import EngineConfig
 from tollgate.metrics import Metrics, start_metrics_server
+from tollgate.peercred import PeerCredentialRelay
 from tollgate.state import KillSwitches, StateError, StateStore
 from tollgate.state.approvals import Approvals
 from tollgate.state.budgets import Budgets
@@ -46,6 +47,10 @@ async def serve(config: ServeConfig) -> int:
     try:
         admin_token = config.resolved_admin_token()
         credentials = config.server_credentials()
+        callers = config.caller_map()
+        # On a Unix socket the relay reads each connection's peer credentials (gRPC does not expose them).
+        relay = PeerCredentialRelay(config.listen[len("unix:"):]) if config.listen.startswith("unix:") else None
+        resolver = config.caller_resolver(relay_prefix=relay.peer_prefix if relay else "")
         shipping_config = config.log_shipping()
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
@@ -125,11 +130,12 @@ async def serve(config: ServeConfig) -> int:
     authorizer = Authorizer(
         slot, decision_log,
         AuthorizerConfig(entrypoint=config.entrypoint), on_decision=metrics.decision,
-        kill_switches=kill_switches, approvals=approvals, budgets=BudgetGuard(budgets),
+        kill_switches=kill_switches, approvals=approvals, budgets=BudgetGuard(budgets), callers=callers,
     )
     server = grpc_server(config)
     server.add_generic_rpc_handlers((
-        AuthorizationServicer(authorizer, decision_log, limits, budgets=budgets, approvals=approvals).handler(),
+        AuthorizationServicer(authorizer, decision_log, limits, budgets=budgets, approvals=approvals,
+                              callers=resolver).handler(),
         AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token, budgets=budgets).handler(),
         ApprovalServicer(approvals, admin_token=admin_token).handler(),
     ))
@@ -138,8 +144,14 @@ async def serve(config: ServeConfig) -> int:
         (SERVICE, ADMIN_SERVICE, APPROVAL_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server
     )
-    address = _bind(server, config.listen, credentials)
+    address = _bind(server, relay.backend if relay else config.listen, credentials)
     await server.start()
+    if relay is not None:
+        await relay.start()
+        address = config.listen
+    if callers:
+        log.info("callers: %d identities mapped to the principals they may speak for; any other caller is "
+                 "refused (principal_mismatch)", len(callers.entries))
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -154,6 +166,8 @@ async def serve(config: ServeConfig) -> int:
     log.info("shutting down: draining in-flight requests (up to %gs)", config.drain_seconds)
     await health.enter_graceful_shutdown()
     await server.stop(config.drain_seconds)
+    if relay is not None:
+        await relay.close()
     await activator.stop()
     if metrics_server is not None:
         metrics_server.close()

@@ -64,10 +64,3 @@ def test_mtls_refuses_a_certificate_from_another_ca(serve: Callable[..., Server]
     with grpc.secure_channel(server.address, credentials) as channel, pytest.raises(grpc.RpcError) as refused:
         pb_grpc.AuthorizationServiceStub(channel).Authorize(tool_request(), timeout=5)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-
-
-def test_optional_client_certificate_lets_a_tls_client_without_one_in(serve: Callable[..., Server],
-                                                                      ca: TestCA) -> None:
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert.read_bytes())
-    server = serve(extra=_tls_flags(ca, client_ca=True, require=False), credentials=credentials)
-    assert server.authorize(tool_request()).decision == pb.DECISION_ALLOW

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from tollgate.api._convert import (
 )
 from tollgate.authorizer import Authorizer
 from tollgate.decisionlog import DecisionLog, DecisionLogError
+from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
 from tollgate.state import StateError
 from tollgate.state.approvals import Approval, Approvals
 from tollgate.state.budgets import Budgets, ReservationClosed, ReservationNotFound
@@ -41,8 +43,10 @@ class RequestLimits:
 
 class AuthorizationServicer:
     def __init__(self, authorizer: Authorizer, decision_log: DecisionLog, limits: RequestLimits, *,
-                 budgets: Budgets | None = None, approvals: Approvals | None = None) -> None:
+                 budgets: Budgets | None = None, approvals: Approvals | None = None,
+                 callers: CallerResolver | None = None) -> None:
         self._authorizer = authorizer
+        self._callers = callers or CallerResolver()
         self._budgets = budgets
         self._approvals = approvals
         self._log = decision_log
@@ -89,6 +93,7 @@ class AuthorizationServicer:
             domain = to_decision_request(request, max_depth=self._limits.max_depth)
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        domain = dataclasses.replace(domain, caller=self.caller(context))
         try:
             decision = await self._authorizer.authorize(domain)
         except DecisionLogError as exc:
@@ -102,6 +107,14 @@ class AuthorizationServicer:
             log.exception("authorize: unexpected error")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         return to_response(decision)
+
+    def caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        """Who is calling, as the connection (client certificate, Unix-socket peer) or a caller token proves."""
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == TOKEN_METADATA_KEY:
+                token = value if isinstance(value, str) else value.decode(errors="replace")
+        return self._callers.resolve(peer=context.peer(), auth_context=context.auth_context(), token=token)
 
     async def GetDecision(  # noqa: N802 - gRPC method name
         self, request: pb.GetDecisionRequest, context: grpc.aio.ServicerContext

@@ -143,6 +143,7 @@ def to_record_message(record: Mapping[str, Any]) -> pb.DecisionRecord:
         hash=record.get("hash", ""),
         policy_path=record.get("policy_path", ""),
         request_digest=record.get("request_digest", ""),
+        requested_by=record.get("requested_by", ""),
     )
     msg.timestamp.FromJsonString(record["timestamp"])
     kind = inp["kind"]

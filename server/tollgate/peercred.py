@@ -1,0 +1,114 @@
+"""The Unix-socket relay that lets the gRPC server know each connection's peer credentials (SO_PEERCRED).
+
+gRPC (grpc.aio) does not expose the peer's uid, gid or pid of a Unix-socket connection: context.peer() is
+the peer's *address*, and a client socket has none. So `tollgate serve --listen unix:PATH` listens on PATH
+itself, reads SO_PEERCRED from the kernel for each connection it accepts, and relays the bytes to the gRPC
+server on a private socket. It connects to that socket from an address that encodes the credentials —
+`<private dir>/UID.GID.PID.N` — which gRPC reports as the peer, and tollgate.identity reads back.
+
+Why this is trustworthy: the private directory is created 0700 by the server, so only the server's own
+user can bind an address in it (and that user can read the server's keys anyway); the credentials are
+those the kernel recorded when the client connected. Limits: they are of the process that called
+connect() (a process that hands its socket to another keeps the first one's), the pid may be reused after
+the client exits, and the relay costs one extra hop per byte (measured in docs/BENCHMARKS.md's notes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import socket
+import struct
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_CHUNK = 256 * 1024
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a connected Unix socket, from the kernel."""
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return pid, uid, gid
+
+
+class PeerCredentialRelay:
+    """Listens on a public Unix socket and relays each connection to the gRPC server's private one."""
+
+    def __init__(self, public_path: str) -> None:
+        self.public_path = public_path
+        self._dir = Path(tempfile.mkdtemp(prefix="tollgate-"))  # 0700: only this user may bind in it
+        #: Where the gRPC server listens (unix:PATH).
+        self.backend = f"unix:{self._dir / 'grpc.sock'}"
+        #: What gRPC reports as the peer of a relayed connection, before UID.GID.PID.N.
+        self.peer_prefix = f"unix:{self._dir}/"
+        self._server: asyncio.Server | None = None
+        self._counter = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._accept, path=self.public_path)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.public_path)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._relay(reader, writer)
+        finally:
+            self._tasks.discard(task)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = writer.get_extra_info("socket")
+        try:
+            pid, uid, gid = peer_credentials(client)
+        except OSError as exc:
+            log.warning("unix socket: cannot read the peer credentials (%s); connection closed", exc)
+            writer.close()
+            return
+        backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        backend.setblocking(False)
+        tag = self._dir / f"{uid}.{gid}.{pid}.{next(self._counter)}"
+        try:
+            backend.bind(str(tag))
+            await asyncio.get_running_loop().sock_connect(backend, self.backend[len("unix:"):])
+        except OSError as exc:
+            log.error("unix socket: cannot reach the gRPC server (%s); connection closed", exc)
+            backend.close()
+            writer.close()
+            return
+        finally:
+            # The accepted connection keeps the address it was bound to; the file is not needed any more.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tag)
+        up_reader, up_writer = await asyncio.open_unix_connection(sock=backend)
+        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer), return_exceptions=True)
+
+
+async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await source.read(_CHUNK):
+            sink.write(chunk)
+            await sink.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        # Both directions end together: an HTTP/2 connection is not half-closed, so once one side is gone
+        # the other has nothing left to answer.
+        sink.close()
