@@ -376,12 +376,13 @@ def test_retention_in_small_batches_does_not_stall_the_writer(tmp_path: Path) ->
             started = time.perf_counter()
             await log.append(_record(i))
             slowest = max(slowest, time.perf_counter() - started)
-        assert await pruning == 2999
+        # 3000 once the first new record has made record 3000 no longer the newest.
+        assert await pruning in (2999, 3000)
 
     asyncio.run(write_while_pruning())
     log.close()
     retention.stop()
-    assert len(_seqs(path)) == 301
+    assert _seqs(path)[-300:] == list(range(3001, 3301)) and len(_seqs(path)) in (300, 301)
     assert slowest < 1.0  # each append waited at most for one short delete batch
 
 

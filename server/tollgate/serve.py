@@ -136,7 +136,8 @@ async def serve(config: ServeConfig) -> int:
     server.add_generic_rpc_handlers((
         AuthorizationServicer(authorizer, decision_log, limits, budgets=budgets, approvals=approvals,
                               callers=resolver).handler(),
-        AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token, budgets=budgets).handler(),
+        AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token, budgets=budgets,
+                      exports=shipping.statuses).handler(),
         ApprovalServicer(approvals, admin_token=admin_token).handler(),
     ))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import start_server, tool_request
+from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, start_server, tool_request
 from tests.log_receiver import LogReceiver, free_port
+from tollgate.v1 import admin_pb2, admin_pb2_grpc
 
 FAST = ["--decision-log-min-delay", "0.1", "--decision-log-max-delay", "0.5"]
 
@@ -60,6 +62,17 @@ def test_every_decision_reaches_both_receivers_once_after_they_recover(tmp_path:
         assert 'tollgate_decision_log_export_records_total{exporter="otlp"} 30' in text
         assert [u.status for u in opa.uploads][:3] == [500, 500, 500]
         assert opa.uploads[-1].path == "/logs" and otlp.uploads[-1].path == "/v1/logs"
+
+        status = admin_pb2_grpc.AdminServiceStub(server.channel).GetStatus(
+            admin_pb2.GetStatusRequest(), metadata=server.admin_metadata, timeout=10)
+        exports = {e.name: e for e in status.exports}
+        assert exports["opa"].url == f"{opa.url}/logs" and exports["otlp"].url == f"{otlp.url}/v1/logs"
+        assert exports["opa"].state == admin_pb2.EXPORT_STATE_OK and exports["opa"].cursor == 30
+        assert (exports["opa"].uploads_failed, exports["opa"].lag_records) == (3, 0)
+        assert exports["opa"].HasField("last_upload")
+        shown = subprocess.run([*TOLLGATE, "status", "--server", server.address, "--token", ADMIN_TOKEN],
+                               capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert f"export opa   {opa.url}/logs  [OK]  behind 0 records" in shown.stdout, shown.stdout + shown.stderr
         assert server.terminate() == 0
     finally:
         server.kill()

@@ -68,6 +68,13 @@ def _text(status: Any) -> str:
         rows.append(("etag", bundle.etag))
     if bundle.HasField("last_poll"):
         rows.append(("last poll", _time(bundle.last_poll)))
+    for export in status.exports:
+        export_state = pb.ExportState.Name(export.state).removeprefix("EXPORT_STATE_")
+        rows.append((f"export {export.name}",
+                     f"{export.url}  [{export_state}]  behind {export.lag_records} records, "
+                     f"{export.lag_seconds:.1f}s; uploads {export.uploads_ok} ok, {export.uploads_failed} failed"))
+        if export.last_error:
+            rows.append(("  last error", export.last_error))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

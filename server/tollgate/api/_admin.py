@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import grpc
@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tollgate.activation import BundleStatus, SourceState
 from tollgate.api._handlers import unary
+from tollgate.decisionlog import ExportState, ExportStatus
 from tollgate.state import InvalidKillSwitch, KillSwitch, KillSwitches, KillSwitchNotFound, StateError
 from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2 as pb
@@ -25,6 +26,12 @@ _STATES = {
     SourceState.OK: pb.SOURCE_STATE_OK,
     SourceState.ERROR: pb.SOURCE_STATE_ERROR,
 }
+_EXPORT_STATES = {
+    ExportState.NOT_READY: pb.EXPORT_STATE_NOT_READY,
+    ExportState.OK: pb.EXPORT_STATE_OK,
+    ExportState.WARN: pb.EXPORT_STATE_WARN,
+    ExportState.ERROR: pb.EXPORT_STATE_ERROR,
+}
 NO_TOKEN_CONFIGURED = (
     "admin RPCs are disabled: this sidecar has no admin token (start it with --admin-token-file FILE, "
     "--admin-token TOKEN or the admin_token config key)")
@@ -32,8 +39,10 @@ NO_TOKEN_CONFIGURED = (
 
 class AdminServicer:
     def __init__(self, bundle_status: Callable[[], BundleStatus], kill_switches: KillSwitches, *,
-                 admin_token: str, budgets: Budgets | None = None) -> None:
+                 admin_token: str, budgets: Budgets | None = None,
+                 exports: Callable[[], Sequence[ExportStatus]] = tuple) -> None:
         self._bundle_status = bundle_status
+        self._exports = exports
         self._budgets = budgets
         self._kills = kill_switches
         self._token = admin_token.encode()
@@ -51,7 +60,7 @@ class AdminServicer:
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.Status:
         await self._authenticate(context, "GetStatus")
-        return to_status_message(self._bundle_status())
+        return to_status_message(self._bundle_status(), self._exports())
 
     async def Kill(  # noqa: N802 - gRPC method name
         self, request: pb.KillRequest, context: grpc.aio.ServicerContext
@@ -151,7 +160,7 @@ def to_kill_switch_message(switch: KillSwitch) -> pb.KillSwitch:
     return message
 
 
-def to_status_message(status: BundleStatus) -> pb.Status:
+def to_status_message(status: BundleStatus, exports: Sequence[ExportStatus] = ()) -> pb.Status:
     bundle = pb.BundleStatus(source=status.source, state=_STATES[status.state], etag=status.etag)
     if status.last_poll is not None:
         bundle.last_poll.CopyFrom(_timestamp(status.last_poll))
@@ -164,7 +173,19 @@ def to_status_message(status: BundleStatus) -> pb.Status:
     if status.last_error is not None:
         e = status.last_error
         bundle.last_error.CopyFrom(pb.BundleError(time=_timestamp(e.time), message=e.message, reason=e.reason))
-    return pb.Status(serving=status.active is not None, bundle=bundle)
+    return pb.Status(serving=status.active is not None, bundle=bundle,
+                     exports=[to_export_message(e) for e in exports])
+
+
+def to_export_message(export: ExportStatus) -> pb.DecisionLogExport:
+    message = pb.DecisionLogExport(
+        name=export.name, url=export.url, state=_EXPORT_STATES[export.state], cursor=export.cursor,
+        lag_records=export.lag_records, lag_seconds=export.lag_seconds, max_lag_seconds=export.max_lag,
+        uploads_ok=export.uploads_ok, uploads_failed=export.uploads_failed,
+        records_exported=export.records_exported, last_error=export.last_error)
+    if export.last_upload is not None:
+        message.last_upload.CopyFrom(_timestamp(export.last_upload))
+    return message
 
 
 def _timestamp(moment: datetime) -> Timestamp:

@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tollgate/v1/admin.proto\x12\x0btollgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x0bKillRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\n\n\x02\x62y\x18\x04 \x01(\t\"I\n\rReviveRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"|\n\nKillSwitch\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tkilled_by\x18\x04 \x01(\t\x12-\n\tkilled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10ListKillsRequest\"C\n\x11ListKillsResponse\x12.\n\rkill_switches\x18\x01 \x03(\x0b\x32\x17.tollgate.v1.KillSwitch\"\x12\n\x10GetStatusRequest\"\x89\x01\n\x10\x42undleActivation\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x11\n\tsigned_by\x18\x04 \x01(\t\x12\x16\n\x0e\x66rom_persisted\x18\x05 \x01(\x08\"X\n\x0b\x42undleError\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x83\x02\n\x0c\x42undleStatus\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.tollgate.v1.SourceState\x12\x17\n\x0f\x61\x63tive_revision\x18\x03 \x01(\t\x12\x36\n\x0flast_activation\x18\x04 \x01(\x0b\x32\x1d.tollgate.v1.BundleActivation\x12,\n\nlast_error\x18\x05 \x01(\x0b\x32\x18.tollgate.v1.BundleError\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\x12-\n\tlast_poll\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x06Status\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12)\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x19.tollgate.v1.BundleStatus\"Q\n\x0fGetSpendRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\x12\x10\n\x08workflow\x18\x04 \x01(\t\"M\n\tUnitSpend\x12\x0c\n\x04unit\x18\x01 \x01(\t\x12\x11\n\tcommitted\x18\x02 \x01(\x01\x12\x10\n\x08reserved\x18\x03 \x01(\x01\x12\r\n\x05total\x18\x04 \x01(\x01\"a\n\nScopeSpend\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06window\x18\x03 \x01(\t\x12%\n\x05units\x18\x04 \x03(\x0b\x32\x16.tollgate.v1.UnitSpend\";\n\x10GetSpendResponse\x12\'\n\x06scopes\x18\x01 \x03(\x0b\x32\x17.tollgate.v1.ScopeSpend*t\n\x0bSourceState\x12\x1c\n\x18SOURCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SOURCE_STATE_NOT_READY\x10\x01\x12\x13\n\x0fSOURCE_STATE_OK\x10\x02\x12\x16\n\x12SOURCE_STATE_ERROR\x10\x03\x32\xde\x02\n\x0c\x41\x64minService\x12?\n\tGetStatus\x12\x1d.tollgate.v1.GetStatusRequest\x1a\x13.tollgate.v1.Status\x12\x39\n\x04Kill\x12\x18.tollgate.v1.KillRequest\x1a\x17.tollgate.v1.KillSwitch\x12=\n\x06Revive\x12\x1a.tollgate.v1.ReviveRequest\x1a\x17.tollgate.v1.KillSwitch\x12J\n\tListKills\x12\x1d.tollgate.v1.ListKillsRequest\x1a\x1e.tollgate.v1.ListKillsResponse\x12G\n\x08GetSpend\x12\x1c.tollgate.v1.GetSpendRequest\x1a\x1d.tollgate.v1.GetSpendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tollgate/v1/admin.proto\x12\x0btollgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x0bKillRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\n\n\x02\x62y\x18\x04 \x01(\t\"I\n\rReviveRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"|\n\nKillSwitch\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tkilled_by\x18\x04 \x01(\t\x12-\n\tkilled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10ListKillsRequest\"C\n\x11ListKillsResponse\x12.\n\rkill_switches\x18\x01 \x03(\x0b\x32\x17.tollgate.v1.KillSwitch\"\x12\n\x10GetStatusRequest\"\x89\x01\n\x10\x42undleActivation\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x11\n\tsigned_by\x18\x04 \x01(\t\x12\x16\n\x0e\x66rom_persisted\x18\x05 \x01(\x08\"X\n\x0b\x42undleError\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x83\x02\n\x0c\x42undleStatus\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.tollgate.v1.SourceState\x12\x17\n\x0f\x61\x63tive_revision\x18\x03 \x01(\t\x12\x36\n\x0flast_activation\x18\x04 \x01(\x0b\x32\x1d.tollgate.v1.BundleActivation\x12,\n\nlast_error\x18\x05 \x01(\x0b\x32\x18.tollgate.v1.BundleError\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\x12-\n\tlast_poll\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x06Status\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12)\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x19.tollgate.v1.BundleStatus\x12/\n\x07\x65xports\x18\x03 \x03(\x0b\x32\x1e.tollgate.v1.DecisionLogExport\"\xb5\x02\n\x11\x44\x65\x63isionLogExport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.tollgate.v1.ExportState\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\x03\x12\x13\n\x0blag_records\x18\x05 \x01(\x03\x12\x13\n\x0blag_seconds\x18\x06 \x01(\x01\x12\x17\n\x0fmax_lag_seconds\x18\x07 \x01(\x01\x12\x12\n\nuploads_ok\x18\x08 \x01(\x03\x12\x16\n\x0euploads_failed\x18\t \x01(\x03\x12\x18\n\x10records_exported\x18\n \x01(\x03\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12/\n\x0blast_upload\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x0fGetSpendRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\x12\x10\n\x08workflow\x18\x04 \x01(\t\"M\n\tUnitSpend\x12\x0c\n\x04unit\x18\x01 \x01(\t\x12\x11\n\tcommitted\x18\x02 \x01(\x01\x12\x10\n\x08reserved\x18\x03 \x01(\x01\x12\r\n\x05total\x18\x04 \x01(\x01\"a\n\nScopeSpend\x12\r\n\x05scope\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06window\x18\x03 \x01(\t\x12%\n\x05units\x18\x04 \x03(\x0b\x32\x16.tollgate.v1.UnitSpend\";\n\x10GetSpendResponse\x12\'\n\x06scopes\x18\x01 \x03(\x0b\x32\x17.tollgate.v1.ScopeSpend*t\n\x0bSourceState\x12\x1c\n\x18SOURCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SOURCE_STATE_NOT_READY\x10\x01\x12\x13\n\x0fSOURCE_STATE_OK\x10\x02\x12\x16\n\x12SOURCE_STATE_ERROR\x10\x03*\x8b\x01\n\x0b\x45xportState\x12\x1c\n\x18\x45XPORT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45XPORT_STATE_NOT_READY\x10\x01\x12\x13\n\x0f\x45XPORT_STATE_OK\x10\x02\x12\x15\n\x11\x45XPORT_STATE_WARN\x10\x03\x12\x16\n\x12\x45XPORT_STATE_ERROR\x10\x04\x32\xde\x02\n\x0c\x41\x64minService\x12?\n\tGetStatus\x12\x1d.tollgate.v1.GetStatusRequest\x1a\x13.tollgate.v1.Status\x12\x39\n\x04Kill\x12\x18.tollgate.v1.KillRequest\x1a\x17.tollgate.v1.KillSwitch\x12=\n\x06Revive\x12\x1a.tollgate.v1.ReviveRequest\x1a\x17.tollgate.v1.KillSwitch\x12J\n\tListKills\x12\x1d.tollgate.v1.ListKillsRequest\x1a\x1e.tollgate.v1.ListKillsResponse\x12G\n\x08GetSpend\x12\x1c.tollgate.v1.GetSpendRequest\x1a\x1d.tollgate.v1.GetSpendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tollgate.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOURCESTATE']._serialized_start=1340
-  _globals['_SOURCESTATE']._serialized_end=1456
+  _globals['_SOURCESTATE']._serialized_start=1701
+  _globals['_SOURCESTATE']._serialized_end=1817
+  _globals['_EXPORTSTATE']._serialized_start=1820
+  _globals['_EXPORTSTATE']._serialized_end=1959
   _globals['_KILLREQUEST']._serialized_start=73
   _globals['_KILLREQUEST']._serialized_end=144
   _globals['_REVIVEREQUEST']._serialized_start=146
@@ -53,15 +55,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUNDLESTATUS']._serialized_start=687
   _globals['_BUNDLESTATUS']._serialized_end=946
   _globals['_STATUS']._serialized_start=948
-  _globals['_STATUS']._serialized_end=1016
-  _globals['_GETSPENDREQUEST']._serialized_start=1018
-  _globals['_GETSPENDREQUEST']._serialized_end=1099
-  _globals['_UNITSPEND']._serialized_start=1101
-  _globals['_UNITSPEND']._serialized_end=1178
-  _globals['_SCOPESPEND']._serialized_start=1180
-  _globals['_SCOPESPEND']._serialized_end=1277
-  _globals['_GETSPENDRESPONSE']._serialized_start=1279
-  _globals['_GETSPENDRESPONSE']._serialized_end=1338
-  _globals['_ADMINSERVICE']._serialized_start=1459
-  _globals['_ADMINSERVICE']._serialized_end=1809
+  _globals['_STATUS']._serialized_end=1065
+  _globals['_DECISIONLOGEXPORT']._serialized_start=1068
+  _globals['_DECISIONLOGEXPORT']._serialized_end=1377
+  _globals['_GETSPENDREQUEST']._serialized_start=1379
+  _globals['_GETSPENDREQUEST']._serialized_end=1460
+  _globals['_UNITSPEND']._serialized_start=1462
+  _globals['_UNITSPEND']._serialized_end=1539
+  _globals['_SCOPESPEND']._serialized_start=1541
+  _globals['_SCOPESPEND']._serialized_end=1638
+  _globals['_GETSPENDRESPONSE']._serialized_start=1640
+  _globals['_GETSPENDRESPONSE']._serialized_end=1699
+  _globals['_ADMINSERVICE']._serialized_start=1962
+  _globals['_ADMINSERVICE']._serialized_end=2312
 # @@protoc_insertion_point(module_scope)

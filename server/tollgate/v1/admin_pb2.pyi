@@ -16,10 +16,23 @@ class SourceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOURCE_STATE_NOT_READY: _ClassVar[SourceState]
     SOURCE_STATE_OK: _ClassVar[SourceState]
     SOURCE_STATE_ERROR: _ClassVar[SourceState]
+
+class ExportState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_STATE_UNSPECIFIED: _ClassVar[ExportState]
+    EXPORT_STATE_NOT_READY: _ClassVar[ExportState]
+    EXPORT_STATE_OK: _ClassVar[ExportState]
+    EXPORT_STATE_WARN: _ClassVar[ExportState]
+    EXPORT_STATE_ERROR: _ClassVar[ExportState]
 SOURCE_STATE_UNSPECIFIED: SourceState
 SOURCE_STATE_NOT_READY: SourceState
 SOURCE_STATE_OK: SourceState
 SOURCE_STATE_ERROR: SourceState
+EXPORT_STATE_UNSPECIFIED: ExportState
+EXPORT_STATE_NOT_READY: ExportState
+EXPORT_STATE_OK: ExportState
+EXPORT_STATE_WARN: ExportState
+EXPORT_STATE_ERROR: ExportState
 
 class KillRequest(_message.Message):
     __slots__ = ("scope", "value", "reason", "by")
@@ -116,12 +129,42 @@ class BundleStatus(_message.Message):
     def __init__(self, source: _Optional[str] = ..., state: _Optional[_Union[SourceState, str]] = ..., active_revision: _Optional[str] = ..., last_activation: _Optional[_Union[BundleActivation, _Mapping]] = ..., last_error: _Optional[_Union[BundleError, _Mapping]] = ..., etag: _Optional[str] = ..., last_poll: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("serving", "bundle")
+    __slots__ = ("serving", "bundle", "exports")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    EXPORTS_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     bundle: BundleStatus
-    def __init__(self, serving: _Optional[bool] = ..., bundle: _Optional[_Union[BundleStatus, _Mapping]] = ...) -> None: ...
+    exports: _containers.RepeatedCompositeFieldContainer[DecisionLogExport]
+    def __init__(self, serving: _Optional[bool] = ..., bundle: _Optional[_Union[BundleStatus, _Mapping]] = ..., exports: _Optional[_Iterable[_Union[DecisionLogExport, _Mapping]]] = ...) -> None: ...
+
+class DecisionLogExport(_message.Message):
+    __slots__ = ("name", "url", "state", "cursor", "lag_records", "lag_seconds", "max_lag_seconds", "uploads_ok", "uploads_failed", "records_exported", "last_error", "last_upload")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    LAG_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UPLOADS_OK_FIELD_NUMBER: _ClassVar[int]
+    UPLOADS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_EXPORTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    state: ExportState
+    cursor: int
+    lag_records: int
+    lag_seconds: float
+    max_lag_seconds: float
+    uploads_ok: int
+    uploads_failed: int
+    records_exported: int
+    last_error: str
+    last_upload: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., state: _Optional[_Union[ExportState, str]] = ..., cursor: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., max_lag_seconds: _Optional[float] = ..., uploads_ok: _Optional[int] = ..., uploads_failed: _Optional[int] = ..., records_exported: _Optional[int] = ..., last_error: _Optional[str] = ..., last_upload: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetSpendRequest(_message.Message):
     __slots__ = ("session", "agent", "team", "workflow")
