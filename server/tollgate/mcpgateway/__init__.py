@@ -1,0 +1,91 @@
+"""An MCP gateway that asks Tollgate before every tool call: a transparent MCP proxy, over stdio to its client,
+in front of an upstream MCP server (started over stdio, or reached over streamable HTTP).
+
+    config = GatewayConfig(sidecar="127.0.0.1:50051", principal=Principal("code-reviewer"),
+                           upstream=StdioUpstream("github-mcp-server", ("stdio",)), mcp_server_name="github")
+    asyncio.run(serve_stdio(config))
+
+Allowed calls reach the upstream untouched; a denied call, or one still waiting for approval, is answered with a
+tool error (isError) that carries the reasons and the decision id. Fail closed: no decision, no call.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from mcp.server.stdio import stdio_server
+from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.message import SessionMessage
+
+from tollgate.client import AsyncClient, Principal
+from tollgate.mcpgateway._gate import ARGUMENT_INDEPENDENT, GateSettings, ToolGate, refusal_text
+from tollgate.mcpgateway._proxy import (
+    FORWARDED_NOTIFICATIONS,
+    HttpUpstream,
+    NotificationRelay,
+    Proxy,
+    StdioUpstream,
+    Upstream,
+    connect_upstream,
+)
+
+__all__ = [
+    "ARGUMENT_INDEPENDENT",
+    "FORWARDED_NOTIFICATIONS",
+    "GatewayConfig",
+    "HttpUpstream",
+    "StdioUpstream",
+    "Upstream",
+    "refusal_text",
+    "serve",
+    "serve_stdio",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """One gateway: which sidecar decides, for whom, in front of which MCP server."""
+
+    #: The Tollgate sidecar: HOST:PORT or unix:PATH.
+    sidecar: str
+    #: Who the agent is (agent_id picks its capability manifest; session_id names the run).
+    principal: Principal
+    upstream: Upstream
+    #: ToolCall.server for every decision; None: the upstream's initialize serverInfo.name.
+    mcp_server_name: str | None = None
+    #: Seconds a call that needs approval waits for a person before it is answered with a tool error.
+    approval_wait: float = 0.0
+    #: Leave out of tools/list the tools the policy never allows this agent (whatever the arguments).
+    hide_denied_tools: bool = False
+    #: Deadline of each Authorize, retries included; past it the call is denied (fail closed).
+    decision_timeout: float = 2.0
+
+
+async def serve(config: GatewayConfig, read_stream: ReadStream[SessionMessage | Exception],
+                write_stream: WriteStream[SessionMessage]) -> None:
+    """Serve one MCP client on the given streams until it goes away; the upstream is connected (and, over
+    stdio, started) first and stopped at the end. Raises when the upstream cannot be reached or initialized."""
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(AsyncClient(config.sidecar, timeout=config.decision_timeout))
+        relay = NotificationRelay()
+        upstream = await stack.enter_async_context(connect_upstream(config.upstream, relay))
+        info = upstream.server_info
+        server_name = config.mcp_server_name or (info.name if info is not None else "")
+        if not server_name:
+            raise ValueError("the upstream MCP server gave no name in its serverInfo: pass --mcp-server-name")
+        gate = ToolGate(client, GateSettings(principal=config.principal, server_name=server_name,
+                                             approval_wait=config.approval_wait))
+        proxy = Proxy(upstream, gate, relay, hide_denied_tools=config.hide_denied_tools)
+        logger.info("gateway for MCP server %r as agent %r (session %r), decisions from %s", server_name,
+                    config.principal.agent_id, config.principal.session_id, config.sidecar)
+        await proxy.server().run(read_stream, write_stream, proxy.initialization_options())
+
+
+async def serve_stdio(config: GatewayConfig) -> None:
+    """serve() on this process's stdin and stdout (the way MCP clients start a local server)."""
+    async with stdio_server() as (read_stream, write_stream):
+        await serve(config, read_stream, write_stream)

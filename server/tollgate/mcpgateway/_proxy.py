@@ -1,0 +1,232 @@
+"""The MCP side of the gateway: an MCP server to the client that forwards to an upstream MCP server, with every
+tools/call decided by the gate first."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import mcp_types as types
+from mcp.client.session import ClientSession, IncomingMessage
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.context import HandlerResult, ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.models import InitializationOptions
+from mcp.server.session import ServerSession
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel, RootModel, ValidationError
+
+from tollgate.mcpgateway._gate import ToolGate, decision_meta, refusal_text
+
+logger = logging.getLogger(__name__)
+
+#: What the gateway calls itself to the upstream server.
+CLIENT_INFO = types.Implementation(name="tollgate-mcp-gateway", version="0.1.0")
+#: Upstream notifications passed on to the client (on connections that began with initialize; see README).
+FORWARDED_NOTIFICATIONS = frozenset({
+    "notifications/tools/list_changed", "notifications/resources/list_changed",
+    "notifications/prompts/list_changed", "notifications/resources/updated", "notifications/message",
+})
+_RawRequest: TypeAlias = types.Request[dict[str, Any] | None, str]
+Handler: TypeAlias = Callable[[ServerRequestContext[Any], Any], Awaitable[HandlerResult]]
+
+
+class _RawResult(RootModel[dict[str, Any]]):
+    """A result as the upstream sent it: plain JSON, never read through a model that would drop fields it does
+    not know, so it goes back to the client as it came."""
+
+
+@dataclass(frozen=True)
+class StdioUpstream:
+    """An upstream MCP server the gateway starts and talks to over its stdin/stdout. It inherits the gateway's
+    environment (where an MCP client puts the server's tokens)."""
+
+    command: str
+    args: tuple[str, ...] = ()
+    cwd: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpUpstream:
+    """An upstream MCP server reached over streamable HTTP at `url` (e.g. http://127.0.0.1:8000/mcp)."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Upstream: TypeAlias = StdioUpstream | HttpUpstream
+
+
+class NotificationRelay:
+    """Passes the upstream's change and log notifications on to the client, once the client is initialized
+    (before that there is no one to tell; the client lists everything after it initializes anyway)."""
+
+    def __init__(self) -> None:
+        self._client: ServerSession | None = None
+
+    def attach(self, client: ServerSession) -> None:
+        self._client = client
+
+    async def from_upstream(self, message: IncomingMessage) -> None:
+        if isinstance(message, Exception):
+            logger.warning("upstream MCP server: transport error: %s", message)
+            return
+        if message.method not in FORWARDED_NOTIFICATIONS or self._client is None:
+            return
+        try:
+            await self._client.send_notification(message)
+        except Exception as exc:  # the client went away; a notification is advisory, the session goes on
+            logger.debug("could not pass %s on to the client: %s", message.method, exc)
+
+
+@asynccontextmanager
+async def connect_upstream(upstream: Upstream, relay: NotificationRelay) -> AsyncIterator[ClientSession]:
+    """A ClientSession to the upstream server, initialized (the initialize handshake, which every MCP server
+    speaks); closing it stops a stdio upstream's process."""
+    if isinstance(upstream, StdioUpstream):
+        params = StdioServerParameters(command=upstream.command, args=list(upstream.args), env=dict(os.environ),
+                                       cwd=upstream.cwd)
+        transport = stdio_client(params)
+    else:
+        transport = _http_transport(upstream)
+    async with transport as (read, write), ClientSession(read, write, message_handler=relay.from_upstream,
+                                                         client_info=CLIENT_INFO) as session:
+        await session.initialize()
+        yield session
+
+
+@asynccontextmanager
+async def _http_transport(upstream: HttpUpstream) -> AsyncIterator[Any]:
+    import httpx2  # the HTTP client the SDK's transport is built on
+
+    # The SDK's own timeouts for MCP over HTTP: 30 s to connect or send, 300 s to read (a response stream may
+    # stay open while a tool runs).
+    timeout = httpx2.Timeout(30.0, read=300.0)
+    async with httpx2.AsyncClient(headers=dict(upstream.headers), timeout=timeout) as http, \
+            streamable_http_client(upstream.url, http_client=http) as streams:
+        yield streams
+
+
+class Proxy:
+    """Builds the MCP server the client talks to: the upstream's identity and capabilities, its methods
+    forwarded, tools/call through the gate, tools/list optionally without the tools the agent may never use."""
+
+    def __init__(self, upstream: ClientSession, gate: ToolGate, relay: NotificationRelay, *,
+                 hide_denied_tools: bool = False) -> None:
+        initialized = upstream.initialize_result
+        if initialized is None:
+            raise ValueError("Proxy: the upstream session must be initialized first")
+        self._upstream = upstream
+        self._initialized = initialized
+        self._gate = gate
+        self._relay = relay
+        self._hide_denied_tools = hide_denied_tools
+
+    def initialization_options(self) -> InitializationOptions:
+        """What the client's initialize gets: the upstream's server info, capabilities and instructions."""
+        info, init = self._initialized.server_info, self._initialized
+        return InitializationOptions(server_name=info.name, server_version=info.version, title=info.title,
+                                     description=info.description, capabilities=init.capabilities,
+                                     instructions=init.instructions, website_url=info.website_url, icons=info.icons)
+
+    def server(self) -> Server[Any]:
+        info = self._initialized.server_info
+        server: Server[Any] = Server(info.name, version=info.version, title=info.title,
+                                     description=info.description, instructions=self._initialized.instructions,
+                                     website_url=info.website_url, icons=info.icons)
+        # Only what the upstream declared is served, so a client asking for anything else gets "method not
+        # found" from the gateway, as it would from the upstream.
+        caps = self._initialized.capabilities
+        methods: dict[str, type[BaseModel]] = {}
+        if caps.tools is not None:
+            methods["tools/list"] = types.PaginatedRequestParams
+        if caps.resources is not None:
+            methods |= {"resources/list": types.PaginatedRequestParams,
+                        "resources/templates/list": types.PaginatedRequestParams,
+                        "resources/read": types.ReadResourceRequestParams}
+            if caps.resources.subscribe:
+                methods |= {"resources/subscribe": types.SubscribeRequestParams,
+                            "resources/unsubscribe": types.UnsubscribeRequestParams}
+        if caps.prompts is not None:
+            methods |= {"prompts/list": types.PaginatedRequestParams, "prompts/get": types.GetPromptRequestParams}
+        if caps.completions is not None:
+            methods["completion/complete"] = types.CompleteRequestParams
+        if caps.logging is not None:
+            methods["logging/setLevel"] = types.SetLevelRequestParams
+        for method, params_type in methods.items():
+            server.add_request_handler(method, params_type, self._forwarder(method))
+        if caps.tools is not None:
+            server.add_request_handler("tools/call", types.CallToolRequestParams, self._call_tool)
+            if self._hide_denied_tools:
+                server.add_request_handler("tools/list", types.PaginatedRequestParams, self._list_tools)
+        server.add_notification_handler("notifications/initialized", types.NotificationParams, self._initialized_by)
+        return server
+
+    async def _initialized_by(self, ctx: ServerRequestContext[Any], params: types.NotificationParams) -> None:
+        self._relay.attach(ctx.session)
+
+    def _forwarder(self, method: str) -> Handler:
+        async def forward(ctx: ServerRequestContext[Any], params: BaseModel) -> HandlerResult:
+            return await self._forward(ctx)
+
+        return forward
+
+    async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> HandlerResult:
+        # The arguments decided on are the ones forwarded: both come from the request as it arrived.
+        raw_arguments = (ctx.params or {}).get("arguments")
+        arguments: Mapping[str, Any] = raw_arguments if isinstance(raw_arguments, Mapping) else {}
+        decision = await self._gate.decide_call(params.name, arguments)
+        if decision.allowed:
+            return await self._forward(ctx)
+        tool = f"{self._gate.settings.server_name}/{params.name}"
+        logger.info("%s not forwarded: %s", tool, decision.message)
+        return types.CallToolResult(content=[types.TextContent(text=refusal_text(decision, tool=tool))],
+                                    is_error=True, _meta={"tollgate/decision": decision_meta(decision)})
+
+    async def _list_tools(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams) -> HandlerResult:
+        listed = await self._forward(ctx)
+        tools = listed.get("tools")
+        if not isinstance(tools, list):
+            return listed
+        names = [t["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        hidden = await self._gate.hidden_tools(names)
+        listed["tools"] = [t for t in tools if not (isinstance(t, dict) and t.get("name") in hidden)]
+        return listed
+
+    async def _forward(self, ctx: ServerRequestContext[Any]) -> dict[str, Any]:
+        """The client's request, as it arrived, to the upstream; the upstream's result or error back."""
+        meta = ctx.meta or {}
+        progress = ctx.session.report_progress if "progressToken" in meta else None
+        request = _RawRequest(method=ctx.method, params=_upstream_params(ctx.params))
+        try:
+            result = await self._upstream.send_request(request, _RawResult, progress_callback=progress)
+        except ValidationError as exc:
+            logger.warning("upstream MCP server: invalid %s result: %s", ctx.method, exc)
+            raise MCPError(code=types.INTERNAL_ERROR,
+                           message=f"the upstream MCP server answered {ctx.method} with an invalid result") from None
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # A 2026-era client, an upstream spoken to in the handshake era: add what the newer era requires and
+            # the older one never sends. No caching: the answers depend on the agent and on policy that changes.
+            return {"resultType": "complete", "ttlMs": 0, "cacheScope": "private", **result.root}
+        return result.root
+
+
+def _upstream_params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The client's params for the upstream, less what belongs to the client's own connection: its progress
+    token (the gateway asks for progress with its own and relays it) and the reserved protocol keys."""
+    if params is None:
+        return None
+    forwarded = dict(params)
+    meta = forwarded.pop("_meta", None)
+    if isinstance(meta, Mapping):
+        kept = {k: v for k, v in meta.items()
+                if k != "progressToken" and not str(k).startswith("io.modelcontextprotocol/")}
+        if kept:
+            forwarded["_meta"] = kept
+    return forwarded

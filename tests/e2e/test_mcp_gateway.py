@@ -1,0 +1,313 @@
+"""`tollgate mcp-gateway` end to end: a real sidecar, the gateway as a subprocess in front of a real MCP server
+(tests/mcp_upstream.py, over stdio or streamable HTTP), driven by the MCP SDK's own client over stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mcp_types as types
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.session import IncomingMessage
+
+from tests.conftest import ROOT, TOLLGATE, Server, start_server
+from tollgate.v1 import approval_pb2, approval_pb2_grpc
+
+UPSTREAM = [sys.executable, str(ROOT / "tests" / "mcp_upstream.py")]
+PR = {"owner": "acme", "repo": "app", "pullNumber": 42}
+_T = TypeVar("_T")
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("mcp-gateway")
+    config = root / "tollgate.yaml"
+    config.write_text(json.dumps({"approver_groups": {"release-managers": ["rita"]}}))
+    started = start_server(root / "data", extra=["--config", str(config)])
+    yield started
+    started.terminate()
+
+
+class Gateway:
+    """An MCP client session with a running `tollgate mcp-gateway`, and what reached the upstream."""
+
+    def __init__(self, session: ClientSession, call_log: Path, notifications: list[str]) -> None:
+        self.session = session
+        self.call_log = call_log
+        self.notifications = notifications
+
+    def upstream_calls(self) -> list[str]:
+        return self.call_log.read_text().split() if self.call_log.exists() else []
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        return await self.session.call_tool(name, arguments)
+
+
+@asynccontextmanager
+async def gateway(tmp_path: Path, sidecar: str, agent: str, *flags: str, upstream: list[str] | None = None,
+                  modern: bool = False) -> AsyncIterator[Gateway]:
+    """A client session with a gateway started with these flags; modern: the 2026-07-28 protocol (server/discover
+    and an envelope on every request) instead of the initialize handshake."""
+    call_log = tmp_path / f"upstream-calls-{os.urandom(4).hex()}.log"
+    notifications: list[str] = []
+
+    async def on_message(message: IncomingMessage) -> None:
+        if not isinstance(message, Exception):
+            notifications.append(message.method)
+
+    tail = ["--", *UPSTREAM] if upstream is None else upstream
+    params = StdioServerParameters(command=TOLLGATE[0], args=[
+        *TOLLGATE[1:], "mcp-gateway", "--server", sidecar, "--agent-id", agent, *flags, *tail],
+        env={**os.environ, "MCP_UPSTREAM_CALL_LOG": str(call_log)}, cwd=ROOT)
+    async with stdio_client(params) as (read, write), \
+            ClientSession(read, write, message_handler=on_message, read_timeout_seconds=60) as session:
+        await (session.discover() if modern else session.initialize())
+        yield Gateway(session, call_log, notifications)
+
+
+async def direct(call: Callable[[ClientSession], Awaitable[_T]]) -> _T:
+    """call() on a session with the upstream itself, no gateway between."""
+    async with stdio_client(StdioServerParameters(command=UPSTREAM[0], args=UPSTREAM[1:])) as (read, write), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        return await call(session)
+
+
+def text(result: types.CallToolResult) -> str:
+    return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def tollgate_meta(result: types.CallToolResult) -> dict[str, Any]:
+    meta: dict[str, Any] = (result.meta or {})["tollgate/decision"]
+    return meta
+
+
+def logged(sidecar: Server, session_id: str) -> list[dict[str, Any]]:
+    with sqlite3.connect(sidecar.data_dir / "decisions.db") as db:
+        rows = db.execute("SELECT record FROM decisions ORDER BY rowid").fetchall()
+    records = [json.loads(r[0]) for r in rows]
+    return [r for r in records if r["input"]["principal"]["session_id"] == session_id]
+
+
+def test_initialize_and_an_allowed_call_pass_through_untouched(tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        own = await direct(lambda s: s.call_tool("get_pull_request", PR))
+        async with gateway(tmp_path, sidecar.address, "code-reviewer", "--session-id", "s-pass") as gw:
+            init = gw.session.initialize_result
+            assert init is not None
+            assert (init.server_info.name, init.server_info.version) == ("github", "9.9.9")
+            assert init.instructions == "A test double of the GitHub MCP server."
+            through = await gw.call("get_pull_request", PR)
+            assert through.model_dump() == own.model_dump()
+            assert through.structured_content == {"number": 42, "repo": "acme/app", "title": "upstream PR 42",
+                                                  "state": "open"}
+            assert gw.upstream_calls() == ["get_pull_request"]
+        [record] = logged(sidecar, "s-pass")
+        assert record["decision"] == "allow"
+        assert record["input"]["tool"] == {"server": "github", "name": "get_pull_request", "arguments": PR,
+                                           "resources": []}
+        assert record["input"]["context"] == {"mcp": "tools/call"}
+
+    asyncio.run(scenario())
+
+
+def test_denied_call_is_a_tool_error_with_the_reasons_and_decision_id_and_never_reaches_upstream(
+        tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "code-reviewer") as gw:
+            result = await gw.call("merge_pull_request", PR)
+            assert gw.upstream_calls() == []
+        assert result.is_error
+        meta = tollgate_meta(result)
+        assert meta["decision"] == "deny"
+        assert [r["code"] for r in meta["reasons"]] == ["tool_not_in_manifest"]
+        assert f"decision {meta['decision_id']}" in text(result)
+        assert "tool_not_in_manifest" in text(result) and "github/merge_pull_request" in text(result)
+        assert sidecar.get_decision(meta["decision_id"]).tool.name == "merge_pull_request"
+
+    asyncio.run(scenario())
+
+
+def approver(sidecar: Server) -> approval_pb2_grpc.ApprovalServiceStub:
+    return approval_pb2_grpc.ApprovalServiceStub(sidecar.channel)
+
+
+def approve(sidecar: Server, approval_id: str) -> None:
+    approver(sidecar).Decide(approval_pb2.DecideRequest(id=approval_id, approve=True, by="rita", reason="release"),
+                             timeout=10, metadata=sidecar.admin_metadata)
+
+
+async def pending_approval(sidecar: Server, session_id: str) -> str:
+    """The id of the session's pending approval, once it is there."""
+    for _ in range(200):
+        request = approval_pb2.ListApprovalsRequest(session_id=session_id, status="pending")
+        found = approver(sidecar).ListApprovals(request, timeout=10, metadata=sidecar.admin_metadata)
+        if found.approvals:
+            approval_id: str = found.approvals[0].id
+            return approval_id
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no pending approval for session {session_id}")
+
+
+def test_call_waiting_for_approval_goes_through_once_a_person_approves(tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "release-bot", "--session-id", "s-wait",
+                           "--approval-wait", "30") as gw:
+            call = asyncio.create_task(gw.call("merge_pull_request", PR))
+            approval_id = await pending_approval(sidecar, "s-wait")
+            assert not call.done()  # held while the approval is pending
+            approve(sidecar, approval_id)
+            result = await call
+            assert not result.is_error, text(result)
+            assert text(result) == "upstream merged acme/app#42"
+            assert gw.upstream_calls() == ["merge_pull_request"]
+        decisions = [(r["decision"], r.get("approval_id", "")) for r in logged(sidecar, "s-wait")]
+        assert decisions == [("require_approval", approval_id), ("allow", approval_id)]
+
+    asyncio.run(scenario())
+
+
+def test_without_waiting_the_tool_error_names_the_approval_and_the_same_call_after_approval_goes_through(
+        tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "release-bot", "--session-id", "s-retry") as gw:
+            first = await gw.call("merge_pull_request", PR)
+            assert first.is_error
+            approval_id = tollgate_meta(first)["approval_id"]
+            assert approval_id.startswith("apr_") and approval_id in text(first)
+            assert f"tollgate approvals approve {approval_id}" in text(first)
+            assert [r["code"] for r in tollgate_meta(first)["reasons"]] == ["destructive_action"]
+            again = await gw.call("merge_pull_request", PR)  # still pending: the same approval, not a new one
+            assert tollgate_meta(again)["approval_id"] == approval_id
+            assert gw.upstream_calls() == []
+
+            approve(sidecar, approval_id)
+            merged = await gw.call("merge_pull_request", PR)
+            assert not merged.is_error and text(merged) == "upstream merged acme/app#42"
+            # An approval is used once: merging again needs a new one.
+            third = await gw.call("merge_pull_request", PR)
+            assert third.is_error and tollgate_meta(third)["approval_id"] not in ("", approval_id)
+            assert gw.upstream_calls() == ["merge_pull_request"]
+
+    asyncio.run(scenario())
+
+
+def test_a_2026_era_client_gets_the_same_gate_and_the_upstreams_results(tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        own = await direct(lambda s: s.call_tool("get_pull_request", PR))
+        async with gateway(tmp_path, sidecar.address, "code-reviewer", modern=True) as gw:
+            assert gw.session.protocol_version == "2026-07-28"
+            assert gw.session.server_info is not None and gw.session.server_info.name == "github"
+            assert len((await gw.session.list_tools()).tools) == 5
+            through = await gw.call("get_pull_request", PR)
+            denied = await gw.call("merge_pull_request", PR)
+            assert gw.upstream_calls() == ["get_pull_request"]
+        assert through.content == own.content and through.structured_content == own.structured_content
+        assert denied.is_error and tollgate_meta(denied)["reasons"][0]["code"] == "tool_not_in_manifest"
+
+    asyncio.run(scenario())
+
+
+def test_hide_denied_tools_leaves_out_only_tools_the_agent_may_never_use(tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "code-reviewer") as gw:
+            everything = [t.name for t in (await gw.session.list_tools()).tools]
+        async with gateway(tmp_path, sidecar.address, "code-reviewer", "--hide-denied-tools") as gw:
+            listed = (await gw.session.list_tools()).tools
+            # merge_pull_request is not in the manifest; delete_repository is in no catalog (unknown_tool).
+            assert [t.name for t in listed] == ["get_pull_request", "search_code", "list_pull_requests"]
+            assert listed[0].input_schema["required"] == ["owner", "repo", "pullNumber"]  # entries as sent
+            # Hidden is not allowed-by-omission: calling a hidden tool is still decided, and denied.
+            assert (await gw.call("delete_repository", {"owner": "acme", "repo": "app"})).is_error
+        assert everything == ["get_pull_request", "merge_pull_request", "search_code", "delete_repository",
+                              "list_pull_requests"]
+
+    asyncio.run(scenario())
+
+
+def test_sidecar_unreachable_denies_every_call_with_a_clear_tool_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with gateway(tmp_path, "127.0.0.1:9", "code-reviewer", "--timeout", "0.5",
+                           "--hide-denied-tools") as gw:
+            # Nothing is hidden on no answer; the calls are what is denied.
+            assert len((await gw.session.list_tools()).tools) == 5
+            result = await gw.call("get_pull_request", PR)
+            assert gw.upstream_calls() == []
+        assert result.is_error
+        meta = tollgate_meta(result)
+        assert meta["failed_closed"] is True and meta["decision_id"] == ""
+        assert [r["code"] for r in meta["reasons"]] == ["sidecar_unavailable"]
+        assert "127.0.0.1:9" in text(result) and "fail closed" in text(result)
+
+    asyncio.run(scenario())
+
+
+def test_resources_prompts_and_change_notifications_are_forwarded(tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "code-reviewer") as gw:
+            resources = await gw.session.list_resources()
+            assert [str(r.uri) for r in resources.resources] == ["repo://acme/readme"]
+            read = await gw.session.read_resource("repo://acme/readme")
+            assert [c.text for c in read.contents if isinstance(c, types.TextResourceContents)] == [
+                "upstream README of acme/app"]
+            prompts = await gw.session.list_prompts()
+            assert [p.name for p in prompts.prompts] == ["review"]
+            prompt = await gw.session.get_prompt("review", {"pr": "42"})
+            assert [m.content.text for m in prompt.messages if isinstance(m.content, types.TextContent)] == [
+                "upstream prompt: review pull request 42"]
+
+            listed = await gw.call("list_pull_requests", {"owner": "acme", "repo": "app"})
+            assert not listed.is_error
+            for _ in range(100):
+                if "notifications/tools/list_changed" in gw.notifications:
+                    break
+                await asyncio.sleep(0.05)
+            assert "notifications/tools/list_changed" in gw.notifications
+
+    asyncio.run(scenario())
+
+
+def test_streamable_http_upstream(tmp_path: Path, sidecar: Server) -> None:
+    upstream = subprocess.Popen([*UPSTREAM, "--http"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert upstream.stdout is not None
+        line = upstream.stdout.readline()
+        assert line.startswith("listening on "), line
+        url = line.split()[2]
+
+        async def scenario() -> None:
+            async with gateway(tmp_path, sidecar.address, "code-reviewer", upstream=["--upstream-url", url]) as gw:
+                init = gw.session.initialize_result
+                assert init is not None and init.server_info.name == "github"
+                allowed = await gw.call("search_code", {"query": "flaky"})
+                assert text(allowed) == "upstream found 3 matches for 'flaky'"
+                denied = await gw.call("merge_pull_request", PR)
+                assert denied.is_error and tollgate_meta(denied)["reasons"][0]["code"] == "tool_not_in_manifest"
+
+        asyncio.run(scenario())
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--agent-id", "a"], "either as `-- COMMAND ARGS...` or as --upstream-url URL"),
+    (["--agent-id", "a", "--upstream-url", "http://127.0.0.1:9/mcp", "--", "x"], "exactly one"),
+    (["--agent-id", "a", "--upstream-header", "X: y", "--", "x"], "--upstream-header applies to --upstream-url"),
+    (["--agent-id", "a", "--", str(ROOT / "no-such-mcp-server")], "no-such-mcp-server"),
+], ids=["no-upstream", "two-upstreams", "header-without-url", "command-not-found"])
+def test_the_command_says_what_is_wrong_and_exits_1(args: list[str], says: str) -> None:
+    done = subprocess.run([*TOLLGATE, "mcp-gateway", *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, cwd=ROOT)
+    assert done.returncode == 1, done
+    assert says in done.stderr and done.stderr.startswith("tollgate mcp-gateway: "), done.stderr

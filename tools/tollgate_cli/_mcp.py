@@ -1,0 +1,99 @@
+"""`tollgate mcp-gateway`: an MCP server over stdio that asks Tollgate before forwarding each tool call upstream."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+
+from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR
+
+ORDER = 70  # position in `tollgate --help`
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gw = sub.add_parser(
+        "mcp-gateway", help="front an MCP server, asking Tollgate before every tool call",
+        usage="tollgate mcp-gateway --server ADDR --agent-id ID [options] (-- COMMAND [ARGS...] | --upstream-url URL)",
+        description="Speaks MCP over stdio to its client and forwards to the upstream MCP server that COMMAND "
+                    "starts (or that --upstream-url names). Every tools/call is authorized first: allowed calls "
+                    "pass through untouched; others get a tool error with the reasons and the decision id.")
+    gw.add_argument("--server", default=DEFAULT_SERVER, help="the Tollgate sidecar, HOST:PORT or unix:PATH "
+                                                             "(default %(default)s)")
+    gw.add_argument("--agent-id", required=True, help="principal.agent_id: whose capability manifest applies")
+    gw.add_argument("--session-id", default=None, help="principal.session_id (default: a fresh id per run)")
+    for name in ("instance-id", "team", "workflow", "user"):
+        gw.add_argument(f"--{name}", default="", help=f"principal.{name.replace('-', '_')}")
+    gw.add_argument("--mcp-server-name", default=None,
+                    help="ToolCall.server for every decision (default: the upstream's serverInfo.name)")
+    gw.add_argument("--approval-wait", type=float, default=0.0, metavar="SECONDS",
+                    help="how long a call that needs approval waits for it (default 0: answer at once with a "
+                         "tool error naming the approval; the same call made again after approval goes through)")
+    gw.add_argument("--hide-denied-tools", action="store_true",
+                    help="leave out of tools/list the tools the policy never allows this agent")
+    gw.add_argument("--timeout", type=float, default=2.0,
+                    help="seconds each decision may take, retries included; then the call is denied (default 2)")
+    gw.add_argument("--upstream-url", default=None, help="a streamable-HTTP MCP server instead of COMMAND")
+    gw.add_argument("--upstream-header", action="append", default=[], metavar="'NAME: VALUE'",
+                    help="an HTTP header for --upstream-url (repeatable), e.g. 'Authorization: Bearer ...'")
+    gw.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                    help="gateway log level, on stderr (default %(default)s)")
+    gw.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...: the upstream MCP server (stdio)")
+    gw.set_defaults(func=_mcp_gateway)
+
+
+def _mcp_gateway(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from tollgate.client import Principal
+    from tollgate.mcpgateway import GatewayConfig, HttpUpstream, StdioUpstream, Upstream, serve_stdio
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if bool(command) == bool(args.upstream_url):
+        return _usage("give the upstream MCP server either as `-- COMMAND ARGS...` or as --upstream-url URL "
+                      "(exactly one)")
+    upstream: Upstream
+    if args.upstream_url:
+        headers = {}
+        for header in args.upstream_header:
+            name, sep, value = header.partition(":")
+            if not sep or not name.strip():
+                return _usage(f"--upstream-header {header!r}: expected 'NAME: VALUE'")
+            headers[name.strip()] = value.strip()
+        upstream = HttpUpstream(args.upstream_url, headers=headers)
+    elif args.upstream_header:
+        return _usage("--upstream-header applies to --upstream-url only")
+    else:
+        upstream = StdioUpstream(command[0], tuple(command[1:]))
+    if args.approval_wait < 0 or args.timeout <= 0:
+        return _usage("--approval-wait must be 0 or more and --timeout more than 0 (seconds)")
+    # stdout is the MCP channel: everything the gateway has to say goes to stderr.
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="tollgate mcp-gateway: %(levelname)s %(name)s: %(message)s")
+    principal = Principal(args.agent_id, session_id=args.session_id or f"mcp-{uuid.uuid4().hex}",
+                          instance_id=args.instance_id, team=args.team, workflow=args.workflow, user=args.user)
+    config = GatewayConfig(sidecar=args.server, principal=principal, upstream=upstream,
+                           mcp_server_name=args.mcp_server_name, approval_wait=args.approval_wait,
+                           hide_denied_tools=args.hide_denied_tools, decision_timeout=args.timeout)
+    try:
+        asyncio.run(serve_stdio(config))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # the upstream could not be started or reached: say which, and how it failed
+        where = args.upstream_url or " ".join(command)
+        print(f"tollgate mcp-gateway: upstream MCP server `{where}`: {_describe(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _describe(exc: BaseException) -> str:
+    # anyio task groups wrap what failed in an exception group; the first leaf is the story.
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _usage(message: str) -> int:
+    print(f"tollgate mcp-gateway: {message}", file=sys.stderr)
+    return EXIT_ERROR
