@@ -7,14 +7,17 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.conftest import Server, start_server
+from tests.pki import TestCA
 from tollgate.client import (
     SIDECAR_UNAVAILABLE,
+    TLS,
     AsyncClient,
     Client,
     Decision,
@@ -183,6 +186,44 @@ def test_plaintext_to_another_machine_needs_saying_so() -> None:
     with pytest.raises(ValueError, match="tls=TLS"):
         Client("tollgate.internal:50051")
     Client("tollgate.internal:50051", insecure=True).close()
+
+
+def tls_server(serve: Callable[..., Server], tmp_path: Path, *, mutual: bool) -> tuple[Server, TestCA]:
+    ca = TestCA(tmp_path / "pki")
+    cert, agent = ca.server(), ca.client("spiffe://acme/agents/code-reviewer")
+    flags = ["--tls-cert", str(cert.cert), "--tls-key", str(cert.key)]
+    if mutual:
+        flags += ["--tls-client-ca", str(ca.cert), "--tls-require-client-cert"]
+    credentials = grpc.ssl_channel_credentials(ca.cert.read_bytes(), *agent.pair())
+    return serve(extra=flags, credentials=credentials), ca
+
+
+def test_tls_with_the_sidecars_ca(serve: Callable[..., Server], tmp_path: Path) -> None:
+    server, ca = tls_server(serve, tmp_path, mutual=False)
+    with Client(server.address, tls=TLS(root_ca=ca.cert), timeout=10) as c:
+        assert c.authorize_tool(REVIEWER, "github", "get_pull_request", PR).allowed
+    with Client(server.address, timeout=0.5) as plaintext:  # a TLS listener is no answer to plaintext
+        assert plaintext.authorize_tool(REVIEWER, "github", "get_pull_request", PR).failed_closed
+
+
+def test_mutual_tls_with_a_client_certificate(serve: Callable[..., Server], tmp_path: Path) -> None:
+    server, ca = tls_server(serve, tmp_path, mutual=True)
+    agent = ca.client("spiffe://acme/agents/code-reviewer")
+    tls = TLS(root_ca=ca.cert, client_cert=agent.cert, client_key=agent.key)
+    with Client(server.address, tls=tls, timeout=10) as c:
+        decision = c.authorize_tool(REVIEWER, "github", "get_pull_request", PR)
+        assert decision.allowed, decision.message
+        assert c.get_decision(decision.decision_id).requested_by == "spiffe://acme/agents/code-reviewer"
+    with Client(server.address, tls=TLS(root_ca=ca.cert), timeout=0.5) as without_certificate:
+        refused = without_certificate.authorize_tool(REVIEWER, "github", "get_pull_request", PR)
+    assert refused.failed_closed and refused.reasons[0].code == SIDECAR_UNAVAILABLE
+
+
+def test_tls_settings_name_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="client_cert and client_key go together"):
+        TLS(client_cert=tmp_path / "a.crt")
+    with pytest.raises(ValueError, match=r"TLS.root_ca: cannot read .*missing.pem"):
+        Client("127.0.0.1:1", tls=TLS(root_ca=tmp_path / "missing.pem"))
 
 
 # Spend.

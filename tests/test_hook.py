@@ -7,12 +7,15 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.conftest import ROOT, TOLLGATE, Server, start_server
+from tests.pki import TestCA
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 from tollgate_cli._hook import read_event
 
@@ -107,6 +110,20 @@ def test_one_tool_use_id_is_decided_once(server: Server) -> None:
     first, _ = run_hook(server.address, payload)
     again, _ = run_hook(server.address, payload)
     assert first["permissionDecisionReason"] == again["permissionDecisionReason"]
+
+
+def test_mutual_tls_with_ca_cert_and_key_flags(serve: Callable[..., Server], tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "pki")
+    cert, hook = ca.server(), ca.client("spiffe://acme/agents/claude-code")
+    server = serve(extra=["--tls-cert", str(cert.cert), "--tls-key", str(cert.key), "--tls-client-ca", str(ca.cert),
+                          "--tls-require-client-cert"],
+                   credentials=grpc.ssl_channel_credentials(ca.cert.read_bytes(), *hook.pair()))
+    payload = json.dumps(event("Read", {"file_path": "/workspace/a.py"}))
+    answer, _ = run_hook(server.address, payload, "--ca", str(ca.cert), "--cert", str(hook.cert),
+                         "--key", str(hook.key))
+    assert answer["permissionDecision"] == "allow", answer
+    refused, _ = run_hook(server.address, payload, "--ca", str(ca.cert), "--timeout", "0.5")
+    assert refused["permissionDecision"] == "deny" and "did not answer" in refused["permissionDecisionReason"]
 
 
 def test_sidecar_down_denies_and_says_so() -> None:

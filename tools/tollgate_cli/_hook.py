@@ -153,7 +153,12 @@ def _answer(args: argparse.Namespace, stdin: str) -> dict[str, Any]:
                            context=call.context, request_id=call.request_id or None)
     try:
         tls = TLS(root_ca=args.ca, client_cert=args.cert, client_key=args.key) if args.ca or args.cert else None
-        with Client(args.server, timeout=args.timeout, tls=tls) as client:
+        client = Client(args.server, timeout=args.timeout, tls=tls)
+    except ValueError as exc:  # plaintext to another machine, or unreadable certificate files
+        print(f"tollgate hook claude-code: {exc}", file=sys.stderr)
+        return hook_output("deny", f"Tollgate hook is misconfigured ({exc}; see --ca, --cert, --key); denied")
+    try:
+        with client:
             if args.wait_approval > 0:
                 decision: Decision = client.authorize_with_approval(request, wait=args.wait_approval,
                                                                     timeout=args.timeout)
