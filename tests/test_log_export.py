@@ -410,8 +410,11 @@ def test_retention_durations(text: str, seconds: float) -> None:
     ({"decision_log_token_file": "/t"}, "decision_log_token_file: needs decision_log_service"),
     ({"decision_log_min_delay": 5.0, "decision_log_max_delay": 1.0}, "decision_log_max_delay"),
     ({"decision_log_batch_records": 0}, "decision_log_batch_records"),
+    ({"decision_log_fail_closed_on_lag": True}, "decision_log_fail_closed_on_lag: needs an exporter"),
+    ({"decision_log_fail_closed_on_lag": True, "otlp_endpoint": "http://c:4318", "decision_log_max_lag": 0.0},
+     "decision_log_fail_closed_on_lag: needs decision_log_max_lag above 0"),
 ], ids=["no-unit", "negative", "scheme", "no-scheme", "relative-resource", "token-without-service",
-        "max-below-min", "zero-batch"])
+        "max-below-min", "zero-batch", "fail-closed-without-exporter", "fail-closed-without-limit"])
 def test_bad_export_settings_name_the_key(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ServeConfig(**settings).validate()

@@ -34,6 +34,9 @@ POLICY_CONTRACT = "policy_contract"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 #: Reason code of a request an active kill switch names (the policy's, and the server's own backstop).
 KILLED = "killed"
+#: Reason code of a request refused because the decision-log export is further behind than allowed
+#: (decision_log_fail_closed_on_lag).
+EXPORT_LAG = "export_lag"
 
 KINDS = ("tool", "model", "budget")
 
@@ -151,9 +154,12 @@ class Authorizer:
                  config: AuthorizerConfig = AuthorizerConfig(), *,
                  on_decision: Callable[[str, str], None] | None = None,
                  kill_switches: KillSwitches | None = None, approvals: Approvals | None = None,
-                 budgets: BudgetGuard | None = None, callers: CallerMap | None = None) -> None:
+                 budgets: BudgetGuard | None = None, callers: CallerMap | None = None,
+                 export_gate: Callable[[], str] | None = None) -> None:
         self._engines = engines
         self._callers = callers or CallerMap()
+        # While it returns a message, answers that are not already DENY become DENY export_lag.
+        self._export_gate = export_gate
         self._budgets = budgets
         self._kills = kill_switches
         self._approvals = approvals
@@ -251,6 +257,10 @@ class Authorizer:
                 outcome = await self._evaluate(engine, input_json)
         if matches:
             outcome = enforce_kill_switches(outcome, matches)
+        if self._export_gate is not None and outcome.result.decision != DENY:
+            behind = self._export_gate()
+            if behind:
+                outcome = enforce_export_lag(outcome, behind)
         decision_id = new_decision_id()
         approval_id = request.approval_id
         if self._approvals is not None:
@@ -406,6 +416,13 @@ def enforce_kill_switches(outcome: Outcome, matches: list[KillSwitch]) -> Outcom
     reasons = (*kept, *(Reason(KILLED, m.message()) for m in matches))
     error = "kill switch enforced by the server: the policy did not deny this request as killed"
     return Outcome(PolicyResult(DENY, reasons), raw=outcome.raw,
+                   error=f"{outcome.error}; {error}" if outcome.error else error)
+
+
+def enforce_export_lag(outcome: Outcome, behind: str) -> Outcome:
+    """decision_log_fail_closed_on_lag: while the export is too far behind, an answer that is not DENY becomes one."""
+    error = f"decision log export behind, enforced by the server: {behind}"
+    return Outcome(PolicyResult(DENY, (Reason(EXPORT_LAG, behind),)), raw=outcome.raw,
                    error=f"{outcome.error}; {error}" if outcome.error else error)
 
 

@@ -13,8 +13,8 @@ import grpc
 import yaml
 
 from tollgate.bundle import DEFAULT_SIZE_LIMIT
-from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier
 from tollgate.decisionlog import ShippingConfig
+from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier
 
 _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
 
@@ -122,6 +122,10 @@ class ServeConfig:
     decision_log_max_delay: float = 60.0
     #: Seconds an exporter may fall behind before it reports WARN (metrics, GetStatus); 0 means no limit.
     decision_log_max_lag: float = 300.0
+    #: Answer DENY (export_lag) instead of allow or require_approval while an exporter is further behind than
+    #: decision_log_max_lag. Off by default: every decision is on local disk before it is answered, so a slow
+    #: receiver delays the copy, not the record; turn it on when the local disk may not outlive the process.
+    decision_log_fail_closed_on_lag: bool = False
     #: Delete decision records older than this (e.g. 30d, 12h, 90m), never ones an exporter has not yet
     #: delivered, never the newest; "" keeps everything.
     decision_log_retention: str = ""
@@ -194,6 +198,11 @@ class ServeConfig:
             raise ConfigError("decision_log_max_lag: must be 0 (no limit) or more seconds")
         if self.decision_log_retention:
             parse_duration("decision_log_retention", self.decision_log_retention)
+        if self.decision_log_fail_closed_on_lag and not (self.decision_log_service or self.otlp_endpoint):
+            raise ConfigError("decision_log_fail_closed_on_lag: needs an exporter (decision_log_service or "
+                              "otlp_endpoint)")
+        if self.decision_log_fail_closed_on_lag and not self.decision_log_max_lag:
+            raise ConfigError("decision_log_fail_closed_on_lag: needs decision_log_max_lag above 0")
 
     def log_shipping(self) -> ShippingConfig:
         """The decision log's exporters and retention (reads decision_log_token_file)."""

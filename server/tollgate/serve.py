@@ -131,6 +131,7 @@ async def serve(config: ServeConfig) -> int:
         slot, decision_log,
         AuthorizerConfig(entrypoint=config.entrypoint), on_decision=metrics.decision,
         kill_switches=kill_switches, approvals=approvals, budgets=BudgetGuard(budgets), callers=callers,
+        export_gate=shipping.refusal if config.decision_log_fail_closed_on_lag else None,
     )
     server = grpc_server(config)
     server.add_generic_rpc_handlers((

@@ -103,3 +103,29 @@ def test_decisions_made_while_the_receiver_is_down_are_delivered_after_a_restart
     finally:
         again.kill()
         receiver.stop()
+
+
+def test_fail_closed_on_lag_denies_until_the_export_catches_up(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_server(tmp_path / "data", extra=[
+        "--decision-log-service", f"http://127.0.0.1:{port}", "--decision-log-max-lag", "1",
+        "--decision-log-fail-closed-on-lag", *FAST])
+    receiver = LogReceiver(port=port)
+    try:
+        first = server.authorize(tool_request(session_id="run-3"))
+        assert first.decision == 1  # ALLOW: nothing is behind yet
+        # The receiver is down: once that first record is more than a second old, answers are refused.
+        _wait_for(lambda: server.authorize(tool_request(session_id="run-3")).decision == 2)
+        refused = server.authorize(tool_request(session_id="run-3"))
+        assert [r.code for r in refused.reasons] == ["export_lag"]
+        assert "decision log export opa is" in refused.reasons[0].message
+        record = server.get_decision(refused.decision_id)  # refused answers are logged like any other
+        assert record.decision_id == refused.decision_id
+
+        receiver.start()
+        _wait_for(lambda: server.authorize(tool_request(session_id="run-3")).decision == 1)
+        _wait_for(lambda: refused.decision_id in _opa_ids(receiver))
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+        receiver.stop()

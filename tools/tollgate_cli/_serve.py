@@ -61,6 +61,7 @@ def _field_help(name: str) -> str:
         "decision_log_min_delay": "seconds between looks for new records; first retry delay",
         "decision_log_max_delay": "longest retry delay in seconds",
         "decision_log_max_lag": "seconds behind before an exporter reports WARN (0: no limit)",
+        "decision_log_fail_closed_on_lag": "answer DENY export_lag while an exporter is behind max lag",
         "decision_log_retention": "delete exported records older than this, e.g. 30d, 12h (empty: keep all)",
     }.get(name, "")
     default = getattr(ServeConfig(), name)

@@ -91,3 +91,8 @@ class LogShipping:
     def lagging(self) -> list[ExportStatus]:
         """The exporters further behind than their max_lag."""
         return [s for s in self.statuses() if s.lagging]
+
+    def refusal(self) -> str:
+        """Why requests are refused under decision_log_fail_closed_on_lag ("" while every exporter keeps up)."""
+        return "; ".join(f"decision log export {s.name} is {s.lag_seconds:.0f}s ({s.lag_records} records) behind, "
+                         f"more than its limit of {s.max_lag:g}s" for s in self.lagging())
