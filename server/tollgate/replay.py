@@ -18,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,7 +33,7 @@ from tollgate.authorizer import (
 )
 from tollgate.bundle import BundleError, load_bundle
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL
-from tollgate.decisionlog import canonical_json, log_time
+from tollgate.decisionlog import LogReadError, canonical_json, log_time, open_read_only, parse_time, rows
 from tollgate.engine import EmbeddedOpa, EngineError, decode_envelope
 from tollgate.state.approvals import APPROVED
 
@@ -46,8 +46,6 @@ NOT_COMPARED = frozenset({NO_BUNDLE, DEADLINE_EXCEEDED})
 #: Unreadable records kept (with where they were) for the report; the rest are only counted.
 MAX_BAD_RECORDS_KEPT = 20
 _BATCH = 1000  # rows per read transaction on a live decision log
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 Transition = tuple[str, str]
 #: In a gate, every transition.
@@ -61,23 +59,6 @@ class ReplayError(Exception):
 
 
 # -- time windows ---------------------------------------------------------------------------------
-
-
-def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """An RFC 3339 time (UTC when it has no offset), or a duration back from now: `90m`, `24h`, `7d`, `1h30m`."""
-    text = text.strip()
-    if text and _DURATION.sub("", text) == "":
-        delta = timedelta()
-        for amount, unit in _DURATION.findall(text):
-            delta += timedelta(**{_UNITS[unit]: int(amount)})
-        return (now or datetime.now(UTC)) - delta
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither an RFC 3339 time (2026-11-21T18:00:00Z) nor a duration (24h, 7d, 1h30m)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 format_time = log_time  # the log's own spelling, so a window compares as text against stored timestamps
@@ -235,10 +216,7 @@ def read_data_dir(data_dir: str | Path, window: Window = Window()) -> Iterator[R
     The log is opened now (ReplayError if it cannot be); the replay covers the records committed by
     then, in append order.
     """
-    path = Path(data_dir) / "decisions.db"
-    if not path.is_file():
-        raise ReplayError(f"no decision log at {path} (hint: --data-dir is the directory `tollgate serve` used)")
-    conditions, params = ["seq > ?", "seq <= ?"], []
+    conditions, params = [], []
     if window.since is not None:
         conditions.append("timestamp >= ?")
         params.append(format_time(window.since))
@@ -246,41 +224,37 @@ def read_data_dir(data_dir: str | Path, window: Window = Window()) -> Iterator[R
         conditions.append("timestamp < ?")
         params.append(format_time(window.until))
     where = " AND ".join(conditions)
-    db: sqlite3.Connection | None = None
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=5000")
+        db = open_read_only(data_dir)
+    except LogReadError as exc:
+        raise ReplayError(str(exc)) from exc
+    path = Path(data_dir) / "decisions.db"
+    try:
         last = db.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
         after = 0
         if window.limit is not None:
             row = db.execute(
-                f"SELECT min(seq) FROM (SELECT seq FROM decisions WHERE {where} ORDER BY seq DESC LIMIT ?)",
-                (0, last, *params, window.limit)).fetchone()
+                "SELECT min(seq) FROM (SELECT seq FROM decisions WHERE seq <= ?"
+                f"{' AND ' + where if where else ''} ORDER BY seq DESC LIMIT ?)",
+                (last, *params, window.limit)).fetchone()
             after = (row[0] or last + 1) - 1
     except sqlite3.Error as exc:
-        if db is not None:
-            db.close()
+        db.close()
         raise ReplayError(f"cannot read decision log {path}: {exc} (hint: is it a Tollgate decisions.db?)") from exc
-    return _db_records(db, path, where, params, after, last)
+    return _db_records(db, path, where, tuple(params), after, last)
 
 
-def _db_records(db: sqlite3.Connection, path: Path, where: str, params: list[str], after: int,
+def _db_records(db: sqlite3.Connection, path: Path, where: str, params: tuple[str, ...], after: int,
                 last: int) -> Iterator[Recorded]:
     with contextlib.closing(db):
-        while after < last:
-            try:
-                rows = db.execute(f"SELECT seq, record FROM decisions WHERE {where} ORDER BY seq LIMIT {_BATCH}",
-                                  (after, last, *params)).fetchall()
-            except sqlite3.Error as exc:
-                raise ReplayError(f"cannot read decision log {path}: {exc}") from exc
-            if not rows:
-                break
-            for seq, body in rows:
+        try:
+            for stored in rows(db, where=where, params=params, after=after, upto=last, batch=_BATCH):
                 try:
-                    yield parse_record(body, f"seq {seq}")
+                    yield parse_record(stored.record_json, f"seq {stored.seq}")
                 except ValueError as exc:
-                    yield BadRecord(f"seq {seq}", str(exc))
-            after = rows[-1][0]
+                    yield BadRecord(f"seq {stored.seq}", str(exc))
+        except sqlite3.Error as exc:
+            raise ReplayError(f"cannot read decision log {path}: {exc}") from exc
 
 
 def _aware(timestamp: str) -> datetime:

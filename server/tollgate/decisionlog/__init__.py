@@ -2,7 +2,22 @@
 
 from tollgate.decisionlog._events import jsonl_record, opa_event, opa_time
 from tollgate.decisionlog._export import ExporterConfig, ExportState, ExportStatus, LogExporter, OpaEncoder
+from tollgate.decisionlog._fileexport import (
+    FORMATS,
+    FileCursor,
+    FileExport,
+    FileExportError,
+    Rotation,
+    StreamExport,
+    export_line,
+    export_once,
+    follow,
+    open_output,
+    read_export,
+)
 from tollgate.decisionlog._otlp import OtlpEncoder
+from tollgate.decisionlog._query import Query, action_summary, find, first_reason, matching
+from tollgate.decisionlog._reader import LogReadError, StoredRecord, open_read_only, parse_time, rows, snapshot
 from tollgate.decisionlog._retention import LogRetention
 from tollgate.decisionlog._shipping import LogShipping, ShippingConfig
 from tollgate.decisionlog._sqlite import (
@@ -13,7 +28,14 @@ from tollgate.decisionlog._sqlite import (
     log_time,
     request_digest,
 )
+from tollgate.decisionlog._timeline import Step, Timeline, render_timeline, timeline
+from tollgate.decisionlog._verify import Anchor, ChainBreak, Verification, resolve_position, verify
 
-__all__ = ["DecisionLog", "DecisionLogError", "ExportState", "ExportStatus", "ExporterConfig", "LogConfig",
-           "LogExporter", "LogRetention", "LogShipping", "OpaEncoder", "OtlpEncoder", "ShippingConfig",
-           "canonical_json", "jsonl_record", "log_time", "opa_event", "opa_time", "request_digest"]
+__all__ = ["FORMATS", "Anchor", "ChainBreak", "DecisionLog", "DecisionLogError", "ExportState", "ExportStatus",
+           "ExporterConfig", "FileCursor", "FileExport", "FileExportError", "LogConfig", "LogExporter",
+           "LogReadError", "LogRetention", "LogShipping", "OpaEncoder", "OtlpEncoder", "Query", "Rotation",
+           "ShippingConfig", "Step", "StoredRecord", "StreamExport", "Timeline", "Verification", "action_summary",
+           "canonical_json", "export_line", "export_once", "find", "first_reason", "follow", "jsonl_record",
+           "log_time", "matching", "opa_event", "opa_time", "open_output", "open_read_only", "parse_time",
+           "read_export", "render_timeline", "request_digest", "resolve_position", "rows", "snapshot", "timeline",
+           "verify"]

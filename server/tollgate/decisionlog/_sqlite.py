@@ -38,8 +38,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_request_id ON decisions(request_id) WHERE request_id != '';
+-- `tollgate logs query|timeline` filters; IF NOT EXISTS adds them to logs written before they existed.
+CREATE INDEX IF NOT EXISTS decisions_agent_id ON decisions(agent_id);
+CREATE INDEX IF NOT EXISTS decisions_session_id ON decisions(session_id);
+CREATE INDEX IF NOT EXISTS decisions_timestamp ON decisions(timestamp);
 """
-_GENESIS = "0" * 64
+GENESIS = "0" * 64
 _INSERT = (
     "INSERT INTO decisions (decision_id, timestamp, agent_id, session_id, kind, decision, request_id,"
     " bundle_revision, record, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -116,7 +120,7 @@ class DecisionLog:
         self._db = self._connect()
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
-        self._last_hash: str = row[0] if row else _GENESIS
+        self._last_hash: str = row[0] if row else GENESIS
         #: Commits and records written since start: records / commits is the group-commit factor.
         self.commits = 0
         self.records = 0

@@ -22,9 +22,14 @@ class StateStore:
     Writes are serialised by one lock; each change is one transaction, fsynced before it returns.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.lock = threading.Lock()
+        #: Opened by a reader beside the server (`tollgate logs timeline`): never writes, never migrates.
+        self.read_only = read_only
+        if read_only:
+            self.db = _open_read_only(path)
+            return
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -37,12 +42,18 @@ class StateStore:
             raise StateError(f"state store {path}: cannot open ({exc})") from exc
 
     def migrate(self, component: str, steps: Sequence[str]) -> None:
-        """Bring component's tables to version len(steps), applying the steps it has not had yet."""
+        """Bring component's tables to version len(steps), applying the steps it has not had yet.
+
+        A read-only store only checks that the component is at that version (StateError when not)."""
         with self.lock:
             try:
                 row = self.db.execute("SELECT version FROM schema_versions WHERE component = ?",
                                       (component,)).fetchone()
                 version = row[0] if row else 0
+                if self.read_only and version != len(steps):
+                    raise StateError(
+                        f"state store {self.path}: {component} schema is version {version}, this reader knows "
+                        f"{len(steps)} (hint: read it with the tollgate that serves it)")
                 if version > len(steps):
                     raise StateError(
                         f"state store {self.path}: {component} schema is version {version}, newer than this "
@@ -76,6 +87,19 @@ class StateStore:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise StateError(f"state store {path}: no such file (hint: the data directory `tollgate serve` used)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                             check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("SELECT 1 FROM schema_versions LIMIT 0")
+    except sqlite3.Error as exc:
+        raise StateError(f"state store {path}: cannot open read-only ({exc})") from exc
+    return db
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:

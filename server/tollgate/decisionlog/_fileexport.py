@@ -1,0 +1,258 @@
+"""Exporting the decision log to files: one event per line (OPA events or Tollgate records), once or continuously.
+
+A continuous export appends each batch, fsyncs it, then writes a cursor (the last seq exported and the
+file's size after it). A restarted exporter cuts the file back to the cursor's size, dropping a batch
+that was written but not acknowledged, and resumes after the cursor's seq: nothing is lost and nothing
+is written twice. Files rotate at a batch boundary once they pass a size, as FILE.1 .. FILE.K.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+from tollgate.decisionlog._events import jsonl_record, opa_event
+from tollgate.decisionlog._query import Query, matching
+from tollgate.decisionlog._reader import StoredRecord, snapshot
+from tollgate.decisionlog._sqlite import canonical_json
+
+FORMATS = ("opa", "jsonl")
+
+
+class FileExportError(Exception):
+    """The export cannot continue (the message names the file and what to do)."""
+
+
+def export_line(row: StoredRecord, fmt: str, *, instance_id: str | None = None) -> str:
+    """One record as one line of an export: an OPA event (`opa`) or the record with seq and hash (`jsonl`)."""
+    try:
+        record = row.record()
+    except ValueError as exc:
+        raise FileExportError(f"seq {row.seq} ({row.decision_id}) is not a readable record ({exc}); "
+                          "run `tollgate logs verify` on the log") from exc
+    if fmt == "jsonl":
+        return canonical_json(jsonl_record(record, seq=row.seq, hash=row.hash)) + "\n"
+    if fmt == "opa":
+        return canonical_json(opa_event({**record, "seq": row.seq, "hash": row.hash}, instance_id=instance_id)) + "\n"
+    raise ValueError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+
+
+def export_once(db: sqlite3.Connection, out: IO[bytes], *, fmt: str, query: Query | None = None,
+                instance_id: str | None = None) -> int:
+    """Write every matching record to `out`, in append order, from one snapshot; returns how many."""
+    count = 0
+    with snapshot(db):
+        for row in matching(db, query or Query()):
+            out.write(export_line(row, fmt, instance_id=instance_id).encode())
+            count += 1
+    return count
+
+
+# -- continuous export -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileCursor:
+    """Where a continuous export stands: the last seq written, its hash, and the current file's size after it."""
+
+    seq: int = 0
+    hash: str = ""
+    size: int = 0
+
+    @staticmethod
+    def load(path: Path) -> FileCursor:
+        """The cursor saved at path; a fresh one when there is no file yet."""
+        try:
+            doc = json.loads(path.read_text())
+            return FileCursor(int(doc["seq"]), str(doc["hash"]), int(doc["size"]))
+        except FileNotFoundError:
+            return FileCursor()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FileExportError(f"cursor {path} cannot be read ({exc}); fix or remove it (removing it exports "
+                              "everything again)") from exc
+
+    def save(self, path: Path) -> None:
+        """Replace the cursor file atomically and durably (write, fsync, rename, fsync the directory)."""
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w") as fh:
+            fh.write(json.dumps({"seq": self.seq, "hash": self.hash, "size": self.size}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+        _fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """When the export file moves aside: past max_bytes, keeping the `keep` newest old files."""
+
+    max_bytes: int
+    keep: int
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1:
+            raise ValueError(f"rotate bytes must be at least 1, not {self.max_bytes}")
+        if self.keep < 1:
+            raise ValueError(f"keep must be at least 1, not {self.keep}")
+
+
+class FileExport:
+    """A resumable export of one log to one file (gzip when it ends in .gz), with a cursor and rotation."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, *, fmt: str, cursor_path: Path,
+                 rotation: Rotation | None = None, query: Query | None = None, instance_id: str | None = None,
+                 batch: int = 1000) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        self._db, self.path, self._fmt, self._cursor_path = db, path, fmt, cursor_path
+        self._rotation, self._query, self._instance_id, self._batch = rotation, query or Query(), instance_id, batch
+        self._gzip = path.name.endswith(".gz")
+        self.cursor = FileCursor.load(cursor_path)
+        self._resume()
+
+    def _resume(self) -> None:
+        """Bring the file back to what the cursor acknowledges, and check the log still holds the cursor's record."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size > self.cursor.size:  # a batch written but not acknowledged: it is written again below
+            with self.path.open("r+b") as fh:
+                fh.truncate(self.cursor.size)
+                os.fsync(fh.fileno())
+        elif size < self.cursor.size:
+            if size != 0:
+                raise FileExportError(f"{self.path} is {size} bytes but cursor {self._cursor_path} says "
+                                      f"{self.cursor.size}: the file was changed by something else; move it aside "
+                                      "and remove the cursor")
+            # Rotated just before the cursor could say so: the new file holds nothing yet.
+            self.cursor = FileCursor(self.cursor.seq, self.cursor.hash, 0)
+        if self.cursor.seq:
+            row = self._db.execute("SELECT hash FROM decisions WHERE seq = ?", (self.cursor.seq,)).fetchone()
+            if row is not None and row[0] != self.cursor.hash:
+                raise FileExportError(f"cursor {self._cursor_path} is at seq {self.cursor.seq} with hash "
+                                  f"{self.cursor.hash[:16]}… but the log's record there hashes {row[0][:16]}…: this "
+                                  "cursor belongs to another log, or the log was changed (run `tollgate logs verify`)")
+
+    def step(self) -> int:
+        """Export what was committed since the cursor, one batch at a time; returns how many records."""
+        total = 0
+        while True:
+            with snapshot(self._db):
+                found = list(_take(matching(self._db, self._query, after=self.cursor.seq), self._batch))
+            if not found:
+                return total
+            self._rotate_if_due()
+            data = b"".join(export_line(r, self._fmt, instance_id=self._instance_id).encode() for r in found)
+            if self._gzip:
+                data = gzip.compress(data, mtime=0)  # one gzip member per batch; readers join members
+            with self.path.open("ab") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+                size = fh.tell()
+            self.cursor = FileCursor(found[-1].seq, found[-1].hash, size)
+            self.cursor.save(self._cursor_path)
+            total += len(found)
+
+    def _rotate_if_due(self) -> None:
+        if self._rotation is None or self.cursor.size < self._rotation.max_bytes:
+            return
+        keep = self._rotation.keep
+        oldest = self._numbered(keep)
+        if oldest.exists():
+            oldest.unlink()
+        for n in range(keep - 1, 0, -1):
+            if self._numbered(n).exists():
+                self._numbered(n).replace(self._numbered(n + 1))
+        if self.path.exists():
+            self.path.replace(self._numbered(1))
+        _fsync_dir(self.path.parent)
+        self.cursor = FileCursor(self.cursor.seq, self.cursor.hash, 0)
+        self.cursor.save(self._cursor_path)
+
+    def _numbered(self, n: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{n}")
+
+
+def _take(items: Iterable[StoredRecord], n: int) -> Iterator[StoredRecord]:
+    for i, item in enumerate(items):
+        if i >= n:
+            return
+        yield item
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def open_output(target: str, stdout: IO[bytes]) -> Iterator[IO[bytes]]:
+    """The file an export writes: `-` for stdout, gzip for a name ending in .gz, else plain (replaced)."""
+    if target == "-":
+        yield stdout
+        stdout.flush()
+        return
+    path = Path(target)
+    try:
+        raw = path.open("wb")
+    except OSError as exc:
+        raise FileExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    with raw:
+        if path.name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped:
+                yield cast(IO[bytes], zipped)  # a binary file; typeshed does not type GzipFile as IO[bytes]
+        else:
+            yield raw
+
+
+def follow(step: Callable[[], int], *, interval: float, stop: Callable[[float], bool]) -> int:
+    """Run step() (an export's step), then wait up to `interval` seconds, until stop(interval) returns True;
+    one last step then picks up what was committed meanwhile. Returns the number of records exported."""
+    total = 0
+    while True:
+        total += step()
+        if stop(interval):
+            return total + step()
+
+
+class StreamExport:
+    """A continuous export to a stream (stdout for a pipe), from the start or --since, without a cursor."""
+
+    def __init__(self, db: sqlite3.Connection, out: IO[bytes], *, fmt: str, query: Query | None = None,
+                 instance_id: str | None = None, batch: int = 1000) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        self._db, self._out, self._fmt, self._query = db, out, fmt, query or Query()
+        self._instance_id, self._batch, self._after = instance_id, batch, 0
+
+    def step(self) -> int:
+        total = 0
+        while True:
+            with snapshot(self._db):
+                found = list(_take(matching(self._db, self._query, after=self._after), self._batch))
+            if not found:
+                return total
+            self._out.write(b"".join(export_line(r, self._fmt, instance_id=self._instance_id).encode()
+                                     for r in found))
+            self._out.flush()
+            self._after = found[-1].seq
+            total += len(found)
+
+
+def read_export(path: Path) -> list[dict[str, Any]]:
+    """The events of an export file (gzip or plain), for checks and tests."""
+    data = path.read_bytes()
+    if path.name.endswith(".gz") or ".gz." in path.name:
+        data = gzip.decompress(data)
+    return [json.loads(line) for line in io.BytesIO(data).read().decode().splitlines() if line]
+

@@ -1,0 +1,172 @@
+"""Proving a decision log's hash chain, whole or a range, and naming the first record that breaks it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from tollgate.decisionlog._reader import PRUNED_TABLE, LogReadError, StoredRecord, has_table, rows, snapshot
+from tollgate.decisionlog._sqlite import GENESIS, record_hash
+
+# What went wrong at the first broken record.
+EDITED = "edited"  # the record (or a column beside it) is not what was hashed
+DELETED = "deleted"  # seq numbers are missing
+RELINKED = "relinked"  # prev_hash does not follow from the record before: deleted, inserted or reordered
+TRUNCATED = "truncated"  # the head the caller expects is no longer in the log
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A retention mark: records up to upto_seq were pruned, and the last of them hashed last_hash."""
+
+    upto_seq: int
+    last_hash: str
+    pruned_at: str
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """The first record at which the chain does not hold."""
+
+    seq: int
+    decision_id: str
+    problem: str  # EDITED, DELETED, RELINKED or TRUNCATED
+    detail: str
+
+    def describe(self) -> str:
+        return f"seq {self.seq} ({self.decision_id}): {self.problem}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What verify() proved: `records` records, seq first_seq..last_seq, chained from `start` to head_hash."""
+
+    records: int
+    first_seq: int | None
+    last_seq: int | None
+    head_hash: str
+    start: str  # where the chain was taken from: "genesis", "pruning anchor at seq N", "seq N"
+    broken: ChainBreak | None
+
+    @property
+    def intact(self) -> bool:
+        return self.broken is None
+
+    def summary(self) -> str:
+        if self.broken is not None:
+            return f"chain broken at {self.broken.describe()}"
+        if self.records == 0:
+            return f"verified 0 records (from {self.start}), head hash {self.head_hash}"
+        return (f"verified {self.records} records, seq {self.first_seq}..{self.last_seq}, head hash {self.head_hash}"
+                f" (from {self.start})")
+
+
+def anchors(db: sqlite3.Connection) -> list[Anchor]:
+    """Retention's anchors, oldest first (none when nothing was ever pruned)."""
+    if not has_table(db, PRUNED_TABLE):
+        return []
+    return [Anchor(*row) for row in
+            db.execute(f"SELECT upto_seq, last_hash, pruned_at FROM {PRUNED_TABLE} ORDER BY upto_seq").fetchall()]
+
+
+def resolve_position(db: sqlite3.Connection, text: str) -> int:
+    """A seq number, or the seq of the record with this decision ID (LogReadError when there is none)."""
+    if text.isdigit():
+        return int(text)
+    row = db.execute("SELECT seq FROM decisions WHERE decision_id = ?", (text,)).fetchone()
+    if row is None:
+        raise LogReadError(f"no record with decision ID {text!r} (give a decision ID in the log, or a seq number)")
+    return int(row[0])
+
+
+def verify(db: sqlite3.Connection, *, first: int | None = None, last: int | None = None,
+           expect_head: str | None = None) -> Verification:
+    """Check every record with seq in [first, last] (default: all) against its hash and its predecessor.
+
+    The chain starts at genesis, or at the newest retention anchor below the first remaining record, or
+    (for a range) at the record just before `first`. expect_head, a head hash seen earlier (a previous
+    verify, an export), must still be in the log: deleting the newest records leaves a chain that is
+    intact but shorter, which only an outside copy of the head can show.
+    """
+    with snapshot(db):
+        marks = anchors(db)
+        by_upto = {a.upto_seq: a for a in marks}
+        low = db.execute("SELECT min(seq) FROM decisions").fetchone()[0]
+        if low is None:
+            head = marks[-1].last_hash if marks else GENESIS
+            return _with_head(Verification(0, None, None, head, _start_name(marks[-1] if marks else None), None),
+                              expect_head, found=expect_head in (head, *(a.last_hash for a in marks)))
+        if first is not None and first > low:
+            before = db.execute("SELECT seq, hash FROM decisions WHERE seq < ? ORDER BY seq DESC LIMIT 1",
+                                (first,)).fetchone()
+            expected_seq, expected_prev, start = before[0] + 1, before[1], f"seq {before[0]}"
+            after = before[0]
+        else:
+            anchor = next((a for a in reversed(marks) if a.upto_seq < low), None)
+            expected_seq = anchor.upto_seq + 1 if anchor else 1
+            expected_prev = anchor.last_hash if anchor else GENESIS
+            start, after = _start_name(anchor), low - 1
+        found = expect_head is not None and expect_head in (a.last_hash for a in marks if a.upto_seq < low)
+        count, first_seq, row, previous = 0, None, None, start
+        for row in rows(db, after=after, upto=last):
+            problem = _check(row, expected_seq, expected_prev, previous, by_upto.get(row.seq))
+            if problem is not None:
+                return Verification(count, first_seq, row.seq - 1 if count else None, expected_prev, start,
+                                    ChainBreak(row.seq, row.decision_id, *problem))
+            count += 1
+            first_seq = row.seq if first_seq is None else first_seq
+            found = found or row.hash == expect_head
+            expected_seq, expected_prev, previous = row.seq + 1, row.hash, f"seq {row.seq}"
+        result = Verification(count, first_seq, row.seq if row else None, expected_prev, start, None)
+        return _with_head(result, expect_head, found=found, last_row=row)
+
+
+def _start_name(anchor: Anchor | None) -> str:
+    return f"pruning anchor at seq {anchor.upto_seq}" if anchor else "genesis"
+
+
+def _with_head(result: Verification, expect_head: str | None, *, found: bool,
+               last_row: StoredRecord | None = None) -> Verification:
+    if expect_head is None or found:
+        return result
+    seq, decision_id = (last_row.seq, last_row.decision_id) if last_row else (0, "")
+    detail = (f"no record hashes the expected head {expect_head}: records after this one were deleted "
+              "(or that head comes from another log)")
+    return Verification(result.records, result.first_seq, result.last_seq, result.head_hash, result.start,
+                        ChainBreak(seq, decision_id, TRUNCATED, detail))
+
+
+def _check(row: StoredRecord, expected_seq: int, expected_prev: str, previous: str,
+           anchor: Anchor | None) -> tuple[str, str] | None:
+    """(problem, detail) for the first thing wrong with this record, or None; `previous` names what
+    expected_prev came from (genesis, a pruning anchor, the record before)."""
+    if row.seq != expected_seq:
+        missing = f"seq {expected_seq}" if row.seq == expected_seq + 1 else f"seq {expected_seq}..{row.seq - 1}"
+        return DELETED, f"{missing} missing after {previous}: records were deleted"
+    if record_hash(row.prev_hash, row.record_json) != row.hash:
+        return EDITED, "the record does not hash to its stored hash: the record or its hash was changed"
+    try:
+        record = json.loads(row.record_json)
+    except ValueError:
+        return EDITED, "the record is not JSON"
+    input_doc = _object(record, "input")
+    hashed = {"prev_hash": _object(record, "prev_hash"), "decision_id": _object(record, "decision_id"),
+              "timestamp": _object(record, "timestamp"), "decision": _object(record, "decision"),
+              "kind": _object(input_doc, "kind"), "agent_id": _object(_object(input_doc, "principal"), "agent_id"),
+              "session_id": _object(_object(input_doc, "principal"), "session_id")}
+    for column, value in hashed.items():
+        if getattr(row, column) != value:
+            return EDITED, f"column {column} is {getattr(row, column)!r} but the hashed record says {value!r}"
+    if row.prev_hash != expected_prev:
+        return RELINKED, (f"prev_hash {row.prev_hash[:16]}… is not the hash of {previous} ({expected_prev[:16]}…): "
+                          "a record before it was deleted, inserted or reordered (or edited and re-hashed)")
+    if anchor is not None and anchor.last_hash != row.hash:
+        return EDITED, (f"the pruning anchor at seq {anchor.upto_seq} recorded hash {anchor.last_hash[:16]}… but "
+                        f"the record hashes {row.hash[:16]}…")
+    return None
+
+
+def _object(value: object, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None

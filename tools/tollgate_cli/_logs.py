@@ -1,0 +1,281 @@
+"""`tollgate logs`: verify the decision log's hash chain, query it, show one run's timeline, export it to files."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sqlite3
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ORDER = 55  # position in `tollgate --help`: after replay
+
+# Exit codes: 0 done (verify: the chain holds), 1 verify found a break, 2 the log could not be read or written.
+EXIT_OK, EXIT_BROKEN, EXIT_UNREADABLE = 0, 1, 2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    logs = sub.add_parser(
+        "logs", help="verify, query, trace and export the decision log (read-only; safe on a live server)",
+        description="Read a server's decision log (DATA_DIR/decisions.db) read-only, also while the server runs.")
+    commands = logs.add_subparsers(metavar="SUBCOMMAND")
+
+    def usage(_args: argparse.Namespace) -> int:
+        logs.print_help()
+        return EXIT_UNREADABLE
+
+    logs.set_defaults(func=usage)
+
+    verify = commands.add_parser(
+        "verify", help="prove the hash chain and name the first broken record",
+        description="Check every record (or a range) against its hash and its predecessor. Exit 0 with a summary "
+                    "when the chain holds; 1 naming the first broken record (edited, deleted, reordered); 2 when "
+                    "the log cannot be read.")
+    _data_dir(verify)
+    verify.add_argument("--from", dest="first", metavar="SEQ|DECISION_ID", help="start of the range (default: "
+                        "the oldest record)")
+    verify.add_argument("--to", dest="last", metavar="SEQ|DECISION_ID", help="end of the range, included "
+                        "(default: the newest record)")
+    verify.add_argument("--expect-head", metavar="HASH",
+                        help="a head hash printed by an earlier verify (or the last hash of an export): it must "
+                             "still be in the log, which shows when the newest records were deleted")
+    verify.set_defaults(func=_verify)
+
+    query = commands.add_parser("query", help="find decisions by ID, agent, session, instance, decision, tool, time",
+                                description="List matching decisions, oldest first (the most recent --limit).")
+    _data_dir(query)
+    query.add_argument("--decision-id", default="", metavar="ID")
+    query.add_argument("--agent", default="", metavar="AGENT_ID")
+    query.add_argument("--session", default="", metavar="SESSION_ID")
+    query.add_argument("--instance", default="", metavar="INSTANCE_ID")
+    query.add_argument("--decision", default="", choices=("allow", "deny", "require_approval"))
+    query.add_argument("--tool", default="", metavar="SERVER/NAME", help="a tool call (NAME alone: on any server)")
+    _window(query)
+    query.add_argument("--limit", type=_positive, default=100, metavar="N",
+                       help="only the N most recent matches (default %(default)s)")
+    query.add_argument("--format", choices=("table", "json", "jsonl"), default="table",
+                       help="table (default); json (an array of records with seq and hash); jsonl (one per line)")
+    query.set_defaults(func=_query)
+
+    timeline = commands.add_parser(
+        "timeline", help="one agent run in order: decisions, approvals, spend",
+        description="Every decision of a session in order, with the approvals it opened or used (who decided, "
+                    "why) and its spend (reserved, committed), read from DATA_DIR/state.db when it is there.")
+    timeline.add_argument("session", metavar="SESSION_ID")
+    _data_dir(timeline)
+    timeline.add_argument("--format", choices=("text", "json"), default="text")
+    timeline.set_defaults(func=_timeline)
+
+    export = commands.add_parser(
+        "export", help="write decisions to a file as OPA decision-log events or JSON Lines, once or continuously",
+        description="Write one event per line. FILE ending in .gz is gzip; `-o -` is stdout. With --follow, keep "
+                    "exporting records as they are committed, rotating FILE past --rotate-bytes; the cursor file "
+                    "lets a restarted export resume without losing or repeating a record.")
+    _data_dir(export)
+    export.add_argument("--format", choices=("opa", "jsonl"), default="opa",
+                        help="opa: OPA decision-log events (default); jsonl: Tollgate's records with seq and hash")
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write, or - for stdout")
+    _window(export)
+    export.add_argument("--follow", action="store_true", help="keep exporting new records until interrupted")
+    export.add_argument("--cursor", type=Path, metavar="PATH",
+                        help="where the export's position is kept (default with --follow: FILE.cursor); with a "
+                             "cursor, FILE is appended to and each run continues where the last stopped")
+    export.add_argument("--rotate-bytes", type=_positive, metavar="N", help="move FILE to FILE.1 once it passes N "
+                        "bytes (needs a cursor)")
+    export.add_argument("--keep", type=_positive, default=5, metavar="K",
+                        help="rotated files kept: FILE.1 .. FILE.K (default %(default)s)")
+    export.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                        help="with --follow, how often to look for new records (default %(default)s)")
+    export.add_argument("--instance-id", default=None, metavar="ID",
+                        help="labels.id of OPA events (default: each record's principal instance_id)")
+    export.set_defaults(func=_export)
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, type=Path, help="the server's data directory (read-only)")
+
+
+def _window(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", type=_time, metavar="T", help="records at or after T (RFC 3339, or 15m, 2h, 7d ago)")
+    parser.add_argument("--until", type=_time, metavar="T", help="records before T (RFC 3339, or 15m, 2h, 7d ago)")
+
+
+def _time(text: str) -> datetime:
+    from tollgate.decisionlog import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def _fail(command: str, message: object) -> int:
+    print(f"tollgate logs {command}: {message}", file=sys.stderr)
+    return EXIT_UNREADABLE
+
+
+@contextlib.contextmanager
+def _log(data_dir: Path) -> Iterator[sqlite3.Connection]:
+    from tollgate.decisionlog import open_read_only
+
+    db = open_read_only(data_dir)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+# -- verify ------------------------------------------------------------------------------------------------
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from tollgate.decisionlog import LogReadError, resolve_position, verify
+
+    try:
+        with _log(args.data_dir) as db:
+            first = resolve_position(db, args.first) if args.first else None
+            last = resolve_position(db, args.last) if args.last else None
+            result = verify(db, first=first, last=last, expect_head=args.expect_head)
+    except (LogReadError, sqlite3.Error) as exc:
+        return _fail("verify", exc)
+    if result.broken is not None:
+        print(f"tollgate logs verify: {args.data_dir}/decisions.db: {result.summary()}", file=sys.stderr)
+        if result.records:
+            print(f"tollgate logs verify: the {result.records} record(s) before it (seq {result.first_seq}.."
+                  f"{result.last_seq}) hold", file=sys.stderr)
+        return EXIT_BROKEN
+    print(result.summary())
+    return EXIT_OK
+
+
+# -- query -------------------------------------------------------------------------------------------------
+
+
+def _query(args: argparse.Namespace) -> int:
+    from tollgate.decisionlog import LogReadError, Query, find, jsonl_record
+
+    try:
+        query = Query(decision_id=args.decision_id, agent=args.agent, session=args.session, instance=args.instance,
+                      decision=args.decision, tool=args.tool, since=args.since, until=args.until, limit=args.limit)
+        with _log(args.data_dir) as db:
+            found = [(row, row.record()) for row in find(db, query)]
+    except (LogReadError, sqlite3.Error, ValueError) as exc:
+        return _fail("query", exc)
+    records = [jsonl_record(record, seq=row.seq, hash=row.hash) for row, record in found]
+    if args.format == "json":
+        print(json.dumps(records, indent=2, sort_keys=True, ensure_ascii=False))
+    elif args.format == "jsonl":
+        for record in records:
+            print(json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+    else:
+        sys.stdout.write(_table(records))
+    return EXIT_OK
+
+
+def _table(records: list[dict[str, Any]]) -> str:
+    from tollgate.decisionlog import action_summary, first_reason
+
+    header = ("TIME", "DECISION ID", "AGENT", "SESSION", "KIND", "TARGET", "DECISION", "REASON")
+    lines: list[tuple[str, ...]] = [header]
+    for record in records:
+        input_doc = record.get("input") if isinstance(record.get("input"), dict) else {}
+        assert isinstance(input_doc, dict)
+        principal = input_doc.get("principal") if isinstance(input_doc.get("principal"), dict) else {}
+        assert isinstance(principal, dict)
+        lines.append((str(record.get("timestamp", "")), str(record.get("decision_id", "")),
+                      str(principal.get("agent_id", "")), str(principal.get("session_id", "")) or "-",
+                      str(input_doc.get("kind", "")), action_summary(input_doc), str(record.get("decision", "")),
+                      first_reason(record) or "-"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    if not records:
+        out.append("(no matching decisions)")
+    return "\n".join(out) + "\n"
+
+
+# -- timeline ----------------------------------------------------------------------------------------------
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    from tollgate.decisionlog import LogReadError, render_timeline, timeline
+
+    try:
+        line = timeline(args.data_dir, args.session)
+    except LogReadError as exc:
+        return _fail("timeline", exc)
+    if args.format == "json":
+        print(json.dumps(line.as_dict(), indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        sys.stdout.write(render_timeline(line))
+    return EXIT_OK
+
+
+# -- export ------------------------------------------------------------------------------------------------
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tollgate.decisionlog import FileExportError, LogReadError, Query
+
+    to_stdout = args.output == "-"
+    cursor = args.cursor
+    if cursor is None and args.follow and not to_stdout:
+        cursor = Path(args.output + ".cursor")
+    if args.rotate_bytes is not None and (cursor is None or to_stdout):
+        return _fail("export", "--rotate-bytes needs a file and a cursor (--follow, or --cursor PATH)")
+    if cursor is not None and to_stdout:
+        return _fail("export", "--cursor needs a file (-o FILE): stdout cannot be cut back to the cursor")
+    if args.follow and args.until is not None:
+        return _fail("export", "--until cannot be combined with --follow (a follower exports every new record)")
+    query = Query(since=args.since, until=args.until)
+    try:
+        with _log(args.data_dir) as db:
+            if cursor is None and not args.follow:
+                count = _export_once(db, args, query)
+            else:
+                count = _export_resumable(db, args, query, cursor)
+    except (LogReadError, FileExportError, OSError, sqlite3.Error) as exc:
+        return _fail("export", exc)
+    if not to_stdout:
+        print(f"exported {count} record(s) to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _export_once(db: sqlite3.Connection, args: argparse.Namespace, query: Any) -> int:
+    from tollgate.decisionlog import export_once, open_output
+
+    with open_output(args.output, sys.stdout.buffer) as out:
+        return export_once(db, out, fmt=args.format, query=query, instance_id=args.instance_id)
+
+
+def _export_resumable(db: sqlite3.Connection, args: argparse.Namespace, query: Any, cursor: Path | None) -> int:
+    from tollgate.decisionlog import FileExport, Rotation, StreamExport, follow
+
+    export: FileExport | StreamExport
+    if cursor is None:  # --follow -o -: from the start (or --since), for a pipe
+        export = StreamExport(db, sys.stdout.buffer, fmt=args.format, query=query, instance_id=args.instance_id)
+    else:
+        rotation = Rotation(args.rotate_bytes, args.keep) if args.rotate_bytes is not None else None
+        export = FileExport(db, Path(args.output), fmt=args.format, cursor_path=cursor, rotation=rotation,
+                            query=query, instance_id=args.instance_id)
+    if not args.follow:
+        return export.step()
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    return follow(export.step, interval=args.interval, stop=stopping.wait)
