@@ -426,3 +426,17 @@ def test_the_token_file_becomes_the_bearer_token(tmp_path: Path) -> None:
                          decision_log_retention="7d").validate()
     shipping = config.log_shipping()
     assert shipping.opa_token == "abc123" and shipping.retention == timedelta(days=7)
+
+
+def test_the_readme_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    from tests.readme import readme_section
+    from tollgate.config import load_config
+
+    section = readme_section("Exporting the decision log")
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "tollgate.yaml").write_text(example)
+    config = load_config(str(tmp_path / "tollgate.yaml"), {})
+    assert config.decision_log_service == "https://logs.example.com" and config.decision_log_retention == "30d"
+    for flag in ("--decision-log-batch-records", "--decision-log-min-delay", "--decision-log-max-delay",
+                 "--decision-log-max-lag", "--decision-log-fail-closed-on-lag", "--decision-log-batch-bytes"):
+        assert flag in section
