@@ -18,7 +18,7 @@ from typing import Any
 
 from tollgate.budgetguard import BudgetGuard
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL, ContractError, PolicyResult, Reason, parse_result
-from tollgate.decisionlog import DecisionLog, canonical_json, log_time, request_digest
+from tollgate.decisionlog import DecisionLog, canonical_json, log_time, mask_record, request_digest
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
 from tollgate.identity import ANONYMOUS, CALLER_UNAUTHENTICATED, PRINCIPAL_MISMATCH, Caller, CallerMap
 from tollgate.ids import new_decision_id
@@ -248,13 +248,19 @@ class Authorizer:
                 # The server's own rule, before the policy: it never judges a principal its caller may not claim.
                 outcome = Outcome(_server_deny(*refusal), error=f"caller refused by the server: {refusal[1]}")
                 revision = engine.revision if engine is not None else ""
+                # No mask rule was evaluated for it: its arguments and context are erased from the record.
+                mask, mask_failed = (), "the caller was refused before the policy was asked"
             elif engine is None:
                 outcome = Outcome(_server_deny(NO_BUNDLE, "no policy bundle is loaded"))
                 revision = ""
+                mask, mask_failed = (), "no policy bundle is loaded"
             else:
                 # The revision recorded is the one of the engine that evaluated, even across a swap.
                 revision = engine.revision
-                outcome = await self._evaluate(engine, input_json)
+                outcome, mask, mask_failed = await self._evaluate(engine, input_json)
+        # What is written of this request (the record, an approval's copy of the action) is masked; the
+        # policy decided on the whole input.
+        masking = mask_record(mask, input_doc, outcome.raw, failed=mask_failed)
         if matches:
             outcome = enforce_kill_switches(outcome, matches)
         if self._export_gate is not None and outcome.result.decision != DENY:
@@ -264,8 +270,10 @@ class Authorizer:
         decision_id = new_decision_id()
         approval_id = request.approval_id
         if self._approvals is not None:
-            approval_id, outcome = await self._settle_approval(request, outcome, approval, digest=digest,
-                                                               decision_id=decision_id)
+            logged_action = masking.input.get(request.kind)
+            approval_id, outcome = await self._settle_approval(
+                request, outcome, approval, digest=digest, decision_id=decision_id,
+                logged_action=logged_action if isinstance(logged_action, Mapping) else {})
             if approval_id and not digest:
                 digest = request.digest()  # a record linked to an approval also carries what it is bound to
         reservation_id = ""
@@ -289,8 +297,8 @@ class Authorizer:
         record = {
             "decision_id": decision.decision_id,
             "timestamp": now,
-            "input": input_doc,
-            "result": outcome.raw,
+            "input": masking.input,
+            "result": masking.result,
             "decision": decision.decision,
             "reasons": [r.as_dict() for r in decision.reasons],
             "obligations": dict(decision.obligations),
@@ -303,10 +311,12 @@ class Authorizer:
             "reservation_id": reservation_id,
             "previous_decision_id": previous_id,
             "requested_by": request.caller.subject,
-            "error": outcome.error,
+            "error": "; ".join(e for e in (outcome.error, masking.error) if e),
+            "erased": list(masking.erased),
+            "masked": list(masking.masked),
             "latency_us": (time.perf_counter_ns() - started) // 1000,
         }
-        await self._log.append(record, input_json=input_json)
+        await self._log.append(record, input_json=None if masking.changed else input_json)
         if self._on_decision is not None:
             self._on_decision(decision.decision, revision)
         return decision
@@ -327,12 +337,14 @@ class Authorizer:
         return found.policy_state(digest)
 
     async def _settle_approval(self, request: DecisionRequest, outcome: Outcome, approval: dict[str, str] | None,
-                               *, digest: str, decision_id: str) -> tuple[str, Outcome]:
+                               *, digest: str, decision_id: str,
+                               logged_action: Mapping[str, Any]) -> tuple[str, Outcome]:
         """The server's own approval rule, whatever the bundle says; returns (the approval id to answer, outcome).
 
         An ALLOW on a presented approval stands only if it was approved for this very request and this
         decision is the one that uses it (one atomic UPDATE): otherwise DENY approval_<status>. A
-        require_approval opens an approval (or finds the pending one for this request and session).
+        require_approval opens an approval (or finds the pending one for this request and session), which
+        stores logged_action, the action as masked for the log, and is bound to the digest of the whole one.
         """
         assert self._approvals is not None
         result = outcome.result
@@ -350,7 +362,7 @@ class Authorizer:
             digest = digest or request.digest()
             opened = await asyncio.to_thread(
                 self._approvals.open, request_digest=digest, kind=request.kind, principal=request.principal,
-                action=request.action, approvers=result.approval.approvers, ttl_seconds=result.approval.ttl_seconds,
+                action=logged_action, approvers=result.approval.approvers, ttl_seconds=result.approval.ttl_seconds,
                 opened_by=decision_id)
             return opened.id, outcome
         return request.approval_id, outcome
@@ -360,14 +372,24 @@ class Authorizer:
             return []
         return self._kills.matching(request.kind, request.principal, request.action)
 
-    async def _evaluate(self, engine: Engine, input_json: str) -> Outcome:
+    async def _evaluate(self, engine: Engine, input_json: str) -> tuple[Outcome, Any, str]:
+        """The outcome, the mask rule's value (an empty tuple when there is none), and why the mask could not
+        be computed (empty when it could)."""
         try:
-            evaluated: Any = await engine.evaluate(input_json.encode())
+            evaluation = await engine.evaluate_with_mask(input_json.encode())
         except EngineError as exc:
             if not isinstance(exc, EvaluationTimeout):
                 log.warning("policy evaluation failed: %s", exc)
-            evaluated = exc
-        return policy_outcome(evaluated, entrypoint=self._config.entrypoint)
+            return policy_outcome(exc, entrypoint=self._config.entrypoint), (), f"no engine answer: {exc.code}"
+        if isinstance(evaluation.value, EngineError):
+            log.warning("policy evaluation failed: %s", evaluation.value)
+        outcome = policy_outcome(evaluation.value, entrypoint=self._config.entrypoint)
+        mask = evaluation.mask
+        if isinstance(mask, EngineError):
+            # Only the code: an evaluation error can quote the input it choked on, which is what masking hides.
+            log.debug("decision log mask rule failed: %s", mask)
+            return outcome, (), f"data.tollgate.log.mask failed: {mask.code}"
+        return outcome, () if mask is UNDEFINED else mask, ""
 
 
 @dataclass(frozen=True)

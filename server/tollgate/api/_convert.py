@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, message, struct_pb2
 
 from tollgate.authorizer import Decision, DecisionRequest
 from tollgate.v1 import authorization_pb2 as pb
@@ -124,12 +124,15 @@ def to_response(d: Decision) -> pb.AuthorizeResponse:
 
 
 def to_record_message(record: Mapping[str, Any]) -> pb.DecisionRecord:
-    """A logged record (dict) as the DecisionRecord message."""
+    """A logged record (dict) as the DecisionRecord message.
+
+    The record's input may be masked: a member the mask erased is unset here, and so is one it replaced
+    with a value of another type (a "***" where a number or an object belongs); `input` always holds the
+    record's input exactly as logged.
+    """
     inp = record["input"]
-    principal = dict(inp["principal"])
     msg = pb.DecisionRecord(
         decision_id=record["decision_id"],
-        principal=pb.Principal(**principal),
         decision=DECISION_ENUM[record["decision"]],
         reasons=[pb.Reason(code=r["code"], message=r.get("message", "")) for r in record["reasons"]],
         bundle_revision=record["bundle_revision"],
@@ -144,19 +147,16 @@ def to_record_message(record: Mapping[str, Any]) -> pb.DecisionRecord:
         policy_path=record.get("policy_path", ""),
         request_digest=record.get("request_digest", ""),
         requested_by=record.get("requested_by", ""),
+        erased=record.get("erased") or [],
+        masked=record.get("masked") or [],
+        error=record.get("error") or "",
     )
     msg.timestamp.FromJsonString(record["timestamp"])
+    _fill(msg.principal, inp.get("principal"))
     kind = inp["kind"]
-    action = inp[kind]
-    if kind == "tool":
-        msg.tool.server, msg.tool.name = action["server"], action["name"]
-        msg.tool.arguments.update(action["arguments"])
-        msg.tool.resources.extend(action["resources"])
-    elif kind == "model":
-        msg.model.CopyFrom(pb.ModelCall(**action))
-    else:
-        msg.budget.CopyFrom(pb.BudgetRequest(**action))
-    msg.context.update(inp.get("context") or {})
+    if kind in ("tool", "model", "budget"):
+        _fill(getattr(msg, kind), inp.get(kind))
+    _fill(msg.context, inp.get("context"))
     msg.obligations.update(record.get("obligations") or {})
     msg.input.update(inp)
     if record.get("result") is not None:
@@ -164,6 +164,22 @@ def to_record_message(record: Mapping[str, Any]) -> pb.DecisionRecord:
     else:
         msg.result.null_value = struct_pb2.NULL_VALUE
     return msg
+
+
+def _fill(target: message.Message, part: Any) -> None:
+    """Set target from a logged, possibly masked, part of an input: each member that still fits."""
+    if not isinstance(part, Mapping):
+        return
+    try:
+        json_format.ParseDict(dict(part), target, ignore_unknown_fields=True)
+        return
+    except json_format.ParseError:
+        target.Clear()
+    for key, value in part.items():
+        try:
+            json_format.ParseDict({key: value}, target, ignore_unknown_fields=True)
+        except json_format.ParseError:
+            continue
 
 
 def _to_value(x: Any) -> struct_pb2.Value:

@@ -8,8 +8,10 @@ from tollgate.engine._base import (
     UNDEFINED,
     Engine,
     EngineError,
+    Evaluation,
     EvaluationTimeout,
     decode_envelope,
+    decode_evaluation,
 )
 from tollgate.engine._opa import EmbeddedOpa
 
@@ -34,7 +36,9 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EngineError",
+    "Evaluation",
     "EvaluationTimeout",
     "WorkerPoolEngine",
     "decode_envelope",
+    "decode_evaluation",
 ]

@@ -72,6 +72,10 @@ class EmbeddedOpa:
         """
         return self._raw(self._lib.OpaEvalDocument, path, input_json, int(coverage), 0)
 
+    def query_raw(self, query: bytes, input_json: bytes) -> bytes:
+        """Evaluate an ad-hoc Rego query for a JSON input; return the raw envelope (bindings per result)."""
+        return self._raw(self._lib.OpaEvalQuery, query, input_json, 0, 0)
+
     def evaluate(self, path: str, input_doc: Any = None) -> Any:
         """Evaluate data.<path>; return its value or UNDEFINED; raise EngineError on errors."""
         payload = b"" if input_doc is None else json.dumps(input_doc).encode()

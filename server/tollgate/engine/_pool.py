@@ -21,15 +21,23 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import struct
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tollgate.bundle import Bundle
-from tollgate.engine._base import EngineError, EvaluationTimeout, decode_envelope
+from tollgate.engine._base import (
+    EngineError,
+    Evaluation,
+    EvaluationTimeout,
+    decode_envelope,
+    decode_evaluation,
+)
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">I")
@@ -42,6 +50,9 @@ class EngineConfig:
 
     #: The document evaluated for every request, as a path under data.
     entrypoint: str = "tollgate/decision"
+    #: The decision-log mask rule, as a path under data, evaluated with the entrypoint when a module of the
+    #: bundle declares its package (so a bundle without one pays nothing); empty to never evaluate it.
+    mask: str = "tollgate/log/mask"
     #: Worker processes, each with its own OPA engine; 0 means one per CPU.
     workers: int = 0
     #: Deadline for one evaluation, in seconds, from the moment a worker starts it.
@@ -95,8 +106,12 @@ class WorkerPoolEngine:
     def __init__(self, bundle: Bundle, config: EngineConfig = EngineConfig()) -> None:
         self._bundle = bundle
         self._config = config
+        mask = config.mask.strip("/").replace("/", ".")
+        #: Whether the workers evaluate the mask rule (and answer [decision, mask]).
+        self.masks = bool(mask) and declares_package(bundle.modules, mask.rpartition(".")[0])
         self._spec = json.dumps(
             {"entrypoint": config.entrypoint.strip("/").replace("/", "."),
+             "mask": mask if self.masks else None,
              "modules": dict(bundle.modules), "data": bundle.data}
         ).encode()
         self._workers: list[_Worker] = []
@@ -170,6 +185,24 @@ class WorkerPoolEngine:
         self._loop.add_reader(worker.sock.fileno(), self._on_readable, worker)
 
     async def evaluate(self, input_json: bytes) -> object:
+        raw = await self._evaluate_raw(input_json)
+        if not self.masks:
+            return decode_envelope(raw)
+        value = decode_evaluation(raw).value
+        if isinstance(value, EngineError):
+            raise value
+        return value
+
+    async def evaluate_with_mask(self, input_json: bytes) -> Evaluation:
+        raw = await self._evaluate_raw(input_json)
+        if not self.masks:
+            try:
+                return Evaluation(decode_envelope(raw))
+            except EngineError as exc:
+                return Evaluation(exc)
+        return decode_evaluation(raw)
+
+    async def _evaluate_raw(self, input_json: bytes) -> bytes:
         if self._closed:
             raise EngineError("closed", "engine has been closed")
         loop = self._loop or asyncio.get_running_loop()
@@ -185,7 +218,7 @@ class WorkerPoolEngine:
             self._evaluating -= 1
             if not self._evaluating and self._idle is not None:
                 self._idle.set()
-        return decode_envelope(raw)
+        return raw
 
     # -- placing work ------------------------------------------------------------------------------
 
@@ -418,6 +451,14 @@ async def _read_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> b
 
     (length,) = _HEADER.unpack(await exact(_HEADER.size))
     return await exact(length)
+
+
+def declares_package(modules: Mapping[str, str], package: str) -> bool:
+    """Whether any module declares `package` (dot-separated), e.g. "tollgate.log"."""
+    if not package:
+        return False
+    pattern = re.compile(rf"^[ \t]*package[ \t]+{re.escape(package)}[ \t]*(#.*)?$", re.MULTILINE)
+    return any(pattern.search(source) for source in modules.values())
 
 
 def _cpu_ns(pid: int) -> int | None:

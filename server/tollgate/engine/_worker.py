@@ -4,7 +4,11 @@ Started by the pool with `python -m tollgate.engine._worker FD`. Frames on the s
 big-endian length and a payload. The first request carries the bundle
 (`{"entrypoint", "modules", "data"}`); the worker compiles it and answers `{"ok": true}` or
 `{"error": {...}}`. Every later request is an input document as JSON, answered with the OPA bridge's
-raw result envelope. The worker exits when the socket closes or its parent dies.
+raw result envelope. When the bundle spec names a `mask` document (the decision-log mask rule), both
+are answered in the same call (masking never costs a second round trip): normally from one query, whose
+envelope binds `decision` and `mask` to `[value]` or `[]` (undefined); if that query fails, from each
+document evaluated alone, as `[DECISION ENVELOPE, MASK ENVELOPE]`, so an error in the mask rule does not
+take the decision with it. The worker exits when the socket closes or its parent dies.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tollgate.engine._opa import EmbeddedOpa
 
 _HEADER = struct.Struct(">I")
 
@@ -50,6 +59,22 @@ def _send_frame(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(_HEADER.pack(len(payload)) + payload)
 
 
+def _with_mask(engine: EmbeddedOpa, entrypoint: str, mask: str) -> Callable[[bytes, bytes], bytes]:
+    """An evaluation of the entrypoint and the mask rule together (see the module docstring)."""
+    # One query parses the input once; the comprehensions keep an undefined document from making the
+    # whole query undefined.
+    query = f"decision := [x | x := data.{entrypoint}]; mask := [x | x := data.{mask}]".encode()
+    query_raw, evaluate_raw, mask_path = engine.query_raw, engine.evaluate_raw, mask.encode()
+
+    def evaluate(path: bytes, input_json: bytes) -> bytes:
+        answer = query_raw(query, input_json)
+        if not answer.startswith(b'{"error"'):
+            return answer
+        return b"[" + evaluate_raw(path, input_json) + b"," + evaluate_raw(mask_path, input_json) + b"]"
+
+    return evaluate
+
+
 def main() -> int:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server owns shutdown; Ctrl-C reaches the group
@@ -62,6 +87,7 @@ def main() -> int:
 
     spec = json.loads(init)
     path = spec["entrypoint"].encode()
+    mask_path: str | None = spec.get("mask") or None
     try:
         engine = EmbeddedOpa(spec["modules"], spec["data"])
         del spec
@@ -69,11 +95,14 @@ def main() -> int:
         # The engine prepares a query the first time it sees it (tens of ms, more on a busy machine): do it
         # for the entrypoint now, or every new worker's first request would run into the deadline.
         engine.evaluate_raw(path, b"{}")
+        evaluate: Callable[[bytes, bytes], bytes] = engine.evaluate_raw
+        if mask_path is not None:
+            evaluate = _with_mask(engine, path.decode(), mask_path)
+            evaluate(path, b"{}")
     except EngineError as exc:
         _send_frame(sock, json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode())
         return 1
     _send_frame(sock, b'{"ok": true}')
-    evaluate = engine.evaluate_raw
     pack, unpack_from, size = _HEADER.pack, _HEADER.unpack_from, _HEADER.size
     buf = bytearray()
     while True:

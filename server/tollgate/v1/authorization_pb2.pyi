@@ -134,7 +134,7 @@ class GetDecisionRequest(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ...) -> None: ...
 
 class DecisionRecord(_message.Message):
-    __slots__ = ("decision_id", "timestamp", "principal", "tool", "model", "budget", "context", "decision", "reasons", "obligations", "bundle_revision", "input", "result", "latency_us", "request_id", "approval_id", "reservation_id", "previous_decision_id", "prev_hash", "hash", "policy_path", "request_digest", "approval_status", "requested_by")
+    __slots__ = ("decision_id", "timestamp", "principal", "tool", "model", "budget", "context", "decision", "reasons", "obligations", "bundle_revision", "input", "result", "latency_us", "request_id", "approval_id", "reservation_id", "previous_decision_id", "prev_hash", "hash", "policy_path", "request_digest", "approval_status", "requested_by", "erased", "masked", "error")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,9 @@ class DecisionRecord(_message.Message):
     REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_STATUS_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    ERASED_FIELD_NUMBER: _ClassVar[int]
+    MASKED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     timestamp: _timestamp_pb2.Timestamp
     principal: Principal
@@ -183,7 +186,10 @@ class DecisionRecord(_message.Message):
     request_digest: str
     approval_status: str
     requested_by: str
-    def __init__(self, decision_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal: _Optional[_Union[Principal, _Mapping]] = ..., tool: _Optional[_Union[ToolCall, _Mapping]] = ..., model: _Optional[_Union[ModelCall, _Mapping]] = ..., budget: _Optional[_Union[BudgetRequest, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., obligations: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bundle_revision: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., latency_us: _Optional[int] = ..., request_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., previous_decision_id: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ..., policy_path: _Optional[str] = ..., request_digest: _Optional[str] = ..., approval_status: _Optional[str] = ..., requested_by: _Optional[str] = ...) -> None: ...
+    erased: _containers.RepeatedScalarFieldContainer[str]
+    masked: _containers.RepeatedScalarFieldContainer[str]
+    error: str
+    def __init__(self, decision_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal: _Optional[_Union[Principal, _Mapping]] = ..., tool: _Optional[_Union[ToolCall, _Mapping]] = ..., model: _Optional[_Union[ModelCall, _Mapping]] = ..., budget: _Optional[_Union[BudgetRequest, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., obligations: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bundle_revision: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., latency_us: _Optional[int] = ..., request_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., previous_decision_id: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ..., policy_path: _Optional[str] = ..., request_digest: _Optional[str] = ..., approval_status: _Optional[str] = ..., requested_by: _Optional[str] = ..., erased: _Optional[_Iterable[str]] = ..., masked: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ReportUsageRequest(_message.Message):
     __slots__ = ("reservation_id", "amount", "unit")
