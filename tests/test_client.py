@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import Server, start_server
 from tests.pki import TestCA
+from tests.readme import readme_section
 from tollgate.client import (
     SIDECAR_UNAVAILABLE,
     TLS,
@@ -313,3 +315,28 @@ def test_async_wait_for_approval_sees_the_decision(server: Server) -> None:
             return f"{state.status} by {state.decided_by}"
 
     assert asyncio.run(run()) == "approved by rita"
+
+
+# The README.
+
+def python_block(section: str) -> str:
+    match = re.search(r"```python\n(.*?)```", readme_section(section), re.S)
+    assert match, f"README section {section!r} has no python block"
+    return match.group(1)
+
+
+def test_readme_python_example_runs(server: Server) -> None:
+    code = python_block("Calling Tollgate from Python").replace("127.0.0.1:50051", server.address)
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)  # the example as written, against a real sidecar
+    assert isinstance(scope["decision"], Decision) and scope["decision"].allowed
+    assert scope["max_output_tokens"] == 8000
+    assert scope["reserved"].usage.committed == 0.12  # type: ignore[attr-defined]
+
+
+def test_readme_openai_agents_example_builds_a_protected_agent() -> None:
+    scope: dict[str, object] = {}
+    exec(compile(python_block("OpenAI Agents SDK"), "README.md", "exec"), scope)
+    tool = scope["agent"].tools[0]  # type: ignore[attr-defined]
+    assert tool.name == "merge_pull_request" and callable(tool.needs_approval)
+    assert tool.tool_input_guardrails == [scope["gate"].guardrail]  # type: ignore[attr-defined]

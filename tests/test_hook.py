@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import ROOT, TOLLGATE, Server, start_server
 from tests.pki import TestCA
+from tests.readme import readme_section
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 from tollgate_cli._hook import read_event
 
@@ -169,3 +170,24 @@ def test_file_contents_are_cut_before_they_are_sent() -> None:
     call = read_event(json.dumps(event("Write", {"file_path": "/workspace/big", "content": "x" * 100_000})))
     assert len(call.arguments["content"]) < 5000 and call.arguments["content"].endswith("not sent to Tollgate]")
     assert call.arguments["file_path"] == "/workspace/big"
+
+
+def test_readme_examples_answer_as_shown(server: Server) -> None:
+    """The README's "Claude Code" console lines, run against a real sidecar (its address in place of the
+    default one), answer the permission decision shown, for the reason shown."""
+    section = readme_section("Claude Code")
+    settings = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))  # type: ignore[union-attr]
+    command = settings["hooks"]["PreToolUse"][0]["hooks"][0]["command"]
+    assert command.startswith("tollgate hook claude-code --server ")
+    lines = re.search(r"```console\n(.*?)```", section, re.S).group(1).splitlines()  # type: ignore[union-attr]
+    pairs = [(lines[i][2:], lines[i + 1]) for i in range(0, len(lines), 2)]
+    assert len(pairs) == 2
+    for line, shown in pairs:
+        result = subprocess.run(["bash", "-c", line.replace("127.0.0.1:50051", server.address)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60,
+                                env={"PATH": f"{Path(TOLLGATE[0]).parent}:/usr/bin:/bin"})
+        assert result.returncode == 0, result.stderr
+        answer, expected = json.loads(result.stdout)["hookSpecificOutput"], json.loads(shown)["hookSpecificOutput"]
+        assert answer["permissionDecision"] == expected["permissionDecision"]
+        assert answer["permissionDecisionReason"].startswith(expected["permissionDecisionReason"].split(" (")[0]
+                                                             .removesuffix(" ..."))
