@@ -16,13 +16,21 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from tollgate.activation import Activation, ActivatorConfig, BundleActivator, BundleStatus, Failure
-from tollgate.api import AdminServicer, ApprovalServicer, AuthorizationServicer, RequestLimits
+from tollgate.api import (
+    AdminServicer,
+    ApprovalServicer,
+    AuthorizationServicer,
+    AuthzenService,
+    RequestLimits,
+    json_error,
+)
 from tollgate.authorizer import Authorizer, AuthorizerConfig, EngineSlot
 from tollgate.budgetguard import BudgetGuard
 from tollgate.bundle import BundleError
 from tollgate.config import ConfigError, ServeConfig
 from tollgate.decisionlog import DecisionLog, LogConfig, LogShipping
 from tollgate.engine import EngineConfig
+from tollgate.httpserve import start_http_server
 from tollgate.metrics import Metrics, start_metrics_server
 from tollgate.peercred import PeerCredentialRelay
 from tollgate.state import KillSwitches, StateError, StateStore
@@ -151,6 +159,16 @@ async def serve(config: ServeConfig) -> int:
     if relay is not None:
         await relay.start()
         address = config.listen
+    authzen_server, startup_failed = None, ""
+    if config.authzen_listen:
+        authzen = AuthzenService(authorizer, limits, callers=resolver)
+        try:
+            authzen_server, authzen_address = await start_http_server(
+                authzen.handle, config.authzen_listen, max_body=config.max_request_bytes, errors=json_error)
+            log.info("AuthZEN access evaluation API on http://%s", authzen_address)
+        except OSError as exc:
+            # The gRPC server is already up: shut everything down the normal way, then exit with the error.
+            startup_failed = f"authzen_listen: cannot listen on {config.authzen_listen} ({exc.strerror or exc})"
     if callers:
         log.info("callers: %d identities mapped to the principals they may speak for; any other caller is "
                  "refused (principal_mismatch)", len(callers.entries))
@@ -162,11 +180,14 @@ async def serve(config: ServeConfig) -> int:
     # One line on stdout that tools and tests can wait for.
     print(f"tollgate: serving on {address} (bundle {revision}, decision log {decision_log.path})", flush=True)
     sweep = asyncio.create_task(_sweep_reservations(budgets, every=min(config.reservation_ttl, 60.0)))
-    await stop.wait()
+    if not startup_failed:
+        await stop.wait()
 
     sweep.cancel()
     log.info("shutting down: draining in-flight requests (up to %gs)", config.drain_seconds)
     await health.enter_graceful_shutdown()
+    if authzen_server is not None:
+        authzen_server.close()
     await server.stop(config.drain_seconds)
     if relay is not None:
         await relay.close()
@@ -181,6 +202,8 @@ async def serve(config: ServeConfig) -> int:
     await loop.run_in_executor(None, shipping.stop, EXPORT_FLUSH_SECONDS)
     state.close()
     log.info("decision log flushed; bye")
+    if startup_failed:
+        raise SystemExit(f"tollgate serve: {startup_failed}")
     return 0
 
 

@@ -3,5 +3,7 @@
 from tollgate.api._admin import AdminServicer, to_status_message
 from tollgate.api._approvals import ApprovalServicer
 from tollgate.api._authorization import AuthorizationServicer, RequestLimits
+from tollgate.api._authzen import AuthzenService, json_error
 
-__all__ = ["AdminServicer", "ApprovalServicer", "AuthorizationServicer", "RequestLimits", "to_status_message"]
+__all__ = ["AdminServicer", "ApprovalServicer", "AuthorizationServicer", "AuthzenService",
+           "RequestLimits", "json_error", "to_status_message"]

@@ -1,0 +1,148 @@
+"""A small HTTP/1.1 server on asyncio streams, for the sidecar's HTTP endpoints (metrics, AuthZEN).
+
+Enough HTTP for a few JSON and text endpoints and nothing more: keep-alive, Content-Length bodies (chunked
+request bodies are refused with 411), a header and a body size limit (431, 413), an idle timeout, and
+plain answers to what it cannot parse (400). No thread and no dependency; the handlers run on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+#: Largest request head (request line and headers), in bytes.
+MAX_HEAD_BYTES = 16 * 1024
+#: Seconds a kept-alive connection may sit idle, or a request take to arrive, before it is closed.
+IDLE_TIMEOUT = 30.0
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+            411: "Length Required", 413: "Content Too Large", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    #: The path, without the query string.
+    path: str
+    #: Header names in lower case; a repeated header keeps its last value.
+    headers: Mapping[str, str]
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+#: Formats the server's own error answers (status, message), e.g. as JSON for a JSON API.
+ErrorFormat = Callable[[int, str], HttpResponse]
+
+
+def plain_error(status: int, message: str) -> HttpResponse:
+    return HttpResponse(status, f"{message}\n".encode())
+
+
+async def start_http_server(handler: Handler, listen: str, *, max_body: int = 1024 * 1024,
+                            tls: ssl.SSLContext | None = None,
+                            errors: ErrorFormat = plain_error) -> tuple[asyncio.Server, str]:
+    """Serve handler on HOST:PORT (port 0 picks one); returns the server and the bound HOST:PORT."""
+    host, port = listen.rsplit(":", 1)
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _serve_connection(handler, reader, writer, max_body=max_body, errors=errors)
+
+    server = await asyncio.start_server(connection, host.strip("[]"), int(port), limit=MAX_HEAD_BYTES, ssl=tls)
+    bound = server.sockets[0].getsockname()
+    return server, f"{host}:{bound[1]}"
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _serve_connection(handler: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                            max_body: int, errors: ErrorFormat) -> None:
+    try:
+        while True:
+            try:
+                request, keep_alive = await _read_request(reader, max_body=max_body)
+            except _BadRequest as exc:
+                await _write(writer, errors(exc.status, str(exc)), head_only=False, keep_alive=False)
+                return
+            if request is None:
+                return  # the client closed, or stayed idle past the timeout
+            try:
+                response = await handler(request)
+            except Exception:
+                log.exception("http %s %s: unexpected error", request.method, request.path)
+                response = errors(500, "internal error")
+            await _write(writer, response, head_only=request.method == "HEAD", keep_alive=keep_alive)
+            if not keep_alive:
+                return
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+async def _read_request(reader: asyncio.StreamReader, *, max_body: int) -> tuple[HttpRequest | None, bool]:
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
+    except (TimeoutError, asyncio.IncompleteReadError):
+        return None, False
+    except asyncio.LimitOverrunError as exc:
+        raise _BadRequest(431, f"request head over {MAX_HEAD_BYTES} bytes") from exc
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequest(400, "request line: expected METHOD TARGET HTTP/1.x")
+    method, target, version = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise _BadRequest(400, f"header line {line[:40]!r}: expected NAME: VALUE")
+        headers[name.lower()] = value.strip()
+    connection = headers.get("connection", "").lower()
+    keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+    if "transfer-encoding" in headers:
+        raise _BadRequest(411, "chunked bodies are not accepted: send Content-Length")
+    length_text = headers.get("content-length", "0")
+    if not length_text.isdigit():
+        raise _BadRequest(400, f"content-length: {length_text!r} is not a number of bytes")
+    length = int(length_text)
+    if length > max_body:
+        raise _BadRequest(413, f"body is {length} bytes, over the limit of {max_body}")
+    try:
+        body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT) if length else b""
+    except TimeoutError as exc:
+        raise _BadRequest(400, "body: fewer bytes arrived than content-length announced") from exc
+    return HttpRequest(method, target.split("?", 1)[0], headers, body), keep_alive
+
+
+async def _write(writer: asyncio.StreamWriter, response: HttpResponse, *, head_only: bool, keep_alive: bool) -> None:
+    reason = _REASONS.get(response.status, "Unknown")
+    extra = "".join(f"{k}: {v}\r\n" for k, v in response.headers.items())
+    writer.write((f"HTTP/1.1 {response.status} {reason}\r\nContent-Type: {response.content_type}\r\n"
+                  f"Content-Length: {len(response.body)}\r\n{extra}"
+                  f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n").encode("latin-1"))
+    if not head_only:
+        writer.write(response.body)
+    await writer.drain()

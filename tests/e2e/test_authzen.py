@@ -1,0 +1,245 @@
+"""The AuthZEN 1.0 HTTP API on a real sidecar: evaluation, evaluations and their semantics, approvals as
+decision false, 400s naming the field, the well-known metadata, caller tokens; every evaluation is logged."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.conftest import Server
+
+PR = {"owner": "acme", "repo": "payments-api", "pullNumber": 42}
+
+
+def _authzen_address(server: Server) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = re.search(r"AuthZEN access evaluation API on http://(\S+)", server.stderr)
+        if found:
+            return found.group(1)
+        time.sleep(0.05)
+    raise AssertionError(f"no AuthZEN address in the server's log:\n{server.stderr}")
+
+
+class Pdp:
+    """An HTTP/1.1 client on one kept-alive connection to the sidecar's AuthZEN port."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        host, port = _authzen_address(server).rsplit(":", 1)
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=10)
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+        self.connection.request(method, path, body=body,
+                                headers={"Content-Type": "application/json", **(headers or {})})
+        response = self.connection.getresponse()
+        raw = response.read()
+        return response.status, json.loads(raw) if raw else {}, dict(response.getheaders())
+
+    def post(self, path: str, doc: dict[str, Any], **headers: str) -> tuple[int, dict[str, Any]]:
+        status, body, _ = self.request("POST", path, json.dumps(doc).encode(), headers)
+        return status, body
+
+    def logged(self) -> int:
+        with sqlite3.connect(self.server.data_dir / "decisions.db") as db:
+            count: int = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
+        return count
+
+    def record(self, decision_id: str) -> dict[str, Any]:
+        with sqlite3.connect(self.server.data_dir / "decisions.db") as db:
+            row = db.execute("SELECT record FROM decisions WHERE decision_id = ?", (decision_id,)).fetchone()
+        assert row is not None, f"{decision_id} is not in the decision log"
+        record: dict[str, Any] = json.loads(row[0])
+        return record
+
+
+def tool_eval(agent: str, tool: str, arguments: dict[str, Any] | None = None, **props: str) -> dict[str, Any]:
+    return {"subject": {"type": "agent", "id": agent, "properties": props},
+            "action": {"name": "call"},
+            "resource": {"type": "tool", "id": tool, "properties": {"arguments": arguments or PR}}}
+
+
+@pytest.fixture
+def pdp(serve: Callable[..., Server]) -> Pdp:
+    return Pdp(serve(extra=["--authzen-listen", "127.0.0.1:0"]))
+
+
+def test_evaluation_allow_is_decision_true_and_logged(pdp: Pdp) -> None:
+    status, body = pdp.post("/access/v1/evaluation", tool_eval("code-reviewer", "github/get_pull_request",
+                                                                session_id="s-1"))
+    assert status == 200
+    assert body["decision"] is True
+    record = pdp.record(body["context"]["decision_id"])
+    assert record["decision"] == "allow"
+    assert record["input"]["principal"]["session_id"] == "s-1"
+    assert record["input"]["tool"] == {"server": "github", "name": "get_pull_request", "arguments": PR,
+                                       "resources": []}
+
+
+def test_evaluation_deny_is_decision_false_with_the_reasons(pdp: Pdp) -> None:
+    status, body = pdp.post("/access/v1/evaluation", tool_eval("code-reviewer", "github/merge_pull_request"))
+    assert status == 200
+    assert body["decision"] is False
+    assert [r["code"] for r in body["context"]["reasons"]] == ["tool_not_in_manifest"]
+    assert pdp.record(body["context"]["decision_id"])["decision"] == "deny"
+
+
+def test_require_approval_is_decision_false_with_the_approval_in_context(pdp: Pdp) -> None:
+    status, body = pdp.post("/access/v1/evaluation", tool_eval("release-bot", "github/merge_pull_request"))
+    assert status == 200
+    assert body["decision"] is False
+    context = body["context"]
+    assert context["approval_required"] is True
+    assert context["approval_id"]
+    assert "destructive_action" in [r["code"] for r in context["reasons"]]
+    record = pdp.record(context["decision_id"])
+    assert (record["decision"], record["approval_id"]) == ("require_approval", context["approval_id"])
+
+
+def test_model_and_budget_resources_map_to_model_calls_and_spends(pdp: Pdp) -> None:
+    subject = {"type": "agent", "id": "code-reviewer", "properties": {"session_id": "s-9"}}
+    _, model = pdp.post("/access/v1/evaluation", {
+        "subject": subject, "action": {"name": "invoke"},
+        "resource": {"type": "model", "id": "anthropic/claude-sonnet-4-5",
+                     "properties": {"input_tokens": 1200, "max_output_tokens": 20000,
+                                    "data_classes": ["source-code"]}}})
+    assert model["decision"] is True
+    assert model["context"]["obligations"] == {"max_output_tokens": 8000}
+    _, budget = pdp.post("/access/v1/evaluation", {
+        "subject": subject, "action": {"name": "spend", "properties": {"amount": 5}},
+        "resource": {"type": "budget", "id": "usd", "properties": {"category": "model"}}})
+    assert budget["decision"] is False
+    assert [r["code"] for r in budget["context"]["reasons"]] == ["budget_request_over_limit"]
+    assert pdp.record(budget["context"]["decision_id"])["input"]["budget"] == {
+        "amount": 5, "unit": "usd", "category": "model"}
+
+
+def _batch(semantic: str | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "subject": {"type": "agent", "id": "code-reviewer"}, "action": {"name": "call"},
+        "evaluations": [
+            {"resource": {"type": "tool", "id": "github/get_pull_request", "properties": {"arguments": PR}}},
+            {"resource": {"type": "tool", "id": "github/merge_pull_request", "properties": {"arguments": PR}}},
+            {"resource": {"type": "tool", "id": "github/get_pull_request", "properties": {"arguments": PR}}},
+        ]}
+    if semantic:
+        doc["options"] = {"evaluations_semantic": semantic}
+    return doc
+
+
+@pytest.mark.parametrize(("semantic", "decisions"), [
+    (None, [True, False, True]),
+    ("execute_all", [True, False, True]),
+    ("deny_on_first_deny", [True, False]),
+    ("permit_on_first_permit", [True]),
+], ids=["default", "execute_all", "deny_on_first_deny", "permit_on_first_permit"])
+def test_evaluations_answer_in_order_and_stop_as_the_semantic_says(pdp: Pdp, semantic: str | None,
+                                                                   decisions: list[bool]) -> None:
+    before = pdp.logged()
+    status, body = pdp.post("/access/v1/evaluations", _batch(semantic))
+    assert status == 200
+    assert [e["decision"] for e in body["evaluations"]] == decisions
+    assert pdp.logged() == before + len(decisions)  # every evaluation made is a logged decision
+
+
+def test_evaluations_without_an_array_answer_the_defaults_as_one_evaluation(pdp: Pdp) -> None:
+    status, body = pdp.post("/access/v1/evaluations", tool_eval("code-reviewer", "github/get_pull_request"))
+    assert status == 200
+    assert body["decision"] is True
+
+
+@pytest.mark.parametrize(("path", "doc", "field"), [
+    ("/access/v1/evaluation", {**tool_eval("code-reviewer", "github/get_pull_request"),
+                               "subject": {"type": "agent"}}, "subject.id: required"),
+    ("/access/v1/evaluation", {**tool_eval("code-reviewer", "github/x"), "subject": {"type": "user", "id": "a"}},
+     "subject.type: must be \"agent\""),
+    ("/access/v1/evaluation", {**tool_eval("code-reviewer", "github/x"), "resource": {"type": "file", "id": "f"}},
+     "resource.type: must be one of tool, model, budget"),
+    ("/access/v1/evaluation", {**tool_eval("code-reviewer", "github/x"), "action": {"name": "delete"}},
+     "action.name: a tool resource is asked with 'call'"),
+    ("/access/v1/evaluation", {k: v for k, v in tool_eval("code-reviewer", "github/x").items() if k != "action"},
+     "action: required"),
+    ("/access/v1/evaluation", {"subject": {"type": "agent", "id": "code-reviewer"}, "action": {"name": "spend"},
+                               "resource": {"type": "budget", "id": "usd"}}, "action.properties.amount: required"),
+    ("/access/v1/evaluation", {"subject": {"type": "agent", "id": "code-reviewer"}, "action": {"name": "spend",
+                               "properties": {"amount": 1}}, "resource": {"type": "budget", "id": "eur"}},
+     "resource.id: must be one of usd, tokens"),
+    ("/access/v1/evaluations", {**_batch(None), "options": {"evaluations_semantic": "first"}},
+     "options.evaluations_semantic: must be one of"),
+    ("/access/v1/evaluations", {**_batch(None), "evaluations": [_batch(None)["evaluations"][0],
+                                                                {"resource": {"type": "tool"}}]},
+     "evaluations[1].resource.id: required"),
+], ids=["no-subject-id", "subject-type", "resource-type", "action-name", "no-action", "no-amount", "unit",
+        "semantic", "batch-item"])
+def test_bad_input_is_400_naming_the_field_and_logs_nothing(pdp: Pdp, path: str, doc: dict[str, Any],
+                                                            field: str) -> None:
+    before = pdp.logged()
+    status, body = pdp.post(path, doc)
+    assert status == 400
+    assert body["error"] == "invalid_request"
+    assert field in body["error_description"]
+    assert pdp.logged() == before
+
+
+def test_http_errors_are_answered_plainly(pdp: Pdp) -> None:
+    assert pdp.request("GET", "/access/v1/evaluation")[0] == 405
+    assert pdp.request("POST", "/access/v1/nothing", b"{}")[0] == 404
+    status, body, _ = pdp.request("POST", "/access/v1/evaluation", b"{not json")
+    assert (status, body["error"]) == (400, "invalid_request")
+    status, body, _ = pdp.request("POST", "/access/v1/evaluation", b"{}", {"Content-Type": "text/plain"})
+    assert status == 400 and "content-type" in body["error_description"]
+    # All of the above went over one kept-alive connection; an oversized body is refused and closes it.
+    status, body, headers = pdp.request("POST", "/access/v1/evaluation", b"x" * (1024 * 1024 + 1))
+    assert (status, body["error"]) == (413, "invalid_request")
+    assert headers.get("Connection") == "close"
+
+
+def test_request_id_is_echoed_and_metadata_names_the_endpoints(pdp: Pdp) -> None:
+    status, _, headers = pdp.request("POST", "/access/v1/evaluation",
+                                     json.dumps(tool_eval("code-reviewer", "github/get_pull_request")).encode(),
+                                     {"X-Request-ID": "req-77"})
+    assert (status, headers.get("X-Request-ID")) == (200, "req-77")
+    status, meta, _ = pdp.request("GET", "/.well-known/authzen-configuration")
+    assert status == 200
+    base = meta["policy_decision_point"]
+    assert base.startswith("http://127.0.0.1:")
+    assert meta["access_evaluation_endpoint"] == f"{base}/access/v1/evaluation"
+    assert meta["access_evaluations_endpoint"] == f"{base}/access/v1/evaluations"
+
+
+def test_caller_token_names_the_caller_and_a_spoofed_subject_is_a_logged_principal_mismatch(
+        serve: Callable[..., Server], tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "gw.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    config = tmp_path / "tollgate.yaml"
+    config.write_text(json.dumps({
+        "authzen_listen": "127.0.0.1:0", "token_keys": str(tmp_path / "keys"), "token_issuer": "https://idp",
+        "token_audience": "tollgate", "callers": [{"id": "jwt:mcp-gateway", "agents": ["code-reviewer"]}]}))
+    pdp = Pdp(serve(extra=["--config", str(config)]))
+    token = jwt.encode({"iss": "https://idp", "aud": "tollgate", "sub": "mcp-gateway", "exp": int(time.time()) + 60},
+                       key, algorithm="ES256", headers={"kid": "gw"})
+    _, allowed = pdp.post("/access/v1/evaluation", tool_eval("code-reviewer", "github/get_pull_request"),
+                          Authorization=f"Bearer {token}")
+    assert allowed["decision"] is True
+    assert pdp.record(allowed["context"]["decision_id"])["requested_by"] == "jwt:mcp-gateway"
+    _, spoofed = pdp.post("/access/v1/evaluation", tool_eval("release-bot", "github/get_pull_request"),
+                          **{"Tollgate-Caller-Token": token})
+    assert spoofed["decision"] is False
+    assert [r["code"] for r in spoofed["context"]["reasons"]] == ["principal_mismatch"]
+    assert pdp.record(spoofed["context"]["decision_id"])["decision"] == "deny"
+    _, anonymous = pdp.post("/access/v1/evaluation", tool_eval("code-reviewer", "github/get_pull_request"))
+    assert [r["code"] for r in anonymous["context"]["reasons"]] == ["principal_mismatch"]
