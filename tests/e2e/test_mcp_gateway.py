@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
 
 from tests.conftest import ROOT, TOLLGATE, Server, start_server
+from tests.readme import readme_section
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 
 UPSTREAM = [sys.executable, str(ROOT / "tests" / "mcp_upstream.py")]
@@ -298,6 +300,29 @@ def test_streamable_http_upstream(tmp_path: Path, sidecar: Server) -> None:
     finally:
         upstream.terminate()
         upstream.wait(10)
+
+
+def test_the_readme_client_configuration_runs_as_written(tmp_path: Path, sidecar: Server) -> None:
+    """The README's .mcp.json entry, with this test's sidecar and the test upstream in place of GitHub's."""
+    section = readme_section("MCP gateway")
+    [block] = re.findall(r"```json\n(.*?)```", section, re.S)
+    entry = json.loads(block)["mcpServers"]["github"]
+    assert entry["command"] == "tollgate" and entry["args"][0] == "mcp-gateway"
+    args = entry["args"][1:entry["args"].index("--")]
+    options = dict(zip(args[::2], args[1::2], strict=False))
+    assert options["--server"] == "127.0.0.1:50051" and options["--mcp-server-name"] == "github"
+    agent = options["--agent-id"]
+    # The gateway() helper gives --server (this test's sidecar) and --agent-id itself; the rest as written.
+    flags = [a for i, a in enumerate(args) if a not in ("--server", "--agent-id")
+             and (i == 0 or args[i - 1] not in ("--server", "--agent-id"))]
+
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, agent, *flags) as gw:
+            assert "merge_pull_request" not in [t.name for t in (await gw.session.list_tools()).tools]
+            assert not (await gw.call("get_pull_request", PR)).is_error
+            assert (await gw.call("merge_pull_request", PR)).is_error
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize(("args", "says"), [
