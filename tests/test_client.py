@@ -30,6 +30,7 @@ from tollgate.client import (
     SidecarUnavailable,
     tool_request,
 )
+from tollgate.testing import capture
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
@@ -340,3 +341,25 @@ def test_readme_openai_agents_example_builds_a_protected_agent() -> None:
     tool = scope["agent"].tools[0]  # type: ignore[attr-defined]
     assert tool.name == "merge_pull_request" and callable(tool.needs_approval)
     assert tool.tool_input_guardrails == [scope["gate"].guardrail]  # type: ignore[attr-defined]
+
+
+# tollgate.testing.
+
+def test_capture_records_each_request_and_answer(client: Client) -> None:
+    with capture(client) as asked:
+        client.authorize_tool(REVIEWER, "github", "get_pull_request", PR)
+        client.authorize_tool(REVIEWER, "github", "merge_pull_request", PR)
+        client.authorize_model(REVIEWER, "anthropic", "claude-haiku-4-5", input_tokens=10)
+    client.authorize_tool(REVIEWER, "github", "get_pull_request", PR)  # after the block: not captured
+    assert [a.action for a in asked] == ["github/get_pull_request", "github/merge_pull_request",
+                                         "anthropic/claude-haiku-4-5"]
+    assert asked.tools(allowed=True) == ["github/get_pull_request"]
+    assert [d.reasons[0].code for d in asked.decisions("deny")] == ["tool_not_in_manifest"]
+    asked.assert_all_answered()
+
+
+def test_capture_tells_when_the_sidecar_did_not_answer() -> None:
+    with Client(free_address(), timeout=0.2) as down, capture(down) as asked:
+        down.authorize_tool(REVIEWER, "github", "get_pull_request", PR)
+    with pytest.raises(AssertionError, match="1 of 1 requests got no answer"):
+        asked.assert_all_answered()

@@ -39,6 +39,8 @@ class AsyncClient:
         self.fail_closed = fail_closed
         self._metadata = _core.metadata_tuple(metadata)
         self._backoff = backoff
+        #: Called with each request and its answer (tollgate.testing.capture); a list so that captures nest.
+        self._observers: list[Callable[[pb.AuthorizeRequest, Decision], None]] = []
         self._channel: grpc.aio.Channel | None = None
         self._stub_: pb_grpc.AuthorizationServiceStub | None = None
 
@@ -74,9 +76,13 @@ class AsyncClient:
             response = await self._call(
                 lambda t: self._stub.Authorize(request, timeout=t, metadata=self._metadata), budget)
         except grpc.RpcError as exc:
-            return _core.decision_on_error(exc, target=self.target, timeout=budget, request_id=request.request_id,
-                                           fail_closed_=self.fail_closed)
-        return _core.to_decision(response, request.request_id, self.target)
+            decision = _core.decision_on_error(exc, target=self.target, timeout=budget,
+                                               request_id=request.request_id, fail_closed_=self.fail_closed)
+        else:
+            decision = _core.to_decision(response, request.request_id, self.target)
+        for observe in self._observers:
+            observe(request, decision)
+        return decision
 
     async def authorize_tool(self, principal: Principal, server: str, name: str,
                              arguments: Mapping[str, Any] | None = None, *, resources: Iterable[str] = (),

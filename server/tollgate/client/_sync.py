@@ -39,6 +39,8 @@ class Client:
         self.fail_closed = fail_closed
         self._metadata = _core.metadata_tuple(metadata)
         self._backoff = backoff
+        #: Called with each request and its answer (tollgate.testing.capture); a list so that captures nest.
+        self._observers: list[Callable[[pb.AuthorizeRequest, Decision], None]] = []
         self._channel = (grpc.secure_channel(target, spec.credentials, options=spec.options) if spec.credentials
                          else grpc.insecure_channel(target, options=spec.options))
         self._stub = pb_grpc.AuthorizationServiceStub(self._channel)
@@ -63,9 +65,13 @@ class Client:
             response = self._call(lambda t: self._stub.Authorize(request, timeout=t, metadata=self._metadata),
                                   budget)
         except grpc.RpcError as exc:
-            return _core.decision_on_error(exc, target=self.target, timeout=budget, request_id=request.request_id,
-                                           fail_closed_=self.fail_closed)
-        return _core.to_decision(response, request.request_id, self.target)
+            decision = _core.decision_on_error(exc, target=self.target, timeout=budget,
+                                               request_id=request.request_id, fail_closed_=self.fail_closed)
+        else:
+            decision = _core.to_decision(response, request.request_id, self.target)
+        for observe in self._observers:
+            observe(request, decision)
+        return decision
 
     def authorize_tool(self, principal: Principal, server: str, name: str, arguments: Mapping[str, Any] | None = None,
                        *, resources: Iterable[str] = (), context: Mapping[str, Any] | None = None,
