@@ -395,6 +395,22 @@ def test_file_export_refuses_a_cursor_from_another_log(tmp_path: Path) -> None:
         FileExport(db, tmp_path / "e.jsonl", fmt="jsonl", cursor_path=tmp_path / "c")
 
 
+def test_file_export_says_when_retention_deleted_records_it_had_not_written(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    write_log(d, [_record(i) for i in range(1, 4)])
+    lost: list[str] = []
+    with open_read_only(d) as db:
+        export = FileExport(db, tmp_path / "e.jsonl", fmt="jsonl", cursor_path=tmp_path / "c", on_loss=lost.append)
+        assert export.step() == 3
+        write_log(d, [_record(i) for i in range(4, 9)])
+        _prune(d, 6)  # retention does not wait for a file export
+        assert export.step() == 2
+        assert export.step() == 0  # said once per range
+    assert lost == ["seq 4..6 were deleted by retention before this export wrote them (export more often than "
+                    "decision_log_retention, or keep records longer)"]
+    assert [r["seq"] for r in read_export(tmp_path / "e.jsonl")] == [1, 2, 3, 7, 8]
+
+
 def _follower(data_dir: Path, out: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([*TOLLGATE, "logs", "export", "--data-dir", str(data_dir), "-o", str(out), "--follow",
                              "--rotate-bytes", "2000", "--keep", "50", "--interval", "0.05"],

@@ -272,7 +272,8 @@ def _export_resumable(db: sqlite3.Connection, args: argparse.Namespace, query: A
     else:
         rotation = Rotation(args.rotate_bytes, args.keep) if args.rotate_bytes is not None else None
         export = FileExport(db, Path(args.output), fmt=args.format, cursor_path=cursor, rotation=rotation,
-                            query=query, instance_id=args.instance_id)
+                            query=query, instance_id=args.instance_id,
+                            on_loss=lambda text: print(f"tollgate logs export: {text}", file=sys.stderr))
     if not args.follow:
         return export.step()
     stopping = threading.Event()

@@ -21,7 +21,7 @@ from typing import IO, Any, cast
 
 from tollgate.decisionlog._events import jsonl_record, opa_event
 from tollgate.decisionlog._query import Query, matching
-from tollgate.decisionlog._reader import StoredRecord, snapshot
+from tollgate.decisionlog._reader import PRUNED_TABLE, StoredRecord, has_table, snapshot
 from tollgate.decisionlog._sqlite import canonical_json
 
 FORMATS = ("opa", "jsonl")
@@ -109,10 +109,13 @@ class FileExport:
 
     def __init__(self, db: sqlite3.Connection, path: Path, *, fmt: str, cursor_path: Path,
                  rotation: Rotation | None = None, query: Query | None = None, instance_id: str | None = None,
-                 batch: int = 1000) -> None:
+                 batch: int = 1000, on_loss: Callable[[str], None] | None = None) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         self._db, self.path, self._fmt, self._cursor_path = db, path, fmt, cursor_path
+        #: Told (once per range) when retention deleted records this export had not written yet.
+        self._on_loss = on_loss
+        self._lost_upto = 0
         self._rotation, self._query, self._instance_id, self._batch = rotation, query or Query(), instance_id, batch
         self._gzip = path.name.endswith(".gz")
         self.cursor = FileCursor.load(cursor_path)
@@ -135,9 +138,10 @@ class FileExport:
         if self.cursor.seq:
             row = self._db.execute("SELECT hash FROM decisions WHERE seq = ?", (self.cursor.seq,)).fetchone()
             if row is not None and row[0] != self.cursor.hash:
-                raise FileExportError(f"cursor {self._cursor_path} is at seq {self.cursor.seq} with hash "
-                                  f"{self.cursor.hash[:16]}… but the log's record there hashes {row[0][:16]}…: this "
-                                  "cursor belongs to another log, or the log was changed (run `tollgate logs verify`)")
+                raise FileExportError(
+                    f"cursor {self._cursor_path} is at seq {self.cursor.seq} with hash {self.cursor.hash[:16]}… but "
+                    f"the log's record there hashes {row[0][:16]}…: this cursor belongs to another log, or the log "
+                    "was changed (run `tollgate logs verify`)")
 
     def step(self) -> int:
         """Export what was committed since the cursor, one batch at a time; returns how many records."""
@@ -145,6 +149,7 @@ class FileExport:
         while True:
             with snapshot(self._db):
                 found = list(_take(matching(self._db, self._query, after=self.cursor.seq), self._batch))
+            self._check_loss()
             if not found:
                 return total
             self._rotate_if_due()
@@ -159,6 +164,18 @@ class FileExport:
             self.cursor = FileCursor(found[-1].seq, found[-1].hash, size)
             self.cursor.save(self._cursor_path)
             total += len(found)
+
+    def _check_loss(self) -> None:
+        """Retention does not wait for a file export (it is not one of the server's exporters): say so when it
+        deleted records after the cursor, since they can no longer be written."""
+        if not self.cursor.seq or self._on_loss is None or not has_table(self._db, PRUNED_TABLE):
+            return
+        upto = self._db.execute(f"SELECT max(upto_seq) FROM {PRUNED_TABLE}").fetchone()[0] or 0
+        start = max(self.cursor.seq, self._lost_upto) + 1
+        if upto >= start:
+            self._on_loss(f"seq {start}..{upto} were deleted by retention before this export wrote them "
+                          "(export more often than decision_log_retention, or keep records longer)")
+            self._lost_upto = upto
 
     def _rotate_if_due(self) -> None:
         if self._rotation is None or self.cursor.size < self._rotation.max_bytes:
