@@ -152,6 +152,18 @@ def test_deleting_the_newest_records_is_only_seen_against_a_head_kept_elsewhere(
     assert f"truncated: no record hashes the expected head {head}: records after this one were deleted" in err
 
 
+def test_verify_sees_the_newest_records_deleted_past_what_an_exporter_delivered(
+        data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = _db(data_dir)
+    db.execute("CREATE TABLE export_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at TEXT NOT NULL)")
+    db.execute("INSERT INTO export_cursors VALUES ('opa', 9, '2026-11-21T12:00:00.000000Z')")
+    assert _verify(data_dir, capsys=capsys)[0] == 0  # delivered up to 9 of 10: nothing missing
+    db.execute("DELETE FROM decisions WHERE seq >= 9")
+    code, _, err = _verify(data_dir, capsys=capsys)
+    assert code == 1
+    assert "seq 8 (" in err and "truncated: the opa exporter delivered up to seq 9, but the log ends here" in err
+
+
 def test_verify_accepts_a_head_that_is_still_in_the_log(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     older = _db(data_dir).execute("SELECT hash FROM decisions WHERE seq = 7").fetchone()[0]
     assert _verify(data_dir, "--expect-head", older, capsys=capsys)[0] == 0

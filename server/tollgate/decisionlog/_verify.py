@@ -14,7 +14,9 @@ from tollgate.decisionlog._sqlite import GENESIS, record_hash
 EDITED = "edited"  # the record (or a column beside it) is not what was hashed
 DELETED = "deleted"  # seq numbers are missing
 RELINKED = "relinked"  # prev_hash does not follow from the record before: deleted, inserted or reordered
-TRUNCATED = "truncated"  # the head the caller expects is no longer in the log
+TRUNCATED = "truncated"  # the head the caller expects, or an exporter delivered, is no longer in the log
+#: The server's exporters' cursors (decisionlog._export), read here only to see past the log's end.
+EXPORT_CURSORS = "export_cursors"
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,24 @@ def verify(db: sqlite3.Connection, *, first: int | None = None, last: int | None
             found = found or row.hash == expect_head
             expected_seq, expected_prev, previous = row.seq + 1, row.hash, f"seq {row.seq}"
         result = Verification(count, first_seq, row.seq if row else None, expected_prev, start, None)
+        if last is None and row is not None:
+            result = _with_exporters(db, result, row)
         return _with_head(result, expect_head, found=found, last_row=row)
+
+
+def _with_exporters(db: sqlite3.Connection, result: Verification, last_row: StoredRecord) -> Verification:
+    """The server's exporters keep, in the log's own file, the last seq a receiver acknowledged: a log that
+    ends before it lost its newest records (the one case of truncation the file itself can show)."""
+    if result.broken is not None or not has_table(db, EXPORT_CURSORS):
+        return result
+    ahead = db.execute(f"SELECT name, seq FROM {EXPORT_CURSORS} WHERE seq > ? ORDER BY seq DESC LIMIT 1",
+                       (last_row.seq,)).fetchone()
+    if ahead is None:
+        return result
+    detail = (f"the {ahead[0]} exporter delivered up to seq {ahead[1]}, but the log ends here: records after "
+              "this one were deleted")
+    return Verification(result.records, result.first_seq, result.last_seq, result.head_hash, result.start,
+                        ChainBreak(last_row.seq, last_row.decision_id, TRUNCATED, detail))
 
 
 def _start_name(anchor: Anchor | None) -> str:
