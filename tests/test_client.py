@@ -363,3 +363,9 @@ def test_capture_tells_when_the_sidecar_did_not_answer() -> None:
         down.authorize_tool(REVIEWER, "github", "get_pull_request", PR)
     with pytest.raises(AssertionError, match="1 of 1 requests got no answer"):
         asked.assert_all_answered()
+
+
+def test_an_approval_still_pending_when_the_wait_ends_is_answered_require_approval(client: Client) -> None:
+    decision = client.authorize_with_approval(merge_request("pending-1"), wait=0.3)
+    assert decision.decision == "require_approval" and decision.decision_id
+    assert "approval_pending" in [r.code for r in decision.reasons]

@@ -105,7 +105,8 @@ class Client:
                                 on_pending: Callable[[Decision], None] | None = None) -> Decision:
         """Ask; on require_approval call on_pending(decision) (tell the person who must approve), wait up to
         `wait` seconds for the approval to be decided, then ask again with it and return that answer: ALLOW
-        once when approved, else the sidecar's DENY (approval_denied, approval_expired, approval_pending)."""
+        once when approved; the sidecar's DENY when it was denied or expired (approval_denied, approval_expired);
+        require_approval again (approval_pending) when nobody decided in time."""
         request = _core.with_request_id(request)
         first = self.authorize(request, timeout=timeout)
         if first.decision != "require_approval" or not first.approval_id:
