@@ -8,10 +8,11 @@ needs no thread — less than a dependency and its registry would cost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
+
+from tollgate.httpserve import HttpRequest, HttpResponse, start_http_server
 
 if TYPE_CHECKING:
     from tollgate.decisionlog import ExportStatus
@@ -107,30 +108,12 @@ def _escape(value: str) -> str:
 
 async def start_metrics_server(metrics: Metrics, listen: str) -> tuple[asyncio.Server, str]:
     """Serve GET /metrics on HOST:PORT (port 0 picks one); returns the server and the bound HOST:PORT."""
-    host, port = listen.rsplit(":", 1)
-    server = await asyncio.start_server(lambda r, w: _handle(metrics, r, w), host.strip("[]"), int(port))
-    bound = server.sockets[0].getsockname()
-    return server, f"{host}:{bound[1]}"
 
+    async def handle(request: HttpRequest) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponse(405, b"GET only\n", headers={"Allow": "GET, HEAD"})
+        if request.path != "/metrics":
+            return HttpResponse(404, b"metrics are at /metrics\n")
+        return HttpResponse(200, metrics.render().encode(), _CONTENT_TYPE)
 
-async def _handle(metrics: Metrics, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        method, target = [*head.split(b"\r\n", 1)[0].split(b" "), b"", b""][:2]
-        if method not in (b"GET", b"HEAD"):
-            status, body, ctype = "405 Method Not Allowed", b"GET only\n", "text/plain"
-        elif target.split(b"?", 1)[0] != b"/metrics":
-            status, body, ctype = "404 Not Found", b"metrics are at /metrics\n", "text/plain"
-        else:
-            status, body, ctype = "200 OK", metrics.render().encode(), _CONTENT_TYPE
-        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                     "Connection: close\r\n\r\n".encode())
-        if method != b"HEAD":
-            writer.write(body)
-        await writer.drain()
-    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+    return await start_http_server(handle, listen, max_body=0)

@@ -1,0 +1,86 @@
+"""Caller identity: what a transport proves becomes a Caller, and the callers mapping says what it may claim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tollgate.identity import ANONYMOUS, Caller, CallerMap, CallerResolver, IdentityConfigError, certificate_caller
+
+SPIFFE = "spiffe://acme/agents/code-reviewer"
+
+
+def test_a_client_certificate_names_its_spiffe_id_and_other_names_as_aliases() -> None:
+    caller = certificate_caller({"transport_security_type": [b"ssl"], "peer_spiffe_id": [SPIFFE.encode()],
+                                 "peer_uri": [SPIFFE.encode()], "peer_dns": [b"reviewer.acme.internal"],
+                                 "x509_common_name": [b"reviewer"],
+                                 "x509_subject_alternative_name": [SPIFFE.encode(), b"reviewer.acme.internal"]})
+    assert caller is not None
+    assert (caller.method, caller.subject) == ("mtls", SPIFFE)
+    assert caller.aliases == ("dns:reviewer.acme.internal", "cn:reviewer")
+    assert caller.auth_input()["spiffe_id"] == SPIFFE
+
+
+def test_a_certificate_without_a_uri_is_named_by_its_dns_name_then_its_common_name() -> None:
+    by_dns = certificate_caller({"peer_dns": [b"gw.acme"], "x509_common_name": [b"gw"]})
+    by_cn = certificate_caller({"x509_common_name": [b"gw"]})
+    assert (by_dns and by_dns.subject, by_cn and by_cn.subject) == ("dns:gw.acme", "cn:gw")
+    assert certificate_caller({}) is None
+
+
+def test_the_relay_peer_address_is_a_uds_caller_and_anything_else_is_anonymous() -> None:
+    resolver = CallerResolver(relay_prefix="unix:/tmp/tollgate-x/")
+    caller = resolver.transport(peer="unix:/tmp/tollgate-x/1000.100.4242.7", auth_context={})
+    assert caller == Caller("uds", "uid:1000", {"uid": 1000, "gid": 100, "pid": 4242}, ("gid:100",))
+    assert resolver.transport(peer="unix:/elsewhere/1000.100.4242.7", auth_context={}) is ANONYMOUS
+    assert resolver.transport(peer="unix:/tmp/tollgate-x/grpc.sock", auth_context={}) is ANONYMOUS
+    assert resolver.transport(peer="ipv4:127.0.0.1:5000", auth_context={}) is ANONYMOUS
+
+
+def test_a_token_on_a_server_without_token_keys_is_refused_not_ignored() -> None:
+    caller = CallerResolver().resolve(peer="", auth_context={}, token="eyJ...")
+    assert caller.error.startswith("caller token: this server verifies no caller tokens")
+
+
+CALLERS = CallerMap.parse([
+    {"id": SPIFFE, "agents": ["code-reviewer"], "teams": ["payments"]},
+    {"id": "gid:100", "agents": ["*"], "users": ["*"], "teams": ["*"], "workflows": ["*"]},
+    {"id": "uid:1000", "agents": ["data-analyst"]},
+])
+REVIEWER = Caller("mtls", SPIFFE)
+
+
+@pytest.mark.parametrize(("caller", "principal", "refused"), [
+    (REVIEWER, {"agent_id": "code-reviewer"}, ""),
+    (REVIEWER, {"agent_id": "code-reviewer", "team": "payments"}, ""),
+    (REVIEWER, {"agent_id": "release-bot"}, "may not speak for agent_id 'release-bot'"),
+    (REVIEWER, {"agent_id": "code-reviewer", "team": "platform"}, "may not speak for team 'platform'"),
+    (REVIEWER, {"agent_id": "code-reviewer", "user": "alice"}, "may not speak for user 'alice'"),
+    (Caller("uds", "uid:1000", aliases=("gid:100",)), {"agent_id": "anything", "user": "bob"}, ""),
+    (Caller("uds", "uid:1000", aliases=("gid:5",)), {"agent_id": "data-analyst"}, ""),
+    (Caller("uds", "uid:1000", aliases=("gid:5",)), {"agent_id": "code-reviewer"}, "agent_id 'code-reviewer'"),
+    (Caller("uds", "uid:2000", aliases=("gid:5",)), {"agent_id": "code-reviewer"}, "is not listed in callers"),
+    (ANONYMOUS, {"agent_id": "code-reviewer"}, "an unauthenticated caller is not listed"),
+], ids=["own-agent", "own-team", "other-agent", "other-team", "unlisted-user", "group-wildcard",
+        "uid-entry", "uid-entry-other-agent", "unlisted", "anonymous"])
+def test_callers_mapping_is_deny_by_default_with_explicit_wildcards(caller: Caller, principal: dict[str, Any],
+                                                                    refused: str) -> None:
+    answer = CALLERS.check(caller, principal)
+    assert (refused in answer) if refused else answer == ""
+
+
+def test_an_empty_mapping_refuses_no_one() -> None:
+    assert CallerMap.parse(None).check(ANONYMOUS, {"agent_id": "x"}) == ""
+    assert not CallerMap.parse([])
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"id": "uid:1"}, "callers: must be a list"),
+    ([{"id": "root"}], r"callers\[0\]\.id: 'root' is not a caller identity"),
+    ([{"id": "uid:1", "teams": [""]}], r"callers\[0\]\.teams: must be a list of names"),
+    ([{"id": "uid:1", "roles": []}], r"callers\[0\]: unknown key 'roles'"),
+], ids=["not-a-list", "bad-id", "empty-name", "unknown-key"])
+def test_bad_callers_entries_name_the_entry_and_key(raw: Any, message: str) -> None:
+    with pytest.raises(IdentityConfigError, match=message):
+        CallerMap.parse(raw)
