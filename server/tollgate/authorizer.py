@@ -18,7 +18,14 @@ from typing import Any
 
 from tollgate.budgetguard import BudgetGuard
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL, ContractError, PolicyResult, Reason, parse_result
-from tollgate.decisionlog import DecisionLog, canonical_json, log_time, mask_record, request_digest
+from tollgate.decisionlog import (
+    DecisionLog,
+    canonical_json,
+    failure_summary,
+    log_time,
+    mask_record,
+    request_digest,
+)
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
 from tollgate.identity import ANONYMOUS, CALLER_UNAUTHENTICATED, PRINCIPAL_MISMATCH, Caller, CallerMap
 from tollgate.ids import new_decision_id
@@ -386,9 +393,8 @@ class Authorizer:
         outcome = policy_outcome(evaluation.value, entrypoint=self._config.entrypoint)
         mask = evaluation.mask
         if isinstance(mask, EngineError):
-            # Only the code: an evaluation error can quote the input it choked on, which is what masking hides.
-            log.debug("decision log mask rule failed: %s", mask)
-            return outcome, (), f"data.tollgate.log.mask failed: {mask.code}"
+            log.debug("decision log mask rule failed: %s", mask)  # its whole message may quote the input
+            return outcome, (), f"data.tollgate.log.mask failed: {failure_summary(mask.code, mask.message)}"
         return outcome, () if mask is UNDEFINED else mask, ""
 
 

@@ -15,7 +15,7 @@ from tollgate.decisionlog._fileexport import (
     open_output,
     read_export,
 )
-from tollgate.decisionlog._mask import FALLBACK_ERASE, Masking, mask_record
+from tollgate.decisionlog._mask import FALLBACK_ERASE, Masking, failure_summary, mask_record
 from tollgate.decisionlog._otlp import OtlpEncoder
 from tollgate.decisionlog._query import Query, action_summary, find, first_reason, matching
 from tollgate.decisionlog._reader import LogReadError, StoredRecord, open_read_only, parse_time, rows, snapshot
@@ -36,7 +36,7 @@ __all__ = ["FALLBACK_ERASE", "FORMATS", "Anchor", "ChainBreak", "DecisionLog", "
            "ExportStatus", "ExporterConfig", "FileCursor", "FileExport", "FileExportError", "LogConfig",
            "LogExporter", "LogReadError", "LogRetention", "LogShipping", "Masking", "OpaEncoder", "OtlpEncoder",
            "Query", "Rotation", "ShippingConfig", "Step", "StoredRecord", "StreamExport", "Timeline", "Verification",
-           "action_summary", "canonical_json", "export_line", "export_once", "find", "first_reason", "follow",
-           "jsonl_record", "log_time", "mask_record", "matching", "opa_event", "opa_time", "open_output",
-           "open_read_only", "parse_time", "read_export", "render_timeline", "request_digest", "resolve_position",
-           "rows", "snapshot", "timeline", "verify"]
+           "action_summary", "canonical_json", "export_line", "export_once", "failure_summary", "find",
+           "first_reason", "follow", "jsonl_record", "log_time", "mask_record", "matching", "opa_event", "opa_time",
+           "open_output", "open_read_only", "parse_time", "read_export", "render_timeline", "request_digest",
+           "resolve_position", "rows", "snapshot", "timeline", "verify"]

@@ -18,6 +18,7 @@ of the input (which the caller still holds, e.g. the request's action) is shared
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,16 @@ def mask_record(mask: Any, input_doc: Mapping[str, Any], result: Any, *, failed:
     if error:
         _warn("entries", f"decision log mask: {error}")
     return Masking(doc["input"], doc.get("result"), tuple(erased), tuple(masked), error)
+
+
+def failure_summary(code: str, message: str) -> str:
+    """Where and how a mask rule failed (`file:line: eval_conflict_error`), without the rest of the message:
+    an evaluation error can quote the input it choked on, and that input is what masking hides."""
+    found = _FAILURE.search(message)
+    return found.group(1) if found else code
+
+
+_FAILURE: Final = re.compile(r"((?:[^\s:]+:\d+: )?(?:eval|rego)_[a-z_]*error)\b")
 
 
 def _fallback(input_doc: Mapping[str, Any], result: Any, why: str) -> Masking:
