@@ -106,6 +106,13 @@ def test_wait_approval_answers_allow_once_a_person_approves(server: Server) -> N
     assert "approved" in answer["permissionDecisionReason"]
 
 
+def test_wait_approval_denies_when_nobody_decides_in_time(server: Server) -> None:
+    answer, _ = run_hook(server.address, json.dumps(event("Bash", {"command": "make clean"})),
+                         "--wait-approval", "0.5")
+    assert answer["permissionDecision"] == "deny"
+    assert re.search(r"approval apr_\S+ was not decided within 0.5 s", answer["permissionDecisionReason"])
+
+
 def test_one_tool_use_id_is_decided_once(server: Server) -> None:
     payload = json.dumps(event("Read", {"file_path": "/workspace/a.py"}, tool_use_id="toolu_01ABC"))
     first, _ = run_hook(server.address, payload)

@@ -171,6 +171,10 @@ def _answer(args: argparse.Namespace, stdin: str) -> dict[str, Any]:
         return hook_output("deny", f"Tollgate sidecar at {args.server} did not answer ({decision.error}); "
                            "denied (fail closed). Start it with `tollgate serve` or check --server.")
     reason = f"Tollgate: {decision.message}"
+    if decision.decision == "require_approval" and args.wait_approval > 0:
+        # The approvers were given their time and did not decide: the keyboard may not decide for them.
+        return hook_output("deny", f"Tollgate: approval {decision.approval_id} was not decided within "
+                           f"{args.wait_approval:g} s; ask again once it is approved: {decision.message}")
     if decision.decision == "require_approval":
         reason = (f"Tollgate: approval {decision.approval_id} is needed "
                   f"(`tollgate approvals approve {decision.approval_id}`): {decision.message}")
