@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import TOLLGATE
 from tests.log_receiver import LogReceiver, free_port
 from tollgate.config import ConfigError, ServeConfig, parse_duration
 from tollgate.decisionlog import (
@@ -205,6 +207,19 @@ def test_one_record_larger_than_the_receiver_takes_stays_and_is_reported(tmp_pat
     assert exporter.status.state is ExportState.ERROR and exporter.status.cursor == 0
 
 
+def test_a_record_that_cannot_be_encoded_holds_the_export_at_it_and_says_why(
+        tmp_path: Path, receiver: LogReceiver) -> None:
+    path = tmp_path / "decisions.db"
+    good = _fill(path, [_record(i) for i in range(3)])
+    _fill(path, [_record(3, timestamp="2026-11-21T00:00:00.1234567890Z")])  # too precise for an OPA event
+    exporter = _exporter(path, receiver.url, batch_records=3)
+    exporter.start()
+    _wait_for(lambda: "ValueError" in exporter.status.last_error)
+    assert exporter.status.state is ExportState.ERROR and exporter.status.cursor == 3
+    exporter.stop(0.2)
+    assert _ids(receiver.accepted()) == good
+
+
 def test_lag_past_max_lag_is_warn_while_uploads_work(tmp_path: Path) -> None:
     path = tmp_path / "decisions.db"
     hour_ago = log_time(datetime.now(UTC) - timedelta(hours=1))
@@ -344,6 +359,10 @@ def test_retention_deletes_only_old_exported_records_and_leaves_an_anchor_the_ch
     for body, prev_hash, digest in rows:
         assert prev_hash == prev and digest == record_hash(prev_hash, body)
         prev = digest
+    # The chain check people run accepts the pruned log from its newest anchor.
+    verified = subprocess.run([*TOLLGATE, "logs", "verify", "--data-dir", str(tmp_path)], capture_output=True,
+                              text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_retention_without_exporters_never_deletes_the_newest_record(tmp_path: Path) -> None:

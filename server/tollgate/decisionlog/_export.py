@@ -10,6 +10,7 @@ past `max_lag` the exporter reports WARN.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import http.client
@@ -230,22 +231,23 @@ class LogExporter:
             db.close()
 
     def _loop(self, db: sqlite3.Connection) -> None:
-        cfg = self._config
         cursor = self._status.cursor
         failures = 0
         while True:
             stopping = self._stop.is_set()
             if stopping and time.monotonic() >= self._deadline:
                 return
-            batch = self._read(db, cursor)
-            self._refresh_lag(db, cursor, batch[0].timestamp if batch else None)
-            if not batch:
-                if stopping:
-                    return
-                self._wait(db, cursor, cfg.min_delay)
-                continue
+            retry_after: float | None = None
             try:
+                batch = self._read(db, cursor)
+                self._refresh_lag(db, cursor, batch[0].timestamp if batch else None)
+                if not batch:
+                    if stopping:
+                        return
+                    self._wait(db, cursor, self._config.min_delay)
+                    continue
                 self._upload(batch)
+                write_cursor(db, self.name, batch[-1].seq)
             except _UploadError as exc:
                 if exc.status == 413 and len(batch) > 1:
                     self._byte_cap = max(1, sum(len(r.body) for r in batch) // 2)
@@ -253,30 +255,33 @@ class LogExporter:
                              "sending at most %d record bytes per upload from now on",
                              self.name, len(batch), self._byte_cap)
                     continue  # split at once: not the receiver failing, just our batch size
-                failures += 1
                 message = str(exc)
                 if exc.status == 413:
                     message += (f" (decision {_decision_id(batch[0])} alone is too large for the receiver; "
                                 "it stays in the log and the export waits: raise the receiver's body limit)")
-                self._publish(state=ExportState.ERROR, last_error=message,
-                              uploads_failed=self._status.uploads_failed + 1)
-                if stopping:
-                    log.warning("decision log export %s: final upload failed: %s; %d records wait in the log "
-                                "for the next start", self.name, message, self._status.lag_records)
-                    return  # the final flush gets one try
-                delay = self._backoff(failures, exc.retry_after)
-                log.warning("decision log export %s: upload of %d records failed: %s; retrying in %.1fs",
-                            self.name, len(batch), message, delay)
-                self._wait(db, cursor, delay)
+                self._publish(uploads_failed=self._status.uploads_failed + 1)
+                retry_after = exc.retry_after
+            except Exception as exc:  # the database busy or broken, a record that cannot be encoded: retry, never skip
+                log.exception("decision log export %s: cannot read, encode or record progress", self.name)
+                message = f"{exc.__class__.__name__}: {exc}"
+            else:
+                cursor = batch[-1].seq
+                if failures:
+                    log.info("decision log export %s: uploads work again", self.name)
+                failures = 0
+                status = self._status
+                self._publish(cursor=cursor, state=ExportState.OK, last_error="", uploads_ok=status.uploads_ok + 1,
+                              records_exported=status.records_exported + len(batch), last_upload=datetime.now(UTC))
                 continue
-            cursor = batch[-1].seq
-            write_cursor(db, self.name, cursor)
-            if failures:
-                log.info("decision log export %s: uploads work again", self.name)
-            failures = 0
-            status = self._status
-            self._publish(cursor=cursor, state=ExportState.OK, last_error="", uploads_ok=status.uploads_ok + 1,
-                          records_exported=status.records_exported + len(batch), last_upload=datetime.now(UTC))
+            failures += 1
+            self._publish(state=ExportState.ERROR, last_error=message)
+            if stopping:
+                log.warning("decision log export %s: final upload failed: %s; %d records wait in the log "
+                            "for the next start", self.name, message, self._status.lag_records)
+                return  # the final flush gets one try
+            delay = self._backoff(failures, retry_after)
+            log.warning("decision log export %s: %s; retrying in %.1fs", self.name, message, delay)
+            self._wait(db, cursor, delay)
 
     def _read(self, db: sqlite3.Connection, cursor: int) -> list[_Row]:
         rows = db.execute("SELECT seq, record, timestamp, hash FROM decisions WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -339,7 +344,10 @@ class LogExporter:
                 return
             if self._stop.wait(min(left, _LAG_REFRESH)):
                 return
-            self._refresh_lag(db, cursor, None)
+            try:
+                self._refresh_lag(db, cursor, None)
+            except sqlite3.Error:  # a busy database: the lag shown stays as it was until the next look
+                pass
 
     def _refresh_lag(self, db: sqlite3.Connection, cursor: int, oldest: str | None) -> None:
         newest, first = db.execute("SELECT max(seq), min(seq) FROM decisions").fetchone()
@@ -351,8 +359,10 @@ class LogExporter:
                 row = db.execute("SELECT timestamp FROM decisions WHERE seq > ? ORDER BY seq LIMIT 1",
                                  (cursor,)).fetchone()
                 oldest = row[0] if row else None
-            lag_seconds = 0.0 if oldest is None else max(
-                0.0, (datetime.now(UTC) - parse_log_time(oldest)).total_seconds())
+            lag_seconds = self._status.lag_seconds  # kept when the oldest record's time cannot be read
+            with contextlib.suppress(ValueError, TypeError):
+                if oldest is not None:
+                    lag_seconds = max(0.0, (datetime.now(UTC) - parse_log_time(oldest)).total_seconds())
         state = self._status.state
         limit = self._config.max_lag
         if state is not ExportState.ERROR:  # failing uploads stay ERROR until one succeeds
