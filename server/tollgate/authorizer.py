@@ -206,9 +206,9 @@ class Authorizer:
         try:
             record = self._log.latest_for_request(key)
             # A retry may not carry an answer past a kill switch made since: a killed request is decided anew.
-            # A require_approval answer carries the approval it opened; its retry presents none.
-            same_approval = record is not None and (record["approval_id"] == request.approval_id or (
-                not request.approval_id and record["decision"] == REQUIRE_APPROVAL))
+            # A retry presents the approval its first ask presented (the record's input), not the one that
+            # answer opened: a re-ask with a freshly granted approval is a new question, under any request_id.
+            same_approval = record is not None and record["input"].get("approval_id", "") == request.approval_id
             if (record and record["request_digest"] == digest and same_approval
                     and not self._matching_kills(request)):
                 decision = Decision.from_record(record)

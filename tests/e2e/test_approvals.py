@@ -119,6 +119,23 @@ def test_approved_request_is_allowed_exactly_once_and_every_step_is_linked(serve
                                      "approver": "rita" if status in ("approved", "used") else ""})
 
 
+def test_a_re_ask_with_the_approval_under_the_same_request_id_is_decided_anew(server: Server,
+                                                                             approvals: ApproverClient) -> None:
+    first = merge(pr=2)
+    first.request_id = "call-2"
+    asked = server.authorize(first)
+    assert asked.decision == pb.DECISION_REQUIRE_APPROVAL
+    assert server.authorize(first).decision_id == asked.decision_id  # a plain retry: the logged answer
+    approvals.decide(asked.approval_id, approve=True, by="rita", reason="ok")
+    again = merge(pr=2, approval_id=asked.approval_id)
+    again.request_id = "call-2"
+    allowed = server.authorize(again)
+    assert allowed.decision == pb.DECISION_ALLOW
+    assert server.get_decision(allowed.decision_id).previous_decision_id == asked.decision_id
+    # Retrying the allowed re-ask is answered from the log (the same decision), not as a second use.
+    assert server.authorize(again).decision_id == allowed.decision_id
+
+
 def test_an_approval_for_other_arguments_is_a_mismatch(server: Server, approvals: ApproverClient) -> None:
     asked = ask_for_approval(server, pr=2)
     approvals.decide(asked.approval_id, approve=True, by="sam", reason="ok")
