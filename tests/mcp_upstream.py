@@ -65,6 +65,12 @@ def readme() -> str:
     return "upstream README of acme/app"
 
 
+@upstream.resource("repo://acme/exit")
+def exit_now() -> str:
+    """Reading this makes the server exit at once, as a crashing MCP server would."""
+    os._exit(3)
+
+
 @upstream.prompt()
 def review(pr: str) -> str:
     """Ask for a review of a pull request."""

@@ -257,7 +257,7 @@ def test_resources_prompts_and_change_notifications_are_forwarded(tmp_path: Path
     async def scenario() -> None:
         async with gateway(tmp_path, sidecar.address, "code-reviewer") as gw:
             resources = await gw.session.list_resources()
-            assert [str(r.uri) for r in resources.resources] == ["repo://acme/readme"]
+            assert [str(r.uri) for r in resources.resources] == ["repo://acme/readme", "repo://acme/exit"]
             read = await gw.session.read_resource("repo://acme/readme")
             assert [c.text for c in read.contents if isinstance(c, types.TextResourceContents)] == [
                 "upstream README of acme/app"]
@@ -323,6 +323,36 @@ def test_the_readme_client_configuration_runs_as_written(tmp_path: Path, sidecar
             assert (await gw.call("merge_pull_request", PR)).is_error
 
     asyncio.run(scenario())
+
+
+def test_the_gateway_stops_when_its_upstream_exits(sidecar: Server) -> None:
+    """Reading repo://acme/exit makes the upstream exit: the read in flight gets an error, then the gateway exits
+    1 saying why, without waiting for its client to write again (stdin stays open)."""
+    gw = subprocess.Popen([*TOLLGATE, "mcp-gateway", "--server", sidecar.address, "--agent-id", "code-reviewer",
+                           "--", *UPSTREAM], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, cwd=ROOT)
+    assert gw.stdin is not None and gw.stdout is not None
+
+    def send(message: dict[str, Any]) -> None:
+        assert gw.stdin is not None
+        gw.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+        gw.stdin.flush()
+
+    try:
+        send({"id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                                          "clientInfo": {"name": "test", "version": "1"}}})
+        assert json.loads(gw.stdout.readline())["result"]["serverInfo"]["name"] == "github"
+        send({"method": "notifications/initialized"})
+        send({"id": 2, "method": "resources/read", "params": {"uri": "repo://acme/exit"}})
+        assert json.loads(gw.stdout.readline())["error"]["message"] == "Connection closed"
+        assert gw.wait(20) == 1
+        assert gw.stderr is not None
+        said = gw.stderr.read()
+        assert "tollgate mcp-gateway: upstream MCP server" in said and "closed the connection" in said, said
+    finally:
+        if gw.poll() is None:
+            gw.kill()
+            gw.wait()
 
 
 @pytest.mark.parametrize(("args", "says"), [

@@ -88,10 +88,14 @@ def _mcp_gateway(args: argparse.Namespace) -> int:
 
 
 def _describe(exc: BaseException) -> str:
+    from tollgate.mcpgateway import UpstreamClosed
+
     # anyio task groups wrap what failed in an exception group; the first leaf is the story.
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, UpstreamClosed) or not str(exc):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _usage(message: str) -> int:

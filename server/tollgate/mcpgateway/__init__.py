@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import cast
 
+import anyio
 from mcp.server.stdio import stdio_server
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
@@ -30,6 +32,7 @@ from tollgate.mcpgateway._proxy import (
     Upstream,
     connect_upstream,
 )
+from tollgate.mcpgateway._stdio import StdinLines
 
 __all__ = [
     "ARGUMENT_INDEPENDENT",
@@ -38,6 +41,7 @@ __all__ = [
     "HttpUpstream",
     "StdioUpstream",
     "Upstream",
+    "UpstreamClosed",
     "refusal_text",
     "serve",
     "serve_stdio",
@@ -72,7 +76,8 @@ async def serve(config: GatewayConfig, read_stream: ReadStream[SessionMessage | 
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(AsyncClient(config.sidecar, timeout=config.decision_timeout))
         relay = NotificationRelay()
-        upstream = await stack.enter_async_context(connect_upstream(config.upstream, relay))
+        connection = await stack.enter_async_context(connect_upstream(config.upstream, relay))
+        upstream = connection.session
         info = upstream.server_info
         server_name = config.mcp_server_name or (info.name if info is not None else "")
         if not server_name:
@@ -82,10 +87,34 @@ async def serve(config: GatewayConfig, read_stream: ReadStream[SessionMessage | 
         proxy = Proxy(upstream, gate, relay, hide_denied_tools=config.hide_denied_tools)
         logger.info("gateway for MCP server %r as agent %r (session %r), decisions from %s", server_name,
                     config.principal.agent_id, config.principal.session_id, config.sidecar)
-        await proxy.server().run(read_stream, write_stream, proxy.initialization_options())
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_cancel_when_set, connection.closed, tasks.cancel_scope)
+            await proxy.server().run(read_stream, write_stream, proxy.initialization_options())
+            tasks.cancel_scope.cancel()
+        if connection.closed.is_set():
+            raise UpstreamClosed("closed the connection (it exited or hung up); the gateway stopped, so that its "
+                                 "client sees it")
+
+
+class UpstreamClosed(Exception):
+    """The upstream MCP server went away while the gateway was serving."""
+
+
+#: Seconds between the upstream going away and the gateway stopping: time for the requests in flight to be
+#: answered (with the error the SDK gives them) before the client's connection closes.
+UPSTREAM_GONE_GRACE = 0.5
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    logger.error("the upstream MCP server closed the connection; stopping")
+    await anyio.sleep(UPSTREAM_GONE_GRACE)
+    scope.cancel()
 
 
 async def serve_stdio(config: GatewayConfig) -> None:
     """serve() on this process's stdin and stdout (the way MCP clients start a local server)."""
-    async with stdio_server() as (read_stream, write_stream):
+    # stdio_server only iterates the lines of what it is given as stdin.
+    stdin = cast("anyio.AsyncFile[str]", StdinLines())
+    async with stdio_server(stdin=stdin) as (read_stream, write_stream):
         await serve(config, read_stream, write_stream)

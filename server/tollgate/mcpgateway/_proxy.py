@@ -8,8 +8,10 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, TypeAlias
 
+import anyio
 import mcp_types as types
 from mcp.client.session import ClientSession, IncomingMessage
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -18,7 +20,9 @@ from mcp.server.context import HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
+from mcp.shared._stream_protocols import ReadStream
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, RootModel, ValidationError
 
@@ -85,20 +89,71 @@ class NotificationRelay:
             logger.debug("could not pass %s on to the client: %s", message.method, exc)
 
 
+@dataclass(frozen=True)
+class UpstreamConnection:
+    """An initialized session with the upstream, and an event set when the upstream hangs up (its process
+    exited, or the HTTP stream ended)."""
+
+    session: ClientSession
+    closed: anyio.Event
+
+
 @asynccontextmanager
-async def connect_upstream(upstream: Upstream, relay: NotificationRelay) -> AsyncIterator[ClientSession]:
-    """A ClientSession to the upstream server, initialized (the initialize handshake, which every MCP server
-    speaks); closing it stops a stdio upstream's process."""
+async def connect_upstream(upstream: Upstream, relay: NotificationRelay) -> AsyncIterator[UpstreamConnection]:
+    """A session with the upstream server, initialized (the initialize handshake, which every MCP server
+    speaks); leaving the context stops a stdio upstream's process."""
     if isinstance(upstream, StdioUpstream):
         params = StdioServerParameters(command=upstream.command, args=list(upstream.args), env=dict(os.environ),
                                        cwd=upstream.cwd)
         transport = stdio_client(params)
     else:
         transport = _http_transport(upstream)
-    async with transport as (read, write), ClientSession(read, write, message_handler=relay.from_upstream,
-                                                         client_info=CLIENT_INFO) as session:
-        await session.initialize()
-        yield session
+    async with transport as (read, write):
+        watched = _EndWatch(read)
+        async with ClientSession(watched, write, message_handler=relay.from_upstream,
+                                 client_info=CLIENT_INFO) as session:
+            await session.initialize()
+            yield UpstreamConnection(session, watched.ended)
+
+
+class _EndWatch:
+    """The upstream's read stream, unchanged, except that its end sets `ended`: the SDK's session then only
+    fails each request, and a gateway whose upstream is gone should stop instead, so its client sees it."""
+
+    def __init__(self, inner: ReadStream[SessionMessage | Exception]) -> None:
+        self._inner = inner
+        self.ended = anyio.Event()
+
+    @property
+    def last_context(self) -> Any:
+        # The SDK reads the sender's context off context-aware streams (duck-typed); pass it through.
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self.ended.set()
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> _EndWatch:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> _EndWatch:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
 
 
 @asynccontextmanager
