@@ -15,6 +15,7 @@ import pytest
 from tollgate.bundle import load_bundle
 from tollgate.decisionlog import FALLBACK_ERASE, mask_record
 from tollgate.engine import UNDEFINED, EngineConfig, EngineError, Evaluation, WorkerPoolEngine
+from tollgate.engine._pool import may_define
 
 INPUT: dict[str, Any] = {
     "kind": "tool",
@@ -223,3 +224,15 @@ def test_a_failing_decision_keeps_the_mask(tmp_path: Path) -> None:
             await engine.evaluate(_input("broken"))
 
     _run(tmp_path, SET_MASK, body)
+
+
+@pytest.mark.parametrize(("source", "evaluated"), [
+    ("package tollgate.log\n\nmask contains 1 if true\n", True),
+    ("package tollgate.log  # the decision-log mask\n", True),
+    ("package tollgate\n\nlog.mask contains 1 if true\n", True),
+    ("package tollgate\n\ndecision := {}\nx := data.tollgate.log.mask\n", False),
+    ("package tollgate.log_test\n", False),
+    ("package tollgate.logs\n\nmask := []\n", False),
+], ids=["its-package", "package-with-comment", "ref-head-above", "only-a-reference", "test-package", "other-package"])
+def test_the_workers_evaluate_the_mask_only_when_a_module_may_define_it(source: str, evaluated: bool) -> None:
+    assert may_define({"m.rego": source}, "tollgate.log.mask") is evaluated

@@ -66,6 +66,8 @@ def test_secrets_in_arguments_and_context_are_nowhere_on_disk(serve, tmp_path: P
     merge.request_id = "merge-3"
     asked = server.authorize(merge)
     model = server.authorize(_model_request({"upstream_auth": f"Bearer {bearer}", "ticket": "INC-1"}))
+    plain = server.authorize(tool_request("code-reviewer", "github", "get_pull_request", {
+        "owner": "acme", "repo": "payments-api", "pullNumber": 8}, session_id="s-1"))
     assert allowed.decision == pb.DECISION_ALLOW, allowed
     assert denied.decision == pb.DECISION_DENY, denied
     assert asked.decision == pb.DECISION_REQUIRE_APPROVAL and asked.approval_id, asked
@@ -91,6 +93,7 @@ def test_secrets_in_arguments_and_context_are_nowhere_on_disk(serve, tmp_path: P
     assert sorted(by_id[denied.decision_id]["masked"]) == ["/input/tool/arguments/steps/0/note",
                                                           "/input/tool/arguments/steps/1/ssh_key"]
     assert by_id[model.decision_id]["masked"] == ["/input/context/upstream_auth"]
+    assert (by_id[plain.decision_id]["masked"], by_id[plain.decision_id]["erased"]) == ([], [])
     assert by_id[model.decision_id]["input"]["context"] == {"upstream_auth": "***", "ticket": "INC-1"}
     # The approval stores the action as masked, bound to the digest of the request as it was asked.
     with sqlite3.connect(f"file:{data_dir / 'state.db'}?mode=ro", uri=True) as db:
@@ -106,6 +109,10 @@ def test_secrets_in_arguments_and_context_are_nowhere_on_disk(serve, tmp_path: P
     assert replayed.returncode == 0, replayed.stderr
     report = json.loads(replayed.stdout)
     assert (report["replayed"], report["changed"], report["bad_records"]["count"]) == (len(by_id), 0, 0), report
+    # The hash chain covers the records as masked, the fast path (input serialised once) and the masked one alike.
+    verified = subprocess.run([*TOLLGATE, "logs", "verify", "--data-dir", str(data_dir)], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120)
+    assert verified.returncode == 0 and f"verified {len(by_id)} records" in verified.stdout, verified
 
 
 FAILING_MASK = """

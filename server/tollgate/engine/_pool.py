@@ -108,7 +108,7 @@ class WorkerPoolEngine:
         self._config = config
         mask = config.mask.strip("/").replace("/", ".")
         #: Whether the workers evaluate the mask rule (and answer [decision, mask]).
-        self.masks = bool(mask) and declares_package(bundle.modules, mask.rpartition(".")[0])
+        self.masks = bool(mask) and may_define(bundle.modules, mask)
         self._spec = json.dumps(
             {"entrypoint": config.entrypoint.strip("/").replace("/", "."),
              "mask": mask if self.masks else None,
@@ -453,12 +453,18 @@ async def _read_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> b
     return await exact(length)
 
 
-def declares_package(modules: Mapping[str, str], package: str) -> bool:
-    """Whether any module declares `package` (dot-separated), e.g. "tollgate.log"."""
-    if not package:
-        return False
-    pattern = re.compile(rf"^[ \t]*package[ \t]+{re.escape(package)}[ \t]*(#.*)?$", re.MULTILINE)
-    return any(pattern.search(source) for source in modules.values())
+def may_define(modules: Mapping[str, str], document: str) -> bool:
+    """Whether a module may define `document` (dot-separated, e.g. "tollgate.log.mask"): one declares its
+    package, or a package above it and mentions the rest (`package tollgate` with `log.mask contains ...`).
+    A false yes costs an evaluation that comes back undefined; a false no would skip the rule."""
+    parts = document.split(".")
+    for depth in range(1, len(parts)):
+        package, rest = ".".join(parts[:depth]), ".".join(parts[depth:])
+        declared = re.compile(rf"^[ \t]*package[ \t]+{re.escape(package)}[ \t]*(#.*)?$", re.MULTILINE)
+        mentioned = re.compile(rf"(?<![\w.]){re.escape(rest)}\b" if depth < len(parts) - 1 else r"")
+        if any(declared.search(source) and mentioned.search(source) for source in modules.values()):
+            return True
+    return False
 
 
 def _cpu_ns(pid: int) -> int | None:
