@@ -143,8 +143,8 @@ def approver(sidecar: Server) -> approval_pb2_grpc.ApprovalServiceStub:
     return approval_pb2_grpc.ApprovalServiceStub(sidecar.channel)
 
 
-def approve(sidecar: Server, approval_id: str) -> None:
-    approver(sidecar).Decide(approval_pb2.DecideRequest(id=approval_id, approve=True, by="rita", reason="release"),
+def approve(sidecar: Server, approval_id: str, *, approve: bool = True) -> None:
+    approver(sidecar).Decide(approval_pb2.DecideRequest(id=approval_id, approve=approve, by="rita", reason="release"),
                              timeout=10, metadata=sidecar.admin_metadata)
 
 
@@ -174,6 +174,33 @@ def test_call_waiting_for_approval_goes_through_once_a_person_approves(tmp_path:
             assert gw.upstream_calls() == ["merge_pull_request"]
         decisions = [(r["decision"], r.get("approval_id", "")) for r in logged(sidecar, "s-wait")]
         assert decisions == [("require_approval", approval_id), ("allow", approval_id)]
+
+    asyncio.run(scenario())
+
+
+def test_a_person_denying_the_waiting_call_denies_it(tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "release-bot", "--session-id", "s-no",
+                           "--approval-wait", "30") as gw:
+            call = asyncio.create_task(gw.call("merge_pull_request", PR))
+            approve(sidecar, await pending_approval(sidecar, "s-no"), approve=False)
+            result = await call
+            assert gw.upstream_calls() == []
+        assert result.is_error and [r["code"] for r in tollgate_meta(result)["reasons"]] == ["approval_denied"]
+        assert f"decision {tollgate_meta(result)['decision_id']}" in text(result)
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_that_runs_out_answers_with_the_pending_approval(tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "release-bot", "--session-id", "s-late",
+                           "--approval-wait", "0.5") as gw:
+            started = asyncio.get_running_loop().time()
+            result = await gw.call("merge_pull_request", PR)
+            assert asyncio.get_running_loop().time() - started >= 0.5
+        assert result.is_error and tollgate_meta(result)["decision"] == "require_approval"
+        assert tollgate_meta(result)["approval_id"] == await pending_approval(sidecar, "s-late")
 
     asyncio.run(scenario())
 
