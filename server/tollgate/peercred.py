@@ -54,6 +54,9 @@ class PeerCredentialRelay:
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._accept, path=self.public_path)
+        # Connecting needs write permission on the socket: the owner and its group (a pod's fsGroup, a group
+        # of harness users) may connect, no one else; who they are is then read from the kernel per connection.
+        os.chmod(self.public_path, 0o660)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -1,0 +1,62 @@
+"""`tollgate health`: ask a sidecar's gRPC health service whether it serves (for container health checks)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR
+
+if TYPE_CHECKING:
+    import grpc
+
+ORDER = 26  # position in `tollgate --help`
+#: Exit code when the sidecar answers NOT_SERVING (no policy bundle active: it denies everything).
+EXIT_NOT_SERVING = 2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    health = sub.add_parser(
+        "health", help="check a running sidecar with the gRPC health service: exit 0 SERVING, 2 NOT_SERVING, "
+                       "1 unreachable (needs no admin token; for Docker HEALTHCHECK and Kubernetes probes)")
+    health.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
+    health.add_argument("--service", default="", help="service name to check (default: the whole server)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    health.add_argument("--tls-ca", help="PEM CA that the server's TLS certificate chains to (TLS listeners)")
+    health.add_argument("--tls-cert", help="PEM client certificate, when the sidecar requires one (mTLS)")
+    health.add_argument("--tls-key", help="PEM key of --tls-cert")
+    health.set_defaults(func=_health)
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        channel = _channel(args)
+    except OSError as exc:
+        print(f"tollgate health: cannot read {exc.filename} ({exc.strerror})", file=sys.stderr)
+        return EXIT_ERROR
+    with channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"tollgate health: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return EXIT_ERROR
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    print(status)
+    return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else EXIT_NOT_SERVING
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    import grpc
+
+    if not args.tls_ca:
+        return grpc.insecure_channel(args.server)
+    pair = ((Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())
+            if args.tls_cert else (None, None))
+    credentials = grpc.ssl_channel_credentials(Path(args.tls_ca).read_bytes(), *pair)
+    return grpc.secure_channel(args.server, credentials)
