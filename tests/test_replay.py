@@ -411,9 +411,10 @@ def test_json_output_is_a_stable_document(no_push: Path) -> None:
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert sorted(document) == ["bad_records", "by_agent", "by_tool", "candidate", "changed", "gate",
-                                "not_compared", "obligation_changes", "reason_changes", "recorded_revisions",
-                                "replayed", "source", "transitions"]
+                                "masked_records", "not_compared", "obligation_changes", "reason_changes",
+                                "recorded_revisions", "replayed", "source", "transitions"]
     assert document["gate"] is None  # no --fail-on
+    assert document["masked_records"] == {"count": 0, "changed": 0}  # the sample holds no secrets
     assert document["replayed"] == len(SAMPLE.read_text().splitlines())
     assert document["changed"] == 1
     assert document["by_agent"] == {"code-reviewer": {"allow→deny": 1}}

@@ -93,7 +93,8 @@ class RecordedDecision:
     reasons: tuple[str, ...]  # reason codes, as logged
     obligations: Mapping[str, Any]
     bundle_revision: str
-    input: Mapping[str, Any]  # the exact policy input; fields erased by masking are simply absent
+    input: Mapping[str, Any]  # the policy input as logged: members the mask erased are absent, masked ones replaced
+    masked: bool = False  # the decision-log mask erased or replaced members of this record before it was written
 
     @property
     def kind(self) -> str:
@@ -160,6 +161,7 @@ def parse_record(text: str | bytes, where: str) -> RecordedDecision:
         where=where, decision_id=decision_id, timestamp=timestamp, decision=decision,
         reasons=tuple(r["code"] for r in reasons), obligations=obligations,
         bundle_revision=str(value.get("bundle_revision", "")), input=input_doc,
+        masked=bool(value.get("erased") or value.get("masked")),
     )
 
 
@@ -397,6 +399,9 @@ class ReplayReport:
     bad_records: int
     bad_examples: tuple[BadRecord, ...]
     seconds: float = 0.0
+    #: Replayed records the decision-log mask had changed, and how many of those changed decision.
+    masked_records: int = 0
+    masked_changed: int = 0
 
     def count(self, transition: Transition) -> int:
         return next((t.count for t in self.transitions if t.transition == transition), 0)
@@ -435,6 +440,7 @@ class ReplayReport:
             "obligation_changes": {"count": self.obligation_changes,
                                    "examples": [c.as_dict() for c in self.obligation_examples]},
             "not_compared": dict(self.not_compared),
+            "masked_records": {"count": self.masked_records, "changed": self.masked_changed},
             "bad_records": {"count": self.bad_records,
                             "first": [{"where": b.where, "message": b.message} for b in self.bad_examples]},
         }
@@ -492,9 +498,14 @@ class _Tally:
     revisions: collections.Counter[str] = field(default_factory=collections.Counter)
     bad: int = 0
     bad_examples: list[BadRecord] = field(default_factory=list)
+    masked: int = 0
+    masked_changed: int = 0
 
     def add(self, record: RecordedDecision, outcome: Outcome) -> None:
         self.replayed += 1
+        if record.masked:
+            self.masked += 1
+            self.masked_changed += outcome.result.decision != record.decision
         self.revisions[record.bundle_revision] += 1
         result = outcome.result
         codes = tuple(r.code for r in result.reasons)
@@ -539,6 +550,7 @@ class _Tally:
             obligation_changes=self.obligation_changes, obligation_examples=tuple(self.obligation_examples),
             not_compared=_most_common(self.not_compared), recorded_revisions=_most_common(self.revisions),
             bad_records=self.bad, bad_examples=tuple(self.bad_examples), seconds=seconds,
+            masked_records=self.masked, masked_changed=self.masked_changed,
         )
 
 
@@ -630,6 +642,10 @@ def _text_examples(changes: Sequence[Change]) -> list[str]:
 
 def _text_footnotes(report: ReplayReport) -> list[str]:
     lines = []
+    if report.masked_records:
+        lines += ["", f"Masked: {_n(report.masked_records, 'replayed record')} had members erased or replaced by the"
+                  " decision-log mask and were evaluated as logged (erased members absent); "
+                  f"{report.masked_changed} of them changed decision."]
     if report.not_compared:
         lines += ["", f"Not compared: {_n(sum(report.not_compared.values()), 'record')} logged as a server DENY"
                   " without a policy decision ("

@@ -109,6 +109,10 @@ def test_secrets_in_arguments_and_context_are_nowhere_on_disk(serve, tmp_path: P
     assert replayed.returncode == 0, replayed.stderr
     report = json.loads(replayed.stdout)
     assert (report["replayed"], report["changed"], report["bad_records"]["count"]) == (len(by_id), 0, 0), report
+    assert report["masked_records"] == {"count": len(by_id) - 1, "changed": 0}  # all but the plain request
+    text = subprocess.run([*TOLLGATE, "replay", "--bundle", str(REGO), "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120).stdout
+    assert f"Masked: {len(by_id) - 1} replayed records had members erased or replaced" in text, text
     # The hash chain covers the records as masked, the fast path (input serialised once) and the masked one alike.
     verified = subprocess.run([*TOLLGATE, "logs", "verify", "--data-dir", str(data_dir)], capture_output=True,
                               text=True, cwd=ROOT, timeout=120)
