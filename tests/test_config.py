@@ -49,9 +49,15 @@ def test_an_unreadable_or_empty_token_file_names_the_key(tmp_path: Path) -> None
     ({"token_keys": "."}, "token_keys: needs token_issuer and token_audience"),
     ({"token_issuer": "https://idp"}, "token_keys: required with token_issuer"),
     ({"authzen_listen": "8080"}, "authzen_listen: must be HOST:PORT"),
+    ({"admin_identities": ["alice"]}, "admin_identities: 'alice' is not a caller identity"),
 ], ids=["cert-without-key", "ca-without-tls", "require-without-tls", "require-without-ca", "ca-without-require",
         "missing-file", "caller-id", "caller-key", "caller-list", "caller-twice-flag", "token-iss-aud",
-        "token-keys", "authzen-listen"])
+        "token-keys", "authzen-listen", "admin-identity"])
 def test_bad_tls_and_identity_settings_name_the_key(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_admin_identities_from_a_flag_are_comma_separated() -> None:
+    config = load_config(None, {"admin_identities": "uid:0, spiffe://acme/ops/oncall"})
+    assert config.admin_identity_list() == ["uid:0", "spiffe://acme/ops/oncall"]

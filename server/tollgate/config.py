@@ -14,7 +14,7 @@ import yaml
 
 from tollgate.bundle import DEFAULT_SIZE_LIMIT
 from tollgate.decisionlog import ShippingConfig
-from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier
+from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier, valid_caller_id
 
 _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
 
@@ -100,6 +100,9 @@ class ServeConfig:
     token_issuer: str = ""
     #: The aud every caller token must carry.
     token_audience: str = ""
+    #: Caller identities (as in callers: spiffe://..., uid:N, gid:N, jwt:SUB, ...) that may use AdminService and
+    #: ApprovalService without the admin token, because the transport proves who they are.
+    admin_identities: list[str] = dataclasses.field(default_factory=list)
     #: AuthZEN 1.0 Access Evaluation API over HTTP, HOST:PORT (POST /access/v1/evaluation[s]); "" turns it off.
     authzen_listen: str = ""
     #: OPA decision-log service base URL (http or https): committed records are POSTed to
@@ -249,6 +252,7 @@ class ServeConfig:
 
     def _validate_identity(self) -> None:
         self.caller_map()
+        self.admin_identity_list()
         if self.token_keys and not (self.token_issuer and self.token_audience):
             raise ConfigError("token_keys: needs token_issuer and token_audience (the iss and aud every caller "
                               "token must carry)")
@@ -260,6 +264,19 @@ class ServeConfig:
         if self.authzen_listen and (":" not in self.authzen_listen
                                     or not self.authzen_listen.rsplit(":", 1)[1].isdigit()):
             raise ConfigError(f"authzen_listen: must be HOST:PORT, not {self.authzen_listen!r}")
+
+    def admin_identity_list(self) -> list[str]:
+        """admin_identities, checked (given as a flag, its value is comma-separated)."""
+        raw: Any = self.admin_identities
+        if isinstance(raw, str):
+            raw = [i.strip() for i in raw.split(",") if i.strip()]
+        if not isinstance(raw, list):
+            raise ConfigError(f"admin_identities: must be a list of caller identities, got {raw!r}")
+        for ident in raw:
+            if not isinstance(ident, str) or not valid_caller_id(ident):
+                raise ConfigError(f"admin_identities: {ident!r} is not a caller identity (spiffe://..., dns:NAME, "
+                                  "cn:NAME, uid:N, gid:N or jwt:SUBJECT)")
+        return raw
 
     def caller_map(self) -> CallerMap:
         """The callers mapping, parsed (given as a flag, its value is YAML or JSON text)."""

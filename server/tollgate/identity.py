@@ -35,6 +35,11 @@ CLAIMABLE = {"agents": "agent_id", "teams": "team", "users": "user", "workflows"
 _ID = re.compile(r"^(spiffe://\S+|[a-z][a-z0-9+.-]*://\S+|uid:\d+|gid:\d+|jwt:\S+|dns:\S+|cn:.+)$")
 
 
+def valid_caller_id(ident: str) -> bool:
+    """Whether ident names a caller the way callers and admin_identities entries do."""
+    return bool(_ID.match(ident))
+
+
 class IdentityConfigError(ValueError):
     """A `callers` entry or token setting that cannot be used; the message names the key."""
 
@@ -109,7 +114,7 @@ class CallerMap:
                 raise IdentityConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; known keys: id, "
                                           f"{', '.join(CLAIMABLE)}")
             ident = item.get("id")
-            if not isinstance(ident, str) or not _ID.match(ident):
+            if not isinstance(ident, str) or not valid_caller_id(ident):
                 raise IdentityConfigError(
                     f"{where}.id: {ident!r} is not a caller identity; use a SPIFFE ID or other certificate URI "
                     "(spiffe://trust-domain/path), dns:NAME or cn:NAME (mTLS), uid:N or gid:N (Unix socket), "
@@ -277,4 +282,5 @@ __all__ = [
     "TokenVerifier",
     "certificate_caller",
     "uds_caller",
+    "valid_caller_id",
 ]

@@ -62,7 +62,7 @@ async def serve(config: ServeConfig) -> int:
         shipping_config = config.log_shipping()
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
-    if not admin_token:
+    if not admin_token and not config.admin_identities:
         log.warning("no admin token configured: AdminService (status, kill switches) refuses every call "
                     "(set --admin-token-file FILE, --admin-token TOKEN or admin_token in the config)")
     try:
@@ -146,8 +146,10 @@ async def serve(config: ServeConfig) -> int:
         AuthorizationServicer(authorizer, decision_log, limits, budgets=budgets, approvals=approvals,
                               callers=resolver).handler(),
         AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token, budgets=budgets,
-                      exports=shipping.statuses).handler(),
-        ApprovalServicer(approvals, admin_token=admin_token).handler(),
+                      exports=shipping.statuses, admin_identities=config.admin_identity_list(),
+                      callers=resolver).handler(),
+        ApprovalServicer(approvals, admin_token=admin_token, admin_identities=config.admin_identity_list(),
+                         callers=resolver).handler(),
     ))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

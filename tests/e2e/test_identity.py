@@ -113,9 +113,12 @@ def test_a_request_id_does_not_fetch_another_callers_answer(mtls_server: tuple[S
 # Unix socket ------------------------------------------------------------------------------------------------
 
 
+def _unix_address() -> str:
+    return f"unix:/tmp/tollgate-test-{os.getpid()}-{time.monotonic_ns()}.sock"  # short: the sun_path limit
+
+
 def _unix_server(serve: Callable[..., Server], tmp_path: Path, callers: list[dict[str, Any]]) -> Server:
-    socket_path = Path(f"/tmp/tollgate-test-{os.getpid()}-{time.monotonic_ns()}.sock")  # short: sun_path limit
-    return serve(listen=f"unix:{socket_path}", extra=_config(tmp_path, {"callers": callers}) if callers else [])
+    return serve(listen=_unix_address(), extra=_config(tmp_path, {"callers": callers}) if callers else [])
 
 
 def test_unix_socket_caller_is_its_uid_and_pid(serve: Callable[..., Server], tmp_path: Path) -> None:
@@ -213,3 +216,43 @@ def test_no_token_when_callers_are_mapped_is_a_principal_mismatch(
     response = server.authorize(tool_request(agent="code-reviewer"))
     assert _codes(response) == ["principal_mismatch"]
     assert "an unauthenticated caller" in response.reasons[0].message
+
+
+# Admin identities ------------------------------------------------------------------------------------------
+
+
+def test_an_admin_identity_uses_the_admin_services_without_the_token(serve: Callable[..., Server],
+                                                                     tmp_path: Path) -> None:
+    from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
+
+    ca = TestCA(tmp_path / "pki")
+    cert, oncall, reviewer = ca.server(), ca.client("spiffe://acme/ops/oncall"), ca.client(REVIEWER)
+    flags = _config(tmp_path, {"tls_cert": str(cert.cert), "tls_key": str(cert.key), "tls_client_ca": str(ca.cert),
+                               "tls_require_client_cert": True, "admin_identities": ["spiffe://acme/ops/oncall"]})
+    server = serve(extra=flags, credentials=grpc.ssl_channel_credentials(ca.cert.read_bytes(), *oncall.pair()))
+    admin = admin_pb2_grpc.AdminServiceStub(server.channel)
+    assert admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=10).serving
+    approvals = approval_pb2_grpc.ApprovalServiceStub(server.channel)
+    assert not approvals.ListApprovals(approval_pb2.ListApprovalsRequest(), timeout=10).approvals
+    with grpc.secure_channel(server.address,
+                             grpc.ssl_channel_credentials(ca.cert.read_bytes(), *reviewer.pair())) as channel:
+        other = admin_pb2_grpc.AdminServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            other.GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The admin token still works for everyone else.
+        assert other.GetStatus(admin_pb2.GetStatusRequest(), metadata=server.admin_metadata, timeout=10).serving
+
+
+def test_a_unix_socket_admin_uid_runs_tollgate_status_with_no_token_configured(serve: Callable[..., Server],
+                                                                               tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import TOLLGATE
+
+    server = serve(listen=_unix_address(), admin_token=None,
+                   extra=_config(tmp_path, {"admin_identities": [f"uid:{os.getuid()}"]}))
+    status = subprocess.run([*TOLLGATE, "status", "--server", server.address], capture_output=True, text=True,
+                            timeout=30, env={k: v for k, v in os.environ.items() if k != "TOLLGATE_ADMIN_TOKEN"})
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("serving")

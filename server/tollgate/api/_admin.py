@@ -1,11 +1,12 @@
-"""AdminService: bundle status and kill switches, for holders of the admin token only."""
+"""AdminService: bundle status and kill switches, for holders of the admin token or a listed admin identity."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import grpc
@@ -14,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tollgate.activation import BundleStatus, SourceState
 from tollgate.api._handlers import unary
 from tollgate.decisionlog import ExportState, ExportStatus
+from tollgate.identity import TOKEN_METADATA_KEY, CallerResolver
 from tollgate.state import InvalidKillSwitch, KillSwitch, KillSwitches, KillSwitchNotFound, StateError
 from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2 as pb
@@ -33,19 +35,20 @@ _EXPORT_STATES = {
     ExportState.ERROR: pb.EXPORT_STATE_ERROR,
 }
 NO_TOKEN_CONFIGURED = (
-    "admin RPCs are disabled: this sidecar has no admin token (start it with --admin-token-file FILE, "
-    "--admin-token TOKEN or the admin_token config key)")
+    "admin RPCs are disabled for this caller: this sidecar has no admin token (start it with --admin-token-file "
+    "FILE, --admin-token TOKEN or the admin_token config key) and the caller is not in admin_identities")
 
 
 class AdminServicer:
     def __init__(self, bundle_status: Callable[[], BundleStatus], kill_switches: KillSwitches, *,
                  admin_token: str, budgets: Budgets | None = None,
-                 exports: Callable[[], Sequence[ExportStatus]] = tuple) -> None:
+                 exports: Callable[[], Sequence[ExportStatus]] = tuple,
+                 admin_identities: Collection[str] = (), callers: CallerResolver | None = None) -> None:
         self._bundle_status = bundle_status
         self._exports = exports
         self._budgets = budgets
         self._kills = kill_switches
-        self._token = admin_token.encode()
+        self._access = AdminAccess(admin_token.encode(), frozenset(admin_identities), callers or CallerResolver())
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -129,13 +132,33 @@ class AdminServicer:
             for s in found])
 
     async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> str:
-        return await check_admin_token(context, self._token, method)
+        return await check_admin_token(context, self._access, method)
 
 
-async def check_admin_token(context: grpc.aio.ServicerContext, expected: bytes, method: str) -> str:
-    """The caller's identity as logged, or the RPC is aborted: no token configured, none sent, a wrong one."""
+@dataclass(frozen=True)
+class AdminAccess:
+    """Who may call the admin and approval services: the holder of the admin token, or a caller whose identity
+    the transport proves (client certificate, Unix-socket peer, caller token) and admin_identities lists."""
+
+    token: bytes = b""
+    identities: frozenset[str] = frozenset()
+    callers: CallerResolver = field(default_factory=CallerResolver)
+
+
+async def check_admin_token(context: grpc.aio.ServicerContext, access: AdminAccess, method: str) -> str:
+    """The caller's identity as logged, or the RPC is aborted: not a listed admin identity, and no admin token
+    configured, none sent, or a wrong one."""
     peer = context.peer()
-    if not expected:
+    if access.identities:
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == TOKEN_METADATA_KEY:
+                token = value if isinstance(value, str) else value.decode(errors="replace")
+        caller = access.callers.resolve(peer=peer, auth_context=context.auth_context(), token=token)
+        listed = next((name for name in caller.names() if name in access.identities), "")
+        if listed:
+            return f"admin identity {listed} ({caller.method})"
+    if not access.token:
         log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_TOKEN_CONFIGURED)
     sent = ""
@@ -148,7 +171,7 @@ async def check_admin_token(context: grpc.aio.ServicerContext, expected: bytes, 
         await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                             "admin RPCs need the admin token: send `authorization: Bearer TOKEN` metadata "
                             "(tollgate: --token or TOLLGATE_ADMIN_TOKEN)")
-    if not hmac.compare_digest(token.strip().encode(), expected):
+    if not hmac.compare_digest(token.strip().encode(), access.token):
         log.warning("admin: %s from %s refused: wrong admin token", method, peer)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin token is not valid for this sidecar")
     return f"admin token, peer {peer}"

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import struct_pb2
 
-from tollgate.api._admin import check_admin_token
+from tollgate.api._admin import AdminAccess, check_admin_token
 from tollgate.api._handlers import unary
+from tollgate.identity import CallerResolver
 from tollgate.state import StateError
 from tollgate.state.approvals import PENDING, Approval, ApprovalError, ApprovalNotFound, Approvals, NotAnApprover
 from tollgate.v1 import approval_pb2 as pb
@@ -24,11 +25,12 @@ _WATCH_POLL_SECONDS = 0.2
 
 class ApprovalServicer:
     """The approver's side of approvals. The approver identity is the declared `by`, checked against the
-    approval's approvers; the admin token is what makes the declaration trusted (mTLS identities come later)."""
+    approval's approvers; the admin token, or an identity in admin_identities, is what makes it trusted."""
 
-    def __init__(self, approvals: Approvals, *, admin_token: str) -> None:
+    def __init__(self, approvals: Approvals, *, admin_token: str, admin_identities: Collection[str] = (),
+                 callers: CallerResolver | None = None) -> None:
         self._approvals = approvals
-        self._token = admin_token.encode()
+        self._access = AdminAccess(admin_token.encode(), frozenset(admin_identities), callers or CallerResolver())
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -43,7 +45,7 @@ class ApprovalServicer:
     async def ListApprovals(  # noqa: N802 - gRPC method name
         self, request: pb.ListApprovalsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListApprovalsResponse:
-        await check_admin_token(context, self._token, "ListApprovals")
+        await check_admin_token(context, self._access, "ListApprovals")
         try:
             found = await asyncio.to_thread(self._approvals.list, approver=request.approver, agent=request.agent_id,
                                             session=request.session_id, status=request.status)
@@ -57,13 +59,13 @@ class ApprovalServicer:
     async def GetApproval(  # noqa: N802 - gRPC method name
         self, request: pb.GetApprovalRequest, context: grpc.aio.ServicerContext
     ) -> pb.Approval:
-        await check_admin_token(context, self._token, "GetApproval")
+        await check_admin_token(context, self._access, "GetApproval")
         return to_approval_message(await self._get(request.id, context))
 
     async def Decide(  # noqa: N802 - gRPC method name
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Approval:
-        identity = await check_admin_token(context, self._token, "Decide")
+        identity = await check_admin_token(context, self._access, "Decide")
         verb = "approve" if request.approve else "deny"
         try:
             decided = await asyncio.to_thread(self._approvals.decide, request.id, approve=request.approve,
@@ -86,7 +88,7 @@ class ApprovalServicer:
     async def WatchApproval(  # noqa: N802 - gRPC method name
         self, request: pb.GetApprovalRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Approval]:
-        await check_admin_token(context, self._token, "WatchApproval")
+        await check_admin_token(context, self._access, "WatchApproval")
         first = await self._get(request.id, context)
         try:
             async for approval in approval_changes(self._approvals, first):
