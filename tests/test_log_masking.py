@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tollgate.bundle import load_bundle
-from tollgate.decisionlog import FALLBACK_ERASE, mask_record
+from tollgate.decisionlog import FALLBACK_ERASE, failure_summary, mask_record
 from tollgate.engine import UNDEFINED, EngineConfig, EngineError, Evaluation, WorkerPoolEngine
 from tollgate.engine._pool import may_define
 
@@ -236,3 +236,15 @@ def test_a_failing_decision_keeps_the_mask(tmp_path: Path) -> None:
 ], ids=["its-package", "package-with-comment", "ref-head-above", "only-a-reference", "test-package", "other-package"])
 def test_the_workers_evaluate_the_mask_only_when_a_module_may_define_it(source: str, evaluated: bool) -> None:
     assert may_define({"m.rego": source}, "tollgate.log.mask") is evaluated
+
+
+@pytest.mark.parametrize(("message", "summary"), [
+    ("tollgate/log/mask.rego:4: eval_conflict_error: complete rules must not produce multiple outputs",
+     "tollgate/log/mask.rego:4: eval_conflict_error"),
+    ('1 error occurred: m.rego:9: eval_builtin_error: to_number: strconv.ParseFloat: parsing "sk-SECRET"',
+     "m.rego:9: eval_builtin_error"),
+    ("eval_type_error: operand 1 must be string", "eval_type_error"),
+    ('something "sk-SECRET" went wrong', "eval_error"),
+], ids=["conflict", "builtin-quoting-the-input", "no-location", "unknown-shape"])
+def test_a_failed_mask_rule_is_named_by_location_and_kind_only(message: str, summary: str) -> None:
+    assert failure_summary("eval_error", message) == summary

@@ -162,3 +162,43 @@ def test_a_failing_or_garbage_mask_keeps_the_decision_and_erases_arguments_and_c
         assert why in record.error and "erased /input/tool/arguments, /input/context instead" in record.error
         assert "arguments" not in json_format.MessageToDict(record.input)["tool"]
         assert _leaks(data_dir, [token]) == []
+
+
+# For agent "slow", minutes of work: the evaluation runs past its deadline and the worker gives no answer.
+RUNAWAY = """
+package tollgate
+
+default decision := {"decision": "allow", "reasons": []}
+
+decision := {"decision": "deny", "reasons": [{"code": "n", "message": sprintf("%d", [n])}]} if {
+    input.principal.agent_id == "slow"
+    n := count([x | some x in numbers.range(1, 1000000000)])
+}
+"""
+
+
+def _runaway(root: Path) -> Path:
+    write_policy(root, RUNAWAY)
+    (root / "tollgate" / "log").mkdir()
+    (root / "tollgate" / "log" / "mask.rego").write_text('package tollgate.log\n\nmask contains "/input/context"\n')
+    return root
+
+
+def test_without_a_mask_answer_the_record_erases_arguments_and_context(serve, tmp_path: Path) -> None:
+    token = _secret("tok-", 24)
+    cases = [
+        ("no-bundle", write_policy(tmp_path / "broken", "package tollgate\n\ndecision := undefined_function(1)\n"),
+         "a", "no_bundle", "the mask could not be computed (no policy bundle is loaded)"),
+        ("deadline", _runaway(tmp_path / "runaway"),
+         "slow", "deadline_exceeded", "the mask could not be computed (no engine answer: deadline_exceeded)"),
+    ]
+    for name, bundle, agent, code, why in cases:
+        data_dir = tmp_path / name
+        server: Server = serve(bundle=bundle, data_dir=data_dir, extra=["--eval-timeout-ms", "300"])
+        request = tool_request(agent, "s", "t", {"note": f"Bearer {token}"})
+        request.context.update({"ticket": token})
+        response = server.authorize(request, timeout=30)
+        assert [r.code for r in response.reasons] == [code]
+        record = server.get_decision(response.decision_id)
+        assert sorted(record.erased) == ["/input/context", "/input/tool/arguments"] and why in record.error
+        assert _leaks(data_dir, [token]) == []
