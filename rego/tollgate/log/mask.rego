@@ -3,17 +3,19 @@
 # description: >-
 #   What the decision log must not keep. Tollgate evaluates data.tollgate.log.mask with the decision,
 #   on the same input, and applies it to the record before it is written (like OPA's system.log.mask).
-#   Secrets in tool arguments and in the request context are replaced by "***": the value of every key
-#   named like a credential (api_key, token, secret, password, authorization, cookie, private_key, ...,
-#   in any case) and every string that looks like one wherever it sits (a Bearer or Basic credential, a
-#   PEM private key, an AWS access key id, a GitHub, Slack, OpenAI or Anthropic token, a JWT, a URL with
-#   a password). The keys stay, so a record still shows which arguments a request carried.
+#   Secrets in tool arguments, the request context and the principal's labels are replaced by "***":
+#   the value of every key named like a credential (api_key, token, secret, password, authorization,
+#   cookie, private_key, ..., in any case) and every string that looks like one wherever it sits (a
+#   Bearer or Basic credential, a PEM private key, an AWS access key id, a GitHub, Slack, OpenAI or
+#   Anthropic token, a JWT, a URL with a password). The keys stay, so a record still shows which
+#   arguments a request carried.
 package tollgate.log
 
 # The parts of the input a caller fills freely, by the JSON pointer of each.
 _free_form := {
 	"/input/tool/arguments": object.get(input, ["tool", "arguments"], {}),
 	"/input/context": object.get(input, "context", {}),
+	"/input/principal/labels": object.get(input, ["principal", "labels"], {}),
 }
 
 # Key names (lower-cased) whose values are credentials. Plural "tokens" stays out: max_tokens is a count.
@@ -35,8 +37,8 @@ _secret_value := concat("|", [
 # METADATA
 # title: mask
 # description: >-
-#   Upserts of "***" at the JSON pointer of each secret in the tool arguments and the context; the
-#   record lists them under `masked`.
+#   Upserts of "***" at the JSON pointer of each secret in the tool arguments, the context and the
+#   principal's labels; the record lists them under `masked`.
 mask contains {"op": "upsert", "path": pointer, "value": "***"} if {
 	_may_hold_secrets
 	some prefix, document in _free_form

@@ -134,3 +134,8 @@ test_model_call_context_is_masked if {
 test_a_request_without_context_or_arguments_masks_nothing if {
 	count(log.mask) == 0 with input as {"kind": "tool", "tool": {"server": "github", "name": "x"}}
 }
+
+test_principal_labels_are_masked_too if {
+	request := object.union(_call({}), {"principal": {"labels": {"team": "payments", "deploy_token": "t-9"}}})
+	_paths(request) == {"/input/principal/labels/deploy_token"}
+}
