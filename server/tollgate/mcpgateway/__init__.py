@@ -114,7 +114,8 @@ async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None
 
 async def serve_stdio(config: GatewayConfig) -> None:
     """serve() on this process's stdin and stdout (the way MCP clients start a local server)."""
-    # stdio_server only iterates the lines of what it is given as stdin.
-    stdin = cast("anyio.AsyncFile[str]", StdinLines())
+    lines = await StdinLines.open()
+    # stdio_server only iterates the lines of what it is given as stdin (None: it reads stdin itself).
+    stdin = cast("anyio.AsyncFile[str] | None", lines)
     async with stdio_server(stdin=stdin) as (read_stream, write_stream):
         await serve(config, read_stream, write_stream)

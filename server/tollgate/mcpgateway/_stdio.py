@@ -4,51 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
+import stat
 
-#: Lines read ahead of the gateway; past it the reading thread waits (backpressure, bounded memory).
-_READ_AHEAD = 64
+#: The longest line (one JSON-RPC message) read from the client: tool arguments can carry whole files.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class StdinLines:
-    """The lines of a file descriptor (stdin by default) as an async iterator of str, read by a daemon thread.
-    The SDK's stdio transport reads stdin in a worker thread that a cancellation cannot interrupt and that the
-    interpreter waits for at exit: a gateway whose upstream has gone could not stop until its client wrote
-    again. This one stops at once. The thread reads with os.read, holding no lock of sys.stdin's that the
-    interpreter would need at exit, and dies with the process."""
+    """The lines of stdin as an async iterator of str, read by the event loop itself. The SDK's stdio transport
+    reads stdin in a worker thread that a cancellation cannot interrupt and that the interpreter waits for at
+    exit: a gateway whose upstream has gone could not stop until its client wrote again. Reading the pipe
+    without a thread stops at once (and saves a thread hop per message)."""
 
-    def __init__(self, fd: int = 0) -> None:
-        self._fd = fd
-        self._lines: asyncio.Queue[str | None] = asyncio.Queue(_READ_AHEAD)
-        self._loop = asyncio.get_running_loop()
-        threading.Thread(target=self._pump, name="tollgate-mcp-stdin", daemon=True).start()
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
 
-    def _pump(self) -> None:
-        pending = b""
+    @classmethod
+    async def open(cls, fd: int = 0) -> StdinLines | None:
+        """Lines of fd when it is a pipe or a socket (what MCP clients give); None for anything else (a file, a
+        terminal, /dev/null), which the SDK's own reader then reads: epoll cannot watch every such file."""
         try:
-            while chunk := os.read(self._fd, 65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    if not self._put(line.decode("utf-8", errors="replace") + "\n"):
-                        return
-        except OSError:  # stdin closed under us: the same as its end
-            pass
-        if pending and not self._put(pending.decode("utf-8", errors="replace")):
-            return
-        self._put(None)
-
-    def _put(self, line: str | None) -> bool:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            return None
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return None
+        reader = asyncio.StreamReader(limit=MAX_MESSAGE_BYTES)
+        pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
         try:
-            asyncio.run_coroutine_threadsafe(self._lines.put(line), self._loop).result()
-        except (RuntimeError, asyncio.CancelledError):  # the loop is closed or closing: nobody reads any more
-            return False
-        return True
+            await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        except (OSError, ValueError):
+            pipe.close()
+            return None
+        return cls(reader)
 
     def __aiter__(self) -> StdinLines:
         return self
 
     async def __anext__(self) -> str:
-        line = await self._lines.get()
-        if line is None:
+        line = await self._reader.readline()
+        if not line:
             raise StopAsyncIteration
-        return line
+        return line.decode("utf-8", errors="replace")
