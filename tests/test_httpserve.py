@@ -18,6 +18,7 @@ async def _exchange(address: str, raw: bytes) -> bytes:
     host, port = address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(raw)
+    writer.write_eof()  # nothing more to send: the server need not linger for the rest of a refused request
     await writer.drain()
     data = await asyncio.wait_for(reader.read(), 10)  # until the server closes
     writer.close()

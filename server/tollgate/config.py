@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
@@ -105,6 +106,9 @@ class ServeConfig:
     admin_identities: list[str] = dataclasses.field(default_factory=list)
     #: AuthZEN 1.0 Access Evaluation API over HTTP, HOST:PORT (POST /access/v1/evaluation[s]); "" turns it off.
     authzen_listen: str = ""
+    #: Serve the AuthZEN port over TLS with tls_cert/tls_key; with tls_client_ca, a client certificate is required
+    #: there too and names the caller, as on gRPC.
+    authzen_tls: bool = False
     #: OPA decision-log service base URL (http or https): committed records are POSTed to
     #: {decision_log_service}{decision_log_resource} as gzipped JSON arrays of OPA events. "" exports nothing.
     decision_log_service: str = ""
@@ -253,6 +257,8 @@ class ServeConfig:
     def _validate_identity(self) -> None:
         self.caller_map()
         self.admin_identity_list()
+        if self.authzen_tls and not (self.authzen_listen and self.tls_cert):
+            raise ConfigError("authzen_tls: needs authzen_listen and the server certificate (tls_cert, tls_key)")
         if self.token_keys and not (self.token_issuer and self.token_audience):
             raise ConfigError("token_keys: needs token_issuer and token_audience (the iss and aud every caller "
                               "token must carry)")
@@ -301,6 +307,20 @@ class ServeConfig:
             except IdentityConfigError as exc:
                 raise ConfigError(str(exc)) from exc
         return CallerResolver(tokens=tokens, relay_prefix=relay_prefix)
+
+    def authzen_ssl_context(self) -> ssl.SSLContext | None:
+        """TLS for the AuthZEN port (None: plain HTTP)."""
+        if not self.authzen_tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+            if self.tls_client_ca:
+                context.load_verify_locations(self.tls_client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"authzen_tls: cannot load the TLS files ({exc})") from exc
+        return context
 
     def resolved_admin_token(self) -> str:
         """The admin token: admin_token, or the contents of admin_token_file ("" when neither is set)."""

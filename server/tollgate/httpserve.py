@@ -13,6 +13,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 16 * 1024
 #: Seconds a kept-alive connection may sit idle, or a request take to arrive, before it is closed.
 IDLE_TIMEOUT = 30.0
+#: After an error answer, how long and how much of the rest of a request is read and dropped before closing.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             411: "Length Required", 413: "Content Too Large", 431: "Request Header Fields Too Large",
@@ -34,6 +38,8 @@ class HttpRequest:
     #: Header names in lower case; a repeated header keeps its last value.
     headers: Mapping[str, str]
     body: bytes = b""
+    #: The client certificate verified by TLS, as ssl.SSLSocket.getpeercert() gives it (None without one).
+    peer_certificate: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,14 @@ class _BadRequest(Exception):
 
 async def _serve_connection(handler: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                             max_body: int, errors: ErrorFormat) -> None:
+    certificate = writer.get_extra_info("peercert")  # set when TLS verified a client certificate
     try:
         while True:
             try:
-                request, keep_alive = await _read_request(reader, max_body=max_body)
+                request, keep_alive = await _read_request(reader, max_body=max_body, certificate=certificate)
             except _BadRequest as exc:
                 await _write(writer, errors(exc.status, str(exc)), head_only=False, keep_alive=False)
+                await _linger(reader)
                 return
             if request is None:
                 return  # the client closed, or stayed idle past the timeout
@@ -100,7 +108,21 @@ async def _serve_connection(handler: Handler, reader: asyncio.StreamReader, writ
             await writer.wait_closed()
 
 
-async def _read_request(reader: asyncio.StreamReader, *, max_body: int) -> tuple[HttpRequest | None, bool]:
+async def _linger(reader: asyncio.StreamReader) -> None:
+    """Read (and drop) what the client is still sending, briefly, before closing: closing a socket with unread
+    data resets the connection, and the client may lose the error answer it was about to read."""
+    deadline = asyncio.get_running_loop().time() + LINGER_SECONDS
+    dropped = 0
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        while dropped < LINGER_BYTES:
+            chunk = await asyncio.wait_for(reader.read(65536), max(deadline - asyncio.get_running_loop().time(), 0))
+            if not chunk:
+                return
+            dropped += len(chunk)
+
+
+async def _read_request(reader: asyncio.StreamReader, *, max_body: int,
+                        certificate: Mapping[str, Any] | None = None) -> tuple[HttpRequest | None, bool]:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
     except (TimeoutError, asyncio.IncompleteReadError):
@@ -134,7 +156,7 @@ async def _read_request(reader: asyncio.StreamReader, *, max_body: int) -> tuple
         body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT) if length else b""
     except TimeoutError as exc:
         raise _BadRequest(400, "body: fewer bytes arrived than content-length announced") from exc
-    return HttpRequest(method, target.split("?", 1)[0], headers, body), keep_alive
+    return HttpRequest(method, target.split("?", 1)[0], headers, body, certificate or None), keep_alive
 
 
 async def _write(writer: asyncio.StreamWriter, response: HttpResponse, *, head_only: bool, keep_alive: bool) -> None:

@@ -59,6 +59,7 @@ async def serve(config: ServeConfig) -> int:
         # On a Unix socket the relay reads each connection's peer credentials (gRPC does not expose them).
         relay = PeerCredentialRelay(config.listen[len("unix:"):]) if config.listen.startswith("unix:") else None
         resolver = config.caller_resolver(relay_prefix=relay.peer_prefix if relay else "")
+        authzen_tls = config.authzen_ssl_context()
         shipping_config = config.log_shipping()
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
@@ -163,11 +164,12 @@ async def serve(config: ServeConfig) -> int:
         address = config.listen
     authzen_server, startup_failed = None, ""
     if config.authzen_listen:
-        authzen = AuthzenService(authorizer, limits, callers=resolver)
+        authzen = AuthzenService(authorizer, limits, callers=resolver, tls=authzen_tls is not None)
         try:
             authzen_server, authzen_address = await start_http_server(
-                authzen.handle, config.authzen_listen, max_body=config.max_request_bytes, errors=json_error)
-            log.info("AuthZEN access evaluation API on http://%s", authzen_address)
+                authzen.handle, config.authzen_listen, max_body=config.max_request_bytes, errors=json_error,
+                tls=authzen_tls)
+            log.info("AuthZEN access evaluation API on %s://%s", "https" if authzen_tls else "http", authzen_address)
         except OSError as exc:
             # The gRPC server is already up: shut everything down the normal way, then exit with the error.
             startup_failed = f"authzen_listen: cannot listen on {config.authzen_listen} ({exc.strerror or exc})"

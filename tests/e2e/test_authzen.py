@@ -7,6 +7,7 @@ import http.client
 import json
 import re
 import sqlite3
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import Server
+from tests.pki import TestCA
 
 PR = {"owner": "acme", "repo": "payments-api", "pullNumber": 42}
 
@@ -25,7 +27,7 @@ PR = {"owner": "acme", "repo": "payments-api", "pullNumber": 42}
 def _authzen_address(server: Server) -> str:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        found = re.search(r"AuthZEN access evaluation API on http://(\S+)", server.stderr)
+        found = re.search(r"AuthZEN access evaluation API on https?://(\S+)", server.stderr)
         if found:
             return found.group(1)
         time.sleep(0.05)
@@ -35,10 +37,11 @@ def _authzen_address(server: Server) -> str:
 class Pdp:
     """An HTTP/1.1 client on one kept-alive connection to the sidecar's AuthZEN port."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, tls: ssl.SSLContext | None = None) -> None:
         self.server = server
         host, port = _authzen_address(server).rsplit(":", 1)
-        self.connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        self.connection = (http.client.HTTPSConnection(host, int(port), timeout=10, context=tls) if tls
+                           else http.client.HTTPConnection(host, int(port), timeout=10))
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -243,3 +246,31 @@ def test_caller_token_names_the_caller_and_a_spoofed_subject_is_a_logged_princip
     assert pdp.record(spoofed["context"]["decision_id"])["decision"] == "deny"
     _, anonymous = pdp.post("/access/v1/evaluation", tool_eval("code-reviewer", "github/get_pull_request"))
     assert [r["code"] for r in anonymous["context"]["reasons"]] == ["principal_mismatch"]
+
+
+def test_over_mtls_the_client_certificate_names_the_caller(serve: Callable[..., Server], tmp_path: Path) -> None:
+    import grpc
+
+    ca = TestCA(tmp_path / "pki")
+    cert, gateway = ca.server(), ca.client("spiffe://acme/gateways/mcp")
+    config = tmp_path / "tollgate.yaml"
+    config.write_text(json.dumps({
+        "authzen_listen": "127.0.0.1:0", "authzen_tls": True, "tls_cert": str(cert.cert), "tls_key": str(cert.key),
+        "tls_client_ca": str(ca.cert), "tls_require_client_cert": True,
+        "callers": [{"id": "spiffe://acme/gateways/mcp", "agents": ["code-reviewer"]}]}))
+    server = serve(extra=["--config", str(config)],
+                   credentials=grpc.ssl_channel_credentials(ca.cert.read_bytes(), *gateway.pair()))
+    tls = ssl.create_default_context(cafile=str(ca.cert))
+    tls.load_cert_chain(gateway.cert, gateway.key)
+    pdp = Pdp(server, tls)
+    _, allowed = pdp.post("/access/v1/evaluation", tool_eval("code-reviewer", "github/get_pull_request"))
+    assert allowed["decision"] is True
+    auth = pdp.record(allowed["context"]["decision_id"])["input"]["auth"]
+    assert (auth["method"], auth["spiffe_id"]) == ("mtls", "spiffe://acme/gateways/mcp")
+    _, spoofed = pdp.post("/access/v1/evaluation", tool_eval("release-bot", "github/get_pull_request"))
+    assert [r["code"] for r in spoofed["context"]["reasons"]] == ["principal_mismatch"]
+    status, meta, _ = pdp.request("GET", "/.well-known/authzen-configuration")
+    assert (status, meta["access_evaluation_endpoint"][:8]) == (200, "https://")
+    without = Pdp(server, ssl.create_default_context(cafile=str(ca.cert)))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        without.post("/access/v1/evaluation", tool_eval("code-reviewer", "github/get_pull_request"))

@@ -49,7 +49,9 @@ class BadEvaluation(ValueError):
 class AuthzenService:
     """Answers the AuthZEN HTTP endpoints with the Authorizer (each evaluation is one logged decision)."""
 
-    def __init__(self, authorizer: Authorizer, limits: RequestLimits, *, callers: CallerResolver) -> None:
+    def __init__(self, authorizer: Authorizer, limits: RequestLimits, *, callers: CallerResolver,
+                 tls: bool = False) -> None:
+        self._tls = tls
         self._authorizer = authorizer
         self._limits = limits
         self._callers = callers
@@ -81,7 +83,7 @@ class AuthzenService:
 
     def metadata(self, host: str) -> dict[str, Any]:
         """The PDP metadata document (AuthZEN's well-known configuration)."""
-        base = f"http://{host}" if host else ""
+        base = f"{'https' if self._tls else 'http'}://{host}" if host else ""
         return {"policy_decision_point": base, "access_evaluation_endpoint": f"{base}{EVALUATION_PATH}",
                 "access_evaluations_endpoint": f"{base}{EVALUATIONS_PATH}"}
 
@@ -90,7 +92,8 @@ class AuthzenService:
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
         if not token and scheme.lower() == "bearer":
             token = bearer.strip()
-        return self._callers.resolve(peer="", auth_context={}, token=token)
+        return self._callers.resolve(peer="", auth_context=certificate_context(request.peer_certificate),
+                                     token=token)
 
     async def _evaluations(self, body: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
         items = body.get("evaluations")
@@ -136,6 +139,23 @@ class AuthzenService:
         except InvalidRequest as exc:
             raise BadEvaluation(where + _authzen_field(str(exc))) from exc
         return dataclasses.replace(domain, caller=caller)
+
+
+def certificate_context(certificate: Mapping[str, Any] | None) -> dict[str, list[bytes]]:
+    """A verified client certificate (ssl's getpeercert() form) as the gRPC auth context names its parts, so that
+    one function (tollgate.identity.certificate_caller) names the caller on either port."""
+    if not certificate:
+        return {}
+    sans = [(str(kind), str(value)) for kind, value in certificate.get("subjectAltName", ())]
+    uris = [v.encode() for k, v in sans if k == "URI"]
+    spiffe = [u for u in uris if u.startswith(b"spiffe://")]
+    common = [str(v).encode() for rdn in certificate.get("subject", ()) for k, v in rdn if k == "commonName"]
+    context = {"transport_security_type": [b"ssl"], "x509_subject_alternative_name": [v.encode() for _, v in sans],
+               "peer_uri": uris, "peer_dns": [v.encode() for k, v in sans if k == "DNS"],
+               "x509_common_name": common[:1]}
+    if len(spiffe) == 1:  # as gRPC does: a SPIFFE ID only when the certificate carries exactly one
+        context["peer_spiffe_id"] = spiffe
+    return context
 
 
 def to_authorize_request(doc: Mapping[str, Any], *, where: str = "", max_depth: int = 32) -> pb.AuthorizeRequest:
