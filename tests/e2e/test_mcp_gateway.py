@@ -387,7 +387,11 @@ def test_the_gateway_stops_when_its_upstream_exits(sidecar: Server) -> None:
     (["--agent-id", "a", "--upstream-url", "http://127.0.0.1:9/mcp", "--", "x"], "exactly one"),
     (["--agent-id", "a", "--upstream-header", "X: y", "--", "x"], "--upstream-header applies to --upstream-url"),
     (["--agent-id", "a", "--", str(ROOT / "no-such-mcp-server")], "no-such-mcp-server"),
-], ids=["no-upstream", "two-upstreams", "header-without-url", "command-not-found"])
+    (["--agent-id", "a", "--upstream-start-timeout", "1", "--", "sleep", "30"],
+     "`sleep 30`: TimeoutError: no answer to initialize within 1 s"),
+    (["--agent-id", "a", "--", "true"], "`true`: MCPError: Connection closed"),
+], ids=["no-upstream", "two-upstreams", "header-without-url", "command-not-found", "upstream-silent",
+        "upstream-exits-at-once"])
 def test_the_command_says_what_is_wrong_and_exits_1(args: list[str], says: str) -> None:
     done = subprocess.run([*TOLLGATE, "mcp-gateway", *args], capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, cwd=ROOT)

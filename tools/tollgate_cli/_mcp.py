@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="leave out of tools/list the tools the policy never allows this agent")
     gw.add_argument("--timeout", type=float, default=2.0,
                     help="seconds each decision may take, retries included; then the call is denied (default 2)")
+    gw.add_argument("--upstream-start-timeout", type=float, default=120.0, metavar="SECONDS",
+                    help="how long the upstream has to answer initialize (default %(default)g)")
     gw.add_argument("--upstream-url", default=None, help="a streamable-HTTP MCP server instead of COMMAND")
     gw.add_argument("--upstream-header", action="append", default=[], metavar="'NAME: VALUE'",
                     help="an HTTP header for --upstream-url (repeatable), e.g. 'Authorization: Bearer ...'")
@@ -66,8 +68,9 @@ def _mcp_gateway(args: argparse.Namespace) -> int:
         return _usage("--upstream-header applies to --upstream-url only")
     else:
         upstream = StdioUpstream(command[0], tuple(command[1:]))
-    if args.approval_wait < 0 or args.timeout <= 0:
-        return _usage("--approval-wait must be 0 or more and --timeout more than 0 (seconds)")
+    if args.approval_wait < 0 or args.timeout <= 0 or args.upstream_start_timeout <= 0:
+        return _usage("--approval-wait must be 0 or more, --timeout and --upstream-start-timeout more than 0 "
+                      "(seconds)")
     # stdout is the MCP channel: everything the gateway has to say goes to stderr.
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="tollgate mcp-gateway: %(levelname)s %(name)s: %(message)s")
@@ -75,7 +78,8 @@ def _mcp_gateway(args: argparse.Namespace) -> int:
                           instance_id=args.instance_id, team=args.team, workflow=args.workflow, user=args.user)
     config = GatewayConfig(sidecar=args.server, principal=principal, upstream=upstream,
                            mcp_server_name=args.mcp_server_name, approval_wait=args.approval_wait,
-                           hide_denied_tools=args.hide_denied_tools, decision_timeout=args.timeout)
+                           hide_denied_tools=args.hide_denied_tools, decision_timeout=args.timeout,
+                           upstream_start_timeout=args.upstream_start_timeout)
     try:
         asyncio.run(serve_stdio(config))
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from tollgate.client import AsyncClient, Principal
 from tollgate.mcpgateway._gate import ARGUMENT_INDEPENDENT, GateSettings, ToolGate, refusal_text
 from tollgate.mcpgateway._proxy import (
     FORWARDED_NOTIFICATIONS,
+    UPSTREAM_START_TIMEOUT,
     HttpUpstream,
     NotificationRelay,
     Proxy,
@@ -67,6 +68,8 @@ class GatewayConfig:
     hide_denied_tools: bool = False
     #: Deadline of each Authorize, retries included; past it the call is denied (fail closed).
     decision_timeout: float = 2.0
+    #: Seconds the upstream has to answer initialize before the gateway gives up on it.
+    upstream_start_timeout: float = UPSTREAM_START_TIMEOUT
 
 
 async def serve(config: GatewayConfig, read_stream: ReadStream[SessionMessage | Exception],
@@ -76,7 +79,8 @@ async def serve(config: GatewayConfig, read_stream: ReadStream[SessionMessage | 
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(AsyncClient(config.sidecar, timeout=config.decision_timeout))
         relay = NotificationRelay()
-        connection = await stack.enter_async_context(connect_upstream(config.upstream, relay))
+        connection = await stack.enter_async_context(
+            connect_upstream(config.upstream, relay, start_timeout=config.upstream_start_timeout))
         upstream = connection.session
         info = upstream.server_info
         server_name = config.mcp_server_name or (info.name if info is not None else "")

@@ -3,6 +3,7 @@ tools/call decided by the gate first."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -30,8 +31,8 @@ from tollgate.mcpgateway._gate import ToolGate, decision_meta, refusal_text
 
 logger = logging.getLogger(__name__)
 
-#: What the gateway calls itself to the upstream server.
-CLIENT_INFO = types.Implementation(name="tollgate-mcp-gateway", version="0.1.0")
+#: Seconds an upstream has to answer initialize, by default (a first `docker run` may pull an image meanwhile).
+UPSTREAM_START_TIMEOUT = 120.0
 #: Upstream notifications passed on to the client (on connections that began with initialize; see README).
 FORWARDED_NOTIFICATIONS = frozenset({
     "notifications/tools/list_changed", "notifications/resources/list_changed",
@@ -99,7 +100,8 @@ class UpstreamConnection:
 
 
 @asynccontextmanager
-async def connect_upstream(upstream: Upstream, relay: NotificationRelay) -> AsyncIterator[UpstreamConnection]:
+async def connect_upstream(upstream: Upstream, relay: NotificationRelay, *,
+                           start_timeout: float = UPSTREAM_START_TIMEOUT) -> AsyncIterator[UpstreamConnection]:
     """A session with the upstream server, initialized (the initialize handshake, which every MCP server
     speaks); leaving the context stops a stdio upstream's process."""
     if isinstance(upstream, StdioUpstream):
@@ -111,9 +113,22 @@ async def connect_upstream(upstream: Upstream, relay: NotificationRelay) -> Asyn
     async with transport as (read, write):
         watched = _EndWatch(read)
         async with ClientSession(watched, write, message_handler=relay.from_upstream,
-                                 client_info=CLIENT_INFO) as session:
-            await session.initialize()
+                                 client_info=_client_info()) as session:
+            try:
+                with anyio.fail_after(start_timeout):
+                    await session.initialize()
+            except TimeoutError:
+                raise TimeoutError(f"no answer to initialize within {start_timeout:g} s") from None
             yield UpstreamConnection(session, watched.ended)
+
+
+def _client_info() -> types.Implementation:
+    """What the gateway calls itself to the upstream server."""
+    try:
+        version = importlib.metadata.version("tollgate")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    return types.Implementation(name="tollgate-mcp-gateway", version=version)
 
 
 class _EndWatch:
