@@ -20,7 +20,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
 
-from tests.conftest import ROOT, TOLLGATE, Server, start_server
+from tests.conftest import ROOT, TOLLGATE, Server, start_server, write_policy
 from tests.readme import readme_section
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 
@@ -244,6 +244,39 @@ def test_a_2026_era_client_gets_the_same_gate_and_the_upstreams_results(tmp_path
         assert denied.is_error and tollgate_meta(denied)["reasons"][0]["code"] == "tool_not_in_manifest"
 
     asyncio.run(scenario())
+
+
+SHORT_APPROVALS = """
+    package tollgate
+
+    # Every call needs a person, whose approval lasts one second; the server holds an approval to its status.
+    decision := {"decision": "allow"} if input.state.approval != null
+
+    decision := {"decision": "require_approval", "reasons": [{"code": "needs_a_person", "message": "always"}],
+                 "approval": {"approvers": ["rita"], "ttl_seconds": 1}} if input.state.approval == null
+    """
+
+
+def test_a_remembered_approval_that_expired_is_replaced_by_a_new_one(tmp_path: Path) -> None:
+    sidecar = start_server(tmp_path / "data", bundle=write_policy(tmp_path / "policy", SHORT_APPROVALS))
+
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "any-agent", "--session-id", "s-exp") as gw:
+            first = tollgate_meta(await gw.call("search_code", {"query": "x"}))["approval_id"]
+            await asyncio.sleep(1.5)
+            second = tollgate_meta(await gw.call("search_code", {"query": "x"}))["approval_id"]
+            assert second not in ("", first)
+            approve(sidecar, second)
+            assert text(await gw.call("search_code", {"query": "x"})) == "upstream found 3 matches for 'x'"
+        asked = [(r["decision"], r["approval_id"], [c["code"] for c in r["reasons"]])
+                 for r in logged(sidecar, "s-exp")]
+        assert asked == [("require_approval", first, ["needs_a_person"]), ("deny", first, ["approval_expired"]),
+                         ("require_approval", second, ["needs_a_person"]), ("allow", second, [])]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sidecar.terminate()
 
 
 def test_hide_denied_tools_leaves_out_only_tools_the_agent_may_never_use(tmp_path: Path, sidecar: Server) -> None:
