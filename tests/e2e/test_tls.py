@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,3 +65,31 @@ def test_mtls_refuses_a_certificate_from_another_ca(serve: Callable[..., Server]
     with grpc.secure_channel(server.address, credentials) as channel, pytest.raises(grpc.RpcError) as refused:
         pb_grpc.AuthorizationServiceStub(channel).Authorize(tool_request(), timeout=5)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_cli_reaches_an_mtls_sidecar_with_the_tls_flags(serve: Callable[..., Server], ca: TestCA) -> None:
+    import subprocess
+
+    from tests.conftest import ADMIN_TOKEN, TOLLGATE
+
+    oncall = ca.client("spiffe://acme/ops/oncall")
+    server = serve(extra=_tls_flags(ca, client_ca=True, require=True),
+                   credentials=grpc.ssl_channel_credentials(ca.cert.read_bytes(), *oncall.pair()))
+    tls = ["--tls-ca", str(ca.cert), "--tls-cert", str(oncall.cert), "--tls-key", str(oncall.key)]
+
+    def tollgate(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*TOLLGATE, *argv, "--server", server.address, *tls], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+
+    allowed = tollgate("authorize", "--agent", "code-reviewer", "--tool", "github/get_pull_request")
+    assert (allowed.returncode, allowed.stdout.split()[0]) == (0, "ALLOW"), allowed.stderr
+    decision_id = allowed.stdout.split()[1].removeprefix("decision_id=")
+    assert tollgate("decision", decision_id).returncode == 0
+    assert tollgate("status").returncode == 0
+    assert tollgate("kills").returncode == 0
+    plaintext = subprocess.run([*TOLLGATE, "status", "--server", server.address], capture_output=True, text=True,
+                               timeout=60, env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr
+    unreadable = subprocess.run([*TOLLGATE, "status", "--server", server.address, "--tls-ca", "/nonexistent/ca.pem"],
+                                capture_output=True, text=True, timeout=60)
+    assert unreadable.returncode == 1 and "--tls-ca: cannot read /nonexistent/ca.pem" in unreadable.stderr

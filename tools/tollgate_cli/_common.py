@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -31,11 +32,38 @@ def identity(given: str | None) -> str:
 
 
 def add_admin_flags(parser: argparse.ArgumentParser) -> None:
-    """--server and --token, for commands that call the sidecar's AdminService."""
+    """--server and --token (and the TLS flags), for commands that call the sidecar's AdminService."""
     parser.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
     parser.add_argument("--token", default=None,
                         help=f"the sidecar's admin token (default: ${ADMIN_TOKEN_ENV})")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    add_tls_flags(parser)
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """--tls-ca, --tls-cert and --tls-key, for a sidecar that serves TLS (--tls-cert) or mTLS (--tls-client-ca)."""
+    parser.add_argument("--tls-ca", help="PEM CA the sidecar's certificate chains to (connect over TLS)")
+    parser.add_argument("--tls-cert", help="PEM client certificate, for a sidecar that requires one (mTLS)")
+    parser.add_argument("--tls-key", help="PEM key of --tls-cert")
+
+
+def open_channel(args: argparse.Namespace) -> Any:
+    """A gRPC channel to --server: over TLS when --tls-ca is given (with --tls-cert/--tls-key, mTLS)."""
+    import grpc
+
+    if not getattr(args, "tls_ca", None):
+        return grpc.insecure_channel(args.server)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("tollgate: --tls-cert and --tls-key go together (the client certificate and its key)")
+    files = {"--tls-ca": args.tls_ca, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+    pem: dict[str, bytes | None] = {}
+    for flag, path in files.items():
+        try:
+            pem[flag] = Path(path).read_bytes() if path else None
+        except OSError as exc:
+            raise SystemExit(f"tollgate: {flag}: cannot read {path} ({exc.strerror or exc})") from exc
+    credentials = grpc.ssl_channel_credentials(pem["--tls-ca"], pem["--tls-key"], pem["--tls-cert"])
+    return grpc.secure_channel(args.server, credentials)
 
 
 def admin_metadata(token: str | None) -> list[tuple[str, str]]:
@@ -48,7 +76,7 @@ def call_server(args: argparse.Namespace, command: str, stub: Callable[[Any], An
     """rpc(stub(channel)) against --server; None, after a message naming the command, when the call fails."""
     import grpc
 
-    with grpc.insecure_channel(args.server) as channel:
+    with open_channel(args) as channel:
         try:
             return rpc(stub(channel))
         except grpc.RpcError as exc:

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR
-
-if TYPE_CHECKING:
-    import grpc
+from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR, add_tls_flags, open_channel
 
 ORDER = 26  # position in `tollgate --help`
 #: Exit code when the sidecar answers NOT_SERVING (no policy bundle active: it denies everything).
@@ -24,9 +19,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     health.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
-    health.add_argument("--tls-ca", help="PEM CA that the server's TLS certificate chains to (TLS listeners)")
-    health.add_argument("--tls-cert", help="PEM client certificate, when the sidecar requires one (mTLS)")
-    health.add_argument("--tls-key", help="PEM key of --tls-cert")
+    add_tls_flags(health)
     health.set_defaults(func=_health)
 
 
@@ -34,12 +27,7 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    try:
-        channel = _channel(args)
-    except OSError as exc:
-        print(f"tollgate health: cannot read {exc.filename} ({exc.strerror})", file=sys.stderr)
-        return EXIT_ERROR
-    with channel:
+    with open_channel(args) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
@@ -50,13 +38,3 @@ def _health(args: argparse.Namespace) -> int:
     print(status)
     return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else EXIT_NOT_SERVING
 
-
-def _channel(args: argparse.Namespace) -> grpc.Channel:
-    import grpc
-
-    if not args.tls_ca:
-        return grpc.insecure_channel(args.server)
-    pair = ((Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())
-            if args.tls_cert else (None, None))
-    credentials = grpc.ssl_channel_credentials(Path(args.tls_ca).read_bytes(), *pair)
-    return grpc.secure_channel(args.server, credentials)

@@ -7,7 +7,15 @@ import json
 import sys
 from typing import Any
 
-from tollgate_cli._common import DEFAULT_SERVER, EXIT_ALLOW, EXIT_APPROVAL, EXIT_DENY, EXIT_ERROR
+from tollgate_cli._common import (
+    DEFAULT_SERVER,
+    EXIT_ALLOW,
+    EXIT_APPROVAL,
+    EXIT_DENY,
+    EXIT_ERROR,
+    add_tls_flags,
+    open_channel,
+)
 
 ORDER = 20  # position in `tollgate --help`
 
@@ -34,11 +42,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     auth.add_argument("--approval-id", default="", help="ask again with this approval (tollgate approvals)")
     auth.add_argument("--json", action="store_true", help="print the response as JSON")
     auth.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    add_tls_flags(auth)
     auth.set_defaults(func=_authorize)
 
     dec = sub.add_parser("decision", help="show one logged decision record")
     dec.add_argument("decision_id")
     dec.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
+    add_tls_flags(dec)
     dec.set_defaults(func=_decision)
 
 
@@ -77,7 +87,7 @@ def _authorize(args: argparse.Namespace) -> int:
                                             data_classes=args.data_class))
     else:
         request.budget.CopyFrom(pb.BudgetRequest(amount=args.budget, unit=args.unit, category=args.category))
-    with grpc.insecure_channel(args.server) as channel:
+    with open_channel(args) as channel:
         try:
             response = pb_grpc.AuthorizationServiceStub(channel).Authorize(request, timeout=args.timeout)
         except grpc.RpcError as exc:
@@ -124,7 +134,7 @@ def _decision(args: argparse.Namespace) -> int:
     from tollgate.v1 import authorization_pb2 as pb
     from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(args.server) as channel:
+    with open_channel(args) as channel:
         try:
             record = pb_grpc.AuthorizationServiceStub(channel).GetDecision(
                 pb.GetDecisionRequest(decision_id=args.decision_id), timeout=5)
