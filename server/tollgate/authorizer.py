@@ -242,6 +242,9 @@ class Authorizer:
             approval = await asyncio.to_thread(self._approval_state, request.approval_id, digest)
         input_doc = build_input(request, now=now, killed=killed, approval=approval)
         refusal = self.caller_refusal(request)
+        if refusal is not None:
+            # Logged with the input, so that a replay of this record answers as the server did.
+            input_doc["auth"]["refused"] = {"code": refusal[0], "message": refusal[1]}
         # Spend is read only for requests that spend (under the budget lock), and the policy sees it.
         spend = None
         if self._budgets is not None and self._budgets.applies(request.kind):
@@ -463,6 +466,20 @@ def enforce_approval(outcome: Outcome, approval_id: str, status: str) -> Outcome
                    error=f"{outcome.error}; {error}" if outcome.error else error)
 
 
+def recorded_caller_refusal(input_doc: Mapping[str, Any]) -> Outcome | None:
+    """The server's DENY of a logged input whose caller it refused (input.auth.refused), else None.
+
+    `tollgate replay` answers such a record with the same DENY: the policy was not asked, and a candidate
+    bundle cannot change who was allowed to speak for whom.
+    """
+    auth = input_doc.get("auth")
+    refused = auth.get("refused") if isinstance(auth, Mapping) else None
+    if not isinstance(refused, Mapping) or not refused.get("code"):
+        return None
+    code, message = str(refused["code"]), str(refused.get("message", ""))
+    return Outcome(_server_deny(code, message), error=f"caller refused by the server: {message}")
+
+
 def recorded_kill_switches(input_doc: Mapping[str, Any]) -> list[KillSwitch]:
     """The kill switches in an input document's state.killed that name its request, as the server matched them.
 
@@ -525,5 +542,6 @@ __all__ = [
     "enforce_approval",
     "enforce_kill_switches",
     "policy_outcome",
+    "recorded_caller_refusal",
     "recorded_kill_switches",
 ]

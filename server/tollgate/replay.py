@@ -29,6 +29,7 @@ from tollgate.authorizer import (
     enforce_approval,
     enforce_kill_switches,
     policy_outcome,
+    recorded_caller_refusal,
     recorded_kill_switches,
 )
 from tollgate.bundle import BundleError, load_bundle
@@ -293,12 +294,16 @@ class Candidate:
 
     def decide(self, input_doc: Mapping[str, Any]) -> Outcome:
         """The final answer for one input document: the policy's, or the server's fail-closed DENY."""
-        evaluated: Any
-        try:
-            evaluated = decode_envelope(self._engine.evaluate_raw(self._path, canonical_json(input_doc).encode()))
-        except EngineError as exc:
-            evaluated = exc
-        outcome = policy_outcome(evaluated, entrypoint=self.entrypoint)
+        # A caller the server refused was denied before the policy was asked; a bundle cannot change that.
+        outcome = recorded_caller_refusal(input_doc)
+        if outcome is None:
+            evaluated: Any
+            try:
+                evaluated = decode_envelope(self._engine.evaluate_raw(self._path,
+                                                                      canonical_json(input_doc).encode()))
+            except EngineError as exc:
+                evaluated = exc
+            outcome = policy_outcome(evaluated, entrypoint=self.entrypoint)
         # The server's own kill-switch rule, over the kill switches the logged input carried.
         killed = recorded_kill_switches(input_doc)
         if killed:

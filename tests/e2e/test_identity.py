@@ -256,3 +256,21 @@ def test_a_unix_socket_admin_uid_runs_tollgate_status_with_no_token_configured(s
                             timeout=30, env={k: v for k, v in os.environ.items() if k != "TOLLGATE_ADMIN_TOKEN"})
     assert status.returncode == 0, status.stderr
     assert status.stdout.startswith("serving")
+
+
+def test_replay_answers_a_refused_caller_as_the_server_did(serve: Callable[..., Server], tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import REGO, TOLLGATE
+
+    server = _unix_server(serve, tmp_path, [{"id": f"uid:{os.getuid()}", "agents": ["code-reviewer"]}])
+    allowed = server.authorize(tool_request(agent="code-reviewer"))
+    refused = server.authorize(tool_request(agent="release-bot", name="get_pull_request"))
+    assert (allowed.decision, _codes(refused)) == (pb.DECISION_ALLOW, ["principal_mismatch"])
+    # The policy alone would allow the release bot to read a pull request: the record says the server refused.
+    assert _record(server, refused.decision_id)["input"]["auth"]["refused"]["code"] == "principal_mismatch"
+    report = subprocess.run([*TOLLGATE, "replay", "--data-dir", str(server.data_dir), "--bundle", str(REGO),
+                             "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    doc = json.loads(report.stdout)
+    assert doc["changed"] == 0, doc
