@@ -9,6 +9,7 @@ import socket
 import sys
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 
 upstream: MCPServer = MCPServer("github", version="9.9.9", instructions="A test double of the GitHub MCP server.")
@@ -51,6 +52,27 @@ def delete_repository(owner: str, repo: str) -> str:
 
 
 @upstream.tool()
+async def get_pull_request_files(owner: str, repo: str, pullNumber: int, ctx: Context) -> str:  # noqa: N803
+    """List the files a pull request changes, reporting progress as it goes."""
+    called("get_pull_request_files")
+    await ctx.report_progress(1, 2, "first file")
+    await ctx.report_progress(2, 2, "second file")
+    return "upstream files: a.py, b.py"
+
+
+@upstream.tool()
+async def get_pull_request_diff(owner: str, repo: str, pullNumber: int) -> str:  # noqa: N803
+    """Read a pull request's diff, slowly: it waits until cancelled, and logs that it was."""
+    called("get_pull_request_diff")
+    try:
+        await anyio.sleep(60)
+    except anyio.get_cancelled_exc_class():
+        called("cancelled:get_pull_request_diff")
+        raise
+    return "upstream diff"
+
+
+@upstream.tool()
 async def list_pull_requests(owner: str, repo: str, ctx: Context) -> str:
     """List pull requests; as a side effect it tells the client its tool list changed (so a test can watch the
     gateway forward notifications/tools/list_changed)."""
@@ -78,7 +100,6 @@ def review(pr: str) -> str:
 
 
 def _serve_http() -> None:
-    import anyio
     import uvicorn
 
     sock = socket.socket()

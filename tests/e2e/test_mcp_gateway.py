@@ -19,6 +19,7 @@ import mcp_types as types
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
+from mcp.shared.exceptions import MCPError
 
 from tests.conftest import ROOT, TOLLGATE, Server, start_server, write_policy
 from tests.readme import readme_section
@@ -236,7 +237,7 @@ def test_a_2026_era_client_gets_the_same_gate_and_the_upstreams_results(tmp_path
         async with gateway(tmp_path, sidecar.address, "code-reviewer", modern=True) as gw:
             assert gw.session.protocol_version == "2026-07-28"
             assert gw.session.server_info is not None and gw.session.server_info.name == "github"
-            assert len((await gw.session.list_tools()).tools) == 5
+            assert len((await gw.session.list_tools()).tools) == 7
             through = await gw.call("get_pull_request", PR)
             denied = await gw.call("merge_pull_request", PR)
             assert gw.upstream_calls() == ["get_pull_request"]
@@ -286,12 +287,13 @@ def test_hide_denied_tools_leaves_out_only_tools_the_agent_may_never_use(tmp_pat
         async with gateway(tmp_path, sidecar.address, "code-reviewer", "--hide-denied-tools") as gw:
             listed = (await gw.session.list_tools()).tools
             # merge_pull_request is not in the manifest; delete_repository is in no catalog (unknown_tool).
-            assert [t.name for t in listed] == ["get_pull_request", "search_code", "list_pull_requests"]
+            assert [t.name for t in listed] == ["get_pull_request", "search_code", "get_pull_request_files",
+                                                "get_pull_request_diff", "list_pull_requests"]
             assert listed[0].input_schema["required"] == ["owner", "repo", "pullNumber"]  # entries as sent
             # Hidden is not allowed-by-omission: calling a hidden tool is still decided, and denied.
             assert (await gw.call("delete_repository", {"owner": "acme", "repo": "app"})).is_error
         assert everything == ["get_pull_request", "merge_pull_request", "search_code", "delete_repository",
-                              "list_pull_requests"]
+                              "get_pull_request_files", "get_pull_request_diff", "list_pull_requests"]
 
     asyncio.run(scenario())
 
@@ -301,7 +303,7 @@ def test_sidecar_unreachable_denies_every_call_with_a_clear_tool_error(tmp_path:
         async with gateway(tmp_path, "127.0.0.1:9", "code-reviewer", "--timeout", "0.5",
                            "--hide-denied-tools") as gw:
             # Nothing is hidden on no answer; the calls are what is denied.
-            assert len((await gw.session.list_tools()).tools) == 5
+            assert len((await gw.session.list_tools()).tools) == 7
             result = await gw.call("get_pull_request", PR)
             assert gw.upstream_calls() == []
         assert result.is_error
@@ -334,6 +336,30 @@ def test_resources_prompts_and_change_notifications_are_forwarded(tmp_path: Path
                     break
                 await asyncio.sleep(0.05)
             assert "notifications/tools/list_changed" in gw.notifications
+
+    asyncio.run(scenario())
+
+
+def test_progress_comes_through_and_a_cancelled_call_is_cancelled_upstream(tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "code-reviewer") as gw:
+            progress: list[tuple[float, float | None, str | None]] = []
+
+            async def on_progress(done: float, total: float | None, message: str | None) -> None:
+                progress.append((done, total, message))
+
+            files = await gw.session.call_tool("get_pull_request_files", PR, progress_callback=on_progress)
+            assert text(files) == "upstream files: a.py, b.py"
+            assert progress == [(1, 2, "first file"), (2, 2, "second file")]
+
+            with pytest.raises(MCPError):  # the client gives up after 1 s and says so (notifications/cancelled)
+                await gw.session.call_tool("get_pull_request_diff", PR, read_timeout_seconds=1)
+            for _ in range(100):
+                if "cancelled:get_pull_request_diff" in gw.upstream_calls():
+                    break
+                await asyncio.sleep(0.05)
+            assert gw.upstream_calls() == ["get_pull_request_files", "get_pull_request_diff",
+                                           "cancelled:get_pull_request_diff"]
 
     asyncio.run(scenario())
 

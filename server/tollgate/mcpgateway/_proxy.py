@@ -271,8 +271,10 @@ class Proxy:
 
     async def _forward(self, ctx: ServerRequestContext[Any]) -> dict[str, Any]:
         """The client's request, as it arrived, to the upstream; the upstream's result or error back."""
-        meta = ctx.meta or {}
-        progress = ctx.session.report_progress if "progressToken" in meta else None
+        # The client asked for progress (a token in the request's _meta, as it came): relay the upstream's.
+        meta = (ctx.params or {}).get("_meta")
+        wants_progress = isinstance(meta, Mapping) and meta.get("progressToken") is not None
+        progress = ctx.session.report_progress if wants_progress else None
         request = _RawRequest(method=ctx.method, params=_upstream_params(ctx.params))
         try:
             result = await self._upstream.send_request(request, _RawResult, progress_callback=progress)
