@@ -74,9 +74,10 @@ async def get_pull_request_diff(owner: str, repo: str, pullNumber: int) -> str: 
 
 @upstream.tool()
 async def list_pull_requests(owner: str, repo: str, ctx: Context) -> str:
-    """List pull requests; as a side effect it tells the client its tool list changed (so a test can watch the
-    gateway forward notifications/tools/list_changed)."""
+    """List pull requests; on the way it logs a message and tells the client its tool list changed (so a test can
+    watch the gateway forward notifications/message and notifications/tools/list_changed)."""
     called("list_pull_requests")
+    await ctx.info("listing pull requests")
     await ctx.session.send_tool_list_changed()
     return f"upstream lists the pull requests of {owner}/{repo}"
 

@@ -335,7 +335,7 @@ def test_resources_prompts_and_change_notifications_are_forwarded(tmp_path: Path
                 if "notifications/tools/list_changed" in gw.notifications:
                     break
                 await asyncio.sleep(0.05)
-            assert "notifications/tools/list_changed" in gw.notifications
+            assert gw.notifications == ["notifications/message", "notifications/tools/list_changed"]
 
     asyncio.run(scenario())
 
