@@ -384,11 +384,16 @@ class BundleActivator:
 
 
 async def _smoke_test(engine: WorkerPoolEngine, *, entrypoint: str) -> None:
-    """Evaluate the fixed synthetic input; the result must be one the contract accepts."""
+    """Evaluate the fixed synthetic input; the result must be one the contract accepts, and the decision-log
+    mask, when the bundle has one, a set of entries (one that fails here would erase every record's
+    arguments and context)."""
     input_json = canonical_json(build_input(SMOKE_REQUEST, now=_SMOKE_NOW)).encode()
     where = f"bundle {engine.revision}: contract smoke test"
     try:
-        value = await engine.evaluate(input_json)
+        evaluation = await engine.evaluate_with_mask(input_json)
+        value = evaluation.value
+        if isinstance(value, EngineError):
+            raise value
     except EvaluationTimeout as exc:
         # A deadline measures the machine's load as much as the policy: refusing a bundle because one
         # evaluation on a fresh worker was slow would make activation flaky. Such a policy still fails
@@ -404,6 +409,13 @@ async def _smoke_test(engine: WorkerPoolEngine, *, entrypoint: str) -> None:
         parse_result(value)
     except ContractError as exc:
         raise Refused("smoke_test", f"{where}: the result breaks the contract: {exc}") from exc
+    mask = evaluation.mask
+    if isinstance(mask, EngineError):
+        raise Refused("smoke_test", f"{where}: data.tollgate.log.mask failed: {mask}")
+    if mask is not UNDEFINED and not isinstance(mask, list):
+        kind = {str: "a string", dict: "an object", bool: "a boolean", type(None): "null"}.get(type(mask), "a number")
+        raise Refused("smoke_test", f"{where}: data.tollgate.log.mask is {kind}, not a set of entries "
+                                    "(hint: JSON pointers or {op, path, value} objects; see docs/POLICY.md)")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -125,10 +125,16 @@ package tollgate.log
 mask := ["/input/tool/arguments/a"] if input.context.a
 mask := ["/input/tool/arguments/b"] if input.context.b
 """
+# Garbage only for requests with a token, so that the bundle passes the activation's smoke test.
 GARBAGE_MASK = """
 package tollgate.log
 
-mask := "/input/tool/arguments/token"
+mask := "/input/tool/arguments/token" if input.tool.arguments.token
+"""
+ALWAYS_GARBAGE_MASK = """
+package tollgate.log
+
+mask := {"path": "/input/tool/arguments/token"}
 """
 ALLOW = """
 package tollgate
@@ -202,3 +208,10 @@ def test_without_a_mask_answer_the_record_erases_arguments_and_context(serve, tm
         record = server.get_decision(response.decision_id)
         assert sorted(record.erased) == ["/input/context", "/input/tool/arguments"] and why in record.error
         assert _leaks(data_dir, [token]) == []
+
+
+def test_a_bundle_whose_mask_fails_the_smoke_test_is_refused(serve, tmp_path: Path) -> None:
+    server: Server = serve(bundle=_bundle(tmp_path / "bundle", ALWAYS_GARBAGE_MASK))
+    response = server.authorize(tool_request("a", "s", "t", {"token": "x"}))
+    assert [r.code for r in response.reasons] == ["no_bundle"]
+    assert "data.tollgate.log.mask is an object, not a set of entries" in server.stderr
