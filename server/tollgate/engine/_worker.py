@@ -63,7 +63,7 @@ def _with_mask(engine: EmbeddedOpa, entrypoint: str, mask: str) -> Callable[[byt
     """An evaluation of the entrypoint and the mask rule together (see the module docstring)."""
     # One query parses the input once; the comprehensions keep an undefined document from making the
     # whole query undefined.
-    query = f"decision := [x | x := data.{entrypoint}]; mask := [x | x := data.{mask}]".encode()
+    query = f"decision := [x | x := {_ref(entrypoint)}]; mask := [x | x := {_ref(mask)}]".encode()
     query_raw, evaluate_raw, mask_path = engine.query_raw, engine.evaluate_raw, mask.encode()
 
     def evaluate(path: bytes, input_json: bytes) -> bytes:
@@ -73,6 +73,11 @@ def _with_mask(engine: EmbeddedOpa, entrypoint: str, mask: str) -> Callable[[byt
         return b"[" + evaluate_raw(path, input_json) + b"," + evaluate_raw(mask_path, input_json) + b"]"
 
     return evaluate
+
+
+def _ref(path: str) -> str:
+    """data.<path> (dot-separated) as a Rego reference that any segment can be spelled in: data["a"]["b-c"]."""
+    return "data" + "".join(f"[{json.dumps(part)}]" for part in path.split("."))
 
 
 def main() -> int:
