@@ -84,3 +84,31 @@ def test_an_empty_mapping_refuses_no_one() -> None:
 def test_bad_callers_entries_name_the_entry_and_key(raw: Any, message: str) -> None:
     with pytest.raises(IdentityConfigError, match=message):
         CallerMap.parse(raw)
+
+
+def test_a_verified_token_is_remembered_until_it_expires(tmp_path: Any) -> None:
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tollgate.identity import TOKEN_LEEWAY, TokenVerifier
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "k1.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    verifier = TokenVerifier.from_config(str(tmp_path), issuer="https://idp", audience="tollgate")
+
+    def token(exp: float) -> str:
+        return jwt.encode({"iss": "https://idp", "aud": "tollgate", "sub": "agent-7", "exp": int(exp)}, key,
+                          algorithm="ES256", headers={"kid": "k1"})
+
+    fresh = token(time.time() + 60)
+    first = verifier.verify(fresh)
+    assert first.subject == "jwt:agent-7"
+    assert verifier.verify(fresh) is first  # remembered: no second signature check
+    # Expired past the leeway: refused, and a refusal is never remembered.
+    stale = token(time.time() - TOKEN_LEEWAY - 5)
+    assert "expired" in verifier.verify(stale).error
+    assert "expired" in verifier.verify(stale).error

@@ -13,6 +13,8 @@ This module has no gRPC import: the servicers hand it the peer string, the auth 
 from __future__ import annotations
 
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,8 @@ PRINCIPAL_MISMATCH = "principal_mismatch"
 CALLER_UNAUTHENTICATED = "caller_unauthenticated"
 #: Clock skew tolerated on a token's exp, nbf and iat, in seconds.
 TOKEN_LEEWAY = 30.0
+#: Verified caller tokens remembered (each until it expires).
+TOKEN_CACHE_SIZE = 1024
 #: Principal fields a caller entry constrains: config key → principal field.
 CLAIMABLE = {"agents": "agent_id", "teams": "team", "users": "user", "workflows": "workflow"}
 
@@ -161,10 +165,15 @@ class TokenSettings:
 
 
 class TokenVerifier:
-    """Verifies caller JWTs (RS256 or ES256) against trusted keys: signature, kid, iss, aud, exp (required)."""
+    """Verifies caller JWTs (RS256 or ES256) against trusted keys: signature, kid, iss, aud, exp (required).
+
+    A harness sends the same token with every request until it expires, so verified tokens are remembered
+    (up to TOKEN_CACHE_SIZE, each until its exp): a signature check costs more than the rest of a decision.
+    """
 
     def __init__(self, settings: TokenSettings) -> None:
         self._settings = settings
+        self._verified: OrderedDict[str, tuple[Caller, float]] = OrderedDict()  # token → (caller, valid until)
 
     @classmethod
     def from_config(cls, keys_dir: str, *, issuer: str, audience: str) -> TokenVerifier:
@@ -180,23 +189,39 @@ class TokenVerifier:
         return cls(TokenSettings(keys, issuer, audience))
 
     def verify(self, token: str) -> Caller:
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            if time.time() < remembered[1]:
+                self._verified.move_to_end(token)
+                return remembered[0]
+            del self._verified[token]
+        caller, valid_until = self._verify(token)
+        if valid_until:
+            self._verified[token] = (caller, valid_until)
+            if len(self._verified) > TOKEN_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return caller
+
+    def _verify(self, token: str) -> tuple[Caller, float]:
+        """The caller a token names and until when that holds (0: refused, not to be remembered)."""
         try:
             header = jwt.get_unverified_header(token)
             kid = header.get("kid")
             key = self._settings.keys.get(kid) if isinstance(kid, str) else None
             if key is None:
                 known = ", ".join(sorted(self._settings.keys))
-                return _refused(f"caller token: kid {kid!r} is not a trusted key (trusted: {known})")
+                return _refused(f"caller token: kid {kid!r} is not a trusted key (trusted: {known})"), 0.0
             algorithm = "RS256" if isinstance(key, rsa.RSAPublicKey) else "ES256"
             claims = jwt.decode(token, key, algorithms=[algorithm], issuer=self._settings.issuer,
                                 audience=self._settings.audience, leeway=TOKEN_LEEWAY,
                                 options={"require": ["exp", "iss", "aud", "sub"]})
         except jwt.PyJWTError as exc:
-            return _refused(f"caller token: {exc}")
+            return _refused(f"caller token: {exc}"), 0.0
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
-            return _refused("caller token: sub must be a non-empty string")
-        return Caller(method="token", subject=f"jwt:{sub}", details={"iss": claims["iss"], "sub": sub, "kid": kid})
+            return _refused("caller token: sub must be a non-empty string"), 0.0
+        caller = Caller(method="token", subject=f"jwt:{sub}", details={"iss": claims["iss"], "sub": sub, "kid": kid})
+        return caller, float(claims["exp"]) + TOKEN_LEEWAY
 
 
 def _refused(error: str) -> Caller:

@@ -11,6 +11,7 @@ a logged decision. AuthZEN has only true and false: require_approval is false, w
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -33,6 +34,8 @@ METADATA_PATH = "/.well-known/authzen-configuration"
 #: What each resource type is asked with, and the action name that asks it.
 ACTIONS = {"tool": "call", "model": "invoke", "budget": "spend"}
 SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
+#: Evaluations of one execute_all batch decided at the same time.
+BATCH_CONCURRENCY = 32
 _JSON = "application/json"
 #: AuthorizeRequest field paths (as InvalidRequest names them) → the AuthZEN fields they came from.
 _FIELD_NAMES = (
@@ -122,6 +125,16 @@ class AuthzenService:
         return {"evaluations": [_answer(d) for d in decisions]}
 
     async def _evaluate(self, requests: list[DecisionRequest], *, stop_on: bool | None = None) -> list[Decision]:
+        if stop_on is None:
+            # execute_all: decided together (a bounded number at a time), so their log appends share group
+            # commits; the answers keep the order of the requests.
+            room = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+            async def decide(request: DecisionRequest) -> Decision:
+                async with room:
+                    return await self._authorizer.authorize(request)
+
+            return list(await asyncio.gather(*(decide(r) for r in requests)))
         decisions = []
         for request in requests:
             decision = await self._authorizer.authorize(request)
