@@ -23,7 +23,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.conftest import ROOT, TOLLGATE, Server, start_server, write_policy
 from tests.readme import readme_section
-from tollgate.v1 import approval_pb2, approval_pb2_grpc
+from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 
 UPSTREAM = [sys.executable, str(ROOT / "tests" / "mcp_upstream.py")]
 PR = {"owner": "acme", "repo": "app", "pullNumber": 42}
@@ -243,6 +243,30 @@ def test_a_2026_era_client_gets_the_same_gate_and_the_upstreams_results(tmp_path
             assert gw.upstream_calls() == ["get_pull_request"]
         assert through.content == own.content and through.structured_content == own.structured_content
         assert denied.is_error and tollgate_meta(denied)["reasons"][0]["code"] == "tool_not_in_manifest"
+
+    asyncio.run(scenario())
+
+
+def test_an_approved_call_stopped_by_a_kill_switch_goes_through_once_it_is_revived(tmp_path: Path,
+                                                                                    sidecar: Server) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(sidecar.channel)
+    switch = {"scope": "session", "value": "s-kill"}
+
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "release-bot", "--session-id", "s-kill") as gw:
+            approval_id = tollgate_meta(await gw.call("merge_pull_request", PR))["approval_id"]
+            approve(sidecar, approval_id)
+            admin.Kill(admin_pb2.KillRequest(**switch, reason="incident 7", by="sam"), timeout=10,
+                       metadata=sidecar.admin_metadata)
+            killed = await gw.call("merge_pull_request", PR)
+            assert [r["code"] for r in tollgate_meta(killed)["reasons"]] == ["killed"]
+            admin.Revive(admin_pb2.ReviveRequest(**switch, by="sam"), timeout=10, metadata=sidecar.admin_metadata)
+            # The approval was kept through the kill switch's deny: presented again, it is used now.
+            merged = await gw.call("merge_pull_request", PR)
+            assert not merged.is_error and gw.upstream_calls() == ["merge_pull_request"]
+        used = approver(sidecar).GetApproval(approval_pb2.GetApprovalRequest(id=approval_id), timeout=10,
+                                             metadata=sidecar.admin_metadata)
+        assert used.status == "used"
 
     asyncio.run(scenario())
 

@@ -19,8 +19,11 @@ ARGUMENT_INDEPENDENT = frozenset({"unknown_agent", "unknown_tool", "tool_not_in_
 #: The approval presented is no longer any good (used once already, expired, or for another request): the
 #: call is asked about afresh, which opens a new approval if the policy still wants one.
 _STALE_APPROVAL = frozenset({"approval_used", "approval_expired", "approval_mismatch"})
+_SETTLED_APPROVAL = _STALE_APPROVAL | {"approval_denied"}
 #: Reason code of the DENY the gateway makes itself when the client raised (a request the sidecar refused).
 GATEWAY_ERROR = "gateway_error"
+#: Approvals remembered for retries, at most (the oldest is forgotten first: its call then opens a new one).
+MAX_REMEMBERED_APPROVALS = 1024
 #: The request context every call carries, so policy (and people reading the log) can tell how it was asked.
 CALL_CONTEXT: Mapping[str, Any] = {"mcp": "tools/call"}
 LIST_CONTEXT: Mapping[str, Any] = {"mcp": "tools/list"}
@@ -71,13 +74,20 @@ class ToolGate:
             self._approvals.pop(key, None)
             decision = await self._ask(name, arguments, CALL_CONTEXT)
         if decision.decision == "require_approval" and decision.approval_id:
-            self._approvals[key] = decision.approval_id
+            self._remember(key, decision.approval_id)
             if self._settings.approval_wait > 0:
                 decision = await self._wait_then_ask_again(name, arguments, decision)
-        if decision.decision != "require_approval":
-            # Allowed (the approval is now used) or denied (a retry starts over): nothing to present next time.
+        if decision.allowed or _codes(decision) & _SETTLED_APPROVAL:
+            # Allowed (the approval is now used) or its approval settled otherwise: a retry starts over. A deny
+            # for another reason (a kill switch, say) keeps it, for when that reason is gone.
             self._approvals.pop(key, None)
         return decision
+
+    def _remember(self, key: str, approval_id: str) -> None:
+        self._approvals.pop(key, None)  # re-inserted last: the order is the order of last use
+        self._approvals[key] = approval_id
+        while len(self._approvals) > MAX_REMEMBERED_APPROVALS:
+            self._approvals.pop(next(iter(self._approvals)))
 
     async def hidden_tools(self, names: Sequence[str]) -> frozenset[str]:
         """The tools the policy never allows this agent, whatever the arguments: each is asked about once (no
