@@ -21,6 +21,8 @@ def called(name: str) -> None:
     if CALL_LOG:
         with open(CALL_LOG, "a") as log:
             log.write(name + "\n")
+            if "TOLLGATE_ADMIN_TOKEN" in os.environ:  # the gateway must not hand Tollgate's credentials on
+                log.write("saw-TOLLGATE_ADMIN_TOKEN\n")
 
 
 @upstream.tool()

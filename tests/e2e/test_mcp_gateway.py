@@ -21,7 +21,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import ROOT, TOLLGATE, Server, start_server, write_policy
+from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, Server, start_server, write_policy
 from tests.readme import readme_section
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 
@@ -70,7 +70,9 @@ async def gateway(tmp_path: Path, sidecar: str, agent: str, *flags: str, upstrea
     tail = ["--", *UPSTREAM] if upstream is None else upstream
     params = StdioServerParameters(command=TOLLGATE[0], args=[
         *TOLLGATE[1:], "mcp-gateway", "--server", sidecar, "--agent-id", agent, *flags, *tail],
-        env={**os.environ, "MCP_UPSTREAM_CALL_LOG": str(call_log)}, cwd=ROOT)
+        # The admin token in the gateway's environment (as for a person's shell) is withheld from the upstream:
+        # the upstream logs it if it sees it, and every test checks what the upstream logged.
+        env={**os.environ, "MCP_UPSTREAM_CALL_LOG": str(call_log), "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN}, cwd=ROOT)
     async with stdio_client(params) as (read, write), \
             ClientSession(read, write, message_handler=on_message, read_timeout_seconds=60) as session:
         await (session.discover() if modern else session.initialize())

@@ -31,6 +31,9 @@ from tollgate.mcpgateway._gate import ToolGate, decision_meta, refusal_text
 
 logger = logging.getLogger(__name__)
 
+#: Environment variables a stdio upstream does not inherit: Tollgate's own credentials are not a tool server's
+#: business (the admin token approves and kills; `tollgate` commands read it from here).
+WITHHELD_ENVIRONMENT = frozenset({"TOLLGATE_ADMIN_TOKEN"})
 #: Seconds an upstream has to answer initialize, by default (a first `docker run` may pull an image meanwhile).
 UPSTREAM_START_TIMEOUT = 120.0
 #: Upstream notifications passed on to the client (on connections that began with initialize; see README).
@@ -50,7 +53,7 @@ class _RawResult(RootModel[dict[str, Any]]):
 @dataclass(frozen=True)
 class StdioUpstream:
     """An upstream MCP server the gateway starts and talks to over its stdin/stdout. It inherits the gateway's
-    environment (where an MCP client puts the server's tokens)."""
+    environment (where an MCP client puts the server's tokens), less WITHHELD_ENVIRONMENT."""
 
     command: str
     args: tuple[str, ...] = ()
@@ -105,8 +108,8 @@ async def connect_upstream(upstream: Upstream, relay: NotificationRelay, *,
     """A session with the upstream server, initialized (the initialize handshake, which every MCP server
     speaks); leaving the context stops a stdio upstream's process."""
     if isinstance(upstream, StdioUpstream):
-        params = StdioServerParameters(command=upstream.command, args=list(upstream.args), env=dict(os.environ),
-                                       cwd=upstream.cwd)
+        env = {k: v for k, v in os.environ.items() if k not in WITHHELD_ENVIRONMENT}
+        params = StdioServerParameters(command=upstream.command, args=list(upstream.args), env=env, cwd=upstream.cwd)
         transport = stdio_client(params)
     else:
         transport = _http_transport(upstream)
