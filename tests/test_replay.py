@@ -475,7 +475,7 @@ def test_markdown_names_no_changes_and_keeps_log_text_inert(tmp_path: Path) -> N
     text = render_markdown(report)
     assert "`evil\\|<img src=x>'`" in text  # a code span: no cell break, no HTML, no broken span
     same = render_markdown(_replay(read_jsonl(SAMPLE), REGO))
-    assert same.startswith("### Tollgate replay: no decision changes (49 decisions replayed)")
+    assert same.startswith("### Tollgate replay: no decision changes (53 decisions replayed)")
 
 
 def test_a_bundle_tarball_is_a_candidate(tmp_path: Path, no_push: Path) -> None:

@@ -1,7 +1,7 @@
 """Regenerate samples/decisions.jsonl: real decision records from a real server on the default library.
 
 Starts `tollgate serve` on a temporary data directory with rego/, sends a varied set of Authorize
-requests for the four agents in rego/agents (tool calls that are allowed, denied or need approval,
+requests for the agents in rego/agents (tool calls that are allowed, denied or need approval,
 model calls, budget requests), stops the server, and writes `SELECT record FROM decisions ORDER BY seq`
 one record per line: the decision-log record format `tollgate replay --decisions` reads.
 
@@ -96,6 +96,12 @@ TOOL_CALLS: list[tuple[str, str, str, dict[str, Any], list[str]]] = [
     ("release-bot", "rb-55", "slack/post_message", {"channel": "#releases", "text": "2.14.0 is out"}, []),  # allow
     ("release-bot", "rb-55", "github/delete_file", {"owner": "acme", "repo": "payments-api",
                                                     "path": "CHANGELOG.md"}, []),  # deny: not in manifest
+    # claude-code (through `tollgate hook claude-code`): the built-in tools, server "".
+    ("claude-code", "cc-9", "Read", {"file_path": "/workspace/src/app.py"}, ["path:/workspace/src/app.py"]),  # allow
+    ("claude-code", "cc-9", "Bash", {"command": "git status"}, []),  # allow: a listed read-only command
+    ("claude-code", "cc-9", "Bash", {"command": "rm -rf build"}, []),  # require_approval
+    ("claude-code", "cc-9", "Write", {"file_path": "/etc/hosts", "content": "127.0.0.1 x"},
+     ["path:/etc/hosts"]),  # deny: outside the workspace
     # Nobody's manifest.
     ("intern-bot", "ib-1", "github/get_pull_request", {"owner": "acme", "repo": "payments-api", "pullNumber": 1},
      []),  # deny: unknown agent
@@ -124,7 +130,7 @@ BUDGET_REQUESTS: list[tuple[str, str, float, str, str]] = [
 ]
 
 TEAMS = {"code-reviewer": "platform", "data-analyst": "analytics", "browser-agent": "support",
-         "release-bot": "release-eng", "intern-bot": "interns"}
+         "release-bot": "release-eng", "claude-code": "platform", "intern-bot": "interns"}
 
 
 def requests() -> list[pb.AuthorizeRequest]:
