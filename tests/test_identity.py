@@ -30,11 +30,12 @@ def test_a_certificate_without_a_uri_is_named_by_its_dns_name_then_its_common_na
 
 
 def test_the_relay_peer_address_is_a_uds_caller_and_anything_else_is_anonymous() -> None:
-    resolver = CallerResolver(relay_prefix="unix:/tmp/tollgate-x/")
-    caller = resolver.transport(peer="unix:/tmp/tollgate-x/1000.100.4242.7", auth_context={})
+    resolver = CallerResolver(relay_prefix="unix-abstract:tollgate-relay.7.ab12/")
+    caller = resolver.transport(peer="unix-abstract:tollgate-relay.7.ab12/1000.100.4242.7", auth_context={})
     assert caller == Caller("uds", "uid:1000", {"uid": 1000, "gid": 100, "pid": 4242}, ("gid:100",))
     assert resolver.transport(peer="unix:/elsewhere/1000.100.4242.7", auth_context={}) is ANONYMOUS
-    assert resolver.transport(peer="unix:/tmp/tollgate-x/grpc.sock", auth_context={}) is ANONYMOUS
+    assert resolver.transport(peer="unix-abstract:tollgate-relay.8.cd34/1000.100.4242.7", auth_context={}) is ANONYMOUS
+    assert resolver.transport(peer="unix:", auth_context={}) is ANONYMOUS
     assert resolver.transport(peer="ipv4:127.0.0.1:5000", auth_context={}) is ANONYMOUS
 
 
@@ -112,3 +113,23 @@ def test_a_verified_token_is_remembered_until_it_expires(tmp_path: Any) -> None:
     stale = token(time.time() - TOKEN_LEEWAY - 5)
     assert "expired" in verifier.verify(stale).error
     assert "expired" in verifier.verify(stale).error
+
+
+def test_the_relay_directory_lives_in_the_data_dir_and_a_dead_servers_is_removed(tmp_path: Any) -> None:
+    import os
+    import shutil
+
+    from tollgate.peercred import private_dir
+
+    gone = tmp_path / "relay.999999999"  # past any pid_max: no such process
+    gone.mkdir()
+    (gone / "grpc.sock").write_text("")
+    made = private_dir(tmp_path)
+    assert made == tmp_path / f"relay.{os.getpid()}"
+    assert made.stat().st_mode & 0o777 == 0o700
+    assert not gone.exists()
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    elsewhere = private_dir(deep)
+    assert elsewhere.parent != deep  # too long for a socket address: a private directory in $TMPDIR
+    shutil.rmtree(elsewhere)

@@ -57,7 +57,8 @@ async def serve(config: ServeConfig) -> int:
         credentials = config.server_credentials()
         callers = config.caller_map()
         # On a Unix socket the relay reads each connection's peer credentials (gRPC does not expose them).
-        relay = PeerCredentialRelay(config.listen[len("unix:"):]) if config.listen.startswith("unix:") else None
+        relay = (PeerCredentialRelay(config.listen[len("unix:"):], state_dir=data_dir)
+                 if config.listen.startswith("unix:") else None)
         resolver = config.caller_resolver(relay_prefix=relay.peer_prefix if relay else "")
         authzen_tls = config.authzen_ssl_context()
         shipping_config = config.log_shipping()

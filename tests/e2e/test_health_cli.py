@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,19 +16,19 @@ def _health(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*TOLLGATE, "health", *args], capture_output=True, text=True, timeout=30)
 
 
-def _socket() -> str:
-    return f"unix:/tmp/tollgate-health-{os.getpid()}-{time.monotonic_ns()}.sock"
+def _socket(tmp_path: Path) -> str:
+    return f"unix:{tmp_path}/s.sock"  # pytest keeps tmp_path short enough for a socket address
 
 
-def test_a_serving_sidecar_on_a_unix_socket_is_healthy(serve: Callable[..., Server]) -> None:
-    server = serve(listen=_socket())
+def test_a_serving_sidecar_on_a_unix_socket_is_healthy(serve: Callable[..., Server], tmp_path: Path) -> None:
+    server = serve(listen=_socket(tmp_path))
     answer = _health("--server", server.address)
     assert (answer.returncode, answer.stdout.strip()) == (0, "SERVING")
 
 
 def test_a_sidecar_without_a_bundle_is_not_serving(serve: Callable[..., Server], tmp_path: Path) -> None:
     broken = write_policy(tmp_path / "broken", "package tollgate\n\ndecision := {\n")
-    server = serve(bundle=broken, listen=_socket())
+    server = serve(bundle=broken, listen=_socket(tmp_path))
     answer = _health("--server", server.address)
     assert (answer.returncode, answer.stdout.strip()) == (2, "NOT_SERVING")
 

@@ -113,12 +113,12 @@ def test_a_request_id_does_not_fetch_another_callers_answer(mtls_server: tuple[S
 # Unix socket ------------------------------------------------------------------------------------------------
 
 
-def _unix_address() -> str:
-    return f"unix:/tmp/tollgate-test-{os.getpid()}-{time.monotonic_ns()}.sock"  # short: the sun_path limit
+def _unix_address(tmp_path: Path) -> str:
+    return f"unix:{tmp_path}/s.sock"  # pytest keeps tmp_path short enough for a socket address
 
 
 def _unix_server(serve: Callable[..., Server], tmp_path: Path, callers: list[dict[str, Any]]) -> Server:
-    return serve(listen=_unix_address(), extra=_config(tmp_path, {"callers": callers}) if callers else [])
+    return serve(listen=_unix_address(tmp_path), extra=_config(tmp_path, {"callers": callers}) if callers else [])
 
 
 def test_unix_socket_caller_is_its_uid_and_pid(serve: Callable[..., Server], tmp_path: Path) -> None:
@@ -250,7 +250,7 @@ def test_a_unix_socket_admin_uid_runs_tollgate_status_with_no_token_configured(s
 
     from tests.conftest import TOLLGATE
 
-    server = serve(listen=_unix_address(), admin_token=None,
+    server = serve(listen=_unix_address(tmp_path), admin_token=None,
                    extra=_config(tmp_path, {"admin_identities": [f"uid:{os.getuid()}"]}))
     status = subprocess.run([*TOLLGATE, "status", "--server", server.address], capture_output=True, text=True,
                             timeout=30, env={k: v for k, v in os.environ.items() if k != "TOLLGATE_ADMIN_TOKEN"})
