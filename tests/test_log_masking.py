@@ -134,6 +134,20 @@ def test_the_fallback_lists_only_what_was_there() -> None:
     assert m.erased == () and "erased /input/tool/arguments" in m.error
 
 
+def test_what_a_mask_takes_out_is_scrubbed_from_any_text_that_quotes_it() -> None:
+    doc = {"kind": "tool", "principal": {}, "tool": {"arguments": {"key": "s3cr3t-value", "id": "ab",
+                                                                   "nested": {"token": "tok-123456"}}}}
+    m = mask_record([{"op": "upsert", "path": "/input/tool/arguments/key", "value": "***"},
+                     "/input/tool/arguments/nested", "/input/tool/arguments/id"], doc, None)
+    assert m.hidden == {"s3cr3t-value", "tok-123456"}  # "ab" is too short to scrub from prose
+    assert m.scrub([{"message": "key s3cr3t-value and tok-123456 refused for ab"}]) == [
+        {"message": "key *** and *** refused for ab"}]
+    assert m.scrub(7) == 7
+    untouched = mask_record((), doc, None)
+    text = "s3cr3t-value"
+    assert untouched.hidden == frozenset() and untouched.scrub(text) is text
+
+
 # -- the engine answers the mask rule with the decision ------------------------------------------------
 
 DECISION = """

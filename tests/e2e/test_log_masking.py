@@ -170,6 +170,37 @@ def test_a_failing_or_garbage_mask_keeps_the_decision_and_erases_arguments_and_c
         assert _leaks(data_dir, [token]) == []
 
 
+# A policy that quotes the argument it refuses, as many real reasons do ("url ... is not allowed").
+QUOTING = """
+package tollgate
+
+default decision := {"decision": "deny", "reasons": [{"code": "no_url", "message": "no url"}]}
+
+decision := {"decision": "deny", "obligations": {},
+             "reasons": [{"code": "bad_url", "message": sprintf("url %s is not allowed", [input.tool.arguments.url])}]}
+"""
+
+
+def test_a_reason_quoting_a_masked_value_is_scrubbed_in_the_record(serve, tmp_path: Path) -> None:
+    password = _secret("pw-", 20)
+    root = write_policy(tmp_path / "bundle", QUOTING)
+    (root / "tollgate" / "log").mkdir()
+    (root / "tollgate" / "log" / "mask.rego").write_text(
+        'package tollgate.log\n\nmask contains {"op": "upsert", "path": "/input/tool/arguments/url", "value": "***"}\n')
+    data_dir = tmp_path / "data"
+    server: Server = serve(bundle=root, data_dir=data_dir)
+    url = f"https://deploy:{password}@internal.example/hook"
+    response = server.authorize(tool_request("a", "s", "t", {"url": url}))
+    # The caller, who sent the secret, gets the policy's own words; the log keeps them without it.
+    assert response.reasons[0].message == f"url {url} is not allowed"
+    record = server.get_decision(response.decision_id)
+    assert record.reasons[0].message == "url *** is not allowed"
+    assert json_format.MessageToDict(record.result)["reasons"][0]["message"] == "url *** is not allowed"
+    assert list(record.masked) == ["/input/tool/arguments/url"]
+    assert server.terminate() == 0
+    assert _leaks(data_dir, [password]) == []
+
+
 # For agent "slow", minutes of work: the evaluation runs past its deadline and the worker gives no answer.
 RUNAWAY = """
 package tollgate

@@ -54,10 +54,24 @@ class Masking:
     masked: tuple[str, ...] = ()
     #: What went wrong while masking, for the record's `error`; empty when the mask applied cleanly.
     error: str = ""
+    #: The strings the mask took out (never written): reason messages and errors that quote one of them
+    #: are scrubbed before the record is written.
+    hidden: frozenset[str] = frozenset()
 
     @property
     def changed(self) -> bool:
         return bool(self.erased or self.masked)
+
+    def scrub(self, value: Any) -> Any:
+        """value with every hidden string inside its strings replaced by "***" (objects and arrays walked).
+
+        A policy's reason may quote an argument ("url https://u:pw@host is not allowed"); masking the
+        argument alone would leave it in the reason's copy. Returns value itself when nothing is hidden.
+        """
+        if not self.hidden:
+            return value
+        # Longest first, so a secret that contains another is replaced whole.
+        return _scrub(value, sorted(self.hidden, key=len, reverse=True))
 
 
 @dataclass(frozen=True)
@@ -91,12 +105,12 @@ def mask_record(mask: Any, input_doc: Mapping[str, Any], result: Any, *, failed:
             problems.append(f"mask entry {position} skipped: {entry}")
         else:
             entries.append(entry)
-    doc, erased, masked, skipped = _apply(entries, input_doc, result)
+    doc, erased, masked, skipped, hidden = _apply(entries, input_doc, result)
     problems += skipped
     error = "; ".join(problems)
     if error:
         _warn("entries", f"decision log mask: {error}")
-    return Masking(doc["input"], doc.get("result"), tuple(erased), tuple(masked), error)
+    return Masking(doc["input"], doc.get("result"), tuple(erased), tuple(masked), error, frozenset(hidden))
 
 
 def failure_summary(code: str, message: str) -> str:
@@ -111,10 +125,10 @@ _FAILURE: Final = re.compile(r"((?:[^\s:]+:\d+: )?(?:eval|rego)_[a-z_]*error)\b"
 
 def _fallback(input_doc: Mapping[str, Any], result: Any, why: str) -> Masking:
     entries = [_Entry(i, _REMOVE, _split(p) or ()) for i, p in enumerate(FALLBACK_ERASE)]
-    doc, erased, _, _ = _apply(entries, input_doc, result)
+    doc, erased, _, _, hidden = _apply(entries, input_doc, result)
     _warn(why, f"decision log mask: {why}; erasing {', '.join(FALLBACK_ERASE)} from the records instead")
     return Masking(doc["input"], doc.get("result"), tuple(erased), (),
-                   f"mask: {why}; erased {', '.join(FALLBACK_ERASE)} instead")
+                   f"mask: {why}; erased {', '.join(FALLBACK_ERASE)} instead", frozenset(hidden))
 
 
 def _parse(position: int, raw: Any) -> _Entry | str:
@@ -159,18 +173,22 @@ def _pointer(parts: Sequence[str]) -> str:
 
 
 def _apply(entries: list[_Entry], input_doc: Mapping[str, Any],
-           result: Any) -> tuple[dict[str, Any], list[str], list[str], list[str]]:
-    """Apply entries to {input, result}: parents before children; an entry inside one already applied is covered."""
+           result: Any) -> tuple[dict[str, Any], list[str], list[str], list[str], set[str]]:
+    """Apply entries to {input, result}: parents before children; an entry inside one already applied is covered.
+
+    Returns the document, the pointers erased and masked, the entries skipped and the strings taken out.
+    """
     doc: dict[str, Any] = {"input": input_doc, "result": result}
     copied: set[int] = {id(doc)}
     done: set[tuple[str, ...]] = set()
     erased: list[str] = []
     masked: list[str] = []
     problems: list[str] = []
+    hidden: set[str] = set()
     for entry in sorted(entries, key=lambda e: e.parts):
         if any(entry.parts[:i] in done for i in range(1, len(entry.parts) + 1)):
             continue
-        outcome = _apply_one(doc, entry, copied)
+        outcome = _apply_one(doc, entry, copied, hidden)
         if outcome is None:
             continue  # nothing there to erase
         if isinstance(outcome, str):
@@ -178,10 +196,40 @@ def _apply(entries: list[_Entry], input_doc: Mapping[str, Any],
             continue
         done.add(entry.parts)
         (erased if entry.op == _REMOVE else masked).append(_pointer(entry.parts))
-    return doc, erased, masked, problems
+    return doc, erased, masked, problems, hidden
 
 
-def _apply_one(doc: dict[str, Any], entry: _Entry, copied: set[int]) -> bool | str | None:
+#: Strings shorter than this are not scrubbed from messages: "1" or "id" would mangle every message while
+#: no credential is that short.
+_MIN_HIDDEN = 4
+
+
+def _collect_strings(value: Any, into: set[str]) -> None:
+    if isinstance(value, str):
+        if len(value) >= _MIN_HIDDEN:
+            into.add(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect_strings(item, into)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_strings(item, into)
+
+
+def _scrub(value: Any, hidden: Sequence[str]) -> Any:
+    if isinstance(value, str):
+        for secret in hidden:
+            if secret in value:
+                value = value.replace(secret, "***")
+        return value
+    if isinstance(value, Mapping):
+        return {key: _scrub(item, hidden) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(item, hidden) for item in value]
+    return value
+
+
+def _apply_one(doc: dict[str, Any], entry: _Entry, copied: set[int], hidden: set[str]) -> bool | str | None:
     """True when applied, None when a remove finds nothing, or why the entry cannot apply."""
     node: Any = doc
     upsert = entry.op == _UPSERT
@@ -204,6 +252,7 @@ def _apply_one(doc: dict[str, Any], entry: _Entry, copied: set[int]) -> bool | s
             _set(node, key, child)
         node = child
     if isinstance(node, dict):
+        _collect_strings(node.get(last), hidden)
         if upsert:
             node[last] = entry.value
             return True
@@ -215,6 +264,7 @@ def _apply_one(doc: dict[str, Any], entry: _Entry, copied: set[int]) -> bool | s
         index = _index(node, last)
         if index is None:
             return None if not upsert else "path names an array index that does not exist"
+        _collect_strings(node[index], hidden)
         if upsert:
             node[index] = entry.value
         else:
