@@ -274,3 +274,21 @@ def test_replay_answers_a_refused_caller_as_the_server_did(serve: Callable[..., 
     assert report.returncode == 0, report.stderr
     doc = json.loads(report.stdout)
     assert doc["changed"] == 0, doc
+
+
+def test_tollgate_authorize_sends_a_caller_token(token_server: tuple[Server, ec.EllipticCurvePrivateKey]) -> None:
+    import subprocess
+
+    from tests.conftest import TOLLGATE
+
+    server, key = token_server
+    token = _token(key)[0][1]
+    argv = [*TOLLGATE, "authorize", "--server", server.address, "--agent", "code-reviewer", "--tool",
+            "github/get_pull_request"]
+    with_flag = subprocess.run([*argv, "--caller-token", token], capture_output=True, text=True, timeout=60)
+    from_env = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "TOLLGATE_CALLER_TOKEN": token})
+    without = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "TOLLGATE_CALLER_TOKEN"})
+    assert (with_flag.returncode, from_env.returncode) == (0, 0), with_flag.stderr + from_env.stderr
+    assert without.returncode == 2 and "principal_mismatch" in without.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -18,6 +19,8 @@ from tollgate_cli._common import (
 )
 
 ORDER = 20  # position in `tollgate --help`
+#: Where `tollgate authorize` finds a caller token when --caller-token is not given.
+CALLER_TOKEN_ENV = "TOLLGATE_CALLER_TOKEN"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,6 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     auth.add_argument("--approval-id", default="", help="ask again with this approval (tollgate approvals)")
     auth.add_argument("--json", action="store_true", help="print the response as JSON")
     auth.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    auth.add_argument("--caller-token", default=None,
+                      help=f"a caller token (JWT) naming who asks (default: ${CALLER_TOKEN_ENV}; see README "
+                           "\"Caller identity\")")
     add_tls_flags(auth)
     auth.set_defaults(func=_authorize)
 
@@ -89,7 +95,11 @@ def _authorize(args: argparse.Namespace) -> int:
         request.budget.CopyFrom(pb.BudgetRequest(amount=args.budget, unit=args.unit, category=args.category))
     with open_channel(args) as channel:
         try:
-            response = pb_grpc.AuthorizationServiceStub(channel).Authorize(request, timeout=args.timeout)
+            from tollgate.identity import TOKEN_METADATA_KEY
+
+            token = args.caller_token or os.environ.get(CALLER_TOKEN_ENV, "")
+            response = pb_grpc.AuthorizationServiceStub(channel).Authorize(
+                request, timeout=args.timeout, metadata=[(TOKEN_METADATA_KEY, token)] if token else None)
         except grpc.RpcError as exc:
             print(f"tollgate authorize: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return EXIT_ERROR
