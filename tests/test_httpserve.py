@@ -77,3 +77,23 @@ def test_metrics_endpoint_answers_on_the_shared_server(raw: bytes, status: bytes
     assert answer.startswith(b"HTTP/1.1 " + status)
     if raw.startswith(b"HEAD"):
         assert answer.endswith(b"\r\n\r\n")  # the head only
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_read() -> None:
+    async def run() -> bytes:
+        server, address = await start_http_server(_echo, "127.0.0.1:0", max_body=100)
+        try:
+            host, port = address.rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /e HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            writer.write(b"body")
+            rest = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return interim + rest
+        finally:
+            server.close()
+
+    answer = asyncio.run(run())
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+    assert answer.endswith(b"POST /e 4")

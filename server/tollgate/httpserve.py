@@ -85,7 +85,8 @@ async def _serve_connection(handler: Handler, reader: asyncio.StreamReader, writ
     try:
         while True:
             try:
-                request, keep_alive = await _read_request(reader, max_body=max_body, certificate=certificate)
+                request, keep_alive = await _read_request(reader, writer, max_body=max_body,
+                                                          certificate=certificate)
             except _BadRequest as exc:
                 await _write(writer, errors(exc.status, str(exc)), head_only=False, keep_alive=False)
                 await _linger(reader)
@@ -121,7 +122,7 @@ async def _linger(reader: asyncio.StreamReader) -> None:
             dropped += len(chunk)
 
 
-async def _read_request(reader: asyncio.StreamReader, *, max_body: int,
+async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, max_body: int,
                         certificate: Mapping[str, Any] | None = None) -> tuple[HttpRequest | None, bool]:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
@@ -152,6 +153,10 @@ async def _read_request(reader: asyncio.StreamReader, *, max_body: int,
     length = int(length_text)
     if length > max_body:
         raise _BadRequest(413, f"body is {length} bytes, over the limit of {max_body}")
+    if length and headers.get("expect", "").lower() == "100-continue":
+        # The client (curl, for any body over 1 KiB) waits for this before it sends the body.
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
     try:
         body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT) if length else b""
     except TimeoutError as exc:
