@@ -10,18 +10,24 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+import jwt
 import mcp_types as types
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
 from mcp.shared.exceptions import MCPError
 
 from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, Server, start_server, write_policy
+from tests.pki import TestCA
 from tests.readme import readme_section
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 
@@ -390,6 +396,66 @@ def test_progress_comes_through_and_a_cancelled_call_is_cancelled_upstream(tmp_p
     asyncio.run(scenario())
 
 
+def test_the_gateway_asks_an_mtls_sidecar_with_its_agents_certificate(tmp_path: Path) -> None:
+    reviewer_id = "spiffe://acme/agents/code-reviewer"
+    ca = TestCA(tmp_path / "pki")
+    cert, reviewer = ca.server(), ca.client(reviewer_id)
+    config = tmp_path / "tollgate.yaml"
+    config.write_text(json.dumps({"tls_cert": str(cert.cert), "tls_key": str(cert.key),
+                                  "tls_client_ca": str(ca.cert), "tls_require_client_cert": True,
+                                  "callers": [{"id": reviewer_id, "agents": ["code-reviewer"]}]}))
+    sidecar = start_server(tmp_path / "data", extra=["--config", str(config)],
+                           credentials=grpc.ssl_channel_credentials(ca.cert.read_bytes(), *reviewer.pair()))
+    tls = ["--tls-ca", str(ca.cert), "--tls-cert", str(reviewer.cert), "--tls-key", str(reviewer.key)]
+
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "code-reviewer", "--session-id", "s-mtls", *tls) as gw:
+            assert not (await gw.call("get_pull_request", PR)).is_error
+        # Without its certificate the gateway gets no answer from this sidecar: denied, fail closed.
+        async with gateway(tmp_path, sidecar.address, "code-reviewer", "--tls-ca", str(ca.cert), "--timeout",
+                           "0.5") as gw:
+            refused = await gw.call("get_pull_request", PR)
+            assert refused.is_error and tollgate_meta(refused)["failed_closed"] is True
+            assert gw.upstream_calls() == []
+
+    try:
+        asyncio.run(scenario())
+        [record] = logged(sidecar, "s-mtls")
+        assert (record["decision"], record["requested_by"]) == ("allow", reviewer_id)
+    finally:
+        sidecar.terminate()
+
+
+def test_the_gateway_presents_its_caller_token(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "gw-1.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    config = tmp_path / "tollgate.yaml"
+    config.write_text(json.dumps({"token_keys": str(tmp_path / "keys"), "token_issuer": "https://idp.example",
+                                  "token_audience": "tollgate",
+                                  "callers": [{"id": "jwt:gateway-7", "agents": ["code-reviewer"]}]}))
+    sidecar = start_server(tmp_path / "data", extra=["--config", str(config)])
+    token = tmp_path / "caller.jwt"
+    token.write_text(jwt.encode({"iss": "https://idp.example", "aud": "tollgate", "sub": "gateway-7",
+                                 "exp": int(time.time() + 300)}, key, algorithm="ES256", headers={"kid": "gw-1"}))
+
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "code-reviewer", "--session-id", "s-jwt",
+                           "--caller-token-file", str(token)) as gw:
+            assert not (await gw.call("get_pull_request", PR)).is_error
+        async with gateway(tmp_path, sidecar.address, "code-reviewer", "--session-id", "s-anon") as gw:
+            anonymous = await gw.call("get_pull_request", PR)
+            assert anonymous.is_error and gw.upstream_calls() == []
+
+    try:
+        asyncio.run(scenario())
+        [record] = logged(sidecar, "s-jwt")
+        assert (record["decision"], record["requested_by"]) == ("allow", "jwt:gateway-7")
+    finally:
+        sidecar.terminate()
+
+
 def test_streamable_http_upstream(tmp_path: Path, sidecar: Server) -> None:
     upstream = subprocess.Popen([*UPSTREAM, "--http"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -460,7 +526,9 @@ def test_the_gateway_stops_when_its_upstream_exits(sidecar: Server) -> None:
         assert gw.wait(20) == 1
         assert gw.stderr is not None
         said = gw.stderr.read()
-        assert "tollgate mcp-gateway: upstream MCP server" in said and "closed the connection" in said, said
+        assert said.endswith(f"tollgate mcp-gateway: upstream MCP server `{' '.join(UPSTREAM)}`: closed the "
+                             "connection (it exited or hung up); the gateway stopped, so that its client sees "
+                             "it\n"), said
     finally:
         if gw.poll() is None:
             gw.kill()
@@ -473,10 +541,14 @@ def test_the_gateway_stops_when_its_upstream_exits(sidecar: Server) -> None:
     (["--agent-id", "a", "--upstream-header", "X: y", "--", "x"], "--upstream-header applies to --upstream-url"),
     (["--agent-id", "a", "--", str(ROOT / "no-such-mcp-server")], "no-such-mcp-server"),
     (["--agent-id", "a", "--upstream-start-timeout", "1", "--", "sleep", "30"],
-     "`sleep 30`: TimeoutError: no answer to initialize within 1 s"),
-    (["--agent-id", "a", "--", "true"], "`true`: MCPError: Connection closed"),
+     "upstream MCP server `sleep 30`: no answer to initialize within 1 s"),
+    (["--agent-id", "a", "--", "true"], "upstream MCP server `true`: MCPError: Connection closed"),
+    (["--agent-id", "a", "--tls-ca", "ca.pem", "--tls-cert", "c.pem", "--", "true"],
+     "--tls-cert and --tls-key go together"),
+    (["--agent-id", "a", "--caller-token-file", "/no/such.jwt", "--", "true"],
+     "--caller-token-file /no/such.jwt: No such file or directory"),
 ], ids=["no-upstream", "two-upstreams", "header-without-url", "command-not-found", "upstream-silent",
-        "upstream-exits-at-once"])
+        "upstream-exits-at-once", "half-a-client-certificate", "no-token-file"])
 def test_the_command_says_what_is_wrong_and_exits_1(args: list[str], says: str) -> None:
     done = subprocess.run([*TOLLGATE, "mcp-gateway", *args], capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, cwd=ROOT)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from pathlib import Path
 
-from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR
+from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR, add_tls_flags
 
 ORDER = 70  # position in `tollgate --help`
 
@@ -38,6 +39,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gw.add_argument("--upstream-url", default=None, help="a streamable-HTTP MCP server instead of COMMAND")
     gw.add_argument("--upstream-header", action="append", default=[], metavar="'NAME: VALUE'",
                     help="an HTTP header for --upstream-url (repeatable), e.g. 'Authorization: Bearer ...'")
+    add_tls_flags(gw)
+    gw.add_argument("--caller-token-file", default=None, metavar="PATH",
+                    help="a caller token (JWT) the sidecar verifies as this gateway's identity")
     gw.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                     help="gateway log level, on stderr (default %(default)s)")
     gw.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...: the upstream MCP server (stdio)")
@@ -48,8 +52,16 @@ def _mcp_gateway(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from tollgate.client import Principal
-    from tollgate.mcpgateway import GatewayConfig, HttpUpstream, StdioUpstream, Upstream, serve_stdio
+    from tollgate.client import TLS, Principal
+    from tollgate.mcpgateway import (
+        GatewayConfig,
+        HttpUpstream,
+        StdioUpstream,
+        Upstream,
+        UpstreamClosed,
+        UpstreamUnavailable,
+        serve_stdio,
+    )
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if bool(command) == bool(args.upstream_url):
@@ -71,6 +83,17 @@ def _mcp_gateway(args: argparse.Namespace) -> int:
     if args.approval_wait < 0 or args.timeout <= 0 or args.upstream_start_timeout <= 0:
         return _usage("--approval-wait must be 0 or more, --timeout and --upstream-start-timeout more than 0 "
                       "(seconds)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return _usage("--tls-cert and --tls-key go together (the client certificate and its key)")
+    if (args.tls_cert or args.tls_key) and not args.tls_ca:
+        return _usage("--tls-cert/--tls-key need --tls-ca (the CA the sidecar's certificate chains to)")
+    tls = TLS(root_ca=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key) if args.tls_ca else None
+    caller_token = ""
+    if args.caller_token_file:
+        try:
+            caller_token = Path(args.caller_token_file).read_text().strip()
+        except OSError as exc:
+            return _usage(f"--caller-token-file {args.caller_token_file}: {exc.strerror}")
     # stdout is the MCP channel: everything the gateway has to say goes to stderr.
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="tollgate mcp-gateway: %(levelname)s %(name)s: %(message)s")
@@ -79,27 +102,20 @@ def _mcp_gateway(args: argparse.Namespace) -> int:
     config = GatewayConfig(sidecar=args.server, principal=principal, upstream=upstream,
                            mcp_server_name=args.mcp_server_name, approval_wait=args.approval_wait,
                            hide_denied_tools=args.hide_denied_tools, decision_timeout=args.timeout,
-                           upstream_start_timeout=args.upstream_start_timeout)
+                           upstream_start_timeout=args.upstream_start_timeout, tls=tls, caller_token=caller_token)
     try:
         asyncio.run(serve_stdio(config))
     except KeyboardInterrupt:
         return 0
-    except Exception as exc:  # the upstream could not be started or reached: say which, and how it failed
-        where = args.upstream_url or " ".join(command)
-        print(f"tollgate mcp-gateway: upstream MCP server `{where}`: {_describe(exc)}", file=sys.stderr)
-        return EXIT_ERROR
+    except Exception as exc:
+        # anyio task groups wrap what failed in exception groups; the first leaf is the story.
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, UpstreamClosed | UpstreamUnavailable):  # the message names the upstream and what befell it
+            return _usage(str(leaf))
+        return _usage(f"{type(leaf).__name__}: {leaf}")
     return 0
-
-
-def _describe(exc: BaseException) -> str:
-    from tollgate.mcpgateway import UpstreamClosed
-
-    # anyio task groups wrap what failed in an exception group; the first leaf is the story.
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    if isinstance(exc, UpstreamClosed) or not str(exc):
-        return str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _usage(message: str) -> int:

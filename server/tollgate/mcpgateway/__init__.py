@@ -21,7 +21,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
 
-from tollgate.client import AsyncClient, Principal
+from tollgate.client import TLS, AsyncClient, Principal
 from tollgate.mcpgateway._gate import ARGUMENT_INDEPENDENT, GateSettings, ToolGate, refusal_text
 from tollgate.mcpgateway._proxy import (
     FORWARDED_NOTIFICATIONS,
@@ -31,7 +31,9 @@ from tollgate.mcpgateway._proxy import (
     Proxy,
     StdioUpstream,
     Upstream,
+    UpstreamUnavailable,
     connect_upstream,
+    describe,
 )
 from tollgate.mcpgateway._stdio import StdinLines
 
@@ -43,12 +45,16 @@ __all__ = [
     "StdioUpstream",
     "Upstream",
     "UpstreamClosed",
+    "UpstreamUnavailable",
     "refusal_text",
     "serve",
     "serve_stdio",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The call metadata key a caller token travels in (the sidecar's `token_keys` verify it).
+CALLER_TOKEN_METADATA = "tollgate-caller-token"
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,10 @@ class GatewayConfig:
     decision_timeout: float = 2.0
     #: Seconds the upstream has to answer initialize before the gateway gives up on it.
     upstream_start_timeout: float = UPSTREAM_START_TIMEOUT
+    #: TLS to the sidecar (with a client certificate: mTLS, the gateway's caller identity); None: plaintext.
+    tls: TLS | None = None
+    #: A caller token (JWT) the sidecar verifies as the gateway's caller identity; empty: none.
+    caller_token: str = ""
 
 
 async def serve(config: GatewayConfig, read_stream: ReadStream[SessionMessage | Exception],
@@ -77,7 +87,9 @@ async def serve(config: GatewayConfig, read_stream: ReadStream[SessionMessage | 
     """Serve one MCP client on the given streams until it goes away; the upstream is connected (and, over
     stdio, started) first and stopped at the end. Raises when the upstream cannot be reached or initialized."""
     async with AsyncExitStack() as stack:
-        client = await stack.enter_async_context(AsyncClient(config.sidecar, timeout=config.decision_timeout))
+        metadata = [(CALLER_TOKEN_METADATA, config.caller_token)] if config.caller_token else []
+        client = await stack.enter_async_context(AsyncClient(config.sidecar, timeout=config.decision_timeout,
+                                                             tls=config.tls, metadata=metadata))
         relay = NotificationRelay()
         connection = await stack.enter_async_context(
             connect_upstream(config.upstream, relay, start_timeout=config.upstream_start_timeout))
@@ -96,8 +108,8 @@ async def serve(config: GatewayConfig, read_stream: ReadStream[SessionMessage | 
             await proxy.server().run(read_stream, write_stream, proxy.initialization_options())
             tasks.cancel_scope.cancel()
         if connection.closed.is_set():
-            raise UpstreamClosed("closed the connection (it exited or hung up); the gateway stopped, so that its "
-                                 "client sees it")
+            raise UpstreamClosed(f"{describe(config.upstream)}: closed the connection (it exited or hung up); "
+                                 "the gateway stopped, so that its client sees it")
 
 
 class UpstreamClosed(Exception):

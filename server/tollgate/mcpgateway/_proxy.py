@@ -113,16 +113,41 @@ async def connect_upstream(upstream: Upstream, relay: NotificationRelay, *,
         transport = stdio_client(params)
     else:
         transport = _http_transport(upstream)
-    async with transport as (read, write):
-        watched = _EndWatch(read)
-        async with ClientSession(watched, write, message_handler=relay.from_upstream,
-                                 client_info=_client_info()) as session:
-            try:
-                with anyio.fail_after(start_timeout):
-                    await session.initialize()
-            except TimeoutError:
-                raise TimeoutError(f"no answer to initialize within {start_timeout:g} s") from None
-            yield UpstreamConnection(session, watched.ended)
+    started = False
+    try:
+        async with transport as (read, write):
+            watched = _EndWatch(read)
+            async with ClientSession(watched, write, message_handler=relay.from_upstream,
+                                     client_info=_client_info()) as session:
+                try:
+                    with anyio.fail_after(start_timeout):
+                        await session.initialize()
+                except TimeoutError:
+                    raise UpstreamUnavailable(
+                        f"{describe(upstream)}: no answer to initialize within {start_timeout:g} s") from None
+                started = True
+                yield UpstreamConnection(session, watched.ended)
+    except Exception as exc:
+        if started or isinstance(exc, UpstreamUnavailable):
+            raise
+        raise UpstreamUnavailable(f"{describe(upstream)}: {_reason(exc)}") from exc
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream MCP server could not be started, reached or initialized; the message names it and why."""
+
+
+def describe(upstream: Upstream) -> str:
+    """The upstream as people name it in messages: its command line or its URL."""
+    where = " ".join((upstream.command, *upstream.args)) if isinstance(upstream, StdioUpstream) else upstream.url
+    return f"upstream MCP server `{where}`"
+
+
+def _reason(exc: BaseException) -> str:
+    # anyio task groups wrap what failed in an exception group; the first leaf is the story.
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _client_info() -> types.Implementation:
