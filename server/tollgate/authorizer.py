@@ -68,6 +68,8 @@ class DecisionRequest:
     approval_id: str = ""
     #: Who asked, as the transport proved it (input.auth; the record's requested_by).
     caller: Caller = ANONYMOUS
+    #: Evaluate and log, but act on nothing: no approval opened, no budget reserved (input.dry_run).
+    dry_run: bool = False
 
     def digest(self) -> str:
         """sha256 of the canonical request: principal, kind and action (not context or approval_id)."""
@@ -176,7 +178,7 @@ class Authorizer:
         self._inflight: dict[str, asyncio.Future[tuple[str, str, Decision]]] = {}
 
     async def authorize(self, request: DecisionRequest) -> Decision:
-        if self._budgets is not None and self._budgets.applies(request.kind):
+        if self._budgets is not None and self._budgets.applies(request.kind) and not request.dry_run:
             # Read spend → evaluate → reserve is one step: concurrent spends cannot both take the same room.
             async with self._budgets.step():
                 return await self._authorize(request)
@@ -279,7 +281,7 @@ class Authorizer:
                 outcome = enforce_export_lag(outcome, behind)
         decision_id = new_decision_id()
         approval_id = request.approval_id
-        if self._approvals is not None:
+        if self._approvals is not None and not request.dry_run:
             logged_action = masking.input.get(request.kind)
             approval_id, outcome = await self._settle_approval(
                 request, outcome, approval, digest=digest, decision_id=decision_id,
@@ -287,7 +289,7 @@ class Authorizer:
             if approval_id and not digest:
                 digest = request.digest()  # a record linked to an approval also carries what it is bound to
         reservation_id = ""
-        if spend is not None and self._budgets is not None:
+        if spend is not None and self._budgets is not None and not request.dry_run:
             settled = self._budgets.settle(request.kind, request.principal, request.action, outcome.result, spend,
                                            decision_id=decision_id)
             reservation_id = settled.reservation_id
@@ -326,6 +328,8 @@ class Authorizer:
             "masked": list(masking.masked),
             "latency_us": (time.perf_counter_ns() - started) // 1000,
         }
+        if request.dry_run:
+            record["dry_run"] = True
         await self._log.append(record, input_json=None if masking.changed else input_json)
         if self._on_decision is not None:
             self._on_decision(decision.decision, revision)
@@ -514,7 +518,7 @@ def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, st
         "state": {"spend": {}, "spend_month": {}, "killed": killed if killed is not None else [],
                   "approval": approval},
         "now": now,
-    }
+    } | ({"dry_run": True} if request.dry_run else {})
 
 
 def _server_deny(code: str, message: str) -> PolicyResult:

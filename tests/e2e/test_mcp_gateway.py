@@ -330,6 +330,22 @@ def test_hide_denied_tools_leaves_out_only_tools_the_agent_may_never_use(tmp_pat
     asyncio.run(scenario())
 
 
+def test_hiding_tools_opens_no_approval_for_its_probes(tmp_path: Path, sidecar: Server) -> None:
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "release-bot", "--hide-denied-tools",
+                           "--session-id", "s-probe") as gw:
+            listed = [t.name for t in (await gw.session.list_tools()).tools]
+        assert "merge_pull_request" in listed  # it needs a person, so it is not hidden
+        probes = logged(sidecar, "s-probe")
+        assert probes and all(p["dry_run"] and p["input"]["dry_run"] for p in probes)
+        merge = [p for p in probes if p["input"]["tool"]["name"] == "merge_pull_request"]
+        assert [(p["decision"], p["approval_id"]) for p in merge] == [("require_approval", "")]
+        request = approval_pb2.ListApprovalsRequest(session_id="s-probe")
+        assert not approver(sidecar).ListApprovals(request, timeout=10, metadata=sidecar.admin_metadata).approvals
+
+    asyncio.run(scenario())
+
+
 def test_sidecar_unreachable_denies_every_call_with_a_clear_tool_error(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with gateway(tmp_path, "127.0.0.1:9", "code-reviewer", "--timeout", "0.5",

@@ -64,9 +64,14 @@ def to_decision_request(msg: pb.AuthorizeRequest, *, max_depth: int) -> Decision
             raise InvalidRequest(f"budget.unit: must be one of {', '.join(BUDGET_UNITS)}, got {b.unit!r}")
         action = {"amount": b.amount, "unit": b.unit, "category": b.category}
     context = struct_to_dict(msg.context, "context", max_depth) if msg.HasField("context") else {}
+    if msg.dry_run and msg.request_id:
+        raise InvalidRequest("request_id: not allowed with dry_run (a dry run is never answered as a retry, "
+                             "and a later real request must not be answered with it)")
+    if msg.dry_run and msg.approval_id:
+        raise InvalidRequest("approval_id: not allowed with dry_run (a dry run never uses an approval)")
     return DecisionRequest(
         kind=kind, principal=principal, action=action, context=context,
-        request_id=msg.request_id, approval_id=msg.approval_id,
+        request_id=msg.request_id, approval_id=msg.approval_id, dry_run=msg.dry_run,
     )
 
 
@@ -150,6 +155,7 @@ def to_record_message(record: Mapping[str, Any]) -> pb.DecisionRecord:
         erased=record.get("erased") or [],
         masked=record.get("masked") or [],
         error=record.get("error") or "",
+        dry_run=bool(record.get("dry_run")),
     )
     msg.timestamp.FromJsonString(record["timestamp"])
     _fill(msg.principal, inp.get("principal"))

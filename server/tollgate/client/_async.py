@@ -87,11 +87,13 @@ class AsyncClient:
     async def authorize_tool(self, principal: Principal, server: str, name: str,
                              arguments: Mapping[str, Any] | None = None, *, resources: Iterable[str] = (),
                              context: Mapping[str, Any] | None = None, request_id: str | None = None,
-                             approval_id: str | None = None, timeout: float | None = None) -> Decision:
-        """May principal call tool name on server with these arguments (touching these resources)?"""
+                             approval_id: str | None = None, timeout: float | None = None,
+                             dry_run: bool = False) -> Decision:
+        """May principal call tool name on server with these arguments (touching these resources)?
+        With dry_run, only what the policy would answer: nothing is opened or reserved, and it permits nothing."""
         return await self.authorize(_core.tool_request(principal, server, name, arguments, resources=resources,
                                                        context=context, request_id=request_id,
-                                                       approval_id=approval_id), timeout=timeout)
+                                                       approval_id=approval_id, dry_run=dry_run), timeout=timeout)
 
     async def authorize_model(self, principal: Principal, provider: str, model: str, *, input_tokens: int = 0,
                               max_output_tokens: int = 0, data_classes: Iterable[str] = (),

@@ -128,9 +128,12 @@ def _base(principal: Principal, context: Mapping[str, Any] | None, request_id: s
 
 def tool_request(principal: Principal, server: str, name: str, arguments: Mapping[str, Any] | None = None, *,
                  resources: Iterable[str] = (), context: Mapping[str, Any] | None = None,
-                 request_id: str | None = None, approval_id: str | None = None) -> pb.AuthorizeRequest:
-    """An AuthorizeRequest for a tool call (arguments must be JSON-like: dicts, lists, str, numbers, bool, None)."""
+                 request_id: str | None = None, approval_id: str | None = None,
+                 dry_run: bool = False) -> pb.AuthorizeRequest:
+    """An AuthorizeRequest for a tool call (arguments must be JSON-like: dicts, lists, str, numbers, bool, None);
+    dry_run asks what the policy would answer without opening an approval or reserving anything."""
     request = _base(principal, context, request_id, approval_id)
+    request.dry_run = dry_run
     request.tool.server, request.tool.name = server, name
     if arguments:
         request.tool.arguments.update(dict(arguments))
@@ -160,8 +163,9 @@ def budget_request(principal: Principal, amount: float, unit: str = "usd", categ
 
 def with_request_id(request: pb.AuthorizeRequest) -> pb.AuthorizeRequest:
     """The request with an idempotency key: a retry of a request the sidecar already decided is then answered
-    from its log, not decided (or budget reserved) a second time."""
-    if request.request_id:
+    from its log, not decided (or budget reserved) a second time. A dry run acts on nothing, so it has none
+    (the sidecar refuses one with a request_id)."""
+    if request.request_id or request.dry_run:
         return request
     keyed = pb.AuthorizeRequest()
     keyed.CopyFrom(request)

@@ -34,7 +34,7 @@ class DecisionSource(Protocol):
 
     async def authorize_tool(self, principal: Principal, server: str, name: str,
                              arguments: Mapping[str, Any] | None = None, *, context: Mapping[str, Any] | None = None,
-                             approval_id: str | None = None) -> Decision: ...
+                             approval_id: str | None = None, dry_run: bool = False) -> Decision: ...
 
     async def wait_for_approval(self, approval_id: str, timeout: float) -> ApprovalState: ...
 
@@ -90,9 +90,10 @@ class ToolGate:
             self._approvals.pop(next(iter(self._approvals)))
 
     async def hidden_tools(self, names: Sequence[str]) -> frozenset[str]:
-        """The tools the policy never allows this agent, whatever the arguments: each is asked about once (no
-        arguments, context {"mcp": "tools/list"}), concurrently; any other answer, a failure included, shows it."""
-        decisions = await asyncio.gather(*(self._ask(n, {}, LIST_CONTEXT) for n in names))
+        """The tools the policy never allows this agent, whatever the arguments: each is asked about once, as a
+        dry run (no arguments, context {"mcp": "tools/list"}: logged, but opening no approval), concurrently;
+        any other answer, a failure included, shows it."""
+        decisions = await asyncio.gather(*(self._ask(n, {}, LIST_CONTEXT, dry_run=True) for n in names))
         return frozenset(n for n, d in zip(names, decisions, strict=True) if _never_allowed(d))
 
     async def _wait_then_ask_again(self, name: str, arguments: Mapping[str, Any], asked: Decision) -> Decision:
@@ -107,10 +108,11 @@ class ToolGate:
         return await self._ask(name, arguments, CALL_CONTEXT, approval_id=asked.approval_id)
 
     async def _ask(self, name: str, arguments: Mapping[str, Any], context: Mapping[str, Any], *,
-                   approval_id: str = "") -> Decision:
+                   approval_id: str = "", dry_run: bool = False) -> Decision:
         try:
             return await self._source.authorize_tool(self._settings.principal, self._settings.server_name, name,
-                                                      arguments, context=context, approval_id=approval_id or None)
+                                                      arguments, context=context, approval_id=approval_id or None,
+                                                      dry_run=dry_run)
         except TollgateError as exc:
             # The client raises only for what is not a policy answer (a request the sidecar refused as
             # malformed, say): still no decision, so still a DENY.

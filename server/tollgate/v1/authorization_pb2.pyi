@@ -84,7 +84,7 @@ class BudgetRequest(_message.Message):
     def __init__(self, amount: _Optional[float] = ..., unit: _Optional[str] = ..., category: _Optional[str] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("principal", "tool", "model", "budget", "context", "request_id", "approval_id")
+    __slots__ = ("principal", "tool", "model", "budget", "context", "request_id", "approval_id", "dry_run")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class AuthorizeRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     principal: Principal
     tool: ToolCall
     model: ModelCall
@@ -99,7 +100,8 @@ class AuthorizeRequest(_message.Message):
     context: _struct_pb2.Struct
     request_id: str
     approval_id: str
-    def __init__(self, principal: _Optional[_Union[Principal, _Mapping]] = ..., tool: _Optional[_Union[ToolCall, _Mapping]] = ..., model: _Optional[_Union[ModelCall, _Mapping]] = ..., budget: _Optional[_Union[BudgetRequest, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., approval_id: _Optional[str] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, principal: _Optional[_Union[Principal, _Mapping]] = ..., tool: _Optional[_Union[ToolCall, _Mapping]] = ..., model: _Optional[_Union[ModelCall, _Mapping]] = ..., budget: _Optional[_Union[BudgetRequest, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("code", "message")
@@ -134,7 +136,7 @@ class GetDecisionRequest(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ...) -> None: ...
 
 class DecisionRecord(_message.Message):
-    __slots__ = ("decision_id", "timestamp", "principal", "tool", "model", "budget", "context", "decision", "reasons", "obligations", "bundle_revision", "input", "result", "latency_us", "request_id", "approval_id", "reservation_id", "previous_decision_id", "prev_hash", "hash", "policy_path", "request_digest", "approval_status", "requested_by", "erased", "masked", "error")
+    __slots__ = ("decision_id", "timestamp", "principal", "tool", "model", "budget", "context", "decision", "reasons", "obligations", "bundle_revision", "input", "result", "latency_us", "request_id", "approval_id", "reservation_id", "previous_decision_id", "prev_hash", "hash", "policy_path", "request_digest", "approval_status", "requested_by", "erased", "masked", "error", "dry_run")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +164,7 @@ class DecisionRecord(_message.Message):
     ERASED_FIELD_NUMBER: _ClassVar[int]
     MASKED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     timestamp: _timestamp_pb2.Timestamp
     principal: Principal
@@ -189,7 +192,8 @@ class DecisionRecord(_message.Message):
     erased: _containers.RepeatedScalarFieldContainer[str]
     masked: _containers.RepeatedScalarFieldContainer[str]
     error: str
-    def __init__(self, decision_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal: _Optional[_Union[Principal, _Mapping]] = ..., tool: _Optional[_Union[ToolCall, _Mapping]] = ..., model: _Optional[_Union[ModelCall, _Mapping]] = ..., budget: _Optional[_Union[BudgetRequest, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., obligations: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bundle_revision: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., latency_us: _Optional[int] = ..., request_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., previous_decision_id: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ..., policy_path: _Optional[str] = ..., request_digest: _Optional[str] = ..., approval_status: _Optional[str] = ..., requested_by: _Optional[str] = ..., erased: _Optional[_Iterable[str]] = ..., masked: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, decision_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal: _Optional[_Union[Principal, _Mapping]] = ..., tool: _Optional[_Union[ToolCall, _Mapping]] = ..., model: _Optional[_Union[ModelCall, _Mapping]] = ..., budget: _Optional[_Union[BudgetRequest, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., obligations: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bundle_revision: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., latency_us: _Optional[int] = ..., request_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., previous_decision_id: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ..., policy_path: _Optional[str] = ..., request_digest: _Optional[str] = ..., approval_status: _Optional[str] = ..., requested_by: _Optional[str] = ..., erased: _Optional[_Iterable[str]] = ..., masked: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ReportUsageRequest(_message.Message):
     __slots__ = ("reservation_id", "amount", "unit")
