@@ -34,6 +34,7 @@ from tollgate.bundle import (
     FetchError,
     PublicKey,
     SignatureError,
+    fsync_directory,
     load_bundle,
     load_public_keys,
     open_source,
@@ -342,7 +343,7 @@ class BundleActivator:
                 "digest": fetched.digest, "saved_at": _rfc3339(_now())}
         write_file_atomically(self._config.state_dir / LAST_GOOD_META,
                               json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
-        _fsync_dir(self._config.state_dir)
+        fsync_directory(self._config.state_dir)
 
     async def _activate_persisted(self) -> None:
         path = self._config.state_dir / LAST_GOOD
@@ -416,14 +417,6 @@ async def _smoke_test(engine: WorkerPoolEngine, *, entrypoint: str) -> None:
         kind = {str: "a string", dict: "an object", bool: "a boolean", type(None): "null"}.get(type(mask), "a number")
         raise Refused("smoke_test", f"{where}: data.tollgate.log.mask is {kind}, not a set of entries "
                                     "(hint: JSON pointers or {op, path, value} objects; see docs/POLICY.md)")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _now() -> datetime:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,32 @@ def message_dict(message: Any) -> dict[str, Any]:
     doc: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                                    always_print_fields_with_no_presence=True)
     return doc
+
+
+def time_argument(text: str) -> datetime:
+    """argparse type of --since/--until: RFC 3339, or a span ago (15m, 2h, 7d)."""
+    from tollgate.decisionlog import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def count_argument(text: str) -> int:
+    """argparse type of a count: a whole number, zero or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return n
+
+
+def positive_argument(text: str) -> int:
+    """argparse type of a limit: a whole number, one or more."""
+    n = count_argument(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n

@@ -10,9 +10,10 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from tollgate_cli._common import positive_argument, time_argument
 
 ORDER = 55  # position in `tollgate --help`: after replay
 
@@ -57,7 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     query.add_argument("--decision", default="", choices=("allow", "deny", "require_approval"))
     query.add_argument("--tool", default="", metavar="SERVER/NAME", help="a tool call (NAME alone: on any server)")
     _window(query)
-    query.add_argument("--limit", type=_positive, default=100, metavar="N",
+    query.add_argument("--limit", type=positive_argument, default=100, metavar="N",
                        help="only the N most recent matches (default %(default)s)")
     query.add_argument("--format", choices=("table", "json", "jsonl"), default="table",
                        help="table (default); json (an array of records with seq and hash); jsonl (one per line)")
@@ -86,9 +87,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export.add_argument("--cursor", type=Path, metavar="PATH",
                         help="where the export's position is kept (default with --follow: FILE.cursor); with a "
                              "cursor, FILE is appended to and each run continues where the last stopped")
-    export.add_argument("--rotate-bytes", type=_positive, metavar="N", help="move FILE to FILE.1 once it passes N "
-                        "bytes (needs a cursor)")
-    export.add_argument("--keep", type=_positive, default=5, metavar="K",
+    export.add_argument("--rotate-bytes", type=positive_argument, metavar="N",
+                        help="move FILE to FILE.1 once it passes N bytes (needs a cursor)")
+    export.add_argument("--keep", type=positive_argument, default=5, metavar="K",
                         help="rotated files kept: FILE.1 .. FILE.K (default %(default)s)")
     export.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                         help="with --follow, how often to look for new records (default %(default)s)")
@@ -102,27 +103,12 @@ def _data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _window(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", type=_time, metavar="T", help="records at or after T (RFC 3339, or 15m, 2h, 7d ago)")
-    parser.add_argument("--until", type=_time, metavar="T", help="records before T (RFC 3339, or 15m, 2h, 7d ago)")
+    parser.add_argument("--since", type=time_argument, metavar="T",
+                        help="records at or after T (RFC 3339, or 15m, 2h, 7d ago)")
+    parser.add_argument("--until", type=time_argument, metavar="T",
+                        help="records before T (RFC 3339, or 15m, 2h, 7d ago)")
 
 
-def _time(text: str) -> datetime:
-    from tollgate.decisionlog import parse_time
-
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
 
 
 def _fail(command: str, message: object) -> int:

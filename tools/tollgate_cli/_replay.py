@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
+
+from tollgate_cli._common import count_argument, positive_argument, time_argument
 
 ORDER = 50  # position in `tollgate --help`
 
@@ -26,45 +27,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     source = replay.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="a server's data directory; its decisions.db is read read-only")
     source.add_argument("--decisions", metavar="FILE", help="a JSON Lines file of decision records, one per line")
-    replay.add_argument("--since", type=_time, metavar="T", help="records at or after T (RFC 3339, or 24h, 7d ago)")
-    replay.add_argument("--until", type=_time, metavar="T", help="records before T (RFC 3339, or 24h, 7d ago)")
-    replay.add_argument("--limit", type=_positive, metavar="N", help="only the N most recent records in the window")
+    replay.add_argument("--since", type=time_argument, metavar="T",
+                        help="records at or after T (RFC 3339, or 24h, 7d ago)")
+    replay.add_argument("--until", type=time_argument, metavar="T", help="records before T (RFC 3339, or 24h, 7d ago)")
+    replay.add_argument("--limit", type=positive_argument, metavar="N",
+                        help="only the N most recent records in the window")
     replay.add_argument("--format", choices=("text", "json", "markdown"), default="text",
                         help="text (default), json (machine-readable), markdown (a pull-request comment)")
     replay.add_argument("--fail-on", type=_transitions, default=frozenset(), metavar="TRANSITIONS",
                         help="exit 1 if any of these occurred: comma-separated FROM→TO (or FROM->TO), e.g. "
                              "allow→deny,deny→allow; or any")
-    replay.add_argument("--examples", type=_count, default=5, metavar="N",
+    replay.add_argument("--examples", type=count_argument, default=5, metavar="N",
                         help="examples shown per transition (default %(default)s)")
     replay.add_argument("--entrypoint", default="tollgate/decision",
                         help="policy document evaluated, as for `tollgate serve` (default %(default)s)")
     replay.set_defaults(func=_replay)
 
 
-def _time(text: str) -> datetime:
-    from tollgate.replay import parse_time
 
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(text: str) -> int:
-    n = _count(text)
-    if n == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return n
 
 
 def _transitions(text: str) -> frozenset[tuple[str, str]]:

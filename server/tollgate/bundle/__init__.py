@@ -1,7 +1,7 @@
 """Policy bundles: a directory laid out like rego/ or an OPA bundle .tar.gz, loaded with explicit limits;
 built reproducibly, signed and verified in OPA's bundle format."""
 
-from tollgate.bundle._archive import write_file_atomically
+from tollgate.bundle._archive import fsync_directory, write_file_atomically
 from tollgate.bundle._build import BuildError, BuiltBundle, build_bundle, git_revision
 from tollgate.bundle._loader import (
     DEFAULT_SIZE_LIMIT,
@@ -54,6 +54,7 @@ __all__ = [
     "SignedBundle",
     "VerifiedBundle",
     "build_bundle",
+    "fsync_directory",
     "git_revision",
     "load_bundle",
     "load_private_key",

@@ -118,6 +118,15 @@ def write_archive(files: Mapping[str, bytes]) -> bytes:
     return gzip.compress(buf.getvalue(), compresslevel=9, mtime=0)
 
 
+def fsync_directory(path: Path) -> None:
+    """Make the renames and creations in directory path durable (after os.replace, before relying on them)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_file_atomically(path: Path, content: bytes) -> None:
     """Replace path with content so that readers see the old file or the new one, never a partial one."""
     try:

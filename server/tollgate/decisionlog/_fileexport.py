@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
+from tollgate.bundle import fsync_directory
 from tollgate.decisionlog._events import jsonl_record, opa_event
 from tollgate.decisionlog._query import Query, matching
 from tollgate.decisionlog._reader import PRUNED_TABLE, StoredRecord, has_table, snapshot
@@ -87,7 +88,7 @@ class FileCursor:
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ class FileExport:
                 self._numbered(n).replace(self._numbered(n + 1))
         if self.path.exists():
             self.path.replace(self._numbered(1))
-        _fsync_dir(self.path.parent)
+        fsync_directory(self.path.parent)
         self.cursor = FileCursor(self.cursor.seq, self.cursor.hash, 0)
         self.cursor.save(self._cursor_path)
 
@@ -202,14 +203,6 @@ def _take(items: Iterable[StoredRecord], n: int) -> Iterator[StoredRecord]:
         if i >= n:
             return
         yield item
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
