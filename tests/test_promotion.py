@@ -36,8 +36,21 @@ from tollgate.promotion import (
 )
 
 SAMPLE = ROOT / "samples" / "decisions.jsonl"
+
+
+def _sample_decision_id(agent: str, server: str, tool: str) -> str:
+    for line in SAMPLE.read_text().splitlines():
+        record = json.loads(line)
+        action = record["input"].get("tool") or {}
+        if record["input"]["principal"]["agent_id"] == agent and (action.get("server"), action.get("name")) == (
+                server, tool):
+            found: str = record["decision_id"]
+            return found
+    raise AssertionError(f"{SAMPLE} holds no {agent} call of {server}/{tool}")
+
+
 # In the sample: data-analyst asked for github/get_file_contents, which its manifest does not list (denied).
-FLIPPED_ID = "01a1ff86-cc76-71e6-9b82-e76ca70cded7"
+FLIPPED_ID = _sample_decision_id("data-analyst", "github", "get_file_contents")
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 ENVIRONMENTS = """\
