@@ -10,6 +10,7 @@ from typing import Any
 from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata, call_server, identity, message_dict
 
 ORDER = 60  # position in `tollgate --help`
+COMMANDS = ("kill", "revive", "kills")  # the top-level commands register() adds
 
 _TARGET_HELP = ("what to stop: agent=ID, instance=ID, session=ID, workflow=NAME, team=NAME, user=NAME, "
                 "tool=SERVER/NAME, mcp_server=NAME, model=MODEL, or all")

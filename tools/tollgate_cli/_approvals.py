@@ -10,6 +10,7 @@ from typing import Any
 from tollgate_cli._common import EXIT_DENY, EXIT_ERROR, add_admin_flags, admin_metadata, call_server, identity
 
 ORDER = 55  # position in `tollgate --help`
+COMMANDS = ("approvals",)  # the top-level command register() adds
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,6 +8,7 @@ import sys
 from tollgate_cli._common import EXIT_ERROR
 
 ORDER = 40  # position in `tollgate --help`
+COMMANDS = ("build", "sign", "verify")  # the top-level commands register() adds
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,6 +8,7 @@ import sys
 from tollgate_cli._common import EXIT_ERROR
 
 ORDER = 35  # position in `tollgate --help`
+COMMANDS = ("check",)  # the top-level command register() adds
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

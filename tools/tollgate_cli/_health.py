@@ -8,6 +8,7 @@ import sys
 from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR, add_tls_flags, open_channel
 
 ORDER = 26  # position in `tollgate --help`
+COMMANDS = ("health",)  # the top-level command register() adds
 #: Exit code when the sidecar answers NOT_SERVING (no policy bundle active: it denies everything).
 EXIT_NOT_SERVING = 2
 

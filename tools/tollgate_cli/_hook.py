@@ -13,6 +13,7 @@ from typing import Any
 from tollgate_cli._common import DEFAULT_SERVER
 
 ORDER = 25  # position in `tollgate --help`
+COMMANDS = ("hook",)  # the top-level command register() adds
 
 #: The agent whose capability manifest applies when --agent-id is not given (rego/agents/claude-code).
 DEFAULT_AGENT = "claude-code"

@@ -16,6 +16,7 @@ from typing import Any
 from tollgate_cli._common import positive_argument, time_argument
 
 ORDER = 55  # position in `tollgate --help`: after replay
+COMMANDS = ("logs",)  # the top-level command register() adds
 
 # Exit codes: 0 done (verify: the chain holds), 1 verify found a break, 2 the log could not be read or written.
 EXIT_OK, EXIT_BROKEN, EXIT_UNREADABLE = 0, 1, 2

@@ -10,6 +10,7 @@ from pathlib import Path
 from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR, add_tls_flags
 
 ORDER = 70  # position in `tollgate --help`
+COMMANDS = ("mcp-gateway",)  # the top-level command register() adds
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

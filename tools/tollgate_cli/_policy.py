@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tollgate.policytest import RegoTestReport
 
 ORDER = 30  # position in `tollgate --help`
+COMMANDS = ("test",)  # the top-level command register() adds
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from tollgate.promotion import Environments, Outcome
 
 ORDER = 45  # position in `tollgate --help`
+COMMANDS = ("promote", "rollback", "channel")  # the top-level commands register() adds
 
 
 def add_environment_flags(parser: argparse.ArgumentParser) -> None:

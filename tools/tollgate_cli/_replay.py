@@ -9,6 +9,7 @@ import sys
 from tollgate_cli._common import count_argument, positive_argument, time_argument
 
 ORDER = 50  # position in `tollgate --help`
+COMMANDS = ("replay",)  # the top-level command register() adds
 
 # Exit codes: 0 the gate passed (whatever changed), 1 a --fail-on transition occurred, 2 replay could not run
 # or some records could not be read.

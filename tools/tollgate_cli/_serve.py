@@ -9,6 +9,7 @@ from dataclasses import fields
 from tollgate_cli._common import EXIT_ERROR
 
 ORDER = 10  # position in `tollgate --help`
+COMMANDS = ("serve",)  # the top-level command register() adds
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -19,6 +19,7 @@ from tollgate_cli._common import (
 )
 
 ORDER = 20  # position in `tollgate --help`
+COMMANDS = ("authorize", "decision")  # the top-level commands register() adds
 #: Where `tollgate authorize` finds a caller token when --caller-token is not given.
 CALLER_TOKEN_ENV = "TOLLGATE_CALLER_TOKEN"
 

@@ -9,6 +9,7 @@ import sys
 from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata, call_server, message_dict
 
 ORDER = 65  # position in `tollgate --help`
+COMMANDS = ("spend",)  # the top-level command register() adds
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

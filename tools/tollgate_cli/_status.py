@@ -9,6 +9,7 @@ from typing import Any
 from tollgate_cli._common import EXIT_ERROR, add_admin_flags, admin_metadata, call_server, message_dict
 
 ORDER = 25  # position in `tollgate --help`
+COMMANDS = ("status",)  # the top-level command register() adds
 #: Exit code when the sidecar answers but has no bundle active (it denies everything: no_bundle).
 EXIT_NOT_SERVING = 2
 

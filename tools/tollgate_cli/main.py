@@ -20,9 +20,14 @@ def command_modules() -> list[ModuleType]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="tollgate", description=__doc__)
     sub = parser.add_subparsers(metavar="COMMAND")
-    for module in command_modules():
+    modules = command_modules()
+    # Only the command asked for is registered when it is known: registering `serve` alone imports the whole
+    # sidecar configuration, and a hook runs before every tool call.
+    wanted = [m for m in modules if argv and argv[0] in m.COMMANDS]
+    for module in wanted or modules:
         module.register(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
