@@ -80,13 +80,15 @@ class Server:
 
 def start_server(data_dir: Path, *, bundle: Path | str = REGO, listen: str = "127.0.0.1:0",
                  extra: list[str] | None = None, ready_timeout: float = 60,
-                 admin_token: str | None = ADMIN_TOKEN, credentials: grpc.ChannelCredentials | None = None) -> Server:
+                 admin_token: str | None = ADMIN_TOKEN, credentials: grpc.ChannelCredentials | None = None,
+                 own_group: bool = False) -> Server:
     """Start `tollgate serve` and wait for its ready line (with --admin-token admin_token unless None);
-    credentials: for a TLS listener, what the test's own channel connects with."""
+    credentials: for a TLS listener, what the test's own channel connects with; own_group: in a process group
+    of its own (its pid is the group id), for tests that signal the whole group."""
     args = [*TOLLGATE, "serve", "--listen", listen, "--data-dir", str(data_dir), "--bundle", str(bundle),
             *(["--admin-token", admin_token] if admin_token else []), *(extra or [])]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=own_group)
     assert proc.stdout is not None
     deadline = time.monotonic() + ready_timeout
     line = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import signal
 import sqlite3
 import threading
@@ -125,6 +126,25 @@ def test_sigterm_drains_in_flight_requests_flushes_the_log_and_exits_0(serve, tm
     assert {r.decision_id for r in responses} <= logged
     assert not (server.data_dir / "decisions.db-wal").exists() or (
         server.data_dir / "decisions.db-wal").stat().st_size == 0
+
+
+def test_sigterm_to_the_whole_process_group_drains_without_losing_the_engine_workers(tmp_path: Path) -> None:
+    # systemd (KillMode=control-group), `timeout` and `kill -- -PGID` signal every process of the group: the
+    # engine workers must leave shutdown to the server, which still needs them to drain in-flight requests.
+    server = start_server(tmp_path / "data", bundle=write_policy(tmp_path / "b", SLOW_ALLOW),
+                          extra=["--workers", "2", "--eval-timeout-ms", "20000"], own_group=True)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(server.authorize, tool_request(agent=f"a{i}"), 60) for i in range(4)]
+            time.sleep(0.3)
+            os.killpg(server.proc.pid, signal.SIGTERM)
+            responses = [f.result() for f in futures]
+        assert server.proc.wait(60) == 0
+    finally:
+        server.terminate()
+    assert [r.decision for r in responses] == [pb.DECISION_ALLOW] * 4
+    server._pump.join(10)  # everything the server wrote before it exited
+    assert "starting a replacement" not in server.stderr and "decision log flushed" in server.stderr
 
 
 def test_same_request_id_and_request_gets_the_same_decision(serve, tmp_path: Path) -> None:

@@ -82,7 +82,11 @@ def _ref(path: str) -> str:
 
 def main() -> int:
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server owns shutdown; Ctrl-C reaches the group
+    # The server owns shutdown, and drains its in-flight evaluations through these workers first: Ctrl-C, and
+    # a SIGTERM sent to the whole group (systemd's control-group kill, `timeout`, `kill -- -PGID`), reach the
+    # workers too. A worker ends when the server closes its socket, or dies with it (PR_SET_PDEATHSIG).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[1]))
     init = _recv_frame(sock)
     if init is None:
