@@ -4,8 +4,11 @@
 setup:
 	@tools/setup.sh
 
+# A local admin token (kill switches, approvals, status) in the data directory, made once, readable by you alone.
 serve: setup
-	.venv/bin/tollgate serve
+	@mkdir -p .tollgate && [ -s .tollgate/admin-token ] || (umask 077; .venv/bin/python -c \
+	  "import secrets; print(secrets.token_urlsafe(32))" > .tollgate/admin-token)
+	.venv/bin/tollgate serve --admin-token-file .tollgate/admin-token
 
 test: setup
 	.venv/bin/python -m pytest
