@@ -309,7 +309,7 @@ def test_opa_and_otlp_exporters_keep_cursors_of_their_own(tmp_path: Path, receiv
     path = tmp_path / "decisions.db"
     ids = _fill(path, [_record(i) for i in range(25)])
     shipping = LogShipping(path, ShippingConfig(opa_service=receiver.url, otlp_endpoint=receiver.url,
-                                                min_delay=0.05, max_delay=0.2))
+                                                otlp_headers=(("x-api-key", "k-123"),), min_delay=0.05, max_delay=0.2))
     shipping.start()
     _wait_for(lambda: all(s.cursor == 25 for s in shipping.statuses()))
     shipping.stop(1)
@@ -319,6 +319,9 @@ def test_opa_and_otlp_exporters_keep_cursors_of_their_own(tmp_path: Path, receiv
     otlp_ids = [_attrs(r)["tollgate.decision_id"] for b in otlp for r in b["resourceLogs"][0]["scopeLogs"][0]
                 ["logRecords"]]
     assert otlp_ids == ids
+    # The OTLP headers go to the collector only.
+    assert {u.headers.get("x-api-key") for u in receiver.uploads if u.path == "/v1/logs"} == {"k-123"}
+    assert {u.headers.get("x-api-key") for u in receiver.uploads if u.path == "/logs"} == {None}
     db = connect(path)
     assert (read_cursor(db, "opa"), read_cursor(db, "otlp")) == (25, 25)
 
@@ -445,6 +448,28 @@ def test_the_token_file_becomes_the_bearer_token(tmp_path: Path) -> None:
                          decision_log_retention="7d").validate()
     shipping = config.log_shipping()
     assert shipping.opa_token == "abc123" and shipping.retention == timedelta(days=7)
+
+
+def test_the_otlp_headers_file_is_read_line_by_line(tmp_path: Path) -> None:
+    headers = tmp_path / "otlp-headers"
+    headers.write_text("# the vendor's ingest key\nx-api-key: k-123\n\nX-Scope-OrgID:  tenant-7 \n")
+    config = ServeConfig(otlp_endpoint="http://collector:4318", otlp_headers_file=str(headers)).validate()
+    assert config.log_shipping().otlp_headers == (("x-api-key", "k-123"), ("X-Scope-OrgID", "tenant-7"))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("x-api-key k-123\n", "otlp-headers:1: not a `Name: value` header line"),
+    ("ok: 1\nbad name: 2\n", "otlp-headers:2: not a `Name: value` header line"),
+    ("Content-Type: text/plain\n", "otlp-headers:1: Content-Type is set by the exporter itself"),
+], ids=["no-colon", "space-in-name", "own-header"])
+def test_a_bad_otlp_headers_file_names_the_line(tmp_path: Path, content: str, message: str) -> None:
+    headers = tmp_path / "otlp-headers"
+    headers.write_text(content)
+    config = ServeConfig(otlp_endpoint="http://collector:4318", otlp_headers_file=str(headers)).validate()
+    with pytest.raises(ConfigError, match=f"otlp_headers_file: .*{message}"):
+        config.log_shipping()
+    with pytest.raises(ConfigError, match="otlp_headers_file: needs otlp_endpoint"):
+        ServeConfig(otlp_headers_file=str(headers)).validate()
 
 
 def test_the_readme_example_is_a_valid_configuration(tmp_path: Path) -> None:

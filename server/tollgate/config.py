@@ -119,6 +119,9 @@ class ServeConfig:
     #: OpenTelemetry collector OTLP/HTTP base URL (e.g. http://collector:4318): one log record per decision,
     #: POSTed as OTLP JSON to {otlp_endpoint}/v1/logs. "" exports nothing.
     otlp_endpoint: str = ""
+    #: A file of headers sent with every OTLP upload, one `Name: value` per line (# comments): the API key or
+    #: token a collector or vendor asks for, kept out of the config and the command line.
+    otlp_headers_file: str = ""
     #: Most records in one upload (both exporters).
     decision_log_batch_records: int = 500
     #: Most record bytes (uncompressed JSON) in one upload; a receiver's 413 halves it.
@@ -193,6 +196,8 @@ class ServeConfig:
                               f"not {self.decision_log_resource!r}")
         if self.decision_log_token_file and not self.decision_log_service:
             raise ConfigError("decision_log_token_file: needs decision_log_service (the URL the token is sent to)")
+        if self.otlp_headers_file and not self.otlp_endpoint:
+            raise ConfigError("otlp_headers_file: needs otlp_endpoint (the URL the headers are sent to)")
         if self.decision_log_batch_records < 1:
             raise ConfigError("decision_log_batch_records: must be 1 or more")
         if self.decision_log_batch_bytes < 1024:
@@ -219,6 +224,8 @@ class ServeConfig:
         return ShippingConfig(
             opa_service=self.decision_log_service, opa_resource=self.decision_log_resource, opa_token=token,
             otlp_endpoint=self.otlp_endpoint, batch_records=self.decision_log_batch_records,
+            otlp_headers=_read_headers("otlp_headers_file", self.otlp_headers_file) if self.otlp_headers_file
+            else (),
             batch_bytes=self.decision_log_batch_bytes, min_delay=self.decision_log_min_delay,
             max_delay=self.decision_log_max_delay, max_lag=self.decision_log_max_lag,
             retention=parse_duration("decision_log_retention", self.decision_log_retention)
@@ -352,6 +359,27 @@ def _read_secret(name: str, path: str) -> str:
     if not secret:
         raise ConfigError(f"{name}: {path!r} is empty")
     return secret
+
+
+#: Headers an exporter sets itself; a headers file may not replace them.
+_OWN_HEADERS = frozenset({"content-type", "content-encoding", "content-length", "host", "user-agent"})
+
+
+def _read_headers(name: str, path: str) -> tuple[tuple[str, str], ...]:
+    """`Name: value` lines of a headers file (blank lines and # comments skipped), checked line by line."""
+    found: list[tuple[str, str]] = []
+    for number, line in enumerate(_read_secret(name, path).splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        header, colon, value = line.partition(":")
+        header, value = header.strip(), value.strip()
+        if not colon or not header or not value or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in header):
+            raise ConfigError(f"{name}: {path}:{number}: not a `Name: value` header line")
+        if header.lower() in _OWN_HEADERS:
+            raise ConfigError(f"{name}: {path}:{number}: {header} is set by the exporter itself")
+        found.append((header, value))
+    return tuple(found)
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> ServeConfig:

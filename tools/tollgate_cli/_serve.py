@@ -59,6 +59,7 @@ def _field_help(name: str) -> str:
         "decision_log_service": "OPA decision-log service URL: records go to POST URL+resource (off when empty)",
         "decision_log_resource": "path below --decision-log-service that takes uploads",
         "decision_log_token_file": "file holding the bearer token for --decision-log-service",
+        "otlp_headers_file": "file of `Name: value` headers sent with every OTLP upload (a collector's API key)",
         "otlp_endpoint": "OTLP/HTTP collector URL: one log record per decision to POST URL/v1/logs (off when empty)",
         "decision_log_batch_records": "most records per upload", "decision_log_batch_bytes": "most bytes per upload",
         "decision_log_min_delay": "seconds between looks for new records; first retry delay",

@@ -66,6 +66,8 @@ class ExporterConfig:
     url: str
     #: Sent as `Authorization: Bearer TOKEN` when not empty.
     token: str = ""
+    #: More headers sent with every upload (a collector's API key, say), as (name, value) pairs.
+    headers: tuple[tuple[str, str], ...] = ()
     #: Most records in one upload.
     batch_records: int = 500
     #: Most record bytes (uncompressed canonical JSON) in one upload; one larger record still goes alone.
@@ -310,6 +312,7 @@ class LogExporter:
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip", "User-Agent": "tollgate"}
         if self._config.token:
             headers["Authorization"] = f"Bearer {self._config.token}"
+        headers.update(self._config.headers)
         target = parts.path or "/"
         if parts.query:
             target += f"?{parts.query}"

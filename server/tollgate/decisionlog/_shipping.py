@@ -28,6 +28,8 @@ class ShippingConfig:
     opa_token: str = ""
     #: OTLP/HTTP base URL (e.g. http://collector:4318); batches go to POST {otlp_endpoint}/v1/logs. "" is off.
     otlp_endpoint: str = ""
+    #: Headers sent with every OTLP upload (authentication a collector or vendor asks for).
+    otlp_headers: tuple[tuple[str, str], ...] = ()
     #: Batch limits, retry delays and the lag limit, shared by both exporters (see ExporterConfig).
     batch_records: int = 500
     batch_bytes: int = 1024 * 1024
@@ -50,19 +52,19 @@ class LogShipping:
     """Owns the configured exporters and the retention sweeper of one decisions.db."""
 
     def __init__(self, path: Path, config: ShippingConfig) -> None:
-        targets: list[tuple[str, str, str, Encoder]] = []
+        targets: list[tuple[str, str, str, tuple[tuple[str, str], ...], Encoder]] = []
         if config.opa_service:
             url = config.opa_service.rstrip("/") + "/" + config.opa_resource.lstrip("/")
-            targets.append((OPA, url, config.opa_token, OpaEncoder()))
+            targets.append((OPA, url, config.opa_token, (), OpaEncoder()))
         if config.otlp_endpoint:
-            targets.append((OTLP, otlp_logs_url(config.otlp_endpoint), "",
+            targets.append((OTLP, otlp_logs_url(config.otlp_endpoint), "", config.otlp_headers,
                             OtlpEncoder(service_version=VERSION)))
         self.exporters = [
             LogExporter(path, ExporterConfig(
-                name=name, url=url, token=token, batch_records=config.batch_records,
+                name=name, url=url, token=token, headers=headers, batch_records=config.batch_records,
                 batch_bytes=config.batch_bytes, min_delay=config.min_delay, max_delay=config.max_delay,
                 max_lag=config.max_lag), encoder)
-            for name, url, token, encoder in targets]
+            for name, url, token, headers, encoder in targets]
         self.retention = None if config.retention is None else LogRetention(
             path, window=config.retention, exporters=[e.name for e in self.exporters],
             every=config.retention_every)
