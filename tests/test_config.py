@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from tollgate.config import ConfigError, load_config
+from tollgate.config import ConfigError, ServeConfig, load_config
 
 
 def test_the_admin_token_comes_from_the_flag_or_the_file(tmp_path: Path) -> None:
@@ -61,3 +62,11 @@ def test_bad_tls_and_identity_settings_name_the_key(overrides: dict[str, object]
 def test_admin_identities_from_a_flag_are_comma_separated() -> None:
     config = load_config(None, {"admin_identities": "uid:0, spiffe://acme/ops/oncall"})
     assert config.admin_identity_list() == ["uid:0", "spiffe://acme/ops/oncall"]
+
+
+def test_the_readme_table_of_serve_flags_names_every_configuration_key() -> None:
+    from tests.readme import readme_section
+
+    table = readme_section("Running the sidecar")
+    missing = [f.name for f in fields(ServeConfig) if f"`--{f.name.replace('_', '-')}`" not in table]
+    assert missing == [], f"README, Running the sidecar: no row for {missing}"
