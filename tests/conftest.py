@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,8 +10,9 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -81,12 +83,18 @@ class Server:
 def start_server(data_dir: Path, *, bundle: Path | str = REGO, listen: str = "127.0.0.1:0",
                  extra: list[str] | None = None, ready_timeout: float = 60,
                  admin_token: str | None = ADMIN_TOKEN, credentials: grpc.ChannelCredentials | None = None,
-                 own_group: bool = False) -> Server:
+                 own_group: bool = False, config: Mapping[str, Any] | None = None) -> Server:
     """Start `tollgate serve` and wait for its ready line (with --admin-token admin_token unless None);
     credentials: for a TLS listener, what the test's own channel connects with; own_group: in a process group
-    of its own (its pid is the group id), for tests that signal the whole group."""
+    of its own (its pid is the group id), for tests that signal the whole group; config: the keys of a config
+    file written beside data_dir (DATA_DIR.yaml) and given with --config."""
+    config_args: list[str] = []
+    if config is not None:
+        config_file = data_dir.with_name(f"{data_dir.name}.yaml")
+        config_file.write_text(json.dumps(dict(config)))
+        config_args = ["--config", str(config_file)]
     args = [*TOLLGATE, "serve", "--listen", listen, "--data-dir", str(data_dir), "--bundle", str(bundle),
-            *(["--admin-token", admin_token] if admin_token else []), *(extra or [])]
+            *(["--admin-token", admin_token] if admin_token else []), *config_args, *(extra or [])]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=own_group)
     assert proc.stdout is not None

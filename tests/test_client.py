@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import socket
 import threading
@@ -42,9 +41,7 @@ PR = {"owner": "acme", "repo": "app", "pullNumber": 7}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("client")
-    config = root / "tollgate.yaml"
-    config.write_text(json.dumps({"approver_groups": {"release-managers": ["rita"]}}))
-    started = start_server(root / "data", extra=["--config", str(config)])
+    started = start_server(root / "data", config={"approver_groups": {"release-managers": ["rita"]}})
     yield started
     started.terminate()
 

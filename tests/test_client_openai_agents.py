@@ -23,9 +23,7 @@ PR = {"owner": "acme", "repo": "app", "pullNumber": 7}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("agents")
-    config = root / "tollgate.yaml"
-    config.write_text(json.dumps({"approver_groups": {"release-managers": ["rita"]}}))
-    started = start_server(root / "data", extra=["--config", str(config)])
+    started = start_server(root / "data", config={"approver_groups": {"release-managers": ["rita"]}})
     yield started
     started.terminate()
 

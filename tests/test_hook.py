@@ -26,9 +26,7 @@ SESSION = "3f1c9a2e-claude-session"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("hook")
-    config = root / "tollgate.yaml"
-    config.write_text(json.dumps({"approver_groups": {"platform-leads": ["paula"]}}))
-    started = start_server(root / "data", extra=["--config", str(config)])
+    started = start_server(root / "data", config={"approver_groups": {"platform-leads": ["paula"]}})
     yield started
     started.terminate()
 

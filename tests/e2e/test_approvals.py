@@ -32,9 +32,7 @@ GROUPS = {"release-managers": ["rita", "release-bot"], "sre-oncall": ["sam"]}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("approvals")
-    config = root / "tollgate.yaml"
-    config.write_text(json.dumps({"approver_groups": GROUPS}))
-    started = start_server(root / "data", extra=["--config", str(config)])
+    started = start_server(root / "data", config={"approver_groups": GROUPS})
     yield started
     started.terminate()
 
@@ -188,9 +186,7 @@ def test_an_expired_approval_is_denied(tmp_path: Path) -> None:
     shutil.copytree(REGO, bundle)
     manifest = bundle / "agents/release-bot/data.yaml"
     manifest.write_text(manifest.read_text().replace("ttl_seconds: 1800", "ttl_seconds: 1"))
-    config = tmp_path / "tollgate.yaml"
-    config.write_text(json.dumps({"approver_groups": GROUPS}))
-    server = start_server(tmp_path / "data", bundle=bundle, extra=["--config", str(config)])
+    server = start_server(tmp_path / "data", bundle=bundle, config={"approver_groups": GROUPS})
     try:
         asked = ask_for_approval(server, pr=9)
         ApproverClient(server).decide(asked.approval_id, approve=True, by="rita", reason="ok")

@@ -32,9 +32,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict
     """A live server and one run of release-bot: read, merge (approval opened, approved, used), a model call
     whose usage is reported; plus a decision of another session."""
     root = tmp_path_factory.mktemp("logs")
-    config = root / "tollgate.yaml"
-    config.write_text(json.dumps({"approver_groups": GROUPS}))
-    server = start_server(root / "data", extra=["--config", str(config)])
+    server = start_server(root / "data", config={"approver_groups": GROUPS})
     try:
         def merge(approval_id: str = "") -> pb.AuthorizeRequest:
             request = tool_request("release-bot", "github", "merge_pull_request",

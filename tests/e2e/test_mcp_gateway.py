@@ -39,9 +39,7 @@ _T = TypeVar("_T")
 @pytest.fixture(scope="module")
 def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("mcp-gateway")
-    config = root / "tollgate.yaml"
-    config.write_text(json.dumps({"approver_groups": {"release-managers": ["rita"]}}))
-    started = start_server(root / "data", extra=["--config", str(config)])
+    started = start_server(root / "data", config={"approver_groups": {"release-managers": ["rita"]}})
     yield started
     started.terminate()
 
