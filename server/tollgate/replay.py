@@ -34,7 +34,7 @@ from tollgate.authorizer import (
 )
 from tollgate.bundle import BundleError, load_bundle
 from tollgate.contract import ALLOW, DENY, REQUIRE_APPROVAL
-from tollgate.decisionlog import LogReadError, canonical_json, log_time, open_read_only, parse_time, rows
+from tollgate.decisionlog import LogReadError, Query, canonical_json, log_time, open_read_only, parse_time, rows
 from tollgate.engine import EmbeddedOpa, EngineError, decode_envelope
 from tollgate.state.approvals import APPROVED
 
@@ -219,14 +219,7 @@ def read_data_dir(data_dir: str | Path, window: Window = Window()) -> Iterator[R
     The log is opened now (ReplayError if it cannot be); the replay covers the records committed by
     then, in append order.
     """
-    conditions, params = [], []
-    if window.since is not None:
-        conditions.append("timestamp >= ?")
-        params.append(format_time(window.since))
-    if window.until is not None:
-        conditions.append("timestamp < ?")
-        params.append(format_time(window.until))
-    where = " AND ".join(conditions)
+    where, params = Query(since=window.since, until=window.until).where()
     try:
         db = open_read_only(data_dir)
     except LogReadError as exc:
@@ -244,10 +237,10 @@ def read_data_dir(data_dir: str | Path, window: Window = Window()) -> Iterator[R
     except sqlite3.Error as exc:
         db.close()
         raise ReplayError(f"cannot read decision log {path}: {exc} (hint: is it a Tollgate decisions.db?)") from exc
-    return _db_records(db, path, where, tuple(params), after, last)
+    return _db_records(db, path, where, params, after, last)
 
 
-def _db_records(db: sqlite3.Connection, path: Path, where: str, params: tuple[str, ...], after: int,
+def _db_records(db: sqlite3.Connection, path: Path, where: str, params: tuple[Any, ...], after: int,
                 last: int) -> Iterator[Recorded]:
     with contextlib.closing(db):
         try:
