@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tollgate.activation import BundleStatus, SourceState
-from tollgate.api._handlers import unary
+from tollgate.api._handlers import metadata_value, unary
 from tollgate.decisionlog import ExportState, ExportStatus
 from tollgate.identity import TOKEN_METADATA_KEY, CallerResolver
 from tollgate.state import InvalidKillSwitch, KillSwitch, KillSwitches, KillSwitchNotFound, StateError
@@ -150,22 +150,15 @@ async def check_admin_token(context: grpc.aio.ServicerContext, access: AdminAcce
     configured, none sent, or a wrong one."""
     peer = context.peer()
     if access.identities:
-        token = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == TOKEN_METADATA_KEY:
-                token = value if isinstance(value, str) else value.decode(errors="replace")
-        caller = access.callers.resolve(peer=peer, auth_context=context.auth_context(), token=token)
+        caller = access.callers.resolve(peer=peer, auth_context=context.auth_context(),
+                                        token=metadata_value(context, TOKEN_METADATA_KEY))
         listed = next((name for name in caller.names() if name in access.identities), "")
         if listed:
             return f"admin identity {listed} ({caller.method})"
     if not access.token:
         log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_TOKEN_CONFIGURED)
-    sent = ""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            sent = value if isinstance(value, str) else value.decode(errors="replace")
-    scheme, _, token = sent.partition(" ")
+    scheme, _, token = metadata_value(context, "authorization").partition(" ")
     if scheme.lower() != "bearer" or not token:
         log.warning("admin: %s from %s refused: no admin token sent", method, peer)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from tollgate.api._convert import (
     to_record_message,
     to_response,
 )
+from tollgate.api._handlers import metadata_value
 from tollgate.authorizer import Authorizer
 from tollgate.decisionlog import DecisionLog, DecisionLogError
 from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
@@ -90,10 +90,9 @@ class AuthorizationServicer:
                 f" (largest field: {name}, {field_size} bytes)",
             )
         try:
-            domain = to_decision_request(request, max_depth=self._limits.max_depth)
+            domain = to_decision_request(request, max_depth=self._limits.max_depth, caller=self.caller(context))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        domain = dataclasses.replace(domain, caller=self.caller(context))
         try:
             decision = await self._authorizer.authorize(domain)
         except DecisionLogError as exc:
@@ -110,11 +109,8 @@ class AuthorizationServicer:
 
     def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """Who is calling, as the connection (client certificate, Unix-socket peer) or a caller token proves."""
-        token = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == TOKEN_METADATA_KEY:
-                token = value if isinstance(value, str) else value.decode(errors="replace")
-        return self._callers.resolve(peer=context.peer(), auth_context=context.auth_context(), token=token)
+        return self._callers.resolve(peer=context.peer(), auth_context=context.auth_context(),
+                                     token=metadata_value(context, TOKEN_METADATA_KEY))
 
     async def GetDecision(  # noqa: N802 - gRPC method name
         self, request: pb.GetDecisionRequest, context: grpc.aio.ServicerContext

@@ -12,7 +12,6 @@ a logged decision. AuthZEN has only true and false: require_approval is false, w
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -148,10 +147,9 @@ class AuthzenService:
         if message.ByteSize() > self._limits.max_request_bytes:
             raise BadEvaluation(f"{where or 'request'}: over the limit of {self._limits.max_request_bytes} bytes")
         try:
-            domain = to_decision_request(message, max_depth=self._limits.max_depth)
+            return to_decision_request(message, max_depth=self._limits.max_depth, caller=caller)
         except InvalidRequest as exc:
             raise BadEvaluation(where + _authzen_field(str(exc))) from exc
-        return dataclasses.replace(domain, caller=caller)
 
 
 def certificate_context(certificate: Mapping[str, Any] | None) -> dict[str, list[bytes]]:

@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import json_format, message, struct_pb2
 
 from tollgate.authorizer import Decision, DecisionRequest
+from tollgate.identity import ANONYMOUS, Caller
 from tollgate.v1 import authorization_pb2 as pb
 
 DECISION_ENUM = {
@@ -23,7 +24,8 @@ class InvalidRequest(ValueError):
     """A request that breaks the API schema; the message names the field."""
 
 
-def to_decision_request(msg: pb.AuthorizeRequest, *, max_depth: int) -> DecisionRequest:
+def to_decision_request(msg: pb.AuthorizeRequest, *, max_depth: int, caller: Caller = ANONYMOUS) -> DecisionRequest:
+    """The domain request of a message, asked by caller; InvalidRequest naming the field when it breaks the API."""
     kind = msg.WhichOneof("action")
     if kind is None:
         raise InvalidRequest("action: one of tool, model or budget is required")
@@ -71,7 +73,7 @@ def to_decision_request(msg: pb.AuthorizeRequest, *, max_depth: int) -> Decision
         raise InvalidRequest("approval_id: not allowed with dry_run (a dry run never uses an approval)")
     return DecisionRequest(
         kind=kind, principal=principal, action=action, context=context,
-        request_id=msg.request_id, approval_id=msg.approval_id, dry_run=msg.dry_run,
+        request_id=msg.request_id, approval_id=msg.approval_id, dry_run=msg.dry_run, caller=caller,
     )
 
 
