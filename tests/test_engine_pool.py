@@ -69,7 +69,9 @@ def test_results_undefined_and_engine_errors(tmp_path: Path) -> None:
         answers = await asyncio.gather(*(engine.evaluate(_input(f"u{i}")) for i in range(500)))
         assert [a["who"] for a in answers] == [f"u{i}" for i in range(500)]  # type: ignore[index]
 
-    _run(tmp_path, EngineConfig(workers=2), body)
+    # Deadlines are tested on their own below; here a scheduling stall of the 2-core CI machine past the
+    # 50 ms default (seen once in a fresh-clone run) must not fail a test about results.
+    _run(tmp_path, EngineConfig(workers=2, eval_timeout=5.0), body)
 
 
 def test_a_bundle_that_does_not_compile_is_refused_and_leaves_no_process(tmp_path: Path) -> None:
