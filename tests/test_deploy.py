@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tollgate.config import ServeConfig
+from tollgate.sidecar.config import ServeConfig
 from tollgate_cli.main import command_modules
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import REGO
-from tollgate.policytest import RegoTestResult, run_tests
+from tollgate.authoring.policytest import RegoTestResult, run_tests
 
 REPORT = run_tests([REGO])
 

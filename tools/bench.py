@@ -55,9 +55,9 @@ from typing import Any
 
 import grpc
 
-from tollgate.authorizer import NO_BUNDLE
-from tollgate.config import ServeConfig, default_bundle
-from tollgate.serve import grpc_server
+from tollgate.contract import NO_BUNDLE
+from tollgate.sidecar.config import ServeConfig, default_bundle
+from tollgate.sidecar.serve import grpc_server
 from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 

@@ -1,10 +1,14 @@
-"""The policy contract: what `data.tollgate.decision` must return, checked before anything is answered."""
+"""The contract of a decision: the request asked, the policy input built from it, the result the policy must
+return (checked before anything is answered), and the answer sent."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from tollgate.encoding import request_digest
+from tollgate.identity import ANONYMOUS, Caller
 
 ALLOW = "allow"
 DENY = "deny"
@@ -147,3 +151,82 @@ def _type(value: Any) -> str:
     if value is None:
         return "null"
     return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), "number")
+
+
+#: Request kinds: a tool call, a model call, a spend.
+KINDS = ("tool", "model", "budget")
+
+#: Reason codes of the DENYs the server makes itself, when the policy could not decide.
+NO_BUNDLE = "no_bundle"
+ENGINE_ERROR = "engine_error"
+POLICY_CONTRACT = "policy_contract"
+DEADLINE_EXCEEDED = "deadline_exceeded"
+#: Reason code of a request an active kill switch names (the policy's, and the server's own backstop).
+KILLED = "killed"
+#: Reason code of a request refused because the decision-log export is further behind than allowed
+#: (decision_log_fail_closed_on_lag).
+EXPORT_LAG = "export_lag"
+
+
+@dataclass(frozen=True)
+class DecisionRequest:
+    """One validated question: who (principal) wants to do what (a tool call, a model call, a spend)."""
+
+    kind: str
+    principal: Mapping[str, Any]
+    action: Mapping[str, Any]
+    context: Mapping[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+    approval_id: str = ""
+    #: Who asked, as the transport proved it (input.auth; the record's requested_by).
+    caller: Caller = ANONYMOUS
+    #: Evaluate and log, but act on nothing: no approval opened, no budget reserved (input.dry_run).
+    dry_run: bool = False
+
+    def digest(self) -> str:
+        """sha256 of the canonical request: principal, kind and action (not context or approval_id)."""
+        return request_digest(self.kind, self.principal, self.action)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to one DecisionRequest, as logged under decision_id."""
+
+    decision: str
+    decision_id: str
+    reasons: tuple[Reason, ...]
+    obligations: Mapping[str, Any]
+    bundle_revision: str
+    approval_id: str = ""
+    reservation_id: str = ""
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Decision:
+        return cls(
+            decision=record["decision"],
+            decision_id=record["decision_id"],
+            reasons=tuple(Reason(r["code"], r.get("message", "")) for r in record["reasons"]),
+            obligations=record.get("obligations") or {},
+            bundle_revision=record["bundle_revision"],
+            approval_id=record.get("approval_id", ""),
+            reservation_id=record.get("reservation_id", ""),
+        )
+
+
+def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, str]] | None = None,
+                approval: dict[str, str] | None = None) -> dict[str, Any]:
+    """The input document of the policy contract (DESIGN.md); killed: the active kill switches; approval: the
+    state of the approval presented ({id, status, approver})."""
+    return {
+        "kind": request.kind,
+        "principal": request.principal,
+        request.kind: request.action,
+        "context": request.context,
+        "request_id": request.request_id,
+        "approval_id": request.approval_id,
+        "auth": request.caller.auth_input(),
+        "state": {"spend": {}, "spend_month": {}, "killed": killed if killed is not None else [],
+                  "approval": approval},
+        "now": now,
+    } | ({"dry_run": True} if request.dry_run else {})
+

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, REGO, TOLLGATE, Server, start_server, tool_request, write_policy
 from tests.readme import readme_section
-from tollgate.replay import Candidate, read_data_dir, replay
+from tollgate.authoring.replay import Candidate, read_data_dir, replay
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc

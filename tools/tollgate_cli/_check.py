@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from tollgate.policycheck import PolicyCheckError, check_policy
+    from tollgate.authoring.check import PolicyCheckError, check_policy
 
     try:
         report = check_policy(args.paths)

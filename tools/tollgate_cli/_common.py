@@ -96,10 +96,12 @@ def message_dict(message: Any) -> dict[str, Any]:
 
 def time_argument(text: str) -> datetime:
     """argparse type of --since/--until: RFC 3339, or a span ago (15m, 2h, 7d)."""
-    from tollgate.decisionlog import parse_time
+    from datetime import UTC, datetime
+
+    from tollgate.encoding import parse_moment
 
     try:
-        return parse_time(text)
+        return parse_moment(text, now=datetime.now(UTC))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from tollgate_cli._common import EXIT_ERROR
 
 if TYPE_CHECKING:
-    from tollgate.policytest import RegoTestReport
+    from tollgate.authoring.policytest import RegoTestReport
 
 ORDER = 30  # position in `tollgate --help`
 COMMANDS = ("test",)  # the top-level command register() adds
@@ -43,7 +43,7 @@ def _regex(text: str) -> str:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from tollgate.policytest import PolicyTestError, run_tests
+    from tollgate.authoring.policytest import PolicyTestError, run_tests
 
     coverage = args.coverage or args.threshold is not None
     try:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tollgate_cli._common import EXIT_ERROR, identity
 
 if TYPE_CHECKING:
-    from tollgate.promotion import Environments, Outcome
+    from tollgate.authoring.promotion import Environments, Outcome
 
 ORDER = 45  # position in `tollgate --help`
 COMMANDS = ("promote", "rollback", "channel")  # the top-level commands register() adds
@@ -80,13 +80,13 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _environments(args: argparse.Namespace) -> Environments:
-    from tollgate.promotion import load_environments
+    from tollgate.authoring.promotion import load_environments
 
     return load_environments(args.environments, channel_root=args.channel_root)
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from tollgate.promotion import PromotionError, parse_ack, promote
+    from tollgate.authoring.promotion import PromotionError, parse_ack, promote
 
     try:
         envs = _environments(args)
@@ -108,7 +108,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from tollgate.promotion import PromotionError, rollback
+    from tollgate.authoring.promotion import PromotionError, rollback
 
     try:
         envs = _environments(args)
@@ -133,7 +133,7 @@ def _print_gates(outcome: Outcome) -> None:
 
 
 def channel_status(args: argparse.Namespace) -> int:
-    from tollgate.promotion import PromotionError, read_channel
+    from tollgate.authoring.promotion import PromotionError, read_channel
 
     try:
         envs = _environments(args)

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _transitions(text: str) -> frozenset[tuple[str, str]]:
-    from tollgate.replay import parse_transitions
+    from tollgate.authoring.replay import parse_transitions
 
     try:
         return parse_transitions(text)
@@ -58,7 +58,7 @@ def _transitions(text: str) -> frozenset[tuple[str, str]]:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from tollgate.replay import (
+    from tollgate.authoring.replay import (
         BadRecord,
         Candidate,
         ReplayError,

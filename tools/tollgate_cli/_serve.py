@@ -13,7 +13,7 @@ COMMANDS = ("serve",)  # the top-level command register() adds
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tollgate.config import ServeConfig
+    from tollgate.sidecar.config import ServeConfig
 
     serve = sub.add_parser("serve", help="run the policy decision sidecar")
     serve.add_argument("--config", help="YAML file; its keys are the flag names")
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _field_help(name: str) -> str:
-    from tollgate.config import ServeConfig
+    from tollgate.sidecar.config import ServeConfig
 
     doc = {
         "listen": "HOST:PORT or unix:PATH", "data_dir": "decision log and state directory",
@@ -75,8 +75,8 @@ def _field_help(name: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tollgate import serve
-    from tollgate.config import ConfigError, ServeConfig, load_config
+    from tollgate.sidecar import serve
+    from tollgate.sidecar.config import ConfigError, ServeConfig, load_config
 
     overrides = {f.name: getattr(args, f.name) for f in fields(ServeConfig)}
     try:

@@ -19,7 +19,7 @@ from tollgate.api._convert import (
     to_response,
 )
 from tollgate.api._handlers import metadata_value
-from tollgate.authorizer import Authorizer
+from tollgate.decision import Authorizer
 from tollgate.decisionlog import DecisionLog, DecisionLogError
 from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
 from tollgate.state import StateError

@@ -19,9 +19,10 @@ from typing import Any
 
 from tollgate.api._authorization import RequestLimits
 from tollgate.api._convert import InvalidRequest, to_decision_request
-from tollgate.authorizer import Authorizer, Decision, DecisionRequest
+from tollgate.api._http import HttpRequest, HttpResponse
+from tollgate.contract import Decision, DecisionRequest
+from tollgate.decision import Authorizer
 from tollgate.decisionlog import DecisionLogError
-from tollgate.httpserve import HttpRequest, HttpResponse
 from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
 from tollgate.v1 import authorization_pb2 as pb
 

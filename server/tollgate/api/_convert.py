@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import json_format, message, struct_pb2
 
-from tollgate.authorizer import Decision, DecisionRequest
+from tollgate.contract import Decision, DecisionRequest
 from tollgate.identity import ANONYMOUS, Caller
 from tollgate.v1 import authorization_pb2 as pb
 

@@ -18,16 +18,13 @@ from tollgate.decisionlog._fileexport import (
 from tollgate.decisionlog._mask import FALLBACK_ERASE, Masking, failure_summary, mask_record
 from tollgate.decisionlog._otlp import OtlpEncoder
 from tollgate.decisionlog._query import Query, action_summary, find, first_reason, matching
-from tollgate.decisionlog._reader import LogReadError, StoredRecord, open_read_only, parse_time, rows, snapshot
+from tollgate.decisionlog._reader import LogReadError, StoredRecord, open_read_only, rows, snapshot
 from tollgate.decisionlog._retention import LogRetention
 from tollgate.decisionlog._shipping import LogShipping, ShippingConfig
 from tollgate.decisionlog._sqlite import (
     DecisionLog,
     DecisionLogError,
     LogConfig,
-    canonical_json,
-    log_time,
-    request_digest,
 )
 from tollgate.decisionlog._timeline import Step, Timeline, render_timeline, timeline
 from tollgate.decisionlog._verify import Anchor, ChainBreak, Verification, resolve_position, verify
@@ -36,7 +33,7 @@ __all__ = ["FALLBACK_ERASE", "FORMATS", "Anchor", "ChainBreak", "DecisionLog", "
            "ExportStatus", "ExporterConfig", "FileCursor", "FileExport", "FileExportError", "LogConfig",
            "LogExporter", "LogReadError", "LogRetention", "LogShipping", "Masking", "OpaEncoder", "OtlpEncoder",
            "Query", "Rotation", "ShippingConfig", "Step", "StoredRecord", "StreamExport", "Timeline", "Verification",
-           "action_summary", "canonical_json", "export_line", "export_once", "failure_summary", "find",
-           "first_reason", "follow", "jsonl_record", "log_time", "mask_record", "matching", "opa_event", "opa_time",
-           "open_output", "open_read_only", "parse_time", "read_export", "render_timeline", "request_digest",
+           "action_summary", "export_line", "export_once", "failure_summary", "find",
+           "first_reason", "follow", "jsonl_record", "mask_record", "matching", "opa_event", "opa_time",
+           "open_output", "open_read_only", "read_export", "render_timeline",
            "resolve_position", "rows", "snapshot", "timeline", "verify"]

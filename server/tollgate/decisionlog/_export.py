@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from tollgate.decisionlog._events import opa_event
-from tollgate.decisionlog._sqlite import log_time
+from tollgate.encoding import format_time, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +142,11 @@ def write_cursor(db: sqlite3.Connection, name: str, seq: int) -> None:
     try:
         db.execute("INSERT INTO export_cursors (name, seq, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO "
                    "UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
-                   (name, seq, log_time(datetime.now(UTC))))
+                   (name, seq, format_time(datetime.now(UTC))))
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
-
-
-def parse_log_time(text: str) -> datetime:
-    """The inverse of decisionlog.log_time."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -365,7 +360,7 @@ class LogExporter:
             lag_seconds = self._status.lag_seconds  # kept when the oldest record's time cannot be read
             with contextlib.suppress(ValueError, TypeError):
                 if oldest is not None:
-                    lag_seconds = max(0.0, (datetime.now(UTC) - parse_log_time(oldest)).total_seconds())
+                    lag_seconds = max(0.0, (datetime.now(UTC) - parse_time(oldest)).total_seconds())
         state = self._status.state
         limit = self._config.max_lag
         if state is not ExportState.ERROR:  # failing uploads stay ERROR until one succeeds

@@ -23,7 +23,7 @@ from tollgate.bundle import fsync_directory
 from tollgate.decisionlog._events import jsonl_record, opa_event
 from tollgate.decisionlog._query import Query, matching
 from tollgate.decisionlog._reader import PRUNED_TABLE, StoredRecord, has_table, snapshot
-from tollgate.decisionlog._sqlite import canonical_json
+from tollgate.encoding import canonical_json
 
 FORMATS = ("opa", "jsonl")
 

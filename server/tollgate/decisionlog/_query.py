@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from tollgate.decisionlog._reader import RECORD_COLUMNS, StoredRecord, rows
-from tollgate.decisionlog._sqlite import log_time
+from tollgate.encoding import format_time
 
 DECISIONS = ("allow", "deny", "require_approval")
 
@@ -54,10 +54,10 @@ class Query:
                 params.append(value)
         if self.since is not None:
             parts.append("timestamp >= ?")
-            params.append(log_time(self.since))
+            params.append(format_time(self.since))
         if self.until is not None:
             parts.append("timestamp < ?")
-            params.append(log_time(self.until))
+            params.append(format_time(self.until))
         if self.instance:
             parts.append("json_extract(record, '$.input.principal.instance_id') = ?")
             params.append(self.instance)

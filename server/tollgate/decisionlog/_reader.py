@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +16,10 @@ LOG_FILE = "decisions.db"
 PRUNED_TABLE = "decisions_pruned"
 #: The columns a StoredRecord is made from, in its field order.
 RECORD_COLUMNS = "seq, decision_id, timestamp, agent_id, session_id, kind, decision, record, prev_hash, hash"
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 class LogReadError(Exception):
     """The decision log cannot be opened or read (the message names the file and what to check)."""
-
-
-def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """An RFC 3339 time (UTC when it has no offset), or a duration back from now: `90m`, `24h`, `7d`, `1h30m`."""
-    text = text.strip()
-    if text and _DURATION.sub("", text) == "":
-        delta = timedelta()
-        for amount, unit in _DURATION.findall(text):
-            delta += timedelta(**{_UNITS[unit]: int(amount)})
-        return (now or datetime.now(UTC)) - delta
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither an RFC 3339 time (2026-11-21T18:00:00Z) nor a duration (24h, 7d, 1h30m)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def log_path(data_dir: str | Path) -> Path:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tollgate.decisionlog._export import connect, read_cursor
-from tollgate.decisionlog._sqlite import log_time
+from tollgate.encoding import format_time
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ class LogRetention:
         """Delete what the window, the exporters' cursors and the newest record allow; returns how many."""
         db = self._connection()
         moment = now or datetime.now(UTC)
-        cutoff = log_time(moment - self._window)
-        swept_at = log_time(moment)
+        cutoff = format_time(moment - self._window)
+        swept_at = format_time(moment)
         newest = db.execute("SELECT max(seq) FROM decisions").fetchone()[0]
         if newest is None:
             return 0

@@ -16,9 +16,10 @@ import queue
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tollgate.encoding import canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +70,6 @@ class LogConfig:
     max_batch: int = 512
     #: Requests waiting for a commit at once; Authorize waits for room rather than queueing without bound.
     max_pending: int = 8192
-
-
-def log_time(moment: datetime) -> str:
-    """The decision log's spelling of a time: UTC, microseconds, `Z` — it sorts as text."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def canonical_json(value: Any) -> str:
-    """The one JSON spelling used for hashing and storage: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def request_digest(kind: str, principal: Any, action: Any) -> str:
-    """sha256 of the canonical request — principal, kind and action; not context, not approval_id.
-
-    What an idempotent retry must repeat exactly, and what an approval is bound to.
-    """
-    body = canonical_json({"kind": kind, "principal": principal, "action": action})
-    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def canonical_json_with(value: dict[str, Any], key: str, value_json: str) -> str:

@@ -17,6 +17,7 @@ from tollgate.engine._opa import EmbeddedOpa
 
 if TYPE_CHECKING:
     from tollgate.engine._pool import EngineConfig, WorkerPoolEngine
+    from tollgate.engine._slot import EngineSlot
 
 
 def __getattr__(name: str) -> Any:
@@ -27,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from tollgate.engine import _pool
 
         return getattr(_pool, name)
+    if name == "EngineSlot":
+        from tollgate.engine import _slot
+
+        return _slot.EngineSlot
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -36,6 +41,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EngineError",
+    "EngineSlot",
     "Evaluation",
     "EvaluationTimeout",
     "WorkerPoolEngine",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tollgate.client import ApprovalState, Decision, Principal, Reason, TollgateError
+from tollgate.encoding import canonical_json
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _codes(decision: Decision) -> frozenset[str]:
 
 
 def _request_key(name: str, arguments: Mapping[str, Any]) -> str:
-    return json.dumps([name, arguments], sort_keys=True, separators=(",", ":"), default=str)
+    return canonical_json([name, arguments])
 
 
 def refusal_text(decision: Decision, *, tool: str) -> str:

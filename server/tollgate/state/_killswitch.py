@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tollgate.encoding import format_time
 from tollgate.state._store import StateError, StateStore
 
 #: What a kill switch can name; the default policy (rego/tollgate/killswitch) matches the same scopes.
@@ -235,4 +236,4 @@ class KillSwitchSnapshot:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return format_time(datetime.now(UTC))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tollgate.encoding import canonical_json, format_time
 from tollgate.ids import new_decision_id
 from tollgate.state._store import StateError, StateStore
 
@@ -129,18 +130,18 @@ class Approvals:
             row = self._query(
                 f"SELECT {_COLUMNS} FROM approvals WHERE request_digest = ? AND session_id = ? AND status = ? "
                 "AND expires_at > ? ORDER BY created_at DESC LIMIT 1",
-                (request_digest, session_id, PENDING, _time(moment))).fetchone()
+                (request_digest, session_id, PENDING, format_time(moment))).fetchone()
             if row is not None:
                 return _approval(row, moment)
             approval = Approval(
                 id="apr_" + new_decision_id(), request_digest=request_digest, kind=kind, principal=dict(principal),
-                action=dict(action), approvers=tuple(approvers), created_at=_time(moment),
-                expires_at=_time(moment + timedelta(seconds=ttl_seconds)), status=PENDING, opened_by=opened_by)
+                action=dict(action), approvers=tuple(approvers), created_at=format_time(moment),
+                expires_at=format_time(moment + timedelta(seconds=ttl_seconds)), status=PENDING, opened_by=opened_by)
             self._write(
                 "INSERT INTO approvals (id, request_digest, kind, principal, action, agent_id, session_id, approvers, "
                 "created_at, expires_at, status, opened_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (approval.id, request_digest, kind, _json(approval.principal), _json(approval.action),
-                 approval.agent_id, session_id, _json(list(approval.approvers)), approval.created_at,
+                (approval.id, request_digest, kind, canonical_json(approval.principal), canonical_json(approval.action),
+                 approval.agent_id, session_id, canonical_json(list(approval.approvers)), approval.created_at,
                  approval.expires_at, PENDING, opened_by))
         self._notify()
         return approval
@@ -182,13 +183,13 @@ class Approvals:
             changed = self._write(
                 "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ? "
                 "WHERE id = ? AND status = ? AND expires_at > ?",
-                (status, by, _time(moment), reason, approval_id, PENDING, _time(moment)))
+                (status, by, format_time(moment), reason, approval_id, PENDING, format_time(moment)))
         if not changed:
             current = self.get(approval_id, now=moment)
             state = current.status if current else "gone"
             raise ApprovalError(f"approval {approval_id} is {state}, not pending: it can no longer be decided")
         self._notify()
-        return replace(approval, status=status, decided_by=by, decided_at=_time(moment), reason=reason)
+        return replace(approval, status=status, decided_by=by, decided_at=format_time(moment), reason=reason)
 
     def consume(self, approval_id: str, *, request_digest: str, decision_id: str,
                 now: datetime | None = None) -> bool:
@@ -202,7 +203,7 @@ class Approvals:
             changed = self._write(
                 "UPDATE approvals SET status = ?, used_by = ? WHERE id = ? AND status = ? AND used_by IS NULL "
                 "AND request_digest = ? AND expires_at > ?",
-                (USED, decision_id, approval_id, APPROVED, request_digest, _time(moment)))
+                (USED, decision_id, approval_id, APPROVED, request_digest, format_time(moment)))
         if changed:
             self._notify()
         return changed
@@ -257,7 +258,7 @@ _COLUMNS = ("id, request_digest, kind, principal, action, approvers, created_at,
 def _approval(row: tuple[Any, ...], now: datetime) -> Approval:
     (id_, digest, kind, principal, action, approvers, created, expires, status, decided_by, decided_at, reason,
      opened_by, used_by) = row
-    if status in (PENDING, APPROVED) and expires <= _time(now):
+    if status in (PENDING, APPROVED) and expires <= format_time(now):
         status = EXPIRED
     return Approval(id=id_, request_digest=digest, kind=kind, principal=json.loads(principal),
                     action=json.loads(action), approvers=tuple(json.loads(approvers)), created_at=created,
@@ -265,10 +266,3 @@ def _approval(row: tuple[Any, ...], now: datetime) -> Approval:
                     opened_by=opened_by, used_by=used_by or "")
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _time(moment: datetime) -> str:
-    # Fixed width (microseconds, Z) so stored times compare as strings in SQL.
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,0 +1,731 @@
+"""Promote bundles through environments (dev → staging → prod): gates, a static channel per environment, history.
+
+An environment's channel is a directory of plain files, so any static HTTP server or object store serves it:
+
+    CHANNEL/bundle.tar.gz              the live bundle (what sidecars poll, with ETag / If-None-Match)
+    CHANNEL/revisions/REVISION.tar.gz  every revision ever published there, immutable (what rollback uses)
+    CHANNEL/channel.json               the live revision and digest, and the history of promotions and rollbacks
+
+Each file is replaced by a rename (a reader sees the old file or the new one, never part of one), in that order:
+the immutable revision, then the live bundle, then channel.json. Environments, their trusted keys and gates are
+defined in `bundles/environments.yaml` (see `load_environments`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tollgate.authoring.replay import (
+    Candidate,
+    Recorded,
+    ReplayError,
+    Transition,
+    Window,
+    gate_spelling,
+    parse_time,
+    parse_transitions,
+    read_data_dir,
+    read_jsonl,
+    replay,
+    transition_label,
+)
+from tollgate.bundle import (
+    DEFAULT_SIZE_LIMIT,
+    BundleError,
+    load_bundle,
+    load_public_keys,
+    verify_bundle,
+    write_file_atomically,
+)
+from tollgate.encoding import format_time
+
+#: The gates a promotion can be held to, in the order they are checked and reported.
+GATES = ("tests", "signed", "replay", "from")
+LIVE_BUNDLE = "bundle.tar.gz"
+CHANNEL_FILE = "channel.json"
+REVISIONS_DIR = "revisions"
+CHANNEL_FORMAT = 1
+DEFAULT_ENVIRONMENTS = Path("bundles") / "environments.yaml"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+# A revision names a file in the channel (revisions/REVISION.tar.gz), so it must be a plain file name.
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_DEFAULT_FAIL_ON = "deny→allow"
+
+
+class PromotionError(Exception):
+    """A promotion, rollback or status that cannot proceed; the message says what, to what, and what to do."""
+
+
+class EnvironmentsError(PromotionError):
+    """The environments file is wrong; the message names the file and the key."""
+
+
+# -- the environments file ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayGate:
+    """Replay the environment's recorded decisions against the candidate; fail on unacknowledged flips."""
+
+    #: A JSON Lines file of decision records (as `tollgate replay --decisions` reads), or None.
+    decisions: Path | None
+    #: A sidecar's data directory (its decisions.db), or None; exactly one of the two is set.
+    data_dir: Path | None
+    #: Transitions that fail the gate unless acknowledged (default deny→allow).
+    fail_on: frozenset[Transition]
+    #: Only records at or after this (RFC 3339 time or a duration back from now, e.g. 7d).
+    since: str | None = None
+    #: Only the most recent this many records.
+    limit: int | None = None
+    #: The policy document evaluated, as for `tollgate serve`.
+    entrypoint: str = "tollgate/decision"
+
+    @property
+    def source(self) -> Path:
+        return self.decisions if self.decisions is not None else Path(f"{self.data_dir}/decisions.db")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One environment: where its channel is published, what it trusts, and what a promotion into it must pass."""
+
+    name: str
+    #: Directory of trusted public keys (KID.pem), or None when nothing is checked against keys.
+    keys: Path | None
+    #: Its sidecars refuse unsigned bundles (serve with --require-signatures --bundle-keys KEYS).
+    require_signatures: bool
+    #: The channel directory the environment's sidecars read (through a static HTTP server or object store).
+    channel: Path
+    #: Gate `tests`: the bundle's own Rego tests (built with --include-tests) all pass.
+    tests: bool = False
+    #: Gate `signed`: the bundle's signature verifies with one of `keys`.
+    signed: bool = False
+    #: Gate `replay`, or None.
+    replay: ReplayGate | None = None
+    #: Gate `from`: only bundles that this environment's channel has published (ran) may enter, or None.
+    promote_from: str | None = None
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        on = {"tests": self.tests, "signed": self.signed, "replay": self.replay is not None,
+              "from": self.promote_from is not None}
+        return tuple(g for g in GATES if on[g])
+
+
+@dataclass(frozen=True)
+class Environments:
+    """Every environment of an environments file, in file order."""
+
+    path: Path
+    environments: Mapping[str, Environment]
+
+    def get(self, name: str) -> Environment:
+        try:
+            return self.environments[name]
+        except KeyError:
+            known = ", ".join(self.environments)
+            raise PromotionError(f"no environment {name!r} in {self.path} (environments: {known})") from None
+
+
+_TOP_KEYS = {"channel_root": "where channels are published, relative to this file (default: channels)",
+             "environments": "environment name → definition"}
+_ENV_KEYS = {"keys": "directory of trusted public keys, one KID.pem each",
+             "require_signatures": "true: the environment's sidecars refuse unsigned bundles",
+             "channel": "channel directory, relative to channel_root (default: the environment's name)",
+             "gates": "tests, signed, replay, from"}
+_REPLAY_KEYS = ("decisions", "data_dir", "fail_on", "since", "limit", "entrypoint")
+
+
+def load_environments(path: str | Path = DEFAULT_ENVIRONMENTS, *, channel_root: str | Path | None = None
+                      ) -> Environments:
+    """Read and validate an environments file. Relative paths in it are relative to the file; channel_root
+    (the `--channel-root` flag) replaces the file's `channel_root`."""
+    file = Path(path)
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except OSError as exc:
+        raise EnvironmentsError(f"{file}: cannot be read ({exc.strerror or exc}) (hint: pass --environments, "
+                                "or run from the directory holding bundles/)") from exc
+    except yaml.YAMLError as exc:
+        raise EnvironmentsError(f"{file}: not YAML ({exc})") from exc
+    base = file.parent
+
+    def fail(key: str, message: str) -> EnvironmentsError:
+        return EnvironmentsError(f"{file}: {key}: {message}")
+
+    top = _mapping(doc, "(top level)", fail, _TOP_KEYS)
+    root_value = top.get("channel_root", "channels")
+    if not isinstance(root_value, str) or not root_value:
+        raise fail("channel_root", "must be a directory path")
+    root = Path(channel_root) if channel_root is not None else _relative_to(base, root_value)
+    envs = top.get("environments")
+    if not isinstance(envs, dict) or not envs:
+        raise fail("environments", "must map each environment's name (dev, staging, prod) to its definition")
+    found: dict[str, Environment] = {}
+    for name, raw in envs.items():
+        key = f"environments.{name}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise fail(key, "an environment's name is a lowercase word (letters, digits, - and _)")
+        found[name] = _environment(name, raw, key, base, root, fail)
+    _check_links(found, fail)
+    channels: dict[Path, str] = {}
+    for env in found.values():
+        where = env.channel.resolve()
+        if where in channels:
+            raise fail(f"environments.{env.name}.channel",
+                       f"{env.channel} is also the channel of {channels[where]}; each environment needs its own")
+        channels[where] = env.name
+    return Environments(path=file, environments=found)
+
+
+def _mapping(value: Any, key: str, fail: Any, known: Mapping[str, str] | Sequence[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise fail(key, "must be a mapping")
+    for k in value:
+        if k not in known:
+            raise fail(f"{key}.{k}" if key != "(top level)" else str(k),
+                       f"unknown key (known: {', '.join(known)})")
+    return value
+
+
+def _environment(name: str, raw: Any, key: str, base: Path, root: Path, fail: Any) -> Environment:
+    body = _mapping(raw, key, fail, _ENV_KEYS)
+    keys_value = body.get("keys")
+    if keys_value is not None and (not isinstance(keys_value, str) or not keys_value):
+        raise fail(f"{key}.keys", "must be a directory path")
+    require = body.get("require_signatures", True)
+    if not isinstance(require, bool):
+        raise fail(f"{key}.require_signatures", "must be true or false")
+    channel_value = body.get("channel", name)
+    if not isinstance(channel_value, str) or not channel_value:
+        raise fail(f"{key}.channel", "must be a directory path")
+    gates = _mapping(body.get("gates", {}) or {}, f"{key}.gates", fail, GATES)
+    for flag in ("tests", "signed"):
+        if not isinstance(gates.get(flag, False), bool):
+            raise fail(f"{key}.gates.{flag}", "must be true or false")
+    signed = bool(gates.get("signed", False))
+    if require and not signed:
+        raise fail(f"{key}.gates", "require_signatures is true, so the `signed` gate must be on "
+                                   "(a bundle this environment's sidecars would refuse must not be published)")
+    if (signed or require) and keys_value is None:
+        raise fail(f"{key}.keys", "required: the `signed` gate checks the bundle against these keys")
+    source = gates.get("from")
+    if source is not None and not isinstance(source, str):
+        raise fail(f"{key}.gates.from", "must name the environment promotions come from")
+    replay_gate = None
+    if "replay" in gates:
+        replay_gate = _replay_gate(gates["replay"], f"{key}.gates.replay", base, fail)
+    return Environment(
+        name=name, keys=_relative_to(base, keys_value) if keys_value is not None else None,
+        require_signatures=require, channel=_relative_to(root, channel_value),
+        tests=bool(gates.get("tests", False)), signed=signed, replay=replay_gate, promote_from=source)
+
+
+def _replay_gate(raw: Any, key: str, base: Path, fail: Any) -> ReplayGate:
+    body = _mapping(raw, key, fail, _REPLAY_KEYS)
+    sources = [k for k in ("decisions", "data_dir") if k in body]
+    if len(sources) != 1:
+        raise fail(key, "name the recorded decisions: exactly one of decisions (a JSON Lines file) or data_dir "
+                        "(a sidecar's data directory)")
+    path = body[sources[0]]
+    if not isinstance(path, str) or not path:
+        raise fail(f"{key}.{sources[0]}", "must be a path")
+    fail_on_value = body.get("fail_on", _DEFAULT_FAIL_ON)
+    spelled = ",".join(fail_on_value) if isinstance(fail_on_value, list) else fail_on_value
+    if not isinstance(spelled, str) or not all(isinstance(v, str) for v in
+                                               (fail_on_value if isinstance(fail_on_value, list) else [])):
+        raise fail(f"{key}.fail_on", "must be a list of transitions such as deny→allow")
+    try:
+        fail_on = parse_transitions(spelled)
+    except ValueError as exc:
+        raise fail(f"{key}.fail_on", str(exc)) from None
+    since = body.get("since")
+    if since is not None:
+        try:
+            parse_time(str(since))
+        except ValueError as exc:
+            raise fail(f"{key}.since", str(exc)) from None
+        since = str(since)
+    limit = body.get("limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise fail(f"{key}.limit", "must be a whole number of at least 1")
+    entrypoint = body.get("entrypoint", "tollgate/decision")
+    if not isinstance(entrypoint, str) or not entrypoint:
+        raise fail(f"{key}.entrypoint", "must be a policy path such as tollgate/decision")
+    where = _relative_to(base, path)
+    return ReplayGate(decisions=where if sources[0] == "decisions" else None,
+                      data_dir=where if sources[0] == "data_dir" else None,
+                      fail_on=fail_on, since=since, limit=limit, entrypoint=entrypoint)
+
+
+def _relative_to(base: Path, path: str) -> Path:
+    """path read relative to base, without `..` detours in messages (bundles/../samples → samples)."""
+    return Path(os.path.normpath(base / path))
+
+
+def _check_links(envs: Mapping[str, Environment], fail: Any) -> None:
+    for env in envs.values():
+        if env.promote_from is None:
+            continue
+        key = f"environments.{env.name}.gates.from"
+        if env.promote_from == env.name:
+            raise fail(key, "an environment cannot be promoted from itself")
+        if env.promote_from not in envs:
+            raise fail(key, f"{env.promote_from!r} is not an environment (environments: {', '.join(envs)})")
+        seen: list[str] = [env.name]
+        step: str | None = env.promote_from
+        while step is not None:
+            if step in seen:
+                raise fail(key, f"the `from` gates form a cycle ({' → '.join([*seen, step])}): nothing could "
+                                "ever be promoted into them")
+            seen.append(step)
+            step = envs[step].promote_from
+
+
+# -- channels -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What an environment's channel.json says: the live revision and the history (oldest first)."""
+
+    environment: str
+    live: Mapping[str, Any] | None
+    history: tuple[Mapping[str, Any], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": CHANNEL_FORMAT, "environment": self.environment, "bundle": LIVE_BUNDLE,
+                "live": dict(self.live) if self.live else None, "history": [dict(h) for h in self.history]}
+
+    def entry_for(self, *, revision: str | None = None, sha256: str | None = None) -> Mapping[str, Any] | None:
+        """The newest history entry that made this revision (or these bytes) live, or None."""
+        for entry in self.history[::-1]:
+            if (revision is None or entry.get("revision") == revision) and (
+                    sha256 is None or entry.get("sha256") == sha256):
+                return entry
+        return None
+
+
+def read_channel(env: Environment) -> Channel:
+    """An environment's channel; empty (nothing live, no history) when nothing was ever published there."""
+    path = env.channel / CHANNEL_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Channel(environment=env.name, live=None)
+    except OSError as exc:
+        raise PromotionError(f"channel {path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or not isinstance(doc.get("history"), list):
+            raise ValueError("not an object with a history")
+        if doc.get("format", CHANNEL_FORMAT) != CHANNEL_FORMAT:
+            raise ValueError(f"format {doc.get('format')!r}; this tollgate reads format {CHANNEL_FORMAT}")
+    except ValueError as exc:
+        raise PromotionError(f"channel {path}: not a channel file ({exc}) (hint: restore it from a backup; "
+                             "the revisions/ directory still holds every bundle)") from exc
+    return Channel(environment=env.name, live=doc.get("live"), history=tuple(doc["history"]))
+
+
+def revision_path(env: Environment, revision: str) -> Path:
+    return env.channel / REVISIONS_DIR / f"{revision}.tar.gz"
+
+
+# -- gates ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """Flips the person promoting has looked at and accepts: whole transitions, or single decisions by ID."""
+
+    transitions: frozenset[Transition] = frozenset()
+    decision_ids: frozenset[str] = frozenset()
+    files: tuple[str, ...] = ()  # ack files the decision IDs came from, for the record
+
+    def covers(self, transition: Transition, decision_id: str) -> bool:
+        return transition in self.transitions or decision_id in self.decision_ids
+
+
+def parse_ack(values: Sequence[str], files: Sequence[str | Path] = ()) -> Acknowledgement:
+    """`--ack` values (a transition such as deny→allow, or a decision ID) and ack files (one decision ID per
+    line; blank lines and `#` comments are ignored)."""
+    transitions: set[Transition] = set()
+    ids: set[str] = set()
+    for value in values:
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            if "→" in part or "->" in part:
+                try:
+                    transitions |= parse_transitions(part)
+                except ValueError as exc:
+                    raise PromotionError(f"--ack {part}: {exc}") from None
+            else:
+                ids.add(part)
+    for name in files:
+        try:
+            text = Path(name).read_text()
+        except OSError as exc:
+            raise PromotionError(f"ack file {name}: cannot be read ({exc.strerror or exc})") from exc
+        for line in text.splitlines():
+            word = line.split("#", 1)[0].strip()
+            if word:
+                ids.add(word)
+    return Acknowledgement(frozenset(transitions), frozenset(ids), tuple(str(f) for f in files))
+
+
+@dataclass
+class _Candidate:
+    """The bundle being promoted: its exact bytes, staged in a private file that every gate reads."""
+
+    path: Path
+    content: bytes
+    revision: str
+    sha256: str
+    label: str  # how messages name it (the file given, or ENV:REVISION)
+    from_env: str | None  # the environment it was taken from, when given as a revision
+    acknowledged: dict[str, Any] = field(default_factory=dict)
+
+    def named(self, message: str) -> str:
+        """A message about the staged copy, naming the bundle as the person gave it."""
+        return message.replace(str(self.path), self.label)
+
+
+def _gate_tests(candidate: _Candidate) -> GateResult:
+    from tollgate.authoring.policytest import PolicyTestError, run_tests
+
+    try:
+        report = run_tests([candidate.path])
+    except PolicyTestError as exc:
+        return GateResult("tests", False, f"the tests cannot run: {candidate.named(str(exc))}")
+    ran = len(report.results) - report.count("SKIP")
+    if ran == 0:
+        return GateResult("tests", False, "the bundle holds no tests (hint: build it with "
+                                          "`tollgate build --include-tests`, so that what is tested is what ships)")
+    if not report.ok:
+        failed = [r for r in report.results if r.outcome in ("FAIL", "ERROR")]
+        named = "; ".join(f"{r.package}.{r.name} {r.outcome}" + (f" ({r.detail})" if r.detail else "")
+                          for r in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        return GateResult("tests", False, f"{len(failed)} of {ran} tests failed: {named}{more}")
+    return GateResult("tests", True, f"{ran} tests passed")
+
+
+def _gate_signed(env: Environment, candidate: _Candidate) -> GateResult:
+    assert env.keys is not None  # load_environments requires keys with the signed gate
+    try:
+        verified = verify_bundle(candidate.content, load_public_keys(env.keys))
+    except BundleError as exc:
+        return GateResult("signed", False, str(exc).replace(f"bundle <{len(candidate.content)} bytes>",
+                                                            f"bundle {candidate.label}"))
+    return GateResult("signed", True, f"signed by {verified.keyid} ({verified.algorithm}), trusted in {env.name}")
+
+
+def _gate_replay(gate: ReplayGate, candidate: _Candidate, ack: Acknowledgement) -> GateResult:
+    window = Window(since=parse_time(gate.since) if gate.since else None, limit=gate.limit)
+    try:
+        records: Iterator[Recorded] = (read_jsonl(gate.decisions, window) if gate.decisions is not None
+                                       else read_data_dir(gate.data_dir or Path("."), window))
+        with Candidate(candidate.path, entrypoint=gate.entrypoint) as engine:
+            # Every change is kept (not a few examples), so that each flip can be acknowledged by its ID.
+            report = replay(records, engine, source=str(gate.source), window=window, examples=sys.maxsize)
+    except ReplayError as exc:
+        return GateResult("replay", False, candidate.named(str(exc)))
+    if report.bad_records:
+        first = report.bad_examples[0]
+        return GateResult("replay", False, f"{report.bad_records} record(s) in {gate.source} cannot be read "
+                                           f"(first: {first.where}: {first.message}); fix them and promote again")
+    checked = f"{report.replayed} decisions from {gate.source}"
+    watched = " or ".join(gate_spelling(gate.fail_on).split(","))
+    flips = [c for t in report.tripped(gate.fail_on) for c in t.examples]
+    open_flips = [c for c in flips if not ack.covers(c.transition, c.record.decision_id)]
+    if open_flips:
+        counts: dict[str, int] = {}
+        for c in open_flips:
+            counts[transition_label(c.transition, "→")] = counts.get(transition_label(c.transition, "→"), 0) + 1
+        shown = ", ".join(f"{c.record.decision_id} ({c.record.agent} {c.record.tool})" for c in open_flips[:5])
+        more = f" and {len(open_flips) - 5} more" if len(open_flips) > 5 else ""
+        listed = ", ".join(f"{n} {label}" for label, n in counts.items())
+        return GateResult("replay", False, f"{listed} unacknowledged in {checked}: {shown}{more} (hint: look at "
+                                           f"them with `tollgate replay`; if they are intended, pass --ack "
+                                           f"{next(iter(counts))} or list their decision IDs in --ack-file)")
+    if flips:
+        candidate.acknowledged = {
+            "transitions": sorted(transition_label(t, "→") for t in ack.transitions),
+            "decision_ids": sorted(c.record.decision_id for c in flips),
+            **({"files": list(ack.files)} if ack.files else {}),
+        }
+        return GateResult("replay", True, f"{len(flips)} {watched} flip(s) in {checked}, all acknowledged")
+    return GateResult("replay", True, f"no {watched} flips in {checked} ({report.changed} other change(s))")
+
+
+def _gate_from(envs: Environments, env: Environment, candidate: _Candidate) -> GateResult:
+    assert env.promote_from is not None
+    source = envs.get(env.promote_from)
+    entry = read_channel(source).entry_for(sha256=candidate.sha256)
+    if entry is None:
+        return GateResult("from", False, f"{candidate.label} (revision {candidate.revision}, sha256 "
+                                         f"{candidate.sha256[:16]}) was never published in {source.name} "
+                                         f"(hint: promote it to {source.name} first: {env.name} only takes what "
+                                         f"{source.name} has run)")
+    return GateResult("from", True, f"{source.name} published it at {entry.get('at')} "
+                                    f"(revision {entry.get('revision')})")
+
+
+# -- promote, rollback ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What promote or rollback did (published) or would have done, with every gate's verdict."""
+
+    environment: str
+    revision: str
+    sha256: str
+    gates: tuple[GateResult, ...]
+    entry: Mapping[str, Any] | None  # the history entry recorded; None when nothing was published
+
+    @property
+    def published(self) -> bool:
+        return self.entry is not None
+
+    @property
+    def failed(self) -> tuple[GateResult, ...]:
+        return tuple(g for g in self.gates if not g.passed)
+
+
+def promote(envs: Environments, target: str, bundle: str | Path, *, by: str, ack: Acknowledgement = Acknowledgement(),
+            note: str = "", now: datetime | None = None) -> Outcome:
+    """Check every gate of the target environment on bundle (a bundle file, or a revision published in the
+    environment its `from` gate names) and, when all pass, publish it to the target's channel and record it.
+    A failing gate leaves every file as it was. Errors that are not a gate's verdict raise PromotionError."""
+    env = envs.get(target)
+    with _locked(envs), tempfile.TemporaryDirectory(prefix="tollgate-promote-") as tmp:
+        candidate = _stage(envs, env, bundle, Path(tmp))
+        channel = read_channel(env)
+        if channel.live and channel.live.get("sha256") == candidate.sha256:
+            raise PromotionError(f"{candidate.label} (revision {candidate.revision}) is already live in {env.name}")
+        _check_immutable(env, channel, candidate)
+        results = []
+        for gate in env.gates:
+            if gate == "tests":
+                results.append(_gate_tests(candidate))
+            elif gate == "signed":
+                results.append(_gate_signed(env, candidate))
+            elif gate == "replay":
+                assert env.replay is not None
+                results.append(_gate_replay(env.replay, candidate, ack))
+            else:
+                results.append(_gate_from(envs, env, candidate))
+        if any(not r.passed for r in results):
+            return Outcome(env.name, candidate.revision, candidate.sha256, tuple(results), None)
+        entry: dict[str, Any] = {
+            "action": "promote", "revision": candidate.revision, "sha256": candidate.sha256, "at": _at(now),
+            "by": by, "from": candidate.from_env or env.promote_from, "source": candidate.label,
+            "gates": {r.gate: r.detail for r in results},
+        }
+        if candidate.acknowledged:
+            entry["acknowledged"] = candidate.acknowledged
+        _publish(env, channel, candidate.content, entry, note)
+        return Outcome(env.name, candidate.revision, candidate.sha256, tuple(results), entry)
+
+
+def rollback(envs: Environments, target: str, *, to: str | None = None, by: str, note: str = "",
+             now: datetime | None = None) -> Outcome:
+    """Make an earlier revision live again: the named one, or the previous good one (the one live before the
+    current one, skipping revisions rolled back from since they were last promoted)."""
+    env = envs.get(target)
+    with _locked(envs):
+        channel = read_channel(env)
+        if channel.live is None:
+            raise PromotionError(f"nothing is live in {env.name}, so there is nothing to roll back "
+                                 f"(channel {env.channel})")
+        current = channel.live
+        entry = channel.entry_for(revision=to) if to is not None else _previous_good(channel)
+        if entry is None:
+            if to is not None:
+                raise PromotionError(f"revision {to} was never live in {env.name} (hint: `tollgate channel status "
+                                     f"{env.name}` lists its history)")
+            raise PromotionError(f"{env.name} has no earlier good revision to roll back to (hint: name one with "
+                                 "--to, or promote a fixed bundle)")
+        if entry["sha256"] == current.get("sha256"):
+            raise PromotionError(f"revision {entry['revision']} is already live in {env.name}")
+        path = revision_path(env, entry["revision"])
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise PromotionError(f"revision {entry['revision']} of {env.name}: {path} cannot be read "
+                                 f"({exc.strerror or exc})") from exc
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != entry["sha256"]:
+            raise PromotionError(f"{path} has sha256 {digest} but the history recorded {entry['sha256']}: the "
+                                 "file changed after it was published; refusing to serve it")
+        results: tuple[GateResult, ...] = ()
+        if env.require_signatures:
+            label = f"{env.name}:{entry['revision']}"
+            result = _gate_signed(env, _Candidate(path, content, entry["revision"], digest, label, None))
+            results = (result,)
+            if not result.passed:
+                return Outcome(env.name, entry["revision"], digest, results, None)
+        record: dict[str, Any] = {"action": "rollback", "revision": entry["revision"], "sha256": digest,
+                                  "at": _at(now), "by": by, "from": None, "source": str(path.name)}
+        _publish(env, channel, content, record, note)
+        return Outcome(env.name, entry["revision"], digest, results, record)
+
+
+def _previous_good(channel: Channel) -> Mapping[str, Any] | None:
+    bad: set[str] = set()
+    for step in channel.history:
+        if step.get("action") == "promote":
+            bad.discard(step.get("sha256", ""))
+        replaced = step.get("replaced") or {}
+        if step.get("action") == "rollback" and replaced.get("sha256"):
+            bad.add(replaced["sha256"])
+    current = channel.live.get("sha256") if channel.live else None
+    for entry in channel.history[::-1]:
+        if entry.get("sha256") not in bad and entry.get("sha256") != current:
+            return entry
+    return None
+
+
+def _stage(envs: Environments, env: Environment, bundle: str | Path, tmp: Path) -> _Candidate:
+    """Read the bundle's bytes once; every gate checks those bytes and those bytes are published."""
+    given = Path(bundle)
+    from_env = None
+    if given.is_file():
+        path, label = given, str(given)
+    elif isinstance(bundle, Path) or "/" in str(bundle) or str(bundle).endswith(".tar.gz"):
+        raise PromotionError(f"bundle {bundle}: no such file (hint: build it with `tollgate build`)")
+    else:
+        if env.promote_from is None:
+            raise PromotionError(f"{env.name} has no `from` gate, so there is no environment to take revision "
+                                 f"{bundle} from (hint: promote a bundle file)")
+        source = envs.get(env.promote_from)
+        entry = read_channel(source).entry_for(revision=str(bundle))
+        if entry is None:
+            raise PromotionError(f"gate from: revision {bundle} was never published in {source.name}, and "
+                                 f"{env.name} only takes what {source.name} has run (hint: `tollgate channel "
+                                 f"status {source.name}` lists what was; promote it to {source.name} first)")
+        path, label, from_env = revision_path(source, str(bundle)), f"{source.name}:{bundle}", source.name
+    try:
+        if path.stat().st_size > DEFAULT_SIZE_LIMIT:
+            raise PromotionError(f"bundle {label}: larger than the {DEFAULT_SIZE_LIMIT}-byte limit")
+        content = path.read_bytes()
+    except OSError as exc:
+        raise PromotionError(f"bundle {label}: cannot be read ({exc.strerror or exc})") from exc
+    digest = hashlib.sha256(content).hexdigest()
+    if from_env is not None:
+        recorded = read_channel(envs.get(from_env)).entry_for(revision=str(bundle))
+        if recorded is not None and recorded.get("sha256") != digest:
+            raise PromotionError(f"{path} has sha256 {digest} but {from_env}'s history recorded "
+                                 f"{recorded.get('sha256')}: it changed after it was published; refusing it")
+    staged = tmp / "bundle.tar.gz"
+    staged.write_bytes(content)
+    try:
+        revision = load_bundle(staged).revision
+    except BundleError as exc:
+        raise PromotionError(str(exc).replace(str(staged), label)) from exc
+    if not _REVISION.match(revision):
+        raise PromotionError(f"bundle {label}: revision {revision!r} cannot name a file in the channel (hint: "
+                             "rebuild with `tollgate build --revision` using letters, digits, . _ + -)")
+    return _Candidate(staged, content, revision, digest, label, from_env)
+
+
+def _check_immutable(env: Environment, channel: Channel, candidate: _Candidate) -> None:
+    path = revision_path(env, candidate.revision)
+    if path.exists():
+        try:
+            existing = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise PromotionError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+        if existing != candidate.sha256:
+            raise PromotionError(
+                f"revision {candidate.revision} was already published in {env.name} with sha256 {existing}; "
+                f"{candidate.label} has sha256 {candidate.sha256}, and a published revision never changes "
+                "(hint: build the new bundle with a new --revision)")
+
+
+def _publish(env: Environment, channel: Channel, content: bytes, entry: dict[str, Any], note: str) -> None:
+    previous = channel.live
+    entry["replaced"] = ({"revision": previous.get("revision"), "sha256": previous.get("sha256")}
+                         if previous else None)
+    if note:
+        entry["note"] = note
+    live = {k: entry[k] for k in ("revision", "sha256", "at", "by", "action")}
+    live["path"] = f"{REVISIONS_DIR}/{entry['revision']}.tar.gz"
+    updated = Channel(environment=env.name, live=live, history=(*channel.history, entry))
+    document = json.dumps(updated.as_dict(), indent=2, ensure_ascii=False).encode() + b"\n"
+    target = revision_path(env, entry["revision"])
+    try:
+        if not target.exists():
+            write_file_atomically(target, content)
+        write_file_atomically(env.channel / LIVE_BUNDLE, content)
+        write_file_atomically(env.channel / CHANNEL_FILE, document)
+    except BundleError as exc:
+        raise PromotionError(f"publishing to {env.channel} failed: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _locked(envs: Environments) -> Iterator[None]:
+    """One promotion or rollback at a time per environments file: each reads a channel, decides, then writes.
+    The lock is on the environments file itself, so no lock file appears in any channel."""
+    try:
+        handle = envs.path.open("rb")
+    except OSError as exc:
+        raise PromotionError(f"{envs.path}: cannot be opened to lock it ({exc.strerror or exc})") from exc
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+
+def _at(now: datetime | None) -> str:
+    return format_time(now or datetime.now(UTC))
+
+
+__all__ = [
+    "CHANNEL_FILE",
+    "DEFAULT_ENVIRONMENTS",
+    "GATES",
+    "LIVE_BUNDLE",
+    "REVISIONS_DIR",
+    "Acknowledgement",
+    "Channel",
+    "Environment",
+    "Environments",
+    "EnvironmentsError",
+    "GateResult",
+    "Outcome",
+    "PromotionError",
+    "ReplayGate",
+    "load_environments",
+    "parse_ack",
+    "promote",
+    "read_channel",
+    "revision_path",
+    "rollback",
+]

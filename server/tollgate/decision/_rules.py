@@ -1,0 +1,132 @@
+"""The server's own rules on the decision path, whatever the bundle says: the contract check and its fail-closed
+mapping, caller refusal, kill switches, approvals and export lag.
+
+The authorizer and `tollgate replay` both decide through these functions, in the same order, so a replay answers
+as the server did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tollgate.contract import (
+    DEADLINE_EXCEEDED,
+    DENY,
+    ENGINE_ERROR,
+    EXPORT_LAG,
+    KILLED,
+    KINDS,
+    POLICY_CONTRACT,
+    ContractError,
+    PolicyResult,
+    Reason,
+    parse_result,
+)
+from tollgate.engine import UNDEFINED, EngineError, EvaluationTimeout
+from tollgate.state import KillSwitch, request_targets
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final result for one evaluation, after the contract check and the fail-closed mapping."""
+
+    result: PolicyResult
+    #: The policy's value as logged in the record's `result`; None when undefined or the engine failed.
+    raw: Any = None
+    #: Why the server denied on the policy's behalf (the record's `error`); empty for a policy decision.
+    error: str = ""
+
+
+def policy_outcome(evaluated: Any, *, entrypoint: str) -> Outcome:
+    """Hold one evaluation to the contract: the policy's value, UNDEFINED, or the EngineError it raised.
+
+    Every failure becomes a server DENY with its reason code and the detail. The authorizer and
+    `tollgate replay` both decide through this function, so a replay answers as the server would.
+    """
+    if isinstance(evaluated, EvaluationTimeout):
+        return Outcome(server_deny(DEADLINE_EXCEEDED, evaluated.message), error=str(evaluated))
+    if isinstance(evaluated, EngineError):
+        return Outcome(server_deny(ENGINE_ERROR, "policy evaluation failed; see the decision log"),
+                       error=str(evaluated))
+    if evaluated is UNDEFINED:
+        detail = f"data.{entrypoint.replace('/', '.')} is undefined"
+        return Outcome(server_deny(POLICY_CONTRACT, f"policy result breaks the contract: {detail}"), error=detail)
+    try:
+        return Outcome(parse_result(evaluated), raw=evaluated)
+    except ContractError as exc:
+        return Outcome(server_deny(POLICY_CONTRACT, f"policy result breaks the contract: {exc}"), raw=evaluated,
+                       error=str(exc))
+
+
+def enforce_kill_switches(outcome: Outcome, matches: list[KillSwitch]) -> Outcome:
+    """The server's own rule, whatever the bundle says: a request a kill switch names is denied.
+
+    A policy that already denies it as `killed` keeps its answer. Otherwise (a policy without the
+    kill rule, or one that allowed) the answer becomes a DENY with a `killed` reason per matching
+    switch, after any deny reasons the policy gave; the policy's own result stays in the record.
+    """
+    result = outcome.result
+    if result.decision == DENY and any(r.code == KILLED for r in result.reasons):
+        return outcome
+    kept = result.reasons if result.decision == DENY else ()
+    reasons = (*kept, *(Reason(KILLED, m.message()) for m in matches))
+    error = "kill switch enforced by the server: the policy did not deny this request as killed"
+    return Outcome(PolicyResult(DENY, reasons), raw=outcome.raw,
+                   error=f"{outcome.error}; {error}" if outcome.error else error)
+
+
+def enforce_export_lag(outcome: Outcome, behind: str) -> Outcome:
+    """decision_log_fail_closed_on_lag: while the export is too far behind, an answer that is not DENY becomes one."""
+    error = f"decision log export behind, enforced by the server: {behind}"
+    return Outcome(PolicyResult(DENY, (Reason(EXPORT_LAG, behind),)), raw=outcome.raw,
+                   error=f"{outcome.error}; {error}" if outcome.error else error)
+
+
+def enforce_approval(outcome: Outcome, approval_id: str, status: str) -> Outcome:
+    """An ALLOW the policy gave on an approval that cannot yield one: DENY approval_<status>."""
+    message = (f"approval {approval_id} is {status}: an approval allows one request, once, and only the "
+               "request it was granted for")
+    error = f"approval enforced by the server: the policy allowed on an approval that is {status}"
+    return Outcome(PolicyResult(DENY, (Reason(f"approval_{status}", message),)), raw=outcome.raw,
+                   error=f"{outcome.error}; {error}" if outcome.error else error)
+
+
+def recorded_caller_refusal(input_doc: Mapping[str, Any]) -> Outcome | None:
+    """The server's DENY of a logged input whose caller it refused (input.auth.refused), else None.
+
+    `tollgate replay` answers such a record with the same DENY: the policy was not asked, and a candidate
+    bundle cannot change who was allowed to speak for whom.
+    """
+    auth = input_doc.get("auth")
+    refused = auth.get("refused") if isinstance(auth, Mapping) else None
+    if not isinstance(refused, Mapping) or not refused.get("code"):
+        return None
+    code, message = str(refused["code"]), str(refused.get("message", ""))
+    return Outcome(server_deny(code, message), error=f"caller refused by the server: {message}")
+
+
+def recorded_kill_switches(input_doc: Mapping[str, Any]) -> list[KillSwitch]:
+    """The kill switches in an input document's state.killed that name its request, as the server matched them.
+
+    `tollgate replay` enforces these on a logged input, so a replay answers as the server did.
+    """
+    state = input_doc.get("state")
+    kind = input_doc.get("kind")
+    entries = state.get("killed") if isinstance(state, Mapping) else None
+    if not entries or not isinstance(entries, list) or kind not in KINDS:
+        return []
+    principal, action = input_doc.get("principal"), input_doc.get(str(kind))
+    targets = request_targets(str(kind), principal if isinstance(principal, Mapping) else {},
+                              action if isinstance(action, Mapping) else {})
+    found = {(e["scope"], e["value"]): KillSwitch(e["scope"], e["value"], str(e.get("reason", "")), "", "")
+             for e in entries
+             if isinstance(e, Mapping) and (e.get("scope"), e.get("value")) in targets}
+    return [found[key] for key in sorted(found)]
+
+
+
+def server_deny(code: str, message: str) -> PolicyResult:
+    """A DENY the server makes itself when the policy could not decide."""
+    return PolicyResult(DENY, (Reason(code, message),))

@@ -1,0 +1,1 @@
+"""`tollgate serve`: the sidecar process — configuration, bundle activation, metrics, and the server itself."""

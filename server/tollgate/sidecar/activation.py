@@ -1,0 +1,423 @@
+"""The bundle plugin: poll the bundle source, verify, compile and smoke-test each new revision, swap it in.
+
+Life cycle like OPA's plugins: configure (BundleActivator(config, ...)), start, stop, one status. A new
+revision goes through, in order: signature (when trusted keys are configured), load (with size limits),
+compile (a new WorkerPoolEngine starts its workers), a contract smoke test (a fixed synthetic input must
+give a result the contract accepts), persistence (DATA_DIR/bundles/last-good.tar.gz), then an atomic swap
+in the EngineSlot. The engine it replaces is closed only once the requests holding it are done. Anything
+that fails on the way refuses the revision: the last good one keeps serving and the status keeps the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tollgate.bundle import (
+    DEFAULT_SIZE_LIMIT,
+    Bundle,
+    BundleError,
+    BundleSource,
+    Fetched,
+    FetchError,
+    PublicKey,
+    SignatureError,
+    fsync_directory,
+    load_bundle,
+    load_public_keys,
+    open_source,
+    verify_bundle,
+    write_file_atomically,
+)
+from tollgate.contract import ContractError, DecisionRequest, build_input, parse_result
+from tollgate.encoding import canonical_json, format_time
+from tollgate.engine import UNDEFINED, EngineConfig, EngineError, EngineSlot, EvaluationTimeout, WorkerPoolEngine
+
+log = logging.getLogger(__name__)
+
+#: The input of the contract smoke test: a tool call nobody is allowed to make; any valid answer passes.
+SMOKE_REQUEST = DecisionRequest(
+    kind="tool",
+    principal={"agent_id": "tollgate-smoke-test"},
+    action={"server": "tollgate", "name": "smoke_test", "arguments": {}, "resources": []},
+)
+_SMOKE_NOW = "2026-01-01T00:00:00.000000Z"
+
+LAST_GOOD = "last-good.tar.gz"
+LAST_GOOD_META = "last-good.json"
+
+
+class SourceState(enum.Enum):
+    """The bundle source's state, as OPA's plugin status has it."""
+
+    NOT_READY = "NOT_READY"  # nothing activated yet, no error yet
+    OK = "OK"  # a bundle is active and the last poll went well
+    ERROR = "ERROR"  # the last poll failed, or the revision it found was refused
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A revision that became active."""
+
+    time: datetime
+    revision: str
+    digest: str
+    #: The key ID of the signature that verified ("" when unsigned).
+    signed_by: str = ""
+    #: Activated from DATA_DIR/bundles/last-good.tar.gz because the source was unreachable or refused.
+    from_persisted: bool = False
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A poll or an activation that failed."""
+
+    time: datetime
+    message: str
+    #: download, too_large, unsigned, signature, corrupt, compile, smoke_test.
+    reason: str
+
+
+@dataclass(frozen=True)
+class BundleStatus:
+    source: str
+    state: SourceState
+    active: Activation | None
+    last_error: Failure | None
+    etag: str
+    last_poll: datetime | None
+
+
+@dataclass(frozen=True)
+class ActivatorConfig:
+    """How the bundle source is read and checked (`tollgate serve` flags of the same names)."""
+
+    #: --bundle: a directory, a .tar.gz file, or an http(s):// URL.
+    source: str
+    #: Where the last good bundle is kept (DATA_DIR/bundles).
+    state_dir: Path
+    #: Directory of trusted public keys (KID.pem); "" means signatures are not checked.
+    keys_dir: str = ""
+    #: Refuse bundles without a verifying signature.
+    require_signatures: bool = False
+    #: HTTP sources: seconds between polls, jittered by ±25 %.
+    poll_interval: float = 30.0
+    #: Directory and file sources: seconds between checks for a change (stat, then a digest).
+    local_poll_interval: float = 1.0
+    #: HTTP sources: the whole download's deadline, in seconds.
+    timeout: float = 10.0
+    #: Largest download, and largest uncompressed bundle, in bytes.
+    size_limit: int = DEFAULT_SIZE_LIMIT
+    #: After a failed poll, the first retry waits about this long; each further failure doubles it.
+    min_backoff: float = 1.0
+    #: ... up to this.
+    max_backoff: float = 300.0
+    #: How long a replaced engine may keep finishing the requests that hold it before it is closed.
+    retire_timeout: float = 10.0
+
+
+class Refused(Exception):
+    """A revision that must not be activated; reason is a metrics label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+#: Called after each activation attempt and poll failure (health, metrics). Exceptions are logged.
+Listener = Callable[["BundleStatus", "Activation | None", "Failure | None"], Awaitable[None]]
+
+
+class BundleActivator:
+    """Owns the bundle source, the active revision in the EngineSlot, and their status."""
+
+    def __init__(self, config: ActivatorConfig, slot: EngineSlot, engine_config: EngineConfig, *,
+                 listeners: tuple[Listener, ...] = ()) -> None:
+        self._config = config
+        self._slot = slot
+        self._engine_config = engine_config
+        self._listeners = listeners
+        self._source: BundleSource = open_source(config.source, size_limit=config.size_limit,
+                                                 timeout=config.timeout)
+        self._keys: dict[str, PublicKey] = load_public_keys(config.keys_dir) if config.keys_dir else {}
+        self._status = BundleStatus(source=config.source, state=SourceState.NOT_READY, active=None,
+                                    last_error=None, etag="", last_poll=None)
+        self._refused: tuple[str, Failure] | None = None  # digest of the last refused revision and why
+        self._refused_etag = ""  # and the ETag it came with
+        self._failures = 0  # consecutive failed polls (for the backoff)
+        self._task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def status(self) -> BundleStatus:
+        return self._status
+
+    @property
+    def source(self) -> BundleSource:
+        return self._source
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Activate the source's bundle now (or the persisted one if the source cannot give a good one),
+        then keep polling in the background."""
+        await self.poll()
+        if self._status.active is None:
+            await self._activate_persisted()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="bundle-poller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._next_delay())
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the poller must outlive anything a bundle can do to it
+                log.exception("bundle: unexpected error while polling %s", self._config.source)
+                self._failures += 1
+
+    def _next_delay(self) -> float:
+        config = self._config
+        if self._failures:
+            # Exponential backoff with jitter (half to all of the step), so a fleet does not retry in step.
+            step: float = min(config.max_backoff, config.min_backoff * 2.0 ** min(self._failures - 1, 30))
+            return step * random.uniform(0.5, 1.0)
+        if self._source.kind != "http":
+            return config.local_poll_interval
+        return config.poll_interval * random.uniform(0.75, 1.25)
+
+    # -- one poll -----------------------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        """Fetch the source once; activate what it holds if it is new."""
+        try:
+            fetched = await asyncio.to_thread(self._source.fetch, self._status.etag)
+        except FetchError as exc:
+            self._failures += 1
+            await self._fail(Failure(_now(), str(exc), exc.reason))
+            return
+        self._failures = 0
+        now = _now()
+        active = self._status.active
+        if fetched is None:  # 304: still what we fetched last, active or refused
+            still_refused = self._refused is not None and self._refused_etag == self._status.etag
+            await self._settle(now, refused=still_refused)
+            return
+        if active is not None and fetched.digest == active.digest:
+            self._refused = None  # the service went back to what is active
+            self._status = replace(self._status, etag=fetched.etag or self._status.etag)
+            await self._settle(now, refused=False)
+            return
+        if self._refused is not None and fetched.digest == self._refused[0]:
+            self._status = replace(self._status, etag=fetched.etag)
+            await self._settle(now, refused=True)  # refused already: do not compile it again on every poll
+            return
+        await self.activate(fetched)
+
+    async def _settle(self, now: datetime, *, refused: bool) -> None:
+        """A poll that went well and found nothing new to activate."""
+        if refused or (self._status.active is None and self._status.last_error is not None):
+            state = SourceState.ERROR  # the last error stands: the source still offers what was refused
+        else:
+            state = SourceState.OK if self._status.active is not None else SourceState.NOT_READY
+        self._status = replace(self._status, state=state, last_poll=now)
+
+    # -- activation ---------------------------------------------------------------------------------
+
+    async def activate(self, fetched: Fetched, *, persisted: Path | None = None) -> bool:
+        """Verify, load, compile and smoke-test fetched; on success persist it and swap it in."""
+        config = self._config
+        try:
+            signed_by = await asyncio.to_thread(self._verify, fetched)
+            bundle, loaded_from = await asyncio.to_thread(self._load, fetched, persisted)
+            engine = await self._start_engine(bundle)
+        except Refused as exc:
+            failure = Failure(_now(), str(exc), exc.reason)
+            self._refused = (fetched.digest, failure)
+            self._refused_etag = fetched.etag
+            if fetched.etag:
+                self._status = replace(self._status, etag=fetched.etag)
+            kept = self._status.active.revision if self._status.active else "none (every request is denied)"
+            log.error("bundle: refused a new revision from %s: %s; still serving %s", config.source, exc, kept)
+            await self._fail(failure)
+            return False
+        if loaded_from is not None and persisted is None:
+            await asyncio.to_thread(self._persist, loaded_from, fetched, bundle.revision)
+        activation = Activation(_now(), bundle.revision, fetched.digest, signed_by=signed_by,
+                                from_persisted=persisted is not None)
+        old = self._slot.swap(engine)
+        self._refused = None
+        self._refused_etag = ""
+        self._status = replace(self._status, state=SourceState.OK, active=activation,
+                               etag=fetched.etag or self._status.etag, last_poll=activation.time)
+        log.info("bundle: activated revision %s (digest %s%s) from %s%s", bundle.revision, fetched.digest[:16],
+                 f", signed by {signed_by}" if signed_by else "", config.source,
+                 " (persisted copy)" if persisted is not None else "")
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(self._slot.retire(old, timeout=config.retire_timeout))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        await self._notify(activation, None)
+        return True
+
+    def _verify(self, fetched: Fetched) -> str:
+        """The key ID that signed the bundle, "" when unsigned and that is allowed; else Refused."""
+        config = self._config
+        if fetched.archive is None:
+            if config.require_signatures:
+                raise Refused("unsigned", f"bundle {config.source}: a directory cannot be signed and "
+                                          "--require-signatures is set (hint: serve a signed .tar.gz)")
+            return ""
+        if not self._keys:
+            return ""
+        try:
+            verified = verify_bundle(fetched.archive, self._keys, size_limit=config.size_limit)
+        except SignatureError as exc:
+            if exc.reason == "unsigned" and not config.require_signatures:
+                log.warning("bundle: %s is unsigned; accepted because --require-signatures is not set",
+                            config.source)
+                return ""
+            reason = {"unsigned": "unsigned", "unreadable": "corrupt"}.get(exc.reason, "signature")
+            raise Refused(reason, f"{config.source}: {exc} ({exc.reason})") from exc
+        return verified.keyid
+
+    def _load(self, fetched: Fetched, persisted: Path | None) -> tuple[Bundle, Path | None]:
+        """Load the bundle; archives are first written to DATA_DIR/bundles (the loader reads files)."""
+        config = self._config
+        try:
+            if fetched.archive is None:
+                return load_bundle(config.source, size_limit=config.size_limit), None
+            if persisted is not None:
+                return load_bundle(persisted, size_limit=config.size_limit), persisted
+            incoming = config.state_dir / "incoming.tar.gz"
+            write_file_atomically(incoming, fetched.archive)
+            try:
+                return load_bundle(incoming, size_limit=config.size_limit), incoming
+            except BundleError as exc:
+                incoming.unlink(missing_ok=True)
+                # Name what the operator configured, not the scratch file it was loaded from.
+                raise Refused("corrupt", str(exc).replace(str(incoming), config.source)) from exc
+        except BundleError as exc:
+            raise Refused("corrupt", str(exc)) from exc
+
+    async def _start_engine(self, bundle: Bundle) -> WorkerPoolEngine:
+        engine = WorkerPoolEngine(bundle, self._engine_config)
+        try:
+            await engine.start()
+        except EngineError as exc:
+            raise Refused("compile", f"bundle {bundle.revision}: does not compile: {exc.message}") from exc
+        try:
+            await _smoke_test(engine, entrypoint=self._engine_config.entrypoint)
+        except BaseException:
+            await engine.close()
+            raise
+        return engine
+
+    def _persist(self, loaded_from: Path, fetched: Fetched, revision: str) -> None:
+        """Keep the activated archive as the last good bundle (rename: readers see the old or the new)."""
+        target = self._config.state_dir / LAST_GOOD
+        os.replace(loaded_from, target)
+        meta = {"source": self._config.source, "etag": fetched.etag, "revision": revision,
+                "digest": fetched.digest, "saved_at": format_time(_now())}
+        write_file_atomically(self._config.state_dir / LAST_GOOD_META,
+                              json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
+        fsync_directory(self._config.state_dir)
+
+    async def _activate_persisted(self) -> None:
+        path = self._config.state_dir / LAST_GOOD
+        if self._source.kind == "directory" or not path.is_file():
+            return
+        try:
+            meta: dict[str, Any] = json.loads((self._config.state_dir / LAST_GOOD_META).read_text())
+            data = await asyncio.to_thread(path.read_bytes)
+        except (OSError, ValueError) as exc:
+            log.error("bundle: the persisted bundle %s cannot be read: %s", path, exc)
+            return
+        if meta.get("source") != self._config.source:
+            # Another source's bundle (say staging's, before --bundle named prod's) must not stand in for this one.
+            log.error("bundle: the persisted bundle %s came from %s, not %s; not using it", path,
+                      meta.get("source"), self._config.source)
+            return
+        fetched = Fetched(digest=hashlib.sha256(data).hexdigest(), archive=data, etag=str(meta.get("etag", "")))
+        log.warning("bundle: %s gave no good bundle at start-up; starting from the persisted revision %s",
+                    self._config.source, meta.get("revision", "?"))
+        error = self._status.last_error
+        if await self.activate(fetched, persisted=path):
+            # Serving, but the source itself is still failing: keep its error visible.
+            self._status = replace(self._status, state=SourceState.ERROR, last_error=error)
+
+    # -- status -------------------------------------------------------------------------------------
+
+    async def _fail(self, failure: Failure) -> None:
+        if failure.reason in ("download", "too_large"):
+            log.warning("bundle: %s", failure.message)
+        self._status = replace(self._status, state=SourceState.ERROR, last_error=failure, last_poll=failure.time)
+        await self._notify(None, failure)
+
+    async def _notify(self, activation: Activation | None, failure: Failure | None) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(self._status, activation, failure)
+            except Exception:
+                log.exception("bundle: a status listener failed")
+
+
+async def _smoke_test(engine: WorkerPoolEngine, *, entrypoint: str) -> None:
+    """Evaluate the fixed synthetic input; the result must be one the contract accepts, and the decision-log
+    mask, when the bundle has one, a set of entries (one that fails here would erase every record's
+    arguments and context)."""
+    input_json = canonical_json(build_input(SMOKE_REQUEST, now=_SMOKE_NOW)).encode()
+    where = f"bundle {engine.revision}: contract smoke test"
+    try:
+        evaluation = await engine.evaluate_with_mask(input_json)
+        value = evaluation.value
+        if isinstance(value, EngineError):
+            raise value
+    except EvaluationTimeout as exc:
+        # A deadline measures the machine's load as much as the policy: refusing a bundle because one
+        # evaluation on a fresh worker was slow would make activation flaky. Such a policy still fails
+        # closed (deadline_exceeded) on every request that runs past the deadline.
+        log.warning("%s: ran past the evaluation deadline (%s); the contract is not checked", where, exc.message)
+        return
+    except EngineError as exc:
+        raise Refused("smoke_test", f"{where}: evaluation failed: {exc}") from exc
+    if value is UNDEFINED:
+        raise Refused("smoke_test", f"{where}: data.{entrypoint.strip('/').replace('/', '.')} is undefined "
+                                    "(hint: check the entrypoint and the package name)")
+    try:
+        parse_result(value)
+    except ContractError as exc:
+        raise Refused("smoke_test", f"{where}: the result breaks the contract: {exc}") from exc
+    mask = evaluation.mask
+    if isinstance(mask, EngineError):
+        raise Refused("smoke_test", f"{where}: data.tollgate.log.mask failed: {mask}")
+    if mask is not UNDEFINED and not isinstance(mask, list):
+        kind = {str: "a string", dict: "an object", bool: "a boolean", type(None): "null"}.get(type(mask), "a number")
+        raise Refused("smoke_test", f"{where}: data.tollgate.log.mask is {kind}, not a set of entries "
+                                    "(hint: JSON pointers or {op, path, value} objects; see docs/POLICY.md)")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+

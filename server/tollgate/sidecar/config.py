@@ -1,0 +1,407 @@
+"""`tollgate serve` settings: defaults, a YAML file, then flags (every flag is also a config key)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from dataclasses import dataclass, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import grpc
+import yaml
+
+from tollgate import encoding
+from tollgate.bundle import DEFAULT_SIZE_LIMIT
+from tollgate.decisionlog import ShippingConfig
+from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier, valid_caller_id
+
+_PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
+
+
+def default_bundle() -> str:
+    """The project's rego/ (when run from a checkout), else ./rego."""
+    return str(_PROJECT_REGO) if _PROJECT_REGO.is_dir() else "rego"
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `tollgate serve` needs. Keys in the YAML file are these names (dashes also accepted)."""
+
+    #: gRPC address: HOST:PORT (port 0 picks a free one) or unix:PATH.
+    listen: str = "127.0.0.1:50051"
+    #: Directory for the decision log and state.
+    data_dir: str = ".tollgate"
+    #: Policy bundle: a directory laid out like rego/, an OPA bundle .tar.gz, or an http(s):// bundle service URL.
+    #: Each is watched: a new revision is verified, compiled, smoke-tested and swapped in without a restart.
+    bundle: str = dataclasses.field(default_factory=default_bundle)
+    #: Seconds between polls of an http(s) bundle service (jittered by ±25 %; errors back off up to 5 min).
+    bundle_poll: float = 30.0
+    #: Whole-download deadline for an http(s) bundle, in seconds.
+    bundle_timeout: float = 10.0
+    #: Largest bundle download, and largest uncompressed bundle, in bytes (a guard against gzip bombs).
+    bundle_size_limit: int = DEFAULT_SIZE_LIMIT
+    #: Directory of trusted public keys (KID.pem); signed bundles are verified against them.
+    bundle_keys: str = ""
+    #: Refuse bundles that are not signed by a trusted key (needs bundle_keys).
+    require_signatures: bool = False
+    #: Prometheus metrics endpoint, HOST:PORT (GET /metrics); "" turns it off.
+    metrics_listen: str = ""
+    #: The policy document evaluated for every request.
+    entrypoint: str = "tollgate/decision"
+    #: Deadline for one policy evaluation, in milliseconds; past it the answer is DENY (deadline_exceeded).
+    eval_timeout_ms: float = 50.0
+    #: Engine worker processes; 0 means one per CPU.
+    workers: int = 0
+    #: Largest AuthorizeRequest accepted, in bytes.
+    max_request_bytes: int = 1024 * 1024
+    #: Deepest nesting accepted in tool.arguments and context.
+    max_depth: int = 32
+    #: Decision-log durability: "full" (fsync per group commit) or "normal" (survives a process crash only).
+    log_sync: str = "full"
+    #: RPCs handled at once; more are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
+    max_concurrent_rpcs: int = 4096
+    #: On SIGTERM, how long in-flight requests may take to finish, in seconds.
+    drain_seconds: float = 15.0
+    #: Server log level (debug, info, warning, error).
+    log_level: str = "info"
+    #: The bearer token AdminService RPCs (status, kill switches) require; without one they are refused.
+    #: Prefer admin_token_file: a token on a command line is visible to every user of the machine.
+    admin_token: str = ""
+    #: A file holding the admin token (surrounding whitespace ignored), instead of admin_token.
+    admin_token_file: str = ""
+    #: Approver groups: an approval's approvers entry `group:NAME` names every identity listed under NAME
+    #: here (e.g. {"sre": ["alice", "bob"]}); a group not listed names no one.
+    approver_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: How long a budget reservation holds its amount when no usage is reported, in seconds.
+    reservation_ttl: float = 900.0
+    #: PEM server certificate (chain) for TLS on the gRPC listener; with tls_key. "" serves plaintext.
+    tls_cert: str = ""
+    #: PEM private key of tls_cert.
+    tls_key: str = ""
+    #: PEM CA bundle that client certificates must chain to (mTLS); the certificate names the caller (its SANs).
+    tls_client_ca: str = ""
+    #: Require a valid client certificate on every TLS connection (needs tls_client_ca). gRPC asks for a client
+    #: certificate only when it requires one, so tls_client_ca needs this too.
+    tls_require_client_cert: bool = False
+    #: Which callers may speak for which principals: a list of {id, agents, teams, users, workflows}, where id
+    #: is a certificate identity (spiffe://..., dns:NAME, cn:NAME), uid:N or gid:N (Unix socket) or jwt:SUB
+    #: (caller token), and each list names what it may claim ("*": any). Empty: identity is only reported.
+    #: Once any entry exists, a caller not listed may claim nothing (DENY principal_mismatch).
+    callers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Directory of trusted public keys (KID.pem) that verify caller tokens (JWT, RS256 or ES256, sent in
+    #: `tollgate-caller-token` metadata); "" accepts no tokens.
+    token_keys: str = ""
+    #: The iss every caller token must carry.
+    token_issuer: str = ""
+    #: The aud every caller token must carry.
+    token_audience: str = ""
+    #: Caller identities (as in callers: spiffe://..., uid:N, gid:N, jwt:SUB, ...) that may use AdminService and
+    #: ApprovalService without the admin token, because the transport proves who they are.
+    admin_identities: list[str] = dataclasses.field(default_factory=list)
+    #: AuthZEN 1.0 Access Evaluation API over HTTP, HOST:PORT (POST /access/v1/evaluation[s]); "" turns it off.
+    authzen_listen: str = ""
+    #: Serve the AuthZEN port over TLS with tls_cert/tls_key; with tls_client_ca, a client certificate is required
+    #: there too and names the caller, as on gRPC.
+    authzen_tls: bool = False
+    #: OPA decision-log service base URL (http or https): committed records are POSTed to
+    #: {decision_log_service}{decision_log_resource} as gzipped JSON arrays of OPA events. "" exports nothing.
+    decision_log_service: str = ""
+    #: The path below decision_log_service that receives uploads (OPA's decision_logs.resource).
+    decision_log_resource: str = "/logs"
+    #: A file holding the bearer token sent to decision_log_service (surrounding whitespace ignored).
+    decision_log_token_file: str = ""
+    #: OpenTelemetry collector OTLP/HTTP base URL (e.g. http://collector:4318): one log record per decision,
+    #: POSTed as OTLP JSON to {otlp_endpoint}/v1/logs. "" exports nothing.
+    otlp_endpoint: str = ""
+    #: A file of headers sent with every OTLP upload, one `Name: value` per line (# comments): the API key or
+    #: token a collector or vendor asks for, kept out of the config and the command line.
+    otlp_headers_file: str = ""
+    #: Most records in one upload (both exporters).
+    decision_log_batch_records: int = 500
+    #: Most record bytes (uncompressed JSON) in one upload; a receiver's 413 halves it.
+    decision_log_batch_bytes: int = 1024 * 1024
+    #: Seconds between looks for new records once caught up, and the first retry delay after a failed upload.
+    decision_log_min_delay: float = 1.0
+    #: Longest retry delay in seconds: failed uploads back off exponentially, with jitter, up to it.
+    decision_log_max_delay: float = 60.0
+    #: Seconds an exporter may fall behind before it reports WARN (metrics, GetStatus); 0 means no limit.
+    decision_log_max_lag: float = 300.0
+    #: Answer DENY (export_lag) instead of allow or require_approval while an exporter is further behind than
+    #: decision_log_max_lag. Off by default: every decision is on local disk before it is answered, so a slow
+    #: receiver delays the copy, not the record; turn it on when the local disk may not outlive the process.
+    decision_log_fail_closed_on_lag: bool = False
+    #: Delete decision records older than this (e.g. 30d, 12h, 90m), never ones an exporter has not yet
+    #: delivered, never the newest; "" keeps everything.
+    decision_log_retention: str = ""
+
+    def validate(self) -> ServeConfig:
+        if self.eval_timeout_ms <= 0:
+            raise ConfigError("eval_timeout_ms: must be greater than 0")
+        if self.workers < 0:
+            raise ConfigError("workers: must be 0 (one per CPU) or more")
+        if self.max_request_bytes <= 0:
+            raise ConfigError("max_request_bytes: must be greater than 0")
+        if self.max_depth < 1:
+            raise ConfigError("max_depth: must be 1 or more")
+        if self.log_sync not in ("full", "normal"):
+            raise ConfigError(f"log_sync: must be 'full' or 'normal', not {self.log_sync!r}")
+        if self.max_concurrent_rpcs < 1:
+            raise ConfigError("max_concurrent_rpcs: must be 1 or more")
+        if self.reservation_ttl <= 0:
+            raise ConfigError("reservation_ttl: must be greater than 0 seconds")
+        if self.bundle_poll <= 0:
+            raise ConfigError("bundle_poll: must be greater than 0 seconds")
+        if self.bundle_timeout <= 0:
+            raise ConfigError("bundle_timeout: must be greater than 0 seconds")
+        if self.bundle_size_limit <= 0:
+            raise ConfigError("bundle_size_limit: must be greater than 0")
+        if self.require_signatures and not self.bundle_keys:
+            raise ConfigError("require_signatures: needs bundle_keys (the directory of trusted public keys)")
+        if self.bundle_keys and not Path(self.bundle_keys).is_dir():
+            raise ConfigError(f"bundle_keys: {self.bundle_keys!r} is not a directory")
+        if self.metrics_listen and (":" not in self.metrics_listen
+                                    or not self.metrics_listen.rsplit(":", 1)[1].isdigit()):
+            raise ConfigError(f"metrics_listen: must be HOST:PORT, not {self.metrics_listen!r}")
+        if not self.listen:
+            raise ConfigError("listen: required (HOST:PORT or unix:PATH)")
+        if self.admin_token and self.admin_token_file:
+            raise ConfigError("admin_token_file: give admin_token or admin_token_file, not both")
+        if self.admin_token and self.admin_token != self.admin_token.strip():
+            raise ConfigError("admin_token: must not start or end with whitespace")
+        if not isinstance(self.approver_groups, dict):
+            raise ConfigError(f"approver_groups: must map group names to lists of identities, "
+                              f"got {self.approver_groups!r}")
+        for group, members in self.approver_groups.items():
+            if not isinstance(members, list) or not all(isinstance(m, str) and m.strip() for m in members):
+                raise ConfigError(f"approver_groups: {group!r} must be a list of identities, got {members!r}")
+        self._validate_tls()
+        self._validate_identity()
+        self._validate_log_export()
+        return self
+
+    def _validate_log_export(self) -> None:
+        for name in ("decision_log_service", "otlp_endpoint"):
+            url = getattr(self, name)
+            parts = urlsplit(url)
+            if url and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query):
+                raise ConfigError(f"{name}: must be an http(s)://HOST[:PORT][/PATH] URL, not {url!r}")
+        if not self.decision_log_resource.startswith("/"):
+            raise ConfigError(f"decision_log_resource: must be a path starting with '/', "
+                              f"not {self.decision_log_resource!r}")
+        if self.decision_log_token_file and not self.decision_log_service:
+            raise ConfigError("decision_log_token_file: needs decision_log_service (the URL the token is sent to)")
+        if self.otlp_headers_file and not self.otlp_endpoint:
+            raise ConfigError("otlp_headers_file: needs otlp_endpoint (the URL the headers are sent to)")
+        if self.decision_log_batch_records < 1:
+            raise ConfigError("decision_log_batch_records: must be 1 or more")
+        if self.decision_log_batch_bytes < 1024:
+            raise ConfigError("decision_log_batch_bytes: must be 1024 or more")
+        if self.decision_log_min_delay <= 0:
+            raise ConfigError("decision_log_min_delay: must be greater than 0 seconds")
+        if self.decision_log_max_delay < self.decision_log_min_delay:
+            raise ConfigError("decision_log_max_delay: must be at least decision_log_min_delay")
+        if self.decision_log_max_lag < 0:
+            raise ConfigError("decision_log_max_lag: must be 0 (no limit) or more seconds")
+        if self.decision_log_retention:
+            parse_duration("decision_log_retention", self.decision_log_retention)
+        if self.decision_log_fail_closed_on_lag and not (self.decision_log_service or self.otlp_endpoint):
+            raise ConfigError("decision_log_fail_closed_on_lag: needs an exporter (decision_log_service or "
+                              "otlp_endpoint)")
+        if self.decision_log_fail_closed_on_lag and not self.decision_log_max_lag:
+            raise ConfigError("decision_log_fail_closed_on_lag: needs decision_log_max_lag above 0")
+
+    def log_shipping(self) -> ShippingConfig:
+        """The decision log's exporters and retention (reads decision_log_token_file)."""
+        token = ""
+        if self.decision_log_token_file:
+            token = _read_secret("decision_log_token_file", self.decision_log_token_file)
+        return ShippingConfig(
+            opa_service=self.decision_log_service, opa_resource=self.decision_log_resource, opa_token=token,
+            otlp_endpoint=self.otlp_endpoint, batch_records=self.decision_log_batch_records,
+            otlp_headers=_read_headers("otlp_headers_file", self.otlp_headers_file) if self.otlp_headers_file
+            else (),
+            batch_bytes=self.decision_log_batch_bytes, min_delay=self.decision_log_min_delay,
+            max_delay=self.decision_log_max_delay, max_lag=self.decision_log_max_lag,
+            retention=parse_duration("decision_log_retention", self.decision_log_retention)
+            if self.decision_log_retention else None)
+
+    def _validate_tls(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert: give tls_cert and tls_key together (the server certificate and its key)")
+        if (self.tls_client_ca or self.tls_require_client_cert) and not self.tls_cert:
+            name = "tls_client_ca" if self.tls_client_ca else "tls_require_client_cert"
+            raise ConfigError(f"{name}: needs TLS on the listener (tls_cert and tls_key)")
+        if self.tls_require_client_cert and not self.tls_client_ca:
+            raise ConfigError("tls_require_client_cert: needs tls_client_ca (the CA client certificates chain to)")
+        if self.tls_client_ca and not self.tls_require_client_cert:
+            raise ConfigError("tls_client_ca: also set tls_require_client_cert; gRPC asks for a client certificate "
+                              "only when it requires one, so a client CA alone would verify no one")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name}: {path!r} is not a readable file")
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """The gRPC listener's TLS credentials (None: plaintext)."""
+        if not self.tls_cert:
+            return None
+        try:
+            key, cert = Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes()
+            client_ca = Path(self.tls_client_ca).read_bytes() if self.tls_client_ca else None
+        except OSError as exc:
+            raise ConfigError(f"tls: cannot read {exc.filename!r} ({exc.strerror or exc})") from exc
+        # With require_client_auth gRPC asks for a client certificate, verifies it against the CA and refuses
+        # the handshake without one; without it, none is asked for.
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                           require_client_auth=self.tls_require_client_cert)
+
+    def _validate_identity(self) -> None:
+        self.caller_map()
+        self.admin_identity_list()
+        if self.authzen_tls and not (self.authzen_listen and self.tls_cert):
+            raise ConfigError("authzen_tls: needs authzen_listen and the server certificate (tls_cert, tls_key)")
+        if self.token_keys and not (self.token_issuer and self.token_audience):
+            raise ConfigError("token_keys: needs token_issuer and token_audience (the iss and aud every caller "
+                              "token must carry)")
+        if (self.token_issuer or self.token_audience) and not self.token_keys:
+            raise ConfigError("token_keys: required with token_issuer/token_audience (the directory of KID.pem "
+                              "public keys that verify caller tokens)")
+        if self.token_keys and not Path(self.token_keys).is_dir():
+            raise ConfigError(f"token_keys: {self.token_keys!r} is not a directory of KID.pem public keys")
+        if self.authzen_listen and (":" not in self.authzen_listen
+                                    or not self.authzen_listen.rsplit(":", 1)[1].isdigit()):
+            raise ConfigError(f"authzen_listen: must be HOST:PORT, not {self.authzen_listen!r}")
+
+    def admin_identity_list(self) -> list[str]:
+        """admin_identities, checked (given as a flag, its value is comma-separated)."""
+        raw: Any = self.admin_identities
+        if isinstance(raw, str):
+            raw = [i.strip() for i in raw.split(",") if i.strip()]
+        if not isinstance(raw, list):
+            raise ConfigError(f"admin_identities: must be a list of caller identities, got {raw!r}")
+        for ident in raw:
+            if not isinstance(ident, str) or not valid_caller_id(ident):
+                raise ConfigError(f"admin_identities: {ident!r} is not a caller identity (spiffe://..., dns:NAME, "
+                                  "cn:NAME, uid:N, gid:N or jwt:SUBJECT)")
+        return raw
+
+    def caller_map(self) -> CallerMap:
+        """The callers mapping, parsed (given as a flag, its value is YAML or JSON text)."""
+        raw: Any = self.callers
+        if isinstance(raw, str):
+            try:
+                raw = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"callers: not YAML or JSON ({exc})") from exc
+        try:
+            return CallerMap.parse(raw)
+        except IdentityConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def caller_resolver(self, *, relay_prefix: str = "") -> CallerResolver:
+        """How callers are identified: caller tokens (token_keys) and the Unix-socket relay's peer addresses."""
+        tokens = None
+        if self.token_keys:
+            try:
+                tokens = TokenVerifier.from_config(self.token_keys, issuer=self.token_issuer,
+                                                   audience=self.token_audience)
+            except IdentityConfigError as exc:
+                raise ConfigError(str(exc)) from exc
+        return CallerResolver(tokens=tokens, relay_prefix=relay_prefix)
+
+    def authzen_ssl_context(self) -> ssl.SSLContext | None:
+        """TLS for the AuthZEN port (None: plain HTTP)."""
+        if not self.authzen_tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+            if self.tls_client_ca:
+                context.load_verify_locations(self.tls_client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"authzen_tls: cannot load the TLS files ({exc})") from exc
+        return context
+
+    def resolved_admin_token(self) -> str:
+        """The admin token: admin_token, or the contents of admin_token_file ("" when neither is set)."""
+        if not self.admin_token_file:
+            return self.admin_token
+        return _read_secret("admin_token_file", self.admin_token_file)
+
+
+def parse_duration(name: str, text: str) -> timedelta:
+    """A duration setting (encoding.parse_duration: `30d`, `12h`, `1h30m`); the error names the key."""
+    try:
+        return encoding.parse_duration(text)
+    except ValueError:
+        raise ConfigError(f"{name}: must be a positive number and a unit, {encoding.DURATION_GRAMMAR}; not {text!r}"
+                          ) from None
+
+
+def _read_secret(name: str, path: str) -> str:
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path!r} ({exc.strerror or exc})") from exc
+    if not secret:
+        raise ConfigError(f"{name}: {path!r} is empty")
+    return secret
+
+
+#: Headers an exporter sets itself; a headers file may not replace them.
+_OWN_HEADERS = frozenset({"content-type", "content-encoding", "content-length", "host", "user-agent"})
+
+
+def _read_headers(name: str, path: str) -> tuple[tuple[str, str], ...]:
+    """`Name: value` lines of a headers file (blank lines and # comments skipped), checked line by line."""
+    found: list[tuple[str, str]] = []
+    for number, line in enumerate(_read_secret(name, path).splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        header, colon, value = line.partition(":")
+        header, value = header.strip(), value.strip()
+        if not colon or not header or not value or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in header):
+            raise ConfigError(f"{name}: {path}:{number}: not a `Name: value` header line")
+        if header.lower() in _OWN_HEADERS:
+            raise ConfigError(f"{name}: {path}:{number}: {header} is set by the exporter itself")
+        found.append((header, value))
+    return tuple(found)
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> ServeConfig:
+    """Defaults, then the YAML file at path (if any), then overrides (flags that were given)."""
+    known = {f.name: f for f in fields(ServeConfig)}
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config {path}: cannot read ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config {path}: must be a mapping of keys to values")
+        for key, value in doc.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"config {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            values[name] = _coerce(name, value, known[name].type, path)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ServeConfig(**values).validate()
+
+
+def _coerce(name: str, value: Any, type_name: object, path: str) -> Any:
+    expected: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
+    kind = expected.get(str(type_name), object)
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        raise ConfigError(f"config {path}: {name} must be a {type_name}, got {value!r}")
+    if str(type_name) == "float":
+        return float(cast(float, value))
+    return value

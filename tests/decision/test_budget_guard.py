@@ -1,0 +1,77 @@
+"""BudgetGuard: one spending step at a time, ended by settle(); server DENYs when the ledger refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tollgate.contract import ALLOW, PolicyResult, ReservePlan
+from tollgate.decision import BUDGET_EXCEEDED, BudgetGuard, SpendView
+from tollgate.state import StateStore
+from tollgate.state.budgets import Budgets, SpendSnapshot
+
+NOTHING = SpendSnapshot({}, {})  # no spend read yet
+
+PRINCIPAL = {"agent_id": "a", "session_id": "s"}
+ALLOWED = PolicyResult(ALLOW, reserve=ReservePlan({"usd": 0.6}, {"session": {"usd": 1.0}}))
+
+
+@pytest.fixture
+def guard(tmp_path: Path) -> BudgetGuard:
+    return BudgetGuard(Budgets(StateStore(tmp_path / "state.db")))
+
+
+def test_settle_ends_the_step_so_the_next_request_need_not_wait_for_the_log(guard: BudgetGuard) -> None:
+    async def run() -> list[str]:
+        order: list[str] = []
+
+        async def first() -> None:
+            async with guard.step():
+                guard.settle("budget", PRINCIPAL, {}, ALLOWED, SpendView(NOTHING), decision_id="d1")
+                await asyncio.sleep(0.05)  # the log append, after the reservation
+                order.append("first logged")
+
+        async def second() -> None:
+            await asyncio.sleep(0.01)
+            async with guard.step():
+                order.append("second decided")
+
+        await asyncio.gather(first(), second())
+        return order
+
+    assert asyncio.run(run()) == ["second decided", "first logged"]
+    assert not guard.lock.locked()
+
+
+def test_a_step_that_fails_before_settle_is_released(guard: BudgetGuard) -> None:
+    async def run() -> None:
+        with pytest.raises(RuntimeError):
+            async with guard.step():
+                raise RuntimeError("engine went away")
+        assert not guard.lock.locked()
+
+    asyncio.run(run())
+
+
+def test_an_allow_the_ledger_cannot_fit_becomes_a_server_deny(guard: BudgetGuard) -> None:
+    first = guard.settle("budget", PRINCIPAL, {}, ALLOWED, SpendView(NOTHING), decision_id="d1")
+    second = guard.settle("budget", PRINCIPAL, {}, ALLOWED, SpendView(NOTHING), decision_id="d2")
+    assert first.reservation_id and first.result is ALLOWED
+    assert second.reservation_id == ""
+    assert [r.code for r in second.result.reasons] == [BUDGET_EXCEEDED]
+    assert "re-check" in second.error
+
+
+def test_an_unreadable_ledger_denies_spending_and_spares_other_kinds(guard: BudgetGuard) -> None:
+    broken = SpendView(NOTHING, error="state store: disk I/O error")
+    assert [r.code for r in guard.settle("model", PRINCIPAL, {}, ALLOWED, broken, decision_id="d").result.reasons] \
+        == ["budget_unavailable"]
+    assert guard.settle("tool", PRINCIPAL, {}, ALLOWED, broken, decision_id="d").result is ALLOWED
+
+
+def test_a_budget_allow_without_a_plan_still_reserves_its_amount(guard: BudgetGuard) -> None:
+    settled = guard.settle("budget", PRINCIPAL, {"amount": 2.5, "unit": "usd"}, PolicyResult(ALLOW), SpendView(NOTHING),
+                           decision_id="d")
+    assert [(r.unit, r.amount) for r in guard.budgets.get(settled.reservation_id)] == [("usd", 2.5)]

@@ -1,0 +1,107 @@
+"""The SQLite decision log: group commit, the hash chain, reads, and failing loudly."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tollgate.decisionlog import DecisionLog, DecisionLogError, LogConfig
+from tollgate.decisionlog._sqlite import record_hash
+from tollgate.encoding import canonical_json
+from tollgate.ids import new_decision_id
+
+
+def _record(i: int, request_id: str = "") -> dict[str, Any]:
+    return {
+        "decision_id": new_decision_id(), "timestamp": "2026-11-21T00:00:00.000000Z",
+        "input": {"kind": "tool", "principal": {"agent_id": f"a{i}", "session_id": "s"}, "tool": {"name": "t"}},
+        "decision": "allow", "reasons": [], "request_id": request_id, "bundle_revision": "r1",
+    }
+
+
+async def _append_all(log: DecisionLog, records: list[dict[str, Any]]) -> None:
+    log.start(asyncio.get_running_loop())
+    await asyncio.gather(*(log.append(r) for r in records))
+
+
+def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
+    log = DecisionLog(LogConfig(path=tmp_path / "d.db"))
+    records = [_record(i) for i in range(2000)]
+    asyncio.run(_append_all(log, records))
+    log.close()
+    assert log.records == 2000
+    assert log.commits < 2000 / 4  # many records per fsync
+    db = sqlite3.connect(tmp_path / "d.db")
+    assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] == 2000
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_records_form_a_hash_chain_that_continues_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    first = DecisionLog(LogConfig(path=path))
+    asyncio.run(_append_all(first, [_record(i) for i in range(10)]))
+    first.close()
+    second = DecisionLog(LogConfig(path=path))
+    asyncio.run(_append_all(second, [_record(i) for i in range(10)]))
+    second.close()
+    rows = sqlite3.connect(path).execute("SELECT record, prev_hash, hash FROM decisions ORDER BY seq").fetchall()
+    prev = "0" * 64
+    for body, prev_hash, digest in rows:
+        assert prev_hash == prev
+        assert digest == record_hash(prev_hash, body)
+        assert body == canonical_json(__import__("json").loads(body))
+        prev = digest
+
+
+def test_get_and_latest_for_request(tmp_path: Path) -> None:
+    log = DecisionLog(LogConfig(path=tmp_path / "d.db"))
+    a, b = _record(1, "req"), _record(2, "req")
+    asyncio.run(_append_all(log, [a]))
+    log.close()
+    log = DecisionLog(LogConfig(path=tmp_path / "d.db"))
+    asyncio.run(_append_all(log, [b]))
+    got = log.get(a["decision_id"])
+    assert got is not None and got["input"]["principal"]["agent_id"] == "a1"
+    latest = log.latest_for_request("req")
+    assert latest is not None and latest["decision_id"] == b["decision_id"]
+    assert log.get("nope") is None
+    log.close()
+
+
+def test_a_failed_commit_fails_the_append_and_later_ones(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    log = DecisionLog(LogConfig(path=path))
+
+    async def scenario() -> None:
+        log.start(asyncio.get_running_loop())
+        await log.append(_record(1))
+        sqlite3.connect(path).execute("DROP TABLE decisions")  # the store breaks underneath
+        with pytest.raises(DecisionLogError):
+            await log.append(_record(2))
+        with pytest.raises(DecisionLogError):
+            await log.append(_record(3))
+
+    asyncio.run(scenario())
+    log.close()
+
+
+def test_synchronous_setting_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        DecisionLog(LogConfig(path=tmp_path / "d.db", synchronous="off"))
+
+
+@pytest.mark.parametrize("record", [
+    {"a": 1, "z": [2], "m": {"x": None}},
+    {"z": 1},
+    {"a": "é"},
+    {},
+], ids=["keys-both-sides", "only-after", "only-before", "empty"])
+def test_spliced_canonical_json_equals_a_full_serialisation(record: dict[str, Any]) -> None:
+    from tollgate.decisionlog._sqlite import canonical_json_with
+
+    value = {"kind": "tool", "nested": {"b": 1, "a": [1.5, "x"]}}
+    assert canonical_json_with(record, "input", canonical_json(value)) == canonical_json({**record, "input": value})

@@ -1,0 +1,135 @@
+"""Caller identity: what a transport proves becomes a Caller, and the callers mapping says what it may claim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tollgate.identity import ANONYMOUS, Caller, CallerMap, CallerResolver, IdentityConfigError, certificate_caller
+
+SPIFFE = "spiffe://acme/agents/code-reviewer"
+
+
+def test_a_client_certificate_names_its_spiffe_id_and_other_names_as_aliases() -> None:
+    caller = certificate_caller({"transport_security_type": [b"ssl"], "peer_spiffe_id": [SPIFFE.encode()],
+                                 "peer_uri": [SPIFFE.encode()], "peer_dns": [b"reviewer.acme.internal"],
+                                 "x509_common_name": [b"reviewer"],
+                                 "x509_subject_alternative_name": [SPIFFE.encode(), b"reviewer.acme.internal"]})
+    assert caller is not None
+    assert (caller.method, caller.subject) == ("mtls", SPIFFE)
+    assert caller.aliases == ("dns:reviewer.acme.internal", "cn:reviewer")
+    assert caller.auth_input()["spiffe_id"] == SPIFFE
+
+
+def test_a_certificate_without_a_uri_is_named_by_its_dns_name_then_its_common_name() -> None:
+    by_dns = certificate_caller({"peer_dns": [b"gw.acme"], "x509_common_name": [b"gw"]})
+    by_cn = certificate_caller({"x509_common_name": [b"gw"]})
+    assert (by_dns and by_dns.subject, by_cn and by_cn.subject) == ("dns:gw.acme", "cn:gw")
+    assert certificate_caller({}) is None
+
+
+def test_the_relay_peer_address_is_a_uds_caller_and_anything_else_is_anonymous() -> None:
+    resolver = CallerResolver(relay_prefix="unix-abstract:tollgate-relay.7.ab12/")
+    caller = resolver.transport(peer="unix-abstract:tollgate-relay.7.ab12/1000.100.4242.7", auth_context={})
+    assert caller == Caller("uds", "uid:1000", {"uid": 1000, "gid": 100, "pid": 4242}, ("gid:100",))
+    assert resolver.transport(peer="unix:/elsewhere/1000.100.4242.7", auth_context={}) is ANONYMOUS
+    assert resolver.transport(peer="unix-abstract:tollgate-relay.8.cd34/1000.100.4242.7", auth_context={}) is ANONYMOUS
+    assert resolver.transport(peer="unix:", auth_context={}) is ANONYMOUS
+    assert resolver.transport(peer="ipv4:127.0.0.1:5000", auth_context={}) is ANONYMOUS
+
+
+def test_a_token_on_a_server_without_token_keys_is_refused_not_ignored() -> None:
+    caller = CallerResolver().resolve(peer="", auth_context={}, token="eyJ...")
+    assert caller.error.startswith("caller token: this server verifies no caller tokens")
+
+
+CALLERS = CallerMap.parse([
+    {"id": SPIFFE, "agents": ["code-reviewer"], "teams": ["payments"]},
+    {"id": "gid:100", "agents": ["*"], "users": ["*"], "teams": ["*"], "workflows": ["*"]},
+    {"id": "uid:1000", "agents": ["data-analyst"]},
+])
+REVIEWER = Caller("mtls", SPIFFE)
+
+
+@pytest.mark.parametrize(("caller", "principal", "refused"), [
+    (REVIEWER, {"agent_id": "code-reviewer"}, ""),
+    (REVIEWER, {"agent_id": "code-reviewer", "team": "payments"}, ""),
+    (REVIEWER, {"agent_id": "release-bot"}, "may not speak for agent_id 'release-bot'"),
+    (REVIEWER, {"agent_id": "code-reviewer", "team": "platform"}, "may not speak for team 'platform'"),
+    (REVIEWER, {"agent_id": "code-reviewer", "user": "alice"}, "may not speak for user 'alice'"),
+    (Caller("uds", "uid:1000", aliases=("gid:100",)), {"agent_id": "anything", "user": "bob"}, ""),
+    (Caller("uds", "uid:1000", aliases=("gid:5",)), {"agent_id": "data-analyst"}, ""),
+    (Caller("uds", "uid:1000", aliases=("gid:5",)), {"agent_id": "code-reviewer"}, "agent_id 'code-reviewer'"),
+    (Caller("uds", "uid:2000", aliases=("gid:5",)), {"agent_id": "code-reviewer"}, "is not listed in callers"),
+    (ANONYMOUS, {"agent_id": "code-reviewer"}, "an unauthenticated caller is not listed"),
+], ids=["own-agent", "own-team", "other-agent", "other-team", "unlisted-user", "group-wildcard",
+        "uid-entry", "uid-entry-other-agent", "unlisted", "anonymous"])
+def test_callers_mapping_is_deny_by_default_with_explicit_wildcards(caller: Caller, principal: dict[str, Any],
+                                                                    refused: str) -> None:
+    answer = CALLERS.check(caller, principal)
+    assert (refused in answer) if refused else answer == ""
+
+
+def test_an_empty_mapping_refuses_no_one() -> None:
+    assert CallerMap.parse(None).check(ANONYMOUS, {"agent_id": "x"}) == ""
+    assert not CallerMap.parse([])
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"id": "uid:1"}, "callers: must be a list"),
+    ([{"id": "root"}], r"callers\[0\]\.id: 'root' is not a caller identity"),
+    ([{"id": "uid:1", "teams": [""]}], r"callers\[0\]\.teams: must be a list of names"),
+    ([{"id": "uid:1", "roles": []}], r"callers\[0\]: unknown key 'roles'"),
+], ids=["not-a-list", "bad-id", "empty-name", "unknown-key"])
+def test_bad_callers_entries_name_the_entry_and_key(raw: Any, message: str) -> None:
+    with pytest.raises(IdentityConfigError, match=message):
+        CallerMap.parse(raw)
+
+
+def test_a_verified_token_is_remembered_until_it_expires(tmp_path: Any) -> None:
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tollgate.identity import TOKEN_LEEWAY, TokenVerifier
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "k1.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    verifier = TokenVerifier.from_config(str(tmp_path), issuer="https://idp", audience="tollgate")
+
+    def token(exp: float) -> str:
+        return jwt.encode({"iss": "https://idp", "aud": "tollgate", "sub": "agent-7", "exp": int(exp)}, key,
+                          algorithm="ES256", headers={"kid": "k1"})
+
+    fresh = token(time.time() + 60)
+    first = verifier.verify(fresh)
+    assert first.subject == "jwt:agent-7"
+    assert verifier.verify(fresh) is first  # remembered: no second signature check
+    # Expired past the leeway: refused, and a refusal is never remembered.
+    stale = token(time.time() - TOKEN_LEEWAY - 5)
+    assert "expired" in verifier.verify(stale).error
+    assert "expired" in verifier.verify(stale).error
+
+
+def test_the_relay_directory_lives_in_the_data_dir_and_a_dead_servers_is_removed(tmp_path: Any) -> None:
+    import os
+    import shutil
+
+    from tollgate.identity import private_dir
+
+    gone = tmp_path / "relay.999999999"  # past any pid_max: no such process
+    gone.mkdir()
+    (gone / "grpc.sock").write_text("")
+    made = private_dir(tmp_path)
+    assert made == tmp_path / f"relay.{os.getpid()}"
+    assert made.stat().st_mode & 0o777 == 0o700
+    assert not gone.exists()
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    elsewhere = private_dir(deep)
+    assert elsewhere.parent != deep  # too long for a socket address: a private directory in $TMPDIR
+    shutil.rmtree(elsewhere)
