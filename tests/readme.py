@@ -17,6 +17,20 @@ def readme_section(title: str) -> str:
     return match.group(1)
 
 
+# Longest first: a timestamp, then a day, then a month ("month 2026-11" in `tollgate spend`).
+_DATES = [(re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)"), "TIME"),
+          (re.compile(r"\b\d{4}-\d\d-\d\d\b"), "DATE"),
+          (re.compile(r"\b\d{4}-\d\d\b"), "MONTH")]
+
+
+def mask_dates(text: str) -> str:
+    """Text with its RFC 3339 times, days and months masked: README examples show the day they were written,
+    a run shows its own (and a run may cross midnight, a month end or a year end)."""
+    for pattern, mask in _DATES:
+        text = pattern.sub(mask, text)
+    return text
+
+
 def scratch_venv(workdir: Path) -> None:
     """A `.venv/bin/tollgate` in workdir that runs the project's, so README lines run unchanged there."""
     venv_bin = workdir / ".venv" / "bin"
