@@ -13,9 +13,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tollgate.api._handlers import metadata_value, unary
+from tollgate.bundle import BundleStatus, SourceState
 from tollgate.decisionlog import ExportState, ExportStatus
 from tollgate.identity import TOKEN_METADATA_KEY, CallerResolver
-from tollgate.sidecar.activation import BundleStatus, SourceState
 from tollgate.state import InvalidKillSwitch, KillSwitch, KillSwitches, KillSwitchNotFound, StateError
 from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2 as pb

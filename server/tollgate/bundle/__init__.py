@@ -33,17 +33,21 @@ from tollgate.bundle._source import (
     HttpSource,
     open_source,
 )
+from tollgate.bundle._status import Activation, BundleStatus, Failure, SourceState
 
 __all__ = [
     "ALGORITHMS",
     "DEFAULT_SIZE_LIMIT",
+    "Activation",
     "BuildError",
     "BuiltBundle",
     "Bundle",
     "BundleError",
     "BundleManifest",
     "BundleSource",
+    "BundleStatus",
     "DirectorySource",
+    "Failure",
     "FetchError",
     "Fetched",
     "FileSource",
@@ -52,6 +56,7 @@ __all__ = [
     "PublicKey",
     "SignatureError",
     "SignedBundle",
+    "SourceState",
     "VerifiedBundle",
     "build_bundle",
     "fsync_directory",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import hashlib
 import json
 import logging
@@ -26,13 +25,17 @@ from typing import Any
 
 from tollgate.bundle import (
     DEFAULT_SIZE_LIMIT,
+    Activation,
     Bundle,
     BundleError,
     BundleSource,
+    BundleStatus,
+    Failure,
     Fetched,
     FetchError,
     PublicKey,
     SignatureError,
+    SourceState,
     fsync_directory,
     load_bundle,
     load_public_keys,
@@ -56,47 +59,6 @@ _SMOKE_NOW = "2026-01-01T00:00:00.000000Z"
 
 LAST_GOOD = "last-good.tar.gz"
 LAST_GOOD_META = "last-good.json"
-
-
-class SourceState(enum.Enum):
-    """The bundle source's state, as OPA's plugin status has it."""
-
-    NOT_READY = "NOT_READY"  # nothing activated yet, no error yet
-    OK = "OK"  # a bundle is active and the last poll went well
-    ERROR = "ERROR"  # the last poll failed, or the revision it found was refused
-
-
-@dataclass(frozen=True)
-class Activation:
-    """A revision that became active."""
-
-    time: datetime
-    revision: str
-    digest: str
-    #: The key ID of the signature that verified ("" when unsigned).
-    signed_by: str = ""
-    #: Activated from DATA_DIR/bundles/last-good.tar.gz because the source was unreachable or refused.
-    from_persisted: bool = False
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A poll or an activation that failed."""
-
-    time: datetime
-    message: str
-    #: download, too_large, unsigned, signature, corrupt, compile, smoke_test.
-    reason: str
-
-
-@dataclass(frozen=True)
-class BundleStatus:
-    source: str
-    state: SourceState
-    active: Activation | None
-    last_error: Failure | None
-    etag: str
-    last_poll: datetime | None
 
 
 @dataclass(frozen=True)
