@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
-from tollgate.ids import new_decision_id
+from tollgate.clock import ManualClock
+from tollgate.ids import DecisionIds, new_decision_id
 
 
 def test_ids_are_version_7_and_carry_the_time() -> None:
@@ -37,3 +39,20 @@ def test_ids_are_unique_across_threads() -> None:
         t.join()
     every = [x for chunk in out for x in chunk]
     assert len(set(every)) == len(every)
+
+
+
+def test_ids_carry_the_time_of_their_clock() -> None:
+    moment = datetime(2031, 1, 1, tzinfo=UTC)
+    value = uuid.UUID(DecisionIds(ManualClock(moment)).new())
+    assert value.int >> 80 == int(moment.timestamp() * 1000)
+
+
+def test_ids_stay_sorted_when_their_clock_goes_back() -> None:
+    clock = ManualClock(datetime(2031, 1, 1, tzinfo=UTC))
+    ids = DecisionIds(clock)
+    ahead = ids.new()
+    clock.advance(-3600)
+    assert ids.new() > ahead
+    # Another clock's source is not held back by this one.
+    assert uuid.UUID(new_decision_id()).int >> 80 < uuid.UUID(ahead).int >> 80
