@@ -532,6 +532,20 @@ def test_a_wrong_environments_file_is_refused_naming_the_key(tmp_path: Path, tex
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(("since", "accepted"), [("7d", True), ("1h30m", True), ("2026-11-01T00:00:00Z", True),
+                                                ("last week", False)], ids=["days", "compound", "rfc3339", "prose"])
+def test_a_replay_gate_since_is_a_time_or_a_duration_back(tmp_path: Path, since: str, accepted: bool) -> None:
+    path = tmp_path / "environments.yaml"
+    path.write_text("environments: {dev: {require_signatures: false, gates: {replay: "
+                    f"{{decisions: d.jsonl, since: '{since}'}}}}}}}}")
+    if accepted:
+        gate = load_environments(path).get("dev").replay
+        assert gate is not None and gate.since == since
+    else:
+        with pytest.raises(EnvironmentsError, match=r"environments\.dev\.gates\.replay\.since"):
+            load_environments(path)
+
+
 def test_the_cli_names_the_key_of_a_wrong_environments_file(tmp_path: Path) -> None:
     (tmp_path / "environments.yaml").write_text("environments: {dev: {require_signatures: false, gates: {x: 1}}}")
     result = _cli(tmp_path, "channel", "status")
