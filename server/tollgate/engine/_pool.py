@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -38,9 +37,9 @@ from tollgate.engine._base import (
     decode_envelope,
     decode_evaluation,
 )
+from tollgate.engine._frames import MAX_FRAME, FrameError, FrameReader, header
 
 log = logging.getLogger(__name__)
-_HEADER = struct.Struct(">I")
 _RECV_SIZE = 65536  # below malloc's mmap threshold: no page-fault storm per read
 
 
@@ -91,7 +90,7 @@ class _Worker:
         self.proc = proc
         self.sock = sock
         self.pending: collections.deque[_Pending] = collections.deque()
-        self.buffer = bytearray()
+        self.reader = FrameReader()
         self.outbox: list[bytes] = []  # frames queued this loop iteration, sent together
         self.dead = False
         self.slow = False  # the head has run past half its deadline: send new work elsewhere
@@ -133,6 +132,9 @@ class WorkerPoolEngine:
     async def start(self) -> None:
         """Start every worker; raise EngineError (and leave nothing running) if the bundle is refused."""
         self._loop = asyncio.get_running_loop()
+        if len(self._spec) > MAX_FRAME:
+            raise EngineError("bundle_too_large", f"the bundle is {len(self._spec)} bytes as JSON, over the "
+                              f"{MAX_FRAME}-byte limit of the engine workers' protocol (hint: split its data)")
         results = await asyncio.gather(
             *(self._spawn() for _ in range(self._config.worker_count())), return_exceptions=True
         )
@@ -161,15 +163,20 @@ class WorkerPoolEngine:
         loop = asyncio.get_running_loop()
         try:
             parent.setblocking(False)
-            await loop.sock_sendall(parent, _HEADER.pack(len(self._spec)) + self._spec)
-            reply = await asyncio.wait_for(_read_frame(loop, parent), self._config.start_timeout)
+            # The header, then the spec as it is: joining them would copy the whole bundle once per worker.
+            await loop.sock_sendall(parent, header(len(self._spec)))
+            await loop.sock_sendall(parent, self._spec)
+            reply = await asyncio.wait_for(_read_reply(loop, parent), self._config.start_timeout)
         except BaseException as exc:
             proc.kill()
             parent.close()
             await loop.run_in_executor(None, proc.wait)
             if isinstance(exc, TimeoutError):
                 raise EngineError("start_timeout", "engine worker did not load the bundle in time") from exc
-            if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
+            if isinstance(exc, FrameError):
+                raise EngineError("start_failed", f"engine worker answered the bundle with a bad frame ({exc})"
+                                  ) from exc
+            if isinstance(exc, ConnectionError):
                 raise EngineError("start_failed", f"engine worker exited while loading ({proc.poll()})") from exc
             raise
         doc = json.loads(reply)
@@ -243,7 +250,7 @@ class WorkerPoolEngine:
             # copying a few more bytes, so everything dispatched in this iteration travels together.
             assert self._loop is not None
             self._loop.call_soon(self._flush, best)
-        best.outbox.append(_HEADER.pack(len(pending.payload)))
+        best.outbox.append(header(len(pending.payload)))
         best.outbox.append(pending.payload)
         if len(best.pending) == 1:
             self._start_head(best)
@@ -289,21 +296,16 @@ class WorkerPoolEngine:
         if not chunk:
             self._retire(worker, why=f"engine worker {worker.proc.pid} exited ({worker.proc.poll()})")
             return
-        buf = worker.buffer
-        buf += chunk
-        offset = 0
-        size = _HEADER.size
-        while len(buf) - offset >= size:
-            (length,) = _HEADER.unpack_from(buf, offset)
-            if len(buf) - offset - size < length:
-                break
-            frame = bytes(buf[offset + size : offset + size + length])
-            offset += size + length
+        try:
+            frames = worker.reader.feed(chunk)
+        except FrameError as exc:
+            self._retire(worker, why=f"engine worker {worker.proc.pid}: {exc}")
+            return
+        for frame in frames:
             pending = worker.pending.popleft()
             if not pending.future.done():  # a copy may have answered first, or the deadline passed
                 pending.future.set_result(frame)
-        if offset:
-            del buf[:offset]
+        if frames:
             self._start_head(worker)
         self._drain_waiting()
 
@@ -439,18 +441,14 @@ class WorkerPoolEngine:
         await asyncio.gather(*(loop.run_in_executor(None, reap, w.proc) for w in workers))
 
 
-async def _read_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
-    async def exact(n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = await loop.sock_recv(sock, n - len(buf))
-            if not chunk:
-                raise ConnectionError("engine worker closed its socket")
-            buf += chunk
-        return bytes(buf)
-
-    (length,) = _HEADER.unpack(await exact(_HEADER.size))
-    return await exact(length)
+async def _read_reply(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """A new worker's answer to the bundle spec (the first frame it sends, and the only one before a request)."""
+    reader = FrameReader()
+    while chunk := await loop.sock_recv(sock, _RECV_SIZE):
+        if frames := reader.feed(chunk):
+            return frames[0]
+    reader.finish()
+    raise ConnectionError("engine worker closed its socket")
 
 
 def may_define(modules: Mapping[str, str], document: str) -> bool:

@@ -1,7 +1,7 @@
 """An engine worker process: holds one embedded OPA engine and answers evaluations over a socket.
 
-Started by the pool with `python -m tollgate.engine._worker FD`. Frames on the socket are a 4-byte
-big-endian length and a payload. The first request carries the bundle
+Started by the pool with `python -m tollgate.engine._worker FD`. Frames on the socket are
+tollgate.engine._frames' (a 4-byte big-endian length and a payload). The first request carries the bundle
 (`{"entrypoint", "modules", "data"}`); the worker compiles it and answers `{"ok": true}` or
 `{"error": {...}}`. Every later request is an input document as JSON, answered with the OPA bridge's
 raw result envelope. When the bundle spec names a `mask` document (the decision-log mask rule), both
@@ -17,15 +17,16 @@ import ctypes
 import json
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from tollgate.engine._frames import FrameError, FrameReader, encode, header
+
 if TYPE_CHECKING:
     from tollgate.engine._opa import EmbeddedOpa
 
-_HEADER = struct.Struct(">I")
+_RECV_SIZE = 65536  # below malloc's mmap threshold
 
 
 def _die_with_parent() -> None:
@@ -37,26 +38,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv_frame(sock: socket.socket) -> bytes | None:
-    header = _recv_exact(sock, _HEADER.size)
-    if header is None:
-        return None
-    (length,) = _HEADER.unpack(header)
-    return _recv_exact(sock, length)
-
-
-def _send_frame(sock: socket.socket, payload: bytes) -> None:
-    sock.sendall(_HEADER.pack(len(payload)) + payload)
+def _first_frame(sock: socket.socket, reader: FrameReader) -> bytes | None:
+    """The bundle spec; None when the pool closed the socket before sending one. What arrives behind it stays
+    in the reader."""
+    while chunk := sock.recv(_RECV_SIZE):
+        if frames := reader.feed(chunk):
+            return frames[0]  # the pool sends nothing else before the worker answers this one
+    reader.finish()
+    return None
 
 
 def _with_mask(engine: EmbeddedOpa, entrypoint: str, mask: str) -> Callable[[bytes, bytes], bytes]:
@@ -88,7 +77,12 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[1]))
-    init = _recv_frame(sock)
+    reader = FrameReader()
+    try:
+        init = _first_frame(sock, reader)
+    except FrameError as exc:
+        print(f"tollgate engine worker: {exc}", file=sys.stderr)
+        return 1
     if init is None:
         return 0
     from tollgate.engine._base import EngineError
@@ -109,30 +103,27 @@ def main() -> int:
             evaluate = _with_mask(engine, path.decode(), mask_path)
             evaluate(path, b"{}")
     except EngineError as exc:
-        _send_frame(sock, json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode())
+        sock.sendall(encode(json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()))
         return 1
-    _send_frame(sock, b'{"ok": true}')
-    pack, unpack_from, size = _HEADER.pack, _HEADER.unpack_from, _HEADER.size
-    buf = bytearray()
-    while True:
-        chunk = sock.recv(65536)  # below malloc's mmap threshold
-        if not chunk:
-            return 0
-        buf += chunk
-        # Answer every complete frame that arrived together with one send.
-        out = []
-        offset = 0
-        while len(buf) - offset >= size:
-            (length,) = unpack_from(buf, offset)
-            if len(buf) - offset - size < length:
-                break
-            answer = evaluate(path, bytes(buf[offset + size : offset + size + length]))
-            out.append(pack(len(answer)))
-            out.append(answer)
-            offset += size + length
-        if offset:
-            del buf[:offset]
-            sock.sendall(b"".join(out))
+    sock.sendall(encode(b'{"ok": true}'))
+    return _serve(sock, reader, evaluate, path)
+
+
+def _serve(sock: socket.socket, reader: FrameReader, evaluate: Callable[[bytes, bytes], bytes], path: bytes) -> int:
+    """Answer input frames until the pool closes the socket."""
+    try:
+        while chunk := sock.recv(_RECV_SIZE):
+            out = []
+            for frame in reader.feed(chunk):  # every complete frame that arrived together, answered with one send
+                answer = evaluate(path, frame)
+                out.append(header(len(answer)))
+                out.append(answer)
+            if out:
+                sock.sendall(b"".join(out))
+    except FrameError as exc:  # a corrupt stream, or an answer past the limit: the pool fails it and replaces us
+        print(f"tollgate engine worker: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
