@@ -18,8 +18,8 @@ class DecisionIds:
     hold back the IDs of the system clock's source.
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
-        self._clock = clock or SystemClock()
+    def __init__(self, clock: Clock = SystemClock()) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._last_ms = 0
         self._seq = 0

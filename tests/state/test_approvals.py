@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tollgate.clock import ManualClock
 from tollgate.state import StateStore
 from tollgate.state.approvals import (
     APPROVED,
@@ -164,3 +166,18 @@ def test_every_change_bumps_the_generation_a_watcher_polls(approvals: Approvals)
     assert approvals.consume(opened.id, request_digest="d1", decision_id="dec-9")
     assert not approvals.consume(opened.id, request_digest="d1", decision_id="dec-10")
     assert approvals.generation == start + 3
+
+
+def test_times_and_expiry_come_from_the_approvals_clock(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 12, 31, 23, 59, 30, tzinfo=UTC))
+    approvals = Approvals(StateStore(tmp_path / "state.db"), clock=clock)
+    opened = _open(approvals)  # ttl 60 s: expires in the next year
+    assert (opened.created_at, opened.expires_at) == ("2026-12-31T23:59:30.000000Z", "2027-01-01T00:00:30.000000Z")
+    assert uuid.UUID(opened.id.removeprefix("apr_")).int >> 80 == int(clock.time() * 1000)
+    clock.advance(10)
+    decided = approvals.decide(opened.id, approve=True, by="alice", reason="ok")
+    assert decided.decided_at == "2026-12-31T23:59:40.000000Z"
+    clock.advance(50)  # exactly at expires_at: no longer usable
+    assert approvals.get(opened.id).status == EXPIRED  # type: ignore[union-attr]
+    assert not approvals.consume(opened.id, request_digest="d1", decision_id="dec-9")
+    assert [a.id for a in approvals.list(status=EXPIRED)] == [opened.id]

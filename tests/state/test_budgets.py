@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tollgate.clock import ManualClock
 from tollgate.state import StateStore
 from tollgate.state.budgets import (
     BudgetExceeded,
@@ -168,3 +169,33 @@ def test_usage_shows_committed_and_reserved_by_scope_and_window(budgets: Budgets
     ]
     with pytest.raises(ValueError, match="user: not a budget scope"):
         budgets.usage({"user": "bob"})
+
+
+def test_a_year_end_on_the_ledger_clock_starts_a_new_day_and_month_and_keeps_the_run(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC))
+    budgets = Budgets(StateStore(tmp_path / "state.db"), ttl=60, clock=clock)
+    monthly = {"agent": {"usd": 1.0}}
+    budgets.reserve(ALICE, {"usd": 0.75}, limits=LIMITS, monthly_limits=monthly)
+    assert [s.window for s in budgets.usage({"agent": "code-reviewer"})] == ["day 2026-12-31", "month 2026-12"]
+    with pytest.raises(BudgetExceeded, match="agent monthly"):
+        budgets.reserve({**ALICE, "session": "s2"}, {"usd": 0.75}, limits={}, monthly_limits=monthly)
+    clock.advance(2)  # 2027-01-01T00:00:01Z, the reservation still live
+    spend = budgets.spend(ALICE)
+    assert spend.by_scope["session"] == {"usd": 0.75}
+    assert spend.by_scope["agent"] == {} and spend.monthly["agent"] == {}
+    assert [s.window for s in budgets.usage({"agent": "code-reviewer"})] == ["day 2027-01-01", "month 2027-01"]
+    # The new month has room for what December's limit refused a second ago.
+    budgets.reserve({**ALICE, "session": "s2"}, {"usd": 0.75}, limits={}, monthly_limits=monthly)
+
+
+def test_reservations_expire_when_the_ledger_clock_passes_their_ttl(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 3, 10, 12, tzinfo=UTC))
+    budgets = Budgets(StateStore(tmp_path / "state.db"), ttl=60, clock=clock)
+    rid = budgets.reserve(ALICE, {"usd": 1.0}, limits=LIMITS)
+    clock.advance(59)
+    assert budgets.expire() == 0 and budgets.spend(ALICE).by_scope["session"] == {"usd": 1.0}
+    clock.advance(1)
+    assert budgets.spend(ALICE).by_scope["session"] == {"usd": 0.0}
+    assert budgets.expire() == 1
+    with pytest.raises(ReservationClosed):
+        budgets.report(rid, amount=0.5)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tollgate.clock import ManualClock
 from tollgate.state import (
     SCOPES,
     InvalidKillSwitch,
@@ -182,3 +184,14 @@ def test_matching_returns_only_the_switches_that_name_the_request(store: StateSt
     switches.kill("user", "alice", reason="r", by="a")
     assert [(s.scope, s.value) for s in switches.matching("tool", PRINCIPAL, TOOL)] == [
         ("mcp_server", "github"), ("user", "alice")]
+
+
+def test_kill_and_revive_times_come_from_the_kill_switches_clock(store: StateStore) -> None:
+    clock = ManualClock(datetime(2026, 12, 31, 23, 59, 59, 500000, tzinfo=UTC))
+    switches = KillSwitches(store, clock=clock)
+    assert switches.kill("agent", "code-reviewer", reason="INC-7", by="alice").killed_at == \
+        "2026-12-31T23:59:59.500000Z"
+    clock.advance(1)
+    switches.revive("agent", "code-reviewer", by="bob")
+    assert [(h.action, h.time) for h in switches.history()] == [
+        ("kill", "2026-12-31T23:59:59.500000Z"), ("revive", "2027-01-01T00:00:00.500000Z")]

@@ -6,9 +6,9 @@ import builtins
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from tollgate.clock import Clock, SystemClock
 from tollgate.encoding import format_time
 from tollgate.state._store import StateError, StateStore
 
@@ -131,13 +131,15 @@ class KillSwitches:
 
     The server is the only writer of its state.db, so the copy is exact: it is replaced in the same
     call that commits a change, after the commit, so once kill() returns the very next decision sees
-    it, and nothing cached can outlive a revive. Reads never touch SQLite.
+    it, and nothing cached can outlive a revive. Reads never touch SQLite. Kill and revive times are read
+    from `clock`.
     """
 
     COMPONENT = "kill_switches"
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, *, clock: Clock = SystemClock()) -> None:
         self._store = store
+        self.clock = clock
         store.migrate(self.COMPONENT, _SCHEMA)
         self._snapshot = KillSwitchSnapshot({}, [])
         with store.lock:
@@ -157,7 +159,7 @@ class KillSwitches:
             raise InvalidKillSwitch("reason: required (say why, e.g. an incident number)")
         if not by.strip():
             raise InvalidKillSwitch("by: required (who kills it)")
-        switch = KillSwitch(scope, value, reason, by, _now())
+        switch = KillSwitch(scope, value, reason, by, format_time(self.clock.now()))
         with self._store.lock:
             self._write(
                 ("INSERT INTO kill_switches (scope, value, reason, killed_by, killed_at) VALUES (?, ?, ?, ?, ?) "
@@ -180,7 +182,7 @@ class KillSwitches:
                 raise KillSwitchNotFound(f"{scope}={value} is not killed")
             self._write(
                 ("DELETE FROM kill_switches WHERE scope = ? AND value = ?", (scope, value)),
-                ("revive", _now(), scope, value, reason, by),
+                ("revive", format_time(self.clock.now()), scope, value, reason, by),
             )
             self._publish({k: v for k, v in self._snapshot.active.items() if k != (scope, value)})
         return lifted
@@ -234,6 +236,3 @@ class KillSwitchSnapshot:
             return []
         return [self.active[t] for t in sorted(request_targets(kind, principal, action)) if t in self.active]
 
-
-def _now() -> str:
-    return format_time(datetime.now(UTC))

@@ -8,11 +8,12 @@ import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from tollgate.clock import Clock, SystemClock
 from tollgate.encoding import canonical_json, format_time
-from tollgate.ids import new_decision_id
+from tollgate.ids import DecisionIds
 from tollgate.state._store import StateError, StateStore
 
 #: Stored statuses. `expired` is never stored: a pending or approved approval past its expiry reads as expired.
@@ -106,13 +107,17 @@ class Approvals:
 
     Unlike kill switches, nothing is cached: every read goes to SQLite, because consuming an approval
     must be one atomic UPDATE that two concurrent re-asks cannot both win. Each change bumps
-    `generation`, so a watcher (WatchApproval) re-reads only after something changed.
+    `generation`, so a watcher (WatchApproval) re-reads only after something changed. Creation, expiry and
+    decision times are read from `clock` unless a call passes `now`.
     """
 
     COMPONENT = "approvals"
 
-    def __init__(self, store: StateStore, *, approver_groups: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(self, store: StateStore, *, approver_groups: Mapping[str, Sequence[str]] | None = None,
+                 clock: Clock = SystemClock()) -> None:
         self._store = store
+        self.clock = clock
+        self._ids = DecisionIds(clock)  # an approval id is time-ordered like the decision that opened it
         store.migrate(self.COMPONENT, _SCHEMA)
         #: group name (without "group:") → identities; from the approver_groups configuration key.
         self.approver_groups = {g: frozenset(m) for g, m in (approver_groups or {}).items()}
@@ -124,7 +129,7 @@ class Approvals:
         """A new pending approval for this request, or the pending one already open for it in this session."""
         if ttl_seconds < 1:
             raise ApprovalError(f"ttl_seconds: must be at least 1, got {ttl_seconds}")
-        moment = now or datetime.now(UTC)
+        moment = now or self.clock.now()
         session_id = str(principal.get("session_id") or "")
         with self._store.lock:
             row = self._query(
@@ -134,7 +139,7 @@ class Approvals:
             if row is not None:
                 return _approval(row, moment)
             approval = Approval(
-                id="apr_" + new_decision_id(), request_digest=request_digest, kind=kind, principal=dict(principal),
+                id="apr_" + self._ids.new(), request_digest=request_digest, kind=kind, principal=dict(principal),
                 action=dict(action), approvers=tuple(approvers), created_at=format_time(moment),
                 expires_at=format_time(moment + timedelta(seconds=ttl_seconds)), status=PENDING, opened_by=opened_by)
             self._write(
@@ -149,7 +154,7 @@ class Approvals:
     def get(self, approval_id: str, *, now: datetime | None = None) -> Approval | None:
         with self._store.lock:
             row = self._query(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-        return _approval(row, now or datetime.now(UTC)) if row else None
+        return _approval(row, now or self.clock.now()) if row else None
 
     def may_decide(self, approval: Approval, identity: str) -> str:
         """Why identity may not decide this approval; "" when it may."""
@@ -168,7 +173,7 @@ class Approvals:
     def decide(self, approval_id: str, *, approve: bool, by: str, reason: str,
                now: datetime | None = None) -> Approval:
         """Approve or deny a pending approval as `by`; NotAnApprover, ApprovalNotFound or ApprovalError if not."""
-        moment = now or datetime.now(UTC)
+        moment = now or self.clock.now()
         if not reason.strip():
             raise ApprovalError("reason: required (say why)")
         approval = self.get(approval_id, now=moment)
@@ -198,7 +203,7 @@ class Approvals:
         One UPDATE with every condition in its WHERE: of two concurrent re-asks, one changes the row
         and the other finds it used (rowcount 0).
         """
-        moment = now or datetime.now(UTC)
+        moment = now or self.clock.now()
         with self._store.lock:
             changed = self._write(
                 "UPDATE approvals SET status = ?, used_by = ? WHERE id = ? AND status = ? AND used_by IS NULL "
@@ -211,7 +216,7 @@ class Approvals:
     def list(self, *, approver: str = "", agent: str = "", session: str = "", status: str = "",
              now: datetime | None = None) -> builtins.list[Approval]:
         """Approvals, newest first, filtered; approver: those the identity may decide."""
-        moment = now or datetime.now(UTC)
+        moment = now or self.clock.now()
         if status and status not in STATUSES:
             raise ApprovalError(f"status: {status!r} is not an approval status ({', '.join(STATUSES)})")
         clauses, args = [], []

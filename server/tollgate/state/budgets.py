@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tollgate.clock import Clock, SystemClock
 from tollgate.state._store import StateError, StateStore
 
 #: The scopes a budget limit can name, and the principal field each one reads.
@@ -117,19 +117,24 @@ def principal_scopes(principal: Mapping[str, Any]) -> dict[str, str]:
 
 
 class Budgets:
-    """The ledger. The server is its only writer; every check-and-reserve is one IMMEDIATE transaction."""
+    """The ledger. The server is its only writer; every check-and-reserve is one IMMEDIATE transaction.
+
+    Windows (the UTC day and month) and reservation expiry are read from `clock` unless a call passes `now`
+    (seconds since the epoch), as the decision that reads spend and then reserves does, so both see one moment.
+    """
 
     COMPONENT = "budgets"
 
-    def __init__(self, store: StateStore, *, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(self, store: StateStore, *, ttl: float = DEFAULT_TTL, clock: Clock = SystemClock()) -> None:
         self._store = store
         self.ttl = ttl
+        self.clock = clock
         store.migrate(self.COMPONENT, _SCHEMA)
 
     def spend(self, scopes: Mapping[str, str], *, now: float | None = None) -> SpendSnapshot:
         """Current spend (committed + live reservations) of each scope named, over its default window
         (input.state.spend) and, for the monthly scopes, over the current month (input.state.spend_month)."""
-        now = time.time() if now is None else now
+        now = self.clock.time() if now is None else now
         with self._store.lock:
             try:
                 return SpendSnapshot(
@@ -146,7 +151,7 @@ class Budgets:
         """Hold each unit's amount against every scope under one new id, re-checking every limit (over each
         scope's default window) and every monthly limit in the same IMMEDIATE transaction; BudgetExceeded
         (nothing reserved) when one would be passed."""
-        now = time.time() if now is None else now
+        now = self.clock.time() if now is None else now
         scopes = {s: str(scopes.get(s, "")) for s in WINDOWS}
         reservation_id = f"rsv-{uuid.uuid4().hex}"
         stamp = datetime.fromtimestamp(now, UTC)
@@ -182,7 +187,7 @@ class Budgets:
         ReservationNotFound for an unknown id (or a unit it does not hold); ReservationClosed when it was
         already reported or has expired; ValueError when unit is needed (the id holds several units).
         """
-        now = time.time() if now is None else now
+        now = self.clock.time() if now is None else now
         if amount < 0:
             raise ValueError(f"amount: {amount:g} is negative")
         db = self._store.db
@@ -230,7 +235,7 @@ class Budgets:
 
     def expire(self, *, now: float | None = None) -> int:
         """Mark reservations past their expiry as expired (they already count as nothing); returns how many."""
-        now = time.time() if now is None else now
+        now = self.clock.time() if now is None else now
         with self._store.lock:
             try:
                 cursor = self._store.db.execute(
@@ -254,7 +259,7 @@ class Budgets:
     def usage(self, scopes: Mapping[str, str], *, now: float | None = None) -> list[ScopeSpend]:
         """Committed and reserved spend of each scope named (scope → value), over its default window and,
         for the monthly scopes, over the current month too."""
-        now = time.time() if now is None else now
+        now = self.clock.time() if now is None else now
         found = []
         with self._store.lock:
             try:
