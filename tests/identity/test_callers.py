@@ -133,3 +133,28 @@ def test_the_relay_directory_lives_in_the_data_dir_and_a_dead_servers_is_removed
     elsewhere = private_dir(deep)
     assert elsewhere.parent != deep  # too long for a socket address: a private directory in $TMPDIR
     shutil.rmtree(elsewhere)
+
+
+def test_a_remembered_token_is_forgotten_when_the_verifier_clock_passes_its_exp(tmp_path: Any) -> None:
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tollgate.clock import ManualClock
+    from tollgate.identity import TOKEN_LEEWAY, TokenVerifier
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "k1.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    clock = ManualClock()
+    verifier = TokenVerifier.from_config(str(tmp_path), issuer="https://idp", audience="tollgate", clock=clock)
+    fresh = jwt.encode({"iss": "https://idp", "aud": "tollgate", "sub": "agent-7", "exp": int(time.time() + 600)},
+                       key, algorithm="ES256", headers={"kid": "k1"})
+    first = verifier.verify(fresh)
+    assert verifier.verify(fresh) is first
+    clock.advance(600 + TOKEN_LEEWAY + 1)
+    # Past its exp on the verifier's clock: checked again (and PyJWT, on the system clock, still accepts it).
+    again = verifier.verify(fresh)
+    assert again is not first and again.subject == "jwt:agent-7"

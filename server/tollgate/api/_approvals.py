@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Collection
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 from google.protobuf import struct_pb2
@@ -125,7 +125,8 @@ async def approval_changes(approvals: Approvals, first: Approval) -> AsyncIterat
             # Polling the change counter holds no thread: a thousand watchers cost no executor slots,
             # which Authorize needs for its own approval reads and writes.
             await asyncio.sleep(_WATCH_POLL_SECONDS)
-            if approvals.generation == generation and datetime.now(UTC) < expires:
+            # The approvals' own clock: the one that will read it as expired.
+            if approvals.generation == generation and approvals.clock.now() < expires:
                 continue
             generation = approvals.generation
             current = await asyncio.to_thread(approvals.get, approval.id)

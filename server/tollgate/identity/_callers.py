@@ -13,7 +13,6 @@ This module has no gRPC import: the servicers hand it the peer string, the auth 
 from __future__ import annotations
 
 import re
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tollgate.clock import Clock, SystemClock
 
 #: Call metadata key (and HTTP header) carrying a caller token. Not `authorization`: that carries the admin token.
 TOKEN_METADATA_KEY = "tollgate-caller-token"
@@ -171,12 +172,14 @@ class TokenVerifier:
     (up to TOKEN_CACHE_SIZE, each until its exp): a signature check costs more than the rest of a decision.
     """
 
-    def __init__(self, settings: TokenSettings) -> None:
+    def __init__(self, settings: TokenSettings, *, clock: Clock = SystemClock()) -> None:
         self._settings = settings
+        # What a remembered token's exp is held against. (PyJWT checks exp itself, on the system clock.)
+        self._clock = clock
         self._verified: OrderedDict[str, tuple[Caller, float]] = OrderedDict()  # token → (caller, valid until)
 
     @classmethod
-    def from_config(cls, keys_dir: str, *, issuer: str, audience: str) -> TokenVerifier:
+    def from_config(cls, keys_dir: str, *, issuer: str, audience: str, clock: Clock = SystemClock()) -> TokenVerifier:
         from tollgate.bundle import BundleError, load_public_keys
 
         if not issuer or not audience:
@@ -186,12 +189,12 @@ class TokenVerifier:
             keys = load_public_keys(Path(keys_dir))
         except BundleError as exc:
             raise IdentityConfigError(f"token_keys: {exc}") from exc
-        return cls(TokenSettings(keys, issuer, audience))
+        return cls(TokenSettings(keys, issuer, audience), clock=clock)
 
     def verify(self, token: str) -> Caller:
         remembered = self._verified.get(token)
         if remembered is not None:
-            if time.time() < remembered[1]:
+            if self._clock.time() < remembered[1]:
                 self._verified.move_to_end(token)
                 return remembered[0]
             del self._verified[token]
