@@ -15,9 +15,10 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tollgate.encoding import canonical_json
 
@@ -52,6 +53,20 @@ _INSERT = (
 
 
 _Entry = tuple[dict[str, Any], str | None, "asyncio.Future[None]"]
+
+
+class CommitObserver(Protocol):
+    """Told of each group commit, on the writer thread (metrics: commit time and batch size)."""
+
+    def committed(self, *, seconds: float, records: int) -> None: ...
+
+
+class _NoCommitObserver:
+    def committed(self, *, seconds: float, records: int) -> None:
+        pass
+
+
+NO_COMMIT_OBSERVER: CommitObserver = _NoCommitObserver()
 
 
 class DecisionLogError(Exception):
@@ -89,10 +104,11 @@ def record_hash(prev_hash: str, record_json: str) -> str:
 class DecisionLog:
     """Append-only decision log. `append` resolves once the record is committed to disk."""
 
-    def __init__(self, config: LogConfig) -> None:
+    def __init__(self, config: LogConfig, *, observer: CommitObserver = NO_COMMIT_OBSERVER) -> None:
         if config.synchronous not in ("full", "normal"):
             raise ValueError(f"log synchronous must be 'full' or 'normal', not {config.synchronous!r}")
         self._config = config
+        self._observer = observer
         self._queue: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
         self._room = threading.BoundedSemaphore(config.max_pending)
         self._thread: threading.Thread | None = None
@@ -184,6 +200,7 @@ class DecisionLog:
             ))
             prev = digest
         db = self._db
+        started = time.perf_counter()
         db.execute("BEGIN")
         try:
             db.executemany(_INSERT, rows)
@@ -194,6 +211,10 @@ class DecisionLog:
         self._last_hash = prev
         self.commits += 1
         self.records += len(rows)
+        try:
+            self._observer.committed(seconds=time.perf_counter() - started, records=len(rows))
+        except Exception:  # a metrics bug must not turn a durable commit into failed answers
+            log.exception("decision log: commit observer failed")
 
     def close(self) -> None:
         """Commit everything queued, checkpoint the WAL into the database, and stop the writer."""
