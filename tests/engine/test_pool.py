@@ -185,3 +185,15 @@ def test_a_worker_process_imports_only_the_engine() -> None:
              "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert loaded.stdout.split() == []
+
+
+def test_busy_counts_the_workers_with_an_evaluation_in_hand(tmp_path: Path) -> None:
+    async def body(engine: WorkerPoolEngine) -> None:
+        assert (engine.workers, engine.busy) == (2, 0)
+        running = asyncio.create_task(engine.evaluate(_input("ann")))
+        await asyncio.sleep(0)  # the task has queued its input on a worker; the answer has not been read yet
+        assert engine.busy == 1
+        assert await running == {"decision": "allow", "who": "ann"}
+        assert engine.busy == 0
+
+    _run(tmp_path, EngineConfig(workers=2, eval_timeout=5.0), body)

@@ -129,6 +129,16 @@ class WorkerPoolEngine:
     def bundle(self) -> Bundle:
         return self._bundle
 
+    @property
+    def workers(self) -> int:
+        """Worker processes running now (a retired one is gone until its replacement starts)."""
+        return len(self._workers)
+
+    @property
+    def busy(self) -> int:
+        """Workers with an evaluation in hand: busy / workers is how saturated the pool is."""
+        return sum(1 for w in list(self._workers) if w.pending)  # a copy: metrics read it from their thread
+
     async def start(self) -> None:
         """Start every worker; raise EngineError (and leave nothing running) if the bundle is refused."""
         self._loop = asyncio.get_running_loop()
