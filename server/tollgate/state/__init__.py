@@ -1,4 +1,5 @@
-"""Run-time state the server owns, in DATA_DIR/state.db: kill switches, approvals and budgets."""
+"""Run-time state the server owns, in DATA_DIR/state.db: kill switches, approvals and budgets, behind the
+state-store protocols (state/_protocol.py) that a shared store implements too."""
 
 from tollgate.state._killswitch import (
     ALL_VALUE,
@@ -12,17 +13,39 @@ from tollgate.state._killswitch import (
     request_targets,
     validate_target,
 )
+from tollgate.state._protocol import (
+    NO_APPROVALS,
+    NO_KILL_SWITCHES,
+    ApprovalLedger,
+    ApprovalStore,
+    BudgetStore,
+    KillSwitchStore,
+    KillSwitchView,
+    NoApprovals,
+    NoKillSwitches,
+    SpendLedger,
+)
 from tollgate.state._store import StateError, StateStore
 
 __all__ = [
     "ALL_VALUE",
+    "NO_APPROVALS",
+    "NO_KILL_SWITCHES",
     "SCOPES",
+    "ApprovalLedger",
+    "ApprovalStore",
+    "BudgetStore",
     "HistoryEntry",
     "InvalidKillSwitch",
     "KillSwitch",
     "KillSwitchNotFound",
     "KillSwitchSnapshot",
+    "KillSwitchStore",
+    "KillSwitchView",
     "KillSwitches",
+    "NoApprovals",
+    "NoKillSwitches",
+    "SpendLedger",
     "StateError",
     "StateStore",
     "request_targets",
