@@ -19,7 +19,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from tollgate.bundle import (
     verify_bundle,
     write_file_atomically,
 )
+from tollgate.clock import Clock, SystemClock
 from tollgate.contract import ContractError, DecisionRequest, build_input, parse_result
 from tollgate.encoding import canonical_json, format_time
 from tollgate.engine import UNDEFINED, EngineConfig, EngineError, EngineSlot, EvaluationTimeout, WorkerPoolEngine
@@ -105,8 +106,9 @@ class BundleActivator:
     """Owns the bundle source, the active revision in the EngineSlot, and their status."""
 
     def __init__(self, config: ActivatorConfig, slot: EngineSlot, engine_config: EngineConfig, *,
-                 listeners: tuple[Listener, ...] = ()) -> None:
+                 listeners: tuple[Listener, ...] = (), clock: Clock = SystemClock()) -> None:
         self._config = config
+        self._clock = clock  # activation, failure and poll times in the status
         self._slot = slot
         self._engine_config = engine_config
         self._listeners = listeners
@@ -177,10 +179,10 @@ class BundleActivator:
             fetched = await asyncio.to_thread(self._source.fetch, self._status.etag)
         except FetchError as exc:
             self._failures += 1
-            await self._fail(Failure(_now(), str(exc), exc.reason))
+            await self._fail(Failure(self._clock.now(), str(exc), exc.reason))
             return
         self._failures = 0
-        now = _now()
+        now = self._clock.now()
         active = self._status.active
         if fetched is None:  # 304: still what we fetched last, active or refused
             still_refused = self._refused is not None and self._refused_etag == self._status.etag
@@ -215,7 +217,7 @@ class BundleActivator:
             bundle, loaded_from = await asyncio.to_thread(self._load, fetched, persisted)
             engine = await self._start_engine(bundle)
         except Refused as exc:
-            failure = Failure(_now(), str(exc), exc.reason)
+            failure = Failure(self._clock.now(), str(exc), exc.reason)
             self._refused = (fetched.digest, failure)
             self._refused_etag = fetched.etag
             if fetched.etag:
@@ -226,7 +228,7 @@ class BundleActivator:
             return False
         if loaded_from is not None and persisted is None:
             await asyncio.to_thread(self._persist, loaded_from, fetched, bundle.revision)
-        activation = Activation(_now(), bundle.revision, fetched.digest, signed_by=signed_by,
+        activation = Activation(self._clock.now(), bundle.revision, fetched.digest, signed_by=signed_by,
                                 from_persisted=persisted is not None)
         old = self._slot.swap(engine)
         self._refused = None
@@ -301,7 +303,7 @@ class BundleActivator:
         target = self._config.state_dir / LAST_GOOD
         os.replace(loaded_from, target)
         meta = {"source": self._config.source, "etag": fetched.etag, "revision": revision,
-                "digest": fetched.digest, "saved_at": format_time(_now())}
+                "digest": fetched.digest, "saved_at": format_time(self._clock.now())}
         write_file_atomically(self._config.state_dir / LAST_GOOD_META,
                               json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
         fsync_directory(self._config.state_dir)
@@ -378,8 +380,3 @@ async def _smoke_test(engine: WorkerPoolEngine, *, entrypoint: str) -> None:
         kind = {str: "a string", dict: "an object", bool: "a boolean", type(None): "null"}.get(type(mask), "a number")
         raise Refused("smoke_test", f"{where}: data.tollgate.log.mask is {kind}, not a set of entries "
                                     "(hint: JSON pointers or {op, path, value} objects; see docs/POLICY.md)")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-

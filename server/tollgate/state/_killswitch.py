@@ -235,4 +235,3 @@ class KillSwitchSnapshot:
         if not self.active:
             return []
         return [self.active[t] for t in sorted(request_targets(kind, principal, action)) if t in self.active]
-
