@@ -16,7 +16,7 @@ sidecar_unavailable), never an exception, unless the client is made with fail_cl
 from __future__ import annotations
 
 from tollgate.client._async import AsyncClient
-from tollgate.client._core import DEFAULT_TIMEOUT, Backoff, budget_request, model_request, tool_request
+from tollgate.client._core import DEFAULT_TIMEOUT, budget_request, model_request, tool_request
 from tollgate.client._errors import Denied, InvalidRequest, NotFound, SidecarUnavailable, TollgateError
 from tollgate.client._reservation import Reservation
 from tollgate.client._sync import Client
@@ -31,6 +31,7 @@ from tollgate.client._values import (
     UsageReport,
     Verdict,
 )
+from tollgate.net import Backoff
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -15,6 +15,7 @@ from tollgate.client import _core
 from tollgate.client._errors import Denied, SidecarUnavailable, TollgateError
 from tollgate.client._reservation import Reservation
 from tollgate.client._values import SIDECAR_UNAVAILABLE, TLS, ApprovalState, Decision, Principal, UsageReport
+from tollgate.net import Backoff
 from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -31,7 +32,7 @@ class AsyncClient:
 
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float = _core.DEFAULT_TIMEOUT,
                  fail_closed: bool = True, tls: TLS | None = None, insecure: bool = False,
-                 metadata: Sequence[tuple[str, str]] = (), backoff: _core.Backoff = _core.DEFAULT_BACKOFF) -> None:
+                 metadata: Sequence[tuple[str, str]] = (), backoff: Backoff = _core.DEFAULT_BACKOFF) -> None:
         """As Client: target HOST:PORT or unix:PATH; plaintext only to this machine unless insecure=True."""
         self._spec = _core.channel_spec(target, tls=tls, insecure=insecure)
         self.target = target

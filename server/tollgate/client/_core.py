@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from tollgate.client._values import (
     UsageReport,
     Verdict,
 )
+from tollgate.net import Backoff
 from tollgate.v1 import authorization_pb2 as pb
 
 #: Seconds a call may take, retries included, unless the client or the call says otherwise. A sidecar answers
@@ -46,19 +46,8 @@ _VERDICTS: dict[int, Verdict] = {
 }
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Jittered exponential backoff between retries ("full jitter": a random wait up to the capped step)."""
-
-    initial: float = 0.025
-    maximum: float = 0.25
-    multiplier: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.maximum, self.initial * self.multiplier ** attempt))
-
-
-DEFAULT_BACKOFF = Backoff()
+#: Retries of a local sidecar: from 25 ms up to 250 ms, full jitter (a random wait up to the capped step).
+DEFAULT_BACKOFF = Backoff(0.025, 0.25)
 
 
 @dataclass(frozen=True)

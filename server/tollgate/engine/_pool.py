@@ -38,9 +38,12 @@ from tollgate.engine._base import (
     decode_evaluation,
 )
 from tollgate.engine._frames import MAX_FRAME, FrameError, FrameReader, header
+from tollgate.net import Backoff, Jitter
 
 log = logging.getLogger(__name__)
 _RECV_SIZE = 65536  # below malloc's mmap threshold: no page-fault storm per read
+#: Between attempts to replace a worker that failed to start: soon at first, then no more than every 10 s.
+_RESPAWN_BACKOFF = Backoff(0.1, 10.0, jitter=Jitter.EQUAL)
 
 
 @dataclass(frozen=True)
@@ -399,14 +402,15 @@ class WorkerPoolEngine:
         self._drain_waiting()
 
     async def _respawn(self) -> None:
-        delay = 0.1
+        failures = 0
         while not self._closed:
             try:
                 worker = await self._spawn()
             except EngineError as exc:
+                delay = _RESPAWN_BACKOFF.delay(failures)
+                failures += 1
                 log.error("engine: replacement worker failed to start: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
                 continue
             if self._closed:
                 worker.proc.kill()
