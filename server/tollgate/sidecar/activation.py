@@ -47,6 +47,7 @@ from tollgate.clock import Clock, SystemClock
 from tollgate.contract import ContractError, DecisionRequest, build_input, parse_result
 from tollgate.encoding import canonical_json, format_time
 from tollgate.engine import UNDEFINED, EngineConfig, EngineError, EngineSlot, EvaluationTimeout, WorkerPoolEngine
+from tollgate.net import Backoff, Jitter
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,8 @@ class BundleActivator:
         config = self._config
         if self._failures:
             # Exponential backoff with jitter (half to all of the step), so a fleet does not retry in step.
-            step: float = min(config.max_backoff, config.min_backoff * 2.0 ** min(self._failures - 1, 30))
-            return step * random.uniform(0.5, 1.0)
+            backoff = Backoff(config.min_backoff, config.max_backoff, jitter=Jitter.EQUAL)
+            return backoff.delay(self._failures - 1)
         if self._source.kind != "http":
             return config.local_poll_interval
         return config.poll_interval * random.uniform(0.75, 1.25)
