@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import TOLLGATE
 from tests.log_receiver import LogReceiver, free_port
+from tollgate.clock import ManualClock
 from tollgate.decisionlog import (
     DecisionLog,
     ExporterConfig,
@@ -412,6 +413,40 @@ def test_a_configured_exporter_without_a_cursor_holds_back_everything(tmp_path: 
     path = tmp_path / "decisions.db"
     _fill(path, [_record(i, timestamp=format_time(datetime.now(UTC) - timedelta(days=9))) for i in range(5)])
     assert LogRetention(path, window=timedelta(days=1), exporters=["opa"]).prune() == 0
+
+
+
+def test_retention_and_export_lag_read_the_shipping_clock(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.db"
+    _fill(path, [_record(i, timestamp="2026-12-31T12:00:00.000000Z") for i in range(20)])
+    clock = ManualClock(datetime(2027, 1, 1, 11, 59, 59, tzinfo=UTC))
+    gate = threading.Event()
+
+    def answer(body: Any, index: int) -> int:
+        if index >= 1:
+            gate.wait(10)  # hold the second upload: ten records stay owed
+        return 200
+
+    receiver = LogReceiver(answer=answer).start()
+    shipping = LogShipping(path, ShippingConfig(opa_service=receiver.url, batch_records=10, min_delay=0.05,
+                                                max_delay=0.2, retention=timedelta(days=1)), clock=clock)
+    exporter, retention = shipping.exporters[0], shipping.retention
+    assert retention is not None
+    try:
+        exporter.start()
+        _wait_for(lambda: exporter.status.cursor == 10)
+        _wait_for(lambda: exporter.status.lag_records == 10)
+        # Against the shipping clock, the records are a day old less one second: that is their lag.
+        assert exporter.status.lag_seconds == pytest.approx(86399, abs=1)
+        assert exporter.status.last_upload is not None and exporter.status.last_upload.year == 2027
+        assert retention.prune() == 0  # not yet older than the one-day window
+        clock.advance(2)
+        assert retention.prune() == 10  # the exported ones; the other ten are owed to the receiver
+    finally:
+        gate.set()
+        exporter.stop(1)
+        retention.stop()
+        receiver.stop()
 
 
 # -- configuration -------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog._events import opa_event
 from tollgate.encoding import format_time, parse_time
 
@@ -167,13 +168,14 @@ class _UploadError(Exception):
 class LogExporter:
     """One destination: configure, start, stop (a final flush with a deadline), status."""
 
-    def __init__(self, path: Path, config: ExporterConfig, encoder: Encoder) -> None:
+    def __init__(self, path: Path, config: ExporterConfig, encoder: Encoder, *, clock: Clock = SystemClock()) -> None:
         parts = urlsplit(config.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{config.name}: url must be http(s)://HOST[:PORT]/PATH, not {config.url!r}")
         self._path = path
         self._config = config
         self._encoder = encoder
+        self._clock = clock  # the lag is measured against the clock that stamped the records
         self._stop = threading.Event()
         self._deadline = float("inf")  # monotonic time the final flush must end by
         self._thread: threading.Thread | None = None
@@ -268,7 +270,7 @@ class LogExporter:
                 failures = 0
                 status = self._status
                 self._publish(cursor=cursor, state=ExportState.OK, last_error="", uploads_ok=status.uploads_ok + 1,
-                              records_exported=status.records_exported + len(batch), last_upload=datetime.now(UTC))
+                              records_exported=status.records_exported + len(batch), last_upload=self._clock.now())
                 continue
             failures += 1
             self._publish(state=ExportState.ERROR, last_error=message)
@@ -360,7 +362,7 @@ class LogExporter:
             lag_seconds = self._status.lag_seconds  # kept when the oldest record's time cannot be read
             with contextlib.suppress(ValueError, TypeError):
                 if oldest is not None:
-                    lag_seconds = max(0.0, (datetime.now(UTC) - parse_time(oldest)).total_seconds())
+                    lag_seconds = max(0.0, (self._clock.now() - parse_time(oldest)).total_seconds())
         state = self._status.state
         limit = self._config.max_lag
         if state is not ExportState.ERROR:  # failing uploads stay ERROR until one succeeds

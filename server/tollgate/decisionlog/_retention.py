@@ -13,9 +13,10 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog._export import connect, read_cursor
 from tollgate.encoding import format_time
 
@@ -33,11 +34,13 @@ PRUNE_BATCH = 500
 
 
 class LogRetention:
-    """Deletes records older than `window`; a thread runs `prune()` every `every` seconds once started."""
+    """Deletes records older than `window` (as of `clock`); a thread runs `prune()` every `every` seconds once
+    started."""
 
     def __init__(self, path: Path, *, window: timedelta, exporters: Sequence[str] = (), every: float = 60.0,
-                 batch: int = PRUNE_BATCH) -> None:
+                 batch: int = PRUNE_BATCH, clock: Clock = SystemClock()) -> None:
         self._path = path
+        self._clock = clock
         self._window = window
         self._exporters = tuple(exporters)
         self._every = every
@@ -79,7 +82,7 @@ class LogRetention:
     def prune(self, now: datetime | None = None) -> int:
         """Delete what the window, the exporters' cursors and the newest record allow; returns how many."""
         db = self._connection()
-        moment = now or datetime.now(UTC)
+        moment = now or self._clock.now()
         cutoff = format_time(moment - self._window)
         swept_at = format_time(moment)
         newest = db.execute("SELECT max(seq) FROM decisions").fetchone()[0]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog._events import VERSION
 from tollgate.decisionlog._export import Encoder, ExporterConfig, ExportStatus, LogExporter, OpaEncoder
 from tollgate.decisionlog._otlp import OtlpEncoder
@@ -49,9 +50,10 @@ def otlp_logs_url(endpoint: str) -> str:
 
 
 class LogShipping:
-    """Owns the configured exporters and the retention sweeper of one decisions.db."""
+    """Owns the configured exporters and the retention sweeper of one decisions.db; both read `clock` (export
+    lag, the retention cutoff)."""
 
-    def __init__(self, path: Path, config: ShippingConfig) -> None:
+    def __init__(self, path: Path, config: ShippingConfig, *, clock: Clock = SystemClock()) -> None:
         targets: list[tuple[str, str, str, tuple[tuple[str, str], ...], Encoder]] = []
         if config.opa_service:
             url = config.opa_service.rstrip("/") + "/" + config.opa_resource.lstrip("/")
@@ -63,11 +65,11 @@ class LogShipping:
             LogExporter(path, ExporterConfig(
                 name=name, url=url, token=token, headers=headers, batch_records=config.batch_records,
                 batch_bytes=config.batch_bytes, min_delay=config.min_delay, max_delay=config.max_delay,
-                max_lag=config.max_lag), encoder)
+                max_lag=config.max_lag), encoder, clock=clock)
             for name, url, token, headers, encoder in targets]
         self.retention = None if config.retention is None else LogRetention(
             path, window=config.retention, exporters=[e.name for e in self.exporters],
-            every=config.retention_every)
+            every=config.retention_every, clock=clock)
 
     def start(self) -> None:
         for exporter in self.exporters:
