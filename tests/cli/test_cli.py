@@ -45,3 +45,17 @@ def test_help_and_an_unknown_command_still_list_every_command() -> None:
         for name in module.COMMANDS:
             assert name in shown and name in unknown.stderr
     assert unknown.returncode == 2
+
+
+def test_since_and_until_spans_count_back_from_the_clock_given() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tollgate.clock import ManualClock
+    from tollgate_cli._common import time_argument
+
+    new_year = datetime(2027, 1, 1, tzinfo=UTC)
+    assert time_argument("2h", clock=ManualClock(new_year)) == new_year - timedelta(hours=2)
+    assert time_argument("2026-12-31T23:00:00Z") == datetime(2026, 12, 31, 23, tzinfo=UTC)
+    assert abs((datetime.now(UTC) - time_argument("1d")).total_seconds() - 86400) < 60  # the system clock
+    with pytest.raises(argparse.ArgumentTypeError):
+        time_argument("yesterday")

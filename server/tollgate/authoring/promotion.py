@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from tollgate.bundle import (
     verify_bundle,
     write_file_atomically,
 )
+from tollgate.clock import Clock, SystemClock
 from tollgate.encoding import format_time, parse_moment
 
 LIVE_BUNDLE = "bundle.tar.gz"
@@ -213,8 +214,8 @@ def _gate_signed(env: Environment, candidate: _Candidate) -> GateResult:
     return GateResult("signed", True, f"signed by {verified.keyid} ({verified.algorithm}), trusted in {env.name}")
 
 
-def _gate_replay(gate: ReplayGate, candidate: _Candidate, ack: Acknowledgement) -> GateResult:
-    window = Window(since=parse_moment(gate.since, now=datetime.now(UTC)) if gate.since else None, limit=gate.limit)
+def _gate_replay(gate: ReplayGate, candidate: _Candidate, ack: Acknowledgement, *, now: datetime) -> GateResult:
+    window = Window(since=parse_moment(gate.since, now=now) if gate.since else None, limit=gate.limit)
     try:
         records: Iterator[Recorded] = (read_jsonl(gate.decisions, window) if gate.decisions is not None
                                        else read_data_dir(gate.data_dir or Path("."), window))
@@ -287,7 +288,7 @@ class Outcome:
 
 
 def promote(envs: Environments, target: str, bundle: str | Path, *, by: str, ack: Acknowledgement = Acknowledgement(),
-            note: str = "", now: datetime | None = None) -> Outcome:
+            note: str = "", clock: Clock = SystemClock()) -> Outcome:
     """Check every gate of the target environment on bundle (a bundle file, or a revision published in the
     environment its `from` gate names) and, when all pass, publish it to the target's channel and record it.
     A failing gate leaves every file as it was. Errors that are not a gate's verdict raise PromotionError."""
@@ -306,14 +307,15 @@ def promote(envs: Environments, target: str, bundle: str | Path, *, by: str, ack
                 results.append(_gate_signed(env, candidate))
             elif gate == "replay":
                 assert env.replay is not None
-                results.append(_gate_replay(env.replay, candidate, ack))
+                results.append(_gate_replay(env.replay, candidate, ack, now=clock.now()))
             else:
                 results.append(_gate_from(envs, env, candidate))
         if any(not r.passed for r in results):
             return Outcome(env.name, candidate.revision, candidate.sha256, tuple(results), None)
         entry: dict[str, Any] = {
-            "action": "promote", "revision": candidate.revision, "sha256": candidate.sha256, "at": _at(now),
-            "by": by, "from": candidate.from_env or env.promote_from, "source": candidate.label,
+            "action": "promote", "revision": candidate.revision, "sha256": candidate.sha256,
+            "at": format_time(clock.now()), "by": by, "from": candidate.from_env or env.promote_from,
+            "source": candidate.label,
             "gates": {r.gate: r.detail for r in results},
         }
         if candidate.acknowledged:
@@ -323,7 +325,7 @@ def promote(envs: Environments, target: str, bundle: str | Path, *, by: str, ack
 
 
 def rollback(envs: Environments, target: str, *, to: str | None = None, by: str, note: str = "",
-             now: datetime | None = None) -> Outcome:
+             clock: Clock = SystemClock()) -> Outcome:
     """Make an earlier revision live again: the named one, or the previous good one (the one live before the
     current one, skipping revisions rolled back from since they were last promoted)."""
     env = envs.get(target)
@@ -360,7 +362,7 @@ def rollback(envs: Environments, target: str, *, to: str | None = None, by: str,
             if not result.passed:
                 return Outcome(env.name, entry["revision"], digest, results, None)
         record: dict[str, Any] = {"action": "rollback", "revision": entry["revision"], "sha256": digest,
-                                  "at": _at(now), "by": by, "from": None, "source": str(path.name)}
+                                  "at": format_time(clock.now()), "by": by, "from": None, "source": str(path.name)}
         _publish(env, channel, content, record, note)
         return Outcome(env.name, entry["revision"], digest, results, record)
 
@@ -472,10 +474,6 @@ def _locked(envs: Environments) -> Iterator[None]:
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-
-
-def _at(now: datetime | None) -> str:
-    return format_time(now or datetime.now(UTC))
 
 
 __all__ = [
