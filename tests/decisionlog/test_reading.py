@@ -23,12 +23,12 @@ from tollgate.decisionlog import (
     LogConfig,
     Query,
     Rotation,
-    find,
     open_read_only,
     read_export,
     verify,
 )
 from tollgate.decisionlog._sqlite import record_hash
+from tollgate.decisionlog._sqlite_store import query_sql
 from tollgate.ids import new_decision_id
 from tollgate_cli.main import main
 
@@ -230,7 +230,7 @@ def test_verify_reads_without_writing(data_dir: Path) -> None:
     with open_read_only(data_dir) as db:
         assert verify(db).intact
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            db.execute("DELETE FROM decisions")
+            db.connection.execute("DELETE FROM decisions")
     assert path.read_bytes() == before
 
 
@@ -253,7 +253,7 @@ def mixed(tmp_path: Path) -> Path:
 
 def _agents(data_dir: Path, query: Query) -> list[tuple[int, str]]:
     with open_read_only(data_dir) as db:
-        return [(r.seq, r.agent_id) for r in find(db, query)]
+        return [(r.seq, r.agent_id) for r in db.find(query)]
 
 
 @pytest.mark.parametrize(("query", "seqs"), [
@@ -285,8 +285,8 @@ def test_query_refuses_an_unknown_decision() -> None:
 def test_query_uses_indexes_for_agent_session_and_time(mixed: Path) -> None:
     with open_read_only(mixed) as db:
         for query in (Query(agent="a"), Query(session="s"), Query(since=datetime.now(UTC))):
-            where, params = query.where()
-            plan = " ".join(r[3] for r in db.execute(f"EXPLAIN QUERY PLAN SELECT seq FROM decisions WHERE {where}",
+            where, params = query_sql(query)
+            plan = " ".join(r[3] for r in db.connection.execute(f"EXPLAIN QUERY PLAN SELECT seq FROM decisions WHERE {where}",
                                                      params))
             assert "INDEX decisions_" in plan, (query, plan)
 

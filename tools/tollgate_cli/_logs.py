@@ -6,14 +6,16 @@ import argparse
 import contextlib
 import json
 import signal
-import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tollgate_cli._common import positive_argument, time_argument
+
+if TYPE_CHECKING:
+    from tollgate.decisionlog import ApprovalState, DecisionStore, Query, SpendLine
 
 ORDER = 55  # position in `tollgate --help`: after replay
 COMMANDS = ("logs",)  # the top-level command register() adds
@@ -118,28 +120,25 @@ def _fail(command: str, message: object) -> int:
 
 
 @contextlib.contextmanager
-def _log(data_dir: Path) -> Iterator[sqlite3.Connection]:
+def _log(data_dir: Path) -> Iterator[DecisionStore]:
     from tollgate.decisionlog import open_read_only
 
-    db = open_read_only(data_dir)
-    try:
-        yield db
-    finally:
-        db.close()
+    with open_read_only(data_dir) as store:
+        yield store
 
 
 # -- verify ------------------------------------------------------------------------------------------------
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from tollgate.decisionlog import LogReadError, resolve_position, verify
+    from tollgate.decisionlog import LogReadError, verify
 
     try:
-        with _log(args.data_dir) as db:
-            first = resolve_position(db, args.first) if args.first else None
-            last = resolve_position(db, args.last) if args.last else None
-            result = verify(db, first=first, last=last, expect_head=args.expect_head)
-    except (LogReadError, sqlite3.Error) as exc:
+        with _log(args.data_dir) as store:
+            first = store.position(args.first) if args.first else None
+            last = store.position(args.last) if args.last else None
+            result = verify(store, first=first, last=last, expect_head=args.expect_head)
+    except LogReadError as exc:
         return _fail("verify", exc)
     if result.broken is not None:
         print(f"tollgate logs verify: {args.data_dir}/decisions.db: {result.summary()}", file=sys.stderr)
@@ -155,14 +154,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from tollgate.decisionlog import LogReadError, Query, find, jsonl_record
+    from tollgate.decisionlog import LogReadError, Query, jsonl_record
 
     try:
         query = Query(decision_id=args.decision_id, agent=args.agent, session=args.session, instance=args.instance,
                       decision=args.decision, tool=args.tool, since=args.since, until=args.until, limit=args.limit)
-        with _log(args.data_dir) as db:
-            found = [(row, row.record()) for row in find(db, query)]
-    except (LogReadError, sqlite3.Error, ValueError) as exc:
+        with _log(args.data_dir) as store:
+            found = [(row, row.record()) for row in store.find(query)]
+    except (LogReadError, ValueError) as exc:
         return _fail("query", exc)
     records = [jsonl_record(record, seq=row.seq, hash=row.hash) for row, record in found]
     if args.format == "json":
@@ -203,7 +202,8 @@ def _timeline(args: argparse.Namespace) -> int:
     from tollgate.decisionlog import LogReadError, render_timeline, timeline
 
     try:
-        line = timeline(args.data_dir, args.session)
+        with _log(args.data_dir) as store, _run_state(args.data_dir / STATE_FILE) as state:
+            line = timeline(store, args.session, state=state)
     except LogReadError as exc:
         return _fail("timeline", exc)
     if args.format == "json":
@@ -211,6 +211,68 @@ def _timeline(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_timeline(line))
     return EXIT_OK
+
+
+#: The state store's file name inside a server's data directory.
+STATE_FILE = "state.db"
+
+
+class _StateReader:
+    """The timeline's RunState from a server's state store, opened read-only beside the running server (the
+    decision log does not import the state store; the command joins them)."""
+
+    def __init__(self, path: Path) -> None:
+        from tollgate.state import StateError, StateStore
+        from tollgate.state.approvals import Approvals
+        from tollgate.state.budgets import Budgets
+
+        self.note = ""
+        self._approvals: Approvals | None = None
+        self._budgets: Budgets | None = None
+        self._store: StateStore | None = None
+        if not path.is_file():
+            self.note = f"no state store at {path}: approval decisions and spend are not shown"
+            return
+        try:
+            self._store = StateStore(path, read_only=True)
+            self._approvals = Approvals(self._store)
+            self._budgets = Budgets(self._store)
+        except StateError as exc:
+            self.note = f"{exc}: approval decisions and spend are not shown"
+
+    def approval(self, approval_id: str) -> ApprovalState | None:
+        from tollgate.decisionlog import ApprovalState
+
+        found = self._approvals.get(approval_id) if self._approvals is not None else None
+        if found is None:
+            return None
+        return ApprovalState(found.id, found.status, found.approvers, found.decided_by, found.decided_at,
+                             found.reason)
+
+    def spend(self, reservation_id: str) -> tuple[SpendLine, ...]:
+        from tollgate.decisionlog import SpendLine
+        from tollgate.state.budgets import ReservationNotFound
+
+        if self._budgets is None:
+            return ()
+        try:
+            found = self._budgets.get(reservation_id)
+        except ReservationNotFound:
+            return ()
+        return tuple(SpendLine(r.unit, r.amount, r.committed, r.status, r.over_reported) for r in found)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+@contextlib.contextmanager
+def _run_state(path: Path) -> Iterator[_StateReader]:
+    state = _StateReader(path)
+    try:
+        yield state
+    finally:
+        state.close()
 
 
 # -- export ------------------------------------------------------------------------------------------------
@@ -231,34 +293,34 @@ def _export(args: argparse.Namespace) -> int:
         return _fail("export", "--until cannot be combined with --follow (a follower exports every new record)")
     query = Query(since=args.since, until=args.until)
     try:
-        with _log(args.data_dir) as db:
+        with _log(args.data_dir) as store:
             if cursor is None and not args.follow:
-                count = _export_once(db, args, query)
+                count = _export_once(store, args, query)
             else:
-                count = _export_resumable(db, args, query, cursor)
-    except (LogReadError, FileExportError, OSError, sqlite3.Error) as exc:
+                count = _export_resumable(store, args, query, cursor)
+    except (LogReadError, FileExportError, OSError) as exc:
         return _fail("export", exc)
     if not to_stdout:
         print(f"exported {count} record(s) to {args.output}", file=sys.stderr)
     return EXIT_OK
 
 
-def _export_once(db: sqlite3.Connection, args: argparse.Namespace, query: Any) -> int:
+def _export_once(store: DecisionStore, args: argparse.Namespace, query: Query) -> int:
     from tollgate.decisionlog import export_once, open_output
 
     with open_output(args.output, sys.stdout.buffer) as out:
-        return export_once(db, out, fmt=args.format, query=query, instance_id=args.instance_id)
+        return export_once(store, out, fmt=args.format, query=query, instance_id=args.instance_id)
 
 
-def _export_resumable(db: sqlite3.Connection, args: argparse.Namespace, query: Any, cursor: Path | None) -> int:
+def _export_resumable(store: DecisionStore, args: argparse.Namespace, query: Query, cursor: Path | None) -> int:
     from tollgate.decisionlog import FileExport, Rotation, StreamExport, follow
 
     export: FileExport | StreamExport
     if cursor is None:  # --follow -o -: from the start (or --since), for a pipe
-        export = StreamExport(db, sys.stdout.buffer, fmt=args.format, query=query, instance_id=args.instance_id)
+        export = StreamExport(store, sys.stdout.buffer, fmt=args.format, query=query, instance_id=args.instance_id)
     else:
         rotation = Rotation(args.rotate_bytes, args.keep) if args.rotate_bytes is not None else None
-        export = FileExport(db, Path(args.output), fmt=args.format, cursor_path=cursor, rotation=rotation,
+        export = FileExport(store, Path(args.output), fmt=args.format, cursor_path=cursor, rotation=rotation,
                             query=query, instance_id=args.instance_id,
                             on_loss=lambda text: print(f"tollgate logs export: {text}", file=sys.stderr))
     if not args.follow:

@@ -17,8 +17,8 @@ from tollgate.decisionlog._fileexport import (
 )
 from tollgate.decisionlog._mask import FALLBACK_ERASE, Masking, failure_summary, mask_record
 from tollgate.decisionlog._otlp import OtlpEncoder
-from tollgate.decisionlog._query import Query, action_summary, find, first_reason, matching
-from tollgate.decisionlog._reader import LogReadError, StoredRecord, open_read_only, rows, snapshot
+from tollgate.decisionlog._query import Query, action_summary, first_reason
+from tollgate.decisionlog._record import DecisionRecord
 from tollgate.decisionlog._retention import LogRetention
 from tollgate.decisionlog._shipping import LogShipping, ShippingConfig
 from tollgate.decisionlog._sqlite import (
@@ -26,14 +26,25 @@ from tollgate.decisionlog._sqlite import (
     DecisionLogError,
     LogConfig,
 )
-from tollgate.decisionlog._timeline import Step, Timeline, render_timeline, timeline
-from tollgate.decisionlog._verify import Anchor, ChainBreak, Verification, resolve_position, verify
+from tollgate.decisionlog._sqlite_store import SqliteDecisionStore, open_read_only
+from tollgate.decisionlog._store import Anchor, DecisionStore, LogReadError, StoredRecord, matching
+from tollgate.decisionlog._timeline import (
+    ApprovalState,
+    NoRunState,
+    RunState,
+    SpendLine,
+    Step,
+    Timeline,
+    render_timeline,
+    timeline,
+)
+from tollgate.decisionlog._verify import ChainBreak, Verification, verify
 
-__all__ = ["FALLBACK_ERASE", "FORMATS", "Anchor", "ChainBreak", "DecisionLog", "DecisionLogError", "ExportState",
-           "ExportStatus", "ExporterConfig", "FileCursor", "FileExport", "FileExportError", "LogConfig",
-           "LogExporter", "LogReadError", "LogRetention", "LogShipping", "Masking", "OpaEncoder", "OtlpEncoder",
-           "Query", "Rotation", "ShippingConfig", "Step", "StoredRecord", "StreamExport", "Timeline", "Verification",
-           "action_summary", "export_line", "export_once", "failure_summary", "find",
-           "first_reason", "follow", "jsonl_record", "mask_record", "matching", "opa_event", "opa_time",
-           "open_output", "open_read_only", "read_export", "render_timeline",
-           "resolve_position", "rows", "snapshot", "timeline", "verify"]
+__all__ = ["FALLBACK_ERASE", "FORMATS", "Anchor", "ApprovalState", "ChainBreak", "DecisionLog", "DecisionLogError",
+           "DecisionRecord", "DecisionStore", "ExportState", "ExportStatus", "ExporterConfig", "FileCursor",
+           "FileExport", "FileExportError", "LogConfig", "LogExporter", "LogReadError", "LogRetention",
+           "LogShipping", "Masking", "NoRunState", "OpaEncoder", "OtlpEncoder", "Query", "Rotation", "RunState",
+           "ShippingConfig", "SpendLine", "SqliteDecisionStore", "Step", "StoredRecord", "StreamExport", "Timeline",
+           "Verification", "action_summary", "export_line", "export_once", "failure_summary", "first_reason",
+           "follow", "jsonl_record", "mask_record", "matching", "opa_event", "opa_time", "open_output",
+           "open_read_only", "read_export", "render_timeline", "timeline", "verify"]

@@ -13,16 +13,15 @@ import gzip
 import io
 import json
 import os
-import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
 from tollgate.bundle import fsync_directory
 from tollgate.decisionlog._events import jsonl_record, opa_event
-from tollgate.decisionlog._query import Query, matching
-from tollgate.decisionlog._reader import PRUNED_TABLE, StoredRecord, has_table, snapshot
+from tollgate.decisionlog._query import Query
+from tollgate.decisionlog._store import DecisionStore, StoredRecord, matching
 from tollgate.encoding import canonical_json
 
 FORMATS = ("opa", "jsonl")
@@ -46,12 +45,12 @@ def export_line(row: StoredRecord, fmt: str, *, instance_id: str | None = None) 
     raise ValueError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
 
 
-def export_once(db: sqlite3.Connection, out: IO[bytes], *, fmt: str, query: Query | None = None,
+def export_once(store: DecisionStore, out: IO[bytes], *, fmt: str, query: Query | None = None,
                 instance_id: str | None = None) -> int:
     """Write every matching record to `out`, in append order, from one snapshot; returns how many."""
     count = 0
-    with snapshot(db):
-        for row in matching(db, query or Query()):
+    with store.snapshot():
+        for row in matching(store, query or Query()):
             out.write(export_line(row, fmt, instance_id=instance_id).encode())
             count += 1
     return count
@@ -108,12 +107,12 @@ class Rotation:
 class FileExport:
     """A resumable export of one log to one file (gzip when it ends in .gz), with a cursor and rotation."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path, *, fmt: str, cursor_path: Path,
+    def __init__(self, store: DecisionStore, path: Path, *, fmt: str, cursor_path: Path,
                  rotation: Rotation | None = None, query: Query | None = None, instance_id: str | None = None,
                  batch: int = 1000, on_loss: Callable[[str], None] | None = None) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-        self._db, self.path, self._fmt, self._cursor_path = db, path, fmt, cursor_path
+        self._store, self.path, self._fmt, self._cursor_path = store, path, fmt, cursor_path
         #: Told (once per range) when retention deleted records this export had not written yet.
         self._on_loss = on_loss
         self._lost_upto = 0
@@ -137,19 +136,18 @@ class FileExport:
             # Rotated just before the cursor could say so: the new file holds nothing yet.
             self.cursor = FileCursor(self.cursor.seq, self.cursor.hash, 0)
         if self.cursor.seq:
-            row = self._db.execute("SELECT hash FROM decisions WHERE seq = ?", (self.cursor.seq,)).fetchone()
-            if row is not None and row[0] != self.cursor.hash:
+            found = self._store.hash_at(self.cursor.seq)
+            if found is not None and found != self.cursor.hash:
                 raise FileExportError(
                     f"cursor {self._cursor_path} is at seq {self.cursor.seq} with hash {self.cursor.hash[:16]}… but "
-                    f"the log's record there hashes {row[0][:16]}…: this cursor belongs to another log, or the log "
+                    f"the log's record there hashes {found[:16]}…: this cursor belongs to another log, or the log "
                     "was changed (run `tollgate logs verify`)")
 
     def step(self) -> int:
         """Export what was committed since the cursor, one batch at a time; returns how many records."""
         total = 0
         while True:
-            with snapshot(self._db):
-                found = list(_take(matching(self._db, self._query, after=self.cursor.seq), self._batch))
+            found = self._store.page(self._query, after=self.cursor.seq, limit=self._batch)
             self._check_loss()
             if not found:
                 return total
@@ -169,9 +167,9 @@ class FileExport:
     def _check_loss(self) -> None:
         """Retention does not wait for a file export (it is not one of the server's exporters): say so when it
         deleted records after the cursor, since they can no longer be written."""
-        if not self.cursor.seq or self._on_loss is None or not has_table(self._db, PRUNED_TABLE):
+        if not self.cursor.seq or self._on_loss is None:
             return
-        upto = self._db.execute(f"SELECT max(upto_seq) FROM {PRUNED_TABLE}").fetchone()[0] or 0
+        upto = self._store.pruned_upto()
         start = max(self.cursor.seq, self._lost_upto) + 1
         if upto >= start:
             self._on_loss(f"seq {start}..{upto} were deleted by retention before this export wrote them "
@@ -196,13 +194,6 @@ class FileExport:
 
     def _numbered(self, n: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{n}")
-
-
-def _take(items: Iterable[StoredRecord], n: int) -> Iterator[StoredRecord]:
-    for i, item in enumerate(items):
-        if i >= n:
-            return
-        yield item
 
 
 @contextlib.contextmanager
@@ -238,18 +229,17 @@ def follow(step: Callable[[], int], *, interval: float, stop: Callable[[float], 
 class StreamExport:
     """A continuous export to a stream (stdout for a pipe), from the start or --since, without a cursor."""
 
-    def __init__(self, db: sqlite3.Connection, out: IO[bytes], *, fmt: str, query: Query | None = None,
+    def __init__(self, store: DecisionStore, out: IO[bytes], *, fmt: str, query: Query | None = None,
                  instance_id: str | None = None, batch: int = 1000) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-        self._db, self._out, self._fmt, self._query = db, out, fmt, query or Query()
+        self._store, self._out, self._fmt, self._query = store, out, fmt, query or Query()
         self._instance_id, self._batch, self._after = instance_id, batch, 0
 
     def step(self) -> int:
         total = 0
         while True:
-            with snapshot(self._db):
-                found = list(_take(matching(self._db, self._query, after=self._after), self._batch))
+            found = self._store.page(self._query, after=self._after, limit=self._batch)
             if not found:
                 return total
             self._out.write(b"".join(export_line(r, self._fmt, instance_id=self._instance_id).encode()

@@ -1,17 +1,14 @@
-"""Finding decision records: by decision ID, agent, session, instance, decision, tool and time."""
+"""Which decision records to find (by decision ID, agent, session, instance, decision, tool and time), and
+how a record reads in a line of a listing."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tollgate.decisionlog._reader import RECORD_COLUMNS, StoredRecord, rows
-from tollgate.encoding import format_time
-
-DECISIONS = ("allow", "deny", "require_approval")
+from tollgate.decisionlog._record import RECORD_DECISIONS as DECISIONS
 
 
 @dataclass(frozen=True)
@@ -38,53 +35,6 @@ class Query:
             raise ValueError(f"decision {self.decision!r} is not one of {', '.join(DECISIONS)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1, not {self.limit}")
-
-    def where(self) -> tuple[str, tuple[Any, ...]]:
-        """SQL conditions on the decisions table and their parameters ("" when there are none).
-
-        decision_id, agent_id, session_id and timestamp have indexes; instance and tool are read with
-        json_extract from the rows the indexed conditions leave.
-        """
-        parts: list[str] = []
-        params: list[Any] = []
-        for column, value in (("decision_id", self.decision_id), ("agent_id", self.agent),
-                              ("session_id", self.session), ("decision", self.decision)):
-            if value:
-                parts.append(f"{column} = ?")
-                params.append(value)
-        if self.since is not None:
-            parts.append("timestamp >= ?")
-            params.append(format_time(self.since))
-        if self.until is not None:
-            parts.append("timestamp < ?")
-            params.append(format_time(self.until))
-        if self.instance:
-            parts.append("json_extract(record, '$.input.principal.instance_id') = ?")
-            params.append(self.instance)
-        if self.tool:
-            server, slash, name = self.tool.rpartition("/")
-            parts.append("kind = 'tool' AND json_extract(record, '$.input.tool.name') = ?")
-            params.append(name)
-            if slash:
-                parts.append("json_extract(record, '$.input.tool.server') = ?")
-                params.append(server)
-        return " AND ".join(parts), tuple(params)
-
-
-def find(db: sqlite3.Connection, query: Query) -> list[StoredRecord]:
-    """The matching records in append order (with a limit: the most recent `limit` of them)."""
-    where, params = query.where()
-    if query.limit is None:
-        return list(rows(db, where=where, params=params))
-    found = db.execute(f"SELECT {RECORD_COLUMNS} FROM decisions {'WHERE ' + where if where else ''} "
-                       "ORDER BY seq DESC LIMIT ?", (*params, query.limit)).fetchall()
-    return [StoredRecord(*row) for row in reversed(found)]
-
-
-def matching(db: sqlite3.Connection, query: Query, *, after: int = 0) -> Iterator[StoredRecord]:
-    """Every matching record with seq above `after`, in append order, read in batches (no limit)."""
-    where, params = query.where()
-    return rows(db, where=where, params=params, after=after)
 
 
 def action_summary(input_doc: Mapping[str, Any], *, arguments: bool = False) -> str:

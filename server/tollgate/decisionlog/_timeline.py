@@ -1,26 +1,19 @@
 """One agent run in order: each decision of a session with its approval events and its spend.
 
-The decisions come from the log; what happened after them (who approved, what was actually spent) is
-in the server's state store, read read-only when DATA_DIR/state.db is there.
+The decisions come from the log; what happened after them (who approved, what was actually spent) is in
+the server's state store, which the caller passes in as a RunState (the log does not depend on the state
+store: `tollgate logs timeline` reads DATA_DIR/state.db read-only when it is there).
 """
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from tollgate.decisionlog._query import Query, action_summary, matching
-from tollgate.decisionlog._reader import LogReadError, open_read_only, snapshot
-from tollgate.state import StateError, StateStore
-from tollgate.state.approvals import Approvals
-from tollgate.state.budgets import Budgets, ReservationNotFound
-
-#: The state store's file name inside a server's data directory.
-STATE_FILE = "state.db"
+from tollgate.decisionlog._query import Query, action_summary
+from tollgate.decisionlog._record import DecisionRecord
+from tollgate.decisionlog._store import DecisionStore, LogReadError, matching
 
 
 @dataclass(frozen=True)
@@ -98,78 +91,56 @@ class Timeline:
                 **({"state_note": self.state_note} if self.state_note else {})}
 
 
-class _State:
-    """Approvals and reservations from a read-only state store (None when there is none to read)."""
+class RunState(Protocol):
+    """What the state store says now of a run's approvals and reservations."""
 
-    def __init__(self, path: Path) -> None:
-        self.note = ""
-        self._approvals: Approvals | None = None
-        self._budgets: Budgets | None = None
-        self._store: StateStore | None = None
-        if not path.is_file():
-            self.note = f"no state store at {path}: approval decisions and spend are not shown"
-            return
-        try:
-            self._store = StateStore(path, read_only=True)
-            self._approvals = Approvals(self._store)
-            self._budgets = Budgets(self._store)
-        except StateError as exc:
-            self.note = f"{exc}: approval decisions and spend are not shown"
+    #: Why approvals and spend are not shown ("" when they are read).
+    note: str
 
     def approval(self, approval_id: str) -> ApprovalState | None:
-        found = self._approvals.get(approval_id) if self._approvals is not None else None
-        if found is None:
-            return None
-        return ApprovalState(found.id, found.status, found.approvers, found.decided_by, found.decided_at,
-                             found.reason)
+        ...
 
     def spend(self, reservation_id: str) -> tuple[SpendLine, ...]:
-        if self._budgets is None:
-            return ()
-        try:
-            found = self._budgets.get(reservation_id)
-        except ReservationNotFound:
-            return ()
-        return tuple(SpendLine(r.unit, r.amount, r.committed, r.status, r.over_reported) for r in found)
-
-    def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
+        ...
 
 
-def timeline(data_dir: str | Path, session: str) -> Timeline:
-    """The session's decisions, oldest first, with approval and spend details from DATA_DIR/state.db."""
+class NoRunState:
+    """A RunState with nothing to say (no state store to read)."""
+
+    def __init__(self, note: str = "") -> None:
+        self.note = note
+
+    def approval(self, approval_id: str) -> ApprovalState | None:
+        return None
+
+    def spend(self, reservation_id: str) -> tuple[SpendLine, ...]:
+        return ()
+
+
+def timeline(store: DecisionStore, session: str, *, state: RunState | None = None) -> Timeline:
+    """The session's decisions, oldest first, with approval and spend details from state (when given)."""
     if not session:
         raise LogReadError("a session ID is required (input.principal.session_id of the run)")
-    db = open_read_only(data_dir)
-    state = _State(Path(data_dir) / STATE_FILE)
+    known = state if state is not None else NoRunState()
     try:
-        with contextlib.closing(db), snapshot(db):
-            steps = tuple(_step(row.seq, row.record(), state) for row in matching(db, Query(session=session)))
-    except (sqlite3.Error, ValueError) as exc:
-        raise LogReadError(f"cannot read decision log in {data_dir}: {exc}") from exc
-    finally:
-        state.close()
-    return Timeline(session, steps, state.note)
+        with store.snapshot():
+            records = [row.decision_record() for row in matching(store, Query(session=session))]
+    except ValueError as exc:
+        raise LogReadError(f"cannot read decision log: {exc}") from exc
+    return Timeline(session, tuple(_step(r, known) for r in records), known.note)
 
 
-def _step(seq: int, record: Mapping[str, Any], state: _State) -> Step:
-    input_doc = record.get("input") if isinstance(record.get("input"), Mapping) else {}
-    assert isinstance(input_doc, Mapping)
-    approval_id = str(record.get("approval_id") or "")
-    status_seen = str(record.get("approval_status") or "")
-    event = ("presented" if status_seen else "opened" if record.get("decision") == "require_approval" else ""
+def _step(record: DecisionRecord, state: RunState) -> Step:
+    approval_id = record.approval_id
+    status_seen = record.approval_status
+    event = ("presented" if status_seen else "opened" if record.decision == "require_approval" else ""
              ) if approval_id else ""
-    reservation_id = str(record.get("reservation_id") or "")
-    reasons = record.get("reasons") if isinstance(record.get("reasons"), list) else []
-    assert isinstance(reasons, list)
+    reservation_id = record.reservation_id
     return Step(
-        seq=seq, timestamp=str(record.get("timestamp", "")), decision_id=str(record.get("decision_id", "")),
-        kind=str(input_doc.get("kind", "")), action=action_summary(input_doc, arguments=True),
-        decision=str(record.get("decision", "")),
-        reasons=tuple(str(r.get("code", "")) for r in reasons if isinstance(r, Mapping)),
-        approval_event=event, approval_id=approval_id, approval_status=status_seen,
-        approval=state.approval(approval_id) if approval_id else None,
+        seq=record.seq, timestamp=record.timestamp, decision_id=record.decision_id, kind=record.kind,
+        action=action_summary(record.input, arguments=True), decision=record.decision,
+        reasons=tuple(r.code for r in record.reasons), approval_event=event, approval_id=approval_id,
+        approval_status=status_seen, approval=state.approval(approval_id) if approval_id else None,
         reservation_id=reservation_id, spend=state.spend(reservation_id) if reservation_id else (),
     )
 

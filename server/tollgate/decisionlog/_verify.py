@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from tollgate.decisionlog._reader import PRUNED_TABLE, LogReadError, StoredRecord, has_table, rows, snapshot
+from tollgate.decisionlog._query import Query
 from tollgate.decisionlog._sqlite import GENESIS, record_hash
+from tollgate.decisionlog._store import Anchor, DecisionStore, StoredRecord, matching
 
 # What went wrong at the first broken record.
 EDITED = "edited"  # the record (or a column beside it) is not what was hashed
 DELETED = "deleted"  # seq numbers are missing
 RELINKED = "relinked"  # prev_hash does not follow from the record before: deleted, inserted or reordered
 TRUNCATED = "truncated"  # the head the caller expects, or an exporter delivered, is no longer in the log
-#: The server's exporters' cursors (decisionlog._export), read here only to see past the log's end.
-EXPORT_CURSORS = "export_cursors"
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """A retention mark: records up to upto_seq were pruned, and the last of them hashed last_hash."""
-
-    upto_seq: int
-    last_hash: str
-    pruned_at: str
 
 
 @dataclass(frozen=True)
@@ -65,25 +54,7 @@ class Verification:
                 f" (from {self.start})")
 
 
-def anchors(db: sqlite3.Connection) -> list[Anchor]:
-    """Retention's anchors, oldest first (none when nothing was ever pruned)."""
-    if not has_table(db, PRUNED_TABLE):
-        return []
-    return [Anchor(*row) for row in
-            db.execute(f"SELECT upto_seq, last_hash, pruned_at FROM {PRUNED_TABLE} ORDER BY upto_seq").fetchall()]
-
-
-def resolve_position(db: sqlite3.Connection, text: str) -> int:
-    """A seq number, or the seq of the record with this decision ID (LogReadError when there is none)."""
-    if text.isdigit():
-        return int(text)
-    row = db.execute("SELECT seq FROM decisions WHERE decision_id = ?", (text,)).fetchone()
-    if row is None:
-        raise LogReadError(f"no record with decision ID {text!r} (give a decision ID in the log, or a seq number)")
-    return int(row[0])
-
-
-def verify(db: sqlite3.Connection, *, first: int | None = None, last: int | None = None,
+def verify(store: DecisionStore, *, first: int | None = None, last: int | None = None,
            expect_head: str | None = None) -> Verification:
     """Check every record with seq in [first, last] (default: all) against its hash and its predecessor.
 
@@ -92,17 +63,17 @@ def verify(db: sqlite3.Connection, *, first: int | None = None, last: int | None
     verify, an export), must still be in the log: deleting the newest records leaves a chain that is
     intact but shorter, which only an outside copy of the head can show.
     """
-    with snapshot(db):
-        marks = anchors(db)
+    with store.snapshot():
+        marks = store.anchors()
         by_upto = {a.upto_seq: a for a in marks}
-        low = db.execute("SELECT min(seq) FROM decisions").fetchone()[0]
-        if low is None:
+        bounds = store.bounds()
+        if bounds is None:
             head = marks[-1].last_hash if marks else GENESIS
             return _with_head(Verification(0, None, None, head, _start_name(marks[-1] if marks else None), None),
                               expect_head, found=expect_head in (head, *(a.last_hash for a in marks)))
-        if first is not None and first > low:
-            before = db.execute("SELECT seq, hash FROM decisions WHERE seq < ? ORDER BY seq DESC LIMIT 1",
-                                (first,)).fetchone()
+        low = bounds[0]
+        before = store.link_before(first) if first is not None and first > low else None
+        if before is not None:
             expected_seq, expected_prev, start = before[0] + 1, before[1], f"seq {before[0]}"
             after = before[0]
         else:
@@ -112,7 +83,7 @@ def verify(db: sqlite3.Connection, *, first: int | None = None, last: int | None
             start, after = _start_name(anchor), low - 1
         found = expect_head is not None and expect_head in (a.last_hash for a in marks if a.upto_seq < low)
         count, first_seq, row, previous = 0, None, None, start
-        for row in rows(db, after=after, upto=last):
+        for row in matching(store, Query(), after=after, upto=last):
             problem = _check(row, expected_seq, expected_prev, previous, by_upto.get(row.seq))
             if problem is not None:
                 return Verification(count, first_seq, row.seq - 1 if count else None, expected_prev, start,
@@ -123,20 +94,20 @@ def verify(db: sqlite3.Connection, *, first: int | None = None, last: int | None
             expected_seq, expected_prev, previous = row.seq + 1, row.hash, f"seq {row.seq}"
         result = Verification(count, first_seq, row.seq if row else None, expected_prev, start, None)
         if last is None and row is not None:
-            result = _with_exporters(db, result, row)
+            result = _with_exporters(store, result, row)
         return _with_head(result, expect_head, found=found, last_row=row)
 
 
-def _with_exporters(db: sqlite3.Connection, result: Verification, last_row: StoredRecord) -> Verification:
-    """The server's exporters keep, in the log's own file, the last seq a receiver acknowledged: a log that
-    ends before it lost its newest records (the one case of truncation the file itself can show)."""
-    if result.broken is not None or not has_table(db, EXPORT_CURSORS):
+def _with_exporters(store: DecisionStore, result: Verification, last_row: StoredRecord) -> Verification:
+    """The server's exporters keep, beside the log, the last seq a receiver acknowledged: a log that ends before
+    it lost its newest records (the one case of truncation the log itself can show)."""
+    if result.broken is not None:
         return result
-    ahead = db.execute(f"SELECT name, seq FROM {EXPORT_CURSORS} WHERE seq > ? ORDER BY seq DESC LIMIT 1",
-                       (last_row.seq,)).fetchone()
-    if ahead is None:
+    ahead = sorted((seq, name) for name, seq in store.cursors().items() if seq > last_row.seq)
+    if not ahead:
         return result
-    detail = (f"the {ahead[0]} exporter delivered up to seq {ahead[1]}, but the log ends here: records after "
+    seq, name = ahead[-1]
+    detail = (f"the {name} exporter delivered up to seq {seq}, but the log ends here: records after "
               "this one were deleted")
     return Verification(result.records, result.first_seq, result.last_seq, result.head_hash, result.start,
                         ChainBreak(last_row.seq, last_row.decision_id, TRUNCATED, detail))
