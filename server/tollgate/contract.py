@@ -214,9 +214,16 @@ class Decision:
 
 
 def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, str]] | None = None,
-                approval: dict[str, str] | None = None) -> dict[str, Any]:
-    """The input document of the policy contract (DESIGN.md); killed: the active kill switches; approval: the
-    state of the approval presented ({id, status, approver})."""
+                approval: Mapping[str, str] | None = None, spend: Mapping[str, Mapping[str, float]] | None = None,
+                spend_month: Mapping[str, Mapping[str, float]] | None = None,
+                refused: Reason | None = None) -> dict[str, Any]:
+    """The input document of the policy contract (DESIGN.md). killed: the active kill switches; approval: the
+    state of the approval presented ({id, status, approver}); spend and spend_month: what the principal's scopes
+    have spent (a spending request's); refused: why the server refused the caller (input.auth.refused, logged so
+    that a replay answers as the server did)."""
+    auth = request.caller.auth_input()
+    if refused is not None:
+        auth["refused"] = refused.as_dict()
     return {
         "kind": request.kind,
         "principal": request.principal,
@@ -224,9 +231,7 @@ def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, st
         "context": request.context,
         "request_id": request.request_id,
         "approval_id": request.approval_id,
-        "auth": request.caller.auth_input(),
-        "state": {"spend": {}, "spend_month": {}, "killed": killed if killed is not None else [],
-                  "approval": approval},
+        "auth": auth,
+        "state": {"spend": spend or {}, "spend_month": spend_month or {}, "killed": killed or [], "approval": approval},
         "now": now,
     } | ({"dry_run": True} if request.dry_run else {})
-

@@ -1,4 +1,4 @@
-"""The decision path: build the policy input, evaluate it, hold the result to the contract, log, answer.
+"""The decision path, as named steps: read state → evaluate → apply the server's rules → settle → record → answer.
 
 Every failure on this path is a DENY with its own reason code, logged like any other decision.
 Only a decision log that cannot commit stops an answer (DecisionLogError): an answer without a
@@ -12,37 +12,47 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from tollgate.clock import Clock, SystemClock
 from tollgate.contract import (
     ALLOW,
-    DENY,
     NO_BUNDLE,
     REQUIRE_APPROVAL,
     Decision,
     DecisionRequest,
+    Reason,
     build_input,
 )
-from tollgate.decision._budgets import BudgetGuard
+from tollgate.decision._budgets import NO_BUDGETS, SpendGuard, SpendView
+from tollgate.decision._observer import NO_OBSERVER, CallbackObserver, DecisionObserver
 from tollgate.decision._rules import (
     Outcome,
+    ServerFacts,
+    apply_server_rules,
+    caller_refusal,
     enforce_approval,
-    enforce_export_lag,
-    enforce_kill_switches,
     policy_outcome,
     server_deny,
 )
-from tollgate.decisionlog import DecisionLog, failure_summary, mask_record
+from tollgate.decisionlog import DecisionLog, Masking, failure_summary, mask_record
 from tollgate.encoding import canonical_json, format_time
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
 from tollgate.engine._slot import EngineSlot
-from tollgate.identity import CALLER_UNAUTHENTICATED, PRINCIPAL_MISMATCH, CallerMap
+from tollgate.identity import CallerMap
 from tollgate.ids import new_decision_id
-from tollgate.state import KillSwitch, KillSwitches
-from tollgate.state.approvals import APPROVED, MISMATCH, Approvals
+from tollgate.state import NO_APPROVALS, NO_KILL_SWITCHES, ApprovalLedger, KillSwitchView
+from tollgate.state.approvals import MISMATCH
 
 log = logging.getLogger(__name__)
+
+#: No `callers` configuration: every caller may claim any principal.
+_NO_CALLER_RULES = CallerMap()
+
+
+def never_behind() -> str:
+    """The export gate of a server that does not fail closed on export lag: it never refuses."""
+    return ""
 
 
 @dataclass(frozen=True)
@@ -53,41 +63,86 @@ class AuthorizerConfig:
     entrypoint: str = "tollgate/decision"
 
 
+@dataclass(frozen=True)
+class StateRead:
+    """What one decision read of the server's state, once: the policy and the server's rules see the same."""
+
+    #: input.now, RFC 3339: the record's timestamp too.
+    now: str
+    #: Every active kill switch, as input.state.killed holds them.
+    killed: list[dict[str, str]]
+    #: What the principal's scopes have spent (input.state.spend and spend_month; empty unless it spends).
+    spend: SpendView
+    #: What the server's own rules read.
+    facts: ServerFacts
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the policy said of one input, and what the decision-log mask rule said of it."""
+
+    #: The policy's outcome held to the contract; None when the policy was not asked (a refused caller).
+    policy: Outcome | None
+    #: The bundle revision that evaluated (or was active when the policy was not asked); "" without a bundle.
+    revision: str
+    #: The mask rule's value (an empty tuple when there is none); ignored when mask_failed is set.
+    mask: Any = ()
+    #: Why the mask could not be computed; "" when it could.
+    mask_failed: str = ""
+    #: How long the engine took.
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The outcome after the decision's state effects, and what they made."""
+
+    outcome: Outcome
+    approval_id: str = ""
+    reservation_id: str = ""
+    #: The request's digest, when the record must carry it (idempotency, an approval's binding); else "".
+    digest: str = ""
+
+
 class Authorizer:
     """Answers DecisionRequests; each answer is committed to the decision log before it is returned."""
 
     def __init__(self, engines: EngineSlot, decision_log: DecisionLog,
                  config: AuthorizerConfig = AuthorizerConfig(), *,
-                 on_decision: Callable[[str, str], None] | None = None,
-                 kill_switches: KillSwitches | None = None, approvals: Approvals | None = None,
-                 budgets: BudgetGuard | None = None, callers: CallerMap | None = None,
-                 export_gate: Callable[[], str] | None = None) -> None:
+                 kill_switches: KillSwitchView = NO_KILL_SWITCHES, approvals: ApprovalLedger = NO_APPROVALS,
+                 budgets: SpendGuard = NO_BUDGETS, callers: CallerMap = _NO_CALLER_RULES,
+                 export_gate: Callable[[], str] | None = never_behind, observer: DecisionObserver = NO_OBSERVER,
+                 on_decision: Callable[[str, str], None] | None = None, clock: Clock = SystemClock()) -> None:
         self._engines = engines
-        self._callers = callers or CallerMap()
-        # While it returns a message, answers that are not already DENY become DENY export_lag.
-        self._export_gate = export_gate
+        self._callers = callers
+        # While it returns a message, answers that are not already DENY become DENY export_lag. None is the older
+        # spelling of never_behind, kept until `tollgate serve` passes never_behind.
+        self._export_gate = export_gate or never_behind
         self._budgets = budgets
         self._kills = kill_switches
         self._approvals = approvals
-        self._on_decision = on_decision  # (decision, bundle revision) for each decision made, e.g. metrics
+        # on_decision(decision, revision) is the older hook: kept until `tollgate serve` passes an observer.
+        self._observer = observer if on_decision is None else CallbackObserver(on_decision)
         self._log = decision_log
         self._config = config
+        self._clock = clock
         self._inflight: dict[str, asyncio.Future[tuple[str, str, Decision]]] = {}
 
     async def authorize(self, request: DecisionRequest) -> Decision:
-        if self._budgets is not None and self._budgets.applies(request.kind) and not request.dry_run:
+        if self._budgets.applies(request.kind) and not request.dry_run:
             # Read spend → evaluate → reserve is one step: concurrent spends cannot both take the same room.
             async with self._budgets.step():
                 return await self._authorize(request)
         return await self._authorize(request)
 
     async def _authorize(self, request: DecisionRequest) -> Decision:
-        if not request.request_id or self.caller_refusal(request):
+        refusal = caller_refusal(request.caller, request.principal, self._callers)
+        if not request.request_id or refusal is not None:
             # A refused caller never reaches the idempotency cache: a request_id may not fetch another
             # caller's answer.
             # The digest costs a canonical serialisation; it is only needed to match idempotent
-            # retries (and, later, to bind approvals), so plain requests skip it.
-            return await self._decide(request, digest="", previous_id="")
+            # retries (and to bind approvals), so plain requests skip it.
+            return await self._decide(request, refusal=refusal, digest="", previous_id="")
         return await self._idempotent(request)
 
     async def _idempotent(self, request: DecisionRequest) -> Decision:
@@ -108,12 +163,12 @@ class Authorizer:
             # A retry presents the approval its first ask presented (the record's input), not the one that
             # answer opened: a re-ask with a freshly granted approval is a new question, under any request_id.
             same_approval = record is not None and record["input"].get("approval_id", "") == request.approval_id
-            if (record and record["request_digest"] == digest and same_approval
-                    and not self._matching_kills(request)):
+            killed = self._kills.snapshot().matching(request.kind, request.principal, request.action)
+            if record and record["request_digest"] == digest and same_approval and not killed:
                 decision = Decision.from_record(record)
             else:
                 previous = record["decision_id"] if record else ""
-                decision = await self._decide(request, digest=digest, previous_id=previous)
+                decision = await self._decide(request, refusal=None, digest=digest, previous_id=previous)
             future.set_result((digest, request.approval_id, decision))
             return decision
         except BaseException as exc:
@@ -124,166 +179,157 @@ class Authorizer:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
 
-    async def _decide(self, request: DecisionRequest, *, digest: str, previous_id: str) -> Decision:
+    async def _decide(self, request: DecisionRequest, *, refusal: Reason | None, digest: str,
+                      previous_id: str) -> Decision:
         started = time.perf_counter_ns()
-        now = format_time(datetime.now(UTC))
-        # The kill switches are read once, here: the policy and the server's own check see the same set.
-        killed: list[dict[str, str]] = []
-        matches: list[KillSwitch] = []
-        if self._kills is not None:
-            snapshot = self._kills.snapshot()
-            killed = snapshot.policy_view
-            matches = snapshot.matching(request.kind, request.principal, request.action)
-        # The approval presented is read once, here: the policy sees its state, the server enforces it.
-        approval: dict[str, str] | None = None
-        if request.approval_id and self._approvals is not None:
-            digest = digest or request.digest()
-            approval = await asyncio.to_thread(self._approval_state, request.approval_id, digest)
-        input_doc = build_input(request, now=now, killed=killed, approval=approval)
-        refusal = self.caller_refusal(request)
-        if refusal is not None:
-            # Logged with the input, so that a replay of this record answers as the server did.
-            input_doc["auth"]["refused"] = {"code": refusal[0], "message": refusal[1]}
-        # Spend is read only for requests that spend (under the budget lock), and the policy sees it.
-        spend = None
-        if self._budgets is not None and self._budgets.applies(request.kind):
-            spend = self._budgets.view(request.principal)
-            input_doc["state"]["spend"] = spend.spend.by_scope
-            input_doc["state"]["spend_month"] = spend.spend.monthly
+        if request.approval_id and not digest:
+            digest = request.digest()  # an approval is granted for one request: its digest
+        state = await self.read_state(request, refusal=refusal, digest=digest)
+        input_doc = build_input(request, now=state.now, killed=state.killed, approval=state.facts.approval,
+                                spend=state.spend.spend.by_scope, spend_month=state.spend.spend.monthly,
+                                refused=refusal)
         # One canonical serialisation serves both the engine and the log record.
         input_json = canonical_json(input_doc)
-        with self._engines.lease() as engine:
-            if refusal is not None:
-                # The server's own rule, before the policy: it never judges a principal its caller may not claim.
-                outcome = Outcome(server_deny(*refusal), error=f"caller refused by the server: {refusal[1]}")
-                revision = engine.revision if engine is not None else ""
-                # No mask rule was evaluated for it: its arguments and context are erased from the record.
-                mask, mask_failed = (), "the caller was refused before the policy was asked"
-            elif engine is None:
-                outcome = Outcome(server_deny(NO_BUNDLE, "no policy bundle is loaded"))
-                revision = ""
-                mask, mask_failed = (), "no policy bundle is loaded"
-            else:
-                # The revision recorded is the one of the engine that evaluated, even across a swap.
-                revision = engine.revision
-                outcome, mask, mask_failed = await self._evaluate(engine, input_json)
+        evaluation = await self.evaluate(input_json, asks_policy=state.facts.asks_policy)
+        outcome = apply_server_rules(state.facts, evaluation.policy)
         # What is written of this request (the record, an approval's copy of the action) is masked; the
         # policy decided on the whole input.
-        masking = mask_record(mask, input_doc, outcome.raw, failed=mask_failed)
-        if matches:
-            outcome = enforce_kill_switches(outcome, matches)
-        if self._export_gate is not None and outcome.result.decision != DENY:
-            behind = self._export_gate()
-            if behind:
-                outcome = enforce_export_lag(outcome, behind)
+        masking = mask_record(evaluation.mask, input_doc, outcome.raw, failed=evaluation.mask_failed)
         decision_id = new_decision_id()
-        approval_id = request.approval_id
-        if self._approvals is not None and not request.dry_run:
-            logged_action = masking.input.get(request.kind)
-            approval_id, outcome = await self._settle_approval(
-                request, outcome, approval, digest=digest, decision_id=decision_id,
-                logged_action=logged_action if isinstance(logged_action, Mapping) else {})
-            if approval_id and not digest:
-                digest = request.digest()  # a record linked to an approval also carries what it is bound to
-        reservation_id = ""
-        if spend is not None and self._budgets is not None and not request.dry_run:
-            settled = self._budgets.settle(request.kind, request.principal, request.action, outcome.result, spend,
-                                           decision_id=decision_id)
-            reservation_id = settled.reservation_id
-            if settled.result is not outcome.result:
-                outcome = Outcome(settled.result, raw=outcome.raw,
-                                  error=f"{outcome.error}; {settled.error}" if outcome.error else settled.error)
-        result = outcome.result
-        decision = Decision(
-            decision=result.decision,
-            decision_id=decision_id,
-            reasons=result.reasons,
-            obligations=result.obligations,
-            bundle_revision=revision,
-            approval_id=approval_id,
-            reservation_id=reservation_id,
-        )
+        settled = await self.settle(request, outcome, state, masking=masking, digest=digest, decision_id=decision_id)
+        result = settled.outcome.result
+        decision = Decision(decision=result.decision, decision_id=decision_id, reasons=result.reasons,
+                            obligations=result.obligations, bundle_revision=evaluation.revision,
+                            approval_id=settled.approval_id, reservation_id=settled.reservation_id)
+        record = self.record(request, decision, state=state, settled=settled, masking=masking,
+                             previous_id=previous_id, latency_us=(time.perf_counter_ns() - started) // 1000)
+        await self._log.append(record, input_json=None if masking.changed else input_json)
+        self._observer.decided(kind=request.kind, decision=decision.decision,
+                               reasons=tuple(r.code for r in decision.reasons), revision=decision.bundle_revision,
+                               latency_seconds=(time.perf_counter_ns() - started) / 1e9,
+                               evaluation_seconds=evaluation.seconds)
+        return decision
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    async def read_state(self, request: DecisionRequest, *, refusal: Reason | None, digest: str) -> StateRead:
+        """The server's state for this request, read once: the policy and the server's own rules see the same.
+
+        Kill switches come from the in-memory snapshot, spend only for requests that spend (under the budget
+        step), the presented approval from the store (off the event loop).
+        """
+        kills = self._kills.snapshot()
+        approval = None
+        if request.approval_id:
+            approval = await asyncio.to_thread(self._approval_state, request.approval_id, digest)
+        facts = ServerFacts(
+            refusal=refusal,
+            kill_switches=tuple(kills.matching(request.kind, request.principal, request.action)),
+            approval=approval, export_behind=self._export_gate())
+        return StateRead(now=format_time(self._clock.now()), killed=kills.policy_view,
+                         spend=self._budgets.view(request.kind, request.principal), facts=facts)
+
+    async def evaluate(self, input_json: str, *, asks_policy: bool) -> Evaluation:
+        """Ask the active engine's policy (and mask rule) about one input; a missing bundle is a server DENY."""
+        with self._engines.lease() as engine:
+            if not asks_policy:
+                # The server's own rule, before the policy: it never judges a principal its caller may not claim.
+                # No mask rule was evaluated for it: its arguments and context are erased from the record.
+                return Evaluation(None, engine.revision if engine is not None else "",
+                                  mask_failed="the caller was refused before the policy was asked")
+            if engine is None:
+                return Evaluation(Outcome(server_deny(NO_BUNDLE, "no policy bundle is loaded")), "",
+                                  mask_failed="no policy bundle is loaded")
+            started = time.perf_counter()
+            outcome, mask, mask_failed = await self._ask(engine, input_json)
+            # The revision recorded is the one of the engine that evaluated, even across a swap.
+            return Evaluation(outcome, engine.revision, mask, mask_failed, time.perf_counter() - started)
+
+    async def settle(self, request: DecisionRequest, outcome: Outcome, state: StateRead, *, masking: Masking,
+                     digest: str, decision_id: str) -> Settled:
+        """The decision's state effects: use the approval it presented, open the one it asks for, reserve what
+        it spends. Each may still turn the answer into a DENY; a dry run acts on nothing."""
+        if request.dry_run:
+            return Settled(outcome, request.approval_id, digest=digest)
+        outcome, approval_id, digest = await self._settle_approval(request, outcome, state.facts.approval,
+                                                                   masking=masking, digest=digest,
+                                                                   decision_id=decision_id)
+        settled = self._budgets.settle(request.kind, request.principal, request.action, outcome.result, state.spend,
+                                       decision_id=decision_id)
+        if settled.result is not outcome.result:
+            outcome = Outcome(settled.result, raw=outcome.raw,
+                              error=f"{outcome.error}; {settled.error}" if outcome.error else settled.error)
+        return Settled(outcome, approval_id, settled.reservation_id, digest)
+
+    def record(self, request: DecisionRequest, decision: Decision, *, state: StateRead, settled: Settled,
+               masking: Masking, previous_id: str, latency_us: int) -> dict[str, Any]:
+        """The decision record as the log stores it: what was asked (masked), what the policy said, the answer."""
+        approval = state.facts.approval
         record = {
             "decision_id": decision.decision_id,
-            "timestamp": now,
+            "timestamp": state.now,
             "input": masking.input,
             "result": masking.scrub(masking.result),
             "decision": decision.decision,
             "reasons": masking.scrub([r.as_dict() for r in decision.reasons]),
             "obligations": dict(decision.obligations),
-            "bundle_revision": revision,
+            "bundle_revision": decision.bundle_revision,
             "policy_path": self._config.entrypoint,
             "request_id": request.request_id,
-            "request_digest": digest,
-            "approval_id": approval_id,
+            "request_digest": settled.digest,
+            "approval_id": decision.approval_id,
             "approval_status": approval["status"] if approval else "",
-            "reservation_id": reservation_id,
+            "reservation_id": decision.reservation_id,
             "previous_decision_id": previous_id,
             "requested_by": request.caller.subject,
-            "error": masking.scrub("; ".join(e for e in (outcome.error, masking.error) if e)),
+            "error": masking.scrub("; ".join(e for e in (settled.outcome.error, masking.error) if e)),
             "erased": list(masking.erased),
             "masked": list(masking.masked),
-            "latency_us": (time.perf_counter_ns() - started) // 1000,
+            "latency_us": latency_us,
         }
         if request.dry_run:
             record["dry_run"] = True
-        await self._log.append(record, input_json=None if masking.changed else input_json)
-        if self._on_decision is not None:
-            self._on_decision(decision.decision, revision)
-        return decision
+        return record
 
-    def caller_refusal(self, request: DecisionRequest) -> tuple[str, str] | None:
-        """(reason code, message) when the request's caller may not ask it: a caller credential that did not
-        verify, or a principal the `callers` mapping does not let it speak for; None when it may."""
-        if request.caller.error:
-            return CALLER_UNAUTHENTICATED, request.caller.error
-        refused = self._callers.check(request.caller, request.principal)
-        return (PRINCIPAL_MISMATCH, refused) if refused else None
+    # -- inside the steps ------------------------------------------------------------------------
 
     def _approval_state(self, approval_id: str, digest: str) -> dict[str, str]:
-        assert self._approvals is not None
         found = self._approvals.get(approval_id)
         if found is None:  # an id the server never issued was not granted for this request
             return {"id": approval_id, "status": MISMATCH, "approver": ""}
         return found.policy_state(digest)
 
-    async def _settle_approval(self, request: DecisionRequest, outcome: Outcome, approval: dict[str, str] | None,
-                               *, digest: str, decision_id: str,
-                               logged_action: Mapping[str, Any]) -> tuple[str, Outcome]:
-        """The server's own approval rule, whatever the bundle says; returns (the approval id to answer, outcome).
+    async def _settle_approval(self, request: DecisionRequest, outcome: Outcome, approval: Mapping[str, str] | None,
+                               *, masking: Masking, digest: str, decision_id: str) -> tuple[Outcome, str, str]:
+        """Use the approval an ALLOW stands on, or open the one a require_approval asks for; returns (outcome,
+        the approval id to answer, the digest to record).
 
-        An ALLOW on a presented approval stands only if it was approved for this very request and this
-        decision is the one that uses it (one atomic UPDATE): otherwise DENY approval_<status>. A
-        require_approval opens an approval (or finds the pending one for this request and session), which
-        stores logged_action, the action as masked for the log, and is bound to the digest of the whole one.
+        apply_server_rules let an ALLOW on a presented approval through only if it was approved for this very
+        request; it stands only if this decision is the one that uses it (one atomic change), otherwise DENY
+        approval_<status> (a concurrent re-ask used it, or it expired, since it was read). A require_approval
+        opens an approval (or finds the pending one for this request and session), which stores the action as
+        masked for the log, and is bound to the digest of the whole one.
         """
-        assert self._approvals is not None
         result = outcome.result
         if approval is not None and result.decision == ALLOW:
-            status = approval["status"]
-            if status == APPROVED:
-                used = await asyncio.to_thread(self._approvals.consume, approval["id"], request_digest=digest,
-                                               decision_id=decision_id)
-                if used:
-                    return approval["id"], outcome
-                status = (await asyncio.to_thread(self._approval_state, approval["id"], digest))["status"]
-                status = MISMATCH if status == APPROVED else status  # not reachable: consume only fails when closed
-            return approval["id"], enforce_approval(outcome, approval["id"], status)
+            used = await asyncio.to_thread(self._approvals.consume, approval["id"], request_digest=digest,
+                                           decision_id=decision_id)
+            if used:
+                return outcome, approval["id"], digest
+            status = (await asyncio.to_thread(self._approval_state, approval["id"], digest))["status"]
+            return enforce_approval(outcome, approval["id"], status), approval["id"], digest
         if result.decision == REQUIRE_APPROVAL and result.approval is not None:
             digest = digest or request.digest()
+            action = masking.input.get(request.kind)
             opened = await asyncio.to_thread(
                 self._approvals.open, request_digest=digest, kind=request.kind, principal=request.principal,
-                action=logged_action, approvers=result.approval.approvers, ttl_seconds=result.approval.ttl_seconds,
-                opened_by=decision_id)
-            return opened.id, outcome
-        return request.approval_id, outcome
+                action=action if isinstance(action, Mapping) else {}, approvers=result.approval.approvers,
+                ttl_seconds=result.approval.ttl_seconds, opened_by=decision_id)
+            if opened is not None:
+                return outcome, opened.id, digest
+        return outcome, request.approval_id, digest
 
-    def _matching_kills(self, request: DecisionRequest) -> list[KillSwitch]:
-        if self._kills is None:
-            return []
-        return self._kills.matching(request.kind, request.principal, request.action)
-
-    async def _evaluate(self, engine: Engine, input_json: str) -> tuple[Outcome, Any, str]:
+    async def _ask(self, engine: Engine, input_json: str) -> tuple[Outcome, Any, str]:
         """The outcome, the mask rule's value (an empty tuple when there is none), and why the mask could not
         be computed (empty when it could)."""
         try:
@@ -300,4 +346,3 @@ class Authorizer:
             log.debug("decision log mask rule failed: %s", mask)  # its whole message may quote the input
             return outcome, (), f"data.tollgate.log.mask failed: {failure_summary(mask.code, mask.message)}"
         return outcome, () if mask is UNDEFINED else mask, ""
-

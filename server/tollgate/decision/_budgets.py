@@ -7,12 +7,13 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tollgate.contract import ALLOW, DENY, PolicyResult, Reason
-from tollgate.state import StateError
-from tollgate.state.budgets import BudgetExceeded, Budgets, SpendSnapshot, principal_scopes
+from tollgate.state import SpendLedger, StateError
+from tollgate.state.budgets import BudgetExceeded, SpendSnapshot, principal_scopes
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ class SpendView:
     error: str = ""
 
 
+#: The view of a request that spends nothing: the policy sees no spend.
+NO_SPEND = SpendView(SpendSnapshot({}, {}))
+
+
 @dataclass(frozen=True)
 class Settlement:
     """The result after the reservation: the policy's, or a server DENY; with the reservation made, if any."""
@@ -39,6 +44,48 @@ class Settlement:
     result: PolicyResult
     reservation_id: str = ""
     error: str = ""
+
+
+class SpendGuard(Protocol):
+    """What the authorizer asks of budgets: whether a request spends, the spend it sees, the reservation."""
+
+    def applies(self, kind: str) -> bool:
+        """Whether requests of this kind spend (and so take a step, see spend, and reserve)."""
+        ...
+
+    def step(self) -> AbstractAsyncContextManager[None]:
+        """Hold the spending step of one request: read spend → evaluate → reserve, ended by settle()."""
+        ...
+
+    def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
+        """The spend the policy sees for this request (NO_SPEND for a kind that does not spend)."""
+        ...
+
+    def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
+               view: SpendView, *, decision_id: str) -> Settlement:
+        """The result after reserving what it spends, and the reservation; ends the step."""
+        ...
+
+
+class NoBudgets:
+    """A budget guard that never applies: nothing is counted, nothing reserved (a server that keeps no budgets)."""
+
+    def applies(self, kind: str) -> bool:
+        return False
+
+    @contextlib.asynccontextmanager
+    async def step(self) -> AsyncIterator[None]:
+        yield
+
+    def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
+        return NO_SPEND
+
+    def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
+               view: SpendView, *, decision_id: str) -> Settlement:
+        return Settlement(result)
+
+
+NO_BUDGETS = NoBudgets()
 
 
 class _Step:
@@ -60,7 +107,7 @@ class BudgetGuard:
     wait for the next request's turn.
     """
 
-    def __init__(self, budgets: Budgets) -> None:
+    def __init__(self, budgets: SpendLedger) -> None:
         self.budgets = budgets
         self.lock = asyncio.Lock()
 
@@ -85,8 +132,10 @@ class BudgetGuard:
     def applies(kind: str) -> bool:
         return kind in SPENDING_KINDS
 
-    def view(self, principal: Mapping[str, Any]) -> SpendView:
-        """Current spend of every scope the principal is counted under."""
+    def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
+        """Current spend of every scope the principal is counted under (NO_SPEND for a kind that does not spend)."""
+        if not self.applies(kind):
+            return NO_SPEND
         try:
             return SpendView(self.budgets.spend(principal_scopes(principal)))
         except StateError as exc:

@@ -1,17 +1,18 @@
 """The server's own rules on the decision path, whatever the bundle says: the contract check and its fail-closed
-mapping, caller refusal, kill switches, approvals and export lag.
+mapping, then, in this order, caller refusal, kill switches, export lag and approvals.
 
-The authorizer and `tollgate replay` both decide through these functions, in the same order, so a replay answers
-as the server did.
+The authorizer and `tollgate replay` both decide through `apply_server_rules`, over the same `ServerFacts` (the
+authorizer's read from its state, replay's from the logged input), so a replay answers as the server did.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tollgate.contract import (
+    ALLOW,
     DEADLINE_EXCEEDED,
     DENY,
     ENGINE_ERROR,
@@ -25,7 +26,9 @@ from tollgate.contract import (
     parse_result,
 )
 from tollgate.engine import UNDEFINED, EngineError, EvaluationTimeout
+from tollgate.identity import CALLER_UNAUTHENTICATED, PRINCIPAL_MISMATCH, Caller, CallerMap
 from tollgate.state import KillSwitch, request_targets
+from tollgate.state.approvals import APPROVED
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def policy_outcome(evaluated: Any, *, entrypoint: str) -> Outcome:
                        error=str(exc))
 
 
-def enforce_kill_switches(outcome: Outcome, matches: list[KillSwitch]) -> Outcome:
+def enforce_kill_switches(outcome: Outcome, matches: Sequence[KillSwitch]) -> Outcome:
     """The server's own rule, whatever the bundle says: a request a kill switch names is denied.
 
     A policy that already denies it as `killed` keeps its answer. Otherwise (a policy without the
@@ -93,25 +96,97 @@ def enforce_approval(outcome: Outcome, approval_id: str, status: str) -> Outcome
                    error=f"{outcome.error}; {error}" if outcome.error else error)
 
 
-def recorded_caller_refusal(input_doc: Mapping[str, Any]) -> Outcome | None:
-    """The server's DENY of a logged input whose caller it refused (input.auth.refused), else None.
+@dataclass(frozen=True)
+class ServerFacts:
+    """What the server's own rules read for one request, read once: the policy saw the same state."""
 
-    `tollgate replay` answers such a record with the same DENY: the policy was not asked, and a candidate
-    bundle cannot change who was allowed to speak for whom.
+    #: Why the caller may not ask this (input.auth.refused); None when it may.
+    refusal: Reason | None = None
+    #: The active kill switches that name this request.
+    kill_switches: tuple[KillSwitch, ...] = ()
+    #: The state of the approval the request presents (input.state.approval: id, status, approver).
+    approval: Mapping[str, str] | None = None
+    #: Why the decision-log export is further behind than allowed; "" while it keeps up.
+    export_behind: str = ""
+
+    @property
+    def asks_policy(self) -> bool:
+        """Whether the policy is asked at all: never for a caller the server refuses."""
+        return self.refusal is None
+
+    @classmethod
+    def recorded(cls, input_doc: Mapping[str, Any]) -> ServerFacts:
+        """The facts a logged input document carries, as the server read them when it decided.
+
+        An export lag is not part of the input: it was a condition of that server, not of the request, so a
+        replay never has one.
+        """
+        state = input_doc.get("state")
+        approval = state.get("approval") if isinstance(state, Mapping) else None
+        return cls(refusal=_recorded_refusal(input_doc), kill_switches=tuple(recorded_kill_switches(input_doc)),
+                   approval=approval if isinstance(approval, Mapping) else None)
+
+
+def apply_server_rules(facts: ServerFacts, policy: Outcome | None) -> Outcome:
+    """The final outcome of one request after the server's own rules, in order, whatever the bundle says:
+
+    1. a refused caller is denied (the policy was not asked: `policy` is None exactly when `facts.refusal` is set);
+    2. a request an active kill switch names is denied;
+    3. while the decision-log export is too far behind, what is not a DENY becomes one;
+    4. an ALLOW on a presented approval that is not approved for this very request is denied.
+
+    Using an approved approval (once) and reserving budget are state effects the authorizer settles after this.
     """
+    if facts.refusal is not None:
+        outcome = Outcome(server_deny(facts.refusal.code, facts.refusal.message),
+                          error=f"caller refused by the server: {facts.refusal.message}")
+    elif policy is None:
+        raise ValueError("apply_server_rules: the policy was not asked, yet the caller is not refused")
+    else:
+        outcome = policy
+    if facts.kill_switches:
+        outcome = enforce_kill_switches(outcome, facts.kill_switches)
+    if facts.export_behind and outcome.result.decision != DENY:
+        outcome = enforce_export_lag(outcome, facts.export_behind)
+    approval = facts.approval
+    if approval is not None and outcome.result.decision == ALLOW and approval.get("status") != APPROVED:
+        outcome = enforce_approval(outcome, str(approval.get("id", "")), str(approval.get("status", "")))
+    return outcome
+
+
+def caller_refusal(caller: Caller, principal: Mapping[str, Any], callers: CallerMap) -> Reason | None:
+    """Why this caller may not ask for this principal: a caller credential that did not verify, or a principal
+    the `callers` mapping does not let it speak for; None when it may."""
+    if caller.error:
+        return Reason(CALLER_UNAUTHENTICATED, caller.error)
+    refused = callers.check(caller, principal)
+    return Reason(PRINCIPAL_MISMATCH, refused) if refused else None
+
+
+def server_deny(code: str, message: str) -> PolicyResult:
+    """A DENY the server makes itself when the policy could not decide."""
+    return PolicyResult(DENY, (Reason(code, message),))
+
+
+def recorded_caller_refusal(input_doc: Mapping[str, Any]) -> Outcome | None:
+    """The server's DENY of a logged input whose caller it refused, else None (apply_server_rules over
+    ServerFacts.recorded does this and the rest, in order; kept until replay calls it)."""
+    refusal = _recorded_refusal(input_doc)
+    return None if refusal is None else apply_server_rules(ServerFacts(refusal=refusal), None)
+
+
+def _recorded_refusal(input_doc: Mapping[str, Any]) -> Reason | None:
+    """The caller refusal a logged input records (input.auth.refused): a candidate bundle cannot change who was
+    allowed to speak for whom."""
     auth = input_doc.get("auth")
     refused = auth.get("refused") if isinstance(auth, Mapping) else None
     if not isinstance(refused, Mapping) or not refused.get("code"):
         return None
-    code, message = str(refused["code"]), str(refused.get("message", ""))
-    return Outcome(server_deny(code, message), error=f"caller refused by the server: {message}")
+    return Reason(str(refused["code"]), str(refused.get("message", "")))
 
 
 def recorded_kill_switches(input_doc: Mapping[str, Any]) -> list[KillSwitch]:
-    """The kill switches in an input document's state.killed that name its request, as the server matched them.
-
-    `tollgate replay` enforces these on a logged input, so a replay answers as the server did.
-    """
+    """The kill switches in an input document's state.killed that name its request, as the server matched them."""
     state = input_doc.get("state")
     kind = input_doc.get("kind")
     entries = state.get("killed") if isinstance(state, Mapping) else None
@@ -124,9 +199,3 @@ def recorded_kill_switches(input_doc: Mapping[str, Any]) -> list[KillSwitch]:
              for e in entries
              if isinstance(e, Mapping) and (e.get("scope"), e.get("value")) in targets}
     return [found[key] for key in sorted(found)]
-
-
-
-def server_deny(code: str, message: str) -> PolicyResult:
-    """A DENY the server makes itself when the policy could not decide."""
-    return PolicyResult(DENY, (Reason(code, message),))
