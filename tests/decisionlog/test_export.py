@@ -28,8 +28,8 @@ from tollgate.decisionlog import (
     OpaEncoder,
     OtlpEncoder,
     ShippingConfig,
+    SqliteDecisionStore,
 )
-from tollgate.decisionlog._export import connect, read_cursor
 from tollgate.decisionlog._otlp import trace_context
 from tollgate.decisionlog._sqlite import record_hash
 from tollgate.encoding import format_time
@@ -117,7 +117,7 @@ def test_a_clean_run_delivers_every_record_exactly_once_in_order_as_gzipped_opa_
     status = exporter.status
     assert (status.state, status.uploads_ok, status.uploads_failed, status.records_exported) == (
         ExportState.OK, 3, 0, 1200)
-    assert read_cursor(connect(path), "opa") == 1200
+    assert SqliteDecisionStore.open(path).cursor("opa") == 1200
 
 
 def test_refused_connections_500s_and_413s_delay_records_but_lose_none(tmp_path: Path) -> None:
@@ -190,7 +190,7 @@ def test_a_failing_receiver_at_shutdown_gets_one_try_and_the_records_wait_on_dis
     started = time.monotonic()
     exporter.stop(0.5)
     assert time.monotonic() - started < 2
-    assert read_cursor(connect(path), "opa") == 0
+    assert SqliteDecisionStore.open(path).cursor("opa") == 0
 
 
 def test_one_record_larger_than_the_receiver_takes_stays_and_is_reported(tmp_path: Path) -> None:
@@ -323,8 +323,8 @@ def test_opa_and_otlp_exporters_keep_cursors_of_their_own(tmp_path: Path, receiv
     # The OTLP headers go to the collector only.
     assert {u.headers.get("x-api-key") for u in receiver.uploads if u.path == "/v1/logs"} == {"k-123"}
     assert {u.headers.get("x-api-key") for u in receiver.uploads if u.path == "/logs"} == {None}
-    db = connect(path)
-    assert (read_cursor(db, "opa"), read_cursor(db, "otlp")) == (25, 25)
+    db = SqliteDecisionStore.open(path)
+    assert (db.cursor("opa"), db.cursor("otlp")) == (25, 25)
 
 
 # -- retention -----------------------------------------------------------------------------------------------
@@ -339,26 +339,24 @@ def test_retention_deletes_only_old_exported_records_and_leaves_an_anchor_the_ch
     path = tmp_path / "decisions.db"
     old = format_time(datetime.now(UTC) - timedelta(days=40))
     _fill(path, [_record(i, timestamp=old) for i in range(100)] + [_record(i) for i in range(10)])
-    db = connect(path)
-    from tollgate.decisionlog._export import write_cursor
-
-    write_cursor(db, "opa", 60)  # the OPA receiver has 1..60; the OTLP collector 1..80
-    write_cursor(db, "otlp", 80)
+    db = SqliteDecisionStore.open(path)
+    db.save_cursor("opa", 60)  # the OPA receiver has 1..60; the OTLP collector 1..80
+    db.save_cursor("otlp", 80)
     retention = LogRetention(path, window=timedelta(days=30), exporters=["opa", "otlp"], batch=25)
     assert retention.prune() == 60
     assert _seqs(path)[0] == 61 and len(_seqs(path)) == 50
 
-    write_cursor(db, "opa", 110)
+    db.save_cursor("opa", 110)
     assert retention.prune() == 20  # 61..80: otlp's cursor now holds back the rest of the old records
-    write_cursor(db, "otlp", 110)
+    db.save_cursor("otlp", 110)
     assert retention.prune() == 20  # 81..100; 101..110 are inside the window
     assert retention.prune() == 0
     retention.stop()
     assert _seqs(path) == list(range(101, 111))
 
-    anchors = db.execute("SELECT upto_seq, last_hash FROM decisions_pruned ORDER BY upto_seq").fetchall()
+    anchors = db.connection.execute("SELECT upto_seq, last_hash FROM decisions_pruned ORDER BY upto_seq").fetchall()
     assert [a[0] for a in anchors] == [60, 80, 100]  # one anchor per sweep, however many batches it took
-    rows = db.execute("SELECT record, prev_hash, hash FROM decisions ORDER BY seq").fetchall()
+    rows = db.connection.execute("SELECT record, prev_hash, hash FROM decisions ORDER BY seq").fetchall()
     prev = anchors[-1][1]
     for body, prev_hash, digest in rows:
         assert prev_hash == prev and digest == record_hash(prev_hash, body)

@@ -17,12 +17,11 @@ import http.client
 import json
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,18 +29,13 @@ from urllib.parse import urlsplit
 
 from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog._events import opa_event
-from tollgate.encoding import format_time, parse_time
+from tollgate.decisionlog._query import Query
+from tollgate.decisionlog._sqlite_store import SqliteDecisionStore
+from tollgate.decisionlog._store import DecisionStore, LogReadError
+from tollgate.encoding import parse_time
 
 log = logging.getLogger(__name__)
 
-#: Created on the exporters' own connection; `export_cursors` holds each named exporter's last acknowledged seq.
-EXPORT_SCHEMA = """
-CREATE TABLE IF NOT EXISTS export_cursors (
-    name TEXT PRIMARY KEY,                -- the exporter: "opa" or "otlp"
-    seq INTEGER NOT NULL,                 -- the last decisions.seq its receiver acknowledged
-    updated_at TEXT NOT NULL
-);
-"""
 #: Longest a single upload (connect, send, answer) may take.
 UPLOAD_TIMEOUT = 10.0
 #: How often a waiting exporter re-reads its lag, so metrics stay current through long backoffs.
@@ -120,36 +114,6 @@ class OpaEncoder:
         return json.dumps([opa_event(r) for r in records], separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection of its own to decisions.db, never the writer's: reads, cursor updates and pruning."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    # A lost cursor update re-sends a batch (at least once) and a lost prune is redone; neither needs an fsync
-    # of its own, and the writer's next FULL commit syncs these frames anyway.
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=5000")
-    db.executescript(EXPORT_SCHEMA)
-    return db
-
-
-def read_cursor(db: sqlite3.Connection, name: str) -> int:
-    row = db.execute("SELECT seq FROM export_cursors WHERE name = ?", (name,)).fetchone()
-    return int(row[0]) if row else 0
-
-
-def write_cursor(db: sqlite3.Connection, name: str, seq: int) -> None:
-    """Persist a cursor in one short transaction (the writer's busy_timeout covers the moment it holds the lock)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.execute("INSERT INTO export_cursors (name, seq, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO "
-                   "UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
-                   (name, seq, format_time(datetime.now(UTC))))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-
-
 @dataclass(frozen=True)
 class _Row:
     seq: int
@@ -193,9 +157,10 @@ class LogExporter:
         return self._status
 
     def start(self) -> None:
-        db = connect(self._path)  # fail at start, not in the thread, when the database cannot be opened
-        self._publish(cursor=read_cursor(db, self.name), state=ExportState.OK)
-        self._thread = threading.Thread(target=self._run, args=(db,), name=f"decision-log-export-{self.name}",
+        # Fail at start, not in the thread, when the database cannot be opened.
+        store = SqliteDecisionStore.open(self._path, clock=self._clock)
+        self._publish(cursor=store.cursor(self.name), state=ExportState.OK)
+        self._thread = threading.Thread(target=self._run, args=(store,), name=f"decision-log-export-{self.name}",
                                         daemon=True)
         self._thread.start()
 
@@ -220,16 +185,16 @@ class LogExporter:
 
     # -- the exporter thread ---------------------------------------------------------------------
 
-    def _run(self, db: sqlite3.Connection) -> None:
+    def _run(self, store: DecisionStore) -> None:
         try:
-            self._loop(db)
+            self._loop(store)
         except Exception:  # a bug or a broken database must not end exports silently
             log.exception("decision log export %s: stopped", self.name)
             self._publish(state=ExportState.ERROR, last_error="exporter stopped on an internal error; see the log")
         finally:
-            db.close()
+            store.close()
 
-    def _loop(self, db: sqlite3.Connection) -> None:
+    def _loop(self, store: DecisionStore) -> None:
         cursor = self._status.cursor
         failures = 0
         while True:
@@ -238,15 +203,15 @@ class LogExporter:
                 return
             retry_after: float | None = None
             try:
-                batch = self._read(db, cursor)
-                self._refresh_lag(db, cursor, batch[0].timestamp if batch else None)
+                batch = self._read(store, cursor)
+                self._refresh_lag(store, cursor, batch[0].timestamp if batch else None)
                 if not batch:
                     if stopping:
                         return
-                    self._wait(db, cursor, self._config.min_delay)
+                    self._wait(store, cursor, self._config.min_delay)
                     continue
                 self._upload(batch)
-                write_cursor(db, self.name, batch[-1].seq)
+                store.save_cursor(self.name, batch[-1].seq)
             except _UploadError as exc:
                 if exc.status == 413 and len(batch) > 1:
                     self._byte_cap = max(1, sum(len(r.body) for r in batch) // 2)
@@ -280,18 +245,16 @@ class LogExporter:
                 return  # the final flush gets one try
             delay = self._backoff(failures, retry_after)
             log.warning("decision log export %s: %s; retrying in %.1fs", self.name, message, delay)
-            self._wait(db, cursor, delay)
+            self._wait(store, cursor, delay)
 
-    def _read(self, db: sqlite3.Connection, cursor: int) -> list[_Row]:
-        rows = db.execute("SELECT seq, record, timestamp, hash FROM decisions WHERE seq > ? ORDER BY seq LIMIT ?",
-                          (cursor, self._config.batch_records)).fetchall()
+    def _read(self, store: DecisionStore, cursor: int) -> list[_Row]:
         batch: list[_Row] = []
         size = 0
-        for seq, body, timestamp, digest in rows:
-            size += len(body)
+        for row in store.page(Query(), after=cursor, limit=self._config.batch_records):
+            size += len(row.record_json)
             if batch and size > self._byte_cap:
                 break
-            batch.append(_Row(seq, body, timestamp, digest))
+            batch.append(_Row(row.seq, row.record_json, row.timestamp, row.hash))
         return batch
 
     def _upload(self, batch: list[_Row]) -> None:
@@ -335,7 +298,7 @@ class LogExporter:
             delay = max(delay, min(retry_after, cfg.max_delay))
         return delay
 
-    def _wait(self, db: sqlite3.Connection, cursor: int, seconds: float) -> None:
+    def _wait(self, store: DecisionStore, cursor: int, seconds: float) -> None:
         """Sleep until `seconds` pass or stop is asked, keeping the lag current for the metrics."""
         end = time.monotonic() + seconds
         while not self._stop.is_set():
@@ -345,20 +308,20 @@ class LogExporter:
             if self._stop.wait(min(left, _LAG_REFRESH)):
                 return
             try:
-                self._refresh_lag(db, cursor, None)
-            except sqlite3.Error:  # a busy database: the lag shown stays as it was until the next look
+                self._refresh_lag(store, cursor, None)
+            except LogReadError:  # a busy database: the lag shown stays as it was until the next look
                 pass
 
-    def _refresh_lag(self, db: sqlite3.Connection, cursor: int, oldest: str | None) -> None:
-        newest, first = db.execute("SELECT max(seq), min(seq) FROM decisions").fetchone()
-        if newest is None or newest <= cursor:
+    def _refresh_lag(self, store: DecisionStore, cursor: int, oldest: str | None) -> None:
+        bounds = store.bounds()
+        if bounds is None or bounds[1] <= cursor:
             lag_records, lag_seconds = 0, 0.0
         else:
+            first, newest = bounds
             lag_records = newest - max(cursor, first - 1)  # records pruned before export are not owed
             if oldest is None:
-                row = db.execute("SELECT timestamp FROM decisions WHERE seq > ? ORDER BY seq LIMIT 1",
-                                 (cursor,)).fetchone()
-                oldest = row[0] if row else None
+                found = store.page(Query(), after=cursor, limit=1)
+                oldest = found[0].timestamp if found else None
             lag_seconds = self._status.lag_seconds  # kept when the oldest record's time cannot be read
             with contextlib.suppress(ValueError, TypeError):
                 if oldest is not None:

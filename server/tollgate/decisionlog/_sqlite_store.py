@@ -104,13 +104,16 @@ class SqliteDecisionStore:
     @classmethod
     def open(cls, path: Path, *, clock: Clock = SystemClock()) -> SqliteDecisionStore:
         """A read-write store of its own on decisions.db, for the server's exporters and retention."""
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        # A lost cursor update re-sends a batch (at least once) and a lost prune is redone; neither needs an fsync
-        # of its own, and the writer's next FULL commit syncs these frames anyway.
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(EXPORT_SCHEMA + PRUNED_SCHEMA)
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # A lost cursor update re-sends a batch (at least once) and a lost prune is redone; neither needs an
+            # fsync of its own, and the writer's next FULL commit syncs these frames anyway.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(EXPORT_SCHEMA + PRUNED_SCHEMA)
+        except sqlite3.Error as exc:
+            raise LogReadError(f"cannot open decision log {path}: {exc}") from exc
         return cls(db, path=path, clock=clock)
 
     @property
