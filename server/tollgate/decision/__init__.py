@@ -23,8 +23,6 @@ from tollgate.decision._rules import (
     enforce_export_lag,
     enforce_kill_switches,
     policy_outcome,
-    recorded_caller_refusal,
-    recorded_kill_switches,
     server_deny,
 )
 
@@ -55,7 +53,5 @@ __all__ = [
     "enforce_kill_switches",
     "never_behind",
     "policy_outcome",
-    "recorded_caller_refusal",
-    "recorded_kill_switches",
     "server_deny",
 ]

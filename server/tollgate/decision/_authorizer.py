@@ -35,12 +35,12 @@ from tollgate.decision._rules import (
     policy_outcome,
     server_deny,
 )
-from tollgate.decisionlog import DecisionLog, Masking, failure_summary, mask_record
+from tollgate.decisionlog import DecisionLog, DecisionRecord, Masking, failure_summary, mask_record
 from tollgate.encoding import canonical_json, format_time
 from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
 from tollgate.engine._slot import EngineSlot
 from tollgate.identity import CallerMap
-from tollgate.ids import new_decision_id
+from tollgate.ids import DecisionIds
 from tollgate.state import NO_APPROVALS, NO_KILL_SWITCHES, ApprovalLedger, KillSwitchView
 from tollgate.state.approvals import MISMATCH
 
@@ -126,6 +126,7 @@ class Authorizer:
         self._log = decision_log
         self._config = config
         self._clock = clock
+        self._ids = DecisionIds(clock)  # decision IDs are stamped by the clock that stamps the records
         self._inflight: dict[str, asyncio.Future[tuple[str, str, Decision]]] = {}
 
     async def authorize(self, request: DecisionRequest) -> Decision:
@@ -162,12 +163,12 @@ class Authorizer:
             # A retry may not carry an answer past a kill switch made since: a killed request is decided anew.
             # A retry presents the approval its first ask presented (the record's input), not the one that
             # answer opened: a re-ask with a freshly granted approval is a new question, under any request_id.
-            same_approval = record is not None and record["input"].get("approval_id", "") == request.approval_id
+            same_approval = record is not None and record.input.get("approval_id", "") == request.approval_id
             killed = self._kills.snapshot().matching(request.kind, request.principal, request.action)
-            if record and record["request_digest"] == digest and same_approval and not killed:
-                decision = Decision.from_record(record)
+            if record is not None and record.request_digest == digest and same_approval and not killed:
+                decision = record.answer()
             else:
-                previous = record["decision_id"] if record else ""
+                previous = record.decision_id if record is not None else ""
                 decision = await self._decide(request, refusal=None, digest=digest, previous_id=previous)
             future.set_result((digest, request.approval_id, decision))
             return decision
@@ -195,7 +196,7 @@ class Authorizer:
         # What is written of this request (the record, an approval's copy of the action) is masked; the
         # policy decided on the whole input.
         masking = mask_record(evaluation.mask, input_doc, outcome.raw, failed=evaluation.mask_failed)
-        decision_id = new_decision_id()
+        decision_id = self._ids.new()
         settled = await self.settle(request, outcome, state, masking=masking, digest=digest, decision_id=decision_id)
         result = settled.outcome.result
         decision = Decision(decision=result.decision, decision_id=decision_id, reasons=result.reasons,
@@ -262,34 +263,33 @@ class Authorizer:
         return Settled(outcome, approval_id, settled.reservation_id, digest)
 
     def record(self, request: DecisionRequest, decision: Decision, *, state: StateRead, settled: Settled,
-               masking: Masking, previous_id: str, latency_us: int) -> dict[str, Any]:
+               masking: Masking, previous_id: str, latency_us: int) -> DecisionRecord:
         """The decision record as the log stores it: what was asked (masked), what the policy said, the answer."""
         approval = state.facts.approval
-        record = {
-            "decision_id": decision.decision_id,
-            "timestamp": state.now,
-            "input": masking.input,
-            "result": masking.scrub(masking.result),
-            "decision": decision.decision,
-            "reasons": masking.scrub([r.as_dict() for r in decision.reasons]),
-            "obligations": dict(decision.obligations),
-            "bundle_revision": decision.bundle_revision,
-            "policy_path": self._config.entrypoint,
-            "request_id": request.request_id,
-            "request_digest": settled.digest,
-            "approval_id": decision.approval_id,
-            "approval_status": approval["status"] if approval else "",
-            "reservation_id": decision.reservation_id,
-            "previous_decision_id": previous_id,
-            "requested_by": request.caller.subject,
-            "error": masking.scrub("; ".join(e for e in (settled.outcome.error, masking.error) if e)),
-            "erased": list(masking.erased),
-            "masked": list(masking.masked),
-            "latency_us": latency_us,
-        }
-        if request.dry_run:
-            record["dry_run"] = True
-        return record
+        return DecisionRecord(
+            decision_id=decision.decision_id,
+            timestamp=state.now,
+            input=masking.input,
+            result=masking.scrub(masking.result),
+            decision=decision.decision,
+            # A reason may quote what the mask took out; its copy in the record is scrubbed like the input.
+            reasons=tuple(Reason(masking.scrub(r.code), masking.scrub(r.message)) for r in decision.reasons),
+            obligations=dict(decision.obligations),
+            bundle_revision=decision.bundle_revision,
+            policy_path=self._config.entrypoint,
+            request_id=request.request_id,
+            request_digest=settled.digest,
+            approval_id=decision.approval_id,
+            approval_status=approval["status"] if approval else "",
+            reservation_id=decision.reservation_id,
+            previous_decision_id=previous_id,
+            requested_by=request.caller.subject,
+            error=masking.scrub("; ".join(e for e in (settled.outcome.error, masking.error) if e)),
+            erased=masking.erased,
+            masked=masking.masked,
+            latency_us=latency_us,
+            dry_run=request.dry_run,
+        )
 
     # -- inside the steps ------------------------------------------------------------------------
 

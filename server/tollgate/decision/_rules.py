@@ -123,7 +123,7 @@ class ServerFacts:
         """
         state = input_doc.get("state")
         approval = state.get("approval") if isinstance(state, Mapping) else None
-        return cls(refusal=_recorded_refusal(input_doc), kill_switches=tuple(recorded_kill_switches(input_doc)),
+        return cls(refusal=_recorded_refusal(input_doc), kill_switches=tuple(_recorded_kill_switches(input_doc)),
                    approval=approval if isinstance(approval, Mapping) else None)
 
 
@@ -168,13 +168,6 @@ def server_deny(code: str, message: str) -> PolicyResult:
     return PolicyResult(DENY, (Reason(code, message),))
 
 
-def recorded_caller_refusal(input_doc: Mapping[str, Any]) -> Outcome | None:
-    """The server's DENY of a logged input whose caller it refused, else None (apply_server_rules over
-    ServerFacts.recorded does this and the rest, in order; kept until replay calls it)."""
-    refusal = _recorded_refusal(input_doc)
-    return None if refusal is None else apply_server_rules(ServerFacts(refusal=refusal), None)
-
-
 def _recorded_refusal(input_doc: Mapping[str, Any]) -> Reason | None:
     """The caller refusal a logged input records (input.auth.refused): a candidate bundle cannot change who was
     allowed to speak for whom."""
@@ -185,7 +178,7 @@ def _recorded_refusal(input_doc: Mapping[str, Any]) -> Reason | None:
     return Reason(str(refused["code"]), str(refused.get("message", "")))
 
 
-def recorded_kill_switches(input_doc: Mapping[str, Any]) -> list[KillSwitch]:
+def _recorded_kill_switches(input_doc: Mapping[str, Any]) -> list[KillSwitch]:
     """The kill switches in an input document's state.killed that name its request, as the server matched them."""
     state = input_doc.get("state")
     kind = input_doc.get("kind")
