@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gzip
-import http.client
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Sequence
@@ -24,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from tollgate.clock import Clock, SystemClock
@@ -33,11 +31,17 @@ from tollgate.decisionlog._query import Query
 from tollgate.decisionlog._sqlite_store import SqliteDecisionStore
 from tollgate.decisionlog._store import DecisionStore, LogReadError
 from tollgate.encoding import parse_time
+from tollgate.net import Backoff, HttpOptions, Jitter, RequestFailed
+
+if TYPE_CHECKING:
+    from tollgate.net import HttpClient
 
 log = logging.getLogger(__name__)
 
 #: Longest a single upload (connect, send, answer) may take.
 UPLOAD_TIMEOUT = 10.0
+#: Sent with every upload; a headers file may not replace them (the body is what these say it is).
+_UPLOAD_HEADERS = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
 #: How often a waiting exporter re-reads its lag, so metrics stay current through long backoffs.
 _LAG_REFRESH = 1.0
 
@@ -145,6 +149,9 @@ class LogExporter:
         self._thread: threading.Thread | None = None
         # Learned from 413 answers: the receiver refused a body of this many record bytes, so stay below it.
         self._byte_cap = config.batch_bytes
+        # Jitter: sidecars that failed together retry apart; a receiver's Retry-After is honoured up to max_delay.
+        self._backoff = Backoff(config.min_delay, config.max_delay, jitter=Jitter.EQUAL)
+        self._http: HttpClient | None = None  # one client, its connection kept alive, from start to stop
         self._status = ExportStatus(name=config.name, url=config.url, max_lag=config.max_lag)
 
     @property
@@ -159,6 +166,9 @@ class LogExporter:
     def start(self) -> None:
         # Fail at start, not in the thread, when the database cannot be opened.
         store = SqliteDecisionStore.open(self._path, clock=self._clock)
+        from tollgate.net import HttpClient  # loads httpx2: only a sidecar that exports pays for it
+
+        self._http = HttpClient(HttpOptions(token=self._config.token, headers=self._config.headers))
         self._publish(cursor=store.cursor(self.name), state=ExportState.OK)
         self._thread = threading.Thread(target=self._run, args=(store,), name=f"decision-log-export-{self.name}",
                                         daemon=True)
@@ -193,6 +203,8 @@ class LogExporter:
             self._publish(state=ExportState.ERROR, last_error="exporter stopped on an internal error; see the log")
         finally:
             store.close()
+            if self._http is not None:
+                self._http.close()
 
     def _loop(self, store: DecisionStore) -> None:
         cursor = self._status.cursor
@@ -243,7 +255,7 @@ class LogExporter:
                 log.warning("decision log export %s: final upload failed: %s; %d records wait in the log "
                             "for the next start", self.name, message, self._status.lag_records)
                 return  # the final flush gets one try
-            delay = self._backoff(failures, retry_after)
+            delay = self._backoff.delay(failures - 1, retry_after=retry_after)
             log.warning("decision log export %s: %s; retrying in %.1fs", self.name, message, delay)
             self._wait(store, cursor, delay)
 
@@ -262,41 +274,19 @@ class LogExporter:
         # (same seq) and re-check the chain.
         records = [{**json.loads(r.body), "seq": r.seq, "hash": r.hash} for r in batch]
         body = gzip.compress(self._encoder.encode(records), compresslevel=6)
-        parts = urlsplit(self._config.url)
         timeout = min(UPLOAD_TIMEOUT, max(0.5, self._deadline - time.monotonic()))
-        conn: http.client.HTTPConnection
-        if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(parts.netloc, timeout=timeout)
-        else:
-            conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
-        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip", "User-Agent": "tollgate"}
-        if self._config.token:
-            headers["Authorization"] = f"Bearer {self._config.token}"
-        headers.update(self._config.headers)
-        target = parts.path or "/"
-        if parts.query:
-            target += f"?{parts.query}"
+        assert self._http is not None, "started"
         try:
-            conn.request("POST", target, body=body, headers=headers)
-            response = conn.getresponse()
-            answer = response.read(512).decode(errors="replace").strip()
-        except (OSError, http.client.HTTPException) as exc:
-            raise _UploadError(f"{self._config.url}: {exc.__class__.__name__}: {exc}") from exc
-        finally:
-            conn.close()
-        if 200 <= response.status < 300:
+            response = self._http.request("POST", self._config.url, body=body, headers=_UPLOAD_HEADERS,
+                                          timeout=timeout)
+        except RequestFailed as exc:
+            raise _UploadError(f"{self._config.url}: {exc}") from exc
+        if response.ok:
             return
+        answer = response.body[:512].decode(errors="replace").strip()
         raise _UploadError(f"{self._config.url} answered {response.status} {response.reason}"
                            + (f": {answer[:200]}" if answer else ""),
-                           status=response.status, retry_after=_retry_after(response.getheader("Retry-After")))
-
-    def _backoff(self, failures: int, retry_after: float | None) -> float:
-        cfg = self._config
-        ceiling = min(cfg.max_delay, cfg.min_delay * 2 ** min(failures - 1, 30))
-        delay = random.uniform(ceiling / 2, ceiling)  # jitter: sidecars that failed together retry apart
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, cfg.max_delay))
-        return delay
+                           status=response.status, retry_after=_retry_after(response.headers.get("Retry-After")))
 
     def _wait(self, store: DecisionStore, cursor: int, seconds: float) -> None:
         """Sleep until `seconds` pass or stop is asked, keeping the lag current for the metrics."""
