@@ -34,7 +34,7 @@ from tollgate.authoring.replay import (
     render_markdown,
     replay,
 )
-from tollgate.decisionlog import DecisionLog, LogConfig
+from tollgate.decisionlog import DecisionLog, DecisionRecord, LogConfig
 from tollgate.encoding import parse_moment
 from tollgate.ids import new_decision_id
 from tollgate.v1 import admin_pb2, admin_pb2_grpc
@@ -265,7 +265,7 @@ def _log_sample_at(path: Path, times: list[datetime]) -> list[str]:
     async def append_all() -> None:
         log.start(asyncio.get_running_loop())
         for record in records:
-            await log.append(record)
+            await log.append(DecisionRecord.from_dict(record))
 
     asyncio.run(append_all())
     log.close()

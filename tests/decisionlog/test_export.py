@@ -19,6 +19,7 @@ from tests.log_receiver import LogReceiver, free_port
 from tollgate.clock import ManualClock
 from tollgate.decisionlog import (
     DecisionLog,
+    DecisionRecord,
     ExporterConfig,
     ExportState,
     LogConfig,
@@ -61,7 +62,7 @@ def _fill(path: Path, records: list[dict[str, Any]]) -> list[str]:
     async def run() -> None:
         log.start(asyncio.get_running_loop())
         for r in records:  # one by one: seq order is list order
-            await log.append(r)
+            await log.append(DecisionRecord.from_dict(r))
 
     asyncio.run(run())
     log.close()
@@ -395,7 +396,7 @@ def test_retention_in_small_batches_does_not_stall_the_writer(tmp_path: Path) ->
         pruning = asyncio.get_running_loop().run_in_executor(None, retention.prune)
         for i in range(300):
             started = time.perf_counter()
-            await log.append(_record(i))
+            await log.append(DecisionRecord.from_dict(_record(i)))
             slowest = max(slowest, time.perf_counter() - started)
         # 3000 once the first new record has made record 3000 no longer the newest.
         assert await pruning in (2999, 3000)

@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import ROOT, TOLLGATE
 from tollgate.decisionlog import (
     DecisionLog,
+    DecisionRecord,
     FileExport,
     LogConfig,
     Query,
@@ -53,13 +54,14 @@ def _record(i: int, *, agent: str = "code-reviewer", session: str = "s1", instan
 
 
 def write_log(data_dir: Path, records: list[dict[str, Any]]) -> None:
-    """Append records through the server's own DecisionLog (group commit, hash chain), in order."""
+    """Append records through the server's own DecisionLog (group commit, hash chain), in order (as the typed
+    records the authorizer appends: fields a dict leaves out are written empty)."""
     log = DecisionLog(LogConfig(path=data_dir / "decisions.db"))
 
     async def run() -> None:
         log.start(asyncio.get_running_loop())
         for record in records:
-            await log.append(record)
+            await log.append(DecisionRecord.from_dict(record))
 
     asyncio.run(run())
     log.close()
@@ -286,8 +288,8 @@ def test_query_uses_indexes_for_agent_session_and_time(mixed: Path) -> None:
     with open_read_only(mixed) as db:
         for query in (Query(agent="a"), Query(session="s"), Query(since=datetime.now(UTC))):
             where, params = query_sql(query)
-            plan = " ".join(r[3] for r in db.connection.execute(f"EXPLAIN QUERY PLAN SELECT seq FROM decisions WHERE {where}",
-                                                     params))
+            plan = " ".join(r[3] for r in db.connection.execute(
+                f"EXPLAIN QUERY PLAN SELECT seq FROM decisions WHERE {where}", params))
             assert "INDEX decisions_" in plan, (query, plan)
 
 

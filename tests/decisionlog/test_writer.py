@@ -9,21 +9,21 @@ from typing import Any
 
 import pytest
 
-from tollgate.decisionlog import DecisionLog, DecisionLogError, LogConfig
+from tollgate.decisionlog import DecisionLog, DecisionLogError, DecisionRecord, LogConfig
 from tollgate.decisionlog._sqlite import record_hash
 from tollgate.encoding import canonical_json
 from tollgate.ids import new_decision_id
 
 
-def _record(i: int, request_id: str = "") -> dict[str, Any]:
-    return {
-        "decision_id": new_decision_id(), "timestamp": "2026-11-21T00:00:00.000000Z",
-        "input": {"kind": "tool", "principal": {"agent_id": f"a{i}", "session_id": "s"}, "tool": {"name": "t"}},
-        "decision": "allow", "reasons": [], "request_id": request_id, "bundle_revision": "r1",
-    }
+def _record(i: int, request_id: str = "") -> DecisionRecord:
+    return DecisionRecord(
+        decision_id=new_decision_id(), timestamp="2026-11-21T00:00:00.000000Z",
+        input={"kind": "tool", "principal": {"agent_id": f"a{i}", "session_id": "s"}, "tool": {"name": "t"}},
+        decision="allow", reasons=(), request_id=request_id, bundle_revision="r1",
+    )
 
 
-async def _append_all(log: DecisionLog, records: list[dict[str, Any]]) -> None:
+async def _append_all(log: DecisionLog, records: list[DecisionRecord]) -> None:
     log.start(asyncio.get_running_loop())
     await asyncio.gather(*(log.append(r) for r in records))
 
@@ -64,10 +64,10 @@ def test_get_and_latest_for_request(tmp_path: Path) -> None:
     log.close()
     log = DecisionLog(LogConfig(path=tmp_path / "d.db"))
     asyncio.run(_append_all(log, [b]))
-    got = log.get(a["decision_id"])
-    assert got is not None and got["input"]["principal"]["agent_id"] == "a1"
+    got = log.get(a.decision_id)
+    assert got is not None and got.input["principal"]["agent_id"] == "a1"
     latest = log.latest_for_request("req")
-    assert latest is not None and latest["decision_id"] == b["decision_id"]
+    assert latest is not None and latest.decision_id == b.decision_id
     assert log.get("nope") is None
     log.close()
 

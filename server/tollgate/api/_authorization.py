@@ -20,7 +20,7 @@ from tollgate.api._convert import (
 )
 from tollgate.api._handlers import metadata_value
 from tollgate.decision import Authorizer
-from tollgate.decisionlog import DecisionLog, DecisionLogError
+from tollgate.decisionlog import DecisionLog, DecisionLogError, LogReadError
 from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
 from tollgate.state import StateError
 from tollgate.state.approvals import Approval, Approvals
@@ -118,7 +118,12 @@ class AuthorizationServicer:
         if not request.decision_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "decision_id: required")
         loop = asyncio.get_running_loop()
-        record = await loop.run_in_executor(None, self._log.get, request.decision_id)
+        try:
+            record = await loop.run_in_executor(None, self._log.get, request.decision_id)
+        except LogReadError as exc:  # a disk error, a busy database: the record may be there next time
+            log.error("get decision %s: %s", request.decision_id, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the decision log cannot be read; ask again later")
+            raise AssertionError("unreachable: abort raises") from exc
         if record is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"decision {request.decision_id!r} is not in the log")
             raise AssertionError("unreachable: abort raises")

@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import json_format, message, struct_pb2
 
 from tollgate.contract import Decision, DecisionRequest
+from tollgate.decisionlog import DecisionRecord
 from tollgate.identity import ANONYMOUS, Caller
 from tollgate.v1 import authorization_pb2 as pb
 
@@ -130,45 +131,45 @@ def to_response(d: Decision) -> pb.AuthorizeResponse:
     return response
 
 
-def to_record_message(record: Mapping[str, Any]) -> pb.DecisionRecord:
-    """A logged record (dict) as the DecisionRecord message.
+def to_record_message(record: DecisionRecord) -> pb.DecisionRecord:
+    """A logged record as the DecisionRecord message.
 
     The record's input may be masked: a member the mask erased is unset here, and so is one it replaced
     with a value of another type (a "***" where a number or an object belongs); `input` always holds the
     record's input exactly as logged.
     """
-    inp = record["input"]
+    inp = record.input
     msg = pb.DecisionRecord(
-        decision_id=record["decision_id"],
-        decision=DECISION_ENUM[record["decision"]],
-        reasons=[pb.Reason(code=r["code"], message=r.get("message", "")) for r in record["reasons"]],
-        bundle_revision=record["bundle_revision"],
-        latency_us=record.get("latency_us", 0),
-        request_id=record.get("request_id", ""),
-        approval_id=record.get("approval_id", ""),
-        approval_status=record.get("approval_status", ""),
-        reservation_id=record.get("reservation_id", ""),
-        previous_decision_id=record.get("previous_decision_id", ""),
-        prev_hash=record.get("prev_hash", ""),
-        hash=record.get("hash", ""),
-        policy_path=record.get("policy_path", ""),
-        request_digest=record.get("request_digest", ""),
-        requested_by=record.get("requested_by", ""),
-        erased=record.get("erased") or [],
-        masked=record.get("masked") or [],
-        error=record.get("error") or "",
-        dry_run=bool(record.get("dry_run")),
+        decision_id=record.decision_id,
+        decision=DECISION_ENUM[record.decision],
+        reasons=[pb.Reason(code=r.code, message=r.message) for r in record.reasons],
+        bundle_revision=record.bundle_revision,
+        latency_us=record.latency_us,
+        request_id=record.request_id,
+        approval_id=record.approval_id,
+        approval_status=record.approval_status,
+        reservation_id=record.reservation_id,
+        previous_decision_id=record.previous_decision_id,
+        prev_hash=record.prev_hash,
+        hash=record.hash,
+        policy_path=record.policy_path,
+        request_digest=record.request_digest,
+        requested_by=record.requested_by,
+        erased=list(record.erased),
+        masked=list(record.masked),
+        error=record.error,
+        dry_run=record.dry_run,
     )
-    msg.timestamp.FromJsonString(record["timestamp"])
+    msg.timestamp.FromJsonString(record.timestamp)
     _fill(msg.principal, inp.get("principal"))
-    kind = inp["kind"]
+    kind = record.kind
     if kind in ("tool", "model", "budget"):
         _fill(getattr(msg, kind), inp.get(kind))
     _fill(msg.context, inp.get("context"))
-    msg.obligations.update(record.get("obligations") or {})
-    msg.input.update(inp)
-    if record.get("result") is not None:
-        msg.result.CopyFrom(_to_value(record["result"]))
+    msg.obligations.update(dict(record.obligations))
+    msg.input.update(dict(inp))
+    if record.result is not None:
+        msg.result.CopyFrom(_to_value(record.result))
     else:
         msg.result.null_value = struct_pb2.NULL_VALUE
     return msg

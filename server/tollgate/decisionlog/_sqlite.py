@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tollgate.decisionlog._record import DecisionRecord
+from tollgate.decisionlog._sqlite_store import SqliteDecisionStore
 from tollgate.encoding import canonical_json
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ _INSERT = (
 )
 
 
-_Entry = tuple[dict[str, Any], str | None, "asyncio.Future[None]"]
+_Entry = tuple[DecisionRecord, str | None, "asyncio.Future[None]"]
 
 
 class CommitObserver(Protocol):
@@ -139,10 +141,10 @@ class DecisionLog:
         self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
         self._thread.start()
 
-    async def append(self, record: dict[str, Any], *, input_json: str | None = None) -> None:
+    async def append(self, record: DecisionRecord, *, input_json: str | None = None) -> None:
         """Queue a record and wait until it is committed. Raises DecisionLogError if it cannot be.
 
-        input_json, when given, is canonical_json(record["input"]) already made for the engine; the
+        input_json, when given, is canonical_json(record.input) already made for the engine; the
         writer reuses it instead of serialising the input a second time.
         """
         if self._thread is None or self._loop is None:
@@ -186,17 +188,18 @@ class DecisionLog:
         rows = []
         prev = self._last_hash
         for record, input_json, _ in batch:
-            record["prev_hash"] = prev
+            doc = record.as_dict()
+            doc["prev_hash"] = prev
             if input_json is None:
-                body = canonical_json(record)
+                body = canonical_json(doc)
             else:
-                body = canonical_json_with({k: v for k, v in record.items() if k != "input"}, "input", input_json)
+                del doc["input"]
+                body = canonical_json_with(doc, "input", input_json)
             digest = record_hash(prev, body)
-            principal = record["input"]["principal"]
+            principal = record.input["principal"]
             rows.append((
-                record["decision_id"], record["timestamp"], principal["agent_id"],
-                principal["session_id"], record["input"]["kind"], record["decision"],
-                record["request_id"], record["bundle_revision"], body, prev, digest,
+                record.decision_id, record.timestamp, principal["agent_id"], principal["session_id"],
+                record.input["kind"], record.decision, record.request_id, record.bundle_revision, body, prev, digest,
             ))
             prev = digest
         db = self._db
@@ -229,36 +232,21 @@ class DecisionLog:
 
     # -- reads (any thread; one connection per thread) --------------------------------------------
 
-    def _reader(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._readers, "db", None)
-        if db is None:
+    def _reader(self) -> SqliteDecisionStore:
+        store: SqliteDecisionStore | None = getattr(self._readers, "store", None)
+        if store is None:
             db = sqlite3.connect(self._config.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout=5000")
-            self._readers.db = db
-        return db
+            store = self._readers.store = SqliteDecisionStore(db, path=self._config.path)
+        return store
 
-    def get(self, decision_id: str) -> dict[str, Any] | None:
-        """The committed record with this ID, with its hash, or None."""
-        row = self._reader().execute(
-            "SELECT record, hash FROM decisions WHERE decision_id = ?", (decision_id,)
-        ).fetchone()
-        return _load(row)
+    def get(self, decision_id: str) -> DecisionRecord | None:
+        """The committed record with this ID, with its seq and hash, or None (LogReadError if it cannot be read)."""
+        return self._reader().get(decision_id)
 
-    def latest_for_request(self, request_id: str) -> dict[str, Any] | None:
+    def latest_for_request(self, request_id: str) -> DecisionRecord | None:
         """The most recent committed record answering this caller request_id, or None."""
-        row = self._reader().execute(
-            "SELECT record, hash FROM decisions WHERE request_id = ? ORDER BY seq DESC LIMIT 1",
-            (request_id,),
-        ).fetchone()
-        return _load(row)
-
-
-def _load(row: tuple[str, str] | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    record: dict[str, Any] = json.loads(row[0])
-    record["hash"] = row[1]
-    return record
+        return self._reader().latest_for_request(request_id)
 
 
 def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:

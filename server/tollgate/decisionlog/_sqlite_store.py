@@ -46,19 +46,26 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def _reading(method: Callable[_P, _T]) -> Callable[_P, _T]:
+def _failing_as(doing: str) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
     """SQLite's errors leave the store as LogReadError naming the file, so callers need not know the backend."""
 
-    @functools.wraps(method)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(*args, **kwargs)
-        except sqlite3.Error as exc:
-            store = args[0]
-            assert isinstance(store, SqliteDecisionStore)
-            raise LogReadError(f"cannot read decision log {store.path}: {exc}") from exc
+    def decorate(method: Callable[_P, _T]) -> Callable[_P, _T]:
+        @functools.wraps(method)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+            try:
+                return method(*args, **kwargs)
+            except sqlite3.Error as exc:
+                store = args[0]
+                assert isinstance(store, SqliteDecisionStore)
+                raise LogReadError(f"cannot {doing} decision log {store.path}: {exc}") from exc
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+_reading = _failing_as("read")
+_keeping = _failing_as("update")
 
 
 def query_sql(query: Query) -> tuple[str, tuple[Any, ...]]:
@@ -246,7 +253,7 @@ class SqliteDecisionStore:
         row = self._db.execute("SELECT seq FROM export_cursors WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
-    @_reading
+    @_keeping
     def save_cursor(self, name: str, seq: int) -> None:
         # One short transaction: the writer's busy_timeout covers the moment it holds the lock.
         with self._immediate():
@@ -254,7 +261,7 @@ class SqliteDecisionStore:
                              "DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
                              (name, seq, format_time(self._clock.now())))
 
-    @_reading
+    @_keeping
     def prune(self, *, upto: int, before: str, swept_at: str, batch: int) -> tuple[int, bool]:
         with self._immediate():
             rows = self._db.execute("SELECT seq, timestamp, hash FROM decisions WHERE seq <= ? ORDER BY seq LIMIT ?",
