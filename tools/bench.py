@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import ctypes
 import dataclasses
@@ -40,7 +41,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -56,6 +56,7 @@ from typing import Any
 import grpc
 
 from tollgate.contract import NO_BUNDLE
+from tollgate.decisionlog import Query, matching, open_read_only
 from tollgate.sidecar.config import ServeConfig, default_bundle
 from tollgate.sidecar.serve import grpc_server
 from tollgate.v1 import authorization_pb2 as pb
@@ -528,8 +529,8 @@ def log_key(response: pb.AuthorizeResponse) -> str:
 
 
 def log_position(db: Path) -> int:
-    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
-        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0])
+    with open_read_only(db.parent) as store:
+        return store.span(Query())[1]
 
 
 def settled_log_position(db: Path) -> int:
@@ -545,12 +546,13 @@ def settled_log_position(db: Path) -> int:
 
 
 def log_rows_since(db: Path, after: int, upto: int) -> LogCount:
-    query = (
-        "SELECT decision || coalesce(':' || json_extract(record, '$.reasons[0].code'), ''), count(*)"
-        " FROM decisions WHERE seq > ? AND seq <= ? GROUP BY 1 ORDER BY 2 DESC"
-    )
-    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
-        by_decision = {str(k): int(n) for k, n in conn.execute(query, (after, upto))}
+    counts: collections.Counter[str] = collections.Counter()
+    with open_read_only(db.parent) as store:
+        for row in matching(store, Query(), after=after, upto=upto):
+            reasons = json.loads(row.record_json).get("reasons") or [{}]
+            code = reasons[0].get("code")
+            counts[row.decision + (f":{code}" if code else "")] += 1
+    by_decision = dict(counts.most_common())
     return LogCount(sum(by_decision.values()), by_decision)
 
 

@@ -2,8 +2,8 @@
 
 Starts `tollgate serve` on a temporary data directory with rego/, sends a varied set of Authorize
 requests for the agents in rego/agents (tool calls that are allowed, denied or need approval,
-model calls, budget requests), stops the server, and writes `SELECT record FROM decisions ORDER BY seq`
-one record per line: the decision-log record format `tollgate replay --decisions` reads.
+model calls, budget requests), stops the server, and writes its decision log's records as stored, in append
+order, one record per line: the decision-log record format `tollgate replay --decisions` reads.
 
     .venv/bin/python tools/make_decision_sample.py [--out samples/decisions.jsonl]
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from tollgate.decisionlog import Query, matching, open_read_only
 from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -179,9 +179,8 @@ def generate(out: Path) -> int:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-        db = sqlite3.connect(data_dir / "decisions.db")
-        rows = [record for (record,) in db.execute("SELECT record FROM decisions ORDER BY seq")]
-        db.close()
+        with open_read_only(data_dir) as store:
+            rows = [row.record_json for row in matching(store, Query())]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(f"{record}\n" for record in rows), encoding="utf-8")
     return len(rows)

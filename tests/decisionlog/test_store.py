@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from tollgate.decisionlog import (
     DecisionLog,
     DecisionRecord,
@@ -176,3 +178,14 @@ def test_a_record_that_is_not_one_is_named_by_its_seq(data_dir: Path) -> None:
     with open_read_only(data_dir) as store:
         with pytest.raises(ValueError, match=r"^seq 2: not a JSON object$"):
             store.get("dec-2")
+
+
+#: SQL naming the log's table (case matters: prose says "from decisions" too).
+_SQL = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+decisions\b|\bdecisions\s+WHERE\b")
+
+
+def test_sql_against_the_decisions_table_is_only_in_the_sqlite_store_and_writer() -> None:
+    package = ROOT / "server" / "tollgate"
+    sources = [*package.rglob("*.py"), *(ROOT / "tools").rglob("*.py")]
+    speaking = sorted(str(p.relative_to(ROOT)) for p in sources if _SQL.search(p.read_text()))
+    assert speaking == ["server/tollgate/decisionlog/_sqlite.py", "server/tollgate/decisionlog/_sqlite_store.py"]
