@@ -7,19 +7,19 @@ Verifying, loading, compiling and activating a fetched bundle is the activator's
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
-import time
-import urllib.error
-import urllib.request
+import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tollgate.bundle._archive import archive_bytes
 from tollgate.bundle._loader import DEFAULT_SIZE_LIMIT, BundleError, read_directory
+from tollgate.net import HttpOptions, RequestFailed
 
-_CHUNK = 64 * 1024
+if TYPE_CHECKING:
+    from tollgate.net import HttpClient
 
 
 class FetchError(BundleError):
@@ -57,11 +57,20 @@ class BundleSource(Protocol):
         Blocking: run it in a thread. Raises FetchError."""
         ...
 
+    def close(self) -> None:
+        """Release what the source holds open (an HTTP source's connections)."""
+        ...
 
-def open_source(location: str, *, size_limit: int = DEFAULT_SIZE_LIMIT, timeout: float = 10.0) -> BundleSource:
-    """The source for a --bundle value: an http(s):// URL, else a directory or a .tar.gz file path."""
+
+_NO_HTTP_OPTIONS = HttpOptions()
+
+
+def open_source(location: str, *, size_limit: int = DEFAULT_SIZE_LIMIT, timeout: float = 10.0,
+                http: HttpOptions = _NO_HTTP_OPTIONS) -> BundleSource:
+    """The source for a --bundle value: an http(s):// URL (reached with the http options), else a directory or
+    a .tar.gz file path."""
     if location.startswith(("http://", "https://")):
-        return HttpSource(location, size_limit=size_limit, timeout=timeout)
+        return HttpSource(location, size_limit=size_limit, timeout=timeout, http=http)
     path = Path(location)
     if path.is_file() or (not path.is_dir() and location.endswith((".tar.gz", ".tgz"))):
         return FileSource(location, size_limit=size_limit)
@@ -97,6 +106,9 @@ class DirectorySource:
                 h.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
             self._stamp, self._digest = stamp, h.hexdigest()
         return Fetched(digest=self._digest, archive=None)
+
+    def close(self) -> None:
+        pass
 
     @staticmethod
     def _stat(root: Path) -> tuple[tuple[str, int, int], ...]:
@@ -142,47 +154,76 @@ class FileSource:
             self._stamp, self._last = stamp, Fetched(digest=hashlib.sha256(data).hexdigest(), archive=data)
         return self._last
 
+    def close(self) -> None:
+        pass
+
 
 class HttpSource:
-    """An HTTP(S) bundle service, polled like OPA's: a conditional GET with If-None-Match; 304 = unchanged."""
+    """An HTTP(S) bundle service, polled like OPA's: a conditional GET with If-None-Match; 304 = unchanged.
+
+    Redirects are followed (an object store's signed URL, say; the bearer token is not sent to another host).
+    The client, and its kept-alive connection, is made on the first fetch, so a CA file that cannot be loaded
+    is a failed poll the status reports, like an unreachable service.
+    """
 
     kind = "http"
 
-    def __init__(self, location: str, *, size_limit: int = DEFAULT_SIZE_LIMIT, timeout: float = 10.0) -> None:
+    def __init__(self, location: str, *, size_limit: int = DEFAULT_SIZE_LIMIT, timeout: float = 10.0,
+                 http: HttpOptions = _NO_HTTP_OPTIONS) -> None:
         self.location = location
         self._size_limit = size_limit
         self._timeout = timeout
+        self._options = http
+        self._client: HttpClient | None = None
+        self._lock = threading.Lock()  # fetch runs in a worker thread, close on the event loop
 
     def fetch(self, etag: str) -> Fetched | None:
         url = self.location
-        request = urllib.request.Request(url, headers={"User-Agent": "tollgate", "Accept-Encoding": "identity"})
+        headers = {"Accept-Encoding": "identity"}
         if etag:
-            request.add_header("If-None-Match", etag)
-        deadline = time.monotonic() + self._timeout
+            headers["If-None-Match"] = etag
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                length = response.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) > self._size_limit:
-                    raise FetchError(f"bundle {url}: {length} bytes, over the {self._size_limit}-byte limit",
-                                     reason="too_large")
-                body = bytearray()
-                # A total deadline, not only a per-read timeout: a service dripping one byte at a time
-                # must not hold the poller forever.
-                while chunk := response.read(_CHUNK):
-                    body += chunk
-                    if len(body) > self._size_limit:
-                        raise FetchError(f"bundle {url}: larger than the {self._size_limit}-byte limit",
-                                         reason="too_large")
-                    if time.monotonic() > deadline:
-                        raise FetchError(f"bundle {url}: download took longer than {self._timeout:g}s")
-                new_etag = response.headers.get("ETag", "") or ""
-        except urllib.error.HTTPError as exc:
-            if exc.code == 304:
-                return None
-            raise FetchError(f"bundle {url}: HTTP {exc.code} {exc.reason}") from exc
-        except urllib.error.URLError as exc:
-            raise FetchError(f"bundle {url}: unreachable ({exc.reason})") from exc
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise FetchError(f"bundle {url}: download failed ({exc!r})") from exc
-        data = bytes(body)
-        return Fetched(digest=hashlib.sha256(data).hexdigest(), archive=data, etag=new_etag)
+            response = self._http().request("GET", url, headers=headers, timeout=self._timeout,
+                                            read_limit=self._size_limit)
+        except RequestFailed as exc:
+            raise FetchError(_failure(url, exc, timeout=self._timeout)) from exc
+        if response.status == 304:
+            return None
+        if not response.ok:
+            raise FetchError(f"bundle {url}: HTTP {response.status} {response.reason}")
+        if response.truncated:
+            length = response.headers.get("Content-Length", "")
+            size = f"{length} bytes, over" if length.isdigit() else "larger than"
+            raise FetchError(f"bundle {url}: {size} the {self._size_limit}-byte limit", reason="too_large")
+        data = response.body
+        return Fetched(digest=hashlib.sha256(data).hexdigest(), archive=data, etag=response.headers.get("ETag", ""))
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _http(self) -> HttpClient:
+        from tollgate.net import HttpClient  # loads httpx2: only a sidecar polling a service pays for it
+
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = HttpClient(self._options, follow_redirects=True)
+                except OSError as exc:  # ssl.SSLError is one too
+                    raise FetchError(f"bundle {self.location}: cannot load the CA file {self._options.ca_file!r} "
+                                     f"({exc})") from exc
+            return self._client
+
+
+def _failure(url: str, exc: RequestFailed, *, timeout: float) -> str:
+    """What a person reads when a poll got no answer."""
+    if exc.timed_out:
+        return f"bundle {url}: download took longer than {timeout:g}s ({exc})"
+    if isinstance(exc.cause, ssl.SSLCertVerificationError):
+        return (f"bundle {url}: unreachable ({exc}) (hint: bundle_ca_file names the CA that issued the "
+                "service's certificate)")
+    if exc.connect:
+        return f"bundle {url}: unreachable ({exc})"
+    return f"bundle {url}: download failed ({exc})"

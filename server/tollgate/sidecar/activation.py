@@ -18,7 +18,7 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from tollgate.clock import Clock, SystemClock
 from tollgate.contract import ContractError, DecisionRequest, build_input, parse_result
 from tollgate.encoding import canonical_json, format_time
 from tollgate.engine import UNDEFINED, EngineConfig, EngineError, EngineSlot, EvaluationTimeout, WorkerPoolEngine
-from tollgate.net import Backoff, Jitter
+from tollgate.net import Backoff, HttpOptions, Jitter
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class ActivatorConfig:
     local_poll_interval: float = 1.0
     #: HTTP sources: the whole download's deadline, in seconds.
     timeout: float = 10.0
+    #: HTTP sources: the bearer token, headers and CA file the service is reached with.
+    http: HttpOptions = field(default_factory=HttpOptions)
     #: Largest download, and largest uncompressed bundle, in bytes.
     size_limit: int = DEFAULT_SIZE_LIMIT
     #: After a failed poll, the first retry waits about this long; each further failure doubles it.
@@ -114,7 +116,7 @@ class BundleActivator:
         self._engine_config = engine_config
         self._listeners = listeners
         self._source: BundleSource = open_source(config.source, size_limit=config.size_limit,
-                                                 timeout=config.timeout)
+                                                 timeout=config.timeout, http=config.http)
         self._keys: dict[str, PublicKey] = load_public_keys(config.keys_dir) if config.keys_dir else {}
         self._status = BundleStatus(source=config.source, state=SourceState.NOT_READY, active=None,
                                     last_error=None, etag="", last_poll=None)
@@ -150,6 +152,7 @@ class BundleActivator:
             self._task = None
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+        self._source.close()
 
     async def _run(self) -> None:
         while True:

@@ -17,6 +17,7 @@ from tollgate import encoding
 from tollgate.bundle import DEFAULT_SIZE_LIMIT
 from tollgate.decisionlog import ShippingConfig
 from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier, valid_caller_id
+from tollgate.net import HttpOptions, ssl_context
 
 _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
 
@@ -47,6 +48,14 @@ class ServeConfig:
     bundle_timeout: float = 10.0
     #: Largest bundle download, and largest uncompressed bundle, in bytes (a guard against gzip bombs).
     bundle_size_limit: int = DEFAULT_SIZE_LIMIT
+    #: A file holding the bearer token sent to an http(s) bundle service (surrounding whitespace ignored).
+    bundle_token_file: str = ""
+    #: A file of headers sent with every request to an http(s) bundle service, one `Name: value` per line
+    #: (# comments), as otlp_headers_file: an object store's or CDN's credentials, kept out of the config.
+    bundle_headers_file: str = ""
+    #: PEM CA certificates an https bundle service's certificate must chain to, in place of the system's trust
+    #: store (a service behind a private CA).
+    bundle_ca_file: str = ""
     #: Directory of trusted public keys (KID.pem); signed bundles are verified against them.
     bundle_keys: str = ""
     #: Refuse bundles that are not signed by a trusted key (needs bundle_keys).
@@ -166,6 +175,7 @@ class ServeConfig:
             raise ConfigError("require_signatures: needs bundle_keys (the directory of trusted public keys)")
         if self.bundle_keys and not Path(self.bundle_keys).is_dir():
             raise ConfigError(f"bundle_keys: {self.bundle_keys!r} is not a directory")
+        self._validate_bundle_service()
         if self.metrics_listen and (":" not in self.metrics_listen
                                     or not self.metrics_listen.rsplit(":", 1)[1].isdigit()):
             raise ConfigError(f"metrics_listen: must be HOST:PORT, not {self.metrics_listen!r}")
@@ -231,6 +241,30 @@ class ServeConfig:
             max_delay=self.decision_log_max_delay, max_lag=self.decision_log_max_lag,
             retention=parse_duration("decision_log_retention", self.decision_log_retention)
             if self.decision_log_retention else None)
+
+    def _validate_bundle_service(self) -> None:
+        for name in ("bundle_token_file", "bundle_headers_file", "bundle_ca_file"):
+            if getattr(self, name) and not self.bundle.startswith(("http://", "https://")):
+                raise ConfigError(f"{name}: needs an http(s):// bundle (the service it is for), not {self.bundle!r}")
+        if self.bundle_ca_file and not self.bundle.startswith("https://"):
+            raise ConfigError(f"bundle_ca_file: needs an https:// bundle (plain http has no certificate to check), "
+                              f"not {self.bundle!r}")
+        if self.bundle_ca_file:
+            try:
+                ssl_context(self.bundle_ca_file)
+            except OSError as exc:  # ssl.SSLError is one too
+                raise ConfigError(f"bundle_ca_file: cannot load {self.bundle_ca_file!r} as PEM CA certificates "
+                                  f"({exc.strerror or exc})") from exc
+
+    def bundle_http(self) -> HttpOptions:
+        """How an http(s) bundle service is reached (reads bundle_token_file and bundle_headers_file)."""
+        token = _read_secret("bundle_token_file", self.bundle_token_file) if self.bundle_token_file else ""
+        headers = (_read_headers("bundle_headers_file", self.bundle_headers_file, set_by="the bundle poller",
+                                 own=_BUNDLE_HEADERS) if self.bundle_headers_file else ())
+        if token and any(name.lower() == "authorization" for name, _ in headers):
+            raise ConfigError(f"bundle_headers_file: {self.bundle_headers_file} has an Authorization line and "
+                              "bundle_token_file gives a token too: keep one of them")
+        return HttpOptions(token=token, headers=headers, ca_file=self.bundle_ca_file)
 
     def _validate_tls(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -358,9 +392,12 @@ def _read_secret(name: str, path: str) -> str:
 
 #: Headers an exporter sets itself; a headers file may not replace them.
 _OWN_HEADERS = frozenset({"content-type", "content-encoding", "content-length", "host", "user-agent"})
+#: Headers the bundle poller sets itself (conditional polling, the archive as sent).
+_BUNDLE_HEADERS = frozenset({"if-none-match", "accept-encoding", "content-length", "host", "user-agent"})
 
 
-def _read_headers(name: str, path: str) -> tuple[tuple[str, str], ...]:
+def _read_headers(name: str, path: str, *, set_by: str = "the exporter",
+                  own: frozenset[str] = _OWN_HEADERS) -> tuple[tuple[str, str], ...]:
     """`Name: value` lines of a headers file (blank lines and # comments skipped), checked line by line."""
     found: list[tuple[str, str]] = []
     for number, line in enumerate(_read_secret(name, path).splitlines(), 1):
@@ -371,8 +408,8 @@ def _read_headers(name: str, path: str) -> tuple[tuple[str, str], ...]:
         header, value = header.strip(), value.strip()
         if not colon or not header or not value or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in header):
             raise ConfigError(f"{name}: {path}:{number}: not a `Name: value` header line")
-        if header.lower() in _OWN_HEADERS:
-            raise ConfigError(f"{name}: {path}:{number}: {header} is set by the exporter itself")
+        if header.lower() in own:
+            raise ConfigError(f"{name}: {path}:{number}: {header} is set by {set_by} itself")
         found.append((header, value))
     return tuple(found)
 

@@ -61,6 +61,7 @@ async def serve(config: ServeConfig) -> int:
         resolver = config.caller_resolver(relay_prefix=relay.peer_prefix if relay else "")
         authzen_tls = config.authzen_ssl_context()
         shipping_config = config.log_shipping()
+        bundle_http = config.bundle_http()
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     if not admin_token and not config.admin_identities:
@@ -102,7 +103,7 @@ async def serve(config: ServeConfig) -> int:
             ActivatorConfig(
                 source=config.bundle, state_dir=data_dir / "bundles", keys_dir=config.bundle_keys,
                 require_signatures=config.require_signatures, poll_interval=config.bundle_poll,
-                timeout=config.bundle_timeout, size_limit=config.bundle_size_limit,
+                timeout=config.bundle_timeout, size_limit=config.bundle_size_limit, http=bundle_http,
             ),
             slot, engine_config, listeners=(on_bundle,),
         )
