@@ -1,4 +1,4 @@
-"""The policy contract: valid results parse; anything else is named precisely."""
+"""The policy contract: valid results parse; anything else is named precisely; the input document's shape."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from tollgate.contract import ContractError, Reason, ReservePlan, parse_result
+from tollgate.contract import ContractError, DecisionRequest, Reason, ReservePlan, build_input, parse_result
+from tollgate.identity import Caller
 
 
 def test_allow_with_obligations() -> None:
@@ -62,3 +63,28 @@ BROKEN: list[tuple[str, Any, str]] = [
 def test_broken_results_are_refused_naming_the_problem(value: Any, message: str) -> None:
     with pytest.raises(ContractError, match=message):
         parse_result(value)
+
+
+REQUEST = DecisionRequest(kind="tool", principal={"agent_id": "a", "session_id": "s"},
+                          action={"server": "github", "name": "read"}, caller=Caller(method="uds", subject="uid:7"))
+
+
+def test_the_input_document_holds_the_request_and_empty_state_by_default() -> None:
+    doc = build_input(REQUEST, now="2026-12-31T23:59:59Z")
+    assert doc == {"kind": "tool", "principal": {"agent_id": "a", "session_id": "s"},
+                   "tool": {"server": "github", "name": "read"}, "context": {}, "request_id": "", "approval_id": "",
+                   "auth": {"method": "uds", "subject": "uid:7"},
+                   "state": {"spend": {}, "spend_month": {}, "killed": [], "approval": None},
+                   "now": "2026-12-31T23:59:59Z"}
+
+
+def test_the_input_document_carries_the_state_read_and_a_caller_refusal() -> None:
+    doc = build_input(REQUEST, now="2026-12-31T23:59:59Z", killed=[{"scope": "all", "value": "*", "reason": "r"}],
+                      approval={"id": "apr_1", "status": "approved", "approver": "alice"},
+                      spend={"session": {"usd": 0.5}}, spend_month={"agent": {"usd": 3.0}},
+                      refused=Reason("principal_mismatch", "not yours"))
+    assert doc["state"] == {"spend": {"session": {"usd": 0.5}}, "spend_month": {"agent": {"usd": 3.0}},
+                            "killed": [{"scope": "all", "value": "*", "reason": "r"}],
+                            "approval": {"id": "apr_1", "status": "approved", "approver": "alice"}}
+    assert doc["auth"]["refused"] == {"code": "principal_mismatch", "message": "not yours"}
+    assert "refused" not in REQUEST.caller.auth_input()  # the caller's own view is not changed

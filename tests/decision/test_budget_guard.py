@@ -26,19 +26,23 @@ def guard(tmp_path: Path) -> BudgetGuard:
 def test_settle_ends_the_step_so_the_next_request_need_not_wait_for_the_log(guard: BudgetGuard) -> None:
     async def run() -> list[str]:
         order: list[str] = []
+        settled, second_decided = asyncio.Event(), asyncio.Event()
 
         async def first() -> None:
             async with guard.step():
                 guard.settle("budget", PRINCIPAL, {}, ALLOWED, SpendView(NOTHING), decision_id="d1")
-                await asyncio.sleep(0.05)  # the log append, after the reservation
+                settled.set()
+                await second_decided.wait()  # the log append, after the reservation, outlasts the next decision
                 order.append("first logged")
 
         async def second() -> None:
-            await asyncio.sleep(0.01)
+            await settled.wait()
             async with guard.step():
                 order.append("second decided")
+            second_decided.set()
 
-        await asyncio.gather(first(), second())
+        # A step that settle() did not end would leave both waiting: the bound turns that into a failure.
+        await asyncio.wait_for(asyncio.gather(first(), second()), timeout=10)
         return order
 
     assert asyncio.run(run()) == ["second decided", "first logged"]
