@@ -166,9 +166,9 @@ class DecisionPath:
 
     def record(self, decision: Decision) -> dict[str, Any]:
         """The logged record of a decision, as JSON would hold it."""
-        found: Any = self.log.get(decision.decision_id)
+        found = self.log.get(decision.decision_id)
         assert found is not None, f"decision {decision.decision_id} is not in the log"
-        return found if isinstance(found, dict) else dict(found.as_dict())
+        return found.as_dict()
 
     def records(self) -> int:
         with sqlite3.connect(self.log.path) as db:
