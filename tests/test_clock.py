@@ -13,6 +13,8 @@ import pytest
 
 from tollgate.clock import SHIFT_ENV, START_ENV, ManualClock, OffsetClock, ShiftFileClock, SystemClock, from_environment
 
+pytestmark = pytest.mark.clock
+
 NEW_YEAR = datetime(2027, 1, 1, tzinfo=UTC)
 
 

@@ -9,7 +9,6 @@ import shlex
 import shutil
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,11 +18,13 @@ import grpc
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, REGO, TOLLGATE, Server, start_server, tool_request, write_policy
-from tests.readme import readme_section
+from tests.readme import mask_dates, readme_section
 from tollgate.authoring.replay import Candidate, read_data_dir, replay
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.clock
 
 # release-bot is in a group of approvers on purpose: an agent still never approves its own request.
 GROUPS = {"release-managers": ["rita", "release-bot"], "sre-oncall": ["sam"]}
@@ -185,12 +186,12 @@ def test_an_expired_approval_is_denied(tmp_path: Path) -> None:
     bundle = tmp_path / "rego"
     shutil.copytree(REGO, bundle)
     manifest = bundle / "agents/release-bot/data.yaml"
-    manifest.write_text(manifest.read_text().replace("ttl_seconds: 1800", "ttl_seconds: 1"))
+    manifest.write_text(manifest.read_text().replace("ttl_seconds: 1800", "ttl_seconds: 60"))
     server = start_server(tmp_path / "data", bundle=bundle, config={"approver_groups": GROUPS})
     try:
         asked = ask_for_approval(server, pr=9)
         ApproverClient(server).decide(asked.approval_id, approve=True, by="rita", reason="ok")
-        time.sleep(1.1)
+        server.advance_clock(61)  # past the approval's 60 s on the server's clock, without waiting for them
         expired = server.authorize(merge(pr=9, approval_id=asked.approval_id))
         assert expired.decision == pb.DECISION_DENY and codes(expired) == ["approval_expired"]
         assert record(server, expired.decision_id)["approval_status"] == "expired"
@@ -257,7 +258,7 @@ def test_a_harness_waits_for_the_decision_without_admin_credentials(server: Serv
     stream = stub.WaitForApproval(pb.WaitForApprovalRequest(approval_id=asked.approval_id), timeout=20)
     first = next(stream)
     assert (first.id, first.status, first.decided_by) == (asked.approval_id, "pending", "")
-    assert first.expires_at.seconds > time.time()
+    assert first.expires_at.seconds > server.clock_range()[1].timestamp()  # in the future on the server's clock
     approvals.decide(asked.approval_id, approve=False, by="sam", reason="not during the freeze")
     assert [(s.status, s.decided_by, s.reason) for s in stream] == [("denied", "sam", "not during the freeze")]
     # A decided approval answers at once, and the stream ends.
@@ -361,7 +362,7 @@ def _console_commands(section: str) -> list[tuple[list[str], str]]:
 
 
 def _varying(text: str) -> str:
-    text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "TIME", text)
+    text = mask_dates(text)
     text = re.sub(r"apr_[0-9a-f-]+", "apr_ID", text)
     return re.sub(r"(decision_id|bundle)=\S+", r"\1=...", text).strip()
 

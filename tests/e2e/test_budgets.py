@@ -1,4 +1,9 @@
-"""Budgets on real servers: reservations made with the decision, never past a limit; usage reports; expiry."""
+"""Budgets on real servers: reservations made with the decision, never past a limit; usage reports; expiry.
+
+Day and month windows are read on the server's clock (`make test` runs these again with it started seconds before
+a year end): what a window should hold is worked out from the day each reservation was made on and the moment
+each decision read its spend, both as the server recorded them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import shlex
 import sqlite3
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -21,6 +27,8 @@ from tests.readme import mask_dates, readme_section
 from tollgate.v1 import admin_pb2, admin_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.clock
 
 # code-reviewer (rego/agents/code-reviewer): max_request_usd 2; limits session usd 20, tokens 2,000,000; agent usd 400.
 SESSION_LIMIT = 20.0
@@ -54,6 +62,27 @@ def spend_seen(server: Server, decision_id: str) -> dict[str, object]:
     record = json_format.MessageToDict(server.get_decision(decision_id).input)
     spend: dict[str, object] = record["state"]["spend"]
     return spend
+
+
+def reserved_in(server: Server, response: pb.AuthorizeResponse, window: str) -> str:
+    """The UTC day (window "day") or month ("month") the server made this decision's reservation in."""
+    day, month = ledger(server, "SELECT day, month FROM budget_reservations WHERE id = ? LIMIT 1",
+                        response.reservation_id)[0]
+    return str(day if window == "day" else month)
+
+
+def read_in(server: Server, response: pb.AuthorizeResponse, window: str) -> str:
+    """The UTC day or month of the moment the server read spend for this decision (its input's `now`)."""
+    now = str(json_format.MessageToDict(server.get_decision(response.decision_id).input)["now"])
+    return now[:10] if window == "day" else now[:7]
+
+
+def window_spend(server: Server, response: pb.AuthorizeResponse, window: str,
+                 earlier: Sequence[tuple[pb.AuthorizeResponse, float]]) -> dict[str, float]:
+    """The usd a day or month window held when the server decided `response`: the earlier reservations it made in
+    that same day or month by its own clock (all of them on an ordinary day; fewer when a midnight fell between)."""
+    amounts = [amount for r, amount in earlier if reserved_in(server, r, window) == read_in(server, response, window)]
+    return {"usd": sum(amounts)} if amounts else {}
 
 
 def report(server: Server, reservation_id: str, amount: float, unit: str = "") -> pb.ReportUsageResponse:
@@ -92,17 +121,38 @@ def test_each_decision_shows_the_policy_current_spend_and_logs_its_reservation(s
     second = server.authorize(budget_request(0.5, team="platform"))
     assert answer(first) == answer(second) == ("DECISION_ALLOW", [])
     assert spend_seen(server, first.decision_id)["session"] == {}
+    # {"usd": 1.5} in each daily scope, unless the server's clock passed midnight between the two.
+    daily = window_spend(server, second, "day", [(first, 1.5)])
     assert spend_seen(server, second.decision_id) == {
-        "session": {"usd": 1.5}, "agent": {"usd": 1.5}, "team": {"usd": 1.5}, "workflow": {"usd": 1.5}}
+        "session": {"usd": 1.5}, "agent": daily, "team": daily, "workflow": daily}
     # Another session of the same agent shares the agent's (daily) budget but not the session's.
     other = server.authorize(budget_request(0.25, session="run-2"))
-    assert spend_seen(server, other.decision_id)["agent"] == {"usd": 2.0}
+    assert spend_seen(server, other.decision_id)["agent"] == window_spend(server, other, "day",
+                                                                          [(first, 1.5), (second, 0.5)])
     assert spend_seen(server, other.decision_id)["session"] == {}
     for response in (first, second, other):
         assert server.get_decision(response.decision_id).reservation_id == response.reservation_id
-    # The month's spend is beside it, for the scopes that have a month (a session is one run).
+    # The month's spend is beside it, for the scopes that have a month (a session is one run): {"usd": 2.0}
+    # unless a month end fell between.
     month = json_format.MessageToDict(server.get_decision(other.decision_id).input)["state"]["spend_month"]
-    assert month == {"agent": {"usd": 2.0}, "team": {}, "workflow": {"usd": 2.0}}  # run-2 names no team
+    monthly = window_spend(server, other, "month", [(first, 1.5), (second, 0.5)])
+    assert month == {"agent": monthly, "team": {}, "workflow": monthly}  # run-2 names no team
+
+
+def test_past_midnight_on_the_server_clock_the_day_starts_again_and_the_run_does_not(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve()
+    first = server.authorize(budget_request(1.5, team="platform"))
+    report(server, first.reservation_id, 1.5)  # spent: it counts however far the clock moves (a hold would expire)
+    server.step_past_midnight(within=86400)  # there is always a midnight within a day: the clock moves past it
+    second = server.authorize(budget_request(0.5, team="platform"))
+    assert reserved_in(server, first, "day") < reserved_in(server, second, "day") == read_in(server, second, "day")
+    assert spend_seen(server, second.decision_id) == {"session": {"usd": 1.5}, "agent": {}, "team": {},
+                                                      "workflow": {}}
+    # The month carries on, unless that midnight ended it (always, on a clock started before a year end).
+    month = json_format.MessageToDict(server.get_decision(second.decision_id).input)["state"]["spend_month"]
+    same_month = reserved_in(server, first, "month") == read_in(server, second, "month")
+    assert month == ({"agent": {"usd": 1.5}, "team": {"usd": 1.5}, "workflow": {"usd": 1.5}} if same_month
+                     else {"agent": {}, "team": {}, "workflow": {}})
 
 
 def test_a_request_past_the_limit_is_denied_by_the_policy_with_the_spend_it_saw(serve) -> None:  # type: ignore[no-untyped-def]
@@ -149,18 +199,19 @@ def test_report_over_the_reservation_commits_what_was_spent_and_flags_it(serve) 
 
 
 def test_an_expired_reservation_releases_its_amount(serve) -> None:  # type: ignore[no-untyped-def]
+    # The server sweeps expired reservations every TTL (2 s); its clock is moved past the TTL, not slept past.
     server = serve(extra=["--reservation-ttl", "2"])
     granted = [server.authorize(budget_request(2)) for _ in range(10)]
     assert all(answer(g) == ("DECISION_ALLOW", []) for g in granted)
     assert answer(server.authorize(budget_request(1))) == ("DECISION_DENY", ["budget_exceeded"])
-    time.sleep(2.2)
+    server.advance_clock(3)
     again = server.authorize(budget_request(1))
     assert answer(again) == ("DECISION_ALLOW", [])
     assert spend_seen(server, again.decision_id)["session"] == {"usd": 0.0}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and len(
             ledger(server, "SELECT id FROM budget_reservations WHERE status = 'expired'")) < 10:
-        time.sleep(0.2)
+        time.sleep(0.05)  # polling for the sweep, not waiting out a TTL
     expired = ledger(server, "SELECT id FROM budget_reservations WHERE status = 'expired'")
     assert {g.reservation_id for g in granted} <= {r[0] for r in expired}
     with pytest.raises(grpc.RpcError) as late:
@@ -224,6 +275,10 @@ def test_the_server_re_checks_monthly_limits_as_it_reserves(serve, tmp_path: Pat
     first = server.authorize(budget_request(0.6, session="run-a"))
     second = server.authorize(budget_request(0.6, session="run-b"))  # another run, the same agent's month
     assert answer(first) == ("DECISION_ALLOW", [])
+    if reserved_in(server, first, "month") != read_in(server, second, "month"):
+        # The server's clock passed a month end between the two: the new month has room for it.
+        assert answer(second) == ("DECISION_ALLOW", [])
+        return
     assert answer(second) == ("DECISION_DENY", ["budget_exceeded"])
     assert second.reasons[0].message == ("agent monthly spend 0.6 usd plus this request's 0.6 would pass the agent "
                                          "monthly limit of 1 usd")
@@ -233,16 +288,27 @@ def test_spend_by_scope_over_the_admin_rpc_and_the_cli(serve) -> None:  # type: 
     server = serve()
     granted = server.authorize(budget_request(1.5, team="platform"))
     report(server, granted.reservation_id, 1)
-    server.authorize(budget_request(0.5, team="platform"))
+    held = server.authorize(budget_request(0.5, team="platform"))
     admin = admin_pb2_grpc.AdminServiceStub(server.channel)
     found = admin.GetSpend(admin_pb2.GetSpendRequest(session="run-1", team="platform"), timeout=10,
                            metadata=server.admin_metadata)
     shown_units = [(s.scope, s.value, [(u.unit, u.committed, u.reserved, u.total) for u in s.units])
                    for s in found.scopes]
-    assert shown_units == [("session", "run-1", [("usd", 1.0, 0.5, 1.5)]),
-                           ("team", "platform", [("usd", 1.0, 0.5, 1.5)]),
-                           ("team", "platform", [("usd", 1.0, 0.5, 1.5)])]
     assert [s.window.split()[0] for s in found.scopes] == ["run", "day", "month"]
+
+    def in_window(response: pb.AuthorizeResponse, window: str) -> bool:  # the window GetSpend read, e.g. "day D"
+        kind, _, when = window.partition(" ")
+        return kind == "run" or reserved_in(server, response, kind) == when
+
+    def units(window: str) -> list[tuple[str, float, float, float]]:
+        """("usd", 1.0, 0.5, 1.5) on an ordinary day; less of it when a midnight fell between on the server's clock."""
+        committed, reserved = 1.0 * in_window(granted, window), 0.5 * in_window(held, window)
+        return [("usd", committed, reserved, committed + reserved)] if committed or reserved else []
+
+    windows = [s.window for s in found.scopes]
+    assert shown_units == [("session", "run-1", [("usd", 1.0, 0.5, 1.5)]),
+                           ("team", "platform", units(windows[1])),
+                           ("team", "platform", units(windows[2]))]
     with pytest.raises(grpc.RpcError) as no_token:
         admin.GetSpend(admin_pb2.GetSpendRequest(session="run-1"), timeout=10)
     assert no_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -270,8 +336,10 @@ def test_spend_by_scope_over_the_admin_rpc_and_the_cli(serve) -> None:  # type: 
 
 
 def test_readme_budgets_walkthrough_runs_as_shown(serve) -> None:  # type: ignore[no-untyped-def]
-    """The README's "Budgets" section, command by command, on a fresh sidecar."""
+    """The README's "Budgets" section, command by command, on a fresh sidecar (whose clock is moved off a
+    midnight first: the example shows one day's spend)."""
     server = serve()
+    server.step_past_midnight(within=120)
     block = re.findall(r"```console\n(.*?)```", readme_section("Budgets"), re.S)
     assert len(block) == 1
     steps = re.split(r"^\$ ", block[0].replace("\\\n", ""), flags=re.M)[1:]

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import concurrent.futures
+import http.server
+import json
 import os
 import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.conftest import start_server, tool_request, write_policy
+from tests.conftest import Serve, start_server, tool_request, write_policy
 from tollgate.v1 import authorization_pb2 as pb
+
+pytestmark = pytest.mark.clock
 
 ALLOW_ALL = """
 package tollgate
@@ -22,7 +27,7 @@ package tollgate
 decision := {"decision": "allow", "reasons": [{"code": "ok", "message": "allowed"}], "obligations": {"n": 1}}
 """
 
-# About a quarter of a second of work per evaluation: long enough to be in flight when SIGTERM lands.
+# About a quarter of a second of work per evaluation: far past a 1 ms deadline.
 SLOW_ALLOW = """
 package tollgate
 
@@ -31,8 +36,64 @@ decision := {"decision": "allow", "reasons": [{"code": "n", "message": sprintf("
 }
 """
 
+# Each evaluation calls the test's Hold endpoint (data.hold) and waits there until the test releases it.
+HELD_ALLOW = """
+package tollgate
 
-def test_every_answered_decision_survives_sigkill(serve, tmp_path: Path) -> None:
+decision := {"decision": "allow", "reasons": [{"code": "held", "message": "released"}]} if {
+    url := sprintf("%s/%s", [data.hold, input.principal.agent_id])
+    http.send({"method": "GET", "url": url, "timeout": "60s"}).status_code == 200
+}
+"""
+
+
+class Hold:
+    """An HTTP endpoint a policy calls that holds each evaluation until released: the test knows which requests
+    the server is evaluating (they are in flight) and when they may finish."""
+
+    def __init__(self) -> None:
+        self.arrived: list[str] = []
+        self.released = threading.Event()
+        hold = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hold.arrived.append(self.path.lstrip("/"))
+                hold.released.wait(60)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.released.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def hold() -> Iterator[Hold]:
+    h = Hold()
+    yield h
+    h.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Poll for condition: what a fixed sleep used to stand in for."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_every_answered_decision_survives_sigkill(serve: Serve, tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL), data_dir=data)
     received: list[str] = []
@@ -57,7 +118,7 @@ def test_every_answered_decision_survives_sigkill(serve, tmp_path: Path) -> None
     threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
+    wait_until(lambda: len(received) > 200)
     server.proc.send_signal(signal.SIGKILL)  # mid-load: answers are leaving the process right now
     server.proc.wait()
     stop.set()
@@ -70,7 +131,7 @@ def test_every_answered_decision_survives_sigkill(serve, tmp_path: Path) -> None
     assert len(set(received)) == len(received)
 
 
-def test_get_decision_returns_the_logged_record(serve, tmp_path: Path) -> None:
+def test_get_decision_returns_the_logged_record(serve: Serve, tmp_path: Path) -> None:
     server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL))
     request = tool_request(arguments={"repo": "payments-api", "number": 42}, session_id="s-1", team="platform")
     request.tool.resources.append("repo:payments-api")
@@ -94,7 +155,7 @@ def test_get_decision_returns_the_logged_record(serve, tmp_path: Path) -> None:
     assert record.timestamp.seconds > 0
 
 
-def test_get_decision_unknown_id_is_not_found(serve, tmp_path: Path) -> None:
+def test_get_decision_unknown_id_is_not_found(serve: Serve, tmp_path: Path) -> None:
     server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL))
     with pytest.raises(grpc.RpcError) as err:
         server.get_decision("01234567-89ab-7def-8123-456789abcdef")
@@ -104,20 +165,23 @@ def test_get_decision_unknown_id_is_not_found(serve, tmp_path: Path) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_decision_ids_are_unique_and_time_ordered(serve, tmp_path: Path) -> None:
+def test_decision_ids_are_unique_and_time_ordered(serve: Serve, tmp_path: Path) -> None:
     server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL))
     ids = [server.authorize(tool_request()).decision_id for _ in range(50)]
     assert len(set(ids)) == 50
     assert ids == sorted(ids)
 
 
-def test_sigterm_drains_in_flight_requests_flushes_the_log_and_exits_0(serve, tmp_path: Path) -> None:
-    server = serve(bundle=write_policy(tmp_path / "b", SLOW_ALLOW),
-                   extra=["--workers", "2", "--eval-timeout-ms", "20000"])
+def test_sigterm_drains_in_flight_requests_flushes_the_log_and_exits_0(serve: Serve, tmp_path: Path,
+                                                                       hold: Hold) -> None:
+    server = serve(bundle=write_policy(tmp_path / "b", HELD_ALLOW, json.dumps({"hold": hold.url})),
+                   extra=["--workers", "6", "--eval-timeout-ms", "20000"])
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(server.authorize, tool_request(agent=f"a{i}"), 60) for i in range(6)]
-        time.sleep(0.3)  # all six are in flight (two evaluating, four queued)
+        wait_until(lambda: len(hold.arrived) == 6)  # all six are in flight, each held mid-evaluation
         server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "shutting down: draining" in server.stderr)  # they finish during the drain
+        hold.released.set()
         responses = [f.result() for f in futures]
     assert server.proc.wait(60) == 0
     assert [r.decision for r in responses] == [pb.DECISION_ALLOW] * 6
@@ -128,16 +192,20 @@ def test_sigterm_drains_in_flight_requests_flushes_the_log_and_exits_0(serve, tm
         server.data_dir / "decisions.db-wal").stat().st_size == 0
 
 
-def test_sigterm_to_the_whole_process_group_drains_without_losing_the_engine_workers(tmp_path: Path) -> None:
+def test_sigterm_to_the_whole_process_group_drains_without_losing_the_engine_workers(tmp_path: Path,
+                                                                                     hold: Hold) -> None:
     # systemd (KillMode=control-group), `timeout` and `kill -- -PGID` signal every process of the group: the
     # engine workers must leave shutdown to the server, which still needs them to drain in-flight requests.
-    server = start_server(tmp_path / "data", bundle=write_policy(tmp_path / "b", SLOW_ALLOW),
-                          extra=["--workers", "2", "--eval-timeout-ms", "20000"], own_group=True)
+    server = start_server(tmp_path / "data", bundle=write_policy(tmp_path / "b", HELD_ALLOW,
+                                                                 json.dumps({"hold": hold.url})),
+                          extra=["--workers", "4", "--eval-timeout-ms", "20000"], own_group=True)
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(server.authorize, tool_request(agent=f"a{i}"), 60) for i in range(4)]
-            time.sleep(0.3)
+            wait_until(lambda: len(hold.arrived) == 4)  # every worker holds one, mid-evaluation
             os.killpg(server.proc.pid, signal.SIGTERM)
+            wait_until(lambda: "shutting down: draining" in server.stderr)
+            hold.released.set()
             responses = [f.result() for f in futures]
         assert server.proc.wait(60) == 0
     finally:
@@ -147,7 +215,7 @@ def test_sigterm_to_the_whole_process_group_drains_without_losing_the_engine_wor
     assert "starting a replacement" not in server.stderr and "decision log flushed" in server.stderr
 
 
-def test_same_request_id_and_request_gets_the_same_decision(serve, tmp_path: Path) -> None:
+def test_same_request_id_and_request_gets_the_same_decision(serve: Serve, tmp_path: Path) -> None:
     server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL))
     request = tool_request(arguments={"n": 1})
     request.request_id = "req-1"
@@ -161,7 +229,7 @@ def test_same_request_id_and_request_gets_the_same_decision(serve, tmp_path: Pat
     assert server.get_decision(other.decision_id).previous_decision_id == first.decision_id
 
 
-def test_serves_on_a_unix_socket(serve, tmp_path: Path) -> None:
+def test_serves_on_a_unix_socket(serve: Serve, tmp_path: Path) -> None:
     sock = tmp_path / "tollgate.sock"
     server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL), listen=f"unix:{sock}")
     assert server.address == f"unix:{sock}"
@@ -195,7 +263,7 @@ def test_config_file_with_an_unknown_key_is_refused_naming_it(tmp_path: Path) ->
     assert "bundel" in result.stderr
 
 
-def test_health_and_reflection_work_for_generic_grpc_tools(serve, tmp_path: Path) -> None:
+def test_health_and_reflection_work_for_generic_grpc_tools(serve: Serve, tmp_path: Path) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -214,7 +282,7 @@ def test_health_and_reflection_work_for_generic_grpc_tools(serve, tmp_path: Path
     assert answers[1].file_descriptor_response.file_descriptor_proto
 
 
-def test_serves_an_opa_bundle_tarball_with_the_revision_from_its_manifest(serve, tmp_path: Path) -> None:
+def test_serves_an_opa_bundle_tarball_with_the_revision_from_its_manifest(serve: Serve, tmp_path: Path) -> None:
     import io
     import json
     import tarfile

@@ -25,6 +25,8 @@ from tollgate.state.approvals import (
     NotAnApprover,
 )
 
+pytestmark = pytest.mark.clock
+
 PRINCIPAL = {"agent_id": "release-bot", "session_id": "s-1", "user": "bob"}
 ACTION = {"server": "github", "name": "merge_pull_request", "arguments": {"pr": 7}}
 

@@ -19,6 +19,8 @@ from tollgate.state.budgets import (
     principal_scopes,
 )
 
+pytestmark = pytest.mark.clock
+
 ALICE = {"session": "s1", "agent": "code-reviewer", "team": "platform", "workflow": "review"}
 LIMITS = {"session": {"usd": 1.0}, "team": {"usd": 10.0, "tokens": 1000}}
 NOON = datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp()

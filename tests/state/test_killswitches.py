@@ -21,6 +21,8 @@ from tollgate.state import (
     request_targets,
 )
 
+pytestmark = pytest.mark.clock
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> StateStore:
