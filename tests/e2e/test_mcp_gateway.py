@@ -280,21 +280,22 @@ def test_an_approved_call_stopped_by_a_kill_switch_goes_through_once_it_is_reviv
 SHORT_APPROVALS = """
     package tollgate
 
-    # Every call needs a person, whose approval lasts one second; the server holds an approval to its status.
+    # Every call needs a person, whose approval lasts a minute; the server holds an approval to its status.
     decision := {"decision": "allow"} if input.state.approval != null
 
     decision := {"decision": "require_approval", "reasons": [{"code": "needs_a_person", "message": "always"}],
-                 "approval": {"approvers": ["rita"], "ttl_seconds": 1}} if input.state.approval == null
+                 "approval": {"approvers": ["rita"], "ttl_seconds": 60}} if input.state.approval == null
     """
 
 
+@pytest.mark.clock
 def test_a_remembered_approval_that_expired_is_replaced_by_a_new_one(tmp_path: Path) -> None:
     sidecar = start_server(tmp_path / "data", bundle=write_policy(tmp_path / "policy", SHORT_APPROVALS))
 
     async def scenario() -> None:
         async with gateway(tmp_path, sidecar.address, "any-agent", "--session-id", "s-exp") as gw:
             first = tollgate_meta(await gw.call("search_code", {"query": "x"}))["approval_id"]
-            await asyncio.sleep(1.5)
+            sidecar.advance_clock(61)  # past the approval's minute on the sidecar's clock, not waited out
             second = tollgate_meta(await gw.call("search_code", {"query": "x"}))["approval_id"]
             assert second not in ("", first)
             approve(sidecar, second)
