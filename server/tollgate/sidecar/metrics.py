@@ -1,109 +1,277 @@
-"""Prometheus metrics: bundle activations and decisions, in the text exposition format, on GET /metrics.
+"""Prometheus metrics of one sidecar, on a registry of its own, served as GET /metrics.
 
-Written by hand rather than with prometheus-client: a handful of counters updated on the event-loop thread
-(a dict increment on the decision path, no lock), one small renderer, and an asyncio HTTP endpoint that
-needs no thread — less than a dependency and its registry would cost.
+Decisions, policy evaluations and decision-log commits are observed as they happen (histograms and counters
+from prometheus_client, safe from any thread); the rest — the active bundle, exporters, pending approvals,
+kill switches, busy engine workers, the process — is read when Prometheus scrapes. A scrape is rendered on a
+worker thread, so reading the state store never holds up the event loop that answers decisions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Callable, Iterable, Sequence
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 from tollgate.api._http import HttpRequest, HttpResponse, start_http_server
+from tollgate.contract import (
+    DEADLINE_EXCEEDED,
+    DECISIONS,
+    ENGINE_ERROR,
+    EXPORT_LAG,
+    KILLED,
+    KINDS,
+    NO_BUNDLE,
+    POLICY_CONTRACT,
+)
+from tollgate.decision import BUDGET_EXCEEDED, BUDGET_UNAVAILABLE
+from tollgate.encoding import format_time
+from tollgate.identity import CALLER_UNAUTHENTICATED, PRINCIPAL_MISMATCH
+from tollgate.state.approvals import PENDING
 
 if TYPE_CHECKING:
+    from tollgate.clock import Clock
     from tollgate.decisionlog import ExportStatus
+    from tollgate.state.approvals import Approvals
 
-log = logging.getLogger(__name__)
-
-_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Distinct bundle revisions kept in the decision counter; older ones are folded into revision="other".
 MAX_REVISIONS = 50
+#: Distinct policy reason codes counted by name; later ones (and codes that are not snake_case names, such as
+#: a policy that puts a value into its code) are counted as code="other". The server's own codes always count.
+MAX_REASON_CODES = 64
+OTHER = "other"
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: The reason codes of the server's own DENYs (its rules and fail-closed paths), counted by name from the start.
+SERVER_REASON_CODES = frozenset({
+    NO_BUNDLE, ENGINE_ERROR, POLICY_CONTRACT, DEADLINE_EXCEEDED, KILLED, EXPORT_LAG, PRINCIPAL_MISMATCH,
+    CALLER_UNAUTHENTICATED, BUDGET_EXCEEDED, BUDGET_UNAVAILABLE, "approval_denied", "approval_expired",
+    "approval_used", "approval_mismatch", "approval_pending",
+})
+
+# Decisions answer in about a millisecond (the p50 target); the tail runs to the evaluation deadline and
+# past it under overload, so the buckets span 100 µs to 2.5 s.
+DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# An evaluation takes 20-25 µs with 10,000 manifests loaded; 50 ms is the default deadline.
+EVALUATION_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                      0.1)
+# A group commit is one fsync of the WAL: well under a millisecond on NVMe, tens of milliseconds on slow disks.
+COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Records per commit, up to the writer's max_batch (512): how many answers shared one fsync.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
-    """The sidecar's counters and gauges. Update them from the event loop thread only."""
+    """The sidecar's metrics on one CollectorRegistry.
+
+    Observed: `decided` (the authorizer's DecisionObserver), `committed` (the decision log's CommitObserver),
+    `activated` / `activation_failed` (the bundle activator). Read at each scrape: the sources below, which
+    `serve` points at the running parts (each defaults to nothing, so a bare Metrics renders on its own).
+    """
 
     def __init__(self) -> None:
-        self.activations = 0
-        self.activation_failures: dict[str, int] = {}
-        self.decisions: dict[tuple[str, str], int] = {}
-        self._revisions: dict[str, None] = {}  # insertion-ordered set of revisions seen in decisions
-        self.active: tuple[str, str, str] | None = None  # (revision, digest, source)
-        self.last_activation = 0.0  # unix time
-        #: The decision-log exporters' snapshots and the records retention deleted, read at each scrape.
+        self.registry = CollectorRegistry(auto_describe=True)
+        #: The decision-log exporters' snapshots and the records retention deleted.
         self.exports: Callable[[], Sequence[ExportStatus]] = tuple
         self.pruned: Callable[[], int] = int
+        #: Approvals waiting for a person.
+        self.pending_approvals: Callable[[], int] = int
+        #: The scope of each active kill switch (agent, session, tool, ...).
+        self.kill_switch_scopes: Callable[[], Iterable[str]] = tuple
+        #: (busy, running) worker processes of the active engine.
+        self.engine_workers: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        #: Each plugin's state (NOT_READY, OK, WARN, ERROR), by plugin name.
+        self.plugin_states: Callable[[], Mapping[str, str]] = dict
+        self._active: tuple[str, str, str] | None = None  # (revision, digest, source)
+        self._lock = threading.Lock()  # the label sets below are admitted from the loop and the writer thread
+        self._revisions: dict[str, None] = {}  # insertion-ordered set of revisions seen in decisions
+        self._codes: set[str] = set(SERVER_REASON_CODES)
+        self._define()
+        self.registry.register(_ScrapedCollector(self))
+        ProcessCollector(registry=self.registry)
+
+    def _define(self) -> None:
+        r = self.registry
+        self._activations = Counter("tollgate_bundle_activations", "Bundle revisions activated (the first one "
+                                    "included).", registry=r)
+        self._activation_failures = Counter(
+            "tollgate_bundle_activation_failures", "Bundle revisions refused or sources that could not be read, "
+            "by reason.", ["reason"], registry=r)
+        self._last_activation = Gauge("tollgate_bundle_last_activation_timestamp_seconds",
+                                      "Unix time of the last successful activation (0 before the first).", registry=r)
+        self._decisions = Counter("tollgate_decisions", "Decisions answered, by outcome and bundle revision.",
+                                  ["decision", "revision"], registry=r)
+        self._reasons = Counter("tollgate_decision_reasons", "Reasons given with decisions, by reason code "
+                                f"(the server's own and the first {MAX_REASON_CODES} policy codes; the rest: other).",
+                                ["code"], registry=r)
+        latency = Histogram("tollgate_decision_duration_seconds", "Time from a request reaching the authorizer to "
+                            "its answer, decision log commit included, by kind and decision.", ["kind", "decision"],
+                            buckets=DECISION_BUCKETS, registry=r)
+        # Every (kind, decision) series exists from the start (9 of them), so a dashboard sees zeros, not gaps.
+        self._latency = {(k, d): latency.labels(k, d) for k in KINDS for d in sorted(DECISIONS)}
+        self._latency_family = latency
+        self._evaluation = Histogram("tollgate_policy_evaluation_seconds", "Time the engine took to evaluate the "
+                                     "policy for one decision (queueing for a worker included).",
+                                     buckets=EVALUATION_BUCKETS, registry=r)
+        self._commit = Histogram("tollgate_decision_log_commit_seconds", "Time one group commit of the decision "
+                                 "log took (insert and fsync).", buckets=COMMIT_BUCKETS, registry=r)
+        self._batch = Histogram("tollgate_decision_log_commit_records", "Decision records written by one group "
+                                "commit.", buckets=BATCH_BUCKETS, registry=r)
+
+    # -- observed ------------------------------------------------------------------------------------
+
+    def decided(self, *, kind: str, decision: str, reasons: tuple[str, ...], revision: str,
+                latency_seconds: float, evaluation_seconds: float) -> None:
+        """One decision answered (the authorizer's DecisionObserver); reasons are its codes, evaluation_seconds
+        0.0 when the policy was not asked (no bundle, a refused caller)."""
+        self.decision(decision, revision)
+        histogram = self._latency.get((kind, decision))
+        if histogram is None:  # not a kind or decision the contract knows: one series for all of them
+            histogram = self._latency_family.labels(OTHER, OTHER)
+        histogram.observe(latency_seconds)
+        if evaluation_seconds > 0:
+            self._evaluation.observe(evaluation_seconds)
+        for code in reasons:
+            self._reasons.labels(self._code_label(code)).inc()
 
     def decision(self, outcome: str, revision: str) -> None:
-        if revision not in self._revisions:
-            if len(self._revisions) >= MAX_REVISIONS:
-                revision = "other"  # bound the series: a sidecar may live through many revisions
-            self._revisions[revision] = None
-        key = (outcome, revision)
-        self.decisions[key] = self.decisions.get(key, 0) + 1
+        """Count one decision under its bundle revision (at most MAX_REVISIONS of them, then "other")."""
+        with self._lock:
+            if revision not in self._revisions:
+                if len(self._revisions) >= MAX_REVISIONS:
+                    revision = OTHER  # bound the series: a sidecar may live through many revisions
+                self._revisions[revision] = None
+        self._decisions.labels(outcome, revision).inc()
+
+    def committed(self, *, seconds: float, records: int) -> None:
+        """One group commit of the decision log (CommitObserver; called on the writer thread)."""
+        self._commit.observe(seconds)
+        self._batch.observe(records)
 
     def activated(self, *, revision: str, digest: str, source: str, when: float) -> None:
-        self.activations += 1
-        self.active = (revision, digest, source)
-        self.last_activation = when
+        self._activations.inc()
+        self._active = (revision, digest, source)
+        self._last_activation.set(when)
 
     def activation_failed(self, reason: str) -> None:
-        self.activation_failures[reason] = self.activation_failures.get(reason, 0) + 1
+        self._activation_failures.labels(reason).inc()
 
-    def render(self) -> str:
-        out: list[str] = []
-        _family(out, "tollgate_bundle_activations_total", "counter",
-                "Bundle revisions activated (the first one included).", [({}, self.activations)])
-        _family(out, "tollgate_bundle_activation_failures_total", "counter",
-                "Bundle revisions refused or sources that could not be read, by reason.",
-                [({"reason": r}, n) for r, n in sorted(self.activation_failures.items())])
-        _family(out, "tollgate_decisions_total", "counter", "Decisions answered, by outcome and bundle revision.",
-                [({"decision": d, "revision": r}, n) for (d, r), n in sorted(self.decisions.items())])
-        active = [] if self.active is None else [
-            ({"revision": self.active[0], "digest": self.active[1], "source": self.active[2]}, 1)]
-        _family(out, "tollgate_bundle_active_info", "gauge", "The active bundle revision (value 1).", active)
-        _family(out, "tollgate_bundle_last_activation_timestamp_seconds", "gauge",
-                "Unix time of the last successful activation (0 before the first).", [({}, self.last_activation)])
-        self._render_exports(out)
-        return "".join(out)
+    def _code_label(self, code: str) -> str:
+        with self._lock:
+            if code in self._codes:
+                return code
+            if len(self._codes) - len(SERVER_REASON_CODES) < MAX_REASON_CODES and _CODE.fullmatch(code):
+                self._codes.add(code)
+                return code
+        return OTHER
 
-    def _render_exports(self, out: list[str]) -> None:
-        exports = self.exports()
-        _family(out, "tollgate_decision_log_export_lag_records", "gauge",
-                "Committed decision records the exporter's receiver has not acknowledged yet.",
-                [({"exporter": s.name}, s.lag_records) for s in exports])
-        _family(out, "tollgate_decision_log_export_lag_seconds", "gauge",
-                "Age of the oldest decision record the exporter's receiver has not acknowledged (0 when caught up).",
-                [({"exporter": s.name}, s.lag_seconds) for s in exports])
-        _family(out, "tollgate_decision_log_export_uploads_total", "counter",
-                "Uploads to the exporter's receiver, by result (ok: a 2xx answer; failed: anything else).",
-                [({"exporter": s.name, "result": r}, n) for s in exports
-                 for r, n in (("ok", s.uploads_ok), ("failed", s.uploads_failed))])
-        _family(out, "tollgate_decision_log_export_records_total", "counter",
-                "Decision records acknowledged by the exporter's receiver (re-sent ones counted again).",
-                [({"exporter": s.name}, s.records_exported) for s in exports])
-        _family(out, "tollgate_decision_log_export_state", "gauge",
-                "The exporter's state (value 1): ok, warn (behind by more than max_lag), error (uploads failing).",
-                [({"exporter": s.name, "state": s.state.value}, 1) for s in exports])
-        _family(out, "tollgate_decision_log_pruned_records_total", "counter",
-                "Decision records deleted by retention since start.", [({}, self.pruned())])
+    # -- scraped -------------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> tuple[str, str, str] | None:
+        """(revision, digest, source) of the active bundle, None before the first activation."""
+        return self._active
+
+    def render(self, accept: str = "") -> str:
+        """The registry in the exposition format the Accept header asks for (Prometheus text by default)."""
+        return self.exposition(accept)[0].decode()
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) for a scrape with this Accept header."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
 
-def _family(out: list[str], name: str, kind: str, help_text: str,
-            samples: Iterable[tuple[dict[str, str], float]]) -> None:
-    out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-    for labels, value in samples:
-        label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-        number = repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
-        out.append(f"{name}{{{label_text}}} {number}\n" if label_text else f"{name} {number}\n")
+class _ScrapedCollector(Collector):
+    """What Metrics reads at scrape time rather than counting as it happens."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        active = GaugeMetricFamily("tollgate_bundle_active_info", "The active bundle revision (value 1).",
+                                   labels=["revision", "digest", "source"])
+        if m.active is not None:
+            active.add_metric(list(m.active), 1)
+        yield active
+        pending = GaugeMetricFamily("tollgate_approvals_pending", "Approvals waiting for a person's decision.")
+        pending.add_metric([], m.pending_approvals())
+        yield pending
+        scopes: dict[str, int] = {}
+        for scope in m.kill_switch_scopes():
+            scopes[scope] = scopes.get(scope, 0) + 1
+        killed = GaugeMetricFamily("tollgate_kill_switches_active", "Kill switches engaged, by scope.",
+                                   labels=["scope"])
+        for scope, count in sorted(scopes.items()):
+            killed.add_metric([scope], count)
+        yield killed
+        busy, running = m.engine_workers()
+        yield GaugeMetricFamily("tollgate_engine_workers_busy", "Engine worker processes evaluating a policy now.",
+                                value=busy)
+        yield GaugeMetricFamily("tollgate_engine_workers", "Engine worker processes running.", value=running)
+        plugins = GaugeMetricFamily("tollgate_plugin_state", "Each part of the sidecar's state (value 1): NOT_READY, "
+                                    "OK, WARN or ERROR; gRPC health is SERVING while the required ones are OK or "
+                                    "WARN.", labels=["plugin", "state"])
+        for name, state in m.plugin_states().items():
+            plugins.add_metric([name, state], 1)
+        yield plugins
+        yield from _export_families(m.exports(), m.pruned())
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _export_families(exports: Sequence[ExportStatus], pruned: int) -> Iterator[Metric]:
+    def family(kind: type[GaugeMetricFamily | CounterMetricFamily], name: str, text: str, labels: Sequence[str],
+               samples: Iterable[tuple[Sequence[str], float]]) -> Metric:
+        metric = kind(name, text, labels=labels)
+        for values, value in samples:
+            metric.add_metric(list(values), value)
+        return metric
+
+    yield family(GaugeMetricFamily, "tollgate_decision_log_export_lag_records",
+                 "Committed decision records the exporter's receiver has not acknowledged yet.", ["exporter"],
+                 [((s.name,), s.lag_records) for s in exports])
+    yield family(GaugeMetricFamily, "tollgate_decision_log_export_lag_seconds",
+                 "Age of the oldest decision record the exporter's receiver has not acknowledged (0 when caught up).",
+                 ["exporter"], [((s.name,), s.lag_seconds) for s in exports])
+    yield family(CounterMetricFamily, "tollgate_decision_log_export_uploads",
+                 "Uploads to the exporter's receiver, by result (ok: a 2xx answer; failed: anything else).",
+                 ["exporter", "result"], [((s.name, r), n) for s in exports
+                                          for r, n in (("ok", s.uploads_ok), ("failed", s.uploads_failed))])
+    yield family(CounterMetricFamily, "tollgate_decision_log_export_records",
+                 "Decision records acknowledged by the exporter's receiver (re-sent ones counted again).",
+                 ["exporter"], [((s.name,), s.records_exported) for s in exports])
+    yield family(GaugeMetricFamily, "tollgate_decision_log_export_state",
+                 "The exporter's state (value 1): ok, warn (behind by more than max_lag), error (uploads failing).",
+                 ["exporter", "state"], [((s.name, s.state.value), 1) for s in exports])
+    yield family(CounterMetricFamily, "tollgate_decision_log_pruned_records",
+                 "Decision records deleted by retention since start.", [], [((), pruned)])
+
+
+class PendingApprovals:
+    """The pending-approvals gauge's count: the store is read again only after a change (the approvals'
+    generation moved) or once the earliest pending approval has expired, not at every scrape."""
+
+    def __init__(self, approvals: Approvals, *, clock: Clock) -> None:
+        self._approvals = approvals
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: tuple[int, str, int] | None = None  # (generation, earliest expiry, count)
+
+    def __call__(self) -> int:
+        now = self._clock.now()
+        generation = self._approvals.generation
+        with self._lock:
+            seen = self._seen
+            if seen is not None and seen[0] == generation and (not seen[1] or format_time(now) < seen[1]):
+                return seen[2]
+            pending = self._approvals.list(status=PENDING, now=now)
+            self._seen = (generation, min((a.expires_at for a in pending), default=""), len(pending))
+            return len(pending)
 
 
 async def start_metrics_server(metrics: Metrics, listen: str) -> tuple[asyncio.Server, str]:
@@ -114,6 +282,7 @@ async def start_metrics_server(metrics: Metrics, listen: str) -> tuple[asyncio.S
             return HttpResponse(405, b"GET only\n", headers={"Allow": "GET, HEAD"})
         if request.path != "/metrics":
             return HttpResponse(404, b"metrics are at /metrics\n")
-        return HttpResponse(200, metrics.render().encode(), _CONTENT_TYPE)
+        body, content_type = await asyncio.to_thread(metrics.exposition, request.headers.get("accept", ""))
+        return HttpResponse(200, body, content_type)
 
     return await start_http_server(handle, listen, max_body=0)

@@ -1,13 +1,18 @@
-"""`tollgate serve`: the sidecar process — gRPC server, engine pool, decision log, signals."""
+"""`tollgate serve`: the sidecar process — configure its parts, run them as plugins until a signal, stop them.
+
+The steps read like the process's life: resolve the settings → open the state → build the parts (engine slot,
+bundle activator, decision log, shipping, authorizer, servicers) → add them as plugins in start order →
+start → serve until SIGTERM or SIGINT → stop in reverse order (drain, last commit, final export flush).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import stat
+import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,14 +29,28 @@ from tollgate.api import (
     json_error,
 )
 from tollgate.api._http import start_http_server
-from tollgate.bundle import BundleError
-from tollgate.decision import Authorizer, AuthorizerConfig, BudgetGuard
-from tollgate.decisionlog import DecisionLog, LogConfig, LogShipping
-from tollgate.engine import EngineConfig, EngineSlot
-from tollgate.identity import PeerCredentialRelay
-from tollgate.sidecar.activation import Activation, ActivatorConfig, BundleActivator, BundleStatus, Failure
+from tollgate.bundle import Activation, BundleError, BundleStatus, Failure
+from tollgate.clock import Clock, from_environment
+from tollgate.decision import Authorizer, AuthorizerConfig, BudgetGuard, never_behind
+from tollgate.decisionlog import DecisionLog, LogConfig, LogShipping, ShippingConfig
+from tollgate.engine import EngineConfig, EngineSlot, WorkerPoolEngine
+from tollgate.identity import CallerMap, CallerResolver, PeerCredentialRelay
+from tollgate.net import HttpOptions
+from tollgate.sidecar._plugins import (
+    BundlePlugin,
+    ClosingPlugin,
+    DecisionLogPlugin,
+    GrpcPlugin,
+    HttpPlugin,
+    PeriodicPlugin,
+    PluginManager,
+    PluginStartError,
+    RelayPlugin,
+    ShippingPlugin,
+)
+from tollgate.sidecar.activation import ActivatorConfig, BundleActivator
 from tollgate.sidecar.config import ConfigError, ServeConfig
-from tollgate.sidecar.metrics import Metrics, start_metrics_server
+from tollgate.sidecar.metrics import Metrics, PendingApprovals, start_metrics_server
 from tollgate.state import KillSwitches, StateError, StateStore
 from tollgate.state.approvals import Approvals
 from tollgate.state.budgets import Budgets
@@ -48,181 +67,239 @@ EXPORT_FLUSH_SECONDS = 5.0
 
 async def serve(config: ServeConfig) -> int:
     """Run until SIGTERM or SIGINT; then drain, flush the decision log and return 0."""
-    loop = asyncio.get_running_loop()
+    clock = from_environment()  # the one clock every part reads (shifted only by the testing aid)
+    settings = _settings(config)
+    state = _open_state(config, clock)
+    health = GrpcHealth(HealthServicer())
+    manager = PluginManager(health)
+    metrics = Metrics()
+    slot = EngineSlot()
+    activator = _activator(config, slot, metrics, manager, state, clock, http=settings.bundle_http)
+    parts = _Parts(config, settings, state, slot, activator, metrics, health, clock)
+    grpc_plugin = _add_plugins(manager, parts)
+    metrics.plugin_states = lambda: {name: s.state.value for name, s in manager.statuses().items()}
+    try:
+        await manager.start()
+    except PluginStartError as exc:
+        raise SystemExit(f"tollgate serve: {exc}") from exc
+    revision = slot.current.revision if slot.current else "none"
+    address = config.listen if settings.relay is not None else grpc_plugin.address
+    # One line on stdout that tools and tests can wait for.
+    print(f"tollgate: serving on {address} (bundle {revision}, decision log {parts.decision_log.path})", flush=True)
+    await _until_signalled()
+    log.info("shutting down: draining in-flight requests (up to %gs)", config.drain_seconds)
+    await manager.stop()
+    log.info("decision log flushed; bye")
+    return 0
+
+
+# -- configure ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What the configuration resolves to before anything is opened (ConfigError is a start-up error)."""
+
+    admin_token: str
+    credentials: grpc.ServerCredentials | None
+    callers: CallerMap
+    #: On a Unix socket the relay reads each connection's peer credentials (gRPC does not expose them).
+    relay: PeerCredentialRelay | None
+    resolver: CallerResolver
+    authzen_tls: ssl.SSLContext | None
+    shipping: ShippingConfig
+    #: How an http(s) bundle service is reached (its token and headers files read).
+    bundle_http: HttpOptions
+
+
+def _settings(config: ServeConfig) -> _Settings:
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        admin_token = config.resolved_admin_token()
-        credentials = config.server_credentials()
-        callers = config.caller_map()
-        # On a Unix socket the relay reads each connection's peer credentials (gRPC does not expose them).
         relay = (PeerCredentialRelay(config.listen[len("unix:"):], state_dir=data_dir)
                  if config.listen.startswith("unix:") else None)
-        resolver = config.caller_resolver(relay_prefix=relay.peer_prefix if relay else "")
-        authzen_tls = config.authzen_ssl_context()
-        shipping_config = config.log_shipping()
-        bundle_http = config.bundle_http()
+        settings = _Settings(
+            admin_token=config.resolved_admin_token(), credentials=config.server_credentials(),
+            callers=config.caller_map(), relay=relay,
+            resolver=config.caller_resolver(relay_prefix=relay.peer_prefix if relay else ""),
+            authzen_tls=config.authzen_ssl_context(), shipping=config.log_shipping(),
+            bundle_http=config.bundle_http())
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
-    if not admin_token and not config.admin_identities:
+    if not settings.admin_token and not config.admin_identities:
         log.warning("no admin token configured: AdminService (status, kill switches) refuses every call "
                     "(set --admin-token-file FILE, --admin-token TOKEN or admin_token in the config)")
+    if settings.callers:
+        log.info("callers: %d identities mapped to the principals they may speak for; any other caller is "
+                 "refused (principal_mismatch)", len(settings.callers.entries))
+    return settings
+
+
+@dataclass(frozen=True)
+class _State:
+    store: StateStore
+    kill_switches: KillSwitches
+    approvals: Approvals
+    budgets: Budgets
+
+
+def _open_state(config: ServeConfig, clock: Clock) -> _State:
     try:
-        state = StateStore(data_dir / "state.db")
-        kill_switches = KillSwitches(state)
-        approvals = Approvals(state, approver_groups=config.approver_groups)
-        budgets = Budgets(state, ttl=config.reservation_ttl)
+        store = StateStore(Path(config.data_dir) / "state.db")
+        state = _State(store, KillSwitches(store, clock=clock),
+                       Approvals(store, approver_groups=config.approver_groups, clock=clock),
+                       Budgets(store, ttl=config.reservation_ttl, clock=clock))
     except StateError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
-    if kill_switches.list():
-        log.warning("kill switches active: %s",
-                    ", ".join(f"{s.scope}={s.value}" for s in kill_switches.list()))
-    decision_log = DecisionLog(LogConfig(path=data_dir / "decisions.db", synchronous=config.log_sync))
-    decision_log.start(loop)
+    active = state.kill_switches.list()
+    if active:
+        log.warning("kill switches active: %s", ", ".join(f"{s.scope}={s.value}" for s in active))
+    return state
 
-    health = HealthServicer()
-    slot = EngineSlot()
-    engine_config = EngineConfig(
-        entrypoint=config.entrypoint, workers=config.workers, eval_timeout=config.eval_timeout_ms / 1000
-    )
-    metrics = Metrics()
 
+def _activator(config: ServeConfig, slot: EngineSlot, metrics: Metrics, manager: PluginManager,
+               state: _State, clock: Clock, *, http: HttpOptions) -> BundleActivator:
     async def on_bundle(status: BundleStatus, activation: Activation | None, failure: Failure | None) -> None:
         if activation is not None:
             metrics.activated(revision=activation.revision, digest=activation.digest, source=status.source,
                               when=activation.time.timestamp())
         if failure is not None:
             metrics.activation_failed(failure.reason)
-        # SERVING only while a bundle is active; a refused revision never takes the active one away.
-        serving = health_pb2.HealthCheckResponse.SERVING if slot.current else health_pb2.HealthCheckResponse.NOT_SERVING
-        await health.set("", serving)
-        await health.set(SERVICE, serving)
+        await manager.changed()  # SERVING only while a bundle is active
 
+    engine_config = EngineConfig(entrypoint=config.entrypoint, workers=config.workers,
+                                 eval_timeout=config.eval_timeout_ms / 1000)
     try:
-        activator = BundleActivator(
+        return BundleActivator(
             ActivatorConfig(
-                source=config.bundle, state_dir=data_dir / "bundles", keys_dir=config.bundle_keys,
+                source=config.bundle, state_dir=Path(config.data_dir) / "bundles", keys_dir=config.bundle_keys,
                 require_signatures=config.require_signatures, poll_interval=config.bundle_poll,
-                timeout=config.bundle_timeout, size_limit=config.bundle_size_limit, http=bundle_http,
+                timeout=config.bundle_timeout, size_limit=config.bundle_size_limit, http=http,
             ),
-            slot, engine_config, listeners=(on_bundle,),
+            slot, engine_config, listeners=(on_bundle,), clock=clock,
         )
     except BundleError as exc:  # an unreadable trusted key: a configuration error, not a bad bundle
-        decision_log.close()
-        state.close()
+        state.store.close()
         raise SystemExit(f"tollgate serve: bundle_keys: {exc}") from exc
-    await on_bundle(activator.status, None, None)  # NOT_SERVING until the first activation
-    await activator.start()
-    if slot.current is None:
-        # Fail closed: keep serving, answer every request DENY (no_bundle), report NOT_SERVING, keep polling.
-        error = activator.status.last_error
-        log.error("no policy bundle loaded: %s; every request will be denied (no_bundle) until a good bundle "
-                  "arrives", error.message if error else "unknown error")
-    metrics_server = None
+
+
+class _Parts:
+    """The sidecar's parts, built from the settings and wired to each other and to the metrics."""
+
+    def __init__(self, config: ServeConfig, settings: _Settings, state: _State, slot: EngineSlot,
+                 activator: BundleActivator, metrics: Metrics, health: GrpcHealth, clock: Clock) -> None:
+        self.config, self.settings, self.state, self.slot = config, settings, state, slot
+        self.activator, self.metrics, self.health = activator, metrics, health
+        data_dir = Path(config.data_dir)
+        self.decision_log = DecisionLog(LogConfig(path=data_dir / "decisions.db", synchronous=config.log_sync),
+                                        observer=metrics)
+        # Exporters and retention read decisions.db on connections of their own; answers never wait for them.
+        self.shipping = LogShipping(self.decision_log.path, settings.shipping, clock=clock)
+        self.limits = RequestLimits(max_request_bytes=config.max_request_bytes, max_depth=config.max_depth)
+        self.authorizer = Authorizer(
+            slot, self.decision_log, AuthorizerConfig(entrypoint=config.entrypoint), observer=metrics,
+            kill_switches=state.kill_switches, approvals=state.approvals, budgets=BudgetGuard(state.budgets),
+            callers=settings.callers, clock=clock,
+            export_gate=self.shipping.refusal if config.decision_log_fail_closed_on_lag else never_behind,
+        )
+        metrics.exports, metrics.pruned = self.shipping.statuses, self.shipping.pruned
+        metrics.pending_approvals = PendingApprovals(state.approvals, clock=clock)
+        metrics.kill_switch_scopes = lambda: [s.scope for s in state.kill_switches.list()]
+        metrics.engine_workers = self._engine_workers
+
+    def _engine_workers(self) -> tuple[int, int]:
+        engine = self.slot.current
+        return (engine.busy, engine.workers) if isinstance(engine, WorkerPoolEngine) else (0, 0)
+
+    def grpc_server(self) -> grpc.aio.Server:
+        config, settings, state = self.config, self.settings, self.state
+        admins = config.admin_identity_list()
+        server = grpc_server(config)
+        server.add_generic_rpc_handlers((
+            AuthorizationServicer(self.authorizer, self.decision_log, self.limits, budgets=state.budgets,
+                                  approvals=state.approvals, callers=settings.resolver).handler(),
+            AdminServicer(lambda: self.activator.status, state.kill_switches, admin_token=settings.admin_token,
+                          budgets=state.budgets, exports=self.shipping.statuses, admin_identities=admins,
+                          callers=settings.resolver).handler(),
+            ApprovalServicer(state.approvals, admin_token=settings.admin_token, admin_identities=admins,
+                             callers=settings.resolver).handler(),
+        ))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE, ADMIN_SERVICE, APPROVAL_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server
+        )
+        return server
+
+
+# -- the plugins, in start order ---------------------------------------------------------------------
+
+
+def _add_plugins(manager: PluginManager, parts: _Parts) -> GrpcPlugin:
+    """Add every plugin in start order (they stop in reverse); returns the gRPC server's."""
+    config, settings = parts.config, parts.settings
+    manager.add(ClosingPlugin("state store", parts.state.store.close))
+    manager.add(ShippingPlugin(parts.shipping, flush_seconds=EXPORT_FLUSH_SECONDS))
+    manager.add(DecisionLogPlugin(parts.decision_log))
+    manager.add(BundlePlugin(parts.activator, parts.slot))
     if config.metrics_listen:
-        try:
-            metrics_server, metrics_address = await start_metrics_server(metrics, config.metrics_listen)
-        except OSError as exc:
-            await activator.stop()
-            if slot.current is not None:
-                await slot.current.close()
-            decision_log.close()
-            state.close()
-            raise SystemExit(f"tollgate serve: cannot serve metrics on {config.metrics_listen} ({exc.strerror or exc})"
-                             ) from exc
-        log.info("metrics on http://%s/metrics", metrics_address)
-    # Exporters and retention read decisions.db on connections of their own; answers never wait for them.
-    shipping = LogShipping(decision_log.path, shipping_config)
-    shipping.start()
-    metrics.exports, metrics.pruned = shipping.statuses, shipping.pruned
-
-    limits = RequestLimits(max_request_bytes=config.max_request_bytes, max_depth=config.max_depth)
-    authorizer = Authorizer(
-        slot, decision_log,
-        AuthorizerConfig(entrypoint=config.entrypoint), on_decision=metrics.decision,
-        kill_switches=kill_switches, approvals=approvals, budgets=BudgetGuard(budgets), callers=callers,
-        export_gate=shipping.refusal if config.decision_log_fail_closed_on_lag else None,
-    )
-    server = grpc_server(config)
-    server.add_generic_rpc_handlers((
-        AuthorizationServicer(authorizer, decision_log, limits, budgets=budgets, approvals=approvals,
-                              callers=resolver).handler(),
-        AdminServicer(lambda: activator.status, kill_switches, admin_token=admin_token, budgets=budgets,
-                      exports=shipping.statuses, admin_identities=config.admin_identity_list(),
-                      callers=resolver).handler(),
-        ApprovalServicer(approvals, admin_token=admin_token, admin_identities=config.admin_identity_list(),
-                         callers=resolver).handler(),
-    ))
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (SERVICE, ADMIN_SERVICE, APPROVAL_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server
-    )
-    address = _bind(server, relay.backend if relay else config.listen, credentials)
-    await server.start()
-    if relay is not None:
-        await relay.start()
-        address = config.listen
-    authzen_server, startup_failed = None, ""
+        manager.add(HttpPlugin(
+            "metrics", lambda: start_metrics_server(parts.metrics, config.metrics_listen),
+            refusal=lambda exc: f"cannot serve metrics on {config.metrics_listen} ({exc.strerror or exc})",
+            announce=lambda address: log.info("metrics on http://%s/metrics", address)))
+    if settings.relay is not None:
+        manager.add(RelayPlugin(settings.relay))
+    grpc_plugin = GrpcPlugin(parts.grpc_server(), settings.relay.backend if settings.relay else config.listen,
+                             credentials=settings.credentials, drain_seconds=config.drain_seconds)
+    manager.add(grpc_plugin)
     if config.authzen_listen:
-        authzen = AuthzenService(authorizer, limits, callers=resolver, tls=authzen_tls is not None)
-        try:
-            authzen_server, authzen_address = await start_http_server(
-                authzen.handle, config.authzen_listen, max_body=config.max_request_bytes, errors=json_error,
-                tls=authzen_tls)
-            log.info("AuthZEN access evaluation API on %s://%s", "https" if authzen_tls else "http", authzen_address)
-        except OSError as exc:
-            # The gRPC server is already up: shut everything down the normal way, then exit with the error.
-            startup_failed = f"authzen_listen: cannot listen on {config.authzen_listen} ({exc.strerror or exc})"
-    if callers:
-        log.info("callers: %d identities mapped to the principals they may speak for; any other caller is "
-                 "refused (principal_mismatch)", len(callers.entries))
+        manager.add(_authzen_plugin(parts))
+    budgets = parts.state.budgets
+    manager.add(PeriodicPlugin("budgets", lambda: _sweep_reservations(budgets),
+                               every=min(config.reservation_ttl, 60.0)))
+    return grpc_plugin
 
+
+def _authzen_plugin(parts: _Parts) -> HttpPlugin:
+    config, tls = parts.config, parts.settings.authzen_tls
+    authzen = AuthzenService(parts.authorizer, parts.limits, callers=parts.settings.resolver, tls=tls is not None)
+    return HttpPlugin(
+        "authzen",
+        lambda: start_http_server(authzen.handle, config.authzen_listen, max_body=config.max_request_bytes,
+                                  errors=json_error, tls=tls),
+        refusal=lambda exc: f"authzen_listen: cannot listen on {config.authzen_listen} ({exc.strerror or exc})",
+        announce=lambda address: log.info("AuthZEN access evaluation API on %s://%s",
+                                          "https" if tls else "http", address))
+
+
+def _sweep_reservations(budgets: Budgets) -> None:
+    """Mark expired reservations: spend already leaves them out once past expiry; this keeps their status true."""
+    expired = budgets.expire()  # a StateError is logged ("budgets: ...") and the sweep tries again
+    if expired:
+        log.info("budgets: %d reservations expired and released their amounts", expired)
+
+
+class GrpcHealth:
+    """Readiness as the gRPC health service reports it, for the whole server and the AuthorizationService."""
+
+    def __init__(self, servicer: HealthServicer) -> None:
+        self.servicer = servicer
+
+    async def report(self, ready: bool) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.servicer.set("", serving)
+        await self.servicer.set(SERVICE, serving)
+
+    async def shutdown(self) -> None:
+        await self.servicer.enter_graceful_shutdown()
+
+
+async def _until_signalled() -> None:
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    revision = slot.current.revision if slot.current else "none"
-    # One line on stdout that tools and tests can wait for.
-    print(f"tollgate: serving on {address} (bundle {revision}, decision log {decision_log.path})", flush=True)
-    sweep = asyncio.create_task(_sweep_reservations(budgets, every=min(config.reservation_ttl, 60.0)))
-    if not startup_failed:
-        await stop.wait()
-
-    sweep.cancel()
-    log.info("shutting down: draining in-flight requests (up to %gs)", config.drain_seconds)
-    await health.enter_graceful_shutdown()
-    if authzen_server is not None:
-        authzen_server.close()
-    await server.stop(config.drain_seconds)
-    if relay is not None:
-        await relay.close()
-    await activator.stop()
-    if metrics_server is not None:
-        metrics_server.close()
-    if slot.current is not None:
-        await slot.current.close()
-    await loop.run_in_executor(None, decision_log.close)
-    # After the last commit: the exporters try to deliver everything, within a deadline (their cursors are on
-    # disk, so what does not make it goes out on the next start).
-    await loop.run_in_executor(None, shipping.stop, EXPORT_FLUSH_SECONDS)
-    state.close()
-    log.info("decision log flushed; bye")
-    if startup_failed:
-        raise SystemExit(f"tollgate serve: {startup_failed}")
-    return 0
-
-
-async def _sweep_reservations(budgets: Budgets, *, every: float) -> None:
-    """Mark expired reservations: spend already leaves them out once past expiry; this keeps their status true."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            expired = budgets.expire()
-        except StateError as exc:
-            log.error("budgets: %s", exc)
-            continue
-        if expired:
-            log.info("budgets: %d reservations expired and released their amounts", expired)
+    await stop.wait()
 
 
 def grpc_server(config: ServeConfig) -> grpc.aio.Server:
@@ -235,28 +312,6 @@ def grpc_server(config: ServeConfig) -> grpc.aio.Server:
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-
-
-def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> str:
-    def add_port(address: str) -> int:
-        port: int = (server.add_insecure_port(address) if credentials is None
-                     else server.add_secure_port(address, credentials))
-        return port
-
-    if listen.startswith("unix:"):
-        path = listen[len("unix:"):]
-        try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)  # a stale socket from an earlier run
-        except FileNotFoundError:
-            pass
-        add_port(listen)
-        return listen
-    port = add_port(listen)
-    if port == 0:
-        raise SystemExit(f"tollgate serve: cannot listen on {listen} (address in use or invalid?)")
-    host = listen.rsplit(":", 1)[0]
-    return f"{host}:{port}"
 
 
 def main(config: ServeConfig) -> int:
