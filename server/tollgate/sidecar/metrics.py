@@ -129,7 +129,7 @@ class Metrics:
                 latency_seconds: float, evaluation_seconds: float) -> None:
         """One decision answered (the authorizer's DecisionObserver); reasons are its codes, evaluation_seconds
         0.0 when the policy was not asked (no bundle, a refused caller)."""
-        self.decision(decision, revision)
+        self._count(decision, revision)
         histogram = self._latency.get((kind, decision))
         if histogram is None:  # not a kind or decision the contract knows: one series for all of them
             histogram = self._latency_family.labels(OTHER, OTHER)
@@ -139,7 +139,7 @@ class Metrics:
         for code in reasons:
             self._reasons.labels(self._code_label(code)).inc()
 
-    def decision(self, outcome: str, revision: str) -> None:
+    def _count(self, outcome: str, revision: str) -> None:
         """Count one decision under its bundle revision (at most MAX_REVISIONS of them, then "other")."""
         with self._lock:
             if revision not in self._revisions:
