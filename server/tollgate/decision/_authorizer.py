@@ -25,7 +25,7 @@ from tollgate.contract import (
     build_input,
 )
 from tollgate.decision._budgets import NO_BUDGETS, SpendGuard, SpendView
-from tollgate.decision._observer import NO_OBSERVER, CallbackObserver, DecisionObserver
+from tollgate.decision._observer import NO_OBSERVER, DecisionObserver
 from tollgate.decision._rules import (
     Outcome,
     ServerFacts,
@@ -111,18 +111,16 @@ class Authorizer:
                  config: AuthorizerConfig = AuthorizerConfig(), *,
                  kill_switches: KillSwitchView = NO_KILL_SWITCHES, approvals: ApprovalLedger = NO_APPROVALS,
                  budgets: SpendGuard = NO_BUDGETS, callers: CallerMap = _NO_CALLER_RULES,
-                 export_gate: Callable[[], str] | None = never_behind, observer: DecisionObserver = NO_OBSERVER,
-                 on_decision: Callable[[str, str], None] | None = None, clock: Clock = SystemClock()) -> None:
+                 export_gate: Callable[[], str] = never_behind, observer: DecisionObserver = NO_OBSERVER,
+                 clock: Clock = SystemClock()) -> None:
         self._engines = engines
         self._callers = callers
-        # While it returns a message, answers that are not already DENY become DENY export_lag. None is the older
-        # spelling of never_behind, kept until `tollgate serve` passes never_behind.
-        self._export_gate = export_gate or never_behind
+        # While it returns a message, answers that are not already DENY become DENY export_lag.
+        self._export_gate = export_gate
         self._budgets = budgets
         self._kills = kill_switches
         self._approvals = approvals
-        # on_decision(decision, revision) is the older hook: kept until `tollgate serve` passes an observer.
-        self._observer = observer if on_decision is None else CallbackObserver(on_decision)
+        self._observer = observer
         self._log = decision_log
         self._config = config
         self._clock = clock

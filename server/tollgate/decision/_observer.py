@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 
@@ -32,13 +31,3 @@ class NoObserver:
 
 NO_OBSERVER = NoObserver()
 
-
-class CallbackObserver:
-    """The older `on_decision(decision, revision)` callback as an observer, until its last caller moves on."""
-
-    def __init__(self, on_decision: Callable[[str, str], None]) -> None:
-        self._on_decision = on_decision
-
-    def decided(self, *, kind: str, decision: str, reasons: tuple[str, ...], revision: str,
-                latency_seconds: float, evaluation_seconds: float) -> None:
-        self._on_decision(decision, revision)
