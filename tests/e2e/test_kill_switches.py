@@ -17,6 +17,8 @@ from tests.conftest import ADMIN_TOKEN, TOLLGATE, Server, start_server, tool_req
 from tollgate.v1 import admin_pb2, admin_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
+pytestmark = pytest.mark.clock  # times shown and windows read on a server's clock
+
 
 def admin(server: Server) -> admin_pb2_grpc.AdminServiceStub:
     return admin_pb2_grpc.AdminServiceStub(server.channel)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, start_server, tool_request
 from tests.log_receiver import LogReceiver, free_port
 from tollgate.v1 import admin_pb2, admin_pb2_grpc
@@ -105,6 +107,7 @@ def test_decisions_made_while_the_receiver_is_down_are_delivered_after_a_restart
         receiver.stop()
 
 
+@pytest.mark.clock
 def test_fail_closed_on_lag_denies_until_the_export_catches_up(tmp_path: Path) -> None:
     port = free_port()
     server = start_server(tmp_path / "data", extra=[
@@ -114,7 +117,9 @@ def test_fail_closed_on_lag_denies_until_the_export_catches_up(tmp_path: Path) -
     try:
         first = server.authorize(tool_request(session_id="run-3"))
         assert first.decision == 1  # ALLOW: nothing is behind yet
-        # The receiver is down: once that first record is more than a second old, answers are refused.
+        # The receiver is down: once that first record is more than a second old, answers are refused (the
+        # server's clock is moved on rather than waited for).
+        server.advance_clock(2)
         _wait_for(lambda: server.authorize(tool_request(session_id="run-3")).decision == 2)
         refused = server.authorize(tool_request(session_id="run-3"))
         assert [r.code for r in refused.reasons] == ["export_lag"]

@@ -18,6 +18,8 @@ from tests.readme import readme_section
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
+pytestmark = pytest.mark.clock  # times shown and windows read on a server's clock
+
 GROUPS = {"release-managers": ["rita"], "sre-oncall": ["sam"]}
 SESSION = "run-42"
 

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, Server, start_server
 
+pytestmark = pytest.mark.clock  # times shown and windows read on a server's clock
+
 
 def _commands(text: str) -> list[tuple[list[str], str]]:
     """Each `$ .venv/bin/tollgate ...` command in text (continuations joined) with the output shown."""
