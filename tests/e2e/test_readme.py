@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, Server, start_server
+from tests.readme import mask_dates
 
 pytestmark = pytest.mark.clock  # times shown and windows read on a server's clock
 
@@ -132,5 +133,5 @@ def test_kill_switch_walkthrough_runs_as_shown(server: Server) -> None:
 
 def _varying(text: str) -> str:
     """Output with what differs from run to run (times, decision IDs, the bundle digest) replaced."""
-    text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "TIME", text)
+    text = mask_dates(text)
     return re.sub(r"(decision_id|bundle)=\S+", r"\1=...", text).strip()
