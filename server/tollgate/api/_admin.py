@@ -12,11 +12,13 @@ from datetime import datetime
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tollgate.api._convert import InvalidRequest
+from tollgate.api._errors import NotServed, PermissionDenied, Unauthenticated, unary_errors
 from tollgate.api._handlers import metadata_value, unary
 from tollgate.bundle import BundleStatus, SourceState
 from tollgate.decisionlog import ExportState, ExportStatus
 from tollgate.identity import TOKEN_METADATA_KEY, CallerResolver
-from tollgate.state import InvalidKillSwitch, KillSwitch, KillSwitches, KillSwitchNotFound, StateError
+from tollgate.state import KillSwitch, KillSwitches
 from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2 as pb
 
@@ -59,55 +61,46 @@ class AdminServicer:
             "GetSpend": unary(self.GetSpend, pb.GetSpendRequest, pb.GetSpendResponse),
         })
 
+    @unary_errors("admin GetStatus")
     async def GetStatus(  # noqa: N802 - gRPC method name
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.Status:
         await self._authenticate(context, "GetStatus")
         return to_status_message(self._bundle_status(), self._exports())
 
+    @unary_errors("admin Kill", unavailable="state store is unavailable; nothing was killed")
     async def Kill(  # noqa: N802 - gRPC method name
         self, request: pb.KillRequest, context: grpc.aio.ServicerContext
     ) -> pb.KillSwitch:
         identity = await self._authenticate(context, "Kill")
         loop = asyncio.get_running_loop()
-        try:
-            # The commit (an fsync) runs off the event loop; it returns once the in-memory copy has the switch.
-            switch = await loop.run_in_executor(
-                None, lambda: self._kills.kill(request.scope, request.value, reason=request.reason, by=request.by))
-        except InvalidKillSwitch as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except StateError as exc:
-            log.error("admin Kill %s=%s: %s", request.scope, request.value, exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable; nothing was killed")
+        # The commit (an fsync) runs off the event loop; it returns once the in-memory copy has the switch.
+        switch = await loop.run_in_executor(
+            None, lambda: self._kills.kill(request.scope, request.value, reason=request.reason, by=request.by))
         log.warning("admin: kill %s=%s by %r (%s): %s", switch.scope, switch.value, switch.killed_by, identity,
                     switch.reason)
         return to_kill_switch_message(switch)
 
+    @unary_errors("admin Revive", unavailable="state store is unavailable; nothing was revived")
     async def Revive(  # noqa: N802 - gRPC method name
         self, request: pb.ReviveRequest, context: grpc.aio.ServicerContext
     ) -> pb.KillSwitch:
         identity = await self._authenticate(context, "Revive")
         loop = asyncio.get_running_loop()
-        try:
-            switch = await loop.run_in_executor(
-                None, lambda: self._kills.revive(request.scope, request.value, by=request.by, reason=request.reason))
-        except InvalidKillSwitch as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except KillSwitchNotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except StateError as exc:
-            log.error("admin Revive %s=%s: %s", request.scope, request.value, exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable; nothing was revived")
+        switch = await loop.run_in_executor(
+            None, lambda: self._kills.revive(request.scope, request.value, by=request.by, reason=request.reason))
         log.warning("admin: revive %s=%s by %r (%s)%s", switch.scope, switch.value, request.by, identity,
                     f": {request.reason}" if request.reason else "")
         return to_kill_switch_message(switch)
 
+    @unary_errors("admin ListKills")
     async def ListKills(  # noqa: N802 - gRPC method name
         self, request: pb.ListKillsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListKillsResponse:
         await self._authenticate(context, "ListKills")
         return pb.ListKillsResponse(kill_switches=[to_kill_switch_message(s) for s in self._kills.list()])
 
+    @unary_errors("admin GetSpend")
     async def GetSpend(  # noqa: N802 - gRPC method name
         self, request: pb.GetSpendRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSpendResponse:
@@ -115,17 +108,10 @@ class AdminServicer:
         scopes = {scope: value for scope, value in (("session", request.session), ("agent", request.agent),
                                                     ("team", request.team), ("workflow", request.workflow)) if value}
         if not scopes:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "scope: name at least one of session, agent, team, workflow")
+            raise InvalidRequest("scope: name at least one of session, agent, team, workflow")
         if self._budgets is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server keeps no budgets")
-            raise AssertionError("unreachable: abort raises")
-        try:
-            found = await asyncio.to_thread(self._budgets.usage, scopes)
-        except StateError as exc:
-            log.error("admin GetSpend: %s", exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable")
-            raise AssertionError("unreachable: abort raises") from exc
+            raise NotServed("this server keeps no budgets")
+        found = await asyncio.to_thread(self._budgets.usage, scopes)
         return pb.GetSpendResponse(scopes=[
             pb.ScopeSpend(scope=s.scope, value=s.value, window=s.window, units=[
                 pb.UnitSpend(unit=unit, committed=c, reserved=r, total=c + r) for unit, (c, r) in s.units.items()])
@@ -146,8 +132,8 @@ class AdminAccess:
 
 
 async def check_admin_token(context: grpc.aio.ServicerContext, access: AdminAccess, method: str) -> str:
-    """The caller's identity as logged, or the RPC is aborted: not a listed admin identity, and no admin token
-    configured, none sent, or a wrong one."""
+    """The caller's identity as logged. Raises PermissionDenied or Unauthenticated when it is not a listed admin
+    identity and no admin token is configured, none was sent, or a wrong one."""
     peer = context.peer()
     if access.identities:
         caller = access.callers.resolve(peer=peer, auth_context=context.auth_context(),
@@ -157,16 +143,15 @@ async def check_admin_token(context: grpc.aio.ServicerContext, access: AdminAcce
             return f"admin identity {listed} ({caller.method})"
     if not access.token:
         log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_TOKEN_CONFIGURED)
+        raise PermissionDenied(NO_TOKEN_CONFIGURED)
     scheme, _, token = metadata_value(context, "authorization").partition(" ")
     if scheme.lower() != "bearer" or not token:
         log.warning("admin: %s from %s refused: no admin token sent", method, peer)
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                            "admin RPCs need the admin token: send `authorization: Bearer TOKEN` metadata "
-                            "(tollgate: --token or TOLLGATE_ADMIN_TOKEN)")
+        raise Unauthenticated("admin RPCs need the admin token: send `authorization: Bearer TOKEN` metadata "
+                              "(tollgate: --token or TOLLGATE_ADMIN_TOKEN)")
     if not hmac.compare_digest(token.strip().encode(), access.token):
         log.warning("admin: %s from %s refused: wrong admin token", method, peer)
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin token is not valid for this sidecar")
+        raise Unauthenticated("admin token is not valid for this sidecar")
     return f"admin token, peer {peer}"
 
 

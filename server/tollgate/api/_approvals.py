@@ -11,10 +11,10 @@ import grpc
 from google.protobuf import struct_pb2
 
 from tollgate.api._admin import AdminAccess, check_admin_token
+from tollgate.api._errors import NotFound, stream_errors, unary_errors
 from tollgate.api._handlers import unary
 from tollgate.identity import CallerResolver
-from tollgate.state import StateError
-from tollgate.state.approvals import PENDING, Approval, ApprovalError, ApprovalNotFound, Approvals, NotAnApprover
+from tollgate.state.approvals import PENDING, Approval, Approvals, NotAnApprover
 from tollgate.v1 import approval_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -42,26 +42,23 @@ class ApprovalServicer:
                 response_serializer=pb.Approval.SerializeToString),
         })
 
+    @unary_errors("approvals: ListApprovals")
     async def ListApprovals(  # noqa: N802 - gRPC method name
         self, request: pb.ListApprovalsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListApprovalsResponse:
         await check_admin_token(context, self._access, "ListApprovals")
-        try:
-            found = await asyncio.to_thread(self._approvals.list, approver=request.approver, agent=request.agent_id,
-                                            session=request.session_id, status=request.status)
-        except ApprovalError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except StateError as exc:
-            log.error("approvals: ListApprovals: %s", exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable")
+        found = await asyncio.to_thread(self._approvals.list, approver=request.approver, agent=request.agent_id,
+                                        session=request.session_id, status=request.status)
         return pb.ListApprovalsResponse(approvals=[to_approval_message(a) for a in found])
 
+    @unary_errors("approvals: GetApproval")
     async def GetApproval(  # noqa: N802 - gRPC method name
         self, request: pb.GetApprovalRequest, context: grpc.aio.ServicerContext
     ) -> pb.Approval:
         await check_admin_token(context, self._access, "GetApproval")
         return to_approval_message(await self._get(request.id, context))
 
+    @unary_errors("approvals: Decide", unavailable="state store is unavailable; nothing was decided")
     async def Decide(  # noqa: N802 - gRPC method name
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Approval:
@@ -70,42 +67,25 @@ class ApprovalServicer:
         try:
             decided = await asyncio.to_thread(self._approvals.decide, request.id, approve=request.approve,
                                               by=request.by, reason=request.reason)
-        except ApprovalNotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except NotAnApprover as exc:
+        except NotAnApprover as exc:  # a refused decision is an audit event, not only an answer
             log.warning("approvals: %s %s by %r (%s) refused: %s", verb, request.id, request.by, identity, exc)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except ApprovalError as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT if str(exc).startswith("reason:") else \
-                grpc.StatusCode.FAILED_PRECONDITION
-            await context.abort(code, str(exc))
-        except StateError as exc:
-            log.error("approvals: Decide %s: %s", request.id, exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable; nothing was decided")
+            raise
         log.warning("approvals: %s %s by %r (%s): %s", verb, decided.id, decided.decided_by, identity, decided.reason)
         return to_approval_message(decided)
 
+    @stream_errors("approvals: WatchApproval")
     async def WatchApproval(  # noqa: N802 - gRPC method name
         self, request: pb.GetApprovalRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Approval]:
         await check_admin_token(context, self._access, "WatchApproval")
         first = await self._get(request.id, context)
-        try:
-            async for approval in approval_changes(self._approvals, first):
-                yield to_approval_message(approval)
-        except StateError as exc:
-            log.error("approvals: watch %s: %s", request.id, exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable")
+        async for approval in approval_changes(self._approvals, first):
+            yield to_approval_message(approval)
 
     async def _get(self, approval_id: str, context: grpc.aio.ServicerContext) -> Approval:
-        try:
-            found = await asyncio.to_thread(self._approvals.get, approval_id)
-        except StateError as exc:
-            log.error("approvals: get %s: %s", approval_id, exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "state store is unavailable")
+        found = await asyncio.to_thread(self._approvals.get, approval_id)
         if found is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"approval {approval_id} does not exist")
-        assert found is not None
+            raise NotFound(f"approval {approval_id} does not exist")
         return found
 
 

@@ -1,4 +1,5 @@
-"""AuthorizationService: check limits → map the request → authorize → map errors to status codes."""
+"""AuthorizationService: check limits → map the request → authorize; errors become status codes through one
+table (tollgate.api._errors)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ from tollgate.api._convert import (
     to_record_message,
     to_response,
 )
+from tollgate.api._errors import DECISION_LOG_UNAVAILABLE, NotFound, NotServed, TooLarge, stream_errors, unary_errors
 from tollgate.api._handlers import metadata_value
 from tollgate.decision import Authorizer
-from tollgate.decisionlog import DecisionLog, DecisionLogError, LogReadError
+from tollgate.decisionlog import DecisionLog
 from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
-from tollgate.state import StateError
 from tollgate.state.approvals import Approval, Approvals
-from tollgate.state.budgets import Budgets, ReservationClosed, ReservationNotFound
+from tollgate.state.budgets import Budgets
 from tollgate.v1 import authorization_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -71,91 +72,54 @@ class AuthorizationServicer:
                 response_serializer=pb.ApprovalState.SerializeToString),
         })
 
+    @unary_errors("authorize", unavailable=DECISION_LOG_UNAVAILABLE)
     async def Authorize(  # noqa: N802 - gRPC method name
         self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeResponse:
         try:
             request = pb.AuthorizeRequest.FromString(raw)
         except DecodeError as exc:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request: not a valid AuthorizeRequest ({exc}); arguments and context may nest at most "
-                f"{self._limits.max_depth} levels",
-            )
+            raise InvalidRequest(f"request: not a valid AuthorizeRequest ({exc}); arguments and context may nest "
+                                 f"at most {self._limits.max_depth} levels") from exc
         if len(raw) > self._limits.max_request_bytes:
             name, field_size = largest_field(request)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request is {len(raw)} bytes, over the limit of {self._limits.max_request_bytes}"
-                f" (largest field: {name}, {field_size} bytes)",
-            )
-        try:
-            domain = to_decision_request(request, max_depth=self._limits.max_depth, caller=self.caller(context))
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        try:
-            decision = await self._authorizer.authorize(domain)
-        except DecisionLogError as exc:
-            log.error("authorize: %s", exc)
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "decision log is unavailable; no decision can be answered"
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("authorize: unexpected error")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        return to_response(decision)
+            raise TooLarge(f"request is {len(raw)} bytes, over the limit of {self._limits.max_request_bytes}"
+                           f" (largest field: {name}, {field_size} bytes)")
+        domain = to_decision_request(request, max_depth=self._limits.max_depth, caller=self.caller(context))
+        return to_response(await self._authorizer.authorize(domain))
 
     def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """Who is calling, as the connection (client certificate, Unix-socket peer) or a caller token proves."""
         return self._callers.resolve(peer=context.peer(), auth_context=context.auth_context(),
                                      token=metadata_value(context, TOKEN_METADATA_KEY))
 
+    # LogReadError (a disk error, a busy database) is UNAVAILABLE: the record may be there next time.
+    @unary_errors("get decision", unavailable="the decision log cannot be read; ask again later")
     async def GetDecision(  # noqa: N802 - gRPC method name
         self, request: pb.GetDecisionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DecisionRecord:
         if not request.decision_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "decision_id: required")
+            raise InvalidRequest("decision_id: required")
         loop = asyncio.get_running_loop()
-        try:
-            record = await loop.run_in_executor(None, self._log.get, request.decision_id)
-        except LogReadError as exc:  # a disk error, a busy database: the record may be there next time
-            log.error("get decision %s: %s", request.decision_id, exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the decision log cannot be read; ask again later")
-            raise AssertionError("unreachable: abort raises") from exc
+        record = await loop.run_in_executor(None, self._log.get, request.decision_id)
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"decision {request.decision_id!r} is not in the log")
-            raise AssertionError("unreachable: abort raises")
+            raise NotFound(f"decision {request.decision_id!r} is not in the log")
         return to_record_message(record)
 
+    # Budgets.report raises ValueError for an amount or unit the reservation cannot take: the caller's input.
+    @unary_errors("report usage", unavailable="the spend ledger is unavailable; report again later",
+                  inputs=(ValueError,))
     async def ReportUsage(  # noqa: N802 - gRPC method name
         self, request: pb.ReportUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportUsageResponse:
         if not request.reservation_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "reservation_id: required")
+            raise InvalidRequest("reservation_id: required")
         if not request.amount >= 0:  # also refuses NaN
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"amount: must be a number >= 0, not {request.amount}")
+            raise InvalidRequest(f"amount: must be a number >= 0, not {request.amount}")
         if self._budgets is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server keeps no budgets")
-            raise AssertionError("unreachable: abort raises")
-        try:
-            reported = await asyncio.to_thread(self._budgets.report, request.reservation_id, amount=request.amount,
-                                               unit=request.unit)
-        except ReservationNotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-            raise AssertionError("unreachable: abort raises") from exc
-        except ReservationClosed as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            raise AssertionError("unreachable: abort raises") from exc
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise AssertionError("unreachable: abort raises") from exc
-        except StateError as exc:
-            log.error("report usage: %s", exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the spend ledger is unavailable; report again later")
-            raise AssertionError("unreachable: abort raises") from exc
+            raise NotServed("this server keeps no budgets")
+        reported = await asyncio.to_thread(self._budgets.report, request.reservation_id, amount=request.amount,
+                                           unit=request.unit)
         if reported.over_reported:
             log.warning("reservation %s: %g %s reported, over the %g reserved (committed as reported)",
                         reported.id, reported.committed, reported.unit, reported.amount)
@@ -163,24 +127,19 @@ class AuthorizationServicer:
             reservation_id=reported.id, unit=reported.unit, reserved=reported.amount, committed=reported.committed,
             released=max(reported.amount - reported.committed, 0.0), over_reserved=reported.over_reported)
 
+    @stream_errors("wait for approval", unavailable="the state store is unavailable; wait again later")
     async def WaitForApproval(  # noqa: N802 - gRPC method name
         self, request: pb.WaitForApprovalRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ApprovalState]:
         if not request.approval_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "approval_id: required")
+            raise InvalidRequest("approval_id: required")
         if self._approvals is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server keeps no approvals")
-            raise AssertionError("unreachable: abort raises")
-        try:
-            first = await asyncio.to_thread(self._approvals.get, request.approval_id)
-            if first is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"approval {request.approval_id} does not exist")
-                raise AssertionError("unreachable: abort raises")
-            async for approval in approval_changes(self._approvals, first):
-                yield to_approval_state(approval)
-        except StateError as exc:
-            log.error("wait for approval %s: %s", request.approval_id, exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the state store is unavailable; wait again later")
+            raise NotServed("this server keeps no approvals")
+        first = await asyncio.to_thread(self._approvals.get, request.approval_id)
+        if first is None:
+            raise NotFound(f"approval {request.approval_id} does not exist")
+        async for approval in approval_changes(self._approvals, first):
+            yield to_approval_state(approval)
 
 
 def to_approval_state(approval: Approval) -> pb.ApprovalState:
