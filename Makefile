@@ -10,8 +10,11 @@ serve: setup
 	  "import secrets; print(secrets.token_urlsafe(32))" > .tollgate/admin-token)
 	.venv/bin/tollgate serve --admin-token-file .tollgate/admin-token
 
+# The whole suite, then the time-sensitive tests (marked `clock`) again with every server's clock started seconds
+# before the next UTC new year, so they cross a midnight, a month end and a year end.
 test: setup
 	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -m clock --clock-start year-end
 
 bench: setup
 	.venv/bin/python tools/bench.py
