@@ -15,6 +15,7 @@ import yaml
 
 from tollgate import encoding
 from tollgate.bundle import DEFAULT_SIZE_LIMIT
+from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog import ShippingConfig
 from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier, valid_caller_id
 from tollgate.net import HttpOptions, ssl_context
@@ -339,13 +340,14 @@ class ServeConfig:
         except IdentityConfigError as exc:
             raise ConfigError(str(exc)) from exc
 
-    def caller_resolver(self, *, relay_prefix: str = "") -> CallerResolver:
-        """How callers are identified: caller tokens (token_keys) and the Unix-socket relay's peer addresses."""
+    def caller_resolver(self, *, relay_prefix: str = "", clock: Clock = SystemClock()) -> CallerResolver:
+        """How callers are identified: caller tokens (token_keys; a remembered one is held against clock's
+        time) and the Unix-socket relay's peer addresses."""
         tokens = None
         if self.token_keys:
             try:
                 tokens = TokenVerifier.from_config(self.token_keys, issuer=self.token_issuer,
-                                                   audience=self.token_audience)
+                                                   audience=self.token_audience, clock=clock)
             except IdentityConfigError as exc:
                 raise ConfigError(str(exc)) from exc
         return CallerResolver(tokens=tokens, relay_prefix=relay_prefix)

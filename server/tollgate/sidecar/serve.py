@@ -68,7 +68,7 @@ EXPORT_FLUSH_SECONDS = 5.0
 async def serve(config: ServeConfig) -> int:
     """Run until SIGTERM or SIGINT; then drain, flush the decision log and return 0."""
     clock = from_environment()  # the one clock every part reads (shifted only by the testing aid)
-    settings = _settings(config)
+    settings = _settings(config, clock)
     state = _open_state(config, clock)
     health = GrpcHealth(HealthServicer())
     manager = PluginManager(health)
@@ -112,7 +112,7 @@ class _Settings:
     bundle_http: HttpOptions
 
 
-def _settings(config: ServeConfig) -> _Settings:
+def _settings(config: ServeConfig, clock: Clock) -> _Settings:
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -121,7 +121,7 @@ def _settings(config: ServeConfig) -> _Settings:
         settings = _Settings(
             admin_token=config.resolved_admin_token(), credentials=config.server_credentials(),
             callers=config.caller_map(), relay=relay,
-            resolver=config.caller_resolver(relay_prefix=relay.peer_prefix if relay else ""),
+            resolver=config.caller_resolver(relay_prefix=relay.peer_prefix if relay else "", clock=clock),
             authzen_tls=config.authzen_ssl_context(), shipping=config.log_shipping(),
             bundle_http=config.bundle_http())
     except ConfigError as exc:
