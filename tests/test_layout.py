@@ -35,6 +35,9 @@ FORBIDDEN = {
     "api": ("sidecar", "authoring"),
     "sidecar": ("authoring",),
     "client": ("api", "decision", "sidecar", "authoring", "state", "decisionlog", "engine"),
+    # Outbound plumbing under everything that polls or uploads.
+    "net": ("api", "decision", "sidecar", "authoring", "state", "decisionlog", "engine", "bundle", "identity",
+            "client", "mcpgateway"),
 }
 
 
