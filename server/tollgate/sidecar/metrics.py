@@ -90,7 +90,9 @@ class Metrics:
         self._active: tuple[str, str, str] | None = None  # (revision, digest, source)
         self._lock = threading.Lock()  # the label sets below are admitted from the loop and the writer thread
         self._revisions: dict[str, None] = {}  # insertion-ordered set of revisions seen in decisions
-        self._codes: set[str] = set(SERVER_REASON_CODES)
+        self._decision_series: dict[tuple[str, str], Counter] = {}  # (decision, admitted revision) → its series
+        self._reason_series: dict[str, Counter] = {}  # admitted reason code → its series
+        self._policy_codes = 0  # of them, those that are not the server's own
         self._define()
         self.registry.register(_ScrapedCollector(self))
         ProcessCollector(registry=self.registry)
@@ -137,16 +139,35 @@ class Metrics:
         if evaluation_seconds > 0:
             self._evaluation.observe(evaluation_seconds)
         for code in reasons:
-            self._reasons.labels(self._code_label(code)).inc()
+            reason = self._reason_series.get(code)
+            (self._admit_reason(code) if reason is None else reason).inc()
 
     def _count(self, outcome: str, revision: str) -> None:
         """Count one decision under its bundle revision (at most MAX_REVISIONS of them, then "other")."""
+        series = self._decision_series.get((outcome, revision))
+        (self._admit_decision(outcome, revision) if series is None else series).inc()
+
+    # The series of each admitted label are kept at hand: labels() takes a lock and builds a key on every call,
+    # several microseconds on the decision path. A folded label is looked up anew each time instead, since
+    # keeping every name that folded into "other" would grow without bound.
+
+    def _admit_decision(self, outcome: str, revision: str) -> Counter:
         with self._lock:
             if revision not in self._revisions:
                 if len(self._revisions) >= MAX_REVISIONS:
-                    revision = OTHER  # bound the series: a sidecar may live through many revisions
+                    return self._decisions.labels(outcome, OTHER)  # a sidecar may live through many revisions
                 self._revisions[revision] = None
-        self._decisions.labels(outcome, revision).inc()
+            series = self._decision_series[(outcome, revision)] = self._decisions.labels(outcome, revision)
+            return series
+
+    def _admit_reason(self, code: str) -> Counter:
+        with self._lock:
+            if code not in SERVER_REASON_CODES:
+                if self._policy_codes >= MAX_REASON_CODES or not _CODE.fullmatch(code):
+                    return self._reasons.labels(OTHER)
+                self._policy_codes += 1
+            series = self._reason_series[code] = self._reasons.labels(code)
+            return series
 
     def committed(self, *, seconds: float, records: int) -> None:
         """One group commit of the decision log (CommitObserver; called on the writer thread)."""
@@ -160,15 +181,6 @@ class Metrics:
 
     def activation_failed(self, reason: str) -> None:
         self._activation_failures.labels(reason).inc()
-
-    def _code_label(self, code: str) -> str:
-        with self._lock:
-            if code in self._codes:
-                return code
-            if len(self._codes) - len(SERVER_REASON_CODES) < MAX_REASON_CODES and _CODE.fullmatch(code):
-                self._codes.add(code)
-                return code
-        return OTHER
 
     # -- scraped -------------------------------------------------------------------------------------
 
