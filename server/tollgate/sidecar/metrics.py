@@ -111,8 +111,8 @@ class Metrics:
         self._reasons = Counter("tollgate_decision_reasons", "Reasons given with decisions, by reason code "
                                 f"(the server's own and the first {MAX_REASON_CODES} policy codes; the rest: other).",
                                 ["code"], registry=r)
-        latency = Histogram("tollgate_decision_duration_seconds", "Time from a request reaching the authorizer to "
-                            "its answer, decision log commit included, by kind and decision.", ["kind", "decision"],
+        latency = Histogram("tollgate_decision_duration_seconds", "Time the authorizer took to decide one request "
+                            "and commit its record, by kind and decision.", ["kind", "decision"],
                             buckets=DECISION_BUCKETS, registry=r)
         # Every (kind, decision) series exists from the start (9 of them), so a dashboard sees zeros, not gaps.
         self._latency = {(k, d): latency.labels(k, d) for k in KINDS for d in sorted(DECISIONS)}
