@@ -36,11 +36,17 @@ decision := {"decision": "allow", "reasons": [{"code": "n", "message": sprintf("
 }
 """
 
-# Each evaluation calls the test's Hold endpoint (data.hold) and waits there until the test releases it.
+# An evaluation for an agent named held-* calls the test's Hold endpoint (data.hold) and waits there until the test
+# releases it; any other (the server's own smoke test of a new bundle) is allowed at once.
 HELD_ALLOW = """
 package tollgate
 
-decision := {"decision": "allow", "reasons": [{"code": "held", "message": "released"}]} if {
+decision := {"decision": "allow", "reasons": [{"code": "held", "message": "released"}]} if _released
+
+_released if not startswith(object.get(input, ["principal", "agent_id"], ""), "held-")
+
+_released if {
+    startswith(input.principal.agent_id, "held-")
     url := sprintf("%s/%s", [data.hold, input.principal.agent_id])
     http.send({"method": "GET", "url": url, "timeout": "60s"}).status_code == 200
 }
@@ -177,7 +183,7 @@ def test_sigterm_drains_in_flight_requests_flushes_the_log_and_exits_0(serve: Se
     server = serve(bundle=write_policy(tmp_path / "b", HELD_ALLOW, json.dumps({"hold": hold.url})),
                    extra=["--workers", "6", "--eval-timeout-ms", "20000"])
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(server.authorize, tool_request(agent=f"a{i}"), 60) for i in range(6)]
+        futures = [pool.submit(server.authorize, tool_request(agent=f"held-{i}"), 60) for i in range(6)]
         wait_until(lambda: len(hold.arrived) == 6)  # all six are in flight, each held mid-evaluation
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: "shutting down: draining" in server.stderr)  # they finish during the drain
@@ -201,7 +207,7 @@ def test_sigterm_to_the_whole_process_group_drains_without_losing_the_engine_wor
                           extra=["--workers", "4", "--eval-timeout-ms", "20000"], own_group=True)
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(server.authorize, tool_request(agent=f"a{i}"), 60) for i in range(4)]
+            futures = [pool.submit(server.authorize, tool_request(agent=f"held-{i}"), 60) for i in range(4)]
             wait_until(lambda: len(hold.arrived) == 4)  # every worker holds one, mid-evaluation
             os.killpg(server.proc.pid, signal.SIGTERM)
             wait_until(lambda: "shutting down: draining" in server.stderr)
