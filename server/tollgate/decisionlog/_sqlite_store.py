@@ -24,7 +24,8 @@ from tollgate.encoding import format_time
 #: The decision log's file name inside a server's data directory.
 LOG_FILE = "decisions.db"
 #: The columns a StoredRecord is made from, in its field order.
-RECORD_COLUMNS = "seq, decision_id, timestamp, agent_id, session_id, kind, decision, record, prev_hash, hash"
+RECORD_COLUMNS = ("seq, decision_id, timestamp, agent_id, session_id, kind, decision, record, prev_hash, hash,"
+                  " request_id, bundle_revision")
 #: The exporters' cursors: each named exporter's last acknowledged seq (created by a read-write open).
 EXPORT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS export_cursors (

@@ -32,8 +32,9 @@ class LogReadError(Exception):
 class StoredRecord:
     """One row of the log: the record as stored (canonical JSON, as hashed) with its place in the chain.
 
-    decision_id, timestamp, agent_id, session_id, kind and decision are the store's own copies (what
-    queries filter on); verify holds them to the hashed record.
+    decision_id, timestamp, agent_id, session_id, kind, decision, request_id and bundle_revision are the
+    store's own copies (what queries and idempotent retries look up); verify holds every one of them to the
+    hashed record.
     """
 
     seq: int
@@ -46,6 +47,8 @@ class StoredRecord:
     record_json: str
     prev_hash: str
     hash: str
+    request_id: str = ""
+    bundle_revision: str = ""
 
     def record(self) -> dict[str, Any]:
         """The record as data (prev_hash included, as it was hashed); ValueError when the JSON is broken."""

@@ -145,7 +145,10 @@ def _check(row: StoredRecord, expected_seq: int, expected_prev: str, previous: s
     hashed = {"prev_hash": _object(record, "prev_hash"), "decision_id": _object(record, "decision_id"),
               "timestamp": _object(record, "timestamp"), "decision": _object(record, "decision"),
               "kind": _object(input_doc, "kind"), "agent_id": _object(_object(input_doc, "principal"), "agent_id"),
-              "session_id": _object(_object(input_doc, "principal"), "session_id")}
+              "session_id": _object(_object(input_doc, "principal"), "session_id"),
+              # Idempotent retries are answered by the record this column finds: an edit would answer another.
+              "request_id": _object(record, "request_id") or "",
+              "bundle_revision": _object(record, "bundle_revision") or ""}
     for column, value in hashed.items():
         if getattr(row, column) != value:
             return EDITED, f"column {column} is {getattr(row, column)!r} but the hashed record says {value!r}"
