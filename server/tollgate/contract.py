@@ -156,6 +156,12 @@ def _type(value: Any) -> str:
 #: Request kinds: a tool call, a model call, a spend.
 KINDS = ("tool", "model", "budget")
 
+#: Deepest nesting of objects and arrays that tool.arguments and context may have, and the most max_depth may
+#: be set to. A request's record must be readable back: GetDecision's DecisionRecord holds tool.arguments again
+#: at input.tool.arguments, each object level costs three protobuf messages (Struct, map entry, Value), and
+#: protobuf decoders (upb, C++, Java) refuse a message nested over 100 deep; 32 levels there is 103.
+MAX_DEPTH = 31
+
 #: Reason codes of the DENYs the server makes itself, when the policy could not decide.
 NO_BUNDLE = "no_bundle"
 ENGINE_ERROR = "engine_error"

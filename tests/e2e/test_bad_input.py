@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from tests.conftest import tool_request
+from tollgate.contract import MAX_DEPTH
 from tollgate.v1 import authorization_pb2 as pb
 
 
@@ -100,8 +101,29 @@ def test_invalid_request_is_invalid_argument_naming_the_field(server, make, fiel
 
 
 def test_exactly_the_depth_limit_is_accepted(server) -> None:  # type: ignore[no-untyped-def]
-    response = server.authorize(tool_request(arguments=_nested(32)))
+    response = server.authorize(tool_request(arguments=_nested(MAX_DEPTH)))
     assert response.decision_id
+    assert server.get_decision(response.decision_id).decision_id == response.decision_id
+
+
+@pytest.mark.parametrize("where", ["tool.arguments", "context"])
+def test_every_request_accepted_can_be_read_back(server, where: str) -> None:  # type: ignore[no-untyped-def]
+    # A DecisionRecord holds the request twice (tool.arguments and input.tool.arguments), and protobuf decoders
+    # stop at 100 nested messages: what Authorize accepts, GetDecision must be able to answer.
+    for depth in range(28, 36):
+        request = tool_request(arguments=_nested(depth)) if where == "tool.arguments" else tool_request()
+        if where == "context":
+            request.context.update(_nested(depth))
+        try:
+            response = server.authorize(request)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.details().startswith(where), err.details()
+            break
+        record = server.get_decision(response.decision_id)
+        assert record.decision_id == response.decision_id
+    else:
+        raise AssertionError(f"{where}: nesting of 35 levels was accepted")
 
 
 def test_request_over_the_size_limit_is_resource_exhausted_naming_the_field(server) -> None:  # type: ignore[no-untyped-def]

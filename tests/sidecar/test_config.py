@@ -70,3 +70,10 @@ def test_the_readme_table_of_serve_flags_names_every_configuration_key() -> None
     table = readme_section("Running the sidecar")
     missing = [f.name for f in fields(ServeConfig) if f"`--{f.name.replace('_', '-')}`" not in table]
     assert missing == [], f"README, Running the sidecar: no row for {missing}"
+
+
+def test_max_depth_stops_where_a_record_can_still_be_read_back() -> None:
+    assert load_config(None, {"max_depth": 31}).max_depth == 31
+    with pytest.raises(ConfigError, match=r"max_depth: must be 1 to 31, not 32 \(a deeper request's record could "
+                                          r"not be read back"):
+        load_config(None, {"max_depth": 32})

@@ -21,6 +21,7 @@ from tollgate.api._convert import (
 )
 from tollgate.api._errors import DECISION_LOG_UNAVAILABLE, NotFound, NotServed, TooLarge, stream_errors, unary_errors
 from tollgate.api._handlers import metadata_value
+from tollgate.contract import MAX_DEPTH
 from tollgate.decision import Authorizer
 from tollgate.decisionlog import DecisionLog
 from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
@@ -38,8 +39,13 @@ class RequestLimits:
 
     #: Largest serialized AuthorizeRequest, in bytes (RESOURCE_EXHAUSTED above it).
     max_request_bytes: int = 1024 * 1024
-    #: Deepest nesting of objects and arrays in tool.arguments and context (INVALID_ARGUMENT above it).
-    max_depth: int = 32
+    #: Deepest nesting of objects and arrays in tool.arguments and context (INVALID_ARGUMENT above it); at most
+    #: MAX_DEPTH, so that every record can be read back.
+    max_depth: int = MAX_DEPTH
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_depth <= MAX_DEPTH:
+            raise ValueError(f"max_depth: must be 1 to {MAX_DEPTH}, not {self.max_depth}")
 
 
 class AuthorizationServicer:

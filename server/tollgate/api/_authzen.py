@@ -20,7 +20,7 @@ from typing import Any
 from tollgate.api._authorization import RequestLimits
 from tollgate.api._convert import InvalidRequest, to_decision_request
 from tollgate.api._http import HttpRequest, HttpResponse
-from tollgate.contract import Decision, DecisionRequest
+from tollgate.contract import MAX_DEPTH, Decision, DecisionRequest
 from tollgate.decision import Authorizer
 from tollgate.decisionlog import DecisionLogError
 from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
@@ -170,7 +170,7 @@ def certificate_context(certificate: Mapping[str, Any] | None) -> dict[str, list
     return context
 
 
-def to_authorize_request(doc: Mapping[str, Any], *, where: str = "", max_depth: int = 32) -> pb.AuthorizeRequest:
+def to_authorize_request(doc: Mapping[str, Any], *, where: str = "", max_depth: int = MAX_DEPTH) -> pb.AuthorizeRequest:
     """An AuthZEN evaluation request as the AuthorizeRequest it asks (errors name the AuthZEN field)."""
     subject = _object(doc, "subject", where)
     action = _object(doc, "action", where)

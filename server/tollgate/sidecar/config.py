@@ -16,6 +16,7 @@ import yaml
 from tollgate import encoding
 from tollgate.bundle import DEFAULT_SIZE_LIMIT
 from tollgate.clock import Clock, SystemClock
+from tollgate.contract import MAX_DEPTH
 from tollgate.decisionlog import ShippingConfig
 from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier, valid_caller_id
 from tollgate.net import HttpOptions, ssl_context
@@ -71,8 +72,9 @@ class ServeConfig:
     workers: int = 0
     #: Largest AuthorizeRequest accepted, in bytes.
     max_request_bytes: int = 1024 * 1024
-    #: Deepest nesting accepted in tool.arguments and context.
-    max_depth: int = 32
+    #: Deepest nesting accepted in tool.arguments and context; at most 31 (MAX_DEPTH), the deepest whose record
+    #: GetDecision can still send (protobuf decoders stop at 100 nested messages).
+    max_depth: int = MAX_DEPTH
     #: Decision-log durability: "full" (fsync per group commit) or "normal" (survives a process crash only).
     log_sync: str = "full"
     #: RPCs handled at once; more are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
@@ -158,8 +160,9 @@ class ServeConfig:
             raise ConfigError("workers: must be 0 (one per CPU) or more")
         if self.max_request_bytes <= 0:
             raise ConfigError("max_request_bytes: must be greater than 0")
-        if self.max_depth < 1:
-            raise ConfigError("max_depth: must be 1 or more")
+        if not 1 <= self.max_depth <= MAX_DEPTH:
+            raise ConfigError(f"max_depth: must be 1 to {MAX_DEPTH}, not {self.max_depth} (a deeper request's "
+                              f"record could not be read back: protobuf decoders stop at 100 nested messages)")
         if self.log_sync not in ("full", "normal"):
             raise ConfigError(f"log_sync: must be 'full' or 'normal', not {self.log_sync!r}")
         if self.max_concurrent_rpcs < 1:
