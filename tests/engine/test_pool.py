@@ -210,3 +210,60 @@ def test_busy_counts_the_workers_with_an_evaluation_in_hand(tmp_path: Path) -> N
         assert engine.busy == 0
 
     _run(tmp_path, EngineConfig(workers=2, eval_timeout=5.0), body)
+
+
+def test_inputs_many_times_the_socket_buffer_are_written_as_the_worker_reads_and_all_answered(
+        tmp_path: Path) -> None:
+    """A socket pair buffers ~200 KiB; a write that cannot go through now waits for room instead of failing the
+    worker (it raised EAGAIN and the worker was retired, with every evaluation queued on it)."""
+    restarts: list[str] = []
+    big = "x" * (1 << 20)
+
+    async def body(engine: WorkerPoolEngine) -> None:
+        before = _children()
+        answers = await asyncio.gather(*(engine.evaluate(_input(f"{i}{big}")) for i in range(8)),
+                                       engine.evaluate(_input("small")))
+        assert [a["who"][:1] for a in answers[:8]] == [str(i) for i in range(8)]  # type: ignore[index]
+        assert answers[8] == {"decision": "allow", "who": "small"}
+        assert restarts == [] and _children() == before
+
+    _run(tmp_path, EngineConfig(workers=1, eval_timeout=5.0, on_restart=restarts.append), body)
+
+
+def test_the_deadline_does_not_count_the_time_a_frame_waits_to_be_written(tmp_path: Path) -> None:
+    """The deadline measures the evaluation: an input still being written to a stopped worker (its socket full)
+    is queueing, and it is evaluated once the worker reads it, however long the write waited."""
+    config = EngineConfig(workers=1, eval_timeout=0.2, input_allowance=0.0, max_queue_wait=30.0, kill_after=30.0)
+
+    async def body(engine: WorkerPoolEngine) -> None:
+        (pid,) = _children()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            task = asyncio.ensure_future(engine.evaluate(_input("y" * (1 << 20))))
+            # Proving that nothing happens takes time passing: two and a half deadlines, with the frame unwritten.
+            await asyncio.sleep(2.5 * config.eval_timeout)
+            assert not task.done()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert (await task)["who"] == "y" * (1 << 20)  # type: ignore[index]
+
+    _run(tmp_path, config, body)
+
+
+def test_restarts_past_the_budget_wait_a_backoff_and_each_is_reported_with_its_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    restarts: list[str] = []
+
+    async def body(engine: WorkerPoolEngine) -> None:
+        with pytest.raises(EvaluationTimeout):
+            await engine.evaluate(_input("runaway"))
+        await _until(lambda: engine.workers == 1 and len(restarts) == 1)
+        (pid,) = _children()
+        os.kill(pid, signal.SIGKILL)  # the second replacement in the window: past the budget of one
+        await _until(lambda: len(restarts) == 2)
+        assert "worker replacements in the last 60 s (budget 1); the next one waits" in caplog.text
+        await _until(lambda: engine.workers == 1)
+        assert await engine.evaluate(_input("ann")) == {"decision": "allow", "who": "ann"}
+        assert restarts == ["deadline", "exited"]
+
+    _run(tmp_path, EngineConfig(workers=1, eval_timeout=0.1, restart_budget=1, on_restart=restarts.append), body)

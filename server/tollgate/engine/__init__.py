@@ -16,7 +16,7 @@ from tollgate.engine._base import (
 from tollgate.engine._opa import EmbeddedOpa
 
 if TYPE_CHECKING:
-    from tollgate.engine._pool import EngineConfig, WorkerPoolEngine
+    from tollgate.engine._pool import RESTART_REASONS, EngineConfig, WorkerPoolEngine
     from tollgate.engine._slot import EngineSlot
 
 
@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
     # The pool (asyncio, the bundle package, its signing dependencies) is imported on first use, so that an
     # engine worker process, which needs only _base and _opa, starts without it: less start-up and memory
     # in every worker.
-    if name in ("EngineConfig", "WorkerPoolEngine"):
+    if name in ("EngineConfig", "RESTART_REASONS", "WorkerPoolEngine"):
         from tollgate.engine import _pool
 
         return getattr(_pool, name)
@@ -36,6 +36,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "RESTART_REASONS",
     "UNDEFINED",
     "EmbeddedOpa",
     "Engine",

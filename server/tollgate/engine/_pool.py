@@ -3,14 +3,21 @@
 The Go `rego` package cannot cancel an evaluation from the outside, and an in-process thread that runs
 one past its deadline would keep burning a core (and memory) until it finishes. Each worker process
 holds one OPA engine and evaluates one input at a time; the server queues inputs on the least busy
-worker and sends everything queued in one loop iteration with one write.
+worker and sends everything queued in one loop iteration together. Writes are flow-controlled: what the
+worker's socket cannot take now waits in the pool's buffer until the worker reads on (a request at the size
+limit is several times the socket's buffer), so a large request only ever waits, it never fails a worker.
 
-Deadlines, per worker, on the evaluation it is running (the head of its queue):
+Deadlines, per worker, on the evaluation it is running (the head of its queue), from the moment its last
+byte is written and the worker is free for it (time spent waiting to write is queueing, not evaluation):
 - at half the deadline, the requests queued behind it are also sent to idle workers (first answer wins);
 - at the deadline, its caller gets EvaluationTimeout (a DENY). If the worker is burning CPU on it, the
   worker is killed and replaced in the background; if the machine is merely too busy to run it, the
   worker is left to finish and checked again, since killing it would only shrink the pool under load.
 A request that waits `max_queue_wait` without reaching a worker also gets EvaluationTimeout.
+
+Replacements are rate-limited: `restart_budget` replacements per `restart_window` start at once; past that
+each waits a backoff (up to 10 s), so a stream of requests that kill workers cannot turn the server into a
+fork loop. Every retirement is reported to `EngineConfig.on_restart` with its reason (RESTART_REASONS).
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tollgate.bundle import Bundle
@@ -37,13 +45,20 @@ from tollgate.engine._base import (
     decode_envelope,
     decode_evaluation,
 )
-from tollgate.engine._frames import MAX_FRAME, FrameError, FrameReader, header
+from tollgate.engine._frames import HEADER_SIZE, MAX_FRAME, FrameError, FrameReader, header
 from tollgate.net import Backoff, Jitter
 
 log = logging.getLogger(__name__)
 _RECV_SIZE = 65536  # below malloc's mmap threshold: no page-fault storm per read
 #: Between attempts to replace a worker that failed to start: soon at first, then no more than every 10 s.
 _RESPAWN_BACKOFF = Backoff(0.1, 10.0, jitter=Jitter.EQUAL)
+#: Why a worker was retired and replaced (the label of the restarts metric): its evaluation ran past the
+#: deadline, it exited or crashed, its socket failed, or it broke the frame protocol.
+RESTART_REASONS = ("deadline", "exited", "socket_error", "protocol")
+
+
+def _ignore_restart(reason: str) -> None:
+    """The default restart observer: nothing is counted."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,9 @@ class EngineConfig:
     workers: int = 0
     #: Deadline for one evaluation, in seconds, from the moment a worker starts it.
     eval_timeout: float = 0.050
+    #: Added to the deadline per MiB of input, in seconds: the engine bridge reads an input at ~0.1 µs a byte
+    #: (1 MiB, the default request limit, took 16-69 ms on a busy 2-core machine), work no policy can avoid.
+    input_allowance: float = 0.2
     #: Longest a request may wait for a worker before it is answered with EvaluationTimeout, in seconds.
     max_queue_wait: float = 1.0
     #: How long a new worker may take to load and compile the bundle, in seconds.
@@ -67,20 +85,32 @@ class EngineConfig:
     max_queue_per_worker: int = 32
     #: A worker still on one evaluation this long after its deadline is killed even if it seems starved.
     kill_after: float = 2.0
+    #: Replacements that start at once within restart_window seconds; past that each waits a backoff.
+    restart_budget: int = 10
+    #: Seconds over which restart_budget is counted.
+    restart_window: float = 60.0
+    #: Called on the event loop with the reason (one of RESTART_REASONS) each time a worker is retired.
+    on_restart: Callable[[str], None] = field(default=_ignore_restart, compare=False)
 
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
+
+    def deadline(self, input_bytes: int) -> float:
+        """Seconds an evaluation of an input this large may take: eval_timeout plus its input allowance."""
+        return self.eval_timeout + self.input_allowance * input_bytes / (1 << 20)
 
 
 class _Pending:
     """One evaluation waiting for, or sent to, a worker."""
 
-    __slots__ = ("future", "payload", "timer")
+    __slots__ = ("frame_end", "future", "payload", "sent", "timer")
 
     def __init__(self, payload: bytes, future: asyncio.Future[bytes]) -> None:
         self.payload = payload
         self.future = future
         self.timer: asyncio.TimerHandle | None = None
+        self.frame_end = 0  # the worker's byte count once its frame is written
+        self.sent = False  # its last byte is in the worker's socket: its deadline may start
 
 
 class _Worker:
@@ -94,10 +124,15 @@ class _Worker:
         self.sock = sock
         self.pending: collections.deque[_Pending] = collections.deque()
         self.reader = FrameReader()
-        self.outbox: list[bytes] = []  # frames queued this loop iteration, sent together
+        self.outbox = bytearray()  # frames not yet written to the socket, in order
+        self.flushing = False  # a flush is scheduled, or the loop watches the socket for room
+        self.queued_bytes = 0  # bytes ever put in the outbox
+        self.written_bytes = 0  # of them, written to the socket
+        self.unsent: collections.deque[_Pending] = collections.deque()  # queued, frame not fully written yet
         self.dead = False
         self.slow = False  # the head has run past half its deadline: send new work elsewhere
         self.head_started = 0.0
+        self.head_deadline = 0.0  # seconds the head may take (config.deadline of its input)
         self.cpu_mark: tuple[int | None, float] = (None, 0.0)  # (CPU ns, loop time) at the last check
         self.watchdog: asyncio.TimerHandle | None = None
 
@@ -122,6 +157,7 @@ class WorkerPoolEngine:
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._evaluating = 0  # evaluate() calls not yet returned
+        self._restarts: collections.deque[float] = collections.deque()  # monotonic times of recent replacements
         self._idle: asyncio.Event | None = None  # set when _evaluating drops to 0 during a graceful close
 
     @property
@@ -228,7 +264,8 @@ class WorkerPoolEngine:
         loop = self._loop or asyncio.get_running_loop()
         pending = _Pending(input_json, loop.create_future())
         config = self._config
-        pending.timer = loop.call_later(config.max_queue_wait + config.eval_timeout, self._on_wait_timeout, pending)
+        pending.timer = loop.call_later(config.max_queue_wait + config.deadline(len(input_json)),
+                                        self._on_wait_timeout, pending)
         self._evaluating += 1
         try:
             self._dispatch(pending)
@@ -258,26 +295,59 @@ class WorkerPoolEngine:
                 self._waiting.append(pending)
             return False
         best.pending.append(pending)
-        if not best.outbox:
-            # One send per worker per loop iteration: waking another process costs far more than
-            # copying a few more bytes, so everything dispatched in this iteration travels together.
-            assert self._loop is not None
-            self._loop.call_soon(self._flush, best)
-        best.outbox.append(header(len(pending.payload)))
-        best.outbox.append(pending.payload)
+        self._enqueue(best, pending)
         if len(best.pending) == 1:
             self._start_head(best)
         return True
 
+    def _enqueue(self, worker: _Worker, pending: _Pending) -> None:
+        """Put a frame in the worker's outbox; it is written when the loop next gets to it."""
+        if not worker.flushing:
+            # One send per worker per loop iteration: waking another process costs far more than
+            # copying a few more bytes, so everything dispatched in this iteration travels together.
+            assert self._loop is not None
+            worker.flushing = True
+            self._loop.call_soon(self._flush, worker)
+        worker.outbox += header(len(pending.payload))
+        worker.outbox += pending.payload
+        worker.queued_bytes += HEADER_SIZE + len(pending.payload)
+        pending.frame_end, pending.sent = worker.queued_bytes, False
+        worker.unsent.append(pending)
+
     def _flush(self, worker: _Worker) -> None:
-        if worker.dead or not worker.outbox:
+        """Write what the socket takes now; watch it for room while anything is left (flow control)."""
+        if worker.dead:
             return
-        data = b"".join(worker.outbox)
-        worker.outbox.clear()
+        assert self._loop is not None
+        written = 0
         try:
-            worker.sock.sendall(data)  # frames are small and the worker drains its socket continuously
+            with memoryview(worker.outbox) as view:
+                while written < len(view):
+                    written += worker.sock.send(view[written:])
+        except (BlockingIOError, InterruptedError):
+            pass  # the socket is full: the worker reads on as it evaluates, and the loop calls again
         except OSError as exc:
-            self._retire(worker, why=f"socket error: {exc}")
+            self._retire(worker, why=f"socket error: {exc}", reason="socket_error")
+            return
+        del worker.outbox[:written]
+        worker.written_bytes += written
+        self._mark_sent(worker)
+        fd = worker.sock.fileno()
+        if worker.outbox:
+            self._loop.add_writer(fd, self._flush, worker)  # replaces a registration already there
+            return
+        self._loop.remove_writer(fd)
+        worker.flushing = False
+
+    def _mark_sent(self, worker: _Worker) -> None:
+        """Frames whose last byte is now written are sent; a head among them starts its deadline now."""
+        head_sent = False
+        while worker.unsent and worker.unsent[0].frame_end <= worker.written_bytes:
+            pending = worker.unsent.popleft()
+            pending.sent = True
+            head_sent = head_sent or (bool(worker.pending) and worker.pending[0] is pending)
+        if head_sent:
+            self._start_head(worker)
 
     def _drain_waiting(self) -> None:
         while self._waiting:
@@ -304,15 +374,16 @@ class WorkerPoolEngine:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._retire(worker, why=f"socket error: {exc}")
+            self._retire(worker, why=f"socket error: {exc}", reason="socket_error")
             return
         if not chunk:
-            self._retire(worker, why=f"engine worker {worker.proc.pid} exited ({worker.proc.poll()})")
+            self._retire(worker, why=f"engine worker {worker.proc.pid} exited ({worker.proc.poll()})",
+                         reason="exited")
             return
         try:
             frames = worker.reader.feed(chunk)
         except FrameError as exc:
-            self._retire(worker, why=f"engine worker {worker.proc.pid}: {exc}")
+            self._retire(worker, why=f"engine worker {worker.proc.pid}: {exc}", reason="protocol")
             return
         for frame in frames:
             pending = worker.pending.popleft()
@@ -325,15 +396,17 @@ class WorkerPoolEngine:
     # -- deadlines ---------------------------------------------------------------------------------
 
     def _start_head(self, worker: _Worker) -> None:
-        """The head of the worker's queue starts now: watch it."""
+        """The head of the worker's queue starts now, if its frame is written: watch it. (One still being
+        written starts when its last byte is: _mark_sent calls again.)"""
         if worker.watchdog is not None:
             worker.watchdog.cancel()
             worker.watchdog = None
         worker.slow = False
-        if worker.pending and self._loop is not None:
+        if worker.pending and worker.pending[0].sent and self._loop is not None:
+            head = worker.pending[0]
             worker.head_started = self._loop.time()
-            worker.watchdog = self._loop.call_later(
-                self._config.eval_timeout / 2, self._on_slow, worker, worker.pending[0])
+            worker.head_deadline = self._config.deadline(len(head.payload))
+            worker.watchdog = self._loop.call_later(worker.head_deadline / 2, self._on_slow, worker, head)
 
     def _on_slow(self, worker: _Worker, head: _Pending) -> None:
         if worker.dead or not worker.pending or worker.pending[0] is not head or self._loop is None:
@@ -341,27 +414,27 @@ class WorkerPoolEngine:
         worker.slow = True
         self._hedge(worker)
         worker.cpu_mark = (_cpu_ns(worker.proc.pid), self._loop.time())
-        remaining = worker.head_started + self._config.eval_timeout - self._loop.time()
+        remaining = worker.head_started + worker.head_deadline - self._loop.time()
         worker.watchdog = self._loop.call_later(max(remaining, 0.0), self._on_overdue, worker, head)
 
     def _on_overdue(self, worker: _Worker, head: _Pending) -> None:
         if worker.dead or not worker.pending or worker.pending[0] is not head or self._loop is None:
             return
         if not head.future.done():
-            ms = self._config.eval_timeout * 1000
-            head.future.set_exception(EvaluationTimeout(f"policy evaluation did not finish within {ms:g} ms"))
+            ms = worker.head_deadline * 1000
+            head.future.set_exception(EvaluationTimeout(f"policy evaluation did not finish within {ms:.4g} ms"))
         now = self._loop.time()
         cpu_before, since = worker.cpu_mark
         cpu_now = _cpu_ns(worker.proc.pid)
         burning = cpu_before is None or cpu_now is None or (cpu_now - cpu_before) >= 0.5e9 * (now - since)
-        if burning or now - worker.head_started >= self._config.eval_timeout + self._config.kill_after:
-            self._retire(worker, why="evaluation ran past its deadline")
+        if burning or now - worker.head_started >= worker.head_deadline + self._config.kill_after:
+            self._retire(worker, why="evaluation ran past its deadline", reason="deadline")
             return
         # Starved rather than stuck: the machine is too busy to run it. Let it finish, look again later.
         log.debug("engine: worker %d is slow but not burning CPU; not killing it", worker.proc.pid)
         self._hedge(worker)
         worker.cpu_mark = (cpu_now, now)
-        worker.watchdog = self._loop.call_later(self._config.eval_timeout, self._on_overdue, worker, head)
+        worker.watchdog = self._loop.call_later(worker.head_deadline, self._on_overdue, worker, head)
 
     def _on_wait_timeout(self, pending: _Pending) -> None:
         if not pending.future.done():
@@ -371,7 +444,7 @@ class WorkerPoolEngine:
 
     # -- worker life cycle -------------------------------------------------------------------------
 
-    def _retire(self, worker: _Worker, *, why: str) -> None:
+    def _retire(self, worker: _Worker, *, why: str, reason: str) -> None:
         """Kill a worker, fail what it was running, re-queue what waited behind it, start a replacement."""
         if worker.dead:
             return
@@ -379,8 +452,10 @@ class WorkerPoolEngine:
         if worker.watchdog is not None:
             worker.watchdog.cancel()
         log.warning("engine: retiring worker %d (%s); starting a replacement", worker.proc.pid, why)
+        self._config.on_restart(reason)
         assert self._loop is not None
         self._loop.remove_reader(worker.sock.fileno())
+        self._loop.remove_writer(worker.sock.fileno())
         with contextlib.suppress(ProcessLookupError):
             worker.proc.kill()
         worker.sock.close()
@@ -396,12 +471,28 @@ class WorkerPoolEngine:
             else:
                 self._waiting.append(pending)
         if not self._closed:
-            task = self._loop.create_task(self._respawn())
+            task = self._loop.create_task(self._respawn(self._restart_delay()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._drain_waiting()
 
-    async def _respawn(self) -> None:
+    def _restart_delay(self) -> float:
+        """Seconds the next replacement waits: none within the budget, then a growing backoff."""
+        now, window = time.monotonic(), self._config.restart_window
+        while self._restarts and self._restarts[0] <= now - window:
+            self._restarts.popleft()
+        self._restarts.append(now)
+        excess = len(self._restarts) - self._config.restart_budget
+        if excess <= 0:
+            return 0.0
+        delay = _RESPAWN_BACKOFF.delay(excess - 1)
+        log.warning("engine: %d worker replacements in the last %g s (budget %d); the next one waits %.1f s",
+                    len(self._restarts), window, self._config.restart_budget, delay)
+        return delay
+
+    async def _respawn(self, delay: float = 0.0) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         failures = 0
         while not self._closed:
             try:
@@ -436,6 +527,7 @@ class WorkerPoolEngine:
         for w in workers:
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(w.sock.fileno())
+                loop.remove_writer(w.sock.fileno())
             w.sock.close()  # EOF ends the worker's loop
             for pending in w.pending:
                 if not pending.future.done():

@@ -1,9 +1,9 @@
 """Prometheus metrics of one sidecar, on a registry of its own, served as GET /metrics.
 
-Decisions, policy evaluations and decision-log commits are observed as they happen (histograms and counters
-from prometheus_client, safe from any thread); the rest — the active bundle, exporters, pending approvals,
-kill switches, busy engine workers, the process — is read when Prometheus scrapes. A scrape is rendered on a
-worker thread, so reading the state store never holds up the event loop that answers decisions.
+Decisions, policy evaluations, decision-log commits and engine worker restarts are observed as they happen
+(histograms and counters from prometheus_client, safe from any thread); the rest — the active bundle, exporters,
+pending approvals, kill switches, busy engine workers, the process — is read when Prometheus scrapes. A scrape is
+rendered on a worker thread, so reading the state store never holds up the event loop that answers decisions.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from tollgate.contract import (
 )
 from tollgate.decision import BUDGET_EXCEEDED, BUDGET_UNAVAILABLE
 from tollgate.encoding import format_time
+from tollgate.engine import RESTART_REASONS
 from tollgate.identity import CALLER_UNAUTHENTICATED, PRINCIPAL_MISMATCH
 from tollgate.state.approvals import PENDING
 
@@ -124,6 +125,11 @@ class Metrics:
                                  "log took (insert and fsync).", buckets=COMMIT_BUCKETS, registry=r)
         self._batch = Histogram("tollgate_decision_log_commit_records", "Decision records written by one group "
                                 "commit.", buckets=BATCH_BUCKETS, registry=r)
+        restarts = Counter("tollgate_engine_worker_restarts", "Engine worker processes retired and replaced, by "
+                           "reason: deadline (an evaluation ran past it), exited, socket_error, protocol.",
+                           ["reason"], registry=r)
+        # Every reason's series exists from the start, so an alert on a rise sees zeros, not gaps.
+        self._restarts = {reason: restarts.labels(reason) for reason in RESTART_REASONS}
 
     # -- observed ------------------------------------------------------------------------------------
 
@@ -181,6 +187,10 @@ class Metrics:
 
     def activation_failed(self, reason: str) -> None:
         self._activation_failures.labels(reason).inc()
+
+    def engine_worker_restarted(self, reason: str) -> None:
+        """An engine worker was retired (EngineConfig.on_restart; called on the event loop)."""
+        self._restarts[reason].inc()
 
     # -- scraped -------------------------------------------------------------------------------------
 

@@ -168,7 +168,7 @@ def _activator(config: ServeConfig, slot: EngineSlot, metrics: Metrics, manager:
         await manager.changed()  # SERVING only while a bundle is active
 
     engine_config = EngineConfig(entrypoint=config.entrypoint, workers=config.workers,
-                                 eval_timeout=config.eval_timeout_ms / 1000)
+                                 eval_timeout=config.eval_timeout_ms / 1000, on_restart=metrics.engine_worker_restarted)
     try:
         return BundleActivator(
             ActivatorConfig(

@@ -1,0 +1,87 @@
+"""Attacks on the engine worker pool over a real server: requests at the size limit, looped, by one caller."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+
+from tests.conftest import Serve, tool_request, write_policy
+from tollgate.v1 import authorization_pb2 as pb
+from tollgate.v1 import authorization_pb2_grpc as pb_grpc
+
+# Allows everyone, so an answer is either the policy's or the server's own failure (engine_error, deadline_exceeded).
+POLICY = """
+package tollgate
+
+default decision := {"decision": "allow", "reasons": [{"code": "ok", "message": "allowed"}]}
+"""
+
+MAX_REQUEST_BYTES = 1024 * 1024
+#: A request just under --max-request-bytes: the attacker's every request is as large as the server accepts.
+HEAVY_ARGUMENT_BYTES = MAX_REQUEST_BYTES - 4096
+#: How long the attacker loops: the reported attack ran 25 s; a few seconds reproduced it every time on main.
+ATTACK_SECONDS = 6.0
+BYSTANDER_REQUESTS = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _metric(port: int, name: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text: str = response.read().decode()
+    return "\n".join(line for line in text.splitlines() if line.startswith(name))
+
+
+def _heavy_loop(address: str, stop: threading.Event, answers: list[str]) -> None:
+    """The attacker: its own connection, no credentials, requests at the size limit back to back."""
+    request = tool_request(agent="heavy", name="upload", arguments={"blob": "x" * HEAVY_ARGUMENT_BYTES})
+    assert request.ByteSize() < MAX_REQUEST_BYTES
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 2 * MAX_REQUEST_BYTES)]) as ch:
+        stub = pb_grpc.AuthorizationServiceStub(ch)
+        while not stop.is_set():
+            response = stub.Authorize(request, timeout=10)
+            answers.append(response.reasons[0].code if response.reasons else "")
+
+
+def test_a_caller_looping_requests_at_the_size_limit_fails_no_bystander_and_kills_no_worker(
+        serve: Serve, tmp_path: Path) -> None:
+    port = _free_port()
+    server = serve(bundle=write_policy(tmp_path / "b", POLICY),
+                   extra=["--metrics-listen", f"127.0.0.1:{port}", "--workers", "2",
+                          "--max-request-bytes", str(MAX_REQUEST_BYTES)])
+    stop = threading.Event()
+    heavy: list[str] = []
+    attackers = [threading.Thread(target=_heavy_loop, args=(server.address, stop, heavy)) for _ in range(2)]
+    for t in attackers:
+        t.start()
+    bystander: list[str] = []
+    try:
+        deadline = time.monotonic() + ATTACK_SECONDS
+        while len(heavy) < 4 and time.monotonic() < deadline:  # the attack is under way before the bystander asks
+            time.sleep(0.01)
+        while len(bystander) < BYSTANDER_REQUESTS or time.monotonic() < deadline:
+            response = server.authorize(tool_request(agent="bystander", name="get_pull_request"))
+            assert response.decision == pb.DECISION_ALLOW, (response, server.stderr[-2000:])
+            bystander.append(response.reasons[0].code)
+    finally:
+        stop.set()
+        for t in attackers:
+            t.join(30)
+    assert set(bystander) == {"ok"}
+    assert heavy and set(heavy) == {"ok"}, f"the heavy caller's own answers: {sorted(set(heavy))}"
+    assert "retiring worker" not in server.stderr
+    restarts = _metric(port, "tollgate_engine_worker_restarts_total")
+    assert restarts, "the metric tollgate_engine_worker_restarts_total is not exported"
+    assert all(float(line.split()[-1]) == 0 for line in restarts.splitlines() if not line.startswith("#")), restarts
+    assert re.search(r'^tollgate_engine_worker_restarts_total\{reason="[a-z_]+"\} 0\.0$', restarts, re.MULTILINE)
