@@ -5,7 +5,9 @@ the peer's *address*, and a client socket has none. So `tollgate serve --listen 
 itself, reads SO_PEERCRED from the kernel for each connection it accepts, and relays the bytes to the gRPC
 server on a private socket. It connects to that socket from an address that encodes the credentials —
 `@tollgate-relay.SERVERPID.RANDOM/UID.GID.PID.N`, in the abstract namespace — which gRPC reports as the
-peer, and tollgate.identity reads back.
+peer, and tollgate.identity reads back. N is a fresh random number for each connection: abstract names are
+listed in /proc/net/unix and any local user may bind one, so a name anyone could predict (it was a counter)
+could be taken first, and the relay would refuse the connection it was meant for.
 
 Why this is trustworthy: the private socket is in a directory the server creates 0700, so only the
 server's own user can connect to it (and that user can read the server's keys anyway); the credentials are
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import errno
 import logging
 import os
 import secrets
@@ -35,6 +37,9 @@ _CHUNK = 256 * 1024
 #: Longest Unix socket path (sun_path holds 108 bytes with the terminating NUL).
 _SUN_PATH_MAX = 107
 _BACKEND = "grpc.sock"
+#: Fresh names tried for one relayed connection before it is refused: with 60 random bits per name, a second
+#: collision means something is binding names as fast as they are listed, not chance.
+_BIND_ATTEMPTS = 4
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -57,7 +62,6 @@ class PeerCredentialRelay:
         #: What gRPC reports as the peer of a relayed connection, before UID.GID.PID.N.
         self.peer_prefix = f"unix-abstract:{self._tag}/"
         self._server: asyncio.Server | None = None
-        self._counter = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -93,10 +97,15 @@ class PeerCredentialRelay:
             log.warning("unix socket: cannot read the peer credentials (%s); connection closed", exc)
             writer.close()
             return
-        backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        backend.setblocking(False)
         try:
-            backend.bind(f"\0{self._tag}/{uid}.{gid}.{pid}.{next(self._counter)}")
+            backend = self._bound(uid, gid, pid)
+        except OSError as exc:
+            log.error("unix socket: cannot bind a relay address for the connection of uid %d pid %d (%s); "
+                      "connection closed (hint: a local process may be binding names under @%s/)",
+                      uid, pid, exc, self._tag)
+            writer.close()
+            return
+        try:
             await asyncio.get_running_loop().sock_connect(backend, self.backend[len("unix:"):])
         except OSError as exc:
             log.error("unix socket: cannot reach the gRPC server (%s); connection closed", exc)
@@ -105,6 +114,24 @@ class PeerCredentialRelay:
             return
         up_reader, up_writer = await asyncio.open_unix_connection(sock=backend)
         await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer), return_exceptions=True)
+
+
+    def _bound(self, uid: int, gid: int, pid: int) -> socket.socket:
+        """A socket bound to an abstract name that carries the credentials and a number no one can guess."""
+        attempts = 0
+        while True:
+            backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            backend.setblocking(False)
+            try:
+                backend.bind(f"\0{self._tag}/{uid}.{gid}.{pid}.{secrets.randbits(60)}")
+                return backend
+            except OSError as exc:
+                backend.close()
+                attempts += 1
+                if exc.errno != errno.EADDRINUSE or attempts >= _BIND_ATTEMPTS:
+                    raise
+                log.warning("unix socket: relay address under @%s/ already bound by another process; "
+                            "trying another", self._tag)
 
 
 def private_dir(state_dir: Path | None) -> Path:
