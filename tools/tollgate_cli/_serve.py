@@ -36,6 +36,8 @@ def _field_help(name: str) -> str:
         "bundle": "policy directory, OPA bundle .tar.gz, or http(s):// bundle URL (watched for new revisions)",
         "bundle_poll": "seconds between polls of a bundle URL (jittered by a quarter either way)",
         "bundle_timeout": "bundle download deadline in seconds", "bundle_size_limit": "largest bundle in bytes",
+        "bundle_data_limit": "largest total of a bundle's data documents in bytes (refused before parsing)",
+        "bundle_data_values": "most values a bundle's data documents may hold (refused before parsing)",
         "bundle_keys": "directory of trusted public keys (KID.pem)",
         "bundle_token_file": "file holding the bearer token sent to a bundle URL",
         "bundle_headers_file": "file of `Name: value` headers sent with every request to a bundle URL",

@@ -4,10 +4,14 @@ built reproducibly, signed and verified in OPA's bundle format."""
 from tollgate.bundle._archive import fsync_directory, write_file_atomically
 from tollgate.bundle._build import BuildError, BuiltBundle, build_bundle, git_revision
 from tollgate.bundle._loader import (
+    DEFAULT_DATA_LIMIT,
+    DEFAULT_DATA_VALUES,
     DEFAULT_SIZE_LIMIT,
     Bundle,
     BundleError,
     BundleManifest,
+    DataLimits,
+    TooLarge,
     load_bundle,
     read_directory,
 )
@@ -37,6 +41,8 @@ from tollgate.bundle._status import Activation, BundleStatus, Failure, SourceSta
 
 __all__ = [
     "ALGORITHMS",
+    "DEFAULT_DATA_LIMIT",
+    "DEFAULT_DATA_VALUES",
     "DEFAULT_SIZE_LIMIT",
     "Activation",
     "BuildError",
@@ -46,6 +52,7 @@ __all__ = [
     "BundleManifest",
     "BundleSource",
     "BundleStatus",
+    "DataLimits",
     "DirectorySource",
     "Failure",
     "FetchError",
@@ -57,6 +64,7 @@ __all__ = [
     "SignatureError",
     "SignedBundle",
     "SourceState",
+    "TooLarge",
     "VerifiedBundle",
     "build_bundle",
     "fsync_directory",

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from tollgate.bundle._loader import BundleError, _parse_data
+from tollgate.bundle._loader import DEFAULT_DATA_VALUES, BundleError, _parse_data, count_values
 
 #: The hash algorithms a signature may name for a file (OPA also accepts MD5 and SHA-1; Tollgate does not).
 HASH_ALGORITHMS: dict[str, Callable[[], Any]] = {
@@ -61,14 +61,19 @@ def is_structured(name: str) -> bool:
     return posixpath.basename(name) in _STRUCTURED_NAMES
 
 
-def file_hash(where: str, name: str, content: bytes, algorithm: str = DEFAULT_HASH_ALGORITHM) -> str:
-    """The hex digest OPA computes for this bundle file (see the module docstring)."""
+def file_hash(where: str, name: str, content: bytes, algorithm: str = DEFAULT_HASH_ALGORITHM, *,
+              values_limit: int = DEFAULT_DATA_VALUES) -> str:
+    """The hex digest OPA computes for this bundle file (see the module docstring). A YAML file holding more
+    than values_limit values once its aliases are expanded is refused (TooLarge) before it is encoded."""
     h = HASH_ALGORITHMS[algorithm]()
-    h.update(canonical_bytes(where, name, opa_value(where, name, content)) if is_structured(name) else content)
+    if is_structured(name):
+        h.update(canonical_bytes(where, name, opa_value(where, name, content, values_limit=values_limit)))
+    else:
+        h.update(content)
     return str(h.hexdigest())
 
 
-def opa_value(where: str, name: str, content: bytes) -> Any:
+def opa_value(where: str, name: str, content: bytes, *, values_limit: int = DEFAULT_DATA_VALUES) -> Any:
     """A structured file's content as OPA's util.Unmarshal reads it (numbers from JSON as _JsonNumber)."""
     if content.startswith(_BOM):
         content = content[len(_BOM):]
@@ -82,6 +87,7 @@ def opa_value(where: str, name: str, content: bytes) -> Any:
         pass  # not JSON: OPA reads it as YAML
     try:
         value = yaml.load(text, Loader=_GoYamlLoader)  # a SafeLoader with go-yaml's rules for plain scalars
+        count_values(where, name, value, values_limit)
         _check_keys(value, "")
     except _NotRepresentable as exc:
         raise BundleError(f"bundle {where}: {name}: {exc}") from exc
@@ -102,18 +108,19 @@ def canonical_bytes(where: str, name: str, value: Any) -> bytes:
     return "".join(out).encode("utf-8")
 
 
-def check_data_file(where: str, name: str, content: bytes) -> None:
+def check_data_file(where: str, name: str, content: bytes, *, values_limit: int = DEFAULT_DATA_VALUES) -> None:
     """Refuse a data file that Tollgate's loader and OPA read differently, naming the first difference."""
     if posixpath.basename(name) not in _DATA_NAMES:
         return
-    ours = _parse_data(Path(where), name, content)  # exactly what the loader reads (it refuses non-UTF-8)
+    # Exactly what the loader reads (it refuses non-UTF-8).
+    ours = _parse_data(Path(where), name, content, values_limit=values_limit)
     if name.endswith(".json"):
         try:
             opa: Any = _go_json(content.decode("utf-8"))
         except (ValueError, RecursionError) as exc:
             raise BundleError(f"bundle {where}: {name} is not JSON as OPA reads it ({exc})") from exc
     else:
-        opa = opa_value(where, name, content)
+        opa = opa_value(where, name, content, values_limit=values_limit)
     if opa is None and ours == {}:
         raise BundleError(
             f"bundle {where}: {name} is empty: OPA reads it as null, Tollgate as an empty object "

@@ -15,6 +15,12 @@ import yaml
 
 #: Largest total uncompressed size a bundle may have (a guard against gzip bombs), in bytes.
 DEFAULT_SIZE_LIMIT = 256 * 1024 * 1024
+#: Largest total size of a bundle's data documents (every data.json / data.yaml), in bytes.
+DEFAULT_DATA_LIMIT = 32 * 1024 * 1024
+#: Most values (objects, arrays, keys, scalars) a bundle's data documents may hold together. Parsed and
+#: hashed, one value costs Python up to ~250 bytes, so this bounds what reading the data can take (~250 MB),
+#: where the bytes alone do not: 16 MiB of `{},{},...` is 5.6 million objects.
+DEFAULT_DATA_VALUES = 1_000_000
 
 _DATA_FILES = ("data.json", "data.yaml", "data.yml")
 _SKIP_DIRS = {".git", ".github", "__pycache__", ".tollgate"}
@@ -22,6 +28,26 @@ _SKIP_DIRS = {".git", ".github", "__pycache__", ".tollgate"}
 
 class BundleError(Exception):
     """A bundle that cannot be loaded; the message says what and where, with a hint."""
+
+
+class TooLarge(BundleError):
+    """A bundle whose data documents are past their limits (bytes, values), refused before they are parsed,
+    so that refusing it costs no more memory than its bytes. (The archive's own size limit is checked as it
+    is read, and reported as an unreadable bundle, as before.)"""
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    """What a bundle's data documents may hold, checked on their bytes before any of them is parsed."""
+
+    #: Total bytes of every data.json / data.yaml / data.yml.
+    bytes: int = DEFAULT_DATA_LIMIT
+    #: Total values in them, counted from above (see _value_bound), and for YAML again with aliases expanded.
+    values: int = DEFAULT_DATA_VALUES
+
+
+#: The default limits, as one value (argument defaults share it).
+DEFAULT_DATA_LIMITS = DataLimits()
 
 
 @dataclass(frozen=True)
@@ -50,9 +76,11 @@ class Bundle:
 
 
 def load_bundle(
-    path: str | Path, *, size_limit: int = DEFAULT_SIZE_LIMIT, include_tests: bool = False
+    path: str | Path, *, size_limit: int = DEFAULT_SIZE_LIMIT, include_tests: bool = False,
+    data_limits: DataLimits = DEFAULT_DATA_LIMITS,
 ) -> Bundle:
-    """Load a bundle directory or .tar.gz. Test modules (`*_test.rego`) are left out unless include_tests."""
+    """Load a bundle directory or .tar.gz. Test modules (`*_test.rego`) are left out unless include_tests.
+    Raises TooLarge past size_limit or data_limits, before parsing any data."""
     p = Path(path)
     if p.is_dir():
         files = dict(read_directory(p, size_limit))
@@ -65,6 +93,7 @@ def load_bundle(
     else:
         raise BundleError(f"bundle {p}: no such file or directory (hint: check --bundle)")
     files.pop(".signatures.json", None)
+    check_data_limits(str(p), files, data_limits)
     digest = _digest(files)
     manifest = _parse_manifest(p, manifest_raw, default_revision=f"sha256:{digest[:16]}")
     modules: dict[str, str] = {}
@@ -76,7 +105,7 @@ def load_bundle(
                 continue
             modules[name] = _text(p, name, content)
         elif base in _DATA_FILES:
-            value = _parse_data(p, name, content)
+            value = _parse_data(p, name, content, values_limit=data_limits.values)
             segments = [s for s in posixpath.dirname(name).split("/") if s]
             _place(data, segments, value, where=f"{p}:{name}")
     _check_roots(p, manifest.roots, data)
@@ -126,6 +155,59 @@ def _read_tarball(path: Path, size_limit: int) -> Iterable[tuple[str, bytes]]:
                 yield name, content
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BundleError(f"bundle {path}: not a readable .tar.gz ({exc})") from exc
+
+
+def is_data_file(name: str) -> bool:
+    """Whether the loader reads this bundle file as a data document."""
+    return posixpath.basename(name) in _DATA_FILES
+
+
+def check_data_limits(where: str, files: Mapping[str, bytes], limits: DataLimits) -> None:
+    """Refuse (TooLarge) data documents past limits, judged on their bytes: call it before parsing any."""
+    total_bytes = total_values = 0
+    for name in sorted(files):
+        if not is_data_file(name):
+            continue
+        content = files[name]
+        total_bytes += len(content)
+        total_values += _value_bound(name, content)
+        if total_bytes > limits.bytes:
+            raise TooLarge(f"bundle {where}: data documents up to {name} take {total_bytes} bytes, over the "
+                           f"{limits.bytes}-byte data limit (hint: raise --bundle-data-limit if the data is "
+                           "genuinely this large)")
+        if total_values > limits.values:
+            raise TooLarge(f"bundle {where}: data documents up to {name} may hold {total_values} values, over the "
+                           f"{limits.values}-value data limit (hint: raise --bundle-data-values if the data is "
+                           "genuinely this large)")
+
+
+def _value_bound(name: str, content: bytes) -> int:
+    """At least the number of values the file parses into, from counting bytes (C speed, no parsing): in
+    JSON every value but the first follows a `,`, `:`, `[` or `{`; in YAML also a line break or a `-`. Such
+    bytes inside strings count too, so long texts are over-counted, never a document under-counted (YAML's
+    aliases aside: those are counted again once parsed)."""
+    bound = 1 + sum(content.count(ch) for ch in (b",", b":", b"[", b"{"))
+    if not name.endswith(".json"):
+        bound += content.count(b"\n") + content.count(b"-")
+    return bound
+
+
+def count_values(where: str, name: str, value: Any, limit: int) -> None:
+    """Refuse (TooLarge) a parsed document with more than limit values, aliases expanded (a YAML alias
+    costs nothing parsed but is copied by every JSON encoding of the document)."""
+    seen = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise TooLarge(f"bundle {where}: {name} holds more than {limit} values once its YAML aliases are "
+                           "expanded (hint: write the data out, or raise --bundle-data-values)")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            seen += len(item)  # the keys
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _digest(files: Mapping[str, bytes]) -> str:
@@ -197,12 +279,14 @@ def _text(source: Path, name: str, content: bytes) -> str:
         raise BundleError(f"bundle {source}: {name} is not UTF-8 ({exc})") from exc
 
 
-def _parse_data(source: Path, name: str, content: bytes) -> Any:
+def _parse_data(source: Path, name: str, content: bytes, *, values_limit: int = DEFAULT_DATA_VALUES) -> Any:
     text = _text(source, name, content)
     try:
         value = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise BundleError(f"bundle {source}: {name} does not parse ({exc})") from exc
+    if not name.endswith(".json"):
+        count_values(str(source), name, value, values_limit)
     if value is None:
         return {}
     if not isinstance(value, dict) and posixpath.dirname(name) == "":

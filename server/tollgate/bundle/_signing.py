@@ -26,7 +26,14 @@ from tollgate.bundle._archive import (
     write_file_atomically,
 )
 from tollgate.bundle._canonical import DEFAULT_HASH_ALGORITHM, HASH_ALGORITHMS, check_data_file, file_hash
-from tollgate.bundle._loader import DEFAULT_SIZE_LIMIT, BundleError
+from tollgate.bundle._loader import (
+    DEFAULT_DATA_LIMITS,
+    DEFAULT_SIZE_LIMIT,
+    BundleError,
+    DataLimits,
+    TooLarge,
+    check_data_limits,
+)
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -235,6 +242,7 @@ def verify_bundle(
     *,
     scope: str = "",
     size_limit: int = DEFAULT_SIZE_LIMIT,
+    data_limits: DataLimits = DEFAULT_DATA_LIMITS,
 ) -> VerifiedBundle:
     """Check a bundle's `.signatures.json` against trusted public keys by key ID, as OPA does, and stricter.
 
@@ -243,13 +251,18 @@ def verify_bundle(
     is not the one for that key's type; its scope is not `scope` (OPA's rule: both may be empty); a file in the
     archive is not listed (added), a listed file is missing (removed), or a hash differs (modified); or a data
     file reads differently in OPA and in Tollgate (so that its signed hash would not pin what Tollgate loads).
+    Raises TooLarge, before parsing anything, for an archive past size_limit or data past data_limits: a data
+    file's signed hash is over its parsed value (OPA's rule), so its size is bounded before it is parsed.
     """
     where = describe(source)
     try:
         archive = archive_bytes(source, size_limit=size_limit)
         files = read_archive(archive, size_limit=size_limit, where=where)
+    except TooLarge:
+        raise
     except BundleError as exc:
         raise SignatureError(str(exc), reason="unreadable") from exc
+    check_data_limits(where, files, data_limits)
     signatures = files.pop(SIGNATURES_FILE, None)
     if signatures is None:
         raise SignatureError(f"bundle {where}: unsigned: it has no .signatures.json "
@@ -273,14 +286,18 @@ def verify_bundle(
     for name in sorted(files):
         want, hash_algorithm = listed[name]
         try:
-            got = file_hash(where, name, files[name], hash_algorithm)
+            got = file_hash(where, name, files[name], hash_algorithm, values_limit=data_limits.values)
+        except TooLarge:
+            raise
         except BundleError as exc:
             raise SignatureError(str(exc), reason="file_modified") from exc
         if got != want.lower():
             raise SignatureError(f"bundle {where}: {name} does not match its signed {hash_algorithm} hash "
                                  "(modified after signing?)", reason="file_modified")
         try:
-            check_data_file(where, name, files[name])
+            check_data_file(where, name, files[name], values_limit=data_limits.values)
+        except TooLarge:
+            raise
         except BundleError as exc:
             raise SignatureError(str(exc), reason="ambiguous_data") from exc
     return VerifiedBundle(source=where, revision=_revision(files), keyid=keyid, algorithm=algorithm,

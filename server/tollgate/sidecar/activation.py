@@ -30,12 +30,14 @@ from tollgate.bundle import (
     BundleError,
     BundleSource,
     BundleStatus,
+    DataLimits,
     Failure,
     Fetched,
     FetchError,
     PublicKey,
     SignatureError,
     SourceState,
+    TooLarge,
     fsync_directory,
     load_bundle,
     load_public_keys,
@@ -85,6 +87,8 @@ class ActivatorConfig:
     http: HttpOptions = field(default_factory=HttpOptions)
     #: Largest download, and largest uncompressed bundle, in bytes.
     size_limit: int = DEFAULT_SIZE_LIMIT
+    #: What the data documents may hold (bytes, values), checked before any of them is parsed.
+    data_limits: DataLimits = field(default_factory=DataLimits)
     #: After a failed poll, the first retry waits about this long; each further failure doubles it.
     min_backoff: float = 1.0
     #: ... up to this.
@@ -260,7 +264,10 @@ class BundleActivator:
         if not self._keys:
             return ""
         try:
-            verified = verify_bundle(fetched.archive, self._keys, size_limit=config.size_limit)
+            verified = verify_bundle(fetched.archive, self._keys, size_limit=config.size_limit,
+                                     data_limits=config.data_limits)
+        except TooLarge as exc:
+            raise Refused("too_large", f"{config.source}: {exc}") from exc
         except SignatureError as exc:
             if exc.reason == "unsigned" and not config.require_signatures:
                 log.warning("bundle: %s is unsigned; accepted because --require-signatures is not set",
@@ -273,21 +280,27 @@ class BundleActivator:
     def _load(self, fetched: Fetched, persisted: Path | None) -> tuple[Bundle, Path | None]:
         """Load the bundle; archives are first written to DATA_DIR/bundles (the loader reads files)."""
         config = self._config
+
+        def load(path: str | Path) -> Bundle:
+            return load_bundle(path, size_limit=config.size_limit, data_limits=config.data_limits)
+
         try:
             if fetched.archive is None:
-                return load_bundle(config.source, size_limit=config.size_limit), None
+                return load(config.source), None
             if persisted is not None:
-                return load_bundle(persisted, size_limit=config.size_limit), persisted
+                return load(persisted), persisted
             incoming = config.state_dir / "incoming.tar.gz"
             write_file_atomically(incoming, fetched.archive)
             try:
-                return load_bundle(incoming, size_limit=config.size_limit), incoming
+                return load(incoming), incoming
             except BundleError as exc:
                 incoming.unlink(missing_ok=True)
                 # Name what the operator configured, not the scratch file it was loaded from.
-                raise Refused("corrupt", str(exc).replace(str(incoming), config.source)) from exc
+                raise _refusal(str(exc).replace(str(incoming), config.source), exc) from exc
+        except Refused:
+            raise
         except BundleError as exc:
-            raise Refused("corrupt", str(exc)) from exc
+            raise _refusal(str(exc), exc) from exc
 
     async def _start_engine(self, bundle: Bundle) -> WorkerPoolEngine:
         engine = WorkerPoolEngine(bundle, self._engine_config)
@@ -349,6 +362,11 @@ class BundleActivator:
                 await listener(self._status, activation, failure)
             except Exception:
                 log.exception("bundle: a status listener failed")
+
+
+def _refusal(message: str, exc: BundleError) -> Refused:
+    """A bundle the loader refused: too_large past a limit (before its data was parsed), else corrupt."""
+    return Refused("too_large" if isinstance(exc, TooLarge) else "corrupt", message)
 
 
 async def _smoke_test(engine: WorkerPoolEngine, *, entrypoint: str) -> None:

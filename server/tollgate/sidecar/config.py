@@ -14,7 +14,7 @@ import grpc
 import yaml
 
 from tollgate import encoding
-from tollgate.bundle import DEFAULT_SIZE_LIMIT
+from tollgate.bundle import DEFAULT_DATA_LIMIT, DEFAULT_DATA_VALUES, DEFAULT_SIZE_LIMIT, DataLimits
 from tollgate.clock import Clock, SystemClock
 from tollgate.contract import MAX_DEPTH
 from tollgate.decisionlog import ShippingConfig
@@ -50,6 +50,12 @@ class ServeConfig:
     bundle_timeout: float = 10.0
     #: Largest bundle download, and largest uncompressed bundle, in bytes (a guard against gzip bombs).
     bundle_size_limit: int = DEFAULT_SIZE_LIMIT
+    #: Largest total size of a bundle's data documents (data.json / data.yaml), in bytes, checked before any is
+    #: parsed (a parsed document takes many times its bytes).
+    bundle_data_limit: int = DEFAULT_DATA_LIMIT
+    #: Most values (objects, arrays, keys, scalars) a bundle's data documents may hold together, counted from
+    #: their bytes before they are parsed: each costs the sidecar up to ~250 bytes while it is read.
+    bundle_data_values: int = DEFAULT_DATA_VALUES
     #: A file holding the bearer token sent to an http(s) bundle service (surrounding whitespace ignored).
     bundle_token_file: str = ""
     #: A file of headers sent with every request to an http(s) bundle service, one `Name: value` per line
@@ -175,6 +181,8 @@ class ServeConfig:
             raise ConfigError("bundle_timeout: must be greater than 0 seconds")
         if self.bundle_size_limit <= 0:
             raise ConfigError("bundle_size_limit: must be greater than 0")
+        if self.bundle_data_limit <= 0 or self.bundle_data_values <= 0:
+            raise ConfigError("bundle_data_limit, bundle_data_values: must be greater than 0")
         if self.require_signatures and not self.bundle_keys:
             raise ConfigError("require_signatures: needs bundle_keys (the directory of trusted public keys)")
         if self.bundle_keys and not Path(self.bundle_keys).is_dir():
@@ -230,6 +238,10 @@ class ServeConfig:
                               "otlp_endpoint)")
         if self.decision_log_fail_closed_on_lag and not self.decision_log_max_lag:
             raise ConfigError("decision_log_fail_closed_on_lag: needs decision_log_max_lag above 0")
+
+    def bundle_data_limits(self) -> DataLimits:
+        """What a bundle's data documents may hold (bundle_data_limit, bundle_data_values)."""
+        return DataLimits(bytes=self.bundle_data_limit, values=self.bundle_data_values)
 
     def log_shipping(self) -> ShippingConfig:
         """The decision log's exporters and retention (reads decision_log_token_file)."""

@@ -175,6 +175,7 @@ def _activator(config: ServeConfig, slot: EngineSlot, metrics: Metrics, manager:
                 source=config.bundle, state_dir=Path(config.data_dir) / "bundles", keys_dir=config.bundle_keys,
                 require_signatures=config.require_signatures, poll_interval=config.bundle_poll,
                 timeout=config.bundle_timeout, size_limit=config.bundle_size_limit, http=http,
+                data_limits=config.bundle_data_limits(),
             ),
             slot, engine_config, listeners=(on_bundle,), clock=clock,
         )

@@ -1,0 +1,95 @@
+"""Attacks on the bundle path of a real `tollgate serve`: memory bombs, slow policies, replayed old revisions."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server, tool_request
+from tests.e2e.test_live_bundles import BundleService, make_bundle, revision_of, service, signing_key, status, wait_for
+from tollgate.bundle import sign_bundle
+from tollgate.bundle._archive import read_archive, write_archive
+
+__all__ = ["make_bundle", "service", "signing_key"]  # fixtures, imported to be used here
+
+#: How much a refused activation may add to the server's peak RSS (README: Live bundle updates).
+REFUSAL_RSS_BOUND = 256 * 1024 * 1024
+
+
+def _rss(server: Server) -> tuple[int, int]:
+    """The server process's (current RSS, peak RSS) in bytes, from /proc/PID/status."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+
+
+def _json_bomb(size: int) -> bytes:
+    """size bytes of legal JSON that a parser turns into many small objects: {"bomb": [{}, {}, ...]}."""
+    count = (size - 12) // 3
+    return b'{"bomb":[' + b"{}," * count + b"{}]}"
+
+
+def _with_data(archive: bytes, data: bytes) -> bytes:
+    files = read_archive(archive)
+    files["tollgate/data.json"] = data
+    return write_archive(files)
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed-swapped-data", "unsigned"])
+def test_a_data_memory_bomb_is_refused_too_large_within_the_rss_bound(
+        serve, service: BundleService, make_bundle, signing_key, tmp_path: Path, signed: bool) -> None:
+    key, keys = signing_key
+    good = make_bundle("v1", key=key if signed else None)
+    service.publish(good)
+    flags = ["--bundle-poll", "0.2", *(["--bundle-keys", str(keys), "--require-signatures"] if signed else [])]
+    server = serve(bundle=service.url, extra=flags)
+    assert revision_of(server) == "v1"
+    server.authorize(tool_request())
+    before, _ = _rss(server)
+    bomb = _json_bomb((16 if signed else 32) * 1024 * 1024)
+    if signed:  # a signed bundle with a data file, then that file swapped after signing
+        path = tmp_path / "v2.tar.gz"
+        path.write_bytes(_with_data(make_bundle("v2"), b'{"small": true}'))
+        sign_bundle(path, key, keyid="ci-2026")
+        attack = _with_data(path.read_bytes(), bomb)
+    else:
+        attack = _with_data(make_bundle("v2"), bomb)
+    assert len(attack) < 100_000 and len(gzip.decompress(attack)) > 16 * 1024 * 1024
+    service.publish(attack)
+    wait_for(lambda: status(server).bundle.last_error.reason != "", timeout=120, what="the bomb refused")
+    error = status(server).bundle.last_error
+    _, peak = _rss(server)
+    print(f"RSS before {before / 2**20:.0f} MiB, peak after {peak / 2**20:.0f} MiB")
+    assert error.reason == "too_large", error.message
+    assert "tollgate/data.json" in error.message
+    assert peak - before < REFUSAL_RSS_BOUND, f"peak RSS grew by {(peak - before) / 2**20:.0f} MiB"
+    assert server.authorize(tool_request()).bundle_revision == "v1"
+
+
+@pytest.mark.parametrize("shape", ["objects", "members"])
+def test_a_signed_bundle_swapped_for_data_just_under_the_limits_is_refused_within_the_rss_bound(
+        serve, service: BundleService, make_bundle, signing_key, tmp_path: Path, shape: str) -> None:
+    # The worst a bundle under the data limits can do: as many values as allowed, each as costly as can be,
+    # parsed to be hashed, and then refused because the hash does not match.
+    key, keys = signing_key
+    service.publish(make_bundle("v1", key=key))
+    server = serve(bundle=service.url, extra=["--bundle-poll", "0.2", "--bundle-keys", str(keys),
+                                              "--require-signatures"])
+    server.authorize(tool_request())
+    before, _ = _rss(server)
+    path = tmp_path / "v2.tar.gz"
+    path.write_bytes(_with_data(make_bundle("v2"), b'{"small": true}'))
+    sign_bundle(path, key, keyid="ci-2026")
+    if shape == "objects":
+        bomb = _json_bomb(3 * 495_000)  # each {} counts twice, its { and its ,
+    else:  # distinct keys with number values: ~430 bytes per member once parsed and hashed
+        bomb = b"{" + b",".join(b'"k%d":1.5' % i for i in range(495_000)) + b"}"
+    service.publish(_with_data(path.read_bytes(), bomb))
+    wait_for(lambda: status(server).bundle.last_error.reason != "", timeout=120, what="the swap refused")
+    error = status(server).bundle.last_error
+    _, peak = _rss(server)
+    print(f"RSS before {before / 2**20:.0f} MiB, peak after {peak / 2**20:.0f} MiB")
+    assert error.reason == "signature" and "modified after signing" in error.message, error.message
+    assert peak - before < REFUSAL_RSS_BOUND, f"peak RSS grew by {(peak - before) / 2**20:.0f} MiB"
+    assert server.authorize(tool_request()).bundle_revision == "v1"
