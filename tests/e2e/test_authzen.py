@@ -274,3 +274,75 @@ def test_over_mtls_the_client_certificate_names_the_caller(serve: Callable[..., 
     without = Pdp(server, ssl.create_default_context(cafile=str(ca.cert)))
     with pytest.raises((ssl.SSLError, ConnectionError)):
         without.post("/access/v1/evaluation", tool_eval("code-reviewer", "github/get_pull_request"))
+
+
+def _raw_tool_eval(arguments: str = "{}", subject_id: str = '"code-reviewer"') -> bytes:
+    """A tool evaluation written by hand, for values json.dumps would never write (10**400, a lone surrogate)."""
+    return (f'{{"subject": {{"type": "agent", "id": {subject_id}}}, "action": {{"name": "call"}}, "resource": '
+            f'{{"type": "tool", "id": "github/get_pull_request", "properties": {{"arguments": {arguments}}}}}}}'
+            ).encode()
+
+
+_MODEL_EVAL = ('{"subject": {"type": "agent", "id": "code-reviewer"}, "action": {"name": "invoke"}, '
+               '"resource": {"type": "model", "id": "openai/gpt-4o", "properties": {"input_tokens": %s}}}')
+_BUDGET_EVAL = ('{"subject": {"type": "agent", "id": "code-reviewer"}, "action": {"name": "spend", '
+                '"properties": {"amount": %s}}, "resource": {"type": "budget", "id": "usd"}}')
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (_raw_tool_eval('{"n": 1' + "0" * 400 + "}"), "resource.properties.arguments.n: "),
+    (_raw_tool_eval('{"n": 1e400}'), "resource.properties.arguments.n: "),
+    (_raw_tool_eval('{"deep": [{"n": -1' + "0" * 400 + "}]}"), "resource.properties.arguments.deep[0].n: "),
+    ((_MODEL_EVAL % 2**63).encode(), "resource.properties.input_tokens: "),
+    ((_BUDGET_EVAL % ("1" + "0" * 400)).encode(), "action.properties.amount: "),
+    (_raw_tool_eval('{"s": "x\\ud800y"}'), "resource.properties.arguments.s: "),
+    (_raw_tool_eval('{"\\udfff": 1}'), "resource.properties.arguments: "),
+    (_raw_tool_eval(subject_id='"\\ud800"'), "subject.id: "),
+], ids=["integer-10**400", "float-1e400", "nested-negative-10**400", "input-tokens-2**63", "amount-10**400",
+        "lone-surrogate-value", "lone-surrogate-key", "lone-surrogate-subject"])
+def test_values_no_request_can_carry_are_400_naming_the_field(pdp: Pdp, body: bytes, field: str) -> None:
+    before = pdp.logged()
+    status, answer, _ = pdp.request("POST", "/access/v1/evaluation", body)
+    assert (status, answer["error"]) == (400, "invalid_request"), answer
+    assert answer["error_description"].startswith(field), answer
+    assert pdp.logged() == before
+    # The connection stays usable: the answer was the API's, not a dropped socket or a 500.
+    assert pdp.post("/access/v1/evaluation", tool_eval("code-reviewer", "github/get_pull_request"))[0] == 200
+
+
+# Header bytes are read as Latin-1: b"\xb2" is "²", which str.isdigit() calls a digit and int() refuses.
+@pytest.mark.parametrize("length", [b"\xb2", "١٢".encode(), b"9" * 5000, b"-1", b"+5"],
+                         ids=["superscript-two", "arabic-indic", "5000-digits", "negative", "plus"])
+def test_a_content_length_that_is_not_a_plain_number_is_answered_400_or_413(pdp: Pdp, length: bytes) -> None:
+    import socket
+
+    host, port = _authzen_address(pdp.server).rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /access/v1/evaluation HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + length + b"\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] in (b"400", b"413"), answer[:200]
+    assert "content-length" in json.loads(body)["error_description"]
+
+
+def test_an_evaluations_batch_over_the_limit_is_400_and_decides_nothing(serve: Callable[..., Server]) -> None:
+    pdp = Pdp(serve(extra=["--authzen-listen", "127.0.0.1:0", "--authzen-max-batch", "8"]))
+    item = tool_eval("code-reviewer", "github/get_pull_request")
+    before = pdp.logged()
+    status, body = pdp.post("/access/v1/evaluations", {"evaluations": [item] * 9})
+    assert status == 400
+    assert body["error_description"].startswith("evaluations: 9 evaluation requests, over the limit of 8")
+    assert pdp.logged() == before
+    status, body = pdp.post("/access/v1/evaluations", {"evaluations": [item] * 8})
+    assert (status, len(body["evaluations"])) == (200, 8)
+
+
+def test_the_default_batch_limit_is_64(pdp: Pdp) -> None:
+    item = tool_eval("code-reviewer", "github/get_pull_request")
+    before = pdp.logged()
+    status, body = pdp.post("/access/v1/evaluations", {"evaluations": [item] * 65})
+    assert status == 400 and "over the limit of 64" in body["error_description"]
+    assert pdp.logged() == before

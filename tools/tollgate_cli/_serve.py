@@ -59,6 +59,7 @@ def _field_help(name: str) -> str:
         "token_keys": "directory of KID.pem keys verifying caller tokens (tollgate-caller-token metadata)",
         "token_issuer": "iss caller tokens must carry", "token_audience": "aud caller tokens must carry",
         "authzen_listen": "HOST:PORT for the AuthZEN 1.0 HTTP API (off when empty)",
+        "authzen_max_batch": "most evaluations in one AuthZEN batch request",
         "admin_identities": "comma-separated caller identities that may use the admin RPCs without the token",
         "authzen_tls": "serve the AuthZEN port over TLS (--tls-cert/--tls-key; --tls-client-ca: mTLS)",
         "decision_log_service": "OPA decision-log service URL: records go to POST URL+resource (off when empty)",
@@ -90,5 +91,3 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"tollgate serve: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return serve.main(config)
-
-

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +38,11 @@ ACTIONS = {"tool": "call", "model": "invoke", "budget": "spend"}
 SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
 #: Evaluations of one execute_all batch decided at the same time.
 BATCH_CONCURRENCY = 32
+#: Most evaluations in one batch (authzen_max_batch): each is a logged decision, and a 1 MiB body of small
+#: items was 16,128 of them from one unauthenticated request.
+DEFAULT_MAX_BATCH = 64
+#: An integer field of AuthorizeRequest (input_tokens, max_output_tokens) is an int64.
+_INT64_LIMIT = 2**63
 _JSON = "application/json"
 #: AuthorizeRequest field paths (as InvalidRequest names them) → the AuthZEN fields they came from.
 _FIELD_NAMES = (
@@ -53,8 +60,9 @@ class AuthzenService:
     """Answers the AuthZEN HTTP endpoints with the Authorizer (each evaluation is one logged decision)."""
 
     def __init__(self, authorizer: Authorizer, limits: RequestLimits, *, callers: CallerResolver,
-                 tls: bool = False) -> None:
+                 tls: bool = False, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         self._tls = tls
+        self._max_batch = max_batch
         self._authorizer = authorizer
         self._limits = limits
         self._callers = callers
@@ -105,6 +113,9 @@ class AuthzenService:
             return _answer((await self._evaluate([self._domain(body, "", caller)]))[0])
         if not isinstance(items, list):
             raise BadEvaluation("evaluations: must be an array of evaluation requests")
+        if len(items) > self._max_batch:
+            raise BadEvaluation(f"evaluations: {len(items)} evaluation requests, over the limit of "
+                                f"{self._max_batch} in one batch (authzen_max_batch); send them in smaller batches")
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise BadEvaluation("options: must be an object")
@@ -253,7 +264,38 @@ def _parse_body(request: HttpRequest) -> dict[str, Any]:
         raise BadEvaluation(f"body: not valid JSON ({exc})") from exc
     if not isinstance(body, dict):
         raise BadEvaluation("body: must be a JSON object")
+    _check_values(body)
     return body
+
+
+def _check_values(body: dict[str, Any]) -> None:
+    """Refuse, naming the field, what JSON can spell but no request can carry: a number beyond a 64-bit float
+    (10**400, 1e400) and a lone surrogate (\\ud800), which protobuf, the engine and the log cannot encode."""
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:  # iterative: the body's nesting is bounded only by json's own recursion limit
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if not _is_unicode(key):
+                    raise BadEvaluation(f"{where or 'body'}: a key is not valid Unicode (it holds a lone surrogate)")
+                stack.append((child, f"{where}.{key}" if where else key))
+        elif isinstance(value, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(value))
+        elif isinstance(value, str):
+            if not _is_unicode(value):
+                raise BadEvaluation(f"{where}: not valid Unicode (it holds a lone surrogate such as \\ud800)")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise BadEvaluation(f"{where}: must be a finite number (beyond a 64-bit float, as 1e400 is)")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+            raise BadEvaluation(f"{where}: a number of {len(str(abs(value)))} digits is beyond a 64-bit float")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refuse_constant(name: str) -> Any:
@@ -285,6 +327,8 @@ def _integer(doc: Mapping[str, Any], key: str, where: str) -> int:
     value = doc.get(key, 0)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadEvaluation(f"{where}.{key}: must be a whole number")
+    if not -_INT64_LIMIT <= value < _INT64_LIMIT:
+        raise BadEvaluation(f"{where}.{key}: must be a whole number below 2**63, not {value}")
     return value
 
 

@@ -147,12 +147,7 @@ async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
     if "transfer-encoding" in headers:
         raise _BadRequest(411, "chunked bodies are not accepted: send Content-Length")
-    length_text = headers.get("content-length", "0")
-    if not length_text.isdigit():
-        raise _BadRequest(400, f"content-length: {length_text!r} is not a number of bytes")
-    length = int(length_text)
-    if length > max_body:
-        raise _BadRequest(413, f"body is {length} bytes, over the limit of {max_body}")
+    length = _content_length(headers.get("content-length", "0"), max_body)
     if length and headers.get("expect", "").lower() == "100-continue":
         # The client (curl, for any body over 1 KiB) waits for this before it sends the body.
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -162,6 +157,20 @@ async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     except TimeoutError as exc:
         raise _BadRequest(400, "body: fewer bytes arrived than content-length announced") from exc
     return HttpRequest(method, target.split("?", 1)[0], headers, body, certificate or None), keep_alive
+
+
+def _content_length(text: str, max_body: int) -> int:
+    """The body's length, as ASCII digits only: str.isdigit() also takes "²" and "١", which int() refuses or
+    reads, and a number of thousands of digits is over int()'s limit long before it is over max_body."""
+    if not (text.isascii() and text.isdigit()):
+        raise _BadRequest(400, f"content-length: {text[:40]!r} is not a number of bytes (ASCII digits)")
+    if len(text.lstrip("0")) > len(str(max_body)):
+        raise _BadRequest(413, f"content-length: {text[:40]}{'...' if len(text) > 40 else ''} bytes is over the "
+                               f"limit of {max_body}")
+    length = int(text)
+    if length > max_body:
+        raise _BadRequest(413, f"body is {length} bytes, over the limit of {max_body}")
+    return length
 
 
 async def _write(writer: asyncio.StreamWriter, response: HttpResponse, *, head_only: bool, keep_alive: bool) -> None:

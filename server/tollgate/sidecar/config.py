@@ -128,6 +128,8 @@ class ServeConfig:
     #: Serve the AuthZEN port over TLS with tls_cert/tls_key; with tls_client_ca, a client certificate is required
     #: there too and names the caller, as on gRPC.
     authzen_tls: bool = False
+    #: Most evaluations in one POST /access/v1/evaluations (each is a logged decision); more is a 400.
+    authzen_max_batch: int = 64
     #: OPA decision-log service base URL (http or https): committed records are POSTed to
     #: {decision_log_service}{decision_log_resource} as gzipped JSON arrays of OPA events. "" exports nothing.
     decision_log_service: str = ""
@@ -169,6 +171,8 @@ class ServeConfig:
         if not 1 <= self.max_depth <= MAX_DEPTH:
             raise ConfigError(f"max_depth: must be 1 to {MAX_DEPTH}, not {self.max_depth} (a deeper request's "
                               f"record could not be read back: protobuf decoders stop at 100 nested messages)")
+        if self.authzen_max_batch < 1:
+            raise ConfigError("authzen_max_batch: must be 1 or more")
         if self.log_sync not in ("full", "normal"):
             raise ConfigError(f"log_sync: must be 'full' or 'normal', not {self.log_sync!r}")
         if self.max_concurrent_rpcs < 1:

@@ -263,7 +263,8 @@ def _add_plugins(manager: PluginManager, parts: _Parts) -> GrpcPlugin:
 
 def _authzen_plugin(parts: _Parts) -> HttpPlugin:
     config, tls = parts.config, parts.settings.authzen_tls
-    authzen = AuthzenService(parts.authorizer, parts.limits, callers=parts.settings.resolver, tls=tls is not None)
+    authzen = AuthzenService(parts.authorizer, parts.limits, callers=parts.settings.resolver, tls=tls is not None,
+                             max_batch=config.authzen_max_batch)
     return HttpPlugin(
         "authzen",
         lambda: start_http_server(authzen.handle, config.authzen_listen, max_body=config.max_request_bytes,
