@@ -11,6 +11,7 @@ import data.tollgate.agent
 import data.tollgate.budget
 import data.tollgate.killswitch
 import data.tollgate.models
+import data.tollgate.secrets
 import data.tollgate.tools
 
 _kinds := {"tool", "model", "budget"}
@@ -51,7 +52,8 @@ _invalid_request contains {"code": "invalid_request", "message": message} if {
 
 _rule_denials := ((((agent.deny | killswitch.deny) | tools.deny) | models.deny) | budget.deny) | _invalid_request
 
-_approval_reasons := tools.require_approval
+# A credential inside a command, SQL text or URL is a finding of its own (secrets.require_approval).
+_approval_reasons := tools.require_approval | secrets.require_approval
 
 _approval_status := input.state.approval.status
 

@@ -94,7 +94,8 @@ def test_secrets_in_arguments_and_context_are_nowhere_on_disk(serve, tmp_path: P
                                                           "/input/tool/arguments/steps/1/ssh_key"]
     assert by_id[model.decision_id]["masked"] == ["/input/context/upstream_auth"]
     assert (by_id[plain.decision_id]["masked"], by_id[plain.decision_id]["erased"]) == ([], [])
-    assert by_id[model.decision_id]["input"]["context"] == {"upstream_auth": "***", "ticket": "INC-1"}
+    # Only the credential inside a value is replaced; the rest of the value stays readable.
+    assert by_id[model.decision_id]["input"]["context"] == {"upstream_auth": "Bearer ***", "ticket": "INC-1"}
     # The approval stores the action as masked, bound to the digest of the request as it was asked.
     with sqlite3.connect(f"file:{data_dir / 'state.db'}?mode=ro", uri=True) as db:
         action, digest = db.execute("SELECT action, request_digest FROM approvals WHERE id = ?",

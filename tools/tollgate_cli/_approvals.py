@@ -53,8 +53,12 @@ def _line(a: Any) -> str:
     action = dict(a.action)
     what = f"{action.get('server')}/{action.get('name')}" if a.kind == "tool" else a.kind
     decided = f"  {a.status} by {a.decided_by}: {a.reason}" if a.decided_by else f"  {a.status}"
-    return (f"{a.id}  {a.principal['agent_id']}  {what}  expires {a.expires_at.ToJsonString()}  "
+    line = (f"{a.id}  {a.principal['agent_id']}  {what}  expires {a.expires_at.ToJsonString()}  "
             f"approvers {','.join(a.approvers)}{decided}")
+    if a.masked:
+        # Approving approves the whole request, hidden parts included: the approver must know there are some.
+        line += f"\n  masked: {', '.join(a.masked)} (hidden here; approving approves them as asked)"
+    return line
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -123,7 +123,8 @@ def to_approval_message(a: Approval) -> pb.Approval:
     action.update(dict(a.action))
     message = pb.Approval(id=a.id, status=a.status, request_digest=a.request_digest, kind=a.kind,
                           principal=principal, action=action, approvers=list(a.approvers),
-                          decided_by=a.decided_by, reason=a.reason, opened_by=a.opened_by, used_by=a.used_by)
+                          decided_by=a.decided_by, reason=a.reason, opened_by=a.opened_by, used_by=a.used_by,
+                          masked=list(a.masked))
     message.created_at.FromJsonString(a.created_at)
     message.expires_at.FromJsonString(a.expires_at)
     if a.decided_at:

@@ -319,10 +319,13 @@ class Authorizer:
         if result.decision == REQUIRE_APPROVAL and result.approval is not None:
             digest = digest or request.digest()
             action = masking.input.get(request.kind)
+            # What the approver is shown had these parts masked: the approval says so.
+            shown = (f"/input/{request.kind}/", "/input/principal/")
+            masked = [p for p in (*masking.masked, *masking.erased) if (p + "/").startswith(shown)]
             opened = await asyncio.to_thread(
                 self._approvals.open, request_digest=digest, kind=request.kind, principal=request.principal,
                 action=action if isinstance(action, Mapping) else {}, approvers=result.approval.approvers,
-                ttl_seconds=result.approval.ttl_seconds, opened_by=decision_id)
+                ttl_seconds=result.approval.ttl_seconds, opened_by=decision_id, masked=masked)
             if opened is not None:
                 return outcome, opened.id, digest
         return outcome, request.approval_id, digest

@@ -9,7 +9,9 @@ does). The record lists the pointers it erased and masked (`erased`, `masked`, O
 Fail closed: when the mask cannot be computed (the rule failed, returned something that is not a set of
 entries, or the engine gave no answer) the free-form parts of the input, where secrets travel, are erased
 instead (FALLBACK_ERASE) and the record's `error` says why. An entry that is not valid is skipped and named
-in `error` by its position, never by its content (which may be the very secret).
+in `error` by its position, never by its content (which may be the very secret). An upsert that replaces
+only the credentials inside a string (`... # Bearer ***`) hides only those from the reasons that quote the
+string, so the reason stays readable.
 
 Nothing is copied unless something is masked: the containers along each masked path are copied, the rest
 of the input (which the caller still holds, e.g. the request's action) is shared, never modified.
@@ -216,6 +218,46 @@ def _collect_strings(value: Any, into: set[str]) -> None:
             _collect_strings(item, into)
 
 
+#: What a mask puts in place of a credential inside a string (`Bearer ***`).
+_PLACEHOLDER: Final = "***"
+
+
+def _collect_hidden(old: Any, new: Any, into: set[str]) -> None:
+    """The strings a mask entry takes out of old: when a string is replaced by itself with parts turned
+    into "***" (`curl ... # Bearer ***`), only those parts, so that a reason quoting the command keeps it
+    readable; otherwise every string in old."""
+    if isinstance(old, str) and isinstance(new, str):
+        parts = _replaced_parts(old, new)
+        if parts is not None:
+            into.update(p for p in parts if len(p) >= _MIN_HIDDEN)
+            return
+    _collect_strings(old, into)
+
+
+def _replaced_parts(old: str, new: str) -> list[str] | None:
+    """The pieces of old that new's "***" stand for, when new is old with pieces replaced; else None.
+
+    Each piece ends where the text that follows its placeholder next appears: the patterns a mask uses
+    stop at such text (a space, "@", a quote), and when this alignment fails the whole of old is hidden.
+    """
+    literals = new.split(_PLACEHOLDER)
+    if len(literals) < 2 or not old.startswith(literals[0]) or not old.endswith(literals[-1]):
+        return None
+    parts: list[str] = []
+    at = len(literals[0])
+    end = len(old) - len(literals[-1])
+    for literal in literals[1:-1]:
+        found = old.find(literal, at, end) if literal else at
+        if found < 0:
+            return None
+        parts.append(old[at:found])
+        at = found + len(literal)
+    if at > end:
+        return None
+    parts.append(old[at:end])
+    return parts
+
+
 def _scrub(value: Any, hidden: Sequence[str]) -> Any:
     if isinstance(value, str):
         for secret in hidden:
@@ -252,7 +294,7 @@ def _apply_one(doc: dict[str, Any], entry: _Entry, copied: set[int], hidden: set
             _set(node, key, child)
         node = child
     if isinstance(node, dict):
-        _collect_strings(node.get(last), hidden)
+        _collect_hidden(node.get(last), entry.value if upsert else None, hidden)
         if upsert:
             node[last] = entry.value
             return True
@@ -264,7 +306,7 @@ def _apply_one(doc: dict[str, Any], entry: _Entry, copied: set[int], hidden: set
         index = _index(node, last)
         if index is None:
             return None if not upsert else "path names an array index that does not exist"
-        _collect_strings(node[index], hidden)
+        _collect_hidden(node[index], entry.value if upsert else None, hidden)
         if upsert:
             node[index] = entry.value
         else:

@@ -65,9 +65,10 @@ class ApprovalLedger(Protocol):
         ...
 
     def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
-             approvers: Sequence[str], ttl_seconds: int, opened_by: str) -> Approval | None:
+             approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = ()) -> Approval | None:
         """A new pending approval bound to request_digest, or the pending one already open for it in the
-        principal's session; None from a ledger that keeps no approvals (the answer has none to wait on)."""
+        principal's session; None from a ledger that keeps no approvals (the answer has none to wait on).
+        principal and action are given as masked for the log; masked names the pointers the mask changed."""
         ...
 
 
@@ -147,7 +148,7 @@ class NoApprovals:
         return False
 
     def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
-             approvers: Sequence[str], ttl_seconds: int, opened_by: str) -> Approval | None:
+             approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = ()) -> Approval | None:
         return None
 
 

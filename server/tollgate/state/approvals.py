@@ -49,6 +49,8 @@ _SCHEMA = (
     );
     CREATE INDEX approvals_open ON approvals (request_digest, session_id, status)
     """,
+    # The pointers of the parts of the shown principal and action the decision-log mask replaced or erased.
+    "ALTER TABLE approvals ADD COLUMN masked TEXT NOT NULL DEFAULT '[]'",
 )
 
 
@@ -83,6 +85,9 @@ class Approval:
     #: The decision that opened it (require_approval) and the one that used it (the single ALLOW).
     opened_by: str = ""
     used_by: str = ""
+    #: JSON pointers into the request's input ("/input/tool/arguments/command") of the parts of the principal
+    #: and action shown here that the decision-log mask replaced or erased: what the approver does not see.
+    masked: tuple[str, ...] = ()
 
     @property
     def agent_id(self) -> str:
@@ -125,8 +130,12 @@ class Approvals:
         self._generation = 0
 
     def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
-             approvers: Sequence[str], ttl_seconds: int, opened_by: str, now: datetime | None = None) -> Approval:
-        """A new pending approval for this request, or the pending one already open for it in this session."""
+             approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = (),
+             now: datetime | None = None) -> Approval:
+        """A new pending approval for this request, or the pending one already open for it in this session.
+
+        principal and action are stored as given: the caller gives them masked as the decision record is
+        (the request stays bound by request_digest), and names in `masked` what the mask took out."""
         if ttl_seconds < 1:
             raise ApprovalError(f"ttl_seconds: must be at least 1, got {ttl_seconds}")
         moment = now or self.clock.now()
@@ -141,13 +150,14 @@ class Approvals:
             approval = Approval(
                 id="apr_" + self._ids.new(), request_digest=request_digest, kind=kind, principal=dict(principal),
                 action=dict(action), approvers=tuple(approvers), created_at=format_time(moment),
-                expires_at=format_time(moment + timedelta(seconds=ttl_seconds)), status=PENDING, opened_by=opened_by)
+                expires_at=format_time(moment + timedelta(seconds=ttl_seconds)), status=PENDING, opened_by=opened_by,
+                masked=tuple(masked))
             self._write(
                 "INSERT INTO approvals (id, request_digest, kind, principal, action, agent_id, session_id, approvers, "
-                "created_at, expires_at, status, opened_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, expires_at, status, opened_by, masked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (approval.id, request_digest, kind, canonical_json(approval.principal), canonical_json(approval.action),
                  approval.agent_id, session_id, canonical_json(list(approval.approvers)), approval.created_at,
-                 approval.expires_at, PENDING, opened_by))
+                 approval.expires_at, PENDING, opened_by, canonical_json(list(approval.masked))))
         self._notify()
         return approval
 
@@ -257,17 +267,17 @@ class Approvals:
 
 
 _COLUMNS = ("id, request_digest, kind, principal, action, approvers, created_at, expires_at, status, decided_by, "
-            "decided_at, reason, opened_by, used_by")
+            "decided_at, reason, opened_by, used_by, masked")
 
 
 def _approval(row: tuple[Any, ...], now: datetime) -> Approval:
     (id_, digest, kind, principal, action, approvers, created, expires, status, decided_by, decided_at, reason,
-     opened_by, used_by) = row
+     opened_by, used_by, masked) = row
     if status in (PENDING, APPROVED) and expires <= format_time(now):
         status = EXPIRED
     return Approval(id=id_, request_digest=digest, kind=kind, principal=json.loads(principal),
                     action=json.loads(action), approvers=tuple(json.loads(approvers)), created_at=created,
                     expires_at=expires, status=status, decided_by=decided_by, decided_at=decided_at, reason=reason,
-                    opened_by=opened_by, used_by=used_by or "")
+                    opened_by=opened_by, used_by=used_by or "", masked=tuple(json.loads(masked)))
 
 

@@ -47,7 +47,7 @@ class DecideRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., approve: _Optional[bool] = ..., by: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Approval(_message.Message):
-    __slots__ = ("id", "status", "request_digest", "kind", "principal", "action", "approvers", "created_at", "expires_at", "decided_by", "decided_at", "reason", "opened_by", "used_by")
+    __slots__ = ("id", "status", "request_digest", "kind", "principal", "action", "approvers", "created_at", "expires_at", "decided_by", "decided_at", "reason", "opened_by", "used_by", "masked")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class Approval(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     OPENED_BY_FIELD_NUMBER: _ClassVar[int]
     USED_BY_FIELD_NUMBER: _ClassVar[int]
+    MASKED_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: str
     request_digest: str
@@ -76,4 +77,5 @@ class Approval(_message.Message):
     reason: str
     opened_by: str
     used_by: str
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., request_digest: _Optional[str] = ..., kind: _Optional[str] = ..., principal: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., action: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., approvers: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., opened_by: _Optional[str] = ..., used_by: _Optional[str] = ...) -> None: ...
+    masked: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., request_digest: _Optional[str] = ..., kind: _Optional[str] = ..., principal: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., action: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., approvers: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., opened_by: _Optional[str] = ..., used_by: _Optional[str] = ..., masked: _Optional[_Iterable[str]] = ...) -> None: ...
