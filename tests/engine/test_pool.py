@@ -267,3 +267,18 @@ def test_restarts_past_the_budget_wait_a_backoff_and_each_is_reported_with_its_r
         assert restarts == ["deadline", "exited"]
 
     _run(tmp_path, EngineConfig(workers=1, eval_timeout=0.1, restart_budget=1, on_restart=restarts.append), body)
+
+
+def test_large_inputs_leave_one_worker_free_for_small_ones(tmp_path: Path) -> None:
+    """Six inputs at 1 MiB on two workers all go to one of them; a small request asked meanwhile is answered by
+    the other at once (spread evenly, it would queue behind three of them)."""
+    big = "z" * (1 << 20)
+
+    async def body(engine: WorkerPoolEngine) -> None:
+        large = [asyncio.ensure_future(engine.evaluate(_input(f"{i}{big}"))) for i in range(6)]
+        await asyncio.sleep(0)  # they are queued before the small one is asked
+        assert await engine.evaluate(_input("small")) == {"decision": "allow", "who": "small"}
+        assert sum(not task.done() for task in large) >= 4
+        assert [a["who"][:1] for a in await asyncio.gather(*large)] == [str(i) for i in range(6)]  # type: ignore[index]
+
+    _run(tmp_path, EngineConfig(workers=2, eval_timeout=5.0), body)

@@ -3,9 +3,8 @@
 The Go `rego` package cannot cancel an evaluation from the outside, and an in-process thread that runs
 one past its deadline would keep burning a core (and memory) until it finishes. Each worker process
 holds one OPA engine and evaluates one input at a time; the server queues inputs on the least busy
-worker and sends everything queued in one loop iteration together. Writes are flow-controlled: what the
-worker's socket cannot take now waits in the pool's buffer until the worker reads on (a request at the size
-limit is several times the socket's buffer), so a large request only ever waits, it never fails a worker.
+worker and sends everything queued in one loop iteration together. Writes are flow-controlled: what a socket
+cannot take now waits in the pool until the worker reads on, so a large request waits, it never fails a worker.
 
 Deadlines, per worker, on the evaluation it is running (the head of its queue), from the moment its last
 byte is written and the worker is free for it (time spent waiting to write is queueing, not evaluation):
@@ -15,9 +14,10 @@ byte is written and the worker is free for it (time spent waiting to write is qu
   worker is left to finish and checked again, since killing it would only shrink the pool under load.
 A request that waits `max_queue_wait` without reaching a worker also gets EvaluationTimeout.
 
-Replacements are rate-limited: `restart_budget` replacements per `restart_window` start at once; past that
-each waits a backoff (up to 10 s), so a stream of requests that kill workers cannot turn the server into a
-fork loop. Every retirement is reported to `EngineConfig.on_restart` with its reason (RESTART_REASONS).
+Large inputs (over `large_input` bytes) may hold all workers but one; the rest wait apart. So a caller looping
+requests at the size limit slows only large requests: a small one always finds a worker with no large one ahead.
+Replacements are rate-limited: `restart_budget` per `restart_window` start at once, later ones wait a backoff (up
+to 10 s), so requests that kill workers cannot make a fork loop. Each is reported to `EngineConfig.on_restart`.
 """
 
 from __future__ import annotations
@@ -74,9 +74,12 @@ class EngineConfig:
     workers: int = 0
     #: Deadline for one evaluation, in seconds, from the moment a worker starts it.
     eval_timeout: float = 0.050
-    #: Added to the deadline per MiB of input, in seconds: the engine bridge reads an input at ~0.1 µs a byte
-    #: (1 MiB, the default request limit, took 16-69 ms on a busy 2-core machine), work no policy can avoid.
-    input_allowance: float = 0.2
+    #: Added to the deadline per MiB of input, in seconds: reading an input and a policy that walks its strings
+    #: cost time in proportion to its size (1 MiB, the default request limit, took 165-423 ms with the default
+    #: library and its mask rule on a busy 2-core machine; 16-69 ms with a one-rule policy).
+    input_allowance: float = 0.5
+    #: Inputs larger than this many bytes are large: they may occupy all workers but one.
+    large_input: int = 64 * 1024
     #: Longest a request may wait for a worker before it is answered with EvaluationTimeout, in seconds.
     max_queue_wait: float = 1.0
     #: How long a new worker may take to load and compile the bundle, in seconds.
@@ -129,6 +132,7 @@ class _Worker:
         self.queued_bytes = 0  # bytes ever put in the outbox
         self.written_bytes = 0  # of them, written to the socket
         self.unsent: collections.deque[_Pending] = collections.deque()  # queued, frame not fully written yet
+        self.large = 0  # large inputs among pending
         self.dead = False
         self.slow = False  # the head has run past half its deadline: send new work elsewhere
         self.head_started = 0.0
@@ -153,6 +157,7 @@ class WorkerPoolEngine:
         ).encode()
         self._workers: list[_Worker] = []
         self._waiting: collections.deque[_Pending] = collections.deque()
+        self._waiting_large: collections.deque[_Pending] = collections.deque()  # large inputs wait apart
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -282,19 +287,27 @@ class WorkerPoolEngine:
     def _dispatch(self, pending: _Pending, *, idle_only: bool = False, exclude: _Worker | None = None) -> bool:
         """Queue an evaluation on the least busy healthy worker; hold it when none has room.
 
-        With idle_only, only a worker with nothing queued will do, and nothing is held (for hedging).
+        With idle_only, only a worker with nothing queued will do, and nothing is held (for hedging). A large
+        input goes only where large inputs may be (see the module docstring); a small one prefers a worker with
+        none queued.
         """
+        large = len(pending.payload) > self._config.large_input
+        # Workers that may take a large input: those holding some already, and others while one stays free of them.
+        open_lanes = sum(1 for w in self._workers if w.large and not w.dead) < len(self._workers) - 1
         best: _Worker | None = None
         for w in self._workers:
             if w.dead or w is exclude or (idle_only and (w.pending or w.slow)):
                 continue
-            if best is None or (w.slow, len(w.pending)) < (best.slow, len(best.pending)):
+            if large and not w.large and not open_lanes and len(self._workers) > 1:
+                continue
+            if best is None or (w.slow, w.large > 0, len(w.pending)) < (best.slow, best.large > 0, len(best.pending)):
                 best = w
         if best is None or len(best.pending) >= self._config.max_queue_per_worker:
             if not idle_only:
-                self._waiting.append(pending)
+                (self._waiting_large if large else self._waiting).append(pending)
             return False
         best.pending.append(pending)
+        best.large += large
         self._enqueue(best, pending)
         if len(best.pending) == 1:
             self._start_head(best)
@@ -350,14 +363,15 @@ class WorkerPoolEngine:
             self._start_head(worker)
 
     def _drain_waiting(self) -> None:
-        while self._waiting:
-            pending = self._waiting.popleft()
-            if pending.future.done():
-                continue
-            if not self._dispatch(pending):
-                # It went back to the end of the queue; put it in front again and stop for now.
-                self._waiting.rotate(1)
-                return
+        for waiting in (self._waiting, self._waiting_large):
+            while waiting:
+                pending = waiting.popleft()
+                if pending.future.done():
+                    continue
+                if not self._dispatch(pending):
+                    # It went back to the end of its queue; put it in front again and stop for now.
+                    waiting.rotate(1)
+                    break
 
     def _hedge(self, worker: _Worker) -> None:
         """Send copies of what waits behind a slow head to idle workers; the first answer wins."""
@@ -387,6 +401,7 @@ class WorkerPoolEngine:
             return
         for frame in frames:
             pending = worker.pending.popleft()
+            worker.large -= len(pending.payload) > self._config.large_input
             if not pending.future.done():  # a copy may have answered first, or the deadline passed
                 pending.future.set_result(frame)
         if frames:
@@ -469,7 +484,8 @@ class WorkerPoolEngine:
             if i == 0:
                 pending.future.set_exception(EngineError("worker_died", why))
             else:
-                self._waiting.append(pending)
+                large = len(pending.payload) > self._config.large_input
+                (self._waiting_large if large else self._waiting).append(pending)
         if not self._closed:
             task = self._loop.create_task(self._respawn(self._restart_delay()))
             self._tasks.add(task)
@@ -532,10 +548,11 @@ class WorkerPoolEngine:
             for pending in w.pending:
                 if not pending.future.done():
                     pending.future.set_exception(EngineError("closed", "engine has been closed"))
-        for pending in self._waiting:
+        for pending in (*self._waiting, *self._waiting_large):
             if not pending.future.done():
                 pending.future.set_exception(EngineError("closed", "engine has been closed"))
         self._waiting.clear()
+        self._waiting_large.clear()
 
         def reap(proc: subprocess.Popen[bytes]) -> None:
             try:
