@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import write_policy
 from tollgate.bundle import load_bundle
-from tollgate.engine import EngineConfig, EngineError, EngineSlot, WorkerPoolEngine
+from tollgate.engine import EngineConfig, EngineError, EngineSlot, Evaluation, WorkerPoolEngine
 
 # About a tenth of a second of work per evaluation: long enough to be in flight across a swap.
 SLOW = """
@@ -37,6 +37,9 @@ class FakeEngine:
             raise EngineError("closed", "engine has been closed")
         await self.release.wait()
         return {"revision": self.revision}
+
+    async def evaluate_with_mask(self, input_json: bytes) -> Evaluation:
+        return Evaluation(await self.evaluate(input_json))
 
     async def close(self, *, drain: float = 0.0) -> None:
         self.closed_with = drain
@@ -101,7 +104,7 @@ def test_pool_close_with_drain_lets_evaluations_in_flight_finish(tmp_path: Path)
         await asyncio.sleep(0.02)
         await engine.close(drain=10)
         answers = await asyncio.gather(*in_flight)
-        assert [a["who"] for a in answers] == list(range(6))
+        assert [a["who"] for a in answers] == list(range(6))  # type: ignore[index]
         with pytest.raises(EngineError, match="closed"):
             await engine.evaluate(b'{"who": 7}')
 
