@@ -49,6 +49,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.add_argument("--expect-head", metavar="HASH",
                         help="a head hash printed by an earlier verify (or the last hash of an export): it must "
                              "still be in the log, which shows when the newest records were deleted")
+    verify.add_argument("--checkpoints", type=Path, metavar="FILE",
+                        help="the sidecar's checkpoint file (decision_log_checkpoint_file): every head it holds must "
+                             "still be in the log, so a chain re-hashed or cut since then fails")
+    verify.add_argument("--key", type=Path, metavar="KEY_FILE",
+                        help="the checkpoint key (the HMAC secret, or the Ed25519/P-256 public or private key): "
+                             "checkpoints and retention anchors must be signed by it, the log's own checkpoints "
+                             "are checked too, and a prefix deleted behind a forged anchor fails")
     verify.set_defaults(func=_verify)
 
     query = commands.add_parser("query", help="find decisions by ID, agent, session, instance, decision, tool, time",
@@ -130,16 +137,37 @@ def _log(data_dir: Path) -> Iterator[DecisionStore]:
 # -- verify ------------------------------------------------------------------------------------------------
 
 
+def _checkpoint_problems(store: DecisionStore, args: argparse.Namespace) -> list[str]:
+    """With --checkpoints and/or --key: what the log fails to hold (the log's own checkpoints count only with a key:
+    without one, whoever rewrote the log could have rewritten them too)."""
+    from tollgate.decisionlog._checkpoint import checkpoint_problems, load_key, read_checkpoints
+
+    if args.checkpoints is None and args.key is None:
+        return []
+    key = load_key(args.key, setting="--key") if args.key is not None else None
+    found = read_checkpoints(args.checkpoints) if args.checkpoints is not None else []
+    if key is not None:
+        found += store.checkpoints()
+    return checkpoint_problems(store, found, key=key)
+
+
 def _verify(args: argparse.Namespace) -> int:
     from tollgate.decisionlog import LogReadError, verify
+    from tollgate.decisionlog._checkpoint import CheckpointError
 
     try:
         with _log(args.data_dir) as store:
             first = store.position(args.first) if args.first else None
             last = store.position(args.last) if args.last else None
             result = verify(store, first=first, last=last, expect_head=args.expect_head)
-    except LogReadError as exc:
+            problems = _checkpoint_problems(store, args)
+    except (LogReadError, CheckpointError) as exc:
         return _fail("verify", exc)
+    if result.broken is None and problems:
+        for problem in problems:
+            print(f"tollgate logs verify: {args.data_dir}/decisions.db: against the checkpoints: {problem}",
+                  file=sys.stderr)
+        return EXIT_BROKEN
     if result.broken is not None:
         print(f"tollgate logs verify: {args.data_dir}/decisions.db: {result.summary()}", file=sys.stderr)
         if result.records:

@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from tollgate.clock import Clock, SystemClock
+from tollgate.decisionlog._checkpoint import CheckpointKey, anchor_statement
 from tollgate.decisionlog._sqlite_store import SqliteDecisionStore
-from tollgate.decisionlog._store import DecisionStore, LogReadError
+from tollgate.decisionlog._store import Anchor, DecisionStore, LogReadError
 from tollgate.encoding import format_time
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ class LogRetention:
     started."""
 
     def __init__(self, path: Path, *, window: timedelta, exporters: Sequence[str] = (), every: float = 60.0,
-                 batch: int = PRUNE_BATCH, clock: Clock = SystemClock()) -> None:
+                 batch: int = PRUNE_BATCH, clock: Clock = SystemClock(), key: CheckpointKey | None = None) -> None:
         self._path = path
+        self._key = key  # signs each anchor, so that a prefix deleted behind a forged one shows
         self._clock = clock
         self._window = window
         self._exporters = tuple(exporters)
@@ -71,6 +73,9 @@ class LogRetention:
                 log.error("decision log retention: %s; trying again in %gs", exc, self._every)
             self._stop.wait(self._every)
 
+    def _sign(self, anchor: Anchor) -> str:
+        return self._key.sign(anchor_statement(anchor)) if self._key is not None else ""
+
     def prune(self, now: datetime | None = None) -> int:
         """Delete what the window, the exporters' cursors and the newest record allow; returns how many."""
         store = self._opened()
@@ -87,7 +92,7 @@ class LogRetention:
         deleted = 0
         more = True
         while more and not self._stop.is_set():
-            n, more = store.prune(upto=limit, before=cutoff, swept_at=swept_at, batch=self._batch)
+            n, more = store.prune(upto=limit, before=cutoff, swept_at=swept_at, batch=self._batch, sign=self._sign)
             deleted += n
         if deleted:
             self.pruned += deleted

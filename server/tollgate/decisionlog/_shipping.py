@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from tollgate.clock import Clock, SystemClock
+from tollgate.decisionlog._checkpoint import CheckpointKey
 from tollgate.decisionlog._events import VERSION
 from tollgate.decisionlog._export import Encoder, ExporterConfig, ExportStatus, LogExporter, OpaEncoder
 from tollgate.decisionlog._otlp import OtlpEncoder
@@ -41,6 +42,8 @@ class ShippingConfig:
     retention: timedelta | None = None
     #: Seconds between retention sweeps.
     retention_every: float = 60.0
+    #: Signs each retention anchor (the checkpoint key), so that a prefix deleted behind a forged anchor shows.
+    anchor_key: CheckpointKey | None = None
 
 
 def otlp_logs_url(endpoint: str) -> str:
@@ -69,7 +72,7 @@ class LogShipping:
             for name, url, token, headers, encoder in targets]
         self.retention = None if config.retention is None else LogRetention(
             path, window=config.retention, exporters=[e.name for e in self.exporters],
-            every=config.retention_every, clock=clock)
+            every=config.retention_every, clock=clock, key=config.anchor_key)
 
     def start(self) -> None:
         for exporter in self.exporters:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from tollgate.clock import Clock, SystemClock
+from tollgate.decisionlog._checkpoint import Checkpoint
 from tollgate.decisionlog._query import Query
 from tollgate.decisionlog._record import DecisionRecord
 from tollgate.decisionlog._store import PAGE, Anchor, LogReadError, StoredRecord, matching
@@ -39,7 +40,19 @@ PRUNED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions_pruned (
     upto_seq INTEGER PRIMARY KEY,         -- every record with seq <= upto_seq has been deleted
     last_hash TEXT NOT NULL,              -- the hash of record upto_seq: the next record's prev_hash
-    pruned_at TEXT NOT NULL
+    pruned_at TEXT NOT NULL,
+    signature TEXT NOT NULL DEFAULT ''    -- the checkpoint key's signature of the anchor ('' without a key)
+);
+"""
+#: The sidecar's signed checkpoints of the chain head (decisionlog/_checkpoint.py).
+CHECKPOINT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions_checkpoints (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,                 -- the head record when the checkpoint was taken
+    hash TEXT NOT NULL,                   -- its hash
+    time TEXT NOT NULL,                   -- when (RFC 3339, the sidecar's clock)
+    key_id TEXT NOT NULL,
+    signature TEXT NOT NULL
 );
 """
 
@@ -119,7 +132,10 @@ class SqliteDecisionStore:
             # fsync of its own, and the writer's next FULL commit syncs these frames anyway.
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(EXPORT_SCHEMA + PRUNED_SCHEMA)
+            db.executescript(EXPORT_SCHEMA + PRUNED_SCHEMA + CHECKPOINT_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(decisions_pruned)")}
+            if "signature" not in columns:  # a log pruned before anchors were signed
+                db.execute("ALTER TABLE decisions_pruned ADD COLUMN signature TEXT NOT NULL DEFAULT ''")
         except sqlite3.Error as exc:
             raise LogReadError(f"cannot open decision log {path}: {exc}") from exc
         return cls(db, path=path, clock=clock)
@@ -226,14 +242,30 @@ class SqliteDecisionStore:
     def anchors(self) -> list[Anchor]:
         if not self._has_table("decisions_pruned"):
             return []
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(decisions_pruned)")}
+        signature = "signature" if "signature" in columns else "''"
         return [Anchor(*row) for row in self._db.execute(
-            "SELECT upto_seq, last_hash, pruned_at FROM decisions_pruned ORDER BY upto_seq").fetchall()]
+            f"SELECT upto_seq, last_hash, pruned_at, {signature} FROM decisions_pruned ORDER BY upto_seq").fetchall()]
 
     @_reading
     def pruned_upto(self) -> int:
         if not self._has_table("decisions_pruned"):
             return 0
         return int(self._db.execute("SELECT coalesce(max(upto_seq), 0) FROM decisions_pruned").fetchone()[0])
+
+    @_reading
+    def checkpoints(self) -> list[Checkpoint]:
+        if not self._has_table("decisions_checkpoints"):
+            return []
+        return [Checkpoint(*row) for row in self._db.execute(
+            "SELECT seq, hash, time, key_id, signature FROM decisions_checkpoints ORDER BY id").fetchall()]
+
+    @_keeping
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self._immediate():
+            self._db.execute("INSERT INTO decisions_checkpoints (seq, hash, time, key_id, signature) "
+                             "VALUES (?, ?, ?, ?, ?)", (checkpoint.seq, checkpoint.hash, checkpoint.time,
+                                                        checkpoint.key_id, checkpoint.signature))
 
     def _has_table(self, name: str) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
@@ -263,7 +295,8 @@ class SqliteDecisionStore:
                              (name, seq, format_time(self._clock.now())))
 
     @_keeping
-    def prune(self, *, upto: int, before: str, swept_at: str, batch: int) -> tuple[int, bool]:
+    def prune(self, *, upto: int, before: str, swept_at: str, batch: int,
+              sign: Callable[[Anchor], str] | None = None) -> tuple[int, bool]:
         with self._immediate():
             rows = self._db.execute("SELECT seq, timestamp, hash FROM decisions WHERE seq <= ? ORDER BY seq LIMIT ?",
                                     (upto, batch)).fetchall()
@@ -278,8 +311,9 @@ class SqliteDecisionStore:
                 # One anchor per sweep: a later batch of the same sweep replaces the one before it.
                 self._db.execute("DELETE FROM decisions_pruned WHERE pruned_at = ? AND upto_seq < ?",
                                  (swept_at, last))
-                self._db.execute("INSERT INTO decisions_pruned (upto_seq, last_hash, pruned_at) VALUES (?, ?, ?)",
-                                 (last, last_hash, swept_at))
+                signature = sign(Anchor(last, last_hash, swept_at)) if sign is not None else ""
+                self._db.execute("INSERT INTO decisions_pruned (upto_seq, last_hash, pruned_at, signature) "
+                                 "VALUES (?, ?, ?, ?)", (last, last_hash, swept_at, signature))
         # A batch cut short by the window (or by upto) ends the sweep.
         return old, old == len(rows) == batch
 

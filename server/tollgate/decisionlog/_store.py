@@ -15,10 +15,15 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tollgate.decisionlog._query import Query
 from tollgate.decisionlog._record import DecisionRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tollgate.decisionlog._checkpoint import Checkpoint
 
 #: Records read per page by `matching`: one short read at a time on a live log.
 PAGE = 1000
@@ -68,11 +73,13 @@ class StoredRecord:
 
 @dataclass(frozen=True)
 class Anchor:
-    """A retention mark: records up to upto_seq were pruned, and the last of them hashed last_hash."""
+    """A retention mark: records up to upto_seq were pruned, and the last of them hashed last_hash; signed with
+    the checkpoint key when one is configured ("" otherwise), so that a forged anchor shows."""
 
     upto_seq: int
     last_hash: str
     pruned_at: str
+    signature: str = ""
 
 
 class DecisionStore(Protocol):
@@ -133,6 +140,14 @@ class DecisionStore(Protocol):
         """The highest seq retention has deleted up to (0: none)."""
         ...
 
+    def checkpoints(self) -> list[Checkpoint]:
+        """The signed checkpoints of the chain head the sidecar published, oldest first."""
+        ...
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Keep a published checkpoint beside the log."""
+        ...
+
     # -- exporters and retention -----------------------------------------------------------------
 
     def cursors(self) -> Mapping[str, int]:
@@ -147,10 +162,11 @@ class DecisionStore(Protocol):
         """Persist an exporter's cursor (moving it is what acknowledges records)."""
         ...
 
-    def prune(self, *, upto: int, before: str, swept_at: str, batch: int) -> tuple[int, bool]:
+    def prune(self, *, upto: int, before: str, swept_at: str, batch: int,
+              sign: Callable[[Anchor], str] | None = None) -> tuple[int, bool]:
         """Delete up to `batch` of the oldest records with seq <= upto and timestamp < before, as one
-        contiguous prefix, leaving an anchor (one per sweep, named by swept_at); returns (deleted, whether
-        more may follow)."""
+        contiguous prefix, leaving an anchor (one per sweep, named by swept_at; signed by `sign` when given);
+        returns (deleted, whether more may follow)."""
         ...
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ import ssl
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import grpc
@@ -20,6 +20,9 @@ from tollgate.contract import MAX_DEPTH
 from tollgate.decisionlog import ShippingConfig
 from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier, valid_caller_id
 from tollgate.net import HttpOptions, ssl_context
+
+if TYPE_CHECKING:
+    from tollgate.decisionlog._checkpoint import CheckpointKey
 
 _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
 
@@ -160,6 +163,17 @@ class ServeConfig:
     #: Delete decision records older than this (e.g. 30d, 12h, 90m), never ones an exporter has not yet
     #: delivered, never the newest; "" keeps everything.
     decision_log_retention: str = ""
+    #: A file holding the key that signs checkpoints of the log's chain head and retention's anchors: an HMAC
+    #: secret (32 bytes or more) or a PEM Ed25519 / ECDSA P-256 private key. Keep it outside data_dir: whoever
+    #: can write the log must not hold it. "" publishes no checkpoints.
+    decision_log_checkpoint_key_file: str = ""
+    #: Seconds between checkpoints (one more is published on shutdown).
+    decision_log_checkpoint_interval: float = 60.0
+    #: A JSON Lines file each checkpoint is also appended to (fsynced), ideally on another disk or host mount;
+    #: `tollgate logs verify --checkpoints FILE` proves the log against it. "" keeps them in the log only.
+    decision_log_checkpoint_file: str = ""
+    #: Start even when the start-up check finds the log tampered with (logged as an error on every start).
+    accept_log_tamper: bool = False
 
     def validate(self) -> ServeConfig:
         if self.eval_timeout_ms <= 0:
@@ -242,6 +256,35 @@ class ServeConfig:
                               "otlp_endpoint)")
         if self.decision_log_fail_closed_on_lag and not self.decision_log_max_lag:
             raise ConfigError("decision_log_fail_closed_on_lag: needs decision_log_max_lag above 0")
+        self._validate_checkpoints()
+
+    def _validate_checkpoints(self) -> None:
+        if self.decision_log_checkpoint_interval <= 0:
+            raise ConfigError("decision_log_checkpoint_interval: must be greater than 0 seconds")
+        if self.decision_log_checkpoint_file and not self.decision_log_checkpoint_key_file:
+            raise ConfigError("decision_log_checkpoint_file: needs decision_log_checkpoint_key_file (the key that "
+                              "signs what is written there)")
+        if self.decision_log_checkpoint_key_file:
+            data_dir = Path(self.data_dir).resolve()
+            key = Path(self.decision_log_checkpoint_key_file).resolve()
+            if key.is_relative_to(data_dir):
+                raise ConfigError(f"decision_log_checkpoint_key_file: {key} is inside data_dir {data_dir}: whoever "
+                                  "can rewrite the log could then sign it; keep the key elsewhere")
+
+    def checkpoint_key(self) -> CheckpointKey | None:
+        """The key of decision_log_checkpoint_key_file (read now), or None when there is none."""
+        if not self.decision_log_checkpoint_key_file:
+            return None
+        from tollgate.decisionlog._checkpoint import CheckpointError, load_key
+
+        try:
+            key = load_key(self.decision_log_checkpoint_key_file)
+        except CheckpointError as exc:
+            raise ConfigError(str(exc)) from exc
+        if not key.can_sign:
+            raise ConfigError(f"decision_log_checkpoint_key_file: {self.decision_log_checkpoint_key_file} is a "
+                              "public key; the sidecar signs checkpoints with the private key (or an HMAC secret)")
+        return key
 
     def bundle_data_limits(self) -> DataLimits:
         """What a bundle's data documents may hold (bundle_data_limit, bundle_data_values)."""
@@ -260,7 +303,7 @@ class ServeConfig:
             batch_bytes=self.decision_log_batch_bytes, min_delay=self.decision_log_min_delay,
             max_delay=self.decision_log_max_delay, max_lag=self.decision_log_max_lag,
             retention=parse_duration("decision_log_retention", self.decision_log_retention)
-            if self.decision_log_retention else None)
+            if self.decision_log_retention else None, anchor_key=self.checkpoint_key())
 
     def _validate_bundle_service(self) -> None:
         for name in ("bundle_token_file", "bundle_headers_file", "bundle_ca_file"):

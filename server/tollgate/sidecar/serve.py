@@ -32,7 +32,8 @@ from tollgate.api._http import start_http_server
 from tollgate.bundle import Activation, BundleError, BundleStatus, Failure
 from tollgate.clock import Clock, from_environment
 from tollgate.decision import Authorizer, AuthorizerConfig, BudgetGuard, never_behind
-from tollgate.decisionlog import DecisionLog, LogConfig, LogShipping, ShippingConfig
+from tollgate.decisionlog import DecisionLog, LogConfig, LogReadError, LogShipping, ShippingConfig
+from tollgate.decisionlog._checkpoint import CheckpointKey
 from tollgate.engine import EngineConfig, EngineSlot, WorkerPoolEngine
 from tollgate.identity import CallerMap, CallerResolver, PeerCredentialRelay
 from tollgate.net import HttpOptions
@@ -49,6 +50,7 @@ from tollgate.sidecar._plugins import (
     ShippingPlugin,
 )
 from tollgate.sidecar.activation import ActivatorConfig, BundleActivator
+from tollgate.sidecar.checkpoints import CheckpointPlugin, CheckpointPublisher, startup_problems
 from tollgate.sidecar.config import ConfigError, ServeConfig
 from tollgate.sidecar.metrics import Metrics, PendingApprovals, start_metrics_server
 from tollgate.state import KillSwitches, StateError, StateStore
@@ -69,6 +71,7 @@ async def serve(config: ServeConfig) -> int:
     """Run until SIGTERM or SIGINT; then drain, flush the decision log and return 0."""
     clock = from_environment()  # the one clock every part reads (shifted only by the testing aid)
     settings = _settings(config, clock)
+    checkpoint_key = _checked_log(config)
     state = _open_state(config, clock)
     health = GrpcHealth(HealthServicer())
     manager = PluginManager(health)
@@ -76,7 +79,11 @@ async def serve(config: ServeConfig) -> int:
     slot = EngineSlot()
     activator = _activator(config, slot, metrics, manager, state, clock, http=settings.bundle_http)
     parts = _Parts(config, settings, state, slot, activator, metrics, health, clock)
-    grpc_plugin = _add_plugins(manager, parts)
+    checkpoints = None if checkpoint_key is None else CheckpointPlugin(
+        CheckpointPublisher(parts.decision_log.path, checkpoint_key, clock=clock,
+                            file=Path(config.decision_log_checkpoint_file) if config.decision_log_checkpoint_file
+                            else None), every=config.decision_log_checkpoint_interval)
+    grpc_plugin = _add_plugins(manager, parts, checkpoints=checkpoints)
     metrics.plugin_states = lambda: {name: s.state.value for name, s in manager.statuses().items()}
     try:
         await manager.start()
@@ -133,6 +140,30 @@ def _settings(config: ServeConfig, clock: Clock) -> _Settings:
         log.info("callers: %d identities mapped to the principals they may speak for; any other caller is "
                  "refused (principal_mismatch)", len(settings.callers.entries))
     return settings
+
+
+def _checked_log(config: ServeConfig) -> CheckpointKey | None:
+    """Prove the decision log's tail before the writer continues its chain (see sidecar/checkpoints.py); returns
+    the checkpoint key, if any. A tampered log stops the start unless accept_log_tamper says otherwise."""
+    try:
+        key = config.checkpoint_key()
+    except ConfigError as exc:
+        raise SystemExit(f"tollgate serve: {exc}") from exc
+    path = Path(config.data_dir) / "decisions.db"
+    try:
+        problems = startup_problems(path, key)
+    except LogReadError as exc:
+        raise SystemExit(f"tollgate serve: {exc}") from exc
+    if not problems:
+        return key
+    found = "; ".join(problems)
+    if config.accept_log_tamper:
+        log.error("decision log %s was TAMPERED WITH: %s; starting anyway because accept_log_tamper is set: "
+                  "new records chain on from the tampered head", path, found)
+        return key
+    raise SystemExit(f"tollgate serve: decision log {path} was tampered with: {found}. Keep the file for "
+                     "investigation (`tollgate logs verify --data-dir DIR --key KEY_FILE` names every break); to start "
+                     "on it anyway, pass --accept-log-tamper (or move it aside to start a new log)")
 
 
 @dataclass(frozen=True)
@@ -236,12 +267,14 @@ class _Parts:
 # -- the plugins, in start order ---------------------------------------------------------------------
 
 
-def _add_plugins(manager: PluginManager, parts: _Parts) -> GrpcPlugin:
+def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: CheckpointPlugin | None = None) -> GrpcPlugin:
     """Add every plugin in start order (they stop in reverse); returns the gRPC server's."""
     config, settings = parts.config, parts.settings
     manager.add(ClosingPlugin("state store", parts.state.store.close))
     manager.add(ShippingPlugin(parts.shipping, flush_seconds=EXPORT_FLUSH_SECONDS))
     manager.add(DecisionLogPlugin(parts.decision_log))
+    if checkpoints is not None:  # after the writer starts; it stops after the gRPC drain, so it signs the last head
+        manager.add(checkpoints)
     manager.add(BundlePlugin(parts.activator, parts.slot))
     if config.metrics_listen:
         manager.add(HttpPlugin(
