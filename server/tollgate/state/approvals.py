@@ -173,6 +173,10 @@ class Approvals:
         for name in _SELF_FIELDS:
             if approval.principal.get(name) == identity:
                 return f"{identity} cannot decide a request made by or for itself (principal {name})"
+        if identity.startswith(GROUP_PREFIX):
+            # An approvers entry group:NAME stands for the members listed under NAME; the string is no one.
+            return (f"{identity} names a group, not a person: decide as one of its members (listed under "
+                    f"approver_groups in the sidecar's configuration)")
         if identity in approval.approvers:
             return ""
         for entry in approval.approvers:
