@@ -43,5 +43,6 @@ def test_a_group_entry_is_no_approver_identity(server: Server, by: str) -> None:
     assert shown.status == "pending"
     # A member resolved through approver_groups still may.
     decided = approvals.Decide(approval_pb2.DecideRequest(id=asked.approval_id, approve=True, by="rita",
-                                                          reason="reviewed"), timeout=10, metadata=server.admin_metadata)
+                                                          reason="reviewed"),
+                               timeout=10, metadata=server.admin_metadata)
     assert decided.status == "approved"
