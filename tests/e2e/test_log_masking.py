@@ -165,8 +165,9 @@ def test_a_failing_or_garbage_mask_keeps_the_decision_and_erases_arguments_and_c
         response = server.authorize(request)
         assert response.decision == pb.DECISION_ALLOW  # the policy decided; only the log is affected
         record = server.get_decision(response.decision_id)
-        assert sorted(record.erased) == ["/input/context", "/input/tool/arguments"]
-        assert why in record.error and "erased /input/tool/arguments, /input/context instead" in record.error
+        assert sorted(record.erased) == ["/input/context", "/input/principal/labels", "/input/tool/arguments"]
+        assert why in record.error
+        assert "erased /input/tool/arguments, /input/context, /input/principal/labels instead" in record.error
         assert "arguments" not in json_format.MessageToDict(record.input)["tool"]
         assert _leaks(data_dir, [token]) == []
 
@@ -238,7 +239,8 @@ def test_without_a_mask_answer_the_record_erases_arguments_and_context(serve, tm
         response = server.authorize(request, timeout=30)
         assert [r.code for r in response.reasons] == [code]
         record = server.get_decision(response.decision_id)
-        assert sorted(record.erased) == ["/input/context", "/input/tool/arguments"] and why in record.error
+        assert sorted(record.erased) == ["/input/context", "/input/principal/labels", "/input/tool/arguments"]
+        assert why in record.error
         assert _leaks(data_dir, [token]) == []
 
 

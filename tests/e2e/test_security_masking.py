@@ -7,6 +7,7 @@ readable by other local users. Each test reads the bytes of state.db and decisio
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -14,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import json_format
 
-from tests.conftest import ADMIN_TOKEN, TOLLGATE, Server, start_server, tool_request
+from tests.conftest import ADMIN_TOKEN, REGO, TOLLGATE, Server, start_server, tool_request, write_policy
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
@@ -90,6 +93,22 @@ def test_an_approver_sees_the_command_with_only_the_token_masked_and_told_so(ser
     assert _leaks(server.data_dir, token) == []
 
 
+def test_an_approval_stores_and_lists_the_principal_masked(server: Server) -> None:
+    token = _secret("ghp_", 36)
+    request = _bash("make deploy")
+    request.principal.labels["ci_token"] = token
+    request.principal.labels["team"] = "payments"
+    asked = server.authorize(request)
+    assert asked.decision == pb.DECISION_REQUIRE_APPROVAL, asked
+    listed = _approvals(server).ListApprovals(approval_pb2.ListApprovalsRequest(), timeout=10,
+                                              metadata=server.admin_metadata)
+    principal = json_format.MessageToDict(listed.approvals[0].principal)
+    assert principal["labels"] == {"ci_token": "***", "team": "payments"}
+    assert list(listed.approvals[0].masked) == ["/input/principal/labels/ci_token"]
+    assert server.terminate() == 0
+    assert _leaks(server.data_dir, token) == []
+
+
 def test_credential_shaped_tool_resources_are_masked(server: Server) -> None:
     password = _secret("pw")
     request = tool_request("code-reviewer", "github", "get_pull_request", {"owner": "acme", "repo": "app",
@@ -101,4 +120,55 @@ def test_credential_shaped_tool_resources_are_masked(server: Server) -> None:
     assert list(record.masked) == ["/input/tool/resources/1"]
     assert server.terminate() == 0
     assert _leaks(server.data_dir, password) == []
+
+
+def _caller_config(tmp_path: Path) -> dict[str, object]:
+    """Callers named by signed tokens: an unauthenticated caller asking for anyone is a principal_mismatch."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "gw.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return {"token_keys": str(tmp_path / "keys"), "token_issuer": "https://idp", "token_audience": "tollgate",
+            "callers": [{"id": "jwt:gw", "agents": ["code-reviewer"]}]}
+
+
+# For agent "slow", minutes of work: the evaluation runs past its deadline and the worker gives no answer.
+RUNAWAY = """
+package tollgate
+
+default decision := {"decision": "allow", "reasons": []}
+
+decision := {"decision": "deny", "reasons": [{"code": "n", "message": sprintf("%d", [n])}]} if {
+    input.principal.agent_id == "slow"
+    n := count([x | some x in numbers.range(1, 1000000000)])
+}
+"""
+
+
+@pytest.mark.parametrize("case", ["principal_mismatch", "no_bundle", "deadline_exceeded"])
+def test_without_a_mask_answer_principal_labels_are_erased_too(tmp_path: Path, case: str) -> None:
+    token = _secret("lbl-")
+    agent, config, bundle = "code-reviewer", None, REGO
+    if case == "principal_mismatch":
+        config = _caller_config(tmp_path)
+    elif case == "no_bundle":
+        bundle = write_policy(tmp_path / "broken", "package tollgate\n\ndecision := undefined_function(1)\n")
+    else:
+        agent, bundle = "slow", write_policy(tmp_path / "runaway", RUNAWAY)
+    data_dir = tmp_path / "data"
+    extra = ["--eval-timeout-ms", "300"] if case == "deadline_exceeded" else []
+    server = start_server(data_dir, bundle=bundle, config=config, extra=extra)
+    try:
+        request = tool_request(agent, "github", "get_pull_request", {"note": "x"}, session_id="s-1")
+        request.principal.labels["deploy_key"] = token
+        request.principal.labels["plain"] = token  # not named like a secret: only the fallback takes it out
+        answered = server.authorize(request, timeout=30)
+        assert [r.code for r in answered.reasons] == [case]
+        record = server.get_decision(answered.decision_id)
+        assert "/input/principal/labels" in record.erased, record
+        assert server.terminate() == 0
+        assert _leaks(data_dir, token) == []
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
 

@@ -42,7 +42,7 @@ from tollgate.engine._slot import EngineSlot
 from tollgate.identity import CallerMap
 from tollgate.ids import DecisionIds
 from tollgate.state import NO_APPROVALS, NO_KILL_SWITCHES, ApprovalLedger, KillSwitchView
-from tollgate.state.approvals import MISMATCH
+from tollgate.state.approvals import MISMATCH, SELF_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -305,8 +305,8 @@ class Authorizer:
         apply_server_rules let an ALLOW on a presented approval through only if it was approved for this very
         request; it stands only if this decision is the one that uses it (one atomic change), otherwise DENY
         approval_<status> (a concurrent re-ask used it, or it expired, since it was read). A require_approval
-        opens an approval (or finds the pending one for this request and session), which stores the action as
-        masked for the log, and is bound to the digest of the whole one.
+        opens an approval (or finds the pending one for this request and session), which stores the principal
+        and action as masked for the log (and which parts were), and is bound to the digest of the whole one.
         """
         result = outcome.result
         if approval is not None and result.decision == ALLOW:
@@ -318,12 +318,15 @@ class Authorizer:
             return enforce_approval(outcome, approval["id"], status), approval["id"], digest
         if result.decision == REQUIRE_APPROVAL and result.approval is not None:
             digest = digest or request.digest()
-            action = masking.input.get(request.kind)
+            action, shown_principal = masking.input.get(request.kind), masking.input.get("principal")
+            # The principal as masked for the log, but with the identities no one may approve for themselves.
+            principal = {**(shown_principal if isinstance(shown_principal, Mapping) else {}),
+                         **{k: request.principal[k] for k in SELF_FIELDS if k in request.principal}}
             # What the approver is shown had these parts masked: the approval says so.
             shown = (f"/input/{request.kind}/", "/input/principal/")
             masked = [p for p in (*masking.masked, *masking.erased) if (p + "/").startswith(shown)]
             opened = await asyncio.to_thread(
-                self._approvals.open, request_digest=digest, kind=request.kind, principal=request.principal,
+                self._approvals.open, request_digest=digest, kind=request.kind, principal=principal,
                 action=action if isinstance(action, Mapping) else {}, approvers=result.approval.approvers,
                 ttl_seconds=result.approval.ttl_seconds, opened_by=decision_id, masked=masked)
             if opened is not None:

@@ -7,11 +7,11 @@ erased member is removed; an upserted one is replaced (or created, with the obje
 does). The record lists the pointers it erased and masked (`erased`, `masked`, OPA's names).
 
 Fail closed: when the mask cannot be computed (the rule failed, returned something that is not a set of
-entries, or the engine gave no answer) the free-form parts of the input, where secrets travel, are erased
-instead (FALLBACK_ERASE) and the record's `error` says why. An entry that is not valid is skipped and named
-in `error` by its position, never by its content (which may be the very secret). An upsert that replaces
-only the credentials inside a string (`... # Bearer ***`) hides only those from the reasons that quote the
-string, so the reason stays readable.
+entries, or the engine gave no answer) the free-form parts of the input, where secrets travel (arguments,
+context, principal labels), are erased instead (FALLBACK_ERASE) and the record's `error` says why. An entry
+that is not valid is skipped and named in `error` by its position, never by its content (which may be the
+very secret). An upsert that replaces only the credentials inside a string (`... # Bearer ***`) hides only
+those from the reasons that quote the string, so the reason stays readable.
 
 Nothing is copied unless something is masked: the containers along each masked path are copied, the rest
 of the input (which the caller still holds, e.g. the request's action) is shared, never modified.
@@ -29,7 +29,7 @@ from typing import Any, Final
 log = logging.getLogger(__name__)
 
 #: Erased when the mask cannot be computed: the parts of the input a caller fills freely.
-FALLBACK_ERASE: Final = ("/input/tool/arguments", "/input/context")
+FALLBACK_ERASE: Final = ("/input/tool/arguments", "/input/context", "/input/principal/labels")
 #: Pointers a mask may not touch: the log indexes them (agent, session, kind), and a record without them
 #: could not be written or read back.
 PROTECTED: Final = frozenset({
