@@ -89,6 +89,34 @@ def test_a_failed_commit_fails_the_append_and_later_ones(tmp_path: Path) -> None
     log.close()
 
 
+def test_a_full_disk_says_the_disk_is_full_and_the_log_recovers_when_there_is_room(tmp_path: Path) -> None:
+    # No tiny tmpfs or loop mount here (no privileges), so the writer's own connection is capped with SQLite's
+    # max_page_count: a commit past it fails with SQLITE_FULL, the error a full disk gives.
+    path = tmp_path / "d.db"
+    log = DecisionLog(LogConfig(path=path))
+    pages = log._db.execute("PRAGMA page_count").fetchone()[0]
+    log._db.execute(f"PRAGMA max_page_count = {pages + 1}")
+    big = DecisionRecord(decision_id=new_decision_id(), timestamp="2026-11-21T00:00:00.000000Z",
+                         input={"kind": "tool", "principal": {"agent_id": "a", "session_id": "s"},
+                                "tool": {"name": "t", "arguments": {"text": "x" * 64 * 1024}}},
+                         decision="allow")
+
+    async def scenario() -> None:
+        log.start(asyncio.get_running_loop())
+        with pytest.raises(DecisionLogError) as failed:
+            await log.append(big)
+        message = str(failed.value)
+        assert f"decision log DISK is full: {path}" in message and "free space" in message
+        assert "no transaction is active" not in message
+        log._db.execute("PRAGMA max_page_count = 1073741823")  # space freed: the next commit goes in
+        await log.append(_record(1))
+
+    asyncio.run(scenario())
+    log.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
+
+
 def test_synchronous_setting_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         DecisionLog(LogConfig(path=tmp_path / "d.db", synchronous="off"))

@@ -9,6 +9,7 @@ latency (one commit) but not throughput.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -208,8 +209,17 @@ class DecisionLog:
         try:
             db.executemany(_INSERT, rows)
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            # SQLite rolls back by itself on some errors (a full disk among them); a ROLLBACK then fails with "no
+            # transaction is active" and would hide why the commit failed.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if _disk_full(exc):
+                raise DecisionLogError(
+                    f"decision log DISK is full: {self._config.path}: the commit could not be written ({exc}); free "
+                    "space on that disk (or move the data directory to a larger one): until a commit succeeds every "
+                    "decision fails closed, unanswered") from exc
             raise
         self._last_hash = prev
         self.commits += 1
@@ -249,11 +259,18 @@ class DecisionLog:
         return self._reader().latest_for_request(request_id)
 
 
+def _disk_full(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+
+
 def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
     for f in futures:
         if f.done():
             continue
         if error is None:
             f.set_result(None)
+        elif isinstance(error, DecisionLogError):  # already says what happened and what to do
+            f.set_exception(DecisionLogError(str(error)))
         else:
             f.set_exception(DecisionLogError(f"decision log is unavailable: {error}"))
