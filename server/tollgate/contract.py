@@ -18,6 +18,10 @@ DECISIONS = frozenset({ALLOW, DENY, REQUIRE_APPROVAL})
 _RESULT_KEYS = frozenset({"decision", "reasons", "obligations", "approval", "reserve"})
 _RESERVE_KEYS = frozenset({"amounts", "limits", "monthly_limits"})
 _APPROVAL_KEYS = frozenset({"approvers", "ttl_seconds"})
+#: The largest amount anything may spend, limit or report in one unit (usd or tokens): budget requests, usage
+#: reports, the policy's reserve amounts and limits. A trillion keeps every sum a ledger can make (a trillion
+#: rows of it) far from float overflow, and far above any real budget.
+MAX_AMOUNT = 1e12
 
 
 class ContractError(ValueError):
@@ -115,8 +119,8 @@ def _parse_reserve(raw: Any) -> ReservePlan:
     if not isinstance(raw, dict) or set(raw) - _RESERVE_KEYS:
         raise ContractError(f"result.reserve must be an object with keys {sorted(_RESERVE_KEYS)}")
     amounts = raw.get("amounts", {})
-    if not isinstance(amounts, dict) or not all(_non_negative(a) for a in amounts.values()):
-        raise ContractError("result.reserve.amounts must map units to numbers >= 0")
+    if not isinstance(amounts, dict) or not all(is_amount(a) for a in amounts.values()):
+        raise ContractError(f"result.reserve.amounts must map units to numbers from 0 to {MAX_AMOUNT:g}")
     return ReservePlan({str(u): float(a) for u, a in amounts.items()}, _parse_limits(raw, "limits"),
                        _parse_limits(raw, "monthly_limits"))
 
@@ -124,13 +128,16 @@ def _parse_reserve(raw: Any) -> ReservePlan:
 def _parse_limits(raw: dict[str, Any], key: str) -> dict[str, dict[str, float]]:
     limits = raw.get(key, {})
     if not isinstance(limits, dict) or not all(
-            isinstance(units, dict) and all(_non_negative(n) for n in units.values()) for units in limits.values()):
-        raise ContractError(f"result.reserve.{key} must map scopes to objects of units and numbers >= 0")
+            isinstance(units, dict) and all(is_amount(n) for n in units.values()) for units in limits.values()):
+        raise ContractError(f"result.reserve.{key} must map scopes to objects of units and numbers from 0 to "
+                            f"{MAX_AMOUNT:g}")
     return {str(s): {str(u): float(n) for u, n in units.items()} for s, units in limits.items()}
 
 
-def _non_negative(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+def is_amount(value: Any) -> bool:
+    """Whether value is an amount a ledger may hold: a number from 0 to MAX_AMOUNT (never NaN or infinite)."""
+    # The comparison refuses NaN and both infinities as well as negatives.
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_AMOUNT
 
 
 def _parse_approval(raw: Any) -> ApprovalSpec:

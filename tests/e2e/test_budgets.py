@@ -123,8 +123,8 @@ def test_each_decision_shows_the_policy_current_spend_and_logs_its_reservation(s
     assert spend_seen(server, first.decision_id)["session"] == {}
     # {"usd": 1.5} in each daily scope, unless the server's clock passed midnight between the two.
     daily = window_spend(server, second, "day", [(first, 1.5)])
-    assert spend_seen(server, second.decision_id) == {
-        "session": {"usd": 1.5}, "agent": daily, "team": daily, "workflow": daily}
+    # No workflow named: no workflow scope (an empty value is no scope, not a pool every agent shares).
+    assert spend_seen(server, second.decision_id) == {"session": {"usd": 1.5}, "agent": daily, "team": daily}
     # Another session of the same agent shares the agent's (daily) budget but not the session's.
     other = server.authorize(budget_request(0.25, session="run-2"))
     assert spend_seen(server, other.decision_id)["agent"] == window_spend(server, other, "day",
@@ -136,7 +136,7 @@ def test_each_decision_shows_the_policy_current_spend_and_logs_its_reservation(s
     # unless a month end fell between.
     month = json_format.MessageToDict(server.get_decision(other.decision_id).input)["state"]["spend_month"]
     monthly = window_spend(server, other, "month", [(first, 1.5), (second, 0.5)])
-    assert month == {"agent": monthly, "team": {}, "workflow": monthly}  # run-2 names no team
+    assert month == {"agent": monthly}  # run-2 names no team and no workflow: neither is a scope of it
 
 
 def test_past_midnight_on_the_server_clock_the_day_starts_again_and_the_run_does_not(serve) -> None:  # type: ignore[no-untyped-def]
@@ -146,13 +146,12 @@ def test_past_midnight_on_the_server_clock_the_day_starts_again_and_the_run_does
     server.step_past_midnight(within=86400)  # there is always a midnight within a day: the clock moves past it
     second = server.authorize(budget_request(0.5, team="platform"))
     assert reserved_in(server, first, "day") < reserved_in(server, second, "day") == read_in(server, second, "day")
-    assert spend_seen(server, second.decision_id) == {"session": {"usd": 1.5}, "agent": {}, "team": {},
-                                                      "workflow": {}}
+    assert spend_seen(server, second.decision_id) == {"session": {"usd": 1.5}, "agent": {}, "team": {}}
     # The month carries on, unless that midnight ended it (always, on a clock started before a year end).
     month = json_format.MessageToDict(server.get_decision(second.decision_id).input)["state"]["spend_month"]
     same_month = reserved_in(server, first, "month") == read_in(server, second, "month")
-    assert month == ({"agent": {"usd": 1.5}, "team": {"usd": 1.5}, "workflow": {"usd": 1.5}} if same_month
-                     else {"agent": {}, "team": {}, "workflow": {}})
+    assert month == ({"agent": {"usd": 1.5}, "team": {"usd": 1.5}} if same_month
+                     else {"agent": {}, "team": {}})  # no workflow named: no workflow scope
 
 
 def test_a_request_past_the_limit_is_denied_by_the_policy_with_the_spend_it_saw(serve) -> None:  # type: ignore[no-untyped-def]

@@ -40,6 +40,8 @@ def _spend(args: argparse.Namespace) -> int:
         return 0
     for scope in found.scopes:
         print(f"{scope.scope}={scope.value}  ({scope.window})")
+        if scope.invalid:
+            print(f"  invalid: {scope.invalid}")
         if not scope.units:
             print("  nothing spent")
         for u in scope.units:

@@ -66,6 +66,7 @@ deny contains {"code": "budget_request_over_limit", "message": message} if {
 deny contains {"code": "budget_exceeded", "message": message} if {
 	some unit, amount in _requested
 	some scope, limits in object.get(agent.manifest, ["budget", "limits"], {})
+	_names_scope(scope)
 	limit := limits[unit]
 	spent := object.get(input, ["state", "spend", scope, unit], 0)
 	not _fits(spent, amount, limit)
@@ -77,6 +78,7 @@ deny contains {"code": "budget_exceeded", "message": message} if {
 deny contains {"code": "budget_exceeded", "message": message} if {
 	some unit, amount in _requested
 	some scope, limits in _monthly_limits
+	_names_scope(scope)
 	limit := limits[unit]
 	spent := object.get(input, ["state", "spend_month", scope, unit], 0)
 	not _fits(spent, amount, limit)
@@ -86,6 +88,16 @@ deny contains {"code": "budget_exceeded", "message": message} if {
 }
 
 _monthly_limits := object.get(agent.manifest, ["budget", "monthly_limits"], {})
+
+# The principal field each scope is counted under. A request that leaves one empty is not in that scope: the
+# server counts nothing under "" (no pool every team-less agent shares), so a limit on it does not apply.
+_scope_fields := {"session": "session_id", "agent": "agent_id", "team": "team", "workflow": "workflow"}
+
+_names_scope(scope) if {
+	value := object.get(input, ["principal", _scope_fields[scope]], "")
+	is_string(value)
+	value != ""
+}
 
 # What the request would spend, by unit: a budget request its amount; a model call its
 # estimated cost in usd (when the catalog prices the model) and its tokens.

@@ -61,13 +61,31 @@ test_spend_over_session_limit_denied if {
 }
 
 test_each_limited_scope_checked if {
-	r := fx.with_state(fx.budget("release-bot", 0.5, "usd"), "spend", {
+	r := fx.with_state(_in_team_and_workflow(fx.budget("release-bot", 0.5, "usd")), "spend", {
 		"session": {"usd": 9.9}, "workflow": {"usd": 24.9}, "team": {"usd": 199.9},
 	})
 	deny := budget.deny with input as r
 	count(deny) == 3
 	fx.codes(deny) == {"budget_exceeded"}
 }
+
+# A request that names no team or workflow is in no team or workflow: the server counts nothing under "",
+# so the manifest's team and workflow limits do not apply to it (the session's still does).
+test_a_scope_the_request_does_not_name_is_not_limited if {
+	r := fx.with_state(_in_no_team(fx.budget("release-bot", 0.5, "usd")), "spend", {"session": {"usd": 9.9}})
+	deny := budget.deny with input as r
+	[d.message | some d in deny] == ["session spend 9.9 usd plus this request's 0.5 would pass the session limit of 10 usd"]
+	over := fx.with_state(_in_no_team(fx.budget("release-bot", 0.5, "usd")), "spend", {
+		"team": {"usd": 199.9}, "workflow": {"usd": 24.9},
+	})
+	count(budget.deny) == 0 with input as over
+	named := fx.with_state(_in_team_and_workflow(fx.budget("release-bot", 0.5, "usd")), "spend", {"team": {"usd": 199.9}})
+	fx.codes(budget.deny) == {"budget_exceeded"} with input as named
+}
+
+_in_team_and_workflow(request) := object.union(request, {"principal": {"team": "release", "workflow": "ship"}})
+
+_in_no_team(request) := object.union(request, {"principal": {"team": "", "workflow": ""}})
 
 test_limits_are_per_unit if {
 	r := fx.with_state(fx.budget("code-reviewer", 1000, "tokens"), "spend", {"session": {"usd": 20, "tokens": 10}})

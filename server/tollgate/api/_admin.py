@@ -113,7 +113,7 @@ class AdminServicer:
             raise NotServed("this server keeps no budgets")
         found = await asyncio.to_thread(self._budgets.usage, scopes)
         return pb.GetSpendResponse(scopes=[
-            pb.ScopeSpend(scope=s.scope, value=s.value, window=s.window, units=[
+            pb.ScopeSpend(scope=s.scope, value=s.value, window=s.window, invalid=s.invalid, units=[
                 pb.UnitSpend(unit=unit, committed=c, reserved=r, total=c + r) for unit, (c, r) in s.units.items()])
             for s in found])
 

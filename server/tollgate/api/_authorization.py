@@ -21,7 +21,7 @@ from tollgate.api._convert import (
 )
 from tollgate.api._errors import DECISION_LOG_UNAVAILABLE, NotFound, NotServed, TooLarge, stream_errors, unary_errors
 from tollgate.api._handlers import metadata_value
-from tollgate.contract import MAX_DEPTH
+from tollgate.contract import MAX_AMOUNT, MAX_DEPTH, is_amount
 from tollgate.decision import Authorizer
 from tollgate.decisionlog import DecisionLog
 from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
@@ -120,15 +120,19 @@ class AuthorizationServicer:
     ) -> pb.ReportUsageResponse:
         if not request.reservation_id:
             raise InvalidRequest("reservation_id: required")
-        if not request.amount >= 0:  # also refuses NaN
-            raise InvalidRequest(f"amount: must be a number >= 0, not {request.amount}")
+        if not is_amount(request.amount):  # a bound, not a sign check: refuses NaN, both infinities, 1e308
+            raise InvalidRequest(f"amount: must be a number from 0 to {MAX_AMOUNT:g}, not {request.amount}")
         if self._budgets is None:
             raise NotServed("this server keeps no budgets")
+        caller = self.caller(context)
         reported = await asyncio.to_thread(self._budgets.report, request.reservation_id, amount=request.amount,
-                                           unit=request.unit)
+                                           unit=request.unit, reported_by=caller.subject)
         if reported.over_reported:
-            log.warning("reservation %s: %g %s reported, over the %g reserved (committed as reported)",
-                        reported.id, reported.committed, reported.unit, reported.amount)
+            # Committed as reported: the spend happened, and a ledger that refused it would under-count every
+            # limit. The log says who reported how much over what, for the operator to follow up.
+            log.warning("reservation %s: %g %s reported by %s, over the %g reserved (committed as reported; "
+                        "the harness's estimate was short)", reported.id, reported.committed, reported.unit,
+                        caller.subject or "an unauthenticated caller", reported.amount)
         return pb.ReportUsageResponse(
             reservation_id=reported.id, unit=reported.unit, reserved=reported.amount, committed=reported.committed,
             released=max(reported.amount - reported.committed, 0.0), over_reserved=reported.over_reported)

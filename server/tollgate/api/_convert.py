@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import json_format, message, struct_pb2
 
-from tollgate.contract import Decision, DecisionRequest
+from tollgate.contract import MAX_AMOUNT, Decision, DecisionRequest, is_amount
 from tollgate.decisionlog import DecisionRecord
 from tollgate.identity import ANONYMOUS, Caller
 from tollgate.v1 import authorization_pb2 as pb
@@ -61,8 +61,8 @@ def to_decision_request(msg: pb.AuthorizeRequest, *, max_depth: int, caller: Cal
         }
     else:
         b = msg.budget
-        if not math.isfinite(b.amount) or b.amount < 0:
-            raise InvalidRequest("budget.amount: must be a finite number, zero or more")
+        if not is_amount(b.amount):
+            raise InvalidRequest(f"budget.amount: must be a number from 0 to {MAX_AMOUNT:g}, not {b.amount}")
         if b.unit not in BUDGET_UNITS:
             raise InvalidRequest(f"budget.unit: must be one of {', '.join(BUDGET_UNITS)}, got {b.unit!r}")
         action = {"amount": b.amount, "unit": b.unit, "category": b.category}

@@ -24,7 +24,7 @@ from tollgate.decisionlog import DecisionLogError, LogReadError
 from tollgate.engine import EngineError
 from tollgate.state import InvalidKillSwitch, KillSwitchNotFound, StateError
 from tollgate.state.approvals import ApprovalError, ApprovalNotFound, NotAnApprover
-from tollgate.state.budgets import ReservationClosed, ReservationNotFound
+from tollgate.state.budgets import ReservationClosed, ReservationNotFound, ReservationNotYours
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ _CODES: dict[type[BaseException], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     NotAnApprover: grpc.StatusCode.PERMISSION_DENIED,
+    ReservationNotYours: grpc.StatusCode.PERMISSION_DENIED,
     NotFound: grpc.StatusCode.NOT_FOUND,
     ApprovalNotFound: grpc.StatusCode.NOT_FOUND,
     KillSwitchNotFound: grpc.StatusCode.NOT_FOUND,

@@ -254,7 +254,7 @@ class Authorizer:
                                                                    masking=masking, digest=digest,
                                                                    decision_id=decision_id)
         settled = self._budgets.settle(request.kind, request.principal, request.action, outcome.result, state.spend,
-                                       decision_id=decision_id)
+                                       decision_id=decision_id, requested_by=request.caller.subject)
         if settled.result is not outcome.result:
             outcome = Outcome(settled.result, raw=outcome.raw,
                               error=f"{outcome.error}; {settled.error}" if outcome.error else settled.error)

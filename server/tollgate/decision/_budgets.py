@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from tollgate.contract import ALLOW, DENY, PolicyResult, Reason
 from tollgate.state import SpendLedger, StateError
-from tollgate.state.budgets import BudgetExceeded, SpendSnapshot, principal_scopes
+from tollgate.state.budgets import BudgetExceeded, LedgerInvalid, SpendSnapshot, principal_scopes
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class SpendView:
 
     spend: SpendSnapshot
     error: str = ""
+    #: What the DENY budget_unavailable tells the caller when the spend could not be read.
+    refusal: str = ""
 
 
 #: The view of a request that spends nothing: the policy sees no spend.
@@ -62,7 +64,7 @@ class SpendGuard(Protocol):
         ...
 
     def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
-               view: SpendView, *, decision_id: str) -> Settlement:
+               view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
         """The result after reserving what it spends, and the reservation; ends the step."""
         ...
 
@@ -81,7 +83,7 @@ class NoBudgets:
         return NO_SPEND
 
     def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
-               view: SpendView, *, decision_id: str) -> Settlement:
+               view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
         return Settlement(result)
 
 
@@ -138,25 +140,29 @@ class BudgetGuard:
             return NO_SPEND
         try:
             return SpendView(self.budgets.spend(principal_scopes(principal)))
+        except LedgerInvalid as exc:
+            log.error("budgets: %s", exc)
+            return SpendView(SpendSnapshot({}, {}), error=str(exc), refusal=str(exc))
         except StateError as exc:
             log.error("budgets: %s", exc)
-            return SpendView(SpendSnapshot({}, {}), error=str(exc))
+            return SpendView(SpendSnapshot({}, {}), error=str(exc),
+                             refusal="the spend ledger cannot be read; spending requests are denied")
 
     def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
-               view: SpendView, *, decision_id: str) -> Settlement:
+               view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
         """Reserve what an allowed spending request spends; any failure is a DENY (fail closed). Ends the step."""
         try:
-            return self._settle(kind, principal, action, result, view, decision_id=decision_id)
+            return self._settle(kind, principal, action, result, view, decision_id=decision_id,
+                                requested_by=requested_by)
         finally:
             self._end(_current_step.get())
 
     def _settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
-                view: SpendView, *, decision_id: str) -> Settlement:
+                view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
         if result.decision != ALLOW or not self.applies(kind):
             return Settlement(result)
         if view.error:
-            return _deny(BUDGET_UNAVAILABLE, "the spend ledger cannot be read; spending requests are denied",
-                         view.error)
+            return _deny(BUDGET_UNAVAILABLE, view.refusal or view.error, view.error)
         monthly: Mapping[str, Any] = {}
         if result.reserve is not None:
             amounts, limits = dict(result.reserve.amounts), result.reserve.limits
@@ -170,11 +176,15 @@ class BudgetGuard:
             return Settlement(result)
         try:
             reservation_id = self.budgets.reserve(principal_scopes(principal), amounts, limits=limits,
-                                                  monthly_limits=monthly, decision_id=decision_id)
+                                                  monthly_limits=monthly, decision_id=decision_id,
+                                                  requested_by=requested_by)
         except BudgetExceeded as exc:
             return _deny(BUDGET_EXCEEDED, str(exc),
                          "budget re-check at reservation: the policy allowed, the ledger found the limit passed")
-        except StateError as exc:
+        except LedgerInvalid as exc:
+            log.error("budgets: %s", exc)
+            return _deny(BUDGET_UNAVAILABLE, str(exc), str(exc))
+        except (StateError, ValueError) as exc:  # ValueError: an amount no ledger holds (the contract bounds it)
             log.error("budgets: %s", exc)
             return _deny(BUDGET_UNAVAILABLE, "the spend ledger cannot be written; spending requests are denied",
                          str(exc))

@@ -103,17 +103,21 @@ class SpendLedger(Protocol):
         ...
 
     def reserve(self, scopes: Mapping[str, str], amounts: Mapping[str, float], *, limits: Mapping[str, Any],
-                monthly_limits: Mapping[str, Any] | None = None, decision_id: str = "") -> str:
+                monthly_limits: Mapping[str, Any] | None = None, decision_id: str = "",
+                requested_by: str = "") -> str:
         """Hold each unit's amount against every scope under one new id, re-checking every limit in the same
-        atomic step: BudgetExceeded (nothing reserved) when one would be passed."""
+        atomic step: BudgetExceeded (nothing reserved) when one would be passed; only requested_by (the caller
+        identity of the decision) may report its usage."""
         ...
 
 
 class BudgetStore(SpendLedger, Protocol):
     """The spend ledger: reservations made by decisions, usage reported by harnesses, spend read by people."""
 
-    def report(self, reservation_id: str, *, amount: float, unit: str = "") -> Reservation:
-        """Commit the actual amount and release the rest (ReservationNotFound, ReservationClosed, ValueError)."""
+    def report(self, reservation_id: str, *, amount: float, unit: str = "",
+               reported_by: str | None = None) -> Reservation:
+        """Commit the actual amount and release the rest (ReservationNotFound, ReservationNotYours when
+        reported_by is not the caller the reservation was made for, ReservationClosed, ValueError)."""
         ...
 
     def expire(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import uuid
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tollgate.clock import Clock, SystemClock
+from tollgate.contract import MAX_AMOUNT, is_amount
 from tollgate.state._store import StateError, StateStore
 
 #: The scopes a budget limit can name, and the principal field each one reads.
@@ -55,6 +57,11 @@ _SCHEMA = (
     CREATE INDEX budget_reservations_team_month ON budget_reservations (team, unit, month);
     CREATE INDEX budget_reservations_workflow_month ON budget_reservations (workflow, unit, month)
     """,
+    # 3: usage is reported by the caller that got the reservation. NULL: made before this column existed
+    # (any caller may report it; such a reservation lives one TTL at most).
+    """
+    ALTER TABLE budget_reservations ADD COLUMN requested_by TEXT
+    """,
 )
 
 #: Sums of floats drift (0.1 + 0.2 > 0.3); the policy compares exact decimals, so the re-check allows this much.
@@ -62,6 +69,11 @@ _TOLERANCE = 1e-9
 #: What a row counts as spend: a live reservation its amount, anything else what was committed.
 _COUNTED = ("CASE WHEN status = 'reserved' AND expires_at > :now THEN amount "
             "WHEN status = 'committed' THEN committed ELSE 0 END")
+#: A row no ledger of ours writes: an amount that is not a number from 0 to MAX_AMOUNT (planted, or a disk fault).
+#: SQLite stores NaN as NULL (refused by NOT NULL), so a NaN arrives as text, which typeof() catches.
+_INVALID = ("CASE WHEN typeof(amount) NOT IN ('integer', 'real') OR amount < 0 OR amount > :max "
+            "OR typeof(committed) NOT IN ('integer', 'real') OR committed < 0 OR committed > :max "
+            "THEN 1 ELSE 0 END")
 
 
 class BudgetExceeded(Exception):
@@ -74,6 +86,21 @@ class ReservationNotFound(LookupError):
 
 class ReservationClosed(Exception):
     """The reservation was already committed, released or has expired."""
+
+
+class ReservationNotYours(PermissionError):
+    """Usage was reported by a caller other than the one whose decision got the reservation."""
+
+
+class LedgerInvalid(StateError):
+    """A scope's rows hold a value the ledger never writes: that scope fails closed (the message names it)."""
+
+    def __init__(self, scope: str, value: str, unit: str) -> None:
+        self.scope, self.value, self.unit = scope, value, unit
+        super().__init__(
+            f"the spend ledger holds an invalid {unit} amount for {scope} {value!r} (not a number from 0 to "
+            f"{MAX_AMOUNT:g}); spending in this {scope} is denied until an operator repairs state.db "
+            f"(tollgate spend --{scope} {value} shows it)")
 
 
 @dataclass(frozen=True)
@@ -101,6 +128,8 @@ class ScopeSpend:
     value: str
     window: str  # "run", "day YYYY-MM-DD" or "month YYYY-MM" (UTC)
     units: Mapping[str, tuple[float, float]]
+    #: Why this scope's spend cannot be trusted (a row holds an invalid amount), "" when it can.
+    invalid: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,8 +141,9 @@ class SpendSnapshot:
 
 
 def principal_scopes(principal: Mapping[str, Any]) -> dict[str, str]:
-    """The (scope → value) pairs a principal is counted under."""
-    return {scope: str(principal.get(field) or "") for scope, field in BUDGET_SCOPES.items()}
+    """The (scope → value) pairs a principal is counted under: only the scopes it names. An empty value is no
+    scope (requests with no team are not one team that every agent shares)."""
+    return {scope: value for scope, field in BUDGET_SCOPES.items() if (value := str(principal.get(field) or ""))}
 
 
 class Budgets:
@@ -147,18 +177,23 @@ class Budgets:
 
     def reserve(self, scopes: Mapping[str, str], amounts: Mapping[str, float], *,
                 limits: Mapping[str, Any], monthly_limits: Mapping[str, Any] | None = None,
-                decision_id: str = "", now: float | None = None) -> str:
+                decision_id: str = "", requested_by: str = "", now: float | None = None) -> str:
         """Hold each unit's amount against every scope under one new id, re-checking every limit (over each
         scope's default window) and every monthly limit in the same IMMEDIATE transaction; BudgetExceeded
-        (nothing reserved) when one would be passed."""
+        (nothing reserved) when one would be passed. A scope whose value is empty is no scope: its limits are
+        not checked (the row stores "" in its column, which no spend query reads). requested_by is the caller
+        that may report the usage."""
         now = self.clock.time() if now is None else now
+        for unit, amount in amounts.items():
+            if not is_amount(amount):
+                raise ValueError(f"amount: {amount!r} {unit} is not a number from 0 to {MAX_AMOUNT:g}")
         scopes = {s: str(scopes.get(s, "")) for s in WINDOWS}
         reservation_id = f"rsv-{uuid.uuid4().hex}"
         stamp = datetime.fromtimestamp(now, UTC)
         checks = [(scope, WINDOWS[scope], scope_limits) for scope, scope_limits in sorted(limits.items())
-                  if scope in WINDOWS]
+                  if scope in WINDOWS and scopes[scope]]
         checks += [(scope, "month", scope_limits) for scope, scope_limits in sorted((monthly_limits or {}).items())
-                   if scope in MONTHLY_SCOPES]
+                   if scope in MONTHLY_SCOPES and scopes[scope]]
         with self._store.lock, self._store.transaction("reserve") as db:
             for unit, amount in sorted(amounts.items()):
                 for scope, window, scope_limits in checks:
@@ -166,6 +201,7 @@ class Budgets:
                     if not isinstance(limit, int | float):
                         continue
                     spent = self._sum(scope, scopes[scope], unit, window, now)
+                    # Every row is at most MAX_AMOUNT, so the sum and this addition stay finite.
                     if spent + amount > limit + _TOLERANCE:
                         what = f"{scope} monthly" if window == "month" else scope
                         raise BudgetExceeded(
@@ -173,33 +209,37 @@ class Budgets:
                             f"the {what} limit of {limit:g} {unit}")
                 db.execute(
                     "INSERT INTO budget_reservations (id, session, agent, team, workflow, unit, amount, "
-                    "status, day, month, created_at, expires_at, decision_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)",
+                    "status, day, month, created_at, expires_at, decision_id, requested_by) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?)",
                     (reservation_id, scopes["session"], scopes["agent"], scopes["team"],
                      scopes["workflow"], unit, float(amount), stamp.strftime("%Y-%m-%d"),
-                     stamp.strftime("%Y-%m"), now, now + self.ttl, decision_id))
+                     stamp.strftime("%Y-%m"), now, now + self.ttl, decision_id, requested_by))
         return reservation_id
 
-    def report(self, reservation_id: str, *, amount: float, unit: str = "",
+    def report(self, reservation_id: str, *, amount: float, unit: str = "", reported_by: str | None = None,
                now: float | None = None) -> Reservation:
-        """Commit the actual amount in unit and release the rest; more than reserved is committed and flagged.
+        """Commit the actual amount in unit and release the rest; more than reserved is committed and flagged
+        (the spend happened: refusing it would hide real spend from every limit; the caller logs why).
 
-        ReservationNotFound for an unknown id (or a unit it does not hold); ReservationClosed when it was
-        already reported or has expired; ValueError when unit is needed (the id holds several units).
+        ValueError for an amount that is not a number from 0 to MAX_AMOUNT, or when unit is needed (the id
+        holds several units); ReservationNotFound for an unknown id (or a unit it does not hold);
+        ReservationNotYours when reported_by (None: not checked) is not the caller the reservation was made
+        for; ReservationClosed when it was already reported or has expired.
         """
         now = self.clock.time() if now is None else now
-        if amount < 0:
-            raise ValueError(f"amount: {amount:g} is negative")
+        if not is_amount(amount):
+            raise ValueError(f"amount: must be a number from 0 to {MAX_AMOUNT:g}, not {amount!r}")
         db = self._store.db
         with self._store.lock:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     rows = db.execute(
-                        "SELECT unit, session, agent, team, workflow, amount, status, expires_at "
+                        "SELECT unit, session, agent, team, workflow, amount, status, expires_at, requested_by "
                         "FROM budget_reservations WHERE id = ? ORDER BY unit", (reservation_id,)).fetchall()
                     if not rows:
                         raise ReservationNotFound(f"reservation {reservation_id!r} does not exist")
+                    _check_reporter(reservation_id, rows[0][8], reported_by)
                     units = [r[0] for r in rows]
                     if not unit:
                         if len(rows) > 1:
@@ -209,7 +249,7 @@ class Budgets:
                     if unit not in units:
                         raise ReservationNotFound(f"reservation {reservation_id} holds no {unit} "
                                                   f"(it holds {', '.join(units)})")
-                    _, session, agent, team, workflow, reserved, status, expires_at = rows[units.index(unit)]
+                    _, session, agent, team, workflow, reserved, status, expires_at, _ = rows[units.index(unit)]
                     if status == "reserved" and expires_at <= now:
                         db.execute("UPDATE budget_reservations SET status = 'expired' WHERE id = ? AND unit = ?",
                                    (reservation_id, unit))
@@ -271,29 +311,35 @@ class Budgets:
                         where, params = self._window(window, now)
                         rows = self._store.db.execute(
                             "SELECT unit, SUM(CASE WHEN status = 'committed' THEN committed ELSE 0 END), "
-                            "SUM(CASE WHEN status = 'reserved' AND expires_at > :now THEN amount ELSE 0 END) "
-                            f"FROM budget_reservations WHERE {scope} = :value{where} GROUP BY unit ORDER BY unit",
-                            {"value": value, "now": now, **params}).fetchall()
+                            "SUM(CASE WHEN status = 'reserved' AND expires_at > :now THEN amount ELSE 0 END), "
+                            f"MAX({_INVALID}) FROM budget_reservations WHERE {scope} = :value{where} "
+                            "GROUP BY unit ORDER BY unit",
+                            {"value": value, "now": now, "max": MAX_AMOUNT, **params}).fetchall()
                         label = " ".join((window, *params.values()))
+                        invalid = [str(LedgerInvalid(scope, value, unit)) for unit, _, _, bad in rows if bad]
                         found.append(ScopeSpend(scope, value, label,
-                                                {unit: (float(c or 0), float(r or 0)) for unit, c, r in rows}))
+                                                {unit: (_number(c), _number(r)) for unit, c, r, _ in rows},
+                                                invalid="; ".join(invalid)))
             except sqlite3.Error as exc:
                 raise StateError(f"state store {self._store.path}: cannot read spend ({exc})") from exc
         return found
 
     def _sums(self, scope: str, value: str, window: str, now: float) -> dict[str, float]:
+        """Spend of one scope value over one window, by unit; LedgerInvalid when a row of it is invalid."""
         where, params = self._window(window, now)
         rows = self._store.db.execute(
-            f"SELECT unit, SUM({_COUNTED}) FROM budget_reservations WHERE {scope} = :value{where} GROUP BY unit",
-            {"value": value, "now": now, **params}).fetchall()
-        return {unit: float(total or 0) for unit, total in rows}
+            f"SELECT unit, SUM({_COUNTED}), MAX({_INVALID}) FROM budget_reservations "
+            f"WHERE {scope} = :value{where} GROUP BY unit",
+            {"value": value, "now": now, "max": MAX_AMOUNT, **params}).fetchall()
+        return {unit: _valid_sum(scope, value, unit, total, bad) for unit, total, bad in rows}
 
     def _sum(self, scope: str, value: str, unit: str, window: str, now: float) -> float:
         where, params = self._window(window, now)
         row = self._store.db.execute(
-            f"SELECT SUM({_COUNTED}) FROM budget_reservations WHERE {scope} = :value AND unit = :unit{where}",
-            {"value": value, "unit": unit, "now": now, **params}).fetchone()
-        return float(row[0] or 0)
+            f"SELECT SUM({_COUNTED}), MAX({_INVALID}) FROM budget_reservations "
+            f"WHERE {scope} = :value AND unit = :unit{where}",
+            {"value": value, "unit": unit, "now": now, "max": MAX_AMOUNT, **params}).fetchone()
+        return _valid_sum(scope, value, unit, row[0], row[1])
 
     @staticmethod
     def _window(window: str, now: float) -> tuple[str, dict[str, str]]:
@@ -305,3 +351,32 @@ class Budgets:
         if window == "month":
             return " AND month = :month", {"month": stamp.strftime("%Y-%m")}
         return "", {}
+
+
+def _valid_sum(scope: str, value: str, unit: str, total: Any, invalid: Any) -> float:
+    """A scope's sum as the policy may see it: LedgerInvalid when a row of it was invalid (or the sum is not
+    finite), so that the decision fails closed naming the scope instead of answering INTERNAL."""
+    spent = _number(total)
+    if invalid or not math.isfinite(spent) or spent < 0:
+        raise LedgerInvalid(scope, value, unit)
+    return spent
+
+
+def _number(value: Any) -> float:
+    """A SUM as a float: NULL (no rows) is 0; a value that is no number (text planted in a REAL column) is NaN."""
+    if value is None:
+        return 0.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _check_reporter(reservation_id: str, requested_by: str | None, reported_by: str | None) -> None:
+    """ReservationNotYours unless the reporter is the caller the reservation was made for."""
+    if reported_by is None or requested_by is None or requested_by == reported_by:
+        return
+    owner = f"caller {requested_by}" if requested_by else "an unauthenticated caller"
+    reporter = f"caller {reported_by}" if reported_by else "an unauthenticated caller"
+    raise ReservationNotYours(f"reservation {reservation_id} was made for {owner}; {reporter} may not report its "
+                              "usage (report it with the credential that asked for it)")

@@ -191,16 +191,18 @@ class UnitSpend(_message.Message):
     def __init__(self, unit: _Optional[str] = ..., committed: _Optional[float] = ..., reserved: _Optional[float] = ..., total: _Optional[float] = ...) -> None: ...
 
 class ScopeSpend(_message.Message):
-    __slots__ = ("scope", "value", "window", "units")
+    __slots__ = ("scope", "value", "window", "units", "invalid")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
     scope: str
     value: str
     window: str
     units: _containers.RepeatedCompositeFieldContainer[UnitSpend]
-    def __init__(self, scope: _Optional[str] = ..., value: _Optional[str] = ..., window: _Optional[str] = ..., units: _Optional[_Iterable[_Union[UnitSpend, _Mapping]]] = ...) -> None: ...
+    invalid: str
+    def __init__(self, scope: _Optional[str] = ..., value: _Optional[str] = ..., window: _Optional[str] = ..., units: _Optional[_Iterable[_Union[UnitSpend, _Mapping]]] = ..., invalid: _Optional[str] = ...) -> None: ...
 
 class GetSpendResponse(_message.Message):
     __slots__ = ("scopes",)
