@@ -24,8 +24,8 @@ STATUSES = (PENDING, APPROVED, DENIED, EXPIRED, USED)
 #: An approvers entry naming a group of identities from the approver_groups configuration.
 GROUP_PREFIX = "group:"
 #: Principal fields whose value may never decide the request: an agent (or the user it acts for)
-#: cannot approve its own request.
-_SELF_FIELDS = ("agent_id", "instance_id", "user")
+#: cannot approve its own request. An approval keeps them as asked, even where the log's mask hid them.
+SELF_FIELDS = ("agent_id", "instance_id", "user")
 
 _SCHEMA = (
     """
@@ -170,7 +170,7 @@ class Approvals:
         """Why identity may not decide this approval; "" when it may."""
         if not identity.strip():
             return "the approver's identity is required"
-        for name in _SELF_FIELDS:
+        for name in SELF_FIELDS:
             if approval.principal.get(name) == identity:
                 return f"{identity} cannot decide a request made by or for itself (principal {name})"
         if identity.startswith(GROUP_PREFIX):
