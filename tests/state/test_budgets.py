@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,8 +14,10 @@ from tollgate.state import StateStore
 from tollgate.state.budgets import (
     BudgetExceeded,
     Budgets,
+    LedgerInvalid,
     ReservationClosed,
     ReservationNotFound,
+    ReservationNotYours,
     ScopeSpend,
     principal_scopes,
 )
@@ -201,3 +204,46 @@ def test_reservations_expire_when_the_ledger_clock_passes_their_ttl(tmp_path: Pa
     assert budgets.expire() == 1
     with pytest.raises(ReservationClosed):
         budgets.report(rid, amount=0.5)
+
+
+def test_an_empty_scope_value_is_no_scope(budgets: Budgets) -> None:
+    assert principal_scopes({"agent_id": "a", "session_id": "", "team": None}) == {"agent": "a"}
+    # Two agents with no team: neither is limited by, nor counted in, a team of "".
+    budgets.reserve({"agent": "a"}, {"usd": 9.0}, limits={"team": {"usd": 10.0}}, now=NOON)
+    budgets.reserve({"agent": "b"}, {"usd": 9.0}, limits={"team": {"usd": 10.0}}, now=NOON)
+    assert budgets.spend({"agent": "b"}, now=NOON).by_scope == {"agent": {"usd": 9.0}}
+
+
+@pytest.mark.parametrize("amount", [float("inf"), float("nan"), -1.0, 1e13], ids=["inf", "nan", "negative", "huge"])
+def test_amounts_outside_0_to_the_maximum_are_refused(budgets: Budgets, amount: float) -> None:
+    with pytest.raises(ValueError, match="amount"):
+        budgets.reserve(ALICE, {"usd": amount}, limits=LIMITS, now=NOON)
+    rid = budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, now=NOON)
+    with pytest.raises(ValueError, match="amount: must be a number from 0 to 1e"):
+        budgets.report(rid, amount=amount, now=NOON)
+    assert budgets.report(rid, amount=0.25, now=NOON).committed == 0.25
+
+
+def test_only_the_caller_that_got_the_reservation_reports_it(budgets: Budgets) -> None:
+    rid = budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, requested_by="jwt:alice", now=NOON)
+    with pytest.raises(ReservationNotYours, match="made for caller jwt:alice; caller jwt:mallory may not"):
+        budgets.report(rid, amount=0.1, reported_by="jwt:mallory", now=NOON)
+    with pytest.raises(ReservationNotYours, match="an unauthenticated caller may not"):
+        budgets.report(rid, amount=0.1, reported_by="", now=NOON)
+    assert budgets.report(rid, amount=0.1, reported_by="jwt:alice", now=NOON).committed == 0.1
+
+
+@pytest.mark.parametrize("planted", ["9e999", "-9e999", "-1", "'nan'", "1e300"])
+def test_a_planted_bad_row_fails_its_scopes_and_usage_shows_it(tmp_path: Path, planted: str) -> None:
+    budgets = Budgets(StateStore(tmp_path / "state.db"), ttl=60)
+    rid = budgets.reserve(ALICE, {"usd": 0.5}, limits=LIMITS, now=NOON)
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute(f"UPDATE budget_reservations SET amount = {planted} WHERE id = ?", (rid,))
+    with pytest.raises(LedgerInvalid, match="invalid usd amount for session 's1'"):
+        budgets.spend(ALICE, now=NOON)
+    with pytest.raises(LedgerInvalid):
+        budgets.reserve(ALICE, {"usd": 0.1}, limits=LIMITS, now=NOON)
+    # Other scopes are untouched.
+    assert budgets.spend({"agent": "other"}, now=NOON).by_scope == {"agent": {}}
+    shown = budgets.usage({"session": "s1"}, now=NOON)
+    assert "invalid usd amount for session 's1'" in shown[0].invalid
