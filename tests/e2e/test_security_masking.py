@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +173,20 @@ def test_without_a_mask_answer_principal_labels_are_erased_too(tmp_path: Path, c
         if server.proc.poll() is None:
             server.kill()
 
+
+def test_the_data_dir_and_its_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)  # the server inherits it: files it creates would be world-readable by default
+    try:
+        server = start_server(tmp_path / "data", config={"approver_groups": APPROVERS})
+    finally:
+        os.umask(previous)
+    try:
+        assert server.authorize(_bash("make deploy")).decision == pb.DECISION_REQUIRE_APPROVAL
+        found = {p.relative_to(server.data_dir).as_posix(): stat.S_IMODE(p.stat().st_mode)
+                 for p in [server.data_dir, *server.data_dir.rglob("*")]}
+        assert {"decisions.db", "decisions.db-wal", "state.db", "state.db-wal"} <= set(found), found
+        wrong = {name: oct(mode) for name, mode in found.items()
+                 if mode != (0o700 if (server.data_dir / name).is_dir() else 0o600)}
+        assert wrong == {}, json.dumps(wrong)
+    finally:
+        server.terminate()

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from tollgate.decisionlog._record import DecisionRecord
 from tollgate.decisionlog._sqlite_store import SqliteDecisionStore
 from tollgate.encoding import canonical_json
+from tollgate.state import private_file
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class DecisionLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers = threading.local()
         config.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(config.path)  # 0600 before the first record goes in (its WAL files take its mode)
         self._db = self._connect()
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()

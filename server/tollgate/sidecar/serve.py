@@ -53,7 +53,7 @@ from tollgate.sidecar.activation import ActivatorConfig, BundleActivator
 from tollgate.sidecar.checkpoints import CheckpointPlugin, CheckpointPublisher, startup_problems
 from tollgate.sidecar.config import ConfigError, ServeConfig
 from tollgate.sidecar.metrics import Metrics, PendingApprovals, start_metrics_server
-from tollgate.state import KillSwitches, StateError, StateStore
+from tollgate.state import KillSwitches, StateError, StateStore, private_dir
 from tollgate.state.approvals import Approvals
 from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2, approval_pb2, authorization_pb2
@@ -121,7 +121,7 @@ class _Settings:
 
 def _settings(config: ServeConfig, clock: Clock) -> _Settings:
     data_dir = Path(config.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)  # 0700: the databases in it hold what agents asked and what people decided
     try:
         relay = (PeerCredentialRelay(config.listen[len("unix:"):], state_dir=data_dir)
                  if config.listen.startswith("unix:") else None)

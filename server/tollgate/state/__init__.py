@@ -25,7 +25,7 @@ from tollgate.state._protocol import (
     NoKillSwitches,
     SpendLedger,
 )
-from tollgate.state._store import StateError, StateStore
+from tollgate.state._store import StateError, StateStore, private_dir, private_file
 
 __all__ = [
     "ALL_VALUE",
@@ -48,6 +48,8 @@ __all__ = [
     "SpendLedger",
     "StateError",
     "StateStore",
+    "private_dir",
+    "private_file",
     "request_targets",
     "validate_target",
 ]

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: What SQLite creates beside a database: it gives them the database file's mode, but one left by an
+#: earlier run keeps its own.
+_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 class StateError(RuntimeError):
@@ -31,6 +40,7 @@ class StateStore:
             self.db = _open_read_only(path)
             return
         try:
+            private_file(path)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             # A kill switch that is not on disk when Kill returns could be lost by a power cut.
@@ -38,7 +48,7 @@ class StateStore:
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StateError(f"state store {path}: cannot open ({exc})") from exc
 
     def migrate(self, component: str, steps: Sequence[str]) -> None:
@@ -107,3 +117,32 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+def private_dir(path: Path) -> None:
+    """Create the directory path (and its parents) for this user alone (0700), whatever the umask; an existing
+    one that others may read or enter is made so, and the log says it was."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(path, 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Make sure the file path (a database: requests, approvals and spend go into it) exists and only this user
+    may read it (0600), whatever the umask, before anything is written; so are the files SQLite keeps beside it.
+    """
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    for candidate in (path, *(path.with_name(path.name + side) for side in _SIDE_FILES)):
+        if candidate.exists():
+            _tighten(candidate, 0o600)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    found = stat.S_IMODE(path.stat().st_mode)
+    if found != mode:
+        path.chmod(mode)
+        if found & 0o077:
+            log.warning("%s was mode %o, open to other users; it is now %o (it holds what agents asked)",
+                        path, found, mode)
