@@ -56,10 +56,11 @@ class TestCA:
         sans: list[x509.GeneralName] = [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         return self._issue(name, sans, ExtendedKeyUsageOID.SERVER_AUTH)
 
-    def client(self, uri: str, *, file_name: str | None = None) -> Issued:
-        """A client certificate whose URI SAN is uri (e.g. spiffe://acme/agents/code-reviewer)."""
-        return self._issue(file_name or uri.rsplit("/", 1)[-1], [x509.UniformResourceIdentifier(uri)],
-                           ExtendedKeyUsageOID.CLIENT_AUTH)
+    def client(self, uri: str, *, file_name: str | None = None, also: tuple[str, ...] = ()) -> Issued:
+        """A client certificate whose URI SAN is uri (e.g. spiffe://acme/agents/code-reviewer), then the URIs in
+        also (a certificate that names several identities, as an attacker's would)."""
+        return self._issue(file_name or uri.rsplit("/", 1)[-1],
+                           [x509.UniformResourceIdentifier(u) for u in (uri, *also)], ExtendedKeyUsageOID.CLIENT_AUTH)
 
     def _issue(self, name: str, sans: list[x509.GeneralName], usage: x509.ObjectIdentifier) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())

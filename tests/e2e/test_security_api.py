@@ -3,14 +3,18 @@ the unary RPCs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.conftest import Server, start_server, tool_request
+from tests.pki import TestCA
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
+from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 
 GROUPS = {"release-managers": ["rita"]}
 
@@ -46,3 +50,50 @@ def test_a_group_entry_is_no_approver_identity(server: Server, by: str) -> None:
                                                           reason="reviewed"),
                                timeout=10, metadata=server.admin_metadata)
     assert decided.status == "approved"
+
+
+REVIEWER = "spiffe://acme/agents/code-reviewer"
+RELEASE_BOT = "spiffe://acme/agents/release-bot"
+
+
+def _mtls_server(serve: Callable[..., Server], tmp_path: Path, ca: TestCA) -> Server:
+    cert = ca.server()
+    config = tmp_path / "tollgate.yaml"
+    config.write_text(json.dumps({
+        "tls_cert": str(cert.cert), "tls_key": str(cert.key), "tls_client_ca": str(ca.cert),
+        "tls_require_client_cert": True,
+        "callers": [{"id": REVIEWER, "agents": ["code-reviewer"]}, {"id": RELEASE_BOT, "agents": ["release-bot"]},
+                    {"id": "spiffe://acme/agents/code-reviewer-2", "agents": ["code-reviewer"]}],
+    }))
+    return serve(extra=["--config", str(config)],
+                 credentials=grpc.ssl_channel_credentials(ca.cert.read_bytes(), *ca.client(REVIEWER).pair()))
+
+
+def test_a_certificate_naming_two_callers_with_different_principals_speaks_for_no_one(
+        serve: Callable[..., Server], tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "pki")
+    server = _mtls_server(serve, tmp_path, ca)
+    both = ca.client(REVIEWER, also=(RELEASE_BOT,), file_name="both")
+    with grpc.secure_channel(server.address, grpc.ssl_channel_credentials(ca.cert.read_bytes(), *both.pair())) as ch:
+        stub = pb_grpc.AuthorizationServiceStub(ch)
+        answers = [stub.Authorize(tool_request(agent=agent), timeout=10) for agent in ("code-reviewer", "release-bot")]
+    for answer in answers:
+        assert answer.decision == pb.DECISION_DENY
+        assert [r.code for r in answer.reasons] == ["caller_unauthenticated"]
+        message = answer.reasons[0].message
+        assert f"client certificate names 2 callers entries that may claim different principals ({REVIEWER}, " \
+               f"{RELEASE_BOT})" in message
+        assert "issue it with one URI SAN" in message
+
+
+def test_a_certificate_whose_names_map_to_the_same_principals_is_one_caller(
+        serve: Callable[..., Server], tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "pki")
+    server = _mtls_server(serve, tmp_path, ca)
+    twins = ca.client(REVIEWER, also=("spiffe://acme/agents/code-reviewer-2", "spiffe://acme/unlisted"),
+                      file_name="twins")
+    with grpc.secure_channel(server.address, grpc.ssl_channel_credentials(ca.cert.read_bytes(), *twins.pair())) as ch:
+        stub = pb_grpc.AuthorizationServiceStub(ch)
+        assert stub.Authorize(tool_request(agent="code-reviewer"), timeout=10).decision == pb.DECISION_ALLOW
+        spoofed = stub.Authorize(tool_request(agent="release-bot"), timeout=10)
+    assert [r.code for r in spoofed.reasons] == ["principal_mismatch"]

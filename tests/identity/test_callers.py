@@ -158,3 +158,23 @@ def test_a_remembered_token_is_forgotten_when_the_verifier_clock_passes_its_exp(
     # Past its exp on the verifier's clock: checked again (and PyJWT, on the system clock, still accepts it).
     again = verifier.verify(fresh)
     assert again is not first and again.subject == "jwt:agent-7"
+
+
+def test_a_certificate_whose_names_map_to_different_principals_is_refused_by_the_resolver() -> None:
+    callers = CallerMap.parse([{"id": SPIFFE, "agents": ["code-reviewer"]},
+                               {"id": "spiffe://acme/agents/release-bot", "agents": ["release-bot"]},
+                               {"id": "dns:reviewer.acme.internal", "agents": ["code-reviewer"]}])
+    resolver = CallerResolver(callers=callers)
+
+    def caller(*uris: str, dns: str = "") -> Caller:
+        return resolver.resolve(peer="", auth_context={
+            "transport_security_type": [b"ssl"], "peer_uri": [u.encode() for u in uris],
+            "x509_subject_alternative_name": [u.encode() for u in uris], "peer_dns": [dns.encode()] if dns else []})
+
+    both = caller(SPIFFE, "spiffe://acme/agents/release-bot")
+    assert both.subject == "" and "names 2 callers entries that may claim different principals" in both.error
+    same = caller(SPIFFE, dns="reviewer.acme.internal")
+    assert (same.subject, same.error) == (SPIFFE, "")
+    assert caller(SPIFFE, "spiffe://acme/unlisted").error == ""
+    # A Unix-socket peer is one process: its uid and gid entries still add up, as before.
+    assert CallerResolver(callers=callers, relay_prefix="r/").resolve(peer="r/1.2.3.4", auth_context={}).error == ""

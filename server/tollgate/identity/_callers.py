@@ -140,6 +140,18 @@ class CallerMap:
     def __bool__(self) -> bool:
         return bool(self.entries)
 
+    def conflict(self, names: Iterable[str]) -> str:
+        """"" unless the names of one credential (a certificate's URI SANs, DNS names, CN) match entries that may
+        claim different principals: then why the credential is refused. Else a certificate carrying two agents'
+        SPIFFE IDs could speak for both, and for every principal any of its names is mapped to."""
+        wanted = set(names)
+        matching = [e for e in self.entries if e.id in wanted]
+        if all(dict(e.allowed) == dict(matching[0].allowed) for e in matching[1:]):
+            return ""
+        return (f"client certificate names {len(matching)} callers entries that may claim different principals "
+                f"({', '.join(e.id for e in matching)}); a credential is one identity: issue it with one URI SAN, "
+                f"or give those entries the same agents, teams, users and workflows")
+
     def check(self, caller: Caller, principal: Mapping[str, Any]) -> str:
         """"" when caller may speak for principal, else why not (the message of the principal_mismatch DENY)."""
         if not self.entries:
@@ -238,8 +250,11 @@ class CallerResolver:
     behind a shared socket or certificate), then the client certificate, then the Unix-socket peer.
     """
 
-    def __init__(self, *, tokens: TokenVerifier | None = None, relay_prefix: str = "") -> None:
+    def __init__(self, *, tokens: TokenVerifier | None = None, relay_prefix: str = "",
+                 callers: CallerMap | None = None) -> None:
         self._tokens = tokens
+        #: The callers mapping: a certificate whose names map to different principal sets names no one.
+        self._callers = callers or CallerMap()
         #: Peer addresses the Unix-socket relay connects from start with this; they encode uid, gid and pid.
         self._relay_prefix = relay_prefix
 
@@ -256,6 +271,9 @@ class CallerResolver:
         if _first(auth_context, "transport_security_type") == "ssl":
             certificate = certificate_caller(auth_context)
             if certificate is not None:
+                conflict = self._callers.conflict(certificate.names())
+                if conflict:
+                    return Caller(method="mtls", subject="", details=certificate.details, error=conflict)
                 return certificate
         if self._relay_prefix and peer.startswith(self._relay_prefix):
             return uds_caller(peer[len(self._relay_prefix):])

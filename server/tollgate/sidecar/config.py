@@ -412,7 +412,7 @@ class ServeConfig:
                                                    audience=self.token_audience, clock=clock)
             except IdentityConfigError as exc:
                 raise ConfigError(str(exc)) from exc
-        return CallerResolver(tokens=tokens, relay_prefix=relay_prefix)
+        return CallerResolver(tokens=tokens, relay_prefix=relay_prefix, callers=self.caller_map())
 
     def authzen_ssl_context(self) -> ssl.SSLContext | None:
         """TLS for the AuthZEN port (None: plain HTTP)."""
