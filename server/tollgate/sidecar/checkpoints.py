@@ -70,10 +70,10 @@ class CheckpointPublisher:
         with store.snapshot():
             bounds = store.bounds()
             head = None if bounds is None else store.hash_at(bounds[1])
-            kept = store.checkpoints()
+            kept = store.checkpoints() if self._last is None else []  # once: where the last run left off
         if bounds is None or head is None:
             return None
-        if self._last is None and kept:
+        if kept:
             self._last = (kept[-1].seq, kept[-1].hash)
         if self._last == (bounds[1], head):
             return None
@@ -118,7 +118,7 @@ class CheckpointPlugin:
         self._status = NOT_STARTED
 
     async def start(self) -> None:
-        self._round()  # a first checkpoint of the head the server starts from
+        await self._round()  # a first checkpoint of the head the server starts from
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
@@ -127,7 +127,7 @@ class CheckpointPlugin:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self._round()  # the head after the last answer (the gRPC server has drained by now)
+        await self._round()  # the head after the last answer (the gRPC server has drained by now)
         self._publisher.close()
         self._status = NOT_STARTED
 
@@ -137,11 +137,12 @@ class CheckpointPlugin:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._every)
-            self._round()
+            await self._round()
 
-    def _round(self) -> None:
+    async def _round(self) -> None:
         try:
-            self._publisher.publish()
+            # Off the event loop: saving waits for the writer's lock (up to SQLite's busy timeout) and fsyncs the file.
+            await asyncio.to_thread(self._publisher.publish)
         except LogReadError as exc:
             log.error("%s: %s", self.name, exc)
             self._status = PluginStatus(PluginState.WARN, str(exc))
