@@ -32,6 +32,10 @@ HEAVY_ARGUMENT_BYTES = MAX_REQUEST_BYTES - 4096
 ATTACK_SECONDS = 6.0
 #: More attackers than workers: every worker could be holding a request at the size limit.
 ATTACKERS = 3
+#: The deadline, well above the 50 ms default: on a 2-core CI machine that runs other tests beside this one, a
+#: worker waiting to be scheduled crosses 50 ms now and then (the deadline counts wall time, which issue 15 takes
+#: on), and what this test proves is that no write fails a worker and no large request fails a small one.
+EVAL_TIMEOUT_MS = 500
 BYSTANDER_REQUESTS = 60
 
 
@@ -70,6 +74,7 @@ def test_a_caller_looping_requests_at_the_size_limit_fails_no_bystander_and_kill
     allowed = (pb.DECISION_ALLOW, "ok" if library == "one_rule" else "")
     server = serve(bundle=bundle,
                    extra=["--metrics-listen", f"127.0.0.1:{port}", "--workers", "2",
+                          "--eval-timeout-ms", str(EVAL_TIMEOUT_MS),
                           "--max-request-bytes", str(MAX_REQUEST_BYTES)])
     stop = threading.Event()
     heavy: list[tuple[int, str]] = []
@@ -83,7 +88,7 @@ def test_a_caller_looping_requests_at_the_size_limit_fails_no_bystander_and_kill
             time.sleep(0.01)
         while len(bystander) < BYSTANDER_REQUESTS or time.monotonic() < deadline:
             response = server.authorize(tool_request(arguments=PULL_REQUEST))
-            assert _answer(response) == allowed, (response, server.stderr[-2000:])
+            assert _answer(response) == allowed, (server.get_decision(response.decision_id), server.stderr[-1500:])
             bystander.append(_answer(response))
     finally:
         stop.set()
