@@ -50,11 +50,10 @@ _may_hold_secrets if {
 	contains(text, needle)
 }
 
-_needles := [
-	"key", "token", "secret", "passw", "passphrase", "credential", "authorization", "cookie",
-	"bearer", "basic", "private key", "akia", "asia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
-	"xox", "sk-", "eyj", "://",
-]
+_needles := array.concat(
+	["key", "token", "secret", "passw", "passphrase", "credential", "authorization", "cookie"],
+	secrets.needles,
+)
 
 _secret(path, value) if _credential_key(path, value)
 

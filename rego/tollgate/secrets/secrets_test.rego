@@ -66,3 +66,17 @@ test_ordinary_text_and_a_credential_under_its_own_key_are_no_finding if {
 test_a_call_that_is_not_permitted_is_left_to_its_denial if {
 	count(_codes(_bash("echo Bearer aaaaaaaaaaaa"))) == 0 with data.agents["claude-code"].tools as ["Read"]
 }
+
+test_every_example_holds_a_needle if {
+	every text in [
+		"Bearer aaaaaaaaaaaa", "Basic dXNlcjpwYXNzd29yZA==", "-----BEGIN EC PRIVATE KEY-----\nMHcCAQ",
+		"AKIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE", "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+		"ghs_0123456789abcdefghijABCDEFGHIJ012345", "github_pat_11ABCDEFG0123456789_abcdefghijklmnop",
+		"xoxb-1234567890-abcdefghij", "sk-proj-abcdefghijklmnopqrstuvwx",
+		"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+		"postgres://app:hunter2@db.internal:5432/payments",
+	] {
+		secrets.holds_credential(text)
+		secrets.may_hold_credential({"x": text})
+	}
+}
