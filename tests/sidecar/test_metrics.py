@@ -17,6 +17,7 @@ from tests.log_receiver import free_port
 from tests.readme import readme_section
 from tollgate.clock import ManualClock
 from tollgate.decisionlog import DecisionLog, DecisionRecord, LogConfig
+from tollgate.engine import RESTART_REASONS
 from tollgate.sidecar.metrics import (
     DECISION_BUCKETS,
     MAX_REASON_CODES,
@@ -104,6 +105,19 @@ def test_revisions_past_the_limit_are_counted_as_other() -> None:
     m = _samples(metrics.render())
     assert len([k for k in m if k.startswith("tollgate_decisions_total")]) == MAX_REVISIONS + 1
     assert m['tollgate_decisions_total{decision="allow",revision="other"}'] == 5
+
+
+def test_engine_worker_restarts_are_counted_by_reason_from_zero() -> None:
+    metrics = Metrics()
+    assert {k: v for k, v in _samples(metrics.render()).items() if "worker_restarts_total" in k} == {
+        f'tollgate_engine_worker_restarts_total{{reason="{r}"}}': 0 for r in RESTART_REASONS}
+    metrics.engine_worker_restarted("deadline")
+    metrics.engine_worker_restarted("deadline")
+    metrics.engine_worker_restarted("exited")
+    m = _samples(metrics.render())
+    assert m['tollgate_engine_worker_restarts_total{reason="deadline"}'] == 2
+    assert m['tollgate_engine_worker_restarts_total{reason="exited"}'] == 1
+    assert m['tollgate_engine_worker_restarts_total{reason="protocol"}'] == 0
 
 
 def test_each_group_commit_of_a_real_decision_log_is_observed(tmp_path: Path) -> None:
