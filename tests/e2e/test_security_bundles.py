@@ -93,3 +93,38 @@ def test_a_signed_bundle_swapped_for_data_just_under_the_limits_is_refused_withi
     assert error.reason == "signature" and "modified after signing" in error.message, error.message
     assert peak - before < REFUSAL_RSS_BOUND, f"peak RSS grew by {(peak - before) / 2**20:.0f} MiB"
     assert server.authorize(tool_request()).bundle_revision == "v1"
+
+
+# Loops for seconds (9 million iterations) on the inputs `slow_when` matches; the deadline is 100 ms.
+SLOW_POLICY = """
+package tollgate
+
+decision := {{"decision": "allow", "reasons": [{{"code": "revision", "message": "{revision}"}}]}} if {{
+    {slow_when}
+    n := 3000 + count(input.principal.agent_id)  # depends on the input, so nothing is computed at compile time
+    count([1 | some i in numbers.range(1, n); some j in numbers.range(1, n); i != j]) > 0
+}}
+
+decision := {{"decision": "allow", "reasons": [{{"code": "revision", "message": "{revision}"}}]}} if {{
+    not {slow_when}
+}}
+"""
+
+
+@pytest.mark.parametrize("slow_when", ["true", 'input.principal.agent_id != "tollgate-smoke-test"'],
+                         ids=["on-every-input", "only-on-real-agents"])
+def test_a_policy_that_runs_past_the_deadline_is_refused_smoke_test_and_the_old_one_keeps_answering(
+        serve, service: BundleService, make_bundle, slow_when: str) -> None:
+    service.publish(make_bundle("v1"))
+    server = serve(bundle=service.url, extra=["--bundle-poll", "0.2", "--eval-timeout-ms", "100"])
+    assert server.authorize(tool_request()).bundle_revision == "v1"  # a recent decision: a smoke input
+    service.publish(make_bundle("v2", policy=SLOW_POLICY.replace("{slow_when}", slow_when)))
+    wait_for(lambda: status(server).bundle.last_error.reason != "" or revision_of(server) != "v1", timeout=60,
+             what="the slow bundle refused")
+    error = status(server).bundle.last_error
+    assert error.reason == "smoke_test", error.message
+    assert "deadline" in error.message
+    assert revision_of(server) == "v1"
+    for _ in range(5):
+        answer = server.authorize(tool_request())
+        assert (answer.decision, answer.bundle_revision, answer.reasons[0].message) == (1, "v1", "v1")

@@ -3,7 +3,8 @@
 Life cycle like OPA's plugins: configure (BundleActivator(config, ...)), start, stop, one status. A new
 revision goes through, in order: signature (when trusted keys are configured), load (with size limits),
 compile (a new WorkerPoolEngine starts its workers), a contract smoke test (a fixed synthetic input must
-give a result the contract accepts), persistence (DATA_DIR/bundles/last-good.tar.gz), then an atomic swap
+give a result the contract accepts; it and the inputs of the most recent decisions must be answered within the
+evaluation deadline), persistence (DATA_DIR/bundles/last-good.tar.gz), then an atomic swap
 in the EngineSlot. The engine it replaces is closed only once the requests holding it are done. Anything
 that fails on the way refuses the revision: the last good one keeps serving and the status keeps the error.
 """
@@ -17,7 +18,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -47,8 +48,17 @@ from tollgate.bundle import (
 )
 from tollgate.clock import Clock, SystemClock
 from tollgate.contract import ContractError, DecisionRequest, build_input, parse_result
+from tollgate.decisionlog import LogReadError, Query, open_read_only
 from tollgate.encoding import canonical_json, format_time
-from tollgate.engine import UNDEFINED, EngineConfig, EngineError, EngineSlot, EvaluationTimeout, WorkerPoolEngine
+from tollgate.engine import (
+    UNDEFINED,
+    EngineConfig,
+    EngineError,
+    EngineSlot,
+    Evaluation,
+    EvaluationTimeout,
+    WorkerPoolEngine,
+)
 from tollgate.net import Backoff, HttpOptions, Jitter
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,11 @@ SMOKE_REQUEST = DecisionRequest(
     action={"server": "tollgate", "name": "smoke_test", "arguments": {}, "resources": []},
 )
 _SMOKE_NOW = "2026-01-01T00:00:00.000000Z"
+#: How many of the most recent decisions' inputs a candidate must also answer in time (one per kind and agent).
+SMOKE_RECENT = 5
+#: Tries per smoke input before a candidate that runs past the deadline is refused: one slow evaluation on a
+#: fresh worker measures the machine's load as much as the policy; a policy that loops is slow every time.
+SMOKE_ATTEMPTS = 3
 
 LAST_GOOD = "last-good.tar.gz"
 LAST_GOOD_META = "last-good.json"
@@ -95,6 +110,9 @@ class ActivatorConfig:
     max_backoff: float = 300.0
     #: How long a replaced engine may keep finishing the requests that hold it before it is closed.
     retire_timeout: float = 10.0
+    #: The data dir whose decision log gives the smoke test its representative inputs (the most recent
+    #: decisions' inputs, as logged); None: the synthetic input only.
+    smoke_log_dir: Path | None = None
 
 
 class Refused(Exception):
@@ -310,6 +328,8 @@ class BundleActivator:
             raise Refused("compile", f"bundle {bundle.revision}: does not compile: {exc.message}") from exc
         try:
             await _smoke_test(engine, entrypoint=self._engine_config.entrypoint)
+            recent = await asyncio.to_thread(recent_inputs, self._config.smoke_log_dir)
+            await _answers_in_time(engine, recent)
         except BaseException:
             await engine.close()
             raise
@@ -376,16 +396,10 @@ async def _smoke_test(engine: WorkerPoolEngine, *, entrypoint: str) -> None:
     input_json = canonical_json(build_input(SMOKE_REQUEST, now=_SMOKE_NOW)).encode()
     where = f"bundle {engine.revision}: contract smoke test"
     try:
-        evaluation = await engine.evaluate_with_mask(input_json)
+        evaluation = await _in_time(engine, input_json, where=f"{where} (the synthetic input)")
         value = evaluation.value
         if isinstance(value, EngineError):
             raise value
-    except EvaluationTimeout as exc:
-        # A deadline measures the machine's load as much as the policy: refusing a bundle because one
-        # evaluation on a fresh worker was slow would make activation flaky. Such a policy still fails
-        # closed (deadline_exceeded) on every request that runs past the deadline.
-        log.warning("%s: ran past the evaluation deadline (%s); the contract is not checked", where, exc.message)
-        return
     except EngineError as exc:
         raise Refused("smoke_test", f"{where}: evaluation failed: {exc}") from exc
     if value is UNDEFINED:
@@ -402,3 +416,47 @@ async def _smoke_test(engine: WorkerPoolEngine, *, entrypoint: str) -> None:
         kind = {str: "a string", dict: "an object", bool: "a boolean", type(None): "null"}.get(type(mask), "a number")
         raise Refused("smoke_test", f"{where}: data.tollgate.log.mask is {kind}, not a set of entries "
                                     "(hint: JSON pointers or {op, path, value} objects; see docs/POLICY.md)")
+
+
+async def _in_time(engine: WorkerPoolEngine, input_json: bytes, *, where: str) -> Evaluation:
+    """The evaluation of input_json, tried SMOKE_ATTEMPTS times while it runs past the deadline; Refused
+    (smoke_test) when every try does: such a revision would answer DENY deadline_exceeded to every request."""
+    last = ""
+    for attempt in range(1, SMOKE_ATTEMPTS + 1):
+        try:
+            return await engine.evaluate_with_mask(input_json)
+        except EvaluationTimeout as exc:
+            log.warning("%s: ran past the evaluation deadline (try %d of %d): %s", where, attempt, SMOKE_ATTEMPTS,
+                        exc.message)
+            last = exc.message
+    raise Refused("smoke_test", f"{where}: ran past the evaluation deadline on {SMOKE_ATTEMPTS} tries in a row "
+                                f"({last}); every request would be denied deadline_exceeded (hint: make "
+                                "the policy faster, or raise --eval-timeout-ms if this machine is overloaded)")
+
+
+async def _answers_in_time(engine: WorkerPoolEngine, inputs: Sequence[bytes]) -> None:
+    """Each recent decision's input must be answered within the deadline (what it answers is the policy's
+    business: a new revision may well decide differently)."""
+    for n, input_json in enumerate(inputs, 1):
+        await _in_time(engine, input_json,
+                       where=f"bundle {engine.revision}: smoke test (recent decision {n} of {len(inputs)})")
+
+
+def recent_inputs(data_dir: Path | None, *, limit: int = SMOKE_RECENT) -> list[bytes]:
+    """The input documents of the most recent decisions in DATA_DIR's log, one per (kind, agent), at most
+    limit of them, as logged (masked); none when there is no log yet or it cannot be read."""
+    if data_dir is None:
+        return []
+    try:
+        with open_read_only(data_dir) as store:
+            records = store.find(Query(limit=limit * 20))
+            inputs = [stored.decision_record().input for stored in reversed(records)]
+    except (LogReadError, ValueError) as exc:
+        log.info("bundle: no recent decisions for the smoke test (%s)", exc)
+        return []
+    chosen: dict[tuple[str, str], bytes] = {}
+    for doc in inputs:
+        principal = doc.get("principal")
+        agent = str(principal.get("agent_id", "")) if isinstance(principal, dict) else ""
+        chosen.setdefault((str(doc.get("kind", "")), agent), canonical_json(dict(doc)).encode())
+    return list(chosen.values())[:limit]

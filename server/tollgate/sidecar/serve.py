@@ -32,8 +32,7 @@ from tollgate.api._http import start_http_server
 from tollgate.bundle import Activation, BundleError, BundleStatus, Failure
 from tollgate.clock import Clock, from_environment
 from tollgate.decision import Authorizer, AuthorizerConfig, BudgetGuard, never_behind
-from tollgate.decisionlog import DecisionLog, LogConfig, LogReadError, LogShipping, ShippingConfig
-from tollgate.decisionlog._checkpoint import CheckpointKey
+from tollgate.decisionlog import DecisionLog, LogConfig, LogShipping, ShippingConfig
 from tollgate.engine import EngineConfig, EngineSlot, WorkerPoolEngine
 from tollgate.identity import CallerMap, CallerResolver, PeerCredentialRelay
 from tollgate.net import HttpOptions
@@ -50,10 +49,9 @@ from tollgate.sidecar._plugins import (
     ShippingPlugin,
 )
 from tollgate.sidecar.activation import ActivatorConfig, BundleActivator
-from tollgate.sidecar.checkpoints import CheckpointPlugin, CheckpointPublisher, startup_problems
 from tollgate.sidecar.config import ConfigError, ServeConfig
 from tollgate.sidecar.metrics import Metrics, PendingApprovals, start_metrics_server
-from tollgate.state import KillSwitches, StateError, StateStore, private_dir
+from tollgate.state import KillSwitches, StateError, StateStore
 from tollgate.state.approvals import Approvals
 from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2, approval_pb2, authorization_pb2
@@ -71,7 +69,6 @@ async def serve(config: ServeConfig) -> int:
     """Run until SIGTERM or SIGINT; then drain, flush the decision log and return 0."""
     clock = from_environment()  # the one clock every part reads (shifted only by the testing aid)
     settings = _settings(config, clock)
-    checkpoint_key = _checked_log(config)
     state = _open_state(config, clock)
     health = GrpcHealth(HealthServicer())
     manager = PluginManager(health)
@@ -79,11 +76,7 @@ async def serve(config: ServeConfig) -> int:
     slot = EngineSlot()
     activator = _activator(config, slot, metrics, manager, state, clock, http=settings.bundle_http)
     parts = _Parts(config, settings, state, slot, activator, metrics, health, clock)
-    checkpoints = None if checkpoint_key is None else CheckpointPlugin(
-        CheckpointPublisher(parts.decision_log.path, checkpoint_key, clock=clock,
-                            file=Path(config.decision_log_checkpoint_file) if config.decision_log_checkpoint_file
-                            else None), every=config.decision_log_checkpoint_interval)
-    grpc_plugin = _add_plugins(manager, parts, checkpoints=checkpoints)
+    grpc_plugin = _add_plugins(manager, parts)
     metrics.plugin_states = lambda: {name: s.state.value for name, s in manager.statuses().items()}
     try:
         await manager.start()
@@ -121,7 +114,7 @@ class _Settings:
 
 def _settings(config: ServeConfig, clock: Clock) -> _Settings:
     data_dir = Path(config.data_dir)
-    private_dir(data_dir)  # 0700: the databases in it hold what agents asked and what people decided
+    data_dir.mkdir(parents=True, exist_ok=True)
     try:
         relay = (PeerCredentialRelay(config.listen[len("unix:"):], state_dir=data_dir)
                  if config.listen.startswith("unix:") else None)
@@ -140,30 +133,6 @@ def _settings(config: ServeConfig, clock: Clock) -> _Settings:
         log.info("callers: %d identities mapped to the principals they may speak for; any other caller is "
                  "refused (principal_mismatch)", len(settings.callers.entries))
     return settings
-
-
-def _checked_log(config: ServeConfig) -> CheckpointKey | None:
-    """Prove the decision log's tail before the writer continues its chain (see sidecar/checkpoints.py); returns
-    the checkpoint key, if any. A tampered log stops the start unless accept_log_tamper says otherwise."""
-    try:
-        key = config.checkpoint_key()
-    except ConfigError as exc:
-        raise SystemExit(f"tollgate serve: {exc}") from exc
-    path = Path(config.data_dir) / "decisions.db"
-    try:
-        problems = startup_problems(path, key)
-    except LogReadError as exc:
-        raise SystemExit(f"tollgate serve: {exc}") from exc
-    if not problems:
-        return key
-    found = "; ".join(problems)
-    if config.accept_log_tamper:
-        log.error("decision log %s was TAMPERED WITH: %s; starting anyway because accept_log_tamper is set: "
-                  "new records chain on from the tampered head", path, found)
-        return key
-    raise SystemExit(f"tollgate serve: decision log {path} was tampered with: {found}. Keep the file for "
-                     "investigation (`tollgate logs verify --data-dir DIR --key KEY_FILE` names every break); to start "
-                     "on it anyway, pass --accept-log-tamper (or move it aside to start a new log)")
 
 
 @dataclass(frozen=True)
@@ -206,7 +175,7 @@ def _activator(config: ServeConfig, slot: EngineSlot, metrics: Metrics, manager:
                 source=config.bundle, state_dir=Path(config.data_dir) / "bundles", keys_dir=config.bundle_keys,
                 require_signatures=config.require_signatures, poll_interval=config.bundle_poll,
                 timeout=config.bundle_timeout, size_limit=config.bundle_size_limit, http=http,
-                data_limits=config.bundle_data_limits(),
+                data_limits=config.bundle_data_limits(), smoke_log_dir=Path(config.data_dir),
             ),
             slot, engine_config, listeners=(on_bundle,), clock=clock,
         )
@@ -267,14 +236,12 @@ class _Parts:
 # -- the plugins, in start order ---------------------------------------------------------------------
 
 
-def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: CheckpointPlugin | None = None) -> GrpcPlugin:
+def _add_plugins(manager: PluginManager, parts: _Parts) -> GrpcPlugin:
     """Add every plugin in start order (they stop in reverse); returns the gRPC server's."""
     config, settings = parts.config, parts.settings
     manager.add(ClosingPlugin("state store", parts.state.store.close))
     manager.add(ShippingPlugin(parts.shipping, flush_seconds=EXPORT_FLUSH_SECONDS))
     manager.add(DecisionLogPlugin(parts.decision_log))
-    if checkpoints is not None:  # after the writer starts; it stops after the gRPC drain, so it signs the last head
-        manager.add(checkpoints)
     manager.add(BundlePlugin(parts.activator, parts.slot))
     if config.metrics_listen:
         manager.add(HttpPlugin(
@@ -296,8 +263,7 @@ def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: Checkpoi
 
 def _authzen_plugin(parts: _Parts) -> HttpPlugin:
     config, tls = parts.config, parts.settings.authzen_tls
-    authzen = AuthzenService(parts.authorizer, parts.limits, callers=parts.settings.resolver, tls=tls is not None,
-                             max_batch=config.authzen_max_batch)
+    authzen = AuthzenService(parts.authorizer, parts.limits, callers=parts.settings.resolver, tls=tls is not None)
     return HttpPlugin(
         "authzen",
         lambda: start_http_server(authzen.handle, config.authzen_listen, max_body=config.max_request_bytes,
