@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import Server, start_server, tool_request
 from tests.pki import TestCA
-from tollgate.v1 import approval_pb2, approval_pb2_grpc
+from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -97,3 +99,68 @@ def test_a_certificate_whose_names_map_to_the_same_principals_is_one_caller(
         assert stub.Authorize(tool_request(agent="code-reviewer"), timeout=10).decision == pb.DECISION_ALLOW
         spoofed = stub.Authorize(tool_request(agent="release-bot"), timeout=10)
     assert [r.code for r in spoofed.reasons] == ["principal_mismatch"]
+
+
+# Streams -----------------------------------------------------------------------------------------------------
+
+
+def _open_streams(server: Server, count: int, stack: ExitStack) -> list[grpc.StatusCode | None]:
+    """Open count WaitForApproval streams on pending approvals (each read to its first state, then held open);
+    the status each was refused with, or None for one that is open."""
+    stub = pb_grpc.AuthorizationServiceStub(server.channel)
+    outcomes: list[grpc.StatusCode | None] = []
+    for i in range(count):
+        asked = _merge(server, 1000 + i)
+        stream = stub.WaitForApproval(pb.WaitForApprovalRequest(approval_id=asked.approval_id), timeout=60)
+        stack.callback(stream.cancel)
+        try:
+            assert next(stream).status == "pending"
+            outcomes.append(None)
+        except grpc.RpcError as err:
+            outcomes.append(err.code())
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            assert "max_concurrent_streams" in str(err.details())
+    return outcomes
+
+
+def _unary_rpcs_answer(server: Server) -> None:
+    assert server.authorize(tool_request(), timeout=5).decision == pb.DECISION_ALLOW
+    health = health_pb2_grpc.HealthStub(server.channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    admin = admin_pb2_grpc.AdminServiceStub(server.channel)
+    killed = admin.Kill(admin_pb2.KillRequest(scope="agent", value="rogue-agent", reason="INC-9", by="alice"),
+                        timeout=5, metadata=server.admin_metadata)
+    assert killed.value == "rogue-agent"
+
+
+def test_approval_streams_do_not_take_the_room_of_authorize_kill_and_health(tmp_path: Path) -> None:
+    # gRPC's max_concurrent_rpcs counted every open stream: 8 waiting harnesses starved Authorize, Kill and health.
+    server = start_server(tmp_path / "data", config={"max_concurrent_rpcs": 8})
+    try:
+        with ExitStack() as streams:
+            assert _open_streams(server, 12, streams) == [None] * 12
+            _unary_rpcs_answer(server)
+    finally:
+        server.kill()
+
+
+def test_streams_past_their_own_bound_are_resource_exhausted_and_unary_rpcs_still_answer(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", config={"max_concurrent_rpcs": 8, "max_concurrent_streams": 4})
+    try:
+        with ExitStack() as streams:
+            outcomes = _open_streams(server, 7, streams)
+            assert outcomes == [None] * 4 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+            # WatchApproval shares the bound.
+            watch = approval_pb2_grpc.ApprovalServiceStub(server.channel).WatchApproval(
+                approval_pb2.GetApprovalRequest(id=_merge(server, 2000).approval_id), timeout=30,
+                metadata=server.admin_metadata)
+            streams.callback(watch.cancel)
+            with pytest.raises(grpc.RpcError) as refused:
+                next(watch)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            _unary_rpcs_answer(server)
+        # The room comes back as the streams end.
+        with ExitStack() as streams:
+            assert _open_streams(server, 4, streams) == [None] * 4
+    finally:
+        server.kill()

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterator
 from datetime import datetime
 
 import grpc
 from google.protobuf import struct_pb2
 
 from tollgate.api._admin import AdminAccess, check_admin_token
-from tollgate.api._errors import NotFound, stream_errors, unary_errors
+from tollgate.api._errors import NotFound, TooLarge, stream_errors, unary_errors
 from tollgate.api._handlers import unary
 from tollgate.identity import CallerResolver
 from tollgate.state.approvals import PENDING, Approval, Approvals, NotAnApprover
@@ -21,6 +22,31 @@ log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["ApprovalService"].full_name
 #: How often a watcher looks for a change (a cheap counter read; the approval is re-read only after a change).
 _WATCH_POLL_SECONDS = 0.2
+#: Approval streams (WaitForApproval, WatchApproval) open at once, by default (max_concurrent_streams).
+DEFAULT_MAX_STREAMS = 1024
+
+
+class StreamRoom:
+    """The room long-lived approval streams share, apart from the unary RPCs': a stream may stay open for an
+    approval's whole TTL, so counted against max_concurrent_rpcs, enough of them starved Authorize, Kill and
+    health. The gRPC server's own limit is max_concurrent_rpcs plus this bound, so unary RPCs keep theirs.
+    Held and released on the event loop only, so a plain counter is enough."""
+
+    def __init__(self, limit: int = DEFAULT_MAX_STREAMS) -> None:
+        self.limit = limit
+        self.open = 0
+
+    @contextlib.contextmanager
+    def hold(self, rpc: str) -> Iterator[None]:
+        """Room for one stream while the block runs; TooLarge (RESOURCE_EXHAUSTED) when there is none."""
+        if self.open >= self.limit:
+            raise TooLarge(f"{rpc}: {self.open} approval streams are open, the most this server keeps "
+                           f"(max_concurrent_streams); poll GetApproval instead, or open the stream again later")
+        self.open += 1
+        try:
+            yield
+        finally:
+            self.open -= 1
 
 
 class ApprovalServicer:
@@ -28,8 +54,9 @@ class ApprovalServicer:
     approval's approvers; the admin token, or an identity in admin_identities, is what makes it trusted."""
 
     def __init__(self, approvals: Approvals, *, admin_token: str, admin_identities: Collection[str] = (),
-                 callers: CallerResolver | None = None) -> None:
+                 callers: CallerResolver | None = None, streams: StreamRoom | None = None) -> None:
         self._approvals = approvals
+        self._streams = streams or StreamRoom()
         self._access = AdminAccess(admin_token.encode(), frozenset(admin_identities), callers or CallerResolver())
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -78,9 +105,10 @@ class ApprovalServicer:
         self, request: pb.GetApprovalRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Approval]:
         await check_admin_token(context, self._access, "WatchApproval")
-        first = await self._get(request.id, context)
-        async for approval in approval_changes(self._approvals, first):
-            yield to_approval_message(approval)
+        with self._streams.hold("WatchApproval"):
+            first = await self._get(request.id, context)
+            async for approval in approval_changes(self._approvals, first):
+                yield to_approval_message(approval)
 
     async def _get(self, approval_id: str, context: grpc.aio.ServicerContext) -> Approval:
         found = await asyncio.to_thread(self._approvals.get, approval_id)

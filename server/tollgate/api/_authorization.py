@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from tollgate.api._approvals import approval_changes
+from tollgate.api._approvals import StreamRoom, approval_changes
 from tollgate.api._convert import (
     InvalidRequest,
     largest_field,
@@ -51,8 +51,9 @@ class RequestLimits:
 class AuthorizationServicer:
     def __init__(self, authorizer: Authorizer, decision_log: DecisionLog, limits: RequestLimits, *,
                  budgets: Budgets | None = None, approvals: Approvals | None = None,
-                 callers: CallerResolver | None = None) -> None:
+                 callers: CallerResolver | None = None, streams: StreamRoom | None = None) -> None:
         self._authorizer = authorizer
+        self._streams = streams or StreamRoom()
         self._callers = callers or CallerResolver()
         self._budgets = budgets
         self._approvals = approvals
@@ -145,11 +146,12 @@ class AuthorizationServicer:
             raise InvalidRequest("approval_id: required")
         if self._approvals is None:
             raise NotServed("this server keeps no approvals")
-        first = await asyncio.to_thread(self._approvals.get, request.approval_id)
-        if first is None:
-            raise NotFound(f"approval {request.approval_id} does not exist")
-        async for approval in approval_changes(self._approvals, first):
-            yield to_approval_state(approval)
+        with self._streams.hold("WaitForApproval"):
+            first = await asyncio.to_thread(self._approvals.get, request.approval_id)
+            if first is None:
+                raise NotFound(f"approval {request.approval_id} does not exist")
+            async for approval in approval_changes(self._approvals, first):
+                yield to_approval_state(approval)
 
 
 def to_approval_state(approval: Approval) -> pb.ApprovalState:

@@ -87,7 +87,11 @@ class ServeConfig:
     #: Decision-log durability: "full" (fsync per group commit) or "normal" (survives a process crash only).
     log_sync: str = "full"
     #: RPCs handled at once; more are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
+    #: Approval streams do not count against it: they have max_concurrent_streams.
     max_concurrent_rpcs: int = 4096
+    #: WaitForApproval and WatchApproval streams open at once (each may last an approval's TTL); more are refused
+    #: with RESOURCE_EXHAUSTED, and unary RPCs (Authorize, Kill, health) keep all of max_concurrent_rpcs.
+    max_concurrent_streams: int = 1024
     #: On SIGTERM, how long in-flight requests may take to finish, in seconds.
     drain_seconds: float = 15.0
     #: Server log level (debug, info, warning, error).
@@ -191,6 +195,8 @@ class ServeConfig:
             raise ConfigError(f"log_sync: must be 'full' or 'normal', not {self.log_sync!r}")
         if self.max_concurrent_rpcs < 1:
             raise ConfigError("max_concurrent_rpcs: must be 1 or more")
+        if self.max_concurrent_streams < 1:
+            raise ConfigError("max_concurrent_streams: must be 1 or more")
         if self.reservation_ttl <= 0:
             raise ConfigError("reservation_ttl: must be greater than 0 seconds")
         if self.bundle_poll <= 0:
