@@ -26,14 +26,14 @@ from tollgate.api import (
     AuthorizationServicer,
     AuthzenService,
     RequestLimits,
-    StreamRoom,
     json_error,
 )
 from tollgate.api._http import start_http_server
 from tollgate.bundle import Activation, BundleError, BundleStatus, Failure
 from tollgate.clock import Clock, from_environment
 from tollgate.decision import Authorizer, AuthorizerConfig, BudgetGuard, never_behind
-from tollgate.decisionlog import DecisionLog, LogConfig, LogShipping, ShippingConfig
+from tollgate.decisionlog import DecisionLog, LogConfig, LogReadError, LogShipping, ShippingConfig
+from tollgate.decisionlog._checkpoint import CheckpointKey
 from tollgate.engine import EngineConfig, EngineSlot, WorkerPoolEngine
 from tollgate.identity import CallerMap, CallerResolver, PeerCredentialRelay
 from tollgate.net import HttpOptions
@@ -50,9 +50,10 @@ from tollgate.sidecar._plugins import (
     ShippingPlugin,
 )
 from tollgate.sidecar.activation import ActivatorConfig, BundleActivator
+from tollgate.sidecar.checkpoints import CheckpointPlugin, CheckpointPublisher, startup_problems
 from tollgate.sidecar.config import ConfigError, ServeConfig
 from tollgate.sidecar.metrics import Metrics, PendingApprovals, start_metrics_server
-from tollgate.state import KillSwitches, StateError, StateStore
+from tollgate.state import KillSwitches, StateError, StateStore, private_dir
 from tollgate.state.approvals import Approvals
 from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2, approval_pb2, authorization_pb2
@@ -70,6 +71,7 @@ async def serve(config: ServeConfig) -> int:
     """Run until SIGTERM or SIGINT; then drain, flush the decision log and return 0."""
     clock = from_environment()  # the one clock every part reads (shifted only by the testing aid)
     settings = _settings(config, clock)
+    checkpoint_key = _checked_log(config)
     state = _open_state(config, clock)
     health = GrpcHealth(HealthServicer())
     manager = PluginManager(health)
@@ -77,7 +79,11 @@ async def serve(config: ServeConfig) -> int:
     slot = EngineSlot()
     activator = _activator(config, slot, metrics, manager, state, clock, http=settings.bundle_http)
     parts = _Parts(config, settings, state, slot, activator, metrics, health, clock)
-    grpc_plugin = _add_plugins(manager, parts)
+    checkpoints = None if checkpoint_key is None else CheckpointPlugin(
+        CheckpointPublisher(parts.decision_log.path, checkpoint_key, clock=clock,
+                            file=Path(config.decision_log_checkpoint_file) if config.decision_log_checkpoint_file
+                            else None), every=config.decision_log_checkpoint_interval)
+    grpc_plugin = _add_plugins(manager, parts, checkpoints=checkpoints)
     metrics.plugin_states = lambda: {name: s.state.value for name, s in manager.statuses().items()}
     try:
         await manager.start()
@@ -115,7 +121,7 @@ class _Settings:
 
 def _settings(config: ServeConfig, clock: Clock) -> _Settings:
     data_dir = Path(config.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)  # 0700: the databases in it hold what agents asked and what people decided
     try:
         relay = (PeerCredentialRelay(config.listen[len("unix:"):], state_dir=data_dir)
                  if config.listen.startswith("unix:") else None)
@@ -134,6 +140,30 @@ def _settings(config: ServeConfig, clock: Clock) -> _Settings:
         log.info("callers: %d identities mapped to the principals they may speak for; any other caller is "
                  "refused (principal_mismatch)", len(settings.callers.entries))
     return settings
+
+
+def _checked_log(config: ServeConfig) -> CheckpointKey | None:
+    """Prove the decision log's tail before the writer continues its chain (see sidecar/checkpoints.py); returns
+    the checkpoint key, if any. A tampered log stops the start unless accept_log_tamper says otherwise."""
+    try:
+        key = config.checkpoint_key()
+    except ConfigError as exc:
+        raise SystemExit(f"tollgate serve: {exc}") from exc
+    path = Path(config.data_dir) / "decisions.db"
+    try:
+        problems = startup_problems(path, key)
+    except LogReadError as exc:
+        raise SystemExit(f"tollgate serve: {exc}") from exc
+    if not problems:
+        return key
+    found = "; ".join(problems)
+    if config.accept_log_tamper:
+        log.error("decision log %s was TAMPERED WITH: %s; starting anyway because accept_log_tamper is set: "
+                  "new records chain on from the tampered head", path, found)
+        return key
+    raise SystemExit(f"tollgate serve: decision log {path} was tampered with: {found}. Keep the file for "
+                     "investigation (`tollgate logs verify --data-dir DIR --key KEY_FILE` names every break); to start "
+                     "on it anyway, pass --accept-log-tamper (or move it aside to start a new log)")
 
 
 @dataclass(frozen=True)
@@ -217,15 +247,14 @@ class _Parts:
         config, settings, state = self.config, self.settings, self.state
         admins = config.admin_identity_list()
         server = grpc_server(config)
-        streams = StreamRoom(config.max_concurrent_streams)  # WaitForApproval and WatchApproval share it
         server.add_generic_rpc_handlers((
             AuthorizationServicer(self.authorizer, self.decision_log, self.limits, budgets=state.budgets,
-                                  approvals=state.approvals, callers=settings.resolver, streams=streams).handler(),
+                                  approvals=state.approvals, callers=settings.resolver).handler(),
             AdminServicer(lambda: self.activator.status, state.kill_switches, admin_token=settings.admin_token,
                           budgets=state.budgets, exports=self.shipping.statuses, admin_identities=admins,
                           callers=settings.resolver).handler(),
             ApprovalServicer(state.approvals, admin_token=settings.admin_token, admin_identities=admins,
-                             callers=settings.resolver, streams=streams).handler(),
+                             callers=settings.resolver).handler(),
         ))
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
@@ -238,12 +267,14 @@ class _Parts:
 # -- the plugins, in start order ---------------------------------------------------------------------
 
 
-def _add_plugins(manager: PluginManager, parts: _Parts) -> GrpcPlugin:
+def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: CheckpointPlugin | None = None) -> GrpcPlugin:
     """Add every plugin in start order (they stop in reverse); returns the gRPC server's."""
     config, settings = parts.config, parts.settings
     manager.add(ClosingPlugin("state store", parts.state.store.close))
     manager.add(ShippingPlugin(parts.shipping, flush_seconds=EXPORT_FLUSH_SECONDS))
     manager.add(DecisionLogPlugin(parts.decision_log))
+    if checkpoints is not None:  # after the writer starts; it stops after the gRPC drain, so it signs the last head
+        manager.add(checkpoints)
     manager.add(BundlePlugin(parts.activator, parts.slot))
     if config.metrics_listen:
         manager.add(HttpPlugin(
@@ -314,8 +345,7 @@ def grpc_server(config: ServeConfig) -> grpc.aio.Server:
             ("grpc.max_receive_message_length", 2 * config.max_request_bytes + 65536),
             ("grpc.so_reuseport", 0),
         ],
-        # Streams have their own bound (StreamRoom): counted here too, they get room of their own on top.
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs + config.max_concurrent_streams,
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
 
 
