@@ -26,6 +26,7 @@ from tollgate.api import (
     AuthorizationServicer,
     AuthzenService,
     RequestLimits,
+    StreamRoom,
     json_error,
 )
 from tollgate.api._http import start_http_server
@@ -247,14 +248,15 @@ class _Parts:
         config, settings, state = self.config, self.settings, self.state
         admins = config.admin_identity_list()
         server = grpc_server(config)
+        streams = StreamRoom(config.max_concurrent_streams)  # WaitForApproval and WatchApproval share it
         server.add_generic_rpc_handlers((
             AuthorizationServicer(self.authorizer, self.decision_log, self.limits, budgets=state.budgets,
-                                  approvals=state.approvals, callers=settings.resolver).handler(),
+                                  approvals=state.approvals, callers=settings.resolver, streams=streams).handler(),
             AdminServicer(lambda: self.activator.status, state.kill_switches, admin_token=settings.admin_token,
                           budgets=state.budgets, exports=self.shipping.statuses, admin_identities=admins,
                           callers=settings.resolver).handler(),
             ApprovalServicer(state.approvals, admin_token=settings.admin_token, admin_identities=admins,
-                             callers=settings.resolver).handler(),
+                             callers=settings.resolver, streams=streams).handler(),
         ))
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
@@ -345,7 +347,8 @@ def grpc_server(config: ServeConfig) -> grpc.aio.Server:
             ("grpc.max_receive_message_length", 2 * config.max_request_bytes + 65536),
             ("grpc.so_reuseport", 0),
         ],
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        # Streams have their own bound (StreamRoom): counted here too, they get room of their own on top.
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs + config.max_concurrent_streams,
     )
 
 
