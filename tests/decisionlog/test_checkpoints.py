@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from tests.decisionlog.test_reading import _record, write_log
 from tollgate.clock import ManualClock
-from tollgate.decisionlog import LogRetention, open_read_only
+from tollgate.decisionlog import FileExport, LogRetention, open_read_only, read_export
 from tollgate.decisionlog._checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -113,3 +113,23 @@ def test_a_checkpoint_past_the_end_of_the_log_says_records_were_deleted(data_dir
         assert checkpoint_problems(store, [ahead], key=key) == [
             "checkpoint of seq 12 at 2026-12-01T00:00:00.000000Z: the log ends at seq 10: records after it were "
             "deleted"]
+
+
+def test_a_resumed_jsonl_file_export_writes_each_checkpoint_once_after_its_record(data_dir: Path, hmac_key: Path,
+                                                                                  tmp_path: Path) -> None:
+    publisher = CheckpointPublisher(data_dir / "decisions.db", load_key(hmac_key), clock=ManualClock(LATER))
+    try:
+        publisher.publish()
+        out, cursor = tmp_path / "out.jsonl", tmp_path / "out.cursor"
+        with open_read_only(data_dir) as store:
+            assert FileExport(store, out, fmt="jsonl", cursor_path=cursor, batch=4).step() == 10
+        write_log(data_dir, [_record(11)])
+        publisher.publish()
+        with open_read_only(data_dir) as store:
+            assert FileExport(store, out, fmt="jsonl", cursor_path=cursor).step() == 1
+            assert FileExport(store, out, fmt="jsonl", cursor_path=cursor).step() == 0
+    finally:
+        publisher.close()
+    kinds = [(line.get("type", "record"), line["seq"]) for line in read_export(out)]
+    assert kinds == [*(("record", i) for i in range(1, 11)), ("tollgate.checkpoint", 10), ("record", 11),
+                     ("tollgate.checkpoint", 11)]

@@ -215,3 +215,17 @@ def test_a_server_refuses_an_edited_tail_without_a_key_and_starts_when_told_to(l
         assert "TAMPERED WITH" in server.stderr
     finally:
         server.terminate()
+
+
+def test_a_jsonl_export_carries_the_checkpoints_and_proves_the_log_later(signed: Signed, tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped.jsonl"
+    exported = subprocess.run([*TOLLGATE, "logs", "export", "--data-dir", str(signed.data_dir), "--format", "jsonl",
+                               "-o", str(shipped)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    lines = [json.loads(line) for line in shipped.read_text().splitlines()]
+    marks = [line for line in lines if line.get("type") == "tollgate.checkpoint"]
+    assert marks and marks[-1]["seq"] == RECORDS and len(lines) == RECORDS + len(marks)
+    assert verify(signed.data_dir, "--checkpoints", str(shipped)).returncode == 0
+    rehash_from(signed.data_dir, 1)
+    result = verify(signed.data_dir, "--checkpoints", str(shipped))
+    assert result.returncode == 1 and "the chain was rewritten" in result.stderr

@@ -1,5 +1,9 @@
 """Exporting the decision log to files: one event per line (OPA events or Tollgate records), once or continuously.
 
+A `jsonl` export also carries the sidecar's signed checkpoints (lines of type tollgate.checkpoint), each once it
+has written the record the checkpoint names, so that a copy shipped off the machine can prove the log later
+(`tollgate logs verify --checkpoints FILE`).
+
 A continuous export appends each batch, fsyncs it, then writes a cursor (the last seq exported and the
 file's size after it). A restarted exporter cuts the file back to the cursor's size, dropping a batch
 that was written but not acknowledged, and resumes after the cursor's seq: nothing is lost and nothing
@@ -14,11 +18,12 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, cast
 
 from tollgate.bundle import fsync_directory
+from tollgate.decisionlog._checkpoint import Checkpoint
 from tollgate.decisionlog._events import jsonl_record, opa_event
 from tollgate.decisionlog._query import Query
 from tollgate.decisionlog._store import DecisionStore, StoredRecord, matching
@@ -45,14 +50,29 @@ def export_line(row: StoredRecord, fmt: str, *, instance_id: str | None = None) 
     raise ValueError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
 
 
+def checkpoint_lines(store: DecisionStore, fmt: str, *, skip: int, upto: int) -> tuple[bytes, int]:
+    """The checkpoints past the first `skip` that name a seq up to `upto` (what is written), as `jsonl` lines,
+    and how many; nothing for other formats (an OPA event stream has no place for them)."""
+    if fmt != "jsonl":
+        return b"", 0
+    ready: list[Checkpoint] = []
+    for checkpoint in store.checkpoints(skip=skip):
+        if checkpoint.seq > upto:  # checkpoints come in seq order: the rest wait for their records too
+            break
+        ready.append(checkpoint)
+    return b"".join((canonical_json(c.as_dict()) + "\n").encode() for c in ready), len(ready)
+
+
 def export_once(store: DecisionStore, out: IO[bytes], *, fmt: str, query: Query | None = None,
                 instance_id: str | None = None) -> int:
-    """Write every matching record to `out`, in append order, from one snapshot; returns how many."""
-    count = 0
+    """Write every matching record to `out`, in append order, from one snapshot (then, for `jsonl`, the
+    checkpoints of what was written); returns how many records."""
+    count, last = 0, 0
     with store.snapshot():
         for row in matching(store, query or Query()):
             out.write(export_line(row, fmt, instance_id=instance_id).encode())
-            count += 1
+            count, last = count + 1, row.seq
+        out.write(checkpoint_lines(store, fmt, skip=0, upto=last)[0])
     return count
 
 
@@ -61,18 +81,20 @@ def export_once(store: DecisionStore, out: IO[bytes], *, fmt: str, query: Query 
 
 @dataclass(frozen=True)
 class FileCursor:
-    """Where a continuous export stands: the last seq written, its hash, and the current file's size after it."""
+    """Where a continuous export stands: the last seq written, its hash, the current file's size after it, and
+    how many of the log's checkpoints were written (jsonl)."""
 
     seq: int = 0
     hash: str = ""
     size: int = 0
+    checkpoints: int = 0
 
     @staticmethod
     def load(path: Path) -> FileCursor:
         """The cursor saved at path; a fresh one when there is no file yet."""
         try:
             doc = json.loads(path.read_text())
-            return FileCursor(int(doc["seq"]), str(doc["hash"]), int(doc["size"]))
+            return FileCursor(int(doc["seq"]), str(doc["hash"]), int(doc["size"]), int(doc.get("checkpoints", 0)))
         except FileNotFoundError:
             return FileCursor()
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -83,7 +105,8 @@ class FileCursor:
         """Replace the cursor file atomically and durably (write, fsync, rename, fsync the directory)."""
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("w") as fh:
-            fh.write(json.dumps({"seq": self.seq, "hash": self.hash, "size": self.size}) + "\n")
+            fh.write(json.dumps({"seq": self.seq, "hash": self.hash, "size": self.size,
+                                 "checkpoints": self.checkpoints}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
@@ -134,7 +157,7 @@ class FileExport:
                                       f"{self.cursor.size}: the file was changed by something else; move it aside "
                                       "and remove the cursor")
             # Rotated just before the cursor could say so: the new file holds nothing yet.
-            self.cursor = FileCursor(self.cursor.seq, self.cursor.hash, 0)
+            self.cursor = replace(self.cursor, size=0)
         if self.cursor.seq:
             found = self._store.hash_at(self.cursor.seq)
             if found is not None and found != self.cursor.hash:
@@ -149,10 +172,12 @@ class FileExport:
         while True:
             found = self._store.page(self._query, after=self.cursor.seq, limit=self._batch)
             self._check_loss()
-            if not found:
+            last = (found[-1].seq, found[-1].hash) if found else (self.cursor.seq, self.cursor.hash)
+            marks, marked = checkpoint_lines(self._store, self._fmt, skip=self.cursor.checkpoints, upto=last[0])
+            if not found and not marked:
                 return total
             self._rotate_if_due()
-            data = b"".join(export_line(r, self._fmt, instance_id=self._instance_id).encode() for r in found)
+            data = b"".join(export_line(r, self._fmt, instance_id=self._instance_id).encode() for r in found) + marks
             if self._gzip:
                 data = gzip.compress(data, mtime=0)  # one gzip member per batch; readers join members
             with self.path.open("ab") as fh:
@@ -160,9 +185,11 @@ class FileExport:
                 fh.flush()
                 os.fsync(fh.fileno())
                 size = fh.tell()
-            self.cursor = FileCursor(found[-1].seq, found[-1].hash, size)
+            self.cursor = FileCursor(last[0], last[1], size, self.cursor.checkpoints + marked)
             self.cursor.save(self._cursor_path)
             total += len(found)
+            if not found:
+                return total
 
     def _check_loss(self) -> None:
         """Retention does not wait for a file export (it is not one of the server's exporters): say so when it
@@ -189,7 +216,7 @@ class FileExport:
         if self.path.exists():
             self.path.replace(self._numbered(1))
         fsync_directory(self.path.parent)
-        self.cursor = FileCursor(self.cursor.seq, self.cursor.hash, 0)
+        self.cursor = replace(self.cursor, size=0)
         self.cursor.save(self._cursor_path)
 
     def _numbered(self, n: int) -> Path:
@@ -234,19 +261,23 @@ class StreamExport:
         if fmt not in FORMATS:
             raise ValueError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         self._store, self._out, self._fmt, self._query = store, out, fmt, query or Query()
-        self._instance_id, self._batch, self._after = instance_id, batch, 0
+        self._instance_id, self._batch, self._after, self._checkpoints = instance_id, batch, 0, 0
 
     def step(self) -> int:
         total = 0
         while True:
             found = self._store.page(self._query, after=self._after, limit=self._batch)
-            if not found:
+            self._after = found[-1].seq if found else self._after
+            marks, marked = checkpoint_lines(self._store, self._fmt, skip=self._checkpoints, upto=self._after)
+            if not found and not marked:
                 return total
             self._out.write(b"".join(export_line(r, self._fmt, instance_id=self._instance_id).encode()
-                                     for r in found))
+                                     for r in found) + marks)
             self._out.flush()
-            self._after = found[-1].seq
+            self._checkpoints += marked
             total += len(found)
+            if not found:
+                return total
 
 
 def read_export(path: Path) -> list[dict[str, Any]]:

@@ -254,11 +254,12 @@ class SqliteDecisionStore:
         return int(self._db.execute("SELECT coalesce(max(upto_seq), 0) FROM decisions_pruned").fetchone()[0])
 
     @_reading
-    def checkpoints(self) -> list[Checkpoint]:
+    def checkpoints(self, *, skip: int = 0) -> list[Checkpoint]:
         if not self._has_table("decisions_checkpoints"):
             return []
         return [Checkpoint(*row) for row in self._db.execute(
-            "SELECT seq, hash, time, key_id, signature FROM decisions_checkpoints ORDER BY id").fetchall()]
+            "SELECT seq, hash, time, key_id, signature FROM decisions_checkpoints ORDER BY id LIMIT -1 OFFSET ?",
+            (skip,)).fetchall()]
 
     @_keeping
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:

@@ -140,8 +140,8 @@ class DecisionStore(Protocol):
         """The highest seq retention has deleted up to (0: none)."""
         ...
 
-    def checkpoints(self) -> list[Checkpoint]:
-        """The signed checkpoints of the chain head the sidecar published, oldest first."""
+    def checkpoints(self, *, skip: int = 0) -> list[Checkpoint]:
+        """The signed checkpoints of the chain head the sidecar published, oldest first (past the first `skip`)."""
         ...
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
