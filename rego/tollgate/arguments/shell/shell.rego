@@ -7,6 +7,7 @@
 package tollgate.arguments.shell
 
 import data.tollgate.agent
+import data.tollgate.secrets
 import data.tollgate.tools
 
 # Characters that chain, substitute, redirect or background commands.
@@ -34,8 +35,10 @@ deny contains {"code": "invalid_tool_arguments", "message": message} if {
 require_approval contains {"code": "shell_command_not_allowlisted", "message": message} if {
 	_command_is_text
 	not _allowlisted(_command, object.get(agent.manifest, "shell_commands", []))
+	# Quoted with its credentials replaced: cut at 200 characters, a token's first part would otherwise stay in
+	# the answer and in the record's reason, where the mask finds the whole token no more.
 	message := sprintf("command %q is not a simple command allowed by the manifest's shell_commands", [
-		_truncate(_command, 200),
+		_truncate(secrets.redacted(_command), 200),
 	])
 }
 

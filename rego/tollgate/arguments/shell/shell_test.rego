@@ -52,3 +52,11 @@ test_long_command_is_truncated_in_the_message if {
 	endswith(reason.message, "...\" is not a simple command allowed by the manifest's shell_commands")
 	count(reason.message) < 300
 }
+
+test_a_credential_in_the_command_is_not_quoted if {
+	padding := concat("", [c | some _ in numbers.range(1, 190); c := "x"])
+	command := sprintf("echo %s Bearer abcdefghijklmnopqrstuvwxyz0123456789", [padding])
+	some reason in tools.require_approval with input as _bash(command)
+	reason.code == "shell_command_not_allowlisted"
+	not contains(reason.message, "abcdefgh")
+}
