@@ -229,3 +229,15 @@ def test_a_jsonl_export_carries_the_checkpoints_and_proves_the_log_later(signed:
     rehash_from(signed.data_dir, 1)
     result = verify(signed.data_dir, "--checkpoints", str(shipped))
     assert result.returncode == 1 and "the chain was rewritten" in result.stderr
+
+
+def test_a_server_refuses_a_re_hashed_log_whose_checkpoint_table_was_wiped(signed: Signed) -> None:
+    rehash_from(signed.data_dir, 2)
+    tamper(signed.data_dir, "DELETE FROM decisions_checkpoints")  # the copy outside the data dir still holds
+    config = signed.data_dir.with_name("data.yaml")
+    config.write_text(json.dumps(signed.config()))
+    started = subprocess.run([*TOLLGATE, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(signed.data_dir),
+                              "--bundle", str(REGO), "--config", str(config)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert started.returncode != 0
+    assert "was tampered with: " in started.stderr and "the chain was rewritten" in started.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog import LogReadError, SqliteDecisionStore, verify
-from tollgate.decisionlog._checkpoint import Checkpoint, CheckpointKey, checkpoint_problems
+from tollgate.decisionlog._checkpoint import Checkpoint, CheckpointKey, checkpoint_problems, read_checkpoints
 from tollgate.encoding import canonical_json, format_time
 from tollgate.sidecar._plugins import NOT_STARTED, RUNNING, PluginState, PluginStatus
 
@@ -27,10 +27,13 @@ log = logging.getLogger(__name__)
 STARTUP_TAIL = 10_000
 
 
-def startup_problems(path: Path, key: CheckpointKey | None, *, tail: int = STARTUP_TAIL) -> list[str]:
+def startup_problems(path: Path, key: CheckpointKey | None, *, file: Path | None = None,
+                     tail: int = STARTUP_TAIL) -> list[str]:
     """What is wrong with decisions.db at start-up ([]: the tail holds): with a key, the anchors and the last
     checkpoint must be signed, its head must still be in the log, and the chain must hold from it to the end;
-    without one, the newest `tail` records must chain. LogReadError when the log cannot be read."""
+    without one, the newest `tail` records must chain. The last checkpoint of `file` (the checkpoint file, outside
+    the data directory) counts too: wiping the log's own checkpoint table does not hide a rewrite from it.
+    LogReadError when the log cannot be read (CheckpointError: the file)."""
     if not path.is_file():
         return []
     # No writer runs yet, so these reads see one log without a snapshot of their own (verify takes its own).
@@ -38,10 +41,12 @@ def startup_problems(path: Path, key: CheckpointKey | None, *, tail: int = START
         bounds = store.bounds()
         if bounds is None:
             return []
-        checkpoints = store.checkpoints() if key is not None else []
-        last = checkpoints[-1] if checkpoints else None
-        problems = checkpoint_problems(store, [last] if last else [], key=key) if key is not None else []
-        first = max(bounds[0], bounds[1] - tail + 1) if last is None else max(bounds[0], last.seq)
+        latest = store.checkpoints()[-1:] if key is not None else []
+        if key is not None and file is not None and file.exists():
+            latest += read_checkpoints(file)[-1:]
+        problems = checkpoint_problems(store, latest, key=key) if key is not None else []
+        since = min((c.seq for c in latest), default=bounds[1] - tail + 1)
+        first = max(bounds[0], min(since, bounds[1]))
         result = verify(store, first=first)
     if result.broken is not None:
         problems.append(f"chain broken at {result.broken.describe()}")

@@ -34,7 +34,7 @@ from tollgate.bundle import Activation, BundleError, BundleStatus, Failure
 from tollgate.clock import Clock, from_environment
 from tollgate.decision import Authorizer, AuthorizerConfig, BudgetGuard, never_behind
 from tollgate.decisionlog import DecisionLog, LogConfig, LogReadError, LogShipping, ShippingConfig
-from tollgate.decisionlog._checkpoint import CheckpointKey
+from tollgate.decisionlog._checkpoint import CheckpointError, CheckpointKey
 from tollgate.engine import EngineConfig, EngineSlot, WorkerPoolEngine
 from tollgate.identity import CallerMap, CallerResolver, PeerCredentialRelay
 from tollgate.net import HttpOptions
@@ -152,8 +152,9 @@ def _checked_log(config: ServeConfig) -> CheckpointKey | None:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     path = Path(config.data_dir) / "decisions.db"
     try:
-        problems = startup_problems(path, key)
-    except LogReadError as exc:
+        problems = startup_problems(path, key, file=Path(config.decision_log_checkpoint_file)
+                                    if config.decision_log_checkpoint_file else None)
+    except (LogReadError, CheckpointError) as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     if not problems:
         return key
