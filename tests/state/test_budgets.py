@@ -247,3 +247,24 @@ def test_a_planted_bad_row_fails_its_scopes_and_usage_shows_it(tmp_path: Path, p
     assert budgets.spend({"agent": "other"}, now=NOON).by_scope == {"agent": {}}
     shown = budgets.usage({"session": "s1"}, now=NOON)
     assert "invalid usd amount for session 's1'" in shown[0].invalid
+
+
+def test_upgrading_a_ledger_keeps_its_spend_in_the_running_totals(tmp_path: Path) -> None:
+    from tollgate.state import budgets as module
+
+    store = StateStore(tmp_path / "state.db")
+    store.migrate(Budgets.COMPONENT, module._SCHEMA[:3])  # a ledger as schema 3 left it: spend summed from rows
+    with store.lock, store.transaction("seed") as db:
+        db.executemany(
+            "INSERT INTO budget_reservations (id, session, agent, team, workflow, unit, amount, committed, status, "
+            "day, month, created_at, expires_at, decision_id) VALUES (?, 's1', 'code-reviewer', ?, 'review', 'usd', "
+            "1, ?, ?, '2026-03-10', '2026-03', ?, ?, '')",
+            [("r1", "platform", 0.75, "committed", NOON, NOON + 60),
+             ("r2", "", 0.5, "committed", NOON, NOON + 60),  # no team: counted in no team
+             ("r3", "platform", 0, "reserved", NOON, NOON + 60)])
+    budgets = Budgets(store, ttl=60)
+    spend = budgets.spend(ALICE, now=NOON + 1)
+    assert spend.by_scope == {"session": {"usd": 2.25}, "agent": {"usd": 2.25}, "team": {"usd": 1.75},
+                              "workflow": {"usd": 2.25}}
+    assert spend.monthly["team"] == {"usd": 1.75}
+    assert budgets.spend(ALICE, now=NOON + DAY).by_scope["agent"] == {}  # the next day starts at nothing

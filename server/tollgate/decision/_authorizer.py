@@ -226,7 +226,7 @@ class Authorizer:
             kill_switches=tuple(kills.matching(request.kind, request.principal, request.action)),
             approval=approval, export_behind=self._export_gate())
         return StateRead(now=format_time(self._clock.now()), killed=kills.policy_view,
-                         spend=self._budgets.view(request.kind, request.principal), facts=facts)
+                         spend=await self._budgets.view(request.kind, request.principal), facts=facts)
 
     async def evaluate(self, input_json: str, *, asks_policy: bool) -> Evaluation:
         """Ask the active engine's policy (and mask rule) about one input; a missing bundle is a server DENY."""
@@ -253,8 +253,8 @@ class Authorizer:
         outcome, approval_id, digest = await self._settle_approval(request, outcome, state.facts.approval,
                                                                    masking=masking, digest=digest,
                                                                    decision_id=decision_id)
-        settled = self._budgets.settle(request.kind, request.principal, request.action, outcome.result, state.spend,
-                                       decision_id=decision_id, requested_by=request.caller.subject)
+        settled = await self._budgets.settle(request.kind, request.principal, request.action, outcome.result,
+                                             state.spend, decision_id=decision_id, requested_by=request.caller.subject)
         if settled.result is not outcome.result:
             outcome = Outcome(settled.result, raw=outcome.raw,
                               error=f"{outcome.error}; {settled.error}" if outcome.error else settled.error)

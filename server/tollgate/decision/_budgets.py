@@ -59,12 +59,12 @@ class SpendGuard(Protocol):
         """Hold the spending step of one request: read spend → evaluate → reserve, ended by settle()."""
         ...
 
-    def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
+    async def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
         """The spend the policy sees for this request (NO_SPEND for a kind that does not spend)."""
         ...
 
-    def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
-               view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
+    async def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
+                     result: PolicyResult, view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
         """The result after reserving what it spends, and the reservation; ends the step."""
         ...
 
@@ -79,11 +79,11 @@ class NoBudgets:
     async def step(self) -> AsyncIterator[None]:
         yield
 
-    def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
+    async def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
         return NO_SPEND
 
-    def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
-               view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
+    async def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
+                     result: PolicyResult, view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
         return Settlement(result)
 
 
@@ -106,7 +106,8 @@ class BudgetGuard:
     ledger's reserve() re-checks every limit inside an IMMEDIATE transaction all the same, and a
     limit that would be passed there turns the policy's ALLOW into DENY budget_exceeded. The step
     ends as soon as settle() has reserved (or not): the decision-log append that follows need not
-    wait for the next request's turn.
+    wait for the next request's turn. The ledger's reads and writes run in a worker thread, so the
+    event loop keeps answering other requests (tool calls spend nothing and never wait for the step).
     """
 
     def __init__(self, budgets: SpendLedger) -> None:
@@ -134,12 +135,12 @@ class BudgetGuard:
     def applies(kind: str) -> bool:
         return kind in SPENDING_KINDS
 
-    def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
+    async def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
         """Current spend of every scope the principal is counted under (NO_SPEND for a kind that does not spend)."""
         if not self.applies(kind):
             return NO_SPEND
         try:
-            return SpendView(self.budgets.spend(principal_scopes(principal)))
+            return SpendView(await asyncio.to_thread(self.budgets.spend, principal_scopes(principal)))
         except LedgerInvalid as exc:
             log.error("budgets: %s", exc)
             return SpendView(SpendSnapshot({}, {}), error=str(exc), refusal=str(exc))
@@ -148,12 +149,13 @@ class BudgetGuard:
             return SpendView(SpendSnapshot({}, {}), error=str(exc),
                              refusal="the spend ledger cannot be read; spending requests are denied")
 
-    def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
-               view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
-        """Reserve what an allowed spending request spends; any failure is a DENY (fail closed). Ends the step."""
+    async def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
+                     result: PolicyResult, view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
+        """Reserve what an allowed spending request spends; any failure is a DENY (fail closed). Ends the step
+        (on the event loop: an asyncio.Lock is released from the loop's thread, never the worker's)."""
         try:
-            return self._settle(kind, principal, action, result, view, decision_id=decision_id,
-                                requested_by=requested_by)
+            return await asyncio.to_thread(self._settle, kind, principal, action, result, view,
+                                           decision_id=decision_id, requested_by=requested_by)
         finally:
             self._end(_current_step.get())
 
@@ -162,7 +164,8 @@ class BudgetGuard:
         if result.decision != ALLOW or not self.applies(kind):
             return Settlement(result)
         if view.error:
-            return _deny(BUDGET_UNAVAILABLE, view.refusal or view.error, view.error)
+            return _deny(BUDGET_UNAVAILABLE, view.refusal or "the spend ledger cannot be read; spending requests are "
+                         "denied", view.error)
         monthly: Mapping[str, Any] = {}
         if result.reserve is not None:
             amounts, limits = dict(result.reserve.amounts), result.reserve.limits
