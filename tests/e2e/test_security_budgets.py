@@ -100,6 +100,20 @@ def test_a_bad_value_planted_in_the_ledger_fails_its_scope_closed_and_spend_show
     assert "session=run-planted" in shown.stdout and "invalid" in shown.stdout, shown.stdout
 
 
+def test_a_bad_running_total_fails_its_scope_closed_also_after_a_restart(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = serve()
+    spent = server.authorize(budget_request(1.0, agent="release-bot", session="run-total"))
+    report(server, spent.reservation_id, 1.0)
+    _ledger(server, "UPDATE budget_totals SET committed = 9e999 WHERE scope = 'session' AND value = 'run-total'")
+    server.terminate()
+    restarted = serve(data_dir=server.data_dir)
+    denied = restarted.authorize(budget_request(0.5, agent="release-bot", session="run-total"))
+    assert answer(denied) == ("DECISION_DENY", ["budget_unavailable"])
+    assert "session 'run-total'" in denied.reasons[0].message
+    assert answer(restarted.authorize(budget_request(0.5, agent="release-bot", session="run-fresh"))) == (
+        "DECISION_ALLOW", [])
+
+
 # Item 2: the caller that reports ---------------------------------------------------------------------------------
 
 
@@ -160,6 +174,7 @@ def test_a_caller_inventing_a_team_per_request_cannot_escape_its_team_limit(
     invented = [server.stub.Authorize(budget_request(1.0, agent="release-bot", session=f"run-{i}", team=f"t{i}"),
                                       metadata=_token(key, "release-bot"), timeout=10) for i in range(5)]
     assert {tuple(answer(r)[1]) for r in invented} == {("principal_mismatch",)}
+    assert all("may not speak for team" in r.reasons[0].message for r in invented)
     assert not any(r.reservation_id for r in invented)
     mapped = server.stub.Authorize(budget_request(1.0, agent="release-bot", session="run-x", team="release"),
                                    metadata=_token(key, "release-bot"), timeout=10)

@@ -268,3 +268,22 @@ def test_upgrading_a_ledger_keeps_its_spend_in_the_running_totals(tmp_path: Path
                               "workflow": {"usd": 2.25}}
     assert spend.monthly["team"] == {"usd": 1.75}
     assert budgets.spend(ALICE, now=NOON + DAY).by_scope["agent"] == {}  # the next day starts at nothing
+
+
+def test_spend_reads_running_totals_and_open_reservations_through_indexes(budgets: Budgets) -> None:
+    """The spend queries never scan a scope's day: totals by primary key, open rows by a partial index of the
+    scope (the figures with 200,000 rows are in docs/BENCHMARKS.md; this holds the plan that makes them)."""
+    budgets.reserve(ALICE, {"usd": 0.25}, limits=LIMITS, now=NOON)
+    db = budgets._store.db
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)  # the statements as run, with their values bound in
+    try:
+        budgets.spend(ALICE, now=NOON + 1)
+    finally:
+        db.set_trace_callback(None)
+    plans = [" ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+             for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+    assert len(plans) == 14  # 7 scope windows: their totals, and their open reservations
+    for plan in plans:
+        assert "USING PRIMARY KEY" in plan or "USING INDEX budget_live_" in plan, plan
+        assert "SCAN" not in plan, plan
