@@ -47,11 +47,20 @@ def test_keep_alive_answers_several_requests_on_one_connection() -> None:
     (b"GARBAGE\r\n\r\n", b"400"),
     (b"GET / HTTP/1.1\r\nContent-Length: lots\r\n\r\n", b"400"),
     (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n", b"431"),
-], ids=["body-too-large", "chunked", "request-line", "content-length", "head-too-large"])
+    (b"POST / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", b"400"),
+    (b"POST / HTTP/1.1\r\nContent-Length: " + "\u0661".encode() + b"\r\n\r\n", b"400"),
+    (b"POST / HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", b"413"),
+], ids=["body-too-large", "chunked", "request-line", "content-length", "head-too-large",
+        "content-length-superscript-two", "content-length-arabic-indic-digit", "content-length-5000-digits"])
 def test_requests_it_cannot_serve_get_a_status_and_the_connection_closes(raw: bytes, status: bytes) -> None:
     answer = asyncio.run(_served(raw))
     assert answer.startswith(b"HTTP/1.1 " + status)
     assert b"Connection: close" in answer
+
+
+def test_leading_zeros_in_content_length_are_still_a_small_body() -> None:
+    answer = asyncio.run(_served(b"POST / HTTP/1.1\r\nContent-Length: 00000000000003\r\nConnection: close\r\n\r\nabc"))
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"POST / 3")
 
 
 def test_http_1_0_closes_after_one_answer() -> None:
