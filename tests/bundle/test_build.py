@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REGO, ROOT, TOLLGATE, start_server, tool_request
-from tollgate.bundle import BundleError, build_bundle, load_bundle
+from tollgate.bundle import BuildError, BundleError, build_bundle, load_bundle
 
 SMALL = {
     "tollgate/decision.rego": """package tollgate
@@ -104,9 +104,9 @@ def test_archive_entries_are_sorted_regular_files_with_fixed_owner_mode_and_time
 
 def test_manifest_holds_revision_roots_rego_version_and_nothing_machine_dependent(tmp_path: Path) -> None:
     out = tmp_path / "rego.tar.gz"
-    build_bundle(REGO, out, revision="v7")
+    build_bundle(REGO, out, revision="v7", sequence=7)
     assert manifest(out) == {"revision": "v7", "roots": ["agents", "catalog", "tollgate"], "rego_version": 1,
-                             "metadata": {"built_by": "tollgate", "source": "rego"}}
+                             "metadata": {"built_by": "tollgate", "source": "rego", "sequence": 7}}
     assert str(ROOT) not in members(out)[".manifest"].decode()
 
 
@@ -205,6 +205,14 @@ def test_yaml_that_opa_reads_differently_fails_the_build(
     assert tollgate in message and "hint: quote the value" in message
 
 
+def test_without_a_git_commit_or_a_sequence_the_manifest_has_no_sequence(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "policies", SMALL)
+    build_bundle(src, tmp_path / "a.tar.gz", revision="v1")
+    assert "sequence" not in manifest(tmp_path / "a.tar.gz")["metadata"]
+    with pytest.raises(BuildError, match="sequence -1 must be 0 or more"):
+        build_bundle(src, tmp_path / "b.tar.gz", revision="v1", sequence=-1)
+
+
 def _git(cwd: Path, *args: str) -> str:
     done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=cwd,
                           capture_output=True, text=True, check=True, timeout=60)
@@ -220,7 +228,10 @@ def test_default_revision_is_the_git_commit_of_the_sources_with_dirty_for_change
     _git(repo, "commit", "-q", "-m", "policy")
     head = _git(repo, "rev-parse", "HEAD")
     assert build_bundle(src, tmp_path / "a.tar.gz").revision == head
-    assert manifest(tmp_path / "a.tar.gz")["metadata"] == {"built_by": "tollgate", "source": "policies"}
+    # The sequence that orders signed revisions is the commit's time: reproducible, rising along a branch.
+    committed = int(_git(repo, "log", "-1", "--format=%ct"))
+    assert manifest(tmp_path / "a.tar.gz")["metadata"] == {"built_by": "tollgate", "source": "policies",
+                                                           "sequence": committed}
     (repo / "other.txt").write_text("changed, but not under the sources\n")
     assert build_bundle(src, tmp_path / "b.tar.gz").revision == head
     (src / "agents" / "a" / "data.yaml").write_text("tools: [read, write]\n")

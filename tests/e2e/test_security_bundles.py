@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import gzip
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, tool_request
-from tests.e2e.test_live_bundles import BundleService, make_bundle, revision_of, service, signing_key, status, wait_for
-from tollgate.bundle import sign_bundle
+from tests.bundle.test_signing import write_key
+from tests.conftest import ROOT, TOLLGATE, Server, tool_request, write_policy
+from tests.e2e.test_live_bundles import (
+    POLICY,
+    BundleService,
+    make_bundle,
+    revision_of,
+    service,
+    signing_key,
+    status,
+    wait_for,
+)
+from tollgate.authoring.promotion import load_environments, promote
+from tollgate.bundle import build_bundle, sign_bundle
 from tollgate.bundle._archive import read_archive, write_archive
 
 __all__ = ["make_bundle", "service", "signing_key"]  # fixtures, imported to be used here
@@ -128,3 +141,61 @@ def test_a_policy_that_runs_past_the_deadline_is_refused_smoke_test_and_the_old_
     for _ in range(5):
         answer = server.authorize(tool_request())
         assert (answer.decision, answer.bundle_revision, answer.reasons[0].message) == (1, "v1", "v1")
+
+
+ENVIRONMENTS = """\
+channel_root: channels
+environments:
+  prod:
+    keys: {keys}
+    gates:
+      signed: true
+"""
+
+
+def test_an_older_signed_revision_offered_again_is_refused_rollback_until_tollgate_rollback_signs_it(
+        serve, service: BundleService, signing_key, tmp_path: Path) -> None:
+    key, keys = signing_key
+    envs_file = tmp_path / "environments.yaml"
+    envs_file.write_text(ENVIRONMENTS.format(keys=keys))
+    envs = load_environments(envs_file)
+    live = tmp_path / "channels" / "prod" / "bundle.tar.gz"
+    built: dict[str, bytes] = {}
+    for sequence, revision in enumerate(["v1", "v2"], 1):
+        out = tmp_path / f"{revision}.tar.gz"
+        build_bundle(write_policy(tmp_path / f"src-{revision}", POLICY.format(revision=revision)), out,
+                     revision=revision, sequence=sequence)
+        sign_bundle(out, key, keyid="ci-2026")
+        built[revision] = out.read_bytes()
+        assert promote(envs, "prod", out, by="ci").published
+    service.publish(built["v1"])
+    server = serve(bundle=service.url, extra=["--bundle-poll", "0.2", "--bundle-keys", str(keys),
+                                              "--require-signatures"])
+    service.publish(live.read_bytes())  # v2, as promoted
+    wait_for(lambda: revision_of(server) == "v2", what="v2")
+    assert json.loads((server.data_dir / "bundles" / "sequence.json").read_text())["sequence"] == 2
+
+    service.publish(built["v1"])  # the attack: the old, validly signed v1 served again
+    wait_for(lambda: status(server).bundle.last_error.reason != "", what="the replayed v1 refused")
+    error = status(server).bundle.last_error
+    assert error.reason == "rollback", error.message
+    assert "sequence 1" in error.message and "sequence 2 (revision v2)" in error.message
+    assert revision_of(server) == "v2"
+    assert server.authorize(tool_request()).reasons[0].message == "v2"
+
+    unsigned = subprocess.run([*TOLLGATE, "rollback", "prod", "--to", "v1", "--environments", str(envs_file)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert unsigned.returncode == 1 and "--key" in unsigned.stderr, unsigned.stderr
+    private = write_key(tmp_path / "private", "ci-2026", key, private=True)
+    done = subprocess.run([*TOLLGATE, "rollback", "prod", "--to", "v1", "--environments", str(envs_file),
+                           "--key", str(private), "--kid", "ci-2026", "--as", "oncall@example.com"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    service.publish(live.read_bytes())  # the signed rollback to v1
+    wait_for(lambda: revision_of(server) == "v1", what="the signed rollback to v1")
+    assert server.authorize(tool_request()).reasons[0].message == "v1"
+    assert json.loads((server.data_dir / "bundles" / "sequence.json").read_text())["sequence"] == 3
+    # ... and the old v2, served again after the rollback, is refused in turn.
+    service.publish(built["v2"])
+    wait_for(lambda: status(server).bundle.last_error.reason == "rollback", what="the replayed v2 refused")
+    assert revision_of(server) == "v1"

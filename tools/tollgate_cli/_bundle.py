@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     build.add_argument("--revision", metavar="REV",
                        help="the bundle revision (default: the git commit of PATH, with -dirty if it has changes)")
     build.add_argument("--include-tests", action="store_true", help="also include the *_test.rego files")
+    build.add_argument("--sequence", type=int, metavar="N",
+                       help="orders revisions in the signed manifest (default: the git commit time)")
     build.set_defaults(func=_build)
 
     sign = sub.add_parser(
@@ -51,7 +53,8 @@ def _build(args: argparse.Namespace) -> int:
     from tollgate.bundle import BundleError, build_bundle
 
     try:
-        built = build_bundle(args.path, args.output, revision=args.revision, include_tests=args.include_tests)
+        built = build_bundle(args.path, args.output, revision=args.revision, include_tests=args.include_tests,
+                             sequence=args.sequence)
     except BundleError as exc:
         print(f"tollgate build: {exc}", file=sys.stderr)
         return EXIT_ERROR

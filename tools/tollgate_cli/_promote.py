@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rollback.add_argument("--as", dest="by", metavar="IDENTITY",
                           help="who rolls back (default: git config user.email, else $USER)")
     rollback.add_argument("--note", default="", help="a note recorded with the rollback (an incident, a reason)")
+    rollback.add_argument("--key", metavar="KEY.pem",
+                          help="signs the rollback's intent when the revision is older than the live one "
+                               "(sidecars refuse an older signed bundle otherwise); needs --kid")
+    rollback.add_argument("--kid", metavar="ID", help="the key ID the environment's sidecars trust --key by")
     add_environment_flags(rollback)
     rollback.set_defaults(func=_rollback)
 
@@ -108,12 +112,17 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from tollgate.authoring.promotion import PromotionError, rollback
+    from tollgate.authoring.promotion import PromotionError, Signer, rollback
+    from tollgate.bundle import BundleError, load_private_key
 
+    if bool(args.key) != bool(args.kid):
+        print("tollgate rollback: --key and --kid go together", file=sys.stderr)
+        return EXIT_ERROR
     try:
+        signer = Signer(load_private_key(args.key), args.kid) if args.key else None
         envs = _environments(args)
-        outcome = rollback(envs, args.env, to=args.to, by=identity(args.by), note=args.note)
-    except PromotionError as exc:
+        outcome = rollback(envs, args.env, to=args.to, by=identity(args.by), note=args.note, signer=signer)
+    except (PromotionError, BundleError) as exc:
         print(f"tollgate rollback: {exc}", file=sys.stderr)
         return EXIT_ERROR
     _print_gates(outcome)

@@ -52,11 +52,15 @@ from tollgate.authoring.replay import (
 from tollgate.bundle import (
     DEFAULT_SIZE_LIMIT,
     BundleError,
+    PrivateKey,
     load_bundle,
     load_public_keys,
+    sign_bundle,
     verify_bundle,
     write_file_atomically,
 )
+from tollgate.bundle._archive import MANIFEST_FILE, SIGNATURES_FILE, read_archive, write_archive
+from tollgate.bundle._loader import manifest_sequence
 from tollgate.clock import Clock, SystemClock
 from tollgate.encoding import format_time, parse_moment
 
@@ -324,10 +328,24 @@ def promote(envs: Environments, target: str, bundle: str | Path, *, by: str, ack
         return Outcome(env.name, candidate.revision, candidate.sha256, tuple(results), entry)
 
 
+@dataclass(frozen=True)
+class Signer:
+    """The key a rollback signs its intent with (one the environment's sidecars trust), and its key ID."""
+
+    key: PrivateKey
+    keyid: str
+
+
 def rollback(envs: Environments, target: str, *, to: str | None = None, by: str, note: str = "",
-             clock: Clock = SystemClock()) -> Outcome:
+             clock: Clock = SystemClock(), signer: Signer | None = None) -> Outcome:
     """Make an earlier revision live again: the named one, or the previous good one (the one live before the
-    current one, skipping revisions rolled back from since they were last promoted)."""
+    current one, skipping revisions rolled back from since they were last promoted).
+
+    Sidecars refuse a signed bundle whose manifest sequence is below the highest they accepted (an old signed
+    bundle replayed). So when the earlier revision's sequence is below the live one's, the rollback signs its
+    intent: the revision's files are published with a manifest whose sequence is one above the live one and
+    whose metadata.rollback names the revisions, signed by signer (PromotionError without one). Its history
+    entry records those bytes' sha256; revisions/ keeps the revision as first published."""
     env = envs.get(target)
     with _locked(envs):
         channel = read_channel(env)
@@ -351,9 +369,17 @@ def rollback(envs: Environments, target: str, *, to: str | None = None, by: str,
             raise PromotionError(f"revision {entry['revision']} of {env.name}: {path} cannot be read "
                                  f"({exc.strerror or exc})") from exc
         digest = hashlib.sha256(content).hexdigest()
-        if digest != entry["sha256"]:
-            raise PromotionError(f"{path} has sha256 {digest} but the history recorded {entry['sha256']}: the "
+        published = _as_published(channel, entry)
+        if digest != published["sha256"]:
+            raise PromotionError(f"{path} has sha256 {digest} but the history recorded {published['sha256']}: the "
                                  "file changed after it was published; refusing to serve it")
+        source = str(path.name)
+        marked = _signed_intent(env, current, content, entry["revision"], signer=signer, by=by, clock=clock)
+        if marked is not None:
+            content, sequence = marked
+            digest = hashlib.sha256(content).hexdigest()
+            assert signer is not None
+            source = f"{path.name}, re-signed by {signer.keyid} as a rollback (sequence {sequence})"
         results: tuple[GateResult, ...] = ()
         if env.require_signatures:
             label = f"{env.name}:{entry['revision']}"
@@ -362,9 +388,58 @@ def rollback(envs: Environments, target: str, *, to: str | None = None, by: str,
             if not result.passed:
                 return Outcome(env.name, entry["revision"], digest, results, None)
         record: dict[str, Any] = {"action": "rollback", "revision": entry["revision"], "sha256": digest,
-                                  "at": format_time(clock.now()), "by": by, "from": None, "source": str(path.name)}
+                                  "at": format_time(clock.now()), "by": by, "from": None, "source": source}
         _publish(env, channel, content, record, note)
         return Outcome(env.name, entry["revision"], digest, results, record)
+
+
+def _as_published(channel: Channel, entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The history entry that first published entry's revision (a signed rollback records other bytes)."""
+    for step in channel.history:
+        if step.get("revision") == entry.get("revision") and step.get("action") == "promote":
+            return step
+    return entry
+
+
+def _sequence_of(content: bytes) -> int | None:
+    try:
+        manifest = json.loads(read_archive(content).get(MANIFEST_FILE, b"{}"))
+    except (BundleError, ValueError):
+        return None
+    metadata = manifest.get("metadata") if isinstance(manifest, dict) else None
+    return manifest_sequence(metadata) if isinstance(metadata, dict) else None
+
+
+def _signed_intent(env: Environment, current: Mapping[str, Any], content: bytes, revision: str, *,
+                   signer: Signer | None, by: str, clock: Clock) -> tuple[bytes, int] | None:
+    """The revision's bundle re-signed as a rollback (and its new sequence), when its sequence is below the live
+    bundle's; None when sidecars accept it as it is."""
+    try:
+        live = (env.channel / LIVE_BUNDLE).read_bytes()
+    except OSError as exc:
+        raise PromotionError(f"{env.channel / LIVE_BUNDLE}: cannot be read ({exc.strerror or exc})") from exc
+    live_sequence, old_sequence = _sequence_of(live), _sequence_of(content)
+    if live_sequence is None or (old_sequence is not None and old_sequence >= live_sequence):
+        return None
+    if signer is None:
+        raise PromotionError(f"revision {revision} has sequence {old_sequence} and the live {current.get('revision')} "
+                             f"{live_sequence}: {env.name}'s sidecars refuse an older signed bundle unless its "
+                             "rollback is signed (hint: pass --key KEY.pem --kid ID, a key they trust)")
+    files = read_archive(content)
+    files.pop(SIGNATURES_FILE, None)
+    manifest = json.loads(files[MANIFEST_FILE])
+    sequence = live_sequence + 1
+    manifest["metadata"] = {**manifest.get("metadata", {}), "sequence": sequence, "rollback": {
+        "from": current.get("revision"), "to": revision, "at": format_time(clock.now()), "by": by}}
+    files[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+    with tempfile.TemporaryDirectory(prefix="tollgate-rollback-") as tmp:
+        staged = Path(tmp) / "bundle.tar.gz"
+        staged.write_bytes(write_archive(files))
+        try:
+            sign_bundle(staged, signer.key, keyid=signer.keyid)
+        except BundleError as exc:
+            raise PromotionError(f"signing the rollback to {revision}: {exc}") from exc
+        return staged.read_bytes(), sequence
 
 
 def _previous_good(channel: Channel) -> Mapping[str, Any] | None:
@@ -491,6 +566,7 @@ __all__ = [
     "Outcome",
     "PromotionError",
     "ReplayGate",
+    "Signer",
     "load_environments",
     "parse_ack",
     "promote",

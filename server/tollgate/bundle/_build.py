@@ -40,6 +40,7 @@ def build_bundle(
     revision: str | None = None,
     include_tests: bool = False,
     size_limit: int = DEFAULT_SIZE_LIMIT,
+    sequence: int | None = None,
 ) -> BuiltBundle:
     """Build the policy directory source into the OPA bundle output.
 
@@ -50,6 +51,9 @@ def build_bundle(
     outside the roots is an error. The sources are loaded first, so data that does not parse, or that OPA
     and Tollgate would read differently, fails the build.
     revision defaults to git_revision(source); a revision in the source `.manifest` is replaced.
+    sequence (metadata.sequence, signed with the manifest) orders revisions, so that a sidecar can refuse an
+    older signed bundle replayed over a newer one: it defaults to the commit time of the sources' git commit
+    (seconds since the epoch: reproducible, and rising along a branch); none when there is no git commit.
     """
     root = Path(source)
     if not root.is_dir():
@@ -73,6 +77,11 @@ def build_bundle(
     _check_roots(where, roots, packages, loaded.data, files, from_manifest=has_manifest)
     metadata: dict[str, Any] = {**loaded.manifest.metadata} if has_manifest else {}
     metadata.update({"built_by": "tollgate", "source": _source_label(root)})
+    sequence = git_sequence(root) if sequence is None else sequence
+    if sequence is not None:
+        if sequence < 0:
+            raise BuildError(f"build {root}: sequence {sequence} must be 0 or more")
+        metadata["sequence"] = sequence
     if include_tests:
         metadata["include_tests"] = True
     manifest = {"revision": revision, "roots": roots, "rego_version": 1, "metadata": metadata}
@@ -95,6 +104,14 @@ def git_revision(path: str | Path) -> str:
         raise BuildError(f"build {path}: no revision given and the git commit cannot be read ({detail}) "
                          "(hint: pass --revision)") from exc
     return f"{head}-dirty" if status else head
+
+
+def git_sequence(path: str | Path) -> int | None:
+    """The commit time (seconds since the epoch) of the git commit of the sources at path; None without one."""
+    try:
+        return int(_git(path, "log", "-1", "--format=%ct"))
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return None
 
 
 def _git(path: str | Path, *args: str) -> str:

@@ -74,6 +74,23 @@ class Bundle:
     def revision(self) -> str:
         return self.manifest.revision
 
+    @property
+    def sequence(self) -> int | None:
+        """The manifest's metadata.sequence (see build_bundle), None when it has none."""
+        return manifest_sequence(self.manifest.metadata)
+
+    @property
+    def rollback_of(self) -> str | None:
+        """The revision a signed rollback replaced (metadata.rollback.from, see authoring.promotion), or None."""
+        marker = self.manifest.metadata.get("rollback")
+        return str(marker.get("from", "")) if isinstance(marker, dict) else None
+
+
+def manifest_sequence(metadata: Mapping[str, Any]) -> int | None:
+    """metadata.sequence when it is a whole number of 0 or more (anything else counts as none)."""
+    value = metadata.get("sequence")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
 
 def load_bundle(
     path: str | Path, *, size_limit: int = DEFAULT_SIZE_LIMIT, include_tests: bool = False,

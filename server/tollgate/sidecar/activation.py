@@ -78,6 +78,8 @@ SMOKE_ATTEMPTS = 3
 
 LAST_GOOD = "last-good.tar.gz"
 LAST_GOOD_META = "last-good.json"
+#: The highest sequence (manifest metadata.sequence) of a signed bundle ever activated here, and its revision.
+HIGHEST_SEQUENCE = "sequence.json"
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,8 @@ class BundleActivator:
         try:
             signed_by = await asyncio.to_thread(self._verify, fetched)
             bundle, loaded_from = await asyncio.to_thread(self._load, fetched, persisted)
+            if signed_by:
+                self._check_sequence(bundle)
             engine = await self._start_engine(bundle)
         except Refused as exc:
             failure = Failure(self._clock.now(), str(exc), exc.reason)
@@ -254,6 +258,8 @@ class BundleActivator:
             return False
         if loaded_from is not None and persisted is None:
             await asyncio.to_thread(self._persist, loaded_from, fetched, bundle.revision)
+        if signed_by and bundle.sequence is not None:
+            await asyncio.to_thread(self._raise_sequence, bundle)
         activation = Activation(self._clock.now(), bundle.revision, fetched.digest, signed_by=signed_by,
                                 from_persisted=persisted is not None)
         old = self._slot.swap(engine)
@@ -334,6 +340,42 @@ class BundleActivator:
             await engine.close()
             raise
         return engine
+
+    def _highest(self) -> tuple[int, str] | None:
+        """The highest sequence accepted here and its revision; None when no sequenced bundle was."""
+        path = self._config.state_dir / HIGHEST_SEQUENCE
+        try:
+            doc = json.loads(path.read_bytes())
+            return int(doc["sequence"]), str(doc.get("revision", "?"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Fail closed: without it, any older signed bundle could be replayed.
+            raise Refused("rollback", f"bundle: {path} cannot be read ({exc}), so an older signed bundle cannot "
+                                      "be told from a newer one (hint: restore the file, or remove it to accept "
+                                      "the next signed bundle whatever its sequence)") from exc
+
+    def _check_sequence(self, bundle: Bundle) -> None:
+        """Refuse (rollback) a signed bundle older than the newest one accepted here, unless it is a signed
+        rollback (`tollgate rollback` re-signs the old revision with a higher sequence and a rollback marker)."""
+        highest = self._highest()
+        if highest is None or (bundle.sequence is not None and bundle.sequence >= highest[0]):
+            return
+        seen = f"sequence {highest[0]} (revision {highest[1]}) was accepted here"
+        given = "has no sequence" if bundle.sequence is None else f"has sequence {bundle.sequence}"
+        raise Refused("rollback", f"bundle {bundle.revision}: {given}, but {seen}: an older signed bundle offered "
+                                  "again (hint: to go back to an older revision on purpose, use `tollgate rollback`, "
+                                  "which signs that intent)")
+
+    def _raise_sequence(self, bundle: Bundle) -> None:
+        highest = self._highest()
+        assert bundle.sequence is not None
+        if highest is not None and highest[0] >= bundle.sequence:
+            return
+        doc = {"sequence": bundle.sequence, "revision": bundle.revision, "rollback_of": bundle.rollback_of,
+               "accepted_at": format_time(self._clock.now())}
+        write_file_atomically(self._config.state_dir / HIGHEST_SEQUENCE,
+                              json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
 
     def _persist(self, loaded_from: Path, fetched: Fetched, revision: str) -> None:
         """Keep the activated archive as the last good bundle (rename: readers see the old or the new)."""
