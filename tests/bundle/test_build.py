@@ -263,3 +263,25 @@ def test_the_built_default_library_serves_with_its_manifest_revision(tmp_path: P
         assert response.decision == 1  # DECISION_ALLOW
     finally:
         server.terminate()
+
+
+@pytest.mark.parametrize("link", ["file", "directory"])
+def test_a_symbolic_link_in_the_policy_directory_is_refused_by_name(tmp_path: Path, link: str) -> None:
+    # A link could pull a file from anywhere on the builder's disk (a key, another team's policy) into the bundle.
+    outside = tmp_path / "outside"
+    (outside / "lib").mkdir(parents=True)
+    (outside / "lib" / "secret.rego").write_text('package tollgate.lib\n\nsecret := "from outside"\n')
+    src = write_tree(tmp_path / "policies", {
+        "tollgate/decision.rego": 'package tollgate\n\ndecision := {"decision": "deny", "reasons": []}\n'})
+    if link == "file":
+        name = "tollgate/secret.rego"
+        (src / name).symlink_to(outside / "lib" / "secret.rego")
+    else:
+        name = "tollgate/lib"
+        (src / name).symlink_to(outside / "lib", target_is_directory=True)
+    with pytest.raises(BundleError, match=f"{name} is a symbolic link to {outside / 'lib'}"):
+        build_bundle(src, tmp_path / "b.tar.gz", revision="v1")
+    assert not (tmp_path / "b.tar.gz").exists()
+    done = subprocess.run([*TOLLGATE, "build", str(src), "--revision", "v1", "-o", str(tmp_path / "c.tar.gz")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"{name} is a symbolic link" in done.stderr, done.stderr

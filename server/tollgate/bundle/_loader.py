@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import tarfile
 from collections.abc import Iterable, Mapping
@@ -131,14 +132,20 @@ def load_bundle(
 
 def read_directory(root: Path, size_limit: int = DEFAULT_SIZE_LIMIT) -> Iterable[tuple[str, bytes]]:
     """The files of a bundle directory, as (path inside the bundle, content), in path order: every .rego,
-    every data.json/data.yaml and the .manifest; hidden tool directories (.git, .tollgate) are skipped."""
+    every data.json/data.yaml and the .manifest; hidden tool directories (.git, .tollgate) are skipped.
+    A symbolic link among them, or to a directory, is refused by name: it could pull any file on the disk
+    into the bundle (the root itself may be a link)."""
     total = 0
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root)
-        if any(part in _SKIP_DIRS for part in rel.parts) or not f.is_file():
+        if any(part in _SKIP_DIRS for part in rel.parts):
             continue
         name = rel.as_posix()
-        if not (name.endswith(".rego") or rel.name in _DATA_FILES or name == ".manifest"):
+        wanted = name.endswith(".rego") or rel.name in _DATA_FILES or name == ".manifest"
+        if f.is_symlink() and (wanted or f.is_dir()):
+            raise BundleError(f"bundle {root}: {name} is a symbolic link to {os.readlink(f)}; a bundle holds "
+                              "only the policy directory's own files (hint: copy the file or directory in)")
+        if not wanted or not f.is_file():
             continue
         content = f.read_bytes()
         total += len(content)
