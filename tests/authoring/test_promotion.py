@@ -27,13 +27,15 @@ from tests.readme import readme_section, run_console_lines, scratch_venv
 from tollgate.authoring.promotion import (
     EnvironmentsError,
     PromotionError,
+    Signer,
     load_environments,
     parse_ack,
     promote,
     read_channel,
     rollback,
 )
-from tollgate.bundle import build_bundle, load_private_key, sign_bundle
+from tollgate.bundle import build_bundle, load_private_key, sign_bundle, verify_bundle
+from tollgate.bundle._archive import read_archive
 
 SAMPLE = ROOT / "samples" / "decisions.jsonl"
 
@@ -576,3 +578,33 @@ def test_readme_promotion_commands_run_as_shown(tmp_path: Path) -> None:
     assert sum("tollgate promote" in line for line in ran) == 3 and "channel status prod" in ran[-1]
     prod = json.loads((tmp_path / "bundles" / "channels" / "prod" / "channel.json").read_text())
     assert prod["live"]["revision"] == "v1.4.0" and prod["history"][0]["note"] == "CHG-1234"
+
+
+def test_rollback_to_an_older_sequence_signs_its_intent_and_refuses_without_a_key(
+        world: Path, bundles: Bundles, tmp_path: Path) -> None:
+    key = load_private_key(bundles.trusted_public.parent.parent / "private" / "ci.pem")
+    built = {}
+    for sequence, revision in enumerate(["s1", "s2"], 1):
+        path = tmp_path / f"{revision}.tar.gz"
+        build_bundle(REGO, path, revision=revision, include_tests=True, sequence=sequence)
+        sign_bundle(path, key, keyid="ci")
+        built[revision] = path.read_bytes()
+        _promote(world, path, "dev")
+    envs = load_environments(world / "environments.yaml")
+    snapshot = _snapshot(world)
+    with pytest.raises(PromotionError, match=r"revision s1 has sequence 1 and the live s2 2: .* --key"):
+        rollback(envs, "dev", to="s1", by="oncall")
+    assert _snapshot(world) == snapshot
+
+    live = world / "channels" / "dev" / "bundle.tar.gz"
+    for to, sequence in (("s1", 3), ("s2", 4), ("s1", 5)):  # back, forward again, back again
+        outcome = rollback(envs, "dev", to=to, by="oncall", signer=Signer(key, "ci"))
+        assert outcome.published and outcome.entry is not None
+        verified = verify_bundle(live.read_bytes(), {"ci": key.public_key()})
+        assert verified.revision == to
+        metadata = json.loads(read_archive(live.read_bytes())[".manifest"])["metadata"]
+        assert metadata["sequence"] == sequence
+        assert {k: metadata["rollback"][k] for k in ("to", "by")} == {"to": to, "by": "oncall"}
+        assert outcome.entry["sha256"] == _sha256(live) and "re-signed by ci" in outcome.entry["source"]
+    # revisions/ keeps each revision as first published.
+    assert (world / "channels" / "dev" / "revisions" / "s1.tar.gz").read_bytes() == built["s1"]

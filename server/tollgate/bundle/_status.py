@@ -34,7 +34,7 @@ class Failure:
 
     time: datetime
     message: str
-    #: download, too_large, unsigned, signature, corrupt, compile, smoke_test.
+    #: download, too_large, unsigned, signature, corrupt, compile, smoke_test, rollback.
     reason: str
 
 
