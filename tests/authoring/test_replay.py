@@ -214,17 +214,22 @@ def test_a_kill_the_server_enforced_replays_as_a_kill_against_a_bundle_without_t
 
 def test_records_the_server_denied_without_a_policy_decision_are_not_compared(tmp_path: Path) -> None:
     broken = write_policy(tmp_path / "broken", "package tollgate\n\ndecision := undefined_function(1)\n")
+    # Slow for agent "slow" only: a revision that cannot answer its smoke test (the synthetic input and the
+    # recent decisions', here code-reviewer's) in time is not activated at all.
     slow = write_policy(tmp_path / "slow", """
         package tollgate
 
         decision := {"decision": "allow", "reasons": [{"code": "n", "message": sprintf("%d", [n])}]} if {
+            input.principal.agent_id == "slow"
             n := count([x | some x in numbers.range(1, 100000)])
         }
+
+        decision := {"decision": "allow", "reasons": []} if input.principal.agent_id != "slow"
         """)
-    for bundle, extra in ((broken, []), (slow, ["--eval-timeout-ms", "1"])):
+    for bundle, extra, agent in ((broken, [], "code-reviewer"), (slow, ["--eval-timeout-ms", "1"], "slow")):
         server = start_server(tmp_path / "data", bundle=bundle, extra=extra)
         try:
-            server.authorize(tool_request())
+            server.authorize(tool_request(agent))
         finally:
             server.terminate()
     report = _replay(read_data_dir(tmp_path / "data"), REGO)
