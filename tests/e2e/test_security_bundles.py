@@ -199,3 +199,28 @@ def test_an_older_signed_revision_offered_again_is_refused_rollback_until_tollga
     service.publish(built["v2"])
     wait_for(lambda: status(server).bundle.last_error.reason == "rollback", what="the replayed v2 refused")
     assert revision_of(server) == "v1"
+
+
+def test_the_highest_sequence_outlives_a_restart_so_a_replayed_revision_is_refused_at_start_up(
+        serve, service: BundleService, signing_key, tmp_path: Path) -> None:
+    key, keys = signing_key
+    built: dict[str, bytes] = {}
+    for sequence, revision in enumerate(["v1", "v2"], 1):
+        out = tmp_path / f"{revision}.tar.gz"
+        build_bundle(write_policy(tmp_path / f"src-{revision}", POLICY.format(revision=revision)), out,
+                     revision=revision, sequence=sequence)
+        sign_bundle(out, key, keyid="ci-2026")
+        built[revision] = out.read_bytes()
+    flags = ["--bundle-poll", "0.2", "--bundle-keys", str(keys), "--require-signatures"]
+    data = tmp_path / "data"
+    service.publish(built["v2"])
+    first = serve(bundle=service.url, data_dir=data, extra=flags)
+    assert revision_of(first) == "v2"
+    assert first.terminate() == 0
+
+    service.publish(built["v1"])  # replayed while the sidecar was down
+    server = serve(bundle=service.url, data_dir=data, extra=flags)
+    bundle = status(server).bundle
+    assert (bundle.last_error.reason, bundle.active_revision) == ("rollback", "v2"), bundle.last_error.message
+    assert bundle.last_activation.from_persisted  # the last good v2, not the replayed v1
+    assert server.authorize(tool_request()).reasons[0].message == "v2"
