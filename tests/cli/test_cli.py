@@ -59,3 +59,13 @@ def test_since_and_until_spans_count_back_from_the_clock_given() -> None:
     assert abs((datetime.now(UTC) - time_argument("1d")).total_seconds() - 86400) < 60  # the system clock
     with pytest.raises(argparse.ArgumentTypeError):
         time_argument("yesterday")
+
+
+def test_every_serve_flag_says_what_it_does() -> None:
+    from dataclasses import fields
+
+    from tollgate.sidecar.config import ServeConfig
+    from tollgate_cli._serve import _field_help
+
+    bare = [f.name for f in fields(ServeConfig) if _field_help(f.name).startswith(" (default")]
+    assert not bare, f"serve flags with no help text (add them to tollgate_cli._serve._field_help): {bare}"

@@ -74,6 +74,12 @@ def _field_help(name: str) -> str:
         "decision_log_max_lag": "seconds behind before an exporter reports WARN (0: no limit)",
         "decision_log_fail_closed_on_lag": "answer DENY export_lag while an exporter is behind max lag",
         "decision_log_retention": "delete exported records older than this, e.g. 30d, 12h (empty: keep all)",
+        "decision_log_checkpoint_key_file": "HMAC secret or Ed25519/P-256 PEM key signing checkpoints of the log's "
+                                            "head and retention anchors (outside the data dir; empty: none)",
+        "decision_log_checkpoint_interval": "seconds between signed checkpoints (one more on shutdown)",
+        "decision_log_checkpoint_file": "JSON Lines file each checkpoint is also appended to (another disk)",
+        "approver_groups": "the members of each group:NAME an approval names (a mapping: set it in --config)",
+        "accept_log_tamper": "start even if the decision log's tail does not prove (logged as TAMPERED WITH)",
     }.get(name, "")
     default = getattr(ServeConfig(), name)
     if name.startswith("admin_token"):
