@@ -31,6 +31,7 @@ from tollgate.decisionlog import (
     ShippingConfig,
     SqliteDecisionStore,
 )
+from tollgate.decisionlog._checkpoint import Checkpoint, CheckpointKey
 from tollgate.decisionlog._otlp import trace_context
 from tollgate.decisionlog._sqlite import record_hash
 from tollgate.encoding import format_time
@@ -326,6 +327,69 @@ def test_opa_and_otlp_exporters_keep_cursors_of_their_own(tmp_path: Path, receiv
     assert {u.headers.get("x-api-key") for u in receiver.uploads if u.path == "/logs"} == {None}
     db = SqliteDecisionStore.open(path)
     assert (db.cursor("opa"), db.cursor("otlp")) == (25, 25)
+
+
+def _checkpoint(path: Path, seq: int) -> Checkpoint:
+    """Sign record seq's hash as the sidecar's publisher does, into the log's checkpoint table."""
+    key = CheckpointKey(algorithm="hmac-sha256", key_id="hmac:test", secret=b"k" * 32)
+    with SqliteDecisionStore.open(path) as store:
+        checkpoint = Checkpoint(seq, str(store.hash_at(seq)), format_time(datetime.now(UTC))).signed(key)
+        store.save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def _otlp_events(receiver: LogReceiver) -> list[tuple[str, int]]:
+    """(event name, seq) of every OTLP log record accepted, in arrival order."""
+    return [(r["eventName"], int(_attrs(r).get("tollgate.seq") or _attrs(r)["tollgate.checkpoint.seq"]))
+            for u in receiver.uploads if u.path == "/v1/logs" and u.status == 200
+            for r in u.body["resourceLogs"][0]["scopeLogs"][0]["logRecords"]]
+
+
+def test_otlp_sends_each_checkpoint_once_after_its_records_and_opa_sends_none(tmp_path: Path,
+                                                                              receiver: LogReceiver) -> None:
+    path = tmp_path / "decisions.db"
+    ids = _fill(path, [_record(i) for i in range(3)])
+    first = _checkpoint(path, 3)
+    shipping = LogShipping(path, ShippingConfig(opa_service=receiver.url, otlp_endpoint=receiver.url,
+                                                min_delay=0.05, max_delay=0.2))
+    shipping.start()
+    _wait_for(lambda: len(_otlp_events(receiver)) == 4)
+    _checkpoint(path, 3)  # published while the exporter is caught up: an upload of its own
+    _wait_for(lambda: len(_otlp_events(receiver)) == 5)
+    shipping.stop(1)
+    ids += _fill(path, [_record(3)])
+    _checkpoint(path, 4)
+    again = LogShipping(path, ShippingConfig(opa_service=receiver.url, otlp_endpoint=receiver.url,
+                                             min_delay=0.05, max_delay=0.2))
+    again.start()  # resumes from the cursor: only record 4 and its checkpoint are new
+    _wait_for(lambda: len(_otlp_events(receiver)) == 7 and all(s.cursor == 4 for s in again.statuses()))
+    again.stop(1)
+    checkpoint = "tollgate.checkpoint"
+    assert _otlp_events(receiver) == [("tollgate.decision", 1), ("tollgate.decision", 2), ("tollgate.decision", 3),
+                                      (checkpoint, 3), (checkpoint, 3), ("tollgate.decision", 4), (checkpoint, 4)]
+    assert _ids([u.body for u in receiver.uploads if u.path == "/logs"]) == ids  # decision events only
+    sent = next(r for u in receiver.uploads if u.path == "/v1/logs"
+                for r in u.body["resourceLogs"][0]["scopeLogs"][0]["logRecords"] if r["eventName"] == checkpoint)
+    attrs = _attrs(sent)
+    assert (attrs["tollgate.checkpoint.hash"], attrs["tollgate.checkpoint.time"]) == (first.hash, first.time)
+    assert (attrs["tollgate.checkpoint.key_id"], attrs["tollgate.checkpoint.algorithm"]) == ("hmac:test",
+                                                                                           "hmac-sha256")
+    assert attrs["tollgate.checkpoint.signature"] == first.signature
+    with SqliteDecisionStore.open(path) as store:
+        assert (store.cursor("otlp"), store.cursor_checkpoints("otlp"), store.cursor_checkpoints("opa")) == (4, 3, 0)
+
+
+def test_a_cursor_table_from_before_checkpoints_is_given_the_count(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.db"
+    _fill(path, [_record(0)])
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE export_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at TEXT "
+                     "NOT NULL); INSERT INTO export_cursors VALUES ('otlp', 1, '2026-01-01T00:00:00Z');")
+    db.close()
+    with SqliteDecisionStore.open(path) as store:
+        assert (store.cursor("otlp"), store.cursor_checkpoints("otlp")) == (1, 0)
+        store.save_cursor("otlp", 1, checkpoints=2)
+        assert store.cursor_checkpoints("otlp") == 2
 
 
 # -- retention -----------------------------------------------------------------------------------------------

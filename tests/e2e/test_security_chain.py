@@ -11,13 +11,19 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import REGO, ROOT, TOLLGATE, start_server, tool_request
+from tests.log_receiver import LogReceiver
+from tollgate.decisionlog import SqliteDecisionStore
+from tollgate.decisionlog._checkpoint import Checkpoint, checkpoint_problems, load_key
 from tollgate.decisionlog._sqlite import record_hash
 from tollgate.encoding import canonical_json
 
@@ -241,3 +247,68 @@ def test_a_server_refuses_a_re_hashed_log_whose_checkpoint_table_was_wiped(signe
                              text=True, timeout=60)
     assert started.returncode != 0
     assert "was tampered with: " in started.stderr and "the chain was rewritten" in started.stderr
+
+
+def _otlp_records(receiver: LogReceiver) -> list[dict[str, Any]]:
+    """Every log record the receiver accepted, in arrival order, with its attributes as plain values."""
+    out = []
+    for body in receiver.accepted():
+        for record in body["resourceLogs"][0]["scopeLogs"][0]["logRecords"]:
+            attrs = {a["key"]: next(iter(a["value"].values())) for a in record["attributes"]}
+            out.append({"event": record["eventName"], **attrs})
+    return out
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def _checkpointed(receiver: LogReceiver, head: int) -> bool:
+    return any(r["event"] == "tollgate.checkpoint" and int(r["tollgate.checkpoint.seq"]) == head
+               for r in _otlp_records(receiver))
+
+
+def test_the_otlp_export_carries_each_signed_checkpoint_once_after_its_records(tmp_path: Path) -> None:
+    key = tmp_path / "checkpoint.key"
+    key.write_text(secrets.token_urlsafe(32) + "\n")
+    receiver = LogReceiver(answer=lambda body, index: 500 if index < 2 else 200).start()  # retried, not doubled
+    config = {"decision_log_checkpoint_key_file": str(key), "decision_log_checkpoint_interval": 0.2,
+              "otlp_endpoint": receiver.url, "decision_log_min_delay": 0.05, "decision_log_max_delay": 0.2}
+    try:
+        for run in range(2):  # the second server resumes from the first one's cursor
+            server = start_server(tmp_path / "data", config=config)
+            try:
+                for i in range(RECORDS):
+                    server.authorize(tool_request("code-reviewer", "github", "get_pull_request", {"pullNumber": i}))
+                _wait_for(partial(_checkpointed, receiver, RECORDS * (run + 1)))  # sent while serving
+            finally:
+                assert server.terminate() == 0
+    finally:
+        receiver.stop()
+    records = _otlp_records(receiver)
+    decisions = [int(r["tollgate.seq"]) for r in records if r["event"] == "tollgate.decision"]
+    assert decisions == list(range(1, 2 * RECORDS + 1))  # each once, in order
+    with SqliteDecisionStore.open(tmp_path / "data" / "decisions.db") as store:
+        kept = store.checkpoints()
+    marks = [r for r in records if r["event"] == "tollgate.checkpoint"]
+    assert [int(m["tollgate.checkpoint.seq"]) for m in marks] == [c.seq for c in kept]  # each once, none skipped
+    signer = load_key(key)
+    seen, shipped = 0, []
+    for position, record in enumerate(records):
+        if record["event"] == "tollgate.decision":
+            seen = int(record["tollgate.seq"])
+            continue
+        checkpoint = Checkpoint(int(record["tollgate.checkpoint.seq"]), record["tollgate.checkpoint.hash"],
+                                record["tollgate.checkpoint.time"], record["tollgate.checkpoint.key_id"],
+                                record["tollgate.checkpoint.signature"])
+        assert checkpoint.seq <= seen, f"checkpoint of seq {checkpoint.seq} came before its record ({position})"
+        assert signer.check(checkpoint.statement(), checkpoint.signature)
+        assert record["tollgate.checkpoint.algorithm"] == signer.algorithm == "hmac-sha256"
+        assert checkpoint in kept
+        shipped.append(checkpoint)
+    with SqliteDecisionStore.open(tmp_path / "data" / "decisions.db") as store:
+        assert checkpoint_problems(store, shipped, key=signer) == []  # the collector's copy proves the log

@@ -6,6 +6,10 @@ event loop never wait for a receiver. A failed upload is retried from the same c
 backoff; nothing is ever dropped, and a crash between an upload and the cursor update re-sends that batch
 (at least once). Lag (records and seconds behind the newest committed record) is the backpressure signal:
 past `max_lag` the exporter reports WARN.
+
+The OTLP exporter also sends the sidecar's signed checkpoints, each in the first upload that holds (or follows)
+the record it names, after the records; the cursor counts the checkpoints acknowledged beside the seq, so each
+goes out once (again only when its whole upload is re-sent). The OPA exporter does not: see OpaEncoder.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from tollgate.encoding import parse_time
 from tollgate.net import Backoff, HttpOptions, Jitter, RequestFailed
 
 if TYPE_CHECKING:
+    from tollgate.decisionlog._checkpoint import Checkpoint
     from tollgate.net import HttpClient
 
 log = logging.getLogger(__name__)
@@ -106,15 +111,24 @@ class ExportStatus:
 
 
 class Encoder(Protocol):
-    """Turns a batch of decision records into one request body (before gzip)."""
+    """Turns a batch of decision records (and, when it carries them, checkpoints) into one request body."""
 
-    def encode(self, records: Sequence[dict[str, Any]]) -> bytes: ...
+    #: Whether the destination's protocol has a place for the log's signed checkpoints.
+    carries_checkpoints: bool
+
+    def encode(self, records: Sequence[dict[str, Any]], checkpoints: Sequence[Checkpoint] = ()) -> bytes: ...
 
 
 class OpaEncoder:
     """OPA's decision-log upload: a JSON array of decision events."""
 
-    def encode(self, records: Sequence[dict[str, Any]]) -> bytes:
+    #: No checkpoints: OPA's decision-log protocol carries decision events only, and a receiver would count a
+    #: checkpoint as one more decision. Ship checkpoints with the OTLP exporter or a jsonl file export.
+    carries_checkpoints = False
+
+    def encode(self, records: Sequence[dict[str, Any]], checkpoints: Sequence[Checkpoint] = ()) -> bytes:
+        if checkpoints:
+            raise ValueError("an OPA decision-log upload carries decision events only, not checkpoints")
         return json.dumps([opa_event(r) for r in records], separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -153,6 +167,8 @@ class LogExporter:
         self._backoff = Backoff(config.min_delay, config.max_delay, jitter=Jitter.EQUAL)
         self._http: HttpClient | None = None  # one client, its connection kept alive, from start to stop
         self._status = ExportStatus(name=config.name, url=config.url, max_lag=config.max_lag)
+        #: How many of the log's checkpoints (oldest first) the receiver acknowledged; read at start.
+        self._checkpoints_acked = 0
 
     @property
     def name(self) -> str:
@@ -170,6 +186,8 @@ class LogExporter:
 
         self._http = HttpClient(HttpOptions(token=self._config.token, headers=self._config.headers))
         self._publish(cursor=store.cursor(self.name), state=ExportState.OK)
+        if self._encoder.carries_checkpoints:
+            self._checkpoints_acked = store.cursor_checkpoints(self.name)
         self._thread = threading.Thread(target=self._run, args=(store,), name=f"decision-log-export-{self.name}",
                                         daemon=True)
         self._thread.start()
@@ -207,7 +225,7 @@ class LogExporter:
                 self._http.close()
 
     def _loop(self, store: DecisionStore) -> None:
-        cursor = self._status.cursor
+        cursor, acked = self._status.cursor, self._checkpoints_acked
         failures = 0
         while True:
             stopping = self._stop.is_set()
@@ -216,14 +234,17 @@ class LogExporter:
             retry_after: float | None = None
             try:
                 batch = self._read(store, cursor)
+                upto = batch[-1].seq if batch else cursor
+                marks = self._ready_checkpoints(store, acked, upto)
                 self._refresh_lag(store, cursor, batch[0].timestamp if batch else None)
-                if not batch:
+                if not batch and not marks:
                     if stopping:
                         return
                     self._wait(store, cursor, self._config.min_delay)
                     continue
-                self._upload(batch)
-                store.save_cursor(self.name, batch[-1].seq)
+                self._upload(batch, marks)
+                # The seq and the checkpoint count in one update: the upload is acknowledged whole.
+                store.save_cursor(self.name, upto, checkpoints=acked + len(marks) if marks else None)
             except _UploadError as exc:
                 if exc.status == 413 and len(batch) > 1:
                     self._byte_cap = max(1, sum(len(r.body) for r in batch) // 2)
@@ -233,7 +254,8 @@ class LogExporter:
                     continue  # split at once: not the receiver failing, just our batch size
                 message = str(exc)
                 if exc.status == 413:
-                    message += (f" (decision {_decision_id(batch[0])} alone is too large for the receiver; "
+                    alone = f"decision {_decision_id(batch[0])}" if batch else f"{len(marks)} checkpoints"
+                    message += (f" ({alone} alone is too large for the receiver; "
                                 "it stays in the log and the export waits: raise the receiver's body limit)")
                 self._publish(uploads_failed=self._status.uploads_failed + 1)
                 retry_after = exc.retry_after
@@ -241,7 +263,7 @@ class LogExporter:
                 log.exception("decision log export %s: cannot read, encode or record progress", self.name)
                 message = f"{exc.__class__.__name__}: {exc}"
             else:
-                cursor = batch[-1].seq
+                cursor, acked = upto, acked + len(marks)
                 if failures:
                     log.info("decision log export %s: uploads work again", self.name)
                 failures = 0
@@ -269,11 +291,24 @@ class LogExporter:
             batch.append(_Row(row.seq, row.record_json, row.timestamp, row.hash))
         return batch
 
-    def _upload(self, batch: list[_Row]) -> None:
+    def _ready_checkpoints(self, store: DecisionStore, acked: int, upto: int) -> list[Checkpoint]:
+        """The checkpoints past the `acked` first whose record (seq <= upto) goes out in this upload or went
+        before, up to batch_records of them; none when the encoder has no place for them."""
+        if not self._encoder.carries_checkpoints:
+            return []
+        ready: list[Checkpoint] = []
+        for checkpoint in store.checkpoints(skip=acked):
+            if checkpoint.seq > upto or len(ready) >= self._config.batch_records:
+                break  # in seq order: the rest wait for their records too
+            ready.append(checkpoint)
+        return ready
+
+    def _upload(self, batch: list[_Row], marks: Sequence[Checkpoint] = ()) -> None:
         # seq and hash travel with each record: a receiver can drop the duplicates at-least-once delivery allows
         # (same seq) and re-check the chain.
         records = [{**json.loads(r.body), "seq": r.seq, "hash": r.hash} for r in batch]
-        body = gzip.compress(self._encoder.encode(records), compresslevel=6)
+        encoded = self._encoder.encode(records, marks) if marks else self._encoder.encode(records)
+        body = gzip.compress(encoded, compresslevel=6)
         timeout = min(UPLOAD_TIMEOUT, max(0.5, self._deadline - time.monotonic()))
         assert self._http is not None, "started"
         try:

@@ -1,9 +1,11 @@
-"""OTLP/HTTP JSON encoding of decision records: one OpenTelemetry log record per decision.
+"""OTLP/HTTP JSON encoding of decision records: one OpenTelemetry log record per decision (and per checkpoint).
 
 Written by hand (the OTLP JSON mapping is small and stable) rather than with the OpenTelemetry SDK, which
 would bring a provider, a batch processor and its own buffer the decision log does not need: the database is
 the buffer. Attributes follow the OpenTelemetry GenAI semantic conventions where one fits (agent, conversation,
-tool, model, provider) and use `tollgate.*` for the decision itself.
+tool, model, provider) and use `tollgate.*` for the decision itself. The sidecar's signed checkpoints of the
+chain head travel as log records of event `tollgate.checkpoint`, after the records up to their seq, so a
+collector's copy can prove the log later as a `jsonl` export does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tollgate.decisionlog._checkpoint import Checkpoint
 
 #: Log record severities (OTLP SeverityNumber): a refusal is worth a warning in a log pipeline.
 _SEVERITY = {"allow": (9, "INFO"), "require_approval": (9, "INFO"), "deny": (13, "WARN")}
@@ -21,6 +26,9 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{
 _HEX = re.compile(r"^[0-9a-f]+$")
 SCOPE = "tollgate.decisionlog"
 EVENT_NAME = "tollgate.decision"
+CHECKPOINT_EVENT = "tollgate.checkpoint"
+#: A checkpoint's key ID starts with its algorithm's short name (decisionlog/_checkpoint.py's load_key).
+_ALGORITHMS = {"hmac": "hmac-sha256", "ed25519": "ed25519", "es256": "es256"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -33,11 +41,15 @@ class OtlpEncoder:
             resource["service.version"] = service_version
         self._resource = {"attributes": _attributes(resource)}
 
-    def encode(self, records: Sequence[dict[str, Any]]) -> bytes:
+    #: OTLP logs have room for any event: checkpoints go after the records they name.
+    carries_checkpoints = True
+
+    def encode(self, records: Sequence[dict[str, Any]], checkpoints: Sequence[Checkpoint] = ()) -> bytes:
         observed = str(time.time_ns())
+        logs = [log_record(r, observed) for r in records] + [checkpoint_record(c, observed) for c in checkpoints]
         document = {"resourceLogs": [{
             "resource": self._resource,
-            "scopeLogs": [{"scope": {"name": SCOPE}, "logRecords": [log_record(r, observed) for r in records]}],
+            "scopeLogs": [{"scope": {"name": SCOPE}, "logRecords": logs}],
         }]}
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -63,6 +75,28 @@ def log_record(record: Mapping[str, Any], observed_ns: str) -> dict[str, Any]:
         if span_id:
             out["spanId"] = span_id
     return out
+
+
+def checkpoint_record(checkpoint: Checkpoint, observed_ns: str) -> dict[str, Any]:
+    """One signed checkpoint as an OTLP LogRecord: what `logs verify --checkpoints` needs is in its attributes
+    (the signature covers seq, hash and time; Checkpoint.statement())."""
+    algorithm = _ALGORITHMS.get(checkpoint.key_id.partition(":")[0], "")
+    return {
+        "timeUnixNano": _unix_nano(checkpoint.time) or observed_ns,
+        "observedTimeUnixNano": observed_ns,
+        "severityNumber": 9,
+        "severityText": "INFO",
+        "eventName": CHECKPOINT_EVENT,
+        "body": {"stringValue": f"checkpoint of seq {checkpoint.seq}: {checkpoint.hash}"},
+        "attributes": _attributes({
+            "tollgate.checkpoint.seq": checkpoint.seq,
+            "tollgate.checkpoint.hash": checkpoint.hash,
+            "tollgate.checkpoint.time": checkpoint.time,
+            "tollgate.checkpoint.key_id": checkpoint.key_id,
+            "tollgate.checkpoint.algorithm": algorithm,
+            "tollgate.checkpoint.signature": checkpoint.signature,
+        }),
+    }
 
 
 def decision_attributes(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,8 @@ EXPORT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS export_cursors (
     name TEXT PRIMARY KEY,                -- the exporter: "opa" or "otlp"
     seq INTEGER NOT NULL,                 -- the last decisions.seq its receiver acknowledged
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    checkpoints INTEGER NOT NULL DEFAULT 0  -- how many of decisions_checkpoints it acknowledged (otlp)
 );
 """
 #: Retention's anchors: each row says "records up to upto_seq were pruned; the last one hashed last_hash".
@@ -136,6 +137,9 @@ class SqliteDecisionStore:
             columns = {row[1] for row in db.execute("PRAGMA table_info(decisions_pruned)")}
             if "signature" not in columns:  # a log pruned before anchors were signed
                 db.execute("ALTER TABLE decisions_pruned ADD COLUMN signature TEXT NOT NULL DEFAULT ''")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(export_cursors)")}
+            if "checkpoints" not in columns:  # cursors kept before an exporter sent checkpoints
+                db.execute("ALTER TABLE export_cursors ADD COLUMN checkpoints INTEGER NOT NULL DEFAULT 0")
         except sqlite3.Error as exc:
             raise LogReadError(f"cannot open decision log {path}: {exc}") from exc
         return cls(db, path=path, clock=clock)
@@ -287,13 +291,27 @@ class SqliteDecisionStore:
         row = self._db.execute("SELECT seq FROM export_cursors WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
+    @_reading
+    def cursor_checkpoints(self, name: str) -> int:
+        if not self._has_table("export_cursors"):
+            return 0
+        row = self._db.execute("SELECT checkpoints FROM export_cursors WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
     @_keeping
-    def save_cursor(self, name: str, seq: int) -> None:
-        # One short transaction: the writer's busy_timeout covers the moment it holds the lock.
+    def save_cursor(self, name: str, seq: int, *, checkpoints: int | None = None) -> None:
+        # One short transaction: the writer's busy_timeout covers the moment it holds the lock. The seq and the
+        # checkpoint count move together, so an upload is acknowledged whole or re-sent whole.
         with self._immediate():
-            self._db.execute("INSERT INTO export_cursors (name, seq, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) "
-                             "DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
-                             (name, seq, format_time(self._clock.now())))
+            if checkpoints is None:
+                self._db.execute("INSERT INTO export_cursors (name, seq, updated_at) VALUES (?, ?, ?) ON "
+                                 "CONFLICT(name) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
+                                 (name, seq, format_time(self._clock.now())))
+                return
+            self._db.execute("INSERT INTO export_cursors (name, seq, updated_at, checkpoints) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT(name) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at, "
+                             "checkpoints = excluded.checkpoints",
+                             (name, seq, format_time(self._clock.now()), checkpoints))
 
     @_keeping
     def prune(self, *, upto: int, before: str, swept_at: str, batch: int,

@@ -158,8 +158,13 @@ class DecisionStore(Protocol):
         """One exporter's cursor (0 when it has none yet)."""
         ...
 
-    def save_cursor(self, name: str, seq: int) -> None:
-        """Persist an exporter's cursor (moving it is what acknowledges records)."""
+    def cursor_checkpoints(self, name: str) -> int:
+        """How many of the log's checkpoints (oldest first) one exporter's receiver acknowledged (0: none)."""
+        ...
+
+    def save_cursor(self, name: str, seq: int, *, checkpoints: int | None = None) -> None:
+        """Persist an exporter's cursor (moving it is what acknowledges records), with how many checkpoints were
+        acknowledged when given (else that count is left as it was)."""
         ...
 
     def prune(self, *, upto: int, before: str, swept_at: str, batch: int,
