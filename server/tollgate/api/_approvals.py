@@ -138,7 +138,7 @@ async def approval_changes(approvals: Approvals, first: Approval) -> AsyncIterat
                 continue
             generation = approvals.generation
             current = await asyncio.to_thread(approvals.get, approval.id)
-            if current is None:  # not reachable: approvals are never deleted while the server runs
+            if current is None:  # deleted from the store behind the server (by hand): nothing is left to watch
                 return
             if current.status != approval.status:
                 break
