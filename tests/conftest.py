@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -232,6 +232,14 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     for s in servers:
         if s.proc.poll() is None:
             s.kill()
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll condition until it holds: what a fixed sleep would stand in for. AssertionError after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def write_policy(root: Path, rego: str, data: str | None = None) -> Path:

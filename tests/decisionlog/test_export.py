@@ -7,14 +7,14 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import TOLLGATE
+from tests.conftest import TOLLGATE, wait_for
 from tests.log_receiver import LogReceiver, free_port
 from tollgate.clock import ManualClock
 from tollgate.decisionlog import (
@@ -76,14 +76,6 @@ def _exporter(path: Path, url: str, **overrides: Any) -> LogExporter:
     return LogExporter(path, ExporterConfig(**settings), OpaEncoder())
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
-
-
 def _ids(bodies: list[Any]) -> list[str]:
     return [event["decision_id"] for body in bodies for event in body]
 
@@ -101,7 +93,7 @@ def test_a_clean_run_delivers_every_record_exactly_once_in_order_as_gzipped_opa_
     ids = _fill(path, [_record(i) for i in range(1200)])
     exporter = _exporter(path, receiver.url, token="s3cret")
     exporter.start()
-    _wait_for(lambda: exporter.status.cursor == 1200)
+    wait_for(lambda: exporter.status.cursor == 1200)
     exporter.stop(1)
 
     assert _ids(receiver.accepted()) == ids
@@ -134,13 +126,13 @@ def test_refused_connections_500s_and_413s_delay_records_but_lose_none(tmp_path:
 
     exporter = _exporter(path, f"http://127.0.0.1:{port}", batch_records=200)
     exporter.start()
-    _wait_for(lambda: exporter.status.uploads_failed >= 2)
+    wait_for(lambda: exporter.status.uploads_failed >= 2)
     refused = exporter.status
     assert refused.state is ExportState.ERROR and "ConnectionRefused" in refused.last_error
     assert refused.lag_records == 300 and refused.cursor == 0
     receiver = LogReceiver(answer=answer, port=port).start()
     try:
-        _wait_for(lambda: exporter.status.cursor == 300)
+        wait_for(lambda: exporter.status.cursor == 300)
         exporter.stop(1)
     finally:
         receiver.stop()
@@ -159,13 +151,13 @@ def test_the_cursor_survives_a_restart_and_the_next_exporter_sends_only_what_is_
     first = _fill(path, [_record(i) for i in range(50)])
     exporter = _exporter(path, receiver.url)
     exporter.start()
-    _wait_for(lambda: exporter.status.cursor == 50)
+    wait_for(lambda: exporter.status.cursor == 50)
     exporter.stop(1)
     second = _fill(path, [_record(i) for i in range(30)])
 
     again = _exporter(path, receiver.url)
     again.start()
-    _wait_for(lambda: again.status.cursor == 80)
+    wait_for(lambda: again.status.cursor == 80)
     again.stop(1)
     assert _ids(receiver.accepted()) == first + second
 
@@ -175,7 +167,7 @@ def test_stop_makes_a_final_flush_within_its_deadline(tmp_path: Path, receiver: 
     ids = _fill(path, [_record(i) for i in range(20)])
     exporter = _exporter(path, receiver.url, min_delay=60.0, max_delay=60.0)  # would wait a minute between looks
     exporter.start()
-    _wait_for(lambda: exporter.status.cursor == 20)
+    wait_for(lambda: exporter.status.cursor == 20)
     more = _fill(path, [_record(i) for i in range(5)])
     started = time.monotonic()
     exporter.stop(2)  # wakes the wait and uploads what was committed meanwhile
@@ -188,7 +180,7 @@ def test_a_failing_receiver_at_shutdown_gets_one_try_and_the_records_wait_on_dis
     _fill(path, [_record(i) for i in range(10)])
     exporter = _exporter(path, f"http://127.0.0.1:{free_port()}", min_delay=30.0, max_delay=30.0)
     exporter.start()
-    _wait_for(lambda: exporter.status.uploads_failed >= 1)
+    wait_for(lambda: exporter.status.uploads_failed >= 1)
     started = time.monotonic()
     exporter.stop(0.5)
     assert time.monotonic() - started < 2
@@ -202,7 +194,7 @@ def test_one_record_larger_than_the_receiver_takes_stays_and_is_reported(tmp_pat
     exporter = _exporter(path, receiver.url)
     try:
         exporter.start()
-        _wait_for(lambda: "alone is too large" in exporter.status.last_error)
+        wait_for(lambda: "alone is too large" in exporter.status.last_error)
         exporter.stop(0.2)
     finally:
         receiver.stop()
@@ -217,7 +209,7 @@ def test_a_record_that_cannot_be_encoded_holds_the_export_at_it_and_says_why(
     _fill(path, [_record(3, timestamp="2026-11-21T00:00:00.1234567890Z")])  # too precise for an OPA event
     exporter = _exporter(path, receiver.url, batch_records=3)
     exporter.start()
-    _wait_for(lambda: "ValueError" in exporter.status.last_error)
+    wait_for(lambda: "ValueError" in exporter.status.last_error)
     assert exporter.status.state is ExportState.ERROR and exporter.status.cursor == 3
     exporter.stop(0.2)
     assert _ids(receiver.accepted()) == good
@@ -238,8 +230,8 @@ def test_lag_past_max_lag_is_warn_while_uploads_work(tmp_path: Path) -> None:
     exporter = _exporter(path, receiver.url, batch_records=10, max_lag=60.0)
     try:
         exporter.start()
-        _wait_for(lambda: exporter.status.cursor == 10)
-        _wait_for(lambda: exporter.status.state is ExportState.WARN)
+        wait_for(lambda: exporter.status.cursor == 10)
+        wait_for(lambda: exporter.status.state is ExportState.WARN)
         status = exporter.status
         assert status.lagging and status.lag_records == 30 and status.lag_seconds > 3500
         metrics = Metrics()
@@ -250,8 +242,8 @@ def test_lag_past_max_lag_is_warn_while_uploads_work(tmp_path: Path) -> None:
         assert 'tollgate_decision_log_export_uploads_total{exporter="opa",result="ok"} 1' in text
         assert "tollgate_decision_log_export_lag_seconds" in text
         gate.set()
-        _wait_for(lambda: exporter.status.cursor == 40)
-        _wait_for(lambda: exporter.status.state is ExportState.OK)
+        wait_for(lambda: exporter.status.cursor == 40)
+        wait_for(lambda: exporter.status.state is ExportState.OK)
         exporter.stop(1)
     finally:
         gate.set()
@@ -314,7 +306,7 @@ def test_opa_and_otlp_exporters_keep_cursors_of_their_own(tmp_path: Path, receiv
     shipping = LogShipping(path, ShippingConfig(opa_service=receiver.url, otlp_endpoint=receiver.url,
                                                 otlp_headers=(("x-api-key", "k-123"),), min_delay=0.05, max_delay=0.2))
     shipping.start()
-    _wait_for(lambda: all(s.cursor == 25 for s in shipping.statuses()))
+    wait_for(lambda: all(s.cursor == 25 for s in shipping.statuses()))
     shipping.stop(1)
     opa = [u.body for u in receiver.uploads if u.path == "/logs"]
     otlp = [u.body for u in receiver.uploads if u.path == "/v1/logs"]
@@ -353,16 +345,16 @@ def test_otlp_sends_each_checkpoint_once_after_its_records_and_opa_sends_none(tm
     shipping = LogShipping(path, ShippingConfig(opa_service=receiver.url, otlp_endpoint=receiver.url,
                                                 min_delay=0.05, max_delay=0.2))
     shipping.start()
-    _wait_for(lambda: len(_otlp_events(receiver)) == 4)
+    wait_for(lambda: len(_otlp_events(receiver)) == 4)
     _checkpoint(path, 3)  # published while the exporter is caught up: an upload of its own
-    _wait_for(lambda: len(_otlp_events(receiver)) == 5)
+    wait_for(lambda: len(_otlp_events(receiver)) == 5)
     shipping.stop(1)
     ids += _fill(path, [_record(3)])
     _checkpoint(path, 4)
     again = LogShipping(path, ShippingConfig(opa_service=receiver.url, otlp_endpoint=receiver.url,
                                              min_delay=0.05, max_delay=0.2))
     again.start()  # resumes from the cursor: only record 4 and its checkpoint are new
-    _wait_for(lambda: len(_otlp_events(receiver)) == 7 and all(s.cursor == 4 for s in again.statuses()))
+    wait_for(lambda: len(_otlp_events(receiver)) == 7 and all(s.cursor == 4 for s in again.statuses()))
     again.stop(1)
     checkpoint = "tollgate.checkpoint"
     assert _otlp_events(receiver) == [("tollgate.decision", 1), ("tollgate.decision", 2), ("tollgate.decision", 3),
@@ -497,8 +489,8 @@ def test_retention_and_export_lag_read_the_shipping_clock(tmp_path: Path) -> Non
     assert retention is not None
     try:
         exporter.start()
-        _wait_for(lambda: exporter.status.cursor == 10)
-        _wait_for(lambda: exporter.status.lag_records == 10)
+        wait_for(lambda: exporter.status.cursor == 10)
+        wait_for(lambda: exporter.status.lag_records == 10)
         # Against the shipping clock, the records are a day old less one second: that is their lag.
         assert exporter.status.lag_seconds == pytest.approx(86399, abs=1)
         assert exporter.status.last_upload is not None and exporter.status.last_upload.year == 2027

@@ -9,14 +9,13 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, TOLLGATE
+from tests.conftest import ROOT, TOLLGATE, wait_for
 from tollgate.decisionlog import (
     DecisionLog,
     DecisionRecord,
@@ -431,13 +430,6 @@ def _follower(data_dir: Path, out: Path) -> subprocess.Popen[str]:
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_follow_exports_new_records_and_a_restarted_follower_resumes(tmp_path: Path) -> None:
     d = tmp_path / "data"
     write_log(d, [_record(i) for i in range(1, 4)])
@@ -454,10 +446,10 @@ def test_follow_exports_new_records_and_a_restarted_follower_resumes(tmp_path: P
     for batch in (range(4, 15), range(15, 30)):
         follower = _follower(d, out)
         try:
-            _wait_for(exported(batch.start - 1))
+            wait_for(exported(batch.start - 1))
             for i in batch:  # committed while the follower runs
                 write_log(d, [_record(i)])
-            _wait_for(exported(batch.stop - 1))
+            wait_for(exported(batch.stop - 1))
         finally:
             follower.send_signal(signal.SIGTERM)
             _, err = follower.communicate(timeout=30)

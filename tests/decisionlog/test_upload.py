@@ -6,19 +6,12 @@ import gzip
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from tests.conftest import wait_for
 from tests.decisionlog.test_export import _fill, _record
 from tests.net.local_server import Answer, LocalServer, Seen
 from tollgate.decisionlog import ExporterConfig, LogExporter, OpaEncoder
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
 
 
 def test_an_exporter_sends_every_batch_over_one_kept_alive_connection(tmp_path: Path) -> None:
@@ -30,7 +23,7 @@ def test_an_exporter_sends_every_batch_over_one_kept_alive_connection(tmp_path: 
         token="s3cret", headers=(("X-Scope-OrgID", "tenant-7"),)), OpaEncoder())
     try:
         exporter.start()
-        _wait_for(lambda: exporter.status.cursor == 30)
+        wait_for(lambda: exporter.status.cursor == 30)
         exporter.stop(1)
     finally:
         receiver.stop()
@@ -59,8 +52,8 @@ def test_a_receivers_retry_after_holds_the_next_try_back(tmp_path: Path) -> None
                                                 max_delay=5.0), OpaEncoder())
     try:
         exporter.start()
-        _wait_for(lambda: "503 Service Unavailable: busy" in exporter.status.last_error)
-        _wait_for(lambda: exporter.status.cursor == 3)
+        wait_for(lambda: "503 Service Unavailable: busy" in exporter.status.last_error)
+        wait_for(lambda: exporter.status.cursor == 3)
         exporter.stop(1)
     finally:
         receiver.stop()

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import Server, tool_request, write_policy
+from tests.conftest import Server, tool_request, wait_for, write_policy
 from tollgate.bundle import build_bundle, sign_bundle
 from tollgate.bundle._archive import read_archive, write_archive
 from tollgate.v1 import admin_pb2, admin_pb2_grpc
@@ -136,15 +136,6 @@ def health(server: Server) -> int:
     response = health_pb2_grpc.HealthStub(server.channel).Check(
         health_pb2.HealthCheckRequest(service="tollgate.v1.AuthorizationService"), timeout=10)
     return int(response.status)
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def revision_of(server: Server) -> str:

@@ -5,25 +5,16 @@ from __future__ import annotations
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, start_server, tool_request
+from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, start_server, tool_request, wait_for
 from tests.log_receiver import LogReceiver, free_port
 from tollgate.v1 import admin_pb2, admin_pb2_grpc
 
 FAST = ["--decision-log-min-delay", "0.1", "--decision-log-max-delay", "0.5"]
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
 
 
 def _opa_ids(receiver: LogReceiver) -> list[str]:
@@ -57,7 +48,7 @@ def test_every_decision_reaches_both_receivers_once_after_they_recover(tmp_path:
         f"127.0.0.1:{metrics_port}", *FAST])
     try:
         answered = [server.authorize(tool_request(session_id="run-1")).decision_id for _ in range(30)]
-        _wait_for(lambda: _opa_ids(opa) == answered and _otlp_ids(otlp) == answered)
+        wait_for(lambda: _opa_ids(opa) == answered and _otlp_ids(otlp) == answered)
         text = _metrics(metrics_port)
         assert 'tollgate_decision_log_export_uploads_total{exporter="opa",result="failed"} 3' in text
         assert 'tollgate_decision_log_export_lag_records{exporter="opa"} 0' in text
@@ -100,7 +91,7 @@ def test_decisions_made_while_the_receiver_is_down_are_delivered_after_a_restart
     again = start_server(data, extra=["--decision-log-service", receiver.url, *FAST])
     try:
         more = [again.authorize(tool_request(session_id="run-2")).decision_id for _ in range(5)]
-        _wait_for(lambda: _opa_ids(receiver) == answered + more)
+        wait_for(lambda: _opa_ids(receiver) == answered + more)
         assert again.terminate() == 0
     finally:
         again.kill()
@@ -120,7 +111,7 @@ def test_fail_closed_on_lag_denies_until_the_export_catches_up(tmp_path: Path) -
         # The receiver is down: once that first record is more than a second old, answers are refused (the
         # server's clock is moved on rather than waited for).
         server.advance_clock(2)
-        _wait_for(lambda: server.authorize(tool_request(session_id="run-3")).decision == 2)
+        wait_for(lambda: server.authorize(tool_request(session_id="run-3")).decision == 2)
         refused = server.authorize(tool_request(session_id="run-3"))
         assert [r.code for r in refused.reasons] == ["export_lag"]
         assert "decision log export opa is" in refused.reasons[0].message
@@ -128,8 +119,8 @@ def test_fail_closed_on_lag_denies_until_the_export_catches_up(tmp_path: Path) -
         assert record.decision_id == refused.decision_id
 
         receiver.start()
-        _wait_for(lambda: server.authorize(tool_request(session_id="run-3")).decision == 1)
-        _wait_for(lambda: refused.decision_id in _opa_ids(receiver))
+        wait_for(lambda: server.authorize(tool_request(session_id="run-3")).decision == 1)
+        wait_for(lambda: refused.decision_id in _opa_ids(receiver))
         assert server.terminate() == 0
     finally:
         server.kill()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.bundle.test_signing import write_key
-from tests.conftest import ROOT, TOLLGATE, Server, tool_request, write_policy
+from tests.conftest import ROOT, TOLLGATE, Server, tool_request, wait_for, write_policy
 from tests.e2e.test_live_bundles import (
     POLICY,
     BundleService,
@@ -19,7 +19,6 @@ from tests.e2e.test_live_bundles import (
     service,
     signing_key,
     status,
-    wait_for,
 )
 from tollgate.authoring.promotion import load_environments, promote
 from tollgate.bundle import build_bundle, sign_bundle

@@ -11,8 +11,7 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REGO, ROOT, TOLLGATE, start_server, tool_request
+from tests.conftest import REGO, ROOT, TOLLGATE, start_server, tool_request, wait_for
 from tests.log_receiver import LogReceiver
 from tollgate.decisionlog import SqliteDecisionStore
 from tollgate.decisionlog._checkpoint import Checkpoint, checkpoint_problems, load_key
@@ -259,14 +258,6 @@ def _otlp_records(receiver: LogReceiver) -> list[dict[str, Any]]:
     return out
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
-
-
 def _checkpointed(receiver: LogReceiver, head: int) -> bool:
     return any(r["event"] == "tollgate.checkpoint" and int(r["tollgate.checkpoint.seq"]) == head
                for r in _otlp_records(receiver))
@@ -284,7 +275,7 @@ def test_the_otlp_export_carries_each_signed_checkpoint_once_after_its_records(t
             try:
                 for i in range(RECORDS):
                     server.authorize(tool_request("code-reviewer", "github", "get_pull_request", {"pullNumber": i}))
-                _wait_for(partial(_checkpointed, receiver, RECORDS * (run + 1)))  # sent while serving
+                wait_for(partial(_checkpointed, receiver, RECORDS * (run + 1)))  # sent while serving
             finally:
                 assert server.terminate() == 0
     finally:

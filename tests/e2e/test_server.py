@@ -10,13 +10,13 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.conftest import Serve, start_server, tool_request, write_policy
+from tests.conftest import Serve, start_server, tool_request, wait_for, write_policy
 from tollgate.v1 import authorization_pb2 as pb
 
 pytestmark = pytest.mark.clock
@@ -91,14 +91,6 @@ def hold() -> Iterator[Hold]:
     h.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
-    """Poll for condition: what a fixed sleep used to stand in for."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
-
-
 def test_every_answered_decision_survives_sigkill(serve: Serve, tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = serve(bundle=write_policy(tmp_path / "b", ALLOW_ALL), data_dir=data)
@@ -124,7 +116,7 @@ def test_every_answered_decision_survives_sigkill(serve: Serve, tmp_path: Path) 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
     for t in threads:
         t.start()
-    wait_until(lambda: len(received) > 200)
+    wait_for(lambda: len(received) > 200)
     server.proc.send_signal(signal.SIGKILL)  # mid-load: answers are leaving the process right now
     server.proc.wait()
     stop.set()
@@ -184,9 +176,9 @@ def test_sigterm_drains_in_flight_requests_flushes_the_log_and_exits_0(serve: Se
                    extra=["--workers", "6", "--eval-timeout-ms", "20000"])
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(server.authorize, tool_request(agent=f"held-{i}"), 60) for i in range(6)]
-        wait_until(lambda: len(hold.arrived) == 6)  # all six are in flight, each held mid-evaluation
+        wait_for(lambda: len(hold.arrived) == 6)  # all six are in flight, each held mid-evaluation
         server.proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: "shutting down: draining" in server.stderr)  # they finish during the drain
+        wait_for(lambda: "shutting down: draining" in server.stderr)  # they finish during the drain
         hold.released.set()
         responses = [f.result() for f in futures]
     assert server.proc.wait(60) == 0
@@ -208,9 +200,9 @@ def test_sigterm_to_the_whole_process_group_drains_without_losing_the_engine_wor
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(server.authorize, tool_request(agent=f"held-{i}"), 60) for i in range(4)]
-            wait_until(lambda: len(hold.arrived) == 4)  # every worker holds one, mid-evaluation
+            wait_for(lambda: len(hold.arrived) == 4)  # every worker holds one, mid-evaluation
             os.killpg(server.proc.pid, signal.SIGTERM)
-            wait_until(lambda: "shutting down: draining" in server.stderr)
+            wait_for(lambda: "shutting down: draining" in server.stderr)
             hold.released.set()
             responses = [f.result() for f in futures]
         assert server.proc.wait(60) == 0
