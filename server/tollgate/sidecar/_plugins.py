@@ -300,6 +300,14 @@ class HttpPlugin:
         return NOT_STARTED if self._server is None else RUNNING
 
 
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a plugin's background task and wait until it has ended (nothing to do for None)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class PeriodicPlugin:
     """Work done every `every` seconds on the event loop (the reservation sweep); its last failure is its status."""
 
@@ -317,11 +325,8 @@ class PeriodicPlugin:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self._status = NOT_STARTED
 
     def status(self) -> PluginStatus:

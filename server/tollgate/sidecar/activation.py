@@ -12,7 +12,6 @@ that fails on the way refuses the revision: the last good one keeps serving and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -60,6 +59,7 @@ from tollgate.engine import (
     WorkerPoolEngine,
 )
 from tollgate.net import Backoff, HttpOptions, Jitter
+from tollgate.sidecar._plugins import cancel
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +169,8 @@ class BundleActivator:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="bundle-poller")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         self._source.close()

@@ -10,7 +10,6 @@ checkpoint table and, when configured, a JSON Lines file meant to live somewhere
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog import LogReadError, SqliteDecisionStore, verify
 from tollgate.decisionlog._checkpoint import Checkpoint, CheckpointKey, checkpoint_problems, read_checkpoints
 from tollgate.encoding import canonical_json, format_time
-from tollgate.sidecar._plugins import NOT_STARTED, RUNNING, PluginState, PluginStatus
+from tollgate.sidecar._plugins import NOT_STARTED, RUNNING, PluginState, PluginStatus, cancel
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +126,8 @@ class CheckpointPlugin:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self._round()  # the head after the last answer (the gRPC server has drained by now)
         self._publisher.close()
         self._status = NOT_STARTED
