@@ -6,6 +6,7 @@ import gzip
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,6 +153,18 @@ environments:
 """
 
 
+def _signed_v1_v2(tmp_path: Path, key: Any) -> dict[str, Path]:
+    """Bundles v1 and v2 of POLICY, built with sequences 1 and 2 and signed by ci-2026."""
+    built = {}
+    for sequence, revision in enumerate(["v1", "v2"], 1):
+        out = tmp_path / f"{revision}.tar.gz"
+        build_bundle(write_policy(tmp_path / f"src-{revision}", POLICY.format(revision=revision)), out,
+                     revision=revision, sequence=sequence)
+        sign_bundle(out, key, keyid="ci-2026")
+        built[revision] = out
+    return built
+
+
 def test_an_older_signed_revision_offered_again_is_refused_rollback_until_tollgate_rollback_signs_it(
         serve, service: BundleService, signing_key, tmp_path: Path) -> None:
     key, keys = signing_key
@@ -160,11 +173,7 @@ def test_an_older_signed_revision_offered_again_is_refused_rollback_until_tollga
     envs = load_environments(envs_file)
     live = tmp_path / "channels" / "prod" / "bundle.tar.gz"
     built: dict[str, bytes] = {}
-    for sequence, revision in enumerate(["v1", "v2"], 1):
-        out = tmp_path / f"{revision}.tar.gz"
-        build_bundle(write_policy(tmp_path / f"src-{revision}", POLICY.format(revision=revision)), out,
-                     revision=revision, sequence=sequence)
-        sign_bundle(out, key, keyid="ci-2026")
+    for revision, out in _signed_v1_v2(tmp_path, key).items():
         built[revision] = out.read_bytes()
         assert promote(envs, "prod", out, by="ci").published
     service.publish(built["v1"])
@@ -204,11 +213,7 @@ def test_the_highest_sequence_outlives_a_restart_so_a_replayed_revision_is_refus
         serve, service: BundleService, signing_key, tmp_path: Path) -> None:
     key, keys = signing_key
     built: dict[str, bytes] = {}
-    for sequence, revision in enumerate(["v1", "v2"], 1):
-        out = tmp_path / f"{revision}.tar.gz"
-        build_bundle(write_policy(tmp_path / f"src-{revision}", POLICY.format(revision=revision)), out,
-                     revision=revision, sequence=sequence)
-        sign_bundle(out, key, keyid="ci-2026")
+    for revision, out in _signed_v1_v2(tmp_path, key).items():
         built[revision] = out.read_bytes()
     flags = ["--bundle-poll", "0.2", "--bundle-keys", str(keys), "--require-signatures"]
     data = tmp_path / "data"
