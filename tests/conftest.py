@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import grpc
 import pytest
 
+from tests.pg import PostgresServer, running_server
 from tollgate.clock import SHIFT_ENV, START_ENV
 from tollgate.encoding import format_time, parse_time
 from tollgate.v1 import authorization_pb2 as pb
@@ -232,6 +233,18 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     for s in servers:
         if s.proc.poll() is None:
             s.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole run (tests/pg.py); a test takes a database of its own from it."""
+    yield from running_server()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """The URL of a new, empty database on the run's PostgreSQL server."""
+    return postgres.database()
 
 
 def wait_for(condition: Callable[[], bool], *, timeout: float = 60.0, what: str = "condition") -> None:

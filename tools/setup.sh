@@ -7,12 +7,16 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
-# h2load (Debian's nghttp2-client) drives the benchmark; the tests and the server need nothing from apt.
-if ! command -v h2load >/dev/null 2>&1; then
+# Debian packages: h2load (nghttp2-client) drives the benchmark; the tests start a real PostgreSQL server
+# (postgresql: initdb and pg_ctl under /usr/lib/postgresql/*/bin) for the shared state store.
+need=()
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nghttp2-client
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
   else
-    echo "note: h2load not found; install Debian's nghttp2-client to run tools/bench.py" >&2
+    echo "note: missing Debian packages ${need[*]}: install them (the benchmark needs h2load, the tests PostgreSQL)" >&2
   fi
 fi
 

@@ -1,10 +1,12 @@
-"""The state-store protocols: what the decision path and the servicers call on kill switches, approvals and budgets.
+"""The state-store protocols: what the decision path and the servicers call on kill switches, approvals, budgets
+and the fleet registry.
 
-They are the seam between Tollgate and where its run-time state lives. The SQLite classes (KillSwitches,
-Approvals, Budgets, all on one `StateStore` file) are the first implementations; a fleet's PostgreSQL store is
-the next. Each component has two: what one decision needs (a `...View` or `...Ledger`, all the authorizer is
-given) and the whole store (the servicers, `tollgate serve`, the timeline). Times are the store's own: each
-implementation reads the clock it was built with, so no method takes a `now`.
+They are the seam between Tollgate and where its run-time state lives: SQLite in the data dir (one sidecar) or
+PostgreSQL (a fleet). Each component has two: what one decision needs (a `...View` or `...Ledger`, all the
+authorizer is given) and the whole store (the servicers, `tollgate serve`, the timeline). Every method that may
+touch the store is a coroutine, so no database call runs on the event loop's thread: the SQLite implementations
+run their calls in worker threads, the PostgreSQL ones on an async connection pool. Times are the store's own:
+each implementation reads the clock it was built with, so no method takes a `now`.
 
 The null implementations are for an authorizer built without a component: no kill switch is ever engaged, no
 approval is ever there. They keep the decision path free of `if store is not None`.
@@ -14,8 +16,11 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tollgate.clock import Clock
 from tollgate.state._killswitch import HistoryEntry, KillSwitch, KillSwitchSnapshot
 
 if TYPE_CHECKING:
@@ -24,30 +29,35 @@ if TYPE_CHECKING:
 
 
 class KillSwitchView(Protocol):
-    """The kill switches as one decision reads them."""
+    """The kill switches as one decision reads them: from memory, never from the store."""
 
     def snapshot(self) -> KillSwitchSnapshot:
         """The active kill switches as of now, never changed afterwards: one decision reads one snapshot."""
+        ...
+
+    def staleness(self) -> str:
+        """Why the snapshot cannot be trusted to hold every kill switch engaged ("" when it can): a shared store
+        not confirmed for longer than kill_switch_max_staleness. Every request is then DENY state_stale."""
         ...
 
 
 class KillSwitchStore(KillSwitchView, Protocol):
     """Durable kill switches: engaged and lifted by people (AdminService), read by every decision."""
 
-    def kill(self, scope: str, value: str, *, reason: str, by: str) -> KillSwitch:
+    async def kill(self, scope: str, value: str, *, reason: str, by: str) -> KillSwitch:
         """Stop every request scope=value names (InvalidKillSwitch when the target is not one); once this
-        returns, the next snapshot() holds it."""
+        returns, this process's next snapshot() holds it (other replicas' within the propagation bound)."""
         ...
 
-    def revive(self, scope: str, value: str, *, by: str, reason: str = "") -> KillSwitch:
+    async def revive(self, scope: str, value: str, *, by: str, reason: str = "") -> KillSwitch:
         """Lift the kill switch on scope=value and return it (KillSwitchNotFound when there is none)."""
         ...
 
-    def list(self) -> builtins.list[KillSwitch]:
-        """The active kill switches, oldest first."""
+    async def list(self) -> builtins.list[KillSwitch]:
+        """The active kill switches, oldest first, as the store holds them now."""
         ...
 
-    def history(self) -> builtins.list[HistoryEntry]:
+    async def history(self) -> builtins.list[HistoryEntry]:
         """Every kill and revive, oldest first."""
         ...
 
@@ -55,17 +65,18 @@ class KillSwitchStore(KillSwitchView, Protocol):
 class ApprovalLedger(Protocol):
     """Approvals as one decision uses them: read the one presented, use it once, open one."""
 
-    def get(self, approval_id: str) -> Approval | None:
+    async def get(self, approval_id: str) -> Approval | None:
         """The approval with this id, its status as of now (None when there is none)."""
         ...
 
-    def consume(self, approval_id: str, *, request_digest: str, decision_id: str) -> bool:
-        """Use an approved approval for the ALLOW decision_id: True for exactly one caller, ever (an atomic
-        change: of two concurrent re-asks, one wins)."""
+    async def consume(self, approval_id: str, *, request_digest: str, decision_id: str) -> bool:
+        """Use an approved approval for the ALLOW decision_id: True for exactly one caller, ever, across every
+        replica on the store (an atomic change: of two concurrent re-asks, one wins)."""
         ...
 
-    def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
-             approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = ()) -> Approval | None:
+    async def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
+                   approvers: Sequence[str], ttl_seconds: int, opened_by: str,
+                   masked: Sequence[str] = ()) -> Approval | None:
         """A new pending approval bound to request_digest, or the pending one already open for it in the
         principal's session; None from a ledger that keeps no approvals (the answer has none to wait on).
         principal and action are given as masked for the log; masked names the pointers the mask changed."""
@@ -75,61 +86,107 @@ class ApprovalLedger(Protocol):
 class ApprovalStore(ApprovalLedger, Protocol):
     """Durable approvals: opened by decisions, decided by people (ApprovalService), used once."""
 
+    #: The clock approvals expire by (watchers compare expiry against it).
+    clock: Clock
+
     @property
     def generation(self) -> int:
-        """A counter every committed change increments (watchers re-read only after it moved)."""
+        """A counter that moves after every change this process sees committed, its own or (on a shared store)
+        another replica's: watchers re-read only after it moved."""
         ...
 
     def may_decide(self, approval: Approval, identity: str) -> str:
         """Why identity may not decide this approval; "" when it may."""
         ...
 
-    def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> Approval:
+    async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> Approval:
         """Approve or deny a pending approval as `by` (NotAnApprover, ApprovalNotFound, ApprovalError if not)."""
         ...
 
-    def list(self, *, approver: str = "", agent: str = "", session: str = "",
-             status: str = "") -> builtins.list[Approval]:
+    async def list(self, *, approver: str = "", agent: str = "", session: str = "",
+                   status: str = "") -> builtins.list[Approval]:
         """Approvals, newest first, filtered; approver: those the identity may decide."""
         ...
 
 
-class SpendLedger(Protocol):
-    """Budgets as one spending decision uses them: read the spend, reserve what an ALLOW spends."""
+class SpendHold(Protocol):
+    """The budget step of one spending request, held on every scope it is counted under: read spend →
+    (the policy evaluates) → reserve, with no other request of those scopes in between, on any replica."""
 
-    def spend(self, scopes: Mapping[str, str]) -> SpendSnapshot:
-        """Current spend (committed and live reservations) of each scope named, over its default window and,
-        for the monthly scopes, over the current month (StateError when it cannot be read)."""
+    async def spend(self) -> SpendSnapshot:
+        """Current spend (committed and live reservations) of each scope held, over its default window and,
+        for the monthly scopes, over the current month (StateError when it cannot be read; LedgerInvalid when
+        a row holds a value the ledger never writes)."""
         ...
 
-    def reserve(self, scopes: Mapping[str, str], amounts: Mapping[str, float], *, limits: Mapping[str, Any],
-                monthly_limits: Mapping[str, Any] | None = None, decision_id: str = "",
-                requested_by: str = "") -> str:
+    async def reserve(self, amounts: Mapping[str, float], *, limits: Mapping[str, Any],
+                      monthly_limits: Mapping[str, Any] | None = None, decision_id: str = "",
+                      requested_by: str = "") -> str:
         """Hold each unit's amount against every scope under one new id, re-checking every limit in the same
         atomic step: BudgetExceeded (nothing reserved) when one would be passed; only requested_by (the caller
-        identity of the decision) may report its usage."""
+        identity of the decision) may report its usage. At most once per hold."""
+        ...
+
+
+class SpendLedger(Protocol):
+    """Budgets as one spending decision uses them."""
+
+    def hold(self, scopes: Mapping[str, str]) -> AbstractAsyncContextManager[SpendHold]:
+        """Take the budget step on these scopes (scope → value): waits only for requests of the same scopes
+        (StateError when the store cannot give it within its timeout). What reserve() made stands once the
+        block ends without an exception; an exception undoes it."""
         ...
 
 
 class BudgetStore(SpendLedger, Protocol):
     """The spend ledger: reservations made by decisions, usage reported by harnesses, spend read by people."""
 
-    def report(self, reservation_id: str, *, amount: float, unit: str = "",
-               reported_by: str | None = None) -> Reservation:
+    async def report(self, reservation_id: str, *, amount: float, unit: str = "",
+                     reported_by: str | None = None) -> Reservation:
         """Commit the actual amount and release the rest (ReservationNotFound, ReservationNotYours when
         reported_by is not the caller the reservation was made for, ReservationClosed, ValueError)."""
         ...
 
-    def expire(self) -> int:
+    async def expire(self) -> int:
         """Mark reservations past their expiry as expired; returns how many."""
         ...
 
-    def get(self, reservation_id: str) -> builtins.list[Reservation]:
+    async def get(self, reservation_id: str) -> builtins.list[Reservation]:
         """The reservation's rows, one per unit (ReservationNotFound when there are none)."""
         ...
 
-    def usage(self, scopes: Mapping[str, str]) -> builtins.list[ScopeSpend]:
+    async def usage(self, scopes: Mapping[str, str]) -> builtins.list[ScopeSpend]:
         """Committed and reserved spend of each scope named, over its default window (and the month)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SidecarInfo:
+    """One sidecar as the fleet registry holds it (its last heartbeat)."""
+
+    id: str
+    host: str
+    version: str
+    listen: str
+    bundle_revision: str
+    bundle_digest: str
+    #: "serving", "not_serving" (no bundle, or the store stale), or "stopped" (said goodbye).
+    health: str
+    #: Seconds the slowest decision-log exporter is behind (0 when none is configured or all caught up).
+    export_lag_seconds: float
+    started_at: str  # RFC 3339, UTC
+    last_seen: str  # RFC 3339, UTC, stamped by the store's clock
+
+
+class FleetRegistry(Protocol):
+    """Which sidecars serve, where, on which revision: each one heartbeats its own entry."""
+
+    async def heartbeat(self, info: SidecarInfo) -> None:
+        """Create or replace this sidecar's entry (last_seen is set by the registry)."""
+        ...
+
+    async def sidecars(self) -> builtins.list[SidecarInfo]:
+        """Every sidecar that ever registered (and was not pruned), most recently seen first."""
         ...
 
 
@@ -141,32 +198,27 @@ class NoKillSwitches:
     def snapshot(self) -> KillSwitchSnapshot:
         return self._EMPTY
 
+    def staleness(self) -> str:
+        return ""
+
 
 class NoApprovals:
     """An approval ledger that holds none: a presented approval is never one granted here, none is opened."""
 
-    def get(self, approval_id: str) -> Approval | None:
+    async def get(self, approval_id: str) -> Approval | None:
         return None
 
-    def consume(self, approval_id: str, *, request_digest: str, decision_id: str) -> bool:
+    async def consume(self, approval_id: str, *, request_digest: str, decision_id: str) -> bool:
         return False
 
-    def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
-             approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = ()) -> Approval | None:
+    async def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
+                   approvers: Sequence[str], ttl_seconds: int, opened_by: str,
+                   masked: Sequence[str] = ()) -> Approval | None:
         return None
 
 
 NO_KILL_SWITCHES = NoKillSwitches()
 NO_APPROVALS = NoApprovals()
 
-if TYPE_CHECKING:
-    # The SQLite classes are the reference implementations: mypy holds them to the protocols here.
-    from tollgate.state._killswitch import KillSwitches
-    from tollgate.state.approvals import Approvals
-    from tollgate.state.budgets import Budgets
-
-    _kill_switches: type[KillSwitchStore] = KillSwitches
-    _approvals: type[ApprovalStore] = Approvals
-    _budgets: type[BudgetStore] = Budgets
-    _no_kill_switches: type[KillSwitchView] = NoKillSwitches
-    _no_approvals: type[ApprovalLedger] = NoApprovals
+# The SQLite implementations (state/_local.py: the sync classes run in worker threads) and the PostgreSQL ones
+# (state/postgres/) are held to these protocols by mypy in tests/state/test_contract.py.
