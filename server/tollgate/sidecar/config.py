@@ -106,6 +106,26 @@ class ServeConfig:
     approver_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     #: How long a budget reservation holds its amount when no usage is reported, in seconds.
     reservation_ttl: float = 900.0
+    #: Where budgets, approvals, kill switches and the fleet registry live: "" is SQLite in data_dir (one
+    #: sidecar); a postgresql://USER@HOST:PORT/DB URL is the store a fleet shares (libpq's query parameters, such
+    #: as ?sslmode=verify-full, pass through; PGPASSFILE works as with psql).
+    state_store: str = ""
+    #: Seconds a call to a PostgreSQL state store may take (a connection, a lock, a statement); past it the
+    #: request that needs the state is DENY state_unavailable.
+    state_store_timeout: float = 2.0
+    #: A file holding the PostgreSQL password (its first line), for a state_store URL that carries none.
+    state_store_password_file: str = ""
+    #: Create or upgrade the PostgreSQL schema at start-up (else an older schema is a start-up error naming
+    #: `tollgate state migrate`); a schema newer than this tollgate knows is always refused.
+    state_store_migrate: bool = False
+    #: Most connections this sidecar opens to a PostgreSQL state store (a budget step holds one across its
+    #: policy evaluation, so this bounds the budget decisions in flight).
+    state_store_max_connections: int = 10
+    #: Seconds a sidecar on a shared store may go without confirming the kill switches before it denies every
+    #: request state_stale (it cannot prove that none names the request).
+    kill_switch_max_staleness: float = 5.0
+    #: Seconds between reads of the shared store's kill switches, the backstop to their push notifications.
+    kill_switch_refresh: float = 1.0
     #: PEM server certificate (chain) for TLS on the gRPC listener; with tls_key. "" serves plaintext.
     tls_cert: str = ""
     #: PEM private key of tls_cert.
@@ -230,7 +250,37 @@ class ServeConfig:
         self._validate_tls()
         self._validate_identity()
         self._validate_log_export()
+        self._validate_state_store()
         return self
+
+    def _validate_state_store(self) -> None:
+        # Imported here: the PostgreSQL driver is loaded only by a sidecar that uses it.
+        from tollgate.state.postgres import is_postgres_url, redact
+
+        if self.state_store and not is_postgres_url(self.state_store):
+            raise ConfigError(f"state_store: must be \"\" (SQLite in data_dir) or a postgresql:// URL, not "
+                              f"{redact(self.state_store)!r}")
+        if not self.state_store:
+            for name in ("state_store_password_file", "state_store_migrate"):
+                if getattr(self, name):
+                    raise ConfigError(f"{name}: needs a postgresql:// state_store (SQLite in data_dir has none)")
+        if self.state_store_password_file and not Path(self.state_store_password_file).is_file():
+            raise ConfigError(f"state_store_password_file: {self.state_store_password_file!r} is not a readable "
+                              "file")
+        # Bounded above too: an infinite timeout would let a hung store hang every request that needs it, an
+        # infinite staleness bound would never deny on kill switches it cannot confirm.
+        if not 0 < self.state_store_timeout <= 60:  # also refuses NaN
+            raise ConfigError(f"state_store_timeout: must be above 0 and at most 60 seconds, not "
+                              f"{self.state_store_timeout:g}")
+        if self.state_store_max_connections < 1:
+            raise ConfigError("state_store_max_connections: must be 1 or more")
+        if not 0 < self.kill_switch_max_staleness <= 3600:
+            raise ConfigError(f"kill_switch_max_staleness: must be above 0 and at most 3600 seconds, not "
+                              f"{self.kill_switch_max_staleness:g}")
+        if not 0 < self.kill_switch_refresh < self.kill_switch_max_staleness:
+            raise ConfigError(f"kill_switch_refresh: must be above 0 and below kill_switch_max_staleness "
+                              f"({self.kill_switch_max_staleness:g} s), not {self.kill_switch_refresh:g}: a sidecar "
+                              "that refreshes less often than the bound would deny everything state_stale")
 
     def _validate_log_export(self) -> None:
         for name in ("decision_log_service", "otlp_endpoint"):
