@@ -136,60 +136,36 @@ class Approvals:
 
         principal and action are stored as given: the caller gives them masked as the decision record is
         (the request stays bound by request_digest), and names in `masked` what the mask took out."""
-        if ttl_seconds < 1:
-            raise ApprovalError(f"ttl_seconds: must be at least 1, got {ttl_seconds}")
         moment = now or self.clock.now()
-        session_id = str(principal.get("session_id") or "")
+        approval = new_approval(
+            "apr_" + self._ids.new(), request_digest=request_digest, kind=kind, principal=principal, action=action,
+            approvers=approvers, ttl_seconds=ttl_seconds, opened_by=opened_by, masked=masked, now=moment)
         with self._store.lock:
             row = self._query(
-                f"SELECT {_COLUMNS} FROM approvals WHERE request_digest = ? AND session_id = ? AND status = ? "
+                f"SELECT {COLUMNS} FROM approvals WHERE request_digest = ? AND session_id = ? AND status = ? "
                 "AND expires_at > ? ORDER BY created_at DESC LIMIT 1",
-                (request_digest, session_id, PENDING, format_time(moment))).fetchone()
+                (request_digest, approval.session_id, PENDING, format_time(moment))).fetchone()
             if row is not None:
-                return _approval(row, moment)
-            approval = Approval(
-                id="apr_" + self._ids.new(), request_digest=request_digest, kind=kind, principal=dict(principal),
-                action=dict(action), approvers=tuple(approvers), created_at=format_time(moment),
-                expires_at=format_time(moment + timedelta(seconds=ttl_seconds)), status=PENDING, opened_by=opened_by,
-                masked=tuple(masked))
-            self._write(
-                "INSERT INTO approvals (id, request_digest, kind, principal, action, agent_id, session_id, approvers, "
-                "created_at, expires_at, status, opened_by, masked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (approval.id, request_digest, kind, canonical_json(approval.principal), canonical_json(approval.action),
-                 approval.agent_id, session_id, canonical_json(list(approval.approvers)), approval.created_at,
-                 approval.expires_at, PENDING, opened_by, canonical_json(list(approval.masked))))
+                return approval_from_row(row, moment)
+            self._write(f"INSERT INTO approvals ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        insert_values(approval))
         self._notify()
         return approval
 
     def get(self, approval_id: str, *, now: datetime | None = None) -> Approval | None:
         with self._store.lock:
-            row = self._query(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-        return _approval(row, now or self.clock.now()) if row else None
+            row = self._query(f"SELECT {COLUMNS} FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        return approval_from_row(row, now or self.clock.now()) if row else None
 
     def may_decide(self, approval: Approval, identity: str) -> str:
         """Why identity may not decide this approval; "" when it may."""
-        if not identity.strip():
-            return "the approver's identity is required"
-        for name in SELF_FIELDS:
-            if approval.principal.get(name) == identity:
-                return f"{identity} cannot decide a request made by or for itself (principal {name})"
-        if identity.startswith(GROUP_PREFIX):
-            # An approvers entry group:NAME stands for the members listed under NAME; the string is no one.
-            return (f"{identity} names a group, not a person: decide as one of its members (listed under "
-                    f"approver_groups in the sidecar's configuration)")
-        if identity in approval.approvers:
-            return ""
-        for entry in approval.approvers:
-            if entry.startswith(GROUP_PREFIX) and identity in self.approver_groups.get(entry[len(GROUP_PREFIX):], ()):
-                return ""
-        return f"{identity} is not an approver of {approval.id} (approvers: {', '.join(approval.approvers) or 'none'})"
+        return may_decide(approval, identity, self.approver_groups)
 
     def decide(self, approval_id: str, *, approve: bool, by: str, reason: str,
                now: datetime | None = None) -> Approval:
         """Approve or deny a pending approval as `by`; NotAnApprover, ApprovalNotFound or ApprovalError if not."""
         moment = now or self.clock.now()
-        if not reason.strip():
-            raise ApprovalError("reason: required (say why)")
+        check_reason(reason)
         approval = self.get(approval_id, now=moment)
         if approval is None:
             raise ApprovalNotFound(f"approval {approval_id} does not exist")
@@ -204,9 +180,7 @@ class Approvals:
                 "WHERE id = ? AND status = ? AND expires_at > ?",
                 (status, by, format_time(moment), reason, approval_id, PENDING, format_time(moment)))
         if not changed:
-            current = self.get(approval_id, now=moment)
-            state = current.status if current else "gone"
-            raise ApprovalError(f"approval {approval_id} is {state}, not pending: it can no longer be decided")
+            raise not_pending(approval_id, self.get(approval_id, now=moment))
         self._notify()
         return replace(approval, status=status, decided_by=by, decided_at=format_time(moment), reason=reason)
 
@@ -231,8 +205,7 @@ class Approvals:
              now: datetime | None = None) -> builtins.list[Approval]:
         """Approvals, newest first, filtered; approver: those the identity may decide."""
         moment = now or self.clock.now()
-        if status and status not in STATUSES:
-            raise ApprovalError(f"status: {status!r} is not an approval status ({', '.join(STATUSES)})")
+        check_status(status)
         clauses, args = [], []
         if agent:
             clauses.append("agent_id = ?")
@@ -242,11 +215,10 @@ class Approvals:
             args.append(session)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._store.lock:
-            rows = self._query(f"SELECT {_COLUMNS} FROM approvals{where} ORDER BY created_at DESC",
+            rows = self._query(f"SELECT {COLUMNS} FROM approvals{where} ORDER BY created_at DESC",
                                tuple(args)).fetchall()
-        found = [_approval(r, moment) for r in rows]
-        return [a for a in found
-                if (not status or a.status == status) and (not approver or not self.may_decide(a, approver))]
+        return listed([approval_from_row(r, moment) for r in rows], status=status, approver=approver,
+                      approver_groups=self.approver_groups)
 
     @property
     def generation(self) -> int:
@@ -270,11 +242,82 @@ class Approvals:
         return changed
 
 
-_COLUMNS = ("id, request_digest, kind, principal, action, approvers, created_at, expires_at, status, decided_by, "
-            "decided_at, reason, opened_by, used_by, masked")
+# What an approval store checks, stores and reads, whichever store holds it: the SQLite class above and
+# PgApprovals (state/postgres/_approvals.py) call these, so both decide the same way in the same words.
+
+#: The columns an approval is read from, in approval_from_row's order.
+COLUMNS = ("id, request_digest, kind, principal, action, approvers, created_at, expires_at, status, decided_by, "
+           "decided_at, reason, opened_by, used_by, masked")
+#: The columns open() writes, in insert_values' order.
+INSERT_COLUMNS = ("id, request_digest, kind, principal, action, agent_id, session_id, approvers, created_at, "
+                  "expires_at, status, opened_by, masked")
 
 
-def _approval(row: tuple[Any, ...], now: datetime) -> Approval:
+def new_approval(approval_id: str, *, request_digest: str, kind: str, principal: Mapping[str, Any],
+                 action: Mapping[str, Any], approvers: Sequence[str], ttl_seconds: int, opened_by: str,
+                 masked: Sequence[str], now: datetime) -> Approval:
+    """The pending approval open() stores (ApprovalError for a ttl under a second)."""
+    if ttl_seconds < 1:
+        raise ApprovalError(f"ttl_seconds: must be at least 1, got {ttl_seconds}")
+    return Approval(
+        id=approval_id, request_digest=request_digest, kind=kind, principal=dict(principal), action=dict(action),
+        approvers=tuple(approvers), created_at=format_time(now),
+        expires_at=format_time(now + timedelta(seconds=ttl_seconds)), status=PENDING, opened_by=opened_by,
+        masked=tuple(masked))
+
+
+def insert_values(approval: Approval) -> tuple[Any, ...]:
+    return (approval.id, approval.request_digest, approval.kind, canonical_json(approval.principal),
+            canonical_json(approval.action), approval.agent_id, approval.session_id,
+            canonical_json(list(approval.approvers)), approval.created_at, approval.expires_at, PENDING,
+            approval.opened_by, canonical_json(list(approval.masked)))
+
+
+def may_decide(approval: Approval, identity: str, approver_groups: Mapping[str, frozenset[str]]) -> str:
+    """Why identity may not decide this approval; "" when it may. approver_groups: group name (without
+    "group:") → its members."""
+    if not identity.strip():
+        return "the approver's identity is required"
+    for name in SELF_FIELDS:
+        if approval.principal.get(name) == identity:
+            return f"{identity} cannot decide a request made by or for itself (principal {name})"
+    if identity.startswith(GROUP_PREFIX):
+        # An approvers entry group:NAME stands for the members listed under NAME; the string is no one.
+        return (f"{identity} names a group, not a person: decide as one of its members (listed under "
+                f"approver_groups in the sidecar's configuration)")
+    if identity in approval.approvers:
+        return ""
+    for entry in approval.approvers:
+        if entry.startswith(GROUP_PREFIX) and identity in approver_groups.get(entry[len(GROUP_PREFIX):], ()):
+            return ""
+    return f"{identity} is not an approver of {approval.id} (approvers: {', '.join(approval.approvers) or 'none'})"
+
+
+def check_reason(reason: str) -> None:
+    if not reason.strip():
+        raise ApprovalError("reason: required (say why)")
+
+
+def check_status(status: str) -> None:
+    if status and status not in STATUSES:
+        raise ApprovalError(f"status: {status!r} is not an approval status ({', '.join(STATUSES)})")
+
+
+def not_pending(approval_id: str, current: Approval | None) -> ApprovalError:
+    """The refusal of a decision that lost to a concurrent decision or to the expiry."""
+    state = current.status if current else "gone"
+    return ApprovalError(f"approval {approval_id} is {state}, not pending: it can no longer be decided")
+
+
+def listed(found: builtins.list[Approval], *, status: str, approver: str,
+           approver_groups: Mapping[str, frozenset[str]]) -> builtins.list[Approval]:
+    """The approvals list() shows: of the status asked (as of now), those the approver may decide."""
+    return [a for a in found if (not status or a.status == status)
+            and (not approver or not may_decide(a, approver, approver_groups))]
+
+
+def approval_from_row(row: Sequence[Any], now: datetime) -> Approval:
+    """An approval read in COLUMNS order, with its status as of now (pending or approved past expiry: expired)."""
     (id_, digest, kind, principal, action, approvers, created, expires, status, decided_by, decided_at, reason,
      opened_by, used_by, masked) = row
     if status in (PENDING, APPROVED) and expires <= format_time(now):
@@ -283,5 +326,3 @@ def _approval(row: tuple[Any, ...], now: datetime) -> Approval:
                     action=json.loads(action), approvers=tuple(json.loads(approvers)), created_at=created,
                     expires_at=expires, status=status, decided_by=decided_by, decided_at=decided_at, reason=reason,
                     opened_by=opened_by, used_by=used_by or "", masked=tuple(json.loads(masked)))
-
-

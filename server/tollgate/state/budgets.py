@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -128,11 +128,11 @@ class ReservationNotYours(PermissionError):
 class LedgerInvalid(StateError):
     """A scope's rows hold a value the ledger never writes: that scope fails closed (the message names it)."""
 
-    def __init__(self, scope: str, value: str, unit: str) -> None:
+    def __init__(self, scope: str, value: str, unit: str, *, store: str = "state.db") -> None:
         self.scope, self.value, self.unit = scope, value, unit
         super().__init__(
             f"the spend ledger holds an invalid {unit} amount for {scope} {value!r} (not a number from 0 to "
-            f"{MAX_AMOUNT:g}); spending in this {scope} is denied until an operator repairs state.db "
+            f"{MAX_AMOUNT:g}); spending in this {scope} is denied until an operator repairs {store} "
             f"(tollgate spend --{scope} {value} shows it)")
 
 
@@ -179,6 +179,78 @@ def principal_scopes(principal: Mapping[str, Any]) -> dict[str, str]:
     return {scope: value for scope, field in BUDGET_SCOPES.items() if (value := str(principal.get(field) or ""))}
 
 
+# What a ledger checks and says, whichever store holds it: the SQLite class below and PgBudgets
+# (state/postgres/_budgets.py) call these, so both refuse the same requests with the same words.
+
+def new_reservation_id() -> str:
+    return f"rsv-{uuid.uuid4().hex}"
+
+
+def reservation_scopes(scopes: Mapping[str, str]) -> dict[str, str]:
+    """Every scope column of a reservation row: the value given, or "" (no scope)."""
+    return {s: str(scopes.get(s, "")) for s in WINDOWS}
+
+
+def check_amounts(amounts: Mapping[str, float]) -> None:
+    """ValueError unless every unit's amount is one a ledger may hold."""
+    for unit, amount in amounts.items():
+        if not is_amount(amount):
+            raise ValueError(f"amount: {amount!r} {unit} is not a number from 0 to {MAX_AMOUNT:g}")
+
+
+def check_report_amount(amount: float) -> None:
+    if not is_amount(amount):
+        raise ValueError(f"amount: must be a number from 0 to {MAX_AMOUNT:g}, not {amount!r}")
+
+
+def limit_checks(scopes: Mapping[str, str], limits: Mapping[str, Any],
+                 monthly_limits: Mapping[str, Any] | None) -> list[tuple[str, str, Any]]:
+    """(scope, window, that scope's limits by unit) for each limit a reservation is checked against: the
+    default window's and the month's, of the scopes with a value (an empty value is no scope)."""
+    checks = [(scope, WINDOWS[scope], scope_limits) for scope, scope_limits in sorted(limits.items())
+              if scope in WINDOWS and scopes.get(scope)]
+    checks += [(scope, "month", scope_limits) for scope, scope_limits in sorted((monthly_limits or {}).items())
+               if scope in MONTHLY_SCOPES and scopes.get(scope)]
+    return checks
+
+
+def check_limits(checks: list[tuple[str, str, Any]], amounts: Mapping[str, float],
+                 spent: Callable[[str, str, str], float]) -> None:
+    """BudgetExceeded naming the first limit (units sorted, then checks in order) the amounts would pass;
+    spent(scope, unit, window) is what the scope has spent there (LedgerInvalid when it cannot be trusted)."""
+    for unit, amount in sorted(amounts.items()):
+        for scope, window, scope_limits in checks:
+            limit = scope_limits.get(unit) if isinstance(scope_limits, Mapping) else None
+            if not isinstance(limit, int | float):
+                continue
+            used = spent(scope, unit, window)
+            # Every row is at most MAX_AMOUNT, so the sum and this addition stay finite.
+            if used + amount > limit + _TOLERANCE:
+                what = f"{scope} monthly" if window == "month" else scope
+                raise BudgetExceeded(f"{what} spend {used:g} {unit} plus this request's {amount:g} would pass "
+                                     f"the {what} limit of {limit:g} {unit}")
+
+
+def report_unit(reservation_id: str, units: list[str], unit: str) -> str:
+    """The unit a report commits: the one asked for, or the reservation's only one (ValueError when it holds
+    several, ReservationNotFound when it holds no such unit)."""
+    if not unit:
+        if len(units) > 1:
+            raise ValueError(f"unit: required, reservation {reservation_id} holds {' and '.join(units)}")
+        return units[0]
+    if unit not in units:
+        raise ReservationNotFound(f"reservation {reservation_id} holds no {unit} (it holds {', '.join(units)})")
+    return unit
+
+
+def closed(reservation_id: str, unit: str, status: str) -> ReservationClosed:
+    """The refusal of a report on a reservation that is no longer reserved (status "expired": just now)."""
+    if status == "expired":
+        return ReservationClosed(f"reservation {reservation_id} ({unit}) expired; its amount was released")
+    return ReservationClosed(f"reservation {reservation_id} ({unit}) is already {status}; usage is reported "
+                             "once, before the reservation expires")
+
+
 class Budgets:
     """The ledger. The server is its only writer; every check-and-reserve is one IMMEDIATE transaction.
 
@@ -217,29 +289,15 @@ class Budgets:
         not checked (the row stores "" in its column, which no spend query reads). requested_by is the caller
         that may report the usage."""
         now = self.clock.time() if now is None else now
-        for unit, amount in amounts.items():
-            if not is_amount(amount):
-                raise ValueError(f"amount: {amount!r} {unit} is not a number from 0 to {MAX_AMOUNT:g}")
-        scopes = {s: str(scopes.get(s, "")) for s in WINDOWS}
-        reservation_id = f"rsv-{uuid.uuid4().hex}"
+        check_amounts(amounts)
+        scopes = reservation_scopes(scopes)
+        reservation_id = new_reservation_id()
         stamp = datetime.fromtimestamp(now, UTC)
-        checks = [(scope, WINDOWS[scope], scope_limits) for scope, scope_limits in sorted(limits.items())
-                  if scope in WINDOWS and scopes[scope]]
-        checks += [(scope, "month", scope_limits) for scope, scope_limits in sorted((monthly_limits or {}).items())
-                   if scope in MONTHLY_SCOPES and scopes[scope]]
+        checks = limit_checks(scopes, limits, monthly_limits)
         with self._store.lock, self._store.transaction("reserve") as db:
+            check_limits(checks, amounts, lambda scope, unit, window: self._sum(scope, scopes[scope], unit, window,
+                                                                                now))
             for unit, amount in sorted(amounts.items()):
-                for scope, window, scope_limits in checks:
-                    limit = scope_limits.get(unit) if isinstance(scope_limits, Mapping) else None
-                    if not isinstance(limit, int | float):
-                        continue
-                    spent = self._sum(scope, scopes[scope], unit, window, now)
-                    # Every row is at most MAX_AMOUNT, so the sum and this addition stay finite.
-                    if spent + amount > limit + _TOLERANCE:
-                        what = f"{scope} monthly" if window == "month" else scope
-                        raise BudgetExceeded(
-                            f"{what} spend {spent:g} {unit} plus this request's {amount:g} would pass "
-                            f"the {what} limit of {limit:g} {unit}")
                 db.execute(
                     "INSERT INTO budget_reservations (id, session, agent, team, workflow, unit, amount, "
                     "status, day, month, created_at, expires_at, decision_id, requested_by) "
@@ -247,8 +305,8 @@ class Budgets:
                     (reservation_id, scopes["session"], scopes["agent"], scopes["team"],
                      scopes["workflow"], unit, float(amount), stamp.strftime("%Y-%m-%d"),
                      stamp.strftime("%Y-%m"), now, now + self.ttl, decision_id, requested_by))
-                _add_committed(db, scopes, unit, 0.0, periods={"run": "run", "day": _period("day", now),
-                                                               "month": _period("month", now)})
+                _add_committed(db, scopes, unit, 0.0, periods={"run": "run", "day": window_period("day", now),
+                                                               "month": window_period("month", now)})
         return reservation_id
 
     def report(self, reservation_id: str, *, amount: float, unit: str = "", reported_by: str | None = None,
@@ -262,8 +320,7 @@ class Budgets:
         for; ReservationClosed when it was already reported or has expired.
         """
         now = self.clock.time() if now is None else now
-        if not is_amount(amount):
-            raise ValueError(f"amount: must be a number from 0 to {MAX_AMOUNT:g}, not {amount!r}")
+        check_report_amount(amount)
         db = self._store.db
         with self._store.lock:
             try:
@@ -275,27 +332,18 @@ class Budgets:
                         "FROM budget_reservations WHERE id = ? ORDER BY unit", (reservation_id,)).fetchall()
                     if not rows:
                         raise ReservationNotFound(f"reservation {reservation_id!r} does not exist")
-                    _check_reporter(reservation_id, rows[0][8], reported_by)
+                    check_reporter(reservation_id, rows[0][8], reported_by)
                     units = [r[0] for r in rows]
-                    if not unit:
-                        if len(rows) > 1:
-                            raise ValueError(f"unit: required, reservation {reservation_id} holds "
-                                             f"{' and '.join(units)}")
-                        unit = units[0]
-                    if unit not in units:
-                        raise ReservationNotFound(f"reservation {reservation_id} holds no {unit} "
-                                                  f"(it holds {', '.join(units)})")
+                    unit = report_unit(reservation_id, units, unit)
                     (_, session, agent, team, workflow, reserved, status, expires_at, _,
                      day, month) = rows[units.index(unit)]
                     if status == "reserved" and expires_at <= now:
                         db.execute("UPDATE budget_reservations SET status = 'expired' WHERE id = ? AND unit = ?",
                                    (reservation_id, unit))
                         db.execute("COMMIT")
-                        raise ReservationClosed(f"reservation {reservation_id} ({unit}) expired; its amount "
-                                                "was released")
+                        raise closed(reservation_id, unit, "expired")
                     if status != "reserved":
-                        raise ReservationClosed(f"reservation {reservation_id} ({unit}) is already {status}; "
-                                                "usage is reported once, before the reservation expires")
+                        raise closed(reservation_id, unit, status)
                     over = amount > reserved
                     db.execute("UPDATE budget_reservations SET status = 'committed', committed = ?, "
                                "over_reported = ? WHERE id = ? AND unit = ?",
@@ -325,6 +373,14 @@ class Budgets:
             except sqlite3.Error as exc:
                 raise StateError(f"state store {self._store.path}: cannot expire reservations ({exc})") from exc
 
+    def withdraw(self, reservation_id: str) -> int:
+        """Delete the open rows of a reservation whose decision was never answered (its budget step failed after
+        reserving), as if it had never been made; returns how many. A reported unit stays as it is."""
+        with self._store.lock, self._store.transaction("withdraw a reservation") as db:
+            withdrawn: int = db.execute("DELETE FROM budget_reservations WHERE id = ? AND status = 'reserved'",
+                                        (reservation_id,)).rowcount
+        return withdrawn
+
     def get(self, reservation_id: str) -> list[Reservation]:
         """The reservation's rows, one per unit (ReservationNotFound when there are none)."""
         with self._store.lock:
@@ -350,7 +406,7 @@ class Budgets:
                     for window in windows:
                         units = self._window_spend(scope, value, window, now)
                         invalid = [str(LedgerInvalid(scope, value, unit)) for unit, (_, _, bad) in units.items() if bad]
-                        found.append(ScopeSpend(scope, value, _period(window, now),
+                        found.append(ScopeSpend(scope, value, window_period(window, now),
                                                 {unit: (c, r) for unit, (c, r, _) in sorted(units.items())},
                                                 invalid="; ".join(invalid)))
             except sqlite3.Error as exc:
@@ -376,9 +432,9 @@ class Budgets:
         db = self._store.db
         found: dict[str, tuple[float, float, bool]] = {}
         for unit, total in db.execute("SELECT unit, committed FROM budget_totals WHERE scope = ? AND value = ? "
-                                      "AND period = ?", (scope, value, _period(window, now))):
+                                      "AND period = ?", (scope, value, window_period(window, now))):
             committed = _number(total)
-            found[unit] = (committed, 0.0, not _fine(committed))
+            found[unit] = (committed, 0.0, not fine(committed))
         where, params = self._window(window, now)
         # INDEXED BY: left to itself the planner takes (status, expires_at), every open row of every scope.
         index = f"budget_live_{scope}_month" if window == "month" else f"budget_live_{scope}"
@@ -388,7 +444,7 @@ class Budgets:
                 {"value": value, "now": now, "max": MAX_AMOUNT, **params}):
             committed, _, bad = found.get(unit, (0.0, 0.0, False))
             reserved = _number(total)
-            found[unit] = (committed, reserved, bad or bool(invalid) or not _fine(reserved))
+            found[unit] = (committed, reserved, bad or bool(invalid) or not fine(reserved))
         return found
 
     @staticmethod
@@ -403,7 +459,7 @@ class Budgets:
         return "", {}
 
 
-def _period(window: str, now: float) -> str:
+def window_period(window: str, now: float) -> str:
     """The period a window covers at now, as the totals and `tollgate spend` name it: "run", "day YYYY-MM-DD"
     or "month YYYY-MM" (UTC)."""
     stamp = datetime.fromtimestamp(now, UTC)
@@ -414,7 +470,7 @@ def _period(window: str, now: float) -> str:
     return "run"
 
 
-def _fine(total: float) -> bool:
+def fine(total: float) -> bool:
     """Whether a sum read from the ledger can be shown to a policy (a bad value makes it NaN, infinite or < 0)."""
     return math.isfinite(total) and total >= 0
 
@@ -429,7 +485,7 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def _check_reporter(reservation_id: str, requested_by: str | None, reported_by: str | None) -> None:
+def check_reporter(reservation_id: str, requested_by: str | None, reported_by: str | None) -> None:
     """ReservationNotYours unless the reporter is the caller the reservation was made for."""
     if reported_by is None or requested_by is None or requested_by == reported_by:
         return
