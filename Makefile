@@ -4,11 +4,12 @@
 setup:
 	@tools/setup.sh
 
-# A local admin token (kill switches, approvals, status) in the data directory, made once, readable by you alone.
+# A local admin token (kill switches, approvals, status) in the data directory, made once, readable by you alone;
+# the quick start's approver groups (README "Approvals") from samples/quickstart.yaml.
 serve: setup
 	@mkdir -p .tollgate && [ -s .tollgate/admin-token ] || (umask 077; .venv/bin/python -c \
 	  "import secrets; print(secrets.token_urlsafe(32))" > .tollgate/admin-token)
-	.venv/bin/tollgate serve --admin-token-file .tollgate/admin-token
+	.venv/bin/tollgate serve --admin-token-file .tollgate/admin-token --config samples/quickstart.yaml
 
 # The whole suite, then the time-sensitive tests (marked `clock`) again with every server's clock started seconds
 # before the next UTC new year, so they cross a midnight, a month end and a year end.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, Server, start_server
-from tests.readme import mask_dates
+from tests.readme import mask_dates, readme_section
 
 pytestmark = pytest.mark.clock  # times shown and windows read on a server's clock
 
@@ -135,3 +135,56 @@ def _varying(text: str) -> str:
     """Output with what differs from run to run (times, decision IDs, the bundle digest) replaced."""
     text = mask_dates(text)
     return re.sub(r"(decision_id|bundle)=\S+", r"\1=...", text).strip()
+
+
+def _make_serve_args() -> list[str]:
+    """The `tollgate serve` arguments of the Makefile's serve target, without its admin token file (start_server
+    gives the test's token)."""
+    import shlex
+
+    recipe = (ROOT / "Makefile").read_text().split("\nserve:", 1)[1].split("\n\n", 1)[0]
+    line = next(line for line in recipe.splitlines() if ".venv/bin/tollgate serve" in line)
+    args = shlex.split(line)[2:]
+    i = args.index("--admin-token-file")
+    return args[:i] + args[i + 2:]
+
+
+def test_make_serve_runs_with_the_approver_groups_readme_shows() -> None:
+    import yaml
+
+    args = _make_serve_args()
+    config = ROOT / args[args.index("--config") + 1]
+    section = readme_section("Approvals")
+    shown = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert shown, "the Approvals section shows no config"
+    assert yaml.safe_load(config.read_text()) == yaml.safe_load(shown.group(1))
+    assert "rita@example.com" in yaml.safe_load(config.read_text())["approver_groups"]["release-managers"]
+
+
+def test_the_approvals_walkthrough_works_under_make_serve(tmp_path: Path) -> None:
+    """README's "Approvals" walkthrough, command by command, on a sidecar started as `make serve` starts it: rita
+    approves (she is an approver there), the re-ask is allowed once."""
+    section = readme_section("Approvals")
+    commands = _commands(section)
+    assert [argv[1] for argv, _ in commands] == ["authorize", "approvals", "approvals", "authorize", "authorize"]
+    shown_id = re.search(r"approval_id (apr_\S+)", section).group(1)  # type: ignore[union-attr]
+    server = start_server(tmp_path / "data", extra=_make_serve_args())
+    try:
+        real_id = ""
+        for argv, shown in commands:
+            argv = [real_id if a == shown_id and real_id else a for a in argv]
+            result = subprocess.run([*TOLLGATE, *argv[1:], "--server", server.address], capture_output=True,
+                                    text=True, timeout=60, cwd=ROOT,
+                                    env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+            verdict = shown.split()[0]
+            assert result.returncode == {"ALLOW": 0, "DENY": 2, "REQUIRE_APPROVAL": 3}.get(verdict, 0), \
+                result.stdout + result.stderr
+            found = re.search(r"approval_id (apr_\S+)", result.stdout)
+            real_id = found.group(1) if found and not real_id else real_id
+            assert _approval_varying(result.stdout) == _approval_varying(shown), result.stdout
+    finally:
+        server.terminate()
+
+
+def _approval_varying(text: str) -> str:
+    return re.sub(r"apr_[0-9a-f-]+", "apr_ID", _varying(text))
