@@ -1,0 +1,268 @@
+"""The SQLite state store behind the async protocols: each store call runs in a worker thread, never on the event
+loop, and a budget step holds one asyncio lock per scope it is counted under, never one for the whole process.
+
+The sync classes (KillSwitches, Approvals, Budgets) do the work; these adapters only move it off the loop. The
+server is the one writer of its state.db, so what a lock in this process orders is ordered for the whole store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tollgate.clock import Clock, SystemClock
+from tollgate.state._killswitch import HistoryEntry, KillSwitch, KillSwitches, KillSwitchSnapshot
+from tollgate.state._store import StateStore
+from tollgate.state.approvals import Approval, Approvals
+from tollgate.state.budgets import DEFAULT_TTL, Budgets, Reservation, ScopeSpend, SpendSnapshot
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class LocalKillSwitches:
+    """KillSwitches behind KillSwitchStore. The snapshot is never stale: this process is its file's one writer and
+    replaces the snapshot in the call that commits a change."""
+
+    def __init__(self, switches: KillSwitches) -> None:
+        self.switches = switches
+
+    def snapshot(self) -> KillSwitchSnapshot:
+        return self.switches.snapshot()
+
+    def staleness(self) -> str:
+        return ""
+
+    async def kill(self, scope: str, value: str, *, reason: str, by: str) -> KillSwitch:
+        return await asyncio.to_thread(self.switches.kill, scope, value, reason=reason, by=by)
+
+    async def revive(self, scope: str, value: str, *, by: str, reason: str = "") -> KillSwitch:
+        return await asyncio.to_thread(self.switches.revive, scope, value, by=by, reason=reason)
+
+    async def list(self) -> builtins.list[KillSwitch]:
+        # The in-memory copy is exact (see the class): no thread, no SQLite.
+        return self.switches.list()
+
+    async def history(self) -> builtins.list[HistoryEntry]:
+        return await asyncio.to_thread(self.switches.history)
+
+
+class LocalApprovals:
+    """Approvals behind ApprovalStore: every read and write in a worker thread; generation, clock and the approver
+    check (memory only) pass through."""
+
+    def __init__(self, approvals: Approvals) -> None:
+        self.approvals = approvals
+        self.clock = approvals.clock
+
+    @property
+    def generation(self) -> int:
+        return self.approvals.generation
+
+    def may_decide(self, approval: Approval, identity: str) -> str:
+        return self.approvals.may_decide(approval, identity)
+
+    async def get(self, approval_id: str) -> Approval | None:
+        return await asyncio.to_thread(self.approvals.get, approval_id)
+
+    async def consume(self, approval_id: str, *, request_digest: str, decision_id: str) -> bool:
+        return await asyncio.to_thread(self.approvals.consume, approval_id, request_digest=request_digest,
+                                       decision_id=decision_id)
+
+    async def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
+                   approvers: Sequence[str], ttl_seconds: int, opened_by: str,
+                   masked: Sequence[str] = ()) -> Approval | None:
+        return await asyncio.to_thread(functools.partial(
+            self.approvals.open, request_digest=request_digest, kind=kind, principal=principal, action=action,
+            approvers=approvers, ttl_seconds=ttl_seconds, opened_by=opened_by, masked=masked))
+
+    async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> Approval:
+        return await asyncio.to_thread(self.approvals.decide, approval_id, approve=approve, by=by, reason=reason)
+
+    async def list(self, *, approver: str = "", agent: str = "", session: str = "",
+                   status: str = "") -> builtins.list[Approval]:
+        return await asyncio.to_thread(functools.partial(self.approvals.list, approver=approver, agent=agent,
+                                                         session=session, status=status))
+
+
+class _ScopeLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        #: Holds that hold the lock or wait for it: at 0 the entry is dropped.
+        self.users = 0
+
+
+class ScopeLocks:
+    """One asyncio.Lock per (scope, value), kept only while a hold holds it or waits for it: the table is as large
+    as the budget steps in flight, however many session ids pass through. Locks are taken in sorted order, so two
+    holds sharing several scopes never wait for each other in a cycle. Used on the event loop only."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], _ScopeLock] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def held(self, scopes: Mapping[str, str]) -> AsyncIterator[None]:
+        """Hold every (scope, value) lock of scopes until the block ends."""
+        taken: list[tuple[tuple[str, str], _ScopeLock]] = []
+        try:
+            for key in sorted(scopes.items()):
+                entry = self._locks.get(key)
+                if entry is None:
+                    entry = self._locks[key] = _ScopeLock()
+                entry.users += 1
+                try:
+                    await entry.lock.acquire()
+                except BaseException:  # cancelled while waiting: no longer a user
+                    self._leave(key, entry)
+                    raise
+                taken.append((key, entry))
+            yield
+        finally:
+            for key, entry in reversed(taken):
+                entry.lock.release()
+                self._leave(key, entry)
+
+    def _leave(self, key: tuple[str, str], entry: _ScopeLock) -> None:
+        entry.users -= 1
+        if entry.users == 0:
+            del self._locks[key]
+
+
+class LocalHold:
+    """One budget step on SQLite: spend and reserve at the one moment `now` the step read, in worker threads.
+
+    A call the step started in a thread is finished before the step lets go of its scopes, even when the awaiting
+    task was cancelled: a reservation still being written when the next request of the scope reads spend would be
+    missed by that read.
+    """
+
+    def __init__(self, budgets: Budgets, scopes: Mapping[str, str], *, now: float) -> None:
+        self._budgets = budgets
+        self._scopes = dict(scopes)
+        self._now = now
+        self._calls: list[asyncio.Future[Any]] = []
+        self._reservation: asyncio.Future[str] | None = None
+
+    async def spend(self) -> SpendSnapshot:
+        return await self._run(functools.partial(self._budgets.spend, self._scopes, now=self._now))
+
+    async def reserve(self, amounts: Mapping[str, float], *, limits: Mapping[str, Any],
+                      monthly_limits: Mapping[str, Any] | None = None, decision_id: str = "",
+                      requested_by: str = "") -> str:
+        if self._reservation is not None:
+            raise RuntimeError("a budget hold reserves at most once")
+        call = functools.partial(self._budgets.reserve, self._scopes, amounts, limits=limits,
+                                 monthly_limits=monthly_limits, decision_id=decision_id, requested_by=requested_by,
+                                 now=self._now)
+        self._reservation = self._start(call)
+        return await asyncio.shield(self._reservation)
+
+    async def _run(self, call: Callable[[], _T]) -> _T:
+        return await asyncio.shield(self._start(call))
+
+    def _start(self, call: Callable[[], _T]) -> asyncio.Future[_T]:
+        future = asyncio.get_running_loop().run_in_executor(None, call)
+        self._calls.append(future)
+        return future
+
+    async def finish(self, *, failed: bool) -> None:
+        """Wait for every call still running in a thread; when the step failed after reserving, withdraw the
+        reservation (its decision was never answered), as a PostgreSQL step's rollback does."""
+        for call in self._calls:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(call)
+        reservation = self._reservation
+        if not failed or reservation is None or reservation.cancelled() or reservation.exception() is not None:
+            return
+        reservation_id = reservation.result()
+        try:
+            await asyncio.to_thread(self._budgets.withdraw, reservation_id)
+        except Exception as exc:  # it still expires after its TTL
+            log.error("budgets: reservation %s of a failed budget step not withdrawn (it expires after its TTL): %s",
+                      reservation_id, exc)
+
+
+class LocalBudgets:
+    """Budgets behind BudgetStore: a budget step holds the lock of each (scope, value) it is counted under, so
+    two requests of one session take turns and requests of unrelated scopes never wait for each other."""
+
+    def __init__(self, budgets: Budgets) -> None:
+        self.budgets = budgets
+        self.locks = ScopeLocks()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, scopes: Mapping[str, str]) -> AsyncIterator[LocalHold]:
+        async with self.locks.held(scopes):
+            hold = LocalHold(self.budgets, scopes, now=self.budgets.clock.time())
+            try:
+                yield hold
+            except BaseException:
+                await hold.finish(failed=True)
+                raise
+            await hold.finish(failed=False)
+
+    async def report(self, reservation_id: str, *, amount: float, unit: str = "",
+                     reported_by: str | None = None) -> Reservation:
+        return await asyncio.to_thread(self.budgets.report, reservation_id, amount=amount, unit=unit,
+                                       reported_by=reported_by)
+
+    async def expire(self) -> int:
+        return await asyncio.to_thread(self.budgets.expire)
+
+    async def get(self, reservation_id: str) -> builtins.list[Reservation]:
+        return await asyncio.to_thread(self.budgets.get, reservation_id)
+
+    async def usage(self, scopes: Mapping[str, str]) -> builtins.list[ScopeSpend]:
+        return await asyncio.to_thread(self.budgets.usage, scopes)
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """The state of one sidecar in DATA_DIR/state.db, behind the async protocols."""
+
+    store: StateStore
+    kill_switches: LocalKillSwitches
+    approvals: LocalApprovals
+    budgets: LocalBudgets
+    # The fleet registry on the same file (`fleet`) is added beside these by state/_fleet.py's LocalFleet.
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_local_state(data_dir: Path, *, clock: Clock = SystemClock(),
+                     approver_groups: Mapping[str, Sequence[str]] | None = None,
+                     reservation_ttl: float = DEFAULT_TTL) -> LocalState:
+    """Open (creating or migrating) DATA_DIR/state.db; StateError when it cannot be opened or its schema is newer
+    than this server knows. Blocking: call it at start-up, before the loop serves."""
+    store = StateStore(data_dir / "state.db")
+    try:
+        return LocalState(store, LocalKillSwitches(KillSwitches(store, clock=clock)),
+                          LocalApprovals(Approvals(store, approver_groups=approver_groups, clock=clock)),
+                          LocalBudgets(Budgets(store, ttl=reservation_ttl, clock=clock)))
+    except BaseException:
+        store.close()
+        raise
+
+
+if TYPE_CHECKING:
+    # mypy holds the adapters to the protocols here.
+    from tollgate.state._protocol import ApprovalStore, BudgetStore, KillSwitchStore, SpendHold
+
+    _kill_switches: type[KillSwitchStore] = LocalKillSwitches
+    _approvals: type[ApprovalStore] = LocalApprovals
+    _budgets: type[BudgetStore] = LocalBudgets
+    _hold: type[SpendHold] = LocalHold
