@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make serve` and `make test`. Both set the machine up first.
-.PHONY: setup serve test bench proto
+.PHONY: setup serve test bench bench-fleet proto
 
 setup:
 	@tools/setup.sh
@@ -19,6 +19,10 @@ test: setup
 
 bench: setup
 	.venv/bin/python tools/bench.py
+
+# Budget decisions on SQLite vs PostgreSQL, and kill-switch propagation across three sidecars (docs/BENCHMARKS.md).
+bench-fleet: setup
+	.venv/bin/python tools/bench_fleet.py
 
 proto: setup
 	.venv/bin/python tools/gen_proto.py

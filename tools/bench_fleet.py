@@ -55,9 +55,11 @@ from typing import Any
 import grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.pg: the one PostgreSQL harness, shared with the test suite
+# tools/ for bench.py (its h2load runner and checks), the checkout for tests.pg (the one PostgreSQL harness, shared
+# with the test suite): first on sys.path when run as a script, not when a test imports this file.
+sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 
-from bench import (  # noqa: E402 - tools/ is this script's own directory, first on sys.path
+from bench import (  # noqa: E402
     HOST,
     BenchError,
     LoadResult,
