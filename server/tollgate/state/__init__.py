@@ -1,6 +1,7 @@
 """Run-time state the server owns, in DATA_DIR/state.db: kill switches, approvals and budgets, behind the
 state-store protocols (state/_protocol.py) that a shared store implements too."""
 
+from tollgate.state._fleet import HEALTHS, STALE_HEARTBEATS, LocalFleet, is_stale, valid_sidecar_id
 from tollgate.state._killswitch import (
     ALL_VALUE,
     SCOPES,
@@ -41,9 +42,11 @@ from tollgate.state._store import StateError, StateStore, private_dir, private_f
 
 __all__ = [
     "ALL_VALUE",
+    "HEALTHS",
     "NO_APPROVALS",
     "NO_KILL_SWITCHES",
     "SCOPES",
+    "STALE_HEARTBEATS",
     "ApprovalLedger",
     "ApprovalStore",
     "BudgetStore",
@@ -58,6 +61,7 @@ __all__ = [
     "KillSwitches",
     "LocalApprovals",
     "LocalBudgets",
+    "LocalFleet",
     "LocalHold",
     "LocalKillSwitches",
     "LocalState",
@@ -69,9 +73,11 @@ __all__ = [
     "SpendLedger",
     "StateError",
     "StateStore",
+    "is_stale",
     "open_local_state",
     "private_dir",
     "private_file",
     "request_targets",
+    "valid_sidecar_id",
     "validate_target",
 ]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tollgate.clock import Clock, SystemClock
+from tollgate.state._fleet import LocalFleet
 from tollgate.state._killswitch import HistoryEntry, KillSwitch, KillSwitches, KillSwitchSnapshot
 from tollgate.state._store import StateStore
 from tollgate.state.approvals import Approval, Approvals
@@ -237,7 +238,7 @@ class LocalState:
     kill_switches: LocalKillSwitches
     approvals: LocalApprovals
     budgets: LocalBudgets
-    # The fleet registry on the same file (`fleet`) is added beside these by state/_fleet.py's LocalFleet.
+    fleet: LocalFleet
 
     def close(self) -> None:
         self.store.close()
@@ -252,7 +253,8 @@ def open_local_state(data_dir: Path, *, clock: Clock = SystemClock(),
     try:
         return LocalState(store, LocalKillSwitches(KillSwitches(store, clock=clock)),
                           LocalApprovals(Approvals(store, approver_groups=approver_groups, clock=clock)),
-                          LocalBudgets(Budgets(store, ttl=reservation_ttl, clock=clock)))
+                          LocalBudgets(Budgets(store, ttl=reservation_ttl, clock=clock)),
+                          LocalFleet(store, clock=clock))
     except BaseException:
         store.close()
         raise
@@ -260,9 +262,10 @@ def open_local_state(data_dir: Path, *, clock: Clock = SystemClock(),
 
 if TYPE_CHECKING:
     # mypy holds the adapters to the protocols here.
-    from tollgate.state._protocol import ApprovalStore, BudgetStore, KillSwitchStore, SpendHold
+    from tollgate.state._protocol import ApprovalStore, BudgetStore, FleetRegistry, KillSwitchStore, SpendHold
 
     _kill_switches: type[KillSwitchStore] = LocalKillSwitches
     _approvals: type[ApprovalStore] = LocalApprovals
     _budgets: type[BudgetStore] = LocalBudgets
     _hold: type[SpendHold] = LocalHold
+    _fleet: type[FleetRegistry] = LocalFleet

@@ -176,6 +176,9 @@ class SidecarInfo:
     export_lag_seconds: float
     started_at: str  # RFC 3339, UTC
     last_seen: str  # RFC 3339, UTC, stamped by the store's clock
+    #: Seconds between this sidecar's heartbeats: it is stale once last_seen is older than three of them (each
+    #: entry carries its own, so a reader needs no setting to tell a stale sidecar from a slow-beating one).
+    heartbeat_seconds: float = 5.0
 
 
 class FleetRegistry(Protocol):
