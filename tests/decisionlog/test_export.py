@@ -22,6 +22,7 @@ from tollgate.decisionlog import (
     DecisionRecord,
     ExporterConfig,
     ExportState,
+    HttpTransport,
     LogConfig,
     LogExporter,
     LogRetention,
@@ -73,7 +74,8 @@ def _fill(path: Path, records: list[dict[str, Any]]) -> list[str]:
 def _exporter(path: Path, url: str, **overrides: Any) -> LogExporter:
     settings: dict[str, Any] = {"name": "opa", "url": f"{url}/logs", "min_delay": 0.05, "max_delay": 0.2,
                                 "batch_records": 500, **overrides}
-    return LogExporter(path, ExporterConfig(**settings), OpaEncoder())
+    config = ExporterConfig(**settings)
+    return LogExporter(path, config, HttpTransport(config, OpaEncoder()))
 
 
 def _ids(bodies: list[Any]) -> list[str]:

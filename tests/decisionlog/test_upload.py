@@ -11,16 +11,17 @@ from pathlib import Path
 from tests.conftest import wait_for
 from tests.decisionlog.test_export import _fill, _record
 from tests.net.local_server import Answer, LocalServer, Seen
-from tollgate.decisionlog import ExporterConfig, LogExporter, OpaEncoder
+from tollgate.decisionlog import ExporterConfig, HttpTransport, LogExporter, OpaEncoder
 
 
 def test_an_exporter_sends_every_batch_over_one_kept_alive_connection(tmp_path: Path) -> None:
     path = tmp_path / "decisions.db"
     ids = _fill(path, [_record(i) for i in range(30)])
     receiver = LocalServer().start()  # HTTP/1.1, as real receivers are
-    exporter = LogExporter(path, ExporterConfig(
+    config = ExporterConfig(
         name="otlp", url=f"{receiver.url}/v1/logs", batch_records=10, min_delay=0.05, max_delay=0.2,
-        token="s3cret", headers=(("X-Scope-OrgID", "tenant-7"),)), OpaEncoder())
+        token="s3cret", headers=(("X-Scope-OrgID", "tenant-7"),))
+    exporter = LogExporter(path, config, HttpTransport(config, OpaEncoder()))
     try:
         exporter.start()
         wait_for(lambda: exporter.status.cursor == 30)
@@ -48,8 +49,8 @@ def test_a_receivers_retry_after_holds_the_next_try_back(tmp_path: Path) -> None
 
     receiver = LocalServer(script=answer).start()
     # Without Retry-After the exporter would try again within 50-100 ms.
-    exporter = LogExporter(path, ExporterConfig(name="opa", url=f"{receiver.url}/logs", min_delay=0.05,
-                                                max_delay=5.0), OpaEncoder())
+    config = ExporterConfig(name="opa", url=f"{receiver.url}/logs", min_delay=0.05, max_delay=5.0)
+    exporter = LogExporter(path, config, HttpTransport(config, OpaEncoder()))
     try:
         exporter.start()
         wait_for(lambda: "503 Service Unavailable: busy" in exporter.status.last_error)

@@ -1,4 +1,5 @@
-"""Decision-log export: ship committed records, in seq order, to an OPA decision-log service or an OTLP collector.
+"""Decision-log export: ship committed records, in seq order, to an OPA decision-log service, an OTLP collector or
+the fleet's PostgreSQL store.
 
 The database is the buffer. Each exporter keeps a named cursor (the last seq a receiver acknowledged with a
 2xx) in decisions.db and reads forward from it on its own connection and thread, so the writer thread and the
@@ -10,6 +11,9 @@ past `max_lag` the exporter reports WARN.
 The OTLP exporter also sends the sidecar's signed checkpoints, each in the first upload that holds (or follows)
 the record it names, after the records; the cursor counts the checkpoints acknowledged beside the seq, so each
 goes out once (again only when its whole upload is re-sent). The OPA exporter does not: see OpaEncoder.
+
+`LogExporter` is the machinery (cursor, batches, backoff, lag, status); a `Transport` is where a batch goes:
+`HttpTransport` (an encoder's body POSTed over HTTP) or the PostgreSQL transport (decisionlog/_pgexport.py).
 """
 
 from __future__ import annotations
@@ -64,9 +68,11 @@ class ExportState(Enum):
 class ExporterConfig:
     """One destination for the decision log."""
 
-    #: The cursor's name in export_cursors ("opa", "otlp"); a new name starts from the oldest record kept.
+    #: The cursor's name in export_cursors ("opa", "otlp", "postgresql"); a new name starts from the oldest record
+    #: kept.
     name: str
-    #: The URL each batch is POSTed to (http or https).
+    #: The URL each batch is POSTed to (http or https), or for another transport where it goes, as status shows it
+    #: (never with a password).
     url: str
     #: Sent as `Authorization: Bearer TOKEN` when not empty.
     token: str = ""
@@ -133,30 +139,90 @@ class OpaEncoder:
 
 
 @dataclass(frozen=True)
-class _Row:
+class ExportRow:
+    """One record of a batch, as the log stores it: `body` is the canonical JSON that was hashed."""
+
     seq: int
     body: str
     timestamp: str
     hash: str
 
 
-class _UploadError(Exception):
+class UploadError(Exception):
+    """A batch the destination did not take; the exporter retries it from the same cursor."""
+
     def __init__(self, message: str, *, status: int = 0, retry_after: float | None = None) -> None:
         super().__init__(message)
+        #: The HTTP status when there was one (413 splits the batch); 0 otherwise.
         self.status = status
+        #: Seconds the destination asked us to wait, when it said.
         self.retry_after = retry_after
+
+
+class Transport(Protocol):
+    """Where batches go. Used from the exporter's thread only: open at start, send each batch, close at the end."""
+
+    #: Whether the destination has a place for the log's signed checkpoints.
+    carries_checkpoints: bool
+
+    def open(self) -> None: ...
+
+    def send(self, batch: Sequence[ExportRow], checkpoints: Sequence[Checkpoint], *, timeout: float) -> None:
+        """Deliver the batch whole, or raise UploadError (anything else is retried too, and logged as a bug)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class HttpTransport:
+    """A batch as one gzipped body from `encoder`, POSTed to config.url with its token and headers."""
+
+    def __init__(self, config: ExporterConfig, encoder: Encoder) -> None:
+        parts = urlsplit(config.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{config.name}: url must be http(s)://HOST[:PORT]/PATH, not {config.url!r}")
+        self._config = config
+        self._encoder = encoder
+        self.carries_checkpoints = encoder.carries_checkpoints
+        self._http: HttpClient | None = None  # one client, its connection kept alive, from open to close
+
+    def open(self) -> None:
+        from tollgate.net import HttpClient  # loads httpx2: only a sidecar that exports pays for it
+
+        self._http = HttpClient(HttpOptions(token=self._config.token, headers=self._config.headers))
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+
+    def send(self, batch: Sequence[ExportRow], checkpoints: Sequence[Checkpoint], *, timeout: float) -> None:
+        # seq and hash travel with each record: a receiver can drop the duplicates at-least-once delivery allows
+        # (same seq) and re-check the chain.
+        records = [{**json.loads(r.body), "seq": r.seq, "hash": r.hash} for r in batch]
+        encoded = self._encoder.encode(records, checkpoints) if checkpoints else self._encoder.encode(records)
+        body = gzip.compress(encoded, compresslevel=6)
+        assert self._http is not None, "opened"
+        try:
+            response = self._http.request("POST", self._config.url, body=body, headers=_UPLOAD_HEADERS,
+                                          timeout=timeout)
+        except RequestFailed as exc:
+            raise UploadError(f"{self._config.url}: {exc}") from exc
+        if response.ok:
+            return
+        answer = response.body[:512].decode(errors="replace").strip()
+        raise UploadError(f"{self._config.url} answered {response.status} {response.reason}"
+                          + (f": {answer[:200]}" if answer else ""),
+                          status=response.status, retry_after=_retry_after(response.headers.get("Retry-After")))
 
 
 class LogExporter:
     """One destination: configure, start, stop (a final flush with a deadline), status."""
 
-    def __init__(self, path: Path, config: ExporterConfig, encoder: Encoder, *, clock: Clock = SystemClock()) -> None:
-        parts = urlsplit(config.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{config.name}: url must be http(s)://HOST[:PORT]/PATH, not {config.url!r}")
+    def __init__(self, path: Path, config: ExporterConfig, transport: Transport, *,
+                 clock: Clock = SystemClock()) -> None:
         self._path = path
         self._config = config
-        self._encoder = encoder
+        self._transport = transport
         self._clock = clock  # the lag is measured against the clock that stamped the records
         self._stop = threading.Event()
         self._deadline = float("inf")  # monotonic time the final flush must end by
@@ -165,7 +231,6 @@ class LogExporter:
         self._byte_cap = config.batch_bytes
         # Jitter: sidecars that failed together retry apart; a receiver's Retry-After is honoured up to max_delay.
         self._backoff = Backoff(config.min_delay, config.max_delay, jitter=Jitter.EQUAL)
-        self._http: HttpClient | None = None  # one client, its connection kept alive, from start to stop
         self._status = ExportStatus(name=config.name, url=config.url, max_lag=config.max_lag)
         #: How many of the log's checkpoints (oldest first) the receiver acknowledged; read at start.
         self._checkpoints_acked = 0
@@ -182,11 +247,9 @@ class LogExporter:
     def start(self) -> None:
         # Fail at start, not in the thread, when the database cannot be opened.
         store = SqliteDecisionStore.open(self._path, clock=self._clock)
-        from tollgate.net import HttpClient  # loads httpx2: only a sidecar that exports pays for it
-
-        self._http = HttpClient(HttpOptions(token=self._config.token, headers=self._config.headers))
+        self._transport.open()
         self._publish(cursor=store.cursor(self.name), state=ExportState.OK)
-        if self._encoder.carries_checkpoints:
+        if self._transport.carries_checkpoints:
             self._checkpoints_acked = store.cursor_checkpoints(self.name)
         self._thread = threading.Thread(target=self._run, args=(store,), name=f"decision-log-export-{self.name}",
                                         daemon=True)
@@ -221,8 +284,7 @@ class LogExporter:
             self._publish(state=ExportState.ERROR, last_error="exporter stopped on an internal error; see the log")
         finally:
             store.close()
-            if self._http is not None:
-                self._http.close()
+            self._transport.close()
 
     def _loop(self, store: DecisionStore) -> None:
         cursor, acked = self._status.cursor, self._checkpoints_acked
@@ -245,7 +307,7 @@ class LogExporter:
                 self._upload(batch, marks)
                 # The seq and the checkpoint count in one update: the upload is acknowledged whole.
                 store.save_cursor(self.name, upto, checkpoints=acked + len(marks) if marks else None)
-            except _UploadError as exc:
+            except UploadError as exc:
                 if exc.status == 413 and len(batch) > 1:
                     self._byte_cap = max(1, sum(len(r.body) for r in batch) // 2)
                     log.info("decision log export %s: the receiver refused %d records as too large (413); "
@@ -281,20 +343,20 @@ class LogExporter:
             log.warning("decision log export %s: %s; retrying in %.1fs", self.name, message, delay)
             self._wait(store, cursor, delay)
 
-    def _read(self, store: DecisionStore, cursor: int) -> list[_Row]:
-        batch: list[_Row] = []
+    def _read(self, store: DecisionStore, cursor: int) -> list[ExportRow]:
+        batch: list[ExportRow] = []
         size = 0
         for row in store.page(Query(), after=cursor, limit=self._config.batch_records):
             size += len(row.record_json)
             if batch and size > self._byte_cap:
                 break
-            batch.append(_Row(row.seq, row.record_json, row.timestamp, row.hash))
+            batch.append(ExportRow(row.seq, row.record_json, row.timestamp, row.hash))
         return batch
 
     def _ready_checkpoints(self, store: DecisionStore, acked: int, upto: int) -> list[Checkpoint]:
         """The checkpoints past the `acked` first whose record (seq <= upto) goes out in this upload or went
         before, up to batch_records of them; none when the encoder has no place for them."""
-        if not self._encoder.carries_checkpoints:
+        if not self._transport.carries_checkpoints:
             return []
         ready: list[Checkpoint] = []
         for checkpoint in store.checkpoints(skip=acked):
@@ -303,25 +365,9 @@ class LogExporter:
             ready.append(checkpoint)
         return ready
 
-    def _upload(self, batch: list[_Row], marks: Sequence[Checkpoint] = ()) -> None:
-        # seq and hash travel with each record: a receiver can drop the duplicates at-least-once delivery allows
-        # (same seq) and re-check the chain.
-        records = [{**json.loads(r.body), "seq": r.seq, "hash": r.hash} for r in batch]
-        encoded = self._encoder.encode(records, marks) if marks else self._encoder.encode(records)
-        body = gzip.compress(encoded, compresslevel=6)
+    def _upload(self, batch: list[ExportRow], marks: Sequence[Checkpoint] = ()) -> None:
         timeout = min(UPLOAD_TIMEOUT, max(0.5, self._deadline - time.monotonic()))
-        assert self._http is not None, "started"
-        try:
-            response = self._http.request("POST", self._config.url, body=body, headers=_UPLOAD_HEADERS,
-                                          timeout=timeout)
-        except RequestFailed as exc:
-            raise _UploadError(f"{self._config.url}: {exc}") from exc
-        if response.ok:
-            return
-        answer = response.body[:512].decode(errors="replace").strip()
-        raise _UploadError(f"{self._config.url} answered {response.status} {response.reason}"
-                           + (f": {answer[:200]}" if answer else ""),
-                           status=response.status, retry_after=_retry_after(response.headers.get("Retry-After")))
+        self._transport.send(batch, marks, timeout=timeout)
 
     def _wait(self, store: DecisionStore, cursor: int, seconds: float) -> None:
         """Sleep until `seconds` pass or stop is asked, keeping the lag current for the metrics."""
@@ -362,7 +408,7 @@ class LogExporter:
         self._status = dataclasses.replace(self._status, **changes)
 
 
-def _decision_id(row: _Row) -> str:
+def _decision_id(row: ExportRow) -> str:
     try:
         return str(json.loads(row.body).get("decision_id", f"seq {row.seq}"))
     except ValueError:

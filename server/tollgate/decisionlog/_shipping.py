@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
 from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog._checkpoint import CheckpointKey
 from tollgate.decisionlog._events import VERSION
-from tollgate.decisionlog._export import Encoder, ExporterConfig, ExportStatus, LogExporter, OpaEncoder
+from tollgate.decisionlog._export import (
+    ExporterConfig,
+    ExportStatus,
+    HttpTransport,
+    LogExporter,
+    OpaEncoder,
+    Transport,
+)
 from tollgate.decisionlog._otlp import OtlpEncoder
+from tollgate.decisionlog._pgexport import POSTGRESQL, PgTransport
 from tollgate.decisionlog._retention import LogRetention
 
 #: Cursor names in export_cursors.
 OPA = "opa"
 OTLP = "otlp"
+#: Longest sidecar_id the fleet's decisions table takes (people read it; F4's registry bounds it too).
+MAX_SIDECAR_ID = 200
 
 
 @dataclass(frozen=True)
@@ -32,7 +42,17 @@ class ShippingConfig:
     otlp_endpoint: str = ""
     #: Headers sent with every OTLP upload (authentication a collector or vendor asks for).
     otlp_headers: tuple[tuple[str, str], ...] = ()
-    #: Batch limits, retry delays and the lag limit, shared by both exporters (see ExporterConfig).
+    #: The fleet's PostgreSQL store (the sidecar's state_store) every record is shipped into, idempotent by
+    #: decision_id; "" is off. The log goes where the fleet's state is: one store to migrate, secure and size, and
+    #: the same --state-store URL answers `tollgate logs query` and GetDecision fleet-wide.
+    postgresql_url: str = ""
+    #: A file holding the store's password (first line), for a URL that carries none (state_store_password_file).
+    postgresql_password_file: str = ""
+    #: Seconds connecting to the store may take (state_store_timeout); a batch may take the upload timeout.
+    postgresql_timeout: float = 2.0
+    #: This sidecar's fleet id (the registry's): the sidecar_id column of every record it ships.
+    sidecar_id: str = ""
+    #: Batch limits, retry delays and the lag limit, shared by every exporter (see ExporterConfig).
     batch_records: int = 500
     batch_bytes: int = 1024 * 1024
     min_delay: float = 1.0
@@ -52,24 +72,34 @@ def otlp_logs_url(endpoint: str) -> str:
     return base if base.endswith("/v1/logs") else f"{base}/v1/logs"
 
 
+def _targets(config: ShippingConfig) -> list[tuple[ExporterConfig, Transport]]:
+    """Each configured destination's exporter settings and transport (ValueError naming a bad setting)."""
+    limits = ExporterConfig(name="", url="", batch_records=config.batch_records, batch_bytes=config.batch_bytes,
+                            min_delay=config.min_delay, max_delay=config.max_delay, max_lag=config.max_lag)
+    targets: list[tuple[ExporterConfig, Transport]] = []
+    if config.opa_service:
+        url = config.opa_service.rstrip("/") + "/" + config.opa_resource.lstrip("/")
+        opa = replace(limits, name=OPA, url=url, token=config.opa_token)
+        targets.append((opa, HttpTransport(opa, OpaEncoder())))
+    if config.otlp_endpoint:
+        otlp = replace(limits, name=OTLP, url=otlp_logs_url(config.otlp_endpoint), headers=config.otlp_headers)
+        targets.append((otlp, HttpTransport(otlp, OtlpEncoder(service_version=VERSION))))
+    if config.postgresql_url:
+        if len(config.sidecar_id) > MAX_SIDECAR_ID:
+            raise ValueError(f"sidecar_id: at most {MAX_SIDECAR_ID} characters, not {len(config.sidecar_id)}")
+        store = PgTransport(config.postgresql_url, sidecar_id=config.sidecar_id,
+                            password_file=config.postgresql_password_file, timeout=config.postgresql_timeout)
+        targets.append((replace(limits, name=POSTGRESQL, url=store.target), store))
+    return targets
+
+
 class LogShipping:
     """Owns the configured exporters and the retention sweeper of one decisions.db; both read `clock` (export
     lag, the retention cutoff)."""
 
     def __init__(self, path: Path, config: ShippingConfig, *, clock: Clock = SystemClock()) -> None:
-        targets: list[tuple[str, str, str, tuple[tuple[str, str], ...], Encoder]] = []
-        if config.opa_service:
-            url = config.opa_service.rstrip("/") + "/" + config.opa_resource.lstrip("/")
-            targets.append((OPA, url, config.opa_token, (), OpaEncoder()))
-        if config.otlp_endpoint:
-            targets.append((OTLP, otlp_logs_url(config.otlp_endpoint), "", config.otlp_headers,
-                            OtlpEncoder(service_version=VERSION)))
-        self.exporters = [
-            LogExporter(path, ExporterConfig(
-                name=name, url=url, token=token, headers=headers, batch_records=config.batch_records,
-                batch_bytes=config.batch_bytes, min_delay=config.min_delay, max_delay=config.max_delay,
-                max_lag=config.max_lag), encoder, clock=clock)
-            for name, url, token, headers, encoder in targets]
+        self.exporters = [LogExporter(path, settings, transport, clock=clock)
+                          for settings, transport in _targets(config)]
         self.retention = None if config.retention is None else LogRetention(
             path, window=config.retention, exporters=[e.name for e in self.exporters],
             every=config.retention_every, clock=clock, key=config.anchor_key)

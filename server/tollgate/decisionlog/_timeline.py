@@ -7,7 +7,7 @@ store: `tollgate logs timeline` reads DATA_DIR/state.db read-only when it is the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -127,6 +127,12 @@ def timeline(store: DecisionStore, session: str, *, state: RunState | None = Non
             records = [row.decision_record() for row in matching(store, Query(session=session))]
     except ValueError as exc:
         raise LogReadError(f"cannot read decision log: {exc}") from exc
+    return session_timeline(session, records, state=known)
+
+
+def session_timeline(session: str, records: Sequence[DecisionRecord], *, state: RunState | None = None) -> Timeline:
+    """The timeline of records already read (the session's, in order): from a sidecar's log or the fleet's store."""
+    known = state if state is not None else NoRunState()
     return Timeline(session, tuple(_step(r, known) for r in records), known.note)
 
 
