@@ -309,13 +309,14 @@ async def cancel(task: asyncio.Task[None] | None) -> None:
 
 
 class PeriodicPlugin:
-    """Work done every `every` seconds on the event loop (the reservation sweep); its last failure is its status."""
+    """Work done every `every` seconds on the event loop (the reservation sweep, awaited when it is a coroutine
+    function); its last failure is its status."""
 
     required = False
 
-    def __init__(self, name: str, work: Callable[[], None], *, every: float) -> None:
+    def __init__(self, name: str, work: Callable[[], Awaitable[None] | None], *, every: float) -> None:
         self.name = name
-        self._work = work  # raises to report a failure; the next round tries again
+        self._work = work  # a function or a coroutine function; raises to report a failure, the next round retries
         self._every = every
         self._task: asyncio.Task[None] | None = None
         self._status = NOT_STARTED
@@ -336,7 +337,9 @@ class PeriodicPlugin:
         while True:
             await asyncio.sleep(self._every)
             try:
-                self._work()
+                pending = self._work()
+                if pending is not None:
+                    await pending
             except Exception as exc:
                 log.error("%s: %s", self.name, exc)
                 self._status = PluginStatus(PluginState.ERROR, str(exc))

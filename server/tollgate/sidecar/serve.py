@@ -40,11 +40,9 @@ from tollgate.identity import CallerMap, CallerResolver, PeerCredentialRelay
 from tollgate.net import HttpOptions
 from tollgate.sidecar._plugins import (
     BundlePlugin,
-    ClosingPlugin,
     DecisionLogPlugin,
     GrpcPlugin,
     HttpPlugin,
-    PeriodicPlugin,
     PluginManager,
     PluginStartError,
     RelayPlugin,
@@ -54,9 +52,8 @@ from tollgate.sidecar.activation import ActivatorConfig, BundleActivator
 from tollgate.sidecar.checkpoints import CheckpointPlugin, CheckpointPublisher, startup_problems
 from tollgate.sidecar.config import ConfigError, ServeConfig
 from tollgate.sidecar.metrics import Metrics, PendingApprovals, start_metrics_server
-from tollgate.state import KillSwitches, StateError, StateStore, private_dir
-from tollgate.state.approvals import Approvals
-from tollgate.state.budgets import Budgets
+from tollgate.sidecar.state import ListenerPlugin, SidecarState, open_state
+from tollgate.state import StateError, private_dir
 from tollgate.v1 import admin_pb2, approval_pb2, authorization_pb2
 
 log = logging.getLogger("tollgate")
@@ -73,12 +70,16 @@ async def serve(config: ServeConfig) -> int:
     clock = from_environment()  # the one clock every part reads (shifted only by the testing aid)
     settings = _settings(config, clock)
     checkpoint_key = _checked_log(config)
-    state = _open_state(config, clock)
+    state = await _open_state(config, clock)
     health = GrpcHealth(HealthServicer())
     manager = PluginManager(health)
     metrics = Metrics()
     slot = EngineSlot()
-    activator = _activator(config, slot, metrics, manager, state, clock, http=settings.bundle_http)
+    try:
+        activator = _activator(config, slot, metrics, manager, clock, http=settings.bundle_http)
+    except SystemExit:
+        await state.close()
+        raise
     parts = _Parts(config, settings, state, slot, activator, metrics, health, clock)
     checkpoints = None if checkpoint_key is None else CheckpointPlugin(
         CheckpointPublisher(parts.decision_log.path, checkpoint_key, clock=clock,
@@ -168,30 +169,21 @@ def _checked_log(config: ServeConfig) -> CheckpointKey | None:
                      "on it anyway, pass --accept-log-tamper (or move it aside to start a new log)")
 
 
-@dataclass(frozen=True)
-class _State:
-    store: StateStore
-    kill_switches: KillSwitches
-    approvals: Approvals
-    budgets: Budgets
-
-
-def _open_state(config: ServeConfig, clock: Clock) -> _State:
+async def _open_state(config: ServeConfig, clock: Clock) -> SidecarState:
+    """SQLite in the data dir, or the shared PostgreSQL store (sidecar/state.py says what a store down does)."""
     try:
-        store = StateStore(Path(config.data_dir) / "state.db")
-        state = _State(store, KillSwitches(store, clock=clock),
-                       Approvals(store, approver_groups=config.approver_groups, clock=clock),
-                       Budgets(store, ttl=config.reservation_ttl, clock=clock))
+        state = await open_state(config, clock=clock)
     except StateError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
-    active = state.kill_switches.list()
+    log.info("state store: %s", state.where)
+    active = list(state.kill_switches.snapshot().active.values())  # on PostgreSQL: read by the listener
     if active:
         log.warning("kill switches active: %s", ", ".join(f"{s.scope}={s.value}" for s in active))
     return state
 
 
 def _activator(config: ServeConfig, slot: EngineSlot, metrics: Metrics, manager: PluginManager,
-               state: _State, clock: Clock, *, http: HttpOptions) -> BundleActivator:
+               clock: Clock, *, http: HttpOptions) -> BundleActivator:
     async def on_bundle(status: BundleStatus, activation: Activation | None, failure: Failure | None) -> None:
         if activation is not None:
             metrics.activated(revision=activation.revision, digest=activation.digest, source=status.source,
@@ -213,14 +205,13 @@ def _activator(config: ServeConfig, slot: EngineSlot, metrics: Metrics, manager:
             slot, engine_config, listeners=(on_bundle,), clock=clock,
         )
     except BundleError as exc:  # an unreadable trusted key: a configuration error, not a bad bundle
-        state.store.close()
         raise SystemExit(f"tollgate serve: bundle_keys: {exc}") from exc
 
 
 class _Parts:
     """The sidecar's parts, built from the settings and wired to each other and to the metrics."""
 
-    def __init__(self, config: ServeConfig, settings: _Settings, state: _State, slot: EngineSlot,
+    def __init__(self, config: ServeConfig, settings: _Settings, state: SidecarState, slot: EngineSlot,
                  activator: BundleActivator, metrics: Metrics, health: GrpcHealth, clock: Clock) -> None:
         self.config, self.settings, self.state, self.slot = config, settings, state, slot
         self.activator, self.metrics, self.health = activator, metrics, health
@@ -273,7 +264,10 @@ class _Parts:
 def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: CheckpointPlugin | None = None) -> GrpcPlugin:
     """Add every plugin in start order (they stop in reverse); returns the gRPC server's."""
     config, settings = parts.config, parts.settings
-    manager.add(ClosingPlugin("state store", parts.state.store.close))
+    for plugin in parts.state.plugins:  # the store and its listener: stopped after everything that uses them
+        if isinstance(plugin, ListenerPlugin):
+            plugin.on_change = manager.changed  # health follows the staleness rule
+        manager.add(plugin)
     manager.add(ShippingPlugin(parts.shipping, flush_seconds=EXPORT_FLUSH_SECONDS))
     manager.add(DecisionLogPlugin(parts.decision_log))
     if checkpoints is not None:  # after the writer starts; it stops after the gRPC drain, so it signs the last head
@@ -291,9 +285,7 @@ def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: Checkpoi
     manager.add(grpc_plugin)
     if config.authzen_listen:
         manager.add(_authzen_plugin(parts))
-    budgets = parts.state.budgets
-    manager.add(PeriodicPlugin("budgets", lambda: _sweep_reservations(budgets),
-                               every=min(config.reservation_ttl, 60.0)))
+    manager.add(parts.state.sweep)
     return grpc_plugin
 
 
@@ -308,13 +300,6 @@ def _authzen_plugin(parts: _Parts) -> HttpPlugin:
         refusal=lambda exc: f"authzen_listen: cannot listen on {config.authzen_listen} ({exc.strerror or exc})",
         announce=lambda address: log.info("AuthZEN access evaluation API on %s://%s",
                                           "https" if tls else "http", address))
-
-
-def _sweep_reservations(budgets: Budgets) -> None:
-    """Mark expired reservations: spend already leaves them out once past expiry; this keeps their status true."""
-    expired = budgets.expire()  # a StateError is logged ("budgets: ...") and the sweep tries again
-    if expired:
-        log.info("budgets: %d reservations expired and released their amounts", expired)
 
 
 class GrpcHealth:

@@ -1,0 +1,285 @@
+"""The sidecar's state, opened at start-up: SQLite in the data dir, or the PostgreSQL store a fleet shares.
+
+`open_state` gives one holder with the four components the rest of the sidecar uses through the protocols of
+state/_protocol.py (kill switches, approvals, budgets, the fleet registry), and the background work that keeps
+them true as plugins: on PostgreSQL the notification listener with its kill-switch refresh (push, and a
+periodic read as backstop), and on both the reservation sweep. The plugins stop after every other part, so
+the last request drained still finds the store open.
+
+A PostgreSQL store that cannot be reached at start-up does not stop the start: a pod must not crash-loop
+because its database restarts. The sidecar serves; requests that need state are DENY state_unavailable, and
+past kill_switch_max_staleness every request is DENY state_stale, until the store answers again (recovery
+needs nothing). A store that answers with a schema this tollgate cannot use (missing, older without
+state_store_migrate, or newer) is a start-up error with the hint; one found so only after an outage keeps
+the sidecar denying, with the hint in the log and in the state-store plugin's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tollgate.clock import Clock
+from tollgate.sidecar._plugins import RUNNING, PeriodicPlugin, Plugin, PluginState, PluginStatus, cancel
+from tollgate.state import StateError
+
+if TYPE_CHECKING:
+    from tollgate.sidecar.config import ServeConfig
+    from tollgate.state import ApprovalStore, BudgetStore, KillSwitchStore
+    from tollgate.state._protocol import FleetRegistry
+    from tollgate.state.postgres import PgKillSwitches, PgStore
+
+log = logging.getLogger("tollgate")
+
+#: Seconds between tries to check the schema of a store that was unreachable at start-up.
+SCHEMA_RETRY_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Component:
+    """One part of the shared store's schema: its name in tollgate_schema and its migration steps."""
+
+    name: str
+    steps: Sequence[str]
+
+
+def schema() -> tuple[Component, ...]:
+    """Every component a PostgreSQL state store holds, in the order they are migrated."""
+    from tollgate.decisionlog import DECISIONS_COMPONENT, DECISIONS_STEPS
+    from tollgate.state.postgres import PgFleet, PgKillSwitches
+    from tollgate.state.postgres._approvals import _SCHEMA as APPROVALS_STEPS
+    from tollgate.state.postgres._approvals import PgApprovals
+    from tollgate.state.postgres._budgets import _SCHEMA as BUDGETS_STEPS
+    from tollgate.state.postgres._budgets import PgBudgets
+    from tollgate.state.postgres._fleet import FLEET_STEPS
+
+    return (Component(PgBudgets.COMPONENT, BUDGETS_STEPS), Component(PgApprovals.COMPONENT, APPROVALS_STEPS),
+            Component(PgKillSwitches.COMPONENT, PgKillSwitches.STEPS), Component(PgFleet.COMPONENT, FLEET_STEPS),
+            Component(DECISIONS_COMPONENT, DECISIONS_STEPS))
+
+
+@dataclass(frozen=True)
+class Migrated:
+    """What migrating one component did."""
+
+    component: str
+    before: int
+    after: int
+
+
+async def migrate(store: PgStore, *, upgrade: bool) -> list[Migrated]:
+    """Bring every component to the version this tollgate knows (with upgrade; else only check that it is
+    there). StateError naming the component and the hint when one is newer, or older without upgrade."""
+    before = await store.versions()  # StateError when the store cannot be reached
+    done: list[Migrated] = []
+    for component in schema():
+        await store.migrate(component.name, component.steps, upgrade=upgrade)
+        done.append(Migrated(component.name, before.get(component.name, 0), len(component.steps)))
+    return done
+
+
+@dataclass(frozen=True)
+class SidecarState:
+    """The state the sidecar's parts share, and the plugins that keep it (started first, stopped last)."""
+
+    kill_switches: KillSwitchStore
+    approvals: ApprovalStore
+    budgets: BudgetStore
+    fleet: FleetRegistry
+    #: Where it lives, for the log: the data dir's state.db, or the store's URL without its password.
+    where: str
+    #: Added before every other plugin (so stopped after them): the store itself, its listener.
+    plugins: tuple[Plugin, ...]
+    #: Added after the servers: the reservation sweep.
+    sweep: Plugin
+    #: Closes the store when start-up fails before the plugins run.
+    close: Callable[[], Awaitable[None]]
+
+
+async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
+    """Open the configured store (StateError: a start-up error, its message the hint)."""
+    if config.state_store:
+        return await _open_postgres(config, clock)
+    return _open_sqlite(config, clock)
+
+
+def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
+    from tollgate.state import open_local_state
+
+    local = open_local_state(Path(config.data_dir), clock=clock, approver_groups=config.approver_groups,
+                             reservation_ttl=config.reservation_ttl)
+
+    async def close() -> None:
+        local.close()
+
+    return SidecarState(local.kill_switches, local.approvals, local.budgets, local.fleet,
+                        where=str(local.store.path), plugins=(StorePlugin("state store", close),),
+                        sweep=_sweep(local.budgets, config), close=close)
+
+
+async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
+    from tollgate.state.postgres import PgFleet, PgKillSwitches, PgOptions, PgStore
+    from tollgate.state.postgres._approvals import PgApprovals
+    from tollgate.state.postgres._budgets import PgBudgets
+
+    store = PgStore(PgOptions(config.state_store, timeout=config.state_store_timeout,
+                              password_file=config.state_store_password_file,
+                              max_connections=config.state_store_max_connections))
+    await store.open(wait=False)  # never fails: the pool connects in the background, and keeps trying
+    checked = await _check_schema(store, upgrade=config.state_store_migrate)
+    kill_switches = PgKillSwitches(store, clock=clock, max_staleness=config.kill_switch_max_staleness,
+                                   refresh_every=config.kill_switch_refresh)
+    approvals = PgApprovals(store, approver_groups=config.approver_groups, clock=clock)
+    budgets = PgBudgets(store, ttl=config.reservation_ttl, clock=clock)
+    store_plugin = StorePlugin("state store", store.close, schema=None if checked else
+                               (lambda: _check_schema(store, upgrade=config.state_store_migrate, at_start=False)))
+    listener = ListenerPlugin(kill_switches, approvals_changed=approvals.changed)
+    return SidecarState(kill_switches, approvals, budgets, PgFleet(store, clock=clock), where=store.name,
+                        plugins=(store_plugin, listener), sweep=_sweep(budgets, config), close=store.close)
+
+
+async def _check_schema(store: PgStore, *, upgrade: bool, at_start: bool = True) -> bool:
+    """Whether the store's schema is there at this tollgate's versions (migrated first with upgrade).
+
+    False when the store cannot be reached (logged); a schema it cannot use raises StateError at start-up and
+    is logged (and raised, for the plugin's status) after it."""
+    try:
+        await store.versions()
+    except StateError as exc:
+        if at_start:
+            log.error("%s; serving anyway: requests that need state are denied (state_unavailable), and once the "
+                      "kill switches go unconfirmed for kill_switch_max_staleness every request is (state_stale), "
+                      "until the store answers", exc)
+        return False
+    for done in await migrate(store, upgrade=upgrade):
+        if done.before != done.after:
+            log.info("state store %s: %s schema created or upgraded from version %d to %d", store.name,
+                     done.component, done.before, done.after)
+    if not at_start:
+        log.info("state store %s: reachable, schema checked", store.name)
+    return True
+
+
+def _sweep(budgets: BudgetStore, config: ServeConfig) -> Plugin:
+    async def sweep() -> None:
+        # Spend already leaves a reservation out once past its expiry; this keeps its status true. On a shared
+        # store any replica may sweep every replica's reservations (a crashed sidecar's too).
+        expired = await budgets.expire()  # a StateError is logged ("budgets: ...") and the sweep tries again
+        if expired:
+            log.info("budgets: %d reservations expired and released their amounts", expired)
+
+    return PeriodicPlugin("budgets", sweep, every=min(config.reservation_ttl, 60.0))
+
+
+class StorePlugin:
+    """The state store: open while the sidecar runs, closed after every other part has stopped.
+
+    A PostgreSQL store unreachable at start-up has its schema checked in the background, every
+    SCHEMA_RETRY_SECONDS, until it answers; until then (and while its schema is refused) the status says why."""
+
+    required = False  # a store that is down makes requests DENY, it does not stop the sidecar
+
+    def __init__(self, name: str, close: Callable[[], Awaitable[None]], *,
+                 schema: Callable[[], Awaitable[bool]] | None = None) -> None:
+        self.name = name
+        self._close = close
+        self._schema = schema
+        self._task: asyncio.Task[None] | None = None
+        self._status = RUNNING if schema is None else PluginStatus(
+            PluginState.ERROR, "unreachable at start-up: requests that need state are DENY state_unavailable")
+
+    async def start(self) -> None:
+        if self._schema is not None:
+            self._task = asyncio.get_running_loop().create_task(self._check(self._schema), name=self.name)
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+        await self._close()
+
+    def status(self) -> PluginStatus:
+        return self._status
+
+    async def _check(self, check: Callable[[], Awaitable[bool]]) -> None:
+        while True:
+            await asyncio.sleep(SCHEMA_RETRY_SECONDS)
+            try:
+                if await check():
+                    self._status = RUNNING
+                    return
+            except StateError as exc:  # reachable, but a schema this tollgate cannot use: said once per change
+                if self._status.message != str(exc):
+                    log.error("%s", exc)
+                self._status = PluginStatus(PluginState.ERROR, str(exc))
+
+
+class ListenerPlugin:
+    """A sidecar on a shared store: the kill switches read once before the servers start, then kept by the
+    store's listener (LISTEN/NOTIFY, a refresh every kill_switch_refresh seconds as backstop, reconnecting).
+
+    Its status is the staleness rule: ERROR (health NOT_SERVING) while the kill switches cannot be confirmed,
+    since every request is then DENY state_stale; OK again as soon as they are."""
+
+    name = "kill switches"
+    required = True
+
+    def __init__(self, kill_switches: PgKillSwitches, *, approvals_changed: Callable[[], None],
+                 on_change: Callable[[], Awaitable[None]] | None = None) -> None:
+        self._kills = kill_switches
+        self._approvals_changed = approvals_changed
+        #: Set by serve: the plugin manager's changed(), so health follows the staleness rule.
+        self.on_change = on_change
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    async def start(self) -> None:
+        from tollgate.state.postgres import APPROVALS_CHANNEL
+
+        started = time.monotonic()
+        with contextlib.suppress(StateError):  # unreachable: stale until the listener confirms them
+            await self._kills.refresh()
+        loop = asyncio.get_running_loop()
+        listeners = {APPROVALS_CHANNEL: [self._approvals_changed]}  # WatchApproval wakes for other replicas' changes
+        self._tasks = [loop.create_task(self._kills.run(listeners=listeners), name=self.name),
+                       loop.create_task(self._watch(), name=f"{self.name} staleness")]
+        self._started = True
+        if self._kills.staleness():
+            log.error("kill switches: %s", self._kills.staleness())
+        else:
+            active = self._kills.snapshot().active
+            log.info("kill switches: confirmed from the shared store in %.0f ms%s", (time.monotonic() - started) * 1000,
+                     "; active: " + ", ".join(f"{scope}={value}" for scope, value in active) if active else "")
+
+    async def stop(self) -> None:
+        self._started = False
+        for task in self._tasks:
+            await cancel(task)
+        self._tasks = []
+
+    def status(self) -> PluginStatus:
+        if not self._started:
+            return PluginStatus(PluginState.NOT_READY, "not started")
+        stale = self._kills.staleness()
+        return PluginStatus(PluginState.ERROR, stale) if stale else RUNNING
+
+    async def _watch(self) -> None:
+        """Report readiness again whenever the staleness rule starts or stops denying (logged once each)."""
+        stale = bool(self._kills.staleness())
+        while True:
+            await asyncio.sleep(min(0.25, self._kills.refresh_every))
+            now_stale = bool(self._kills.staleness())
+            if now_stale == stale:
+                continue
+            stale = now_stale
+            if stale:
+                log.error("kill switches: %s", self._kills.staleness())
+            else:
+                log.info("kill switches: confirmed again; requests are decided again")
+            if self.on_change is not None:
+                await self.on_change()
