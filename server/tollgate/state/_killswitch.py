@@ -16,6 +16,9 @@ from tollgate.state._store import StateError, StateStore
 SCOPES = ("agent", "instance", "session", "workflow", "team", "user", "tool", "mcp_server", "model", "all")
 #: The value an `all` kill switch is stored under.
 ALL_VALUE = "*"
+#: The longest value a kill switch names (ids and tool names are far shorter; PostgreSQL's primary-key index
+#: refuses an entry past about 2,700 bytes, and 512 characters of UTF-8 stay below it).
+MAX_VALUE = 512
 _PRINCIPAL_FIELDS = {"agent": "agent_id", "instance": "instance_id", "session": "session_id",
                      "workflow": "workflow", "team": "team", "user": "user"}
 
@@ -98,7 +101,27 @@ def validate_target(scope: str, value: str) -> tuple[str, str]:
         raise InvalidKillSwitch(f"value: required for scope {scope} (e.g. {scope}=NAME)")
     if value != value.strip():
         raise InvalidKillSwitch(f"value: {value!r} has leading or trailing spaces")
+    if len(value) > MAX_VALUE:
+        raise InvalidKillSwitch(f"value: at most {MAX_VALUE} characters, got {len(value)}")
     return scope, value
+
+
+def checked_kill(scope: str, value: str, *, reason: str, by: str) -> tuple[str, str]:
+    """The target of a kill, checked as validate_target does, with its reason and author required."""
+    target = validate_target(scope, value)
+    if not reason.strip():
+        raise InvalidKillSwitch("reason: required (say why, e.g. an incident number)")
+    if not by.strip():
+        raise InvalidKillSwitch("by: required (who kills it)")
+    return target
+
+
+def checked_revive(scope: str, value: str, *, by: str) -> tuple[str, str]:
+    """The target of a revive, checked as validate_target does, with its author required."""
+    target = validate_target(scope, value)
+    if not by.strip():
+        raise InvalidKillSwitch("by: required (who revives it)")
+    return target
 
 
 def request_targets(kind: str, principal: Mapping[str, Any], action: Mapping[str, Any]) -> set[tuple[str, str]]:
@@ -154,11 +177,7 @@ class KillSwitches:
 
     def kill(self, scope: str, value: str, *, reason: str, by: str) -> KillSwitch:
         """Stop every request that scope=value names; killing it again replaces the reason."""
-        scope, value = validate_target(scope, value)
-        if not reason.strip():
-            raise InvalidKillSwitch("reason: required (say why, e.g. an incident number)")
-        if not by.strip():
-            raise InvalidKillSwitch("by: required (who kills it)")
+        scope, value = checked_kill(scope, value, reason=reason, by=by)
         switch = KillSwitch(scope, value, reason, by, format_time(self.clock.now()))
         with self._store.lock:
             self._write(
@@ -173,9 +192,7 @@ class KillSwitches:
 
     def revive(self, scope: str, value: str, *, by: str, reason: str = "") -> KillSwitch:
         """Lift the kill switch on scope=value; returns the one lifted (KillSwitchNotFound if none)."""
-        scope, value = validate_target(scope, value)
-        if not by.strip():
-            raise InvalidKillSwitch("by: required (who revives it)")
+        scope, value = checked_revive(scope, value, by=by)
         with self._store.lock:
             lifted = self._snapshot.active.get((scope, value))
             if lifted is None:
