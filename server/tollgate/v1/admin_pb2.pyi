@@ -209,3 +209,41 @@ class GetSpendResponse(_message.Message):
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     scopes: _containers.RepeatedCompositeFieldContainer[ScopeSpend]
     def __init__(self, scopes: _Optional[_Iterable[_Union[ScopeSpend, _Mapping]]] = ...) -> None: ...
+
+class ListSidecarsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Sidecar(_message.Message):
+    __slots__ = ("id", "host", "version", "listen", "bundle_revision", "bundle_digest", "health", "export_lag_seconds", "started_at", "last_seen", "heartbeat_seconds", "stale")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    host: str
+    version: str
+    listen: str
+    bundle_revision: str
+    bundle_digest: str
+    health: str
+    export_lag_seconds: float
+    started_at: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    heartbeat_seconds: float
+    stale: bool
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., version: _Optional[str] = ..., listen: _Optional[str] = ..., bundle_revision: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., health: _Optional[str] = ..., export_lag_seconds: _Optional[float] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_seconds: _Optional[float] = ..., stale: _Optional[bool] = ...) -> None: ...
+
+class ListSidecarsResponse(_message.Message):
+    __slots__ = ("sidecars",)
+    SIDECARS_FIELD_NUMBER: _ClassVar[int]
+    sidecars: _containers.RepeatedCompositeFieldContainer[Sidecar]
+    def __init__(self, sidecars: _Optional[_Iterable[_Union[Sidecar, _Mapping]]] = ...) -> None: ...

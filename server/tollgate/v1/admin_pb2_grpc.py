@@ -59,6 +59,11 @@ class AdminServiceStub:
                 request_serializer=tollgate_dot_v1_dot_admin__pb2.GetSpendRequest.SerializeToString,
                 response_deserializer=tollgate_dot_v1_dot_admin__pb2.GetSpendResponse.FromString,
                 _registered_method=True)
+        self.ListSidecars = channel.unary_unary(
+                '/tollgate.v1.AdminService/ListSidecars',
+                request_serializer=tollgate_dot_v1_dot_admin__pb2.ListSidecarsRequest.SerializeToString,
+                response_deserializer=tollgate_dot_v1_dot_admin__pb2.ListSidecarsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -102,6 +107,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSidecars(self, request, context):
+        """The sidecars registered in this sidecar's state store, most recently seen first: on a shared store the
+        whole fleet; on the data dir's SQLite this sidecar (and earlier runs under other ids, until pruned).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetSpend,
                     request_deserializer=tollgate_dot_v1_dot_admin__pb2.GetSpendRequest.FromString,
                     response_serializer=tollgate_dot_v1_dot_admin__pb2.GetSpendResponse.SerializeToString,
+            ),
+            'ListSidecars': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSidecars,
+                    request_deserializer=tollgate_dot_v1_dot_admin__pb2.ListSidecarsRequest.FromString,
+                    response_serializer=tollgate_dot_v1_dot_admin__pb2.ListSidecarsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +284,33 @@ class AdminService:
             '/tollgate.v1.AdminService/GetSpend',
             tollgate_dot_v1_dot_admin__pb2.GetSpendRequest.SerializeToString,
             tollgate_dot_v1_dot_admin__pb2.GetSpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSidecars(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollgate.v1.AdminService/ListSidecars',
+            tollgate_dot_v1_dot_admin__pb2.ListSidecarsRequest.SerializeToString,
+            tollgate_dot_v1_dot_admin__pb2.ListSidecarsResponse.FromString,
             options,
             channel_credentials,
             insecure,
