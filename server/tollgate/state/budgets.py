@@ -244,11 +244,14 @@ def report_unit(reservation_id: str, units: list[str], unit: str) -> str:
 
 
 def closed(reservation_id: str, unit: str, status: str) -> ReservationClosed:
-    """The refusal of a report on a reservation that is no longer reserved (status "expired": just now)."""
-    if status == "expired":
-        return ReservationClosed(f"reservation {reservation_id} ({unit}) expired; its amount was released")
+    """The refusal of a report on a reservation already committed or expired (status: as stored)."""
     return ReservationClosed(f"reservation {reservation_id} ({unit}) is already {status}; usage is reported "
                              "once, before the reservation expires")
+
+
+def expired_now(reservation_id: str, unit: str) -> ReservationClosed:
+    """The refusal of a report that came after the reservation's expiry, which it has just recorded."""
+    return ReservationClosed(f"reservation {reservation_id} ({unit}) expired; its amount was released")
 
 
 class Budgets:
@@ -341,7 +344,7 @@ class Budgets:
                         db.execute("UPDATE budget_reservations SET status = 'expired' WHERE id = ? AND unit = ?",
                                    (reservation_id, unit))
                         db.execute("COMMIT")
-                        raise closed(reservation_id, unit, "expired")
+                        raise expired_now(reservation_id, unit)
                     if status != "reserved":
                         raise closed(reservation_id, unit, status)
                     over = amount > reserved
