@@ -60,6 +60,8 @@ def _field_help(name: str) -> str:
         "state_store_max_connections": "most connections to the state store",
         "kill_switch_max_staleness": "seconds without confirmed kill switches before every request is DENY "
                                      "state_stale",
+        "sidecar_id": "this sidecar's name in the fleet registry (empty: HOST-SUFFIX, kept in the data dir)",
+        "fleet_heartbeat": "seconds between heartbeats into the fleet registry (three missed: shown stale)",
         "kill_switch_refresh": "seconds between reads of the shared kill switches (beside their notifications)",
         "tls_cert": "PEM server certificate: serve gRPC over TLS", "tls_key": "PEM key of --tls-cert",
         "tls_client_ca": "PEM CA that client certificates must chain to (mTLS; the certificate names the caller)",

@@ -126,6 +126,11 @@ class ServeConfig:
     kill_switch_max_staleness: float = 5.0
     #: Seconds between reads of the shared store's kill switches, the backstop to their push notifications.
     kill_switch_refresh: float = 1.0
+    #: This sidecar's name in the fleet registry (`tollgate fleet`): a letter or digit, then up to 127 letters,
+    #: digits or . _ : @ / -. "" is HOST-SUFFIX, the suffix drawn once and kept in data_dir/sidecar-id.
+    sidecar_id: str = ""
+    #: Seconds between heartbeats into the fleet registry; an entry three heartbeats late is shown stale.
+    fleet_heartbeat: float = 5.0
     #: PEM server certificate (chain) for TLS on the gRPC listener; with tls_key. "" serves plaintext.
     tls_cert: str = ""
     #: PEM private key of tls_cert.
@@ -251,7 +256,18 @@ class ServeConfig:
         self._validate_identity()
         self._validate_log_export()
         self._validate_state_store()
+        self._validate_fleet()
         return self
+
+    def _validate_fleet(self) -> None:
+        from tollgate.state import valid_sidecar_id  # imported here, as the state store's checks are
+
+        if self.sidecar_id and not valid_sidecar_id(self.sidecar_id):
+            raise ConfigError(f"sidecar_id: {self.sidecar_id[:140]!r} is not one: a letter or digit, then up to 127 "
+                              "letters, digits or . _ : @ / - (\"\" names it HOST-SUFFIX)")
+        if not 0 < self.fleet_heartbeat <= 3600:  # also refuses NaN
+            raise ConfigError(f"fleet_heartbeat: must be above 0 and at most 3600 seconds, not "
+                              f"{self.fleet_heartbeat:g}")
 
     def _validate_state_store(self) -> None:
         # Imported here: the PostgreSQL driver is loaded only by a sidecar that uses it.
