@@ -2,17 +2,15 @@
 # title: Tollgate decision
 # description: >-
 #   The entrypoint Tollgate evaluates for every tool call, model call and budget request.
-#   It gathers deny and approval reasons from the rule packages and folds them into one
-#   result: deny beats require_approval beats allow, a kill switch beats any approval, and
-#   an approval granted for this request turns require_approval into allow.
+#   It gathers the deny and require_approval reasons of every rule package (each package
+#   data.tollgate.rules.<name>, found by walking the prefix: none is listed by hand) and folds
+#   them into one result: deny beats require_approval beats allow, a kill switch beats any
+#   approval, and an approval granted for this request turns require_approval into allow.
 package tollgate
 
-import data.tollgate.agent
-import data.tollgate.budget
-import data.tollgate.killswitch
-import data.tollgate.models
-import data.tollgate.secrets
-import data.tollgate.tools
+import data.tollgate.rules.agent
+import data.tollgate.rules.budget
+import data.tollgate.rules.models
 
 _kinds := {"tool", "model", "budget"}
 
@@ -50,10 +48,15 @@ _invalid_request contains {"code": "invalid_request", "message": message} if {
 	message := sprintf("request kind %v is not one of %v", [object.get(input, "kind", null), sort(_kinds)])
 }
 
-_rule_denials := ((((agent.deny | killswitch.deny) | tools.deny) | models.deny) | budget.deny) | _invalid_request
+# Rules by convention: every package directly under data.tollgate.rules contributes its `deny` and
+# `require_approval` sets, so a new rule package takes effect by being placed there (docs/POLICY.md, "Adding a
+# rule"); `tollgate check` refuses decision-shaped rules that nothing reaches.
+_rule_denials contains reason if some reason in data.tollgate.rules[_].deny
 
-# A credential inside a command, SQL text or URL is a finding of its own (secrets.require_approval).
-_approval_reasons := tools.require_approval | secrets.require_approval
+_rule_denials contains reason if some reason in _invalid_request
+
+# A credential inside a command, SQL text or URL is a finding of its own (rules.secrets.require_approval).
+_approval_reasons contains reason if some reason in data.tollgate.rules[_].require_approval
 
 _approval_status := input.state.approval.status
 

@@ -318,16 +318,16 @@ def _tollgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_the_command_prints_every_problem_relative_to_the_working_directory_sorted(tmp_path: Path) -> None:
     root = _library(tmp_path)
     _edit(root, MANIFEST, "  - Bash\n", "  - Bash\n  - github/force_push\n")
-    _edit(root, "tollgate/tools/tools.rego", "_valid_effect if entry.effect in _effects",
+    _edit(root, "tollgate/rules/tools/tools.rego", "_valid_effect if entry.effect in _effects",
           "_valid_effect if entry.effect in _efects")
     _write(root, "tollgate/extra/extra.rego", "package tollgate.extra\n\nallow if {\n")
     result = _tollgate("check", "rego", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines[:-1]] == [
-        "rego/agents/code-reviewer/data.yaml", "rego/tollgate/extra/extra.rego", "rego/tollgate/tools/tools.rego",
+        "rego/agents/code-reviewer/data.yaml", "rego/tollgate/extra/extra.rego", "rego/tollgate/rules/tools/tools.rego",
     ]
-    assert lines[2].startswith("rego/tollgate/tools/tools.rego:")
+    assert lines[2].startswith("rego/tollgate/rules/tools/tools.rego:")
     assert "var _efects is unsafe" in lines[2]
     assert re.fullmatch(rf"check: \d+ modules, {MANIFESTS} manifests, 3 catalogs: 3 problems", lines[-1])
 
@@ -348,10 +348,10 @@ def test_the_command_fails_on_a_missing_directory(tmp_path: Path) -> None:
 README_MISTAKES = [
     (MANIFEST, "  - github/create_pull_request", "  - github/create_pul_request"),
     (TOOLS, "effect: destructive", "effect: delete"),
-    ("tollgate/decision.rego", "_approval_reasons := tools.require_approval",
-     "_approval_reasons := tools.require_aproval"),
-    ("tollgate/models/models.rego", '"message": sprintf("model %q is not in the model catalog"',
+    ("tollgate/rules/models/models.rego", '"message": sprintf("model %q is not in the model catalog"',
      '"message": sprint("model %q is not in the model catalog"'),
+    ("tollgate/rules/secrets/secrets.rego", "\ttools.permitted\n\tmay_hold_credential",
+     "\ttools.permited\n\tmay_hold_credential"),
 ]
 
 
@@ -375,3 +375,65 @@ def test_the_readme_examples_print_what_the_readme_shows(tmp_path: Path) -> None
 
 def _digits(lines: list[str]) -> list[str]:
     return [re.sub(r"\d+", "N", line) for line in lines]
+
+
+# --- rules no entrypoint reaches --------------------------------------------------------------------------
+
+JIRA = """# METADATA
+# title: Jira
+package tollgate.jira
+
+deny contains {"code": "jira_closed", "message": "agents do not close tickets"} if {
+\tinput.kind == "tool"
+\tinput.tool.name == "close_issue"
+}
+"""
+
+
+def test_a_rule_package_outside_the_prefix_is_refused_as_the_readme_shows(tmp_path: Path) -> None:
+    root = _library(tmp_path)
+    _write(root, "tollgate/jira/jira.rego", JIRA)
+    section = (ROOT / "README.md").read_text().split("### Checking policy", 1)[1].split("\n## ", 1)[0]
+    shown = re.findall(r"```(?:console)?\n(.*?)```", section, re.S)[2].strip()
+    result = _tollgate("check", "rego", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[:-1] == [shown]
+
+
+def test_the_same_package_under_the_prefix_is_clean(tmp_path: Path) -> None:
+    root = _library(tmp_path)
+    _write(root, "tollgate/rules/jira/jira.rego", JIRA.replace("package tollgate.jira", "package tollgate.rules.jira"))
+    assert _problems(root) == []
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("tollgate/rules/jira/issues/issues.rego",
+     'package tollgate.rules.jira.issues\n\nrequire_approval contains {"code": "x", "message": "y"} if input.kind\n',
+     "package tollgate.rules.jira.issues defines require_approval, but no entrypoint reaches it"),
+    ("tollgate/rules/jira/jira.rego", "package tollgate.rules.jira\n\nallow if input.kind == \"tool\"\n",
+     "package tollgate.rules.jira defines allow, which the decision never reads"),
+    ("jira/jira.rego", "package jira\n\nviolation contains \"closed\" if input.kind == \"tool\"\n",
+     "package jira defines violation, but no entrypoint reaches it"),
+], ids=["nested-under-the-prefix", "allow-in-a-rule-package", "another-root"])
+def test_decision_shaped_rules_nothing_reads_are_refused(tmp_path: Path, name: str, text: str, message: str) -> None:
+    root = _library(tmp_path)
+    _write(root, name, text)
+    if name.startswith("jira/"):
+        _write(root, ".manifest", '{"roots": ["tollgate", "agents", "catalog", "jira"]}')
+    problems = _problems(root)
+    assert len(problems) == 1 and f"{root / name}:3: {message}" in problems[0], problems
+
+
+def test_a_package_a_rule_package_refers_to_is_reached(tmp_path: Path) -> None:
+    """A deny outside the prefix that a rule package reads (as tools reads data.tollgate.arguments[kind].deny) counts;
+    so do test packages, which no decision reads, and a bundle without an entrypoint is not judged."""
+    root = _library(tmp_path)
+    _write(root, "tollgate/jira/jira.rego", JIRA)
+    _write(root, "tollgate/rules/tickets/tickets.rego",
+           "package tollgate.rules.tickets\n\nimport data.tollgate.jira\n\ndeny contains r if some r in jira.deny\n")
+    _write(root, "tollgate/rules/tickets/tickets_test.rego",
+           "package tollgate.rules.tickets_test\n\ndeny contains 1 if input.x\n\ntest_x if true\n")
+    assert _problems(root) == []
+    alone = tmp_path / "alone"
+    _write(alone, "jira/jira.rego", JIRA.replace("package tollgate.jira", "package jira"))
+    assert _problems(alone) == []

@@ -80,3 +80,59 @@ def test_a_change_that_opens_access_is_caught(tmp_path: Path, threshold_breaker:
     report = (work / "impact.md").read_text()
     assert "deny → allow" in report
     assert "github/get_file_contents" in report
+
+
+FROZEN = """# METADATA
+# title: Frozen repositories
+# description: No agent touches a repository under a change freeze.
+package {package}
+
+deny contains {{"code": "repo_frozen", "message": "payments-api is frozen for the release"}} if {{
+\tinput.kind == "tool"
+\tinput.tool.arguments.repo == "payments-api"
+}}
+"""
+
+
+def test_a_new_rule_package_is_refused_by_check_until_placed_by_convention_then_denies_live(tmp_path: Path) -> None:
+    """Issue 16: a new package outside data.tollgate.rules would be a silent no-op (the sidecar allows what it was
+    written to deny); `tollgate check` refuses it, naming the fix, and moved under the prefix a real sidecar denies."""
+    from tests.conftest import TOLLGATE, start_server, tool_request
+    from tollgate.v1 import authorization_pb2 as pb
+    from tollgate.v1 import authorization_pb2_grpc as pb_grpc
+
+    work = _checkout(tmp_path)
+    stray = work / "rego" / "tollgate" / "freeze" / "freeze.rego"
+    stray.parent.mkdir(parents=True)
+    stray.write_text(FROZEN.format(package="tollgate.freeze"))
+    checked = subprocess.run([*TOLLGATE, "check", "rego"], cwd=work, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 1
+    assert ("rego/tollgate/freeze/freeze.rego:6: package tollgate.freeze defines deny, but no entrypoint reaches it"
+            in checked.stdout), checked.stdout
+    assert "make it `package tollgate.rules.freeze`" in checked.stdout
+
+    request = tool_request(arguments={"owner": "acme", "repo": "payments-api", "pullNumber": 42})
+    served = start_server(tmp_path / "stray", bundle=work / "rego")
+    try:  # what check prevents: the stray package changes no answer
+        answer = pb_grpc.AuthorizationServiceStub(served.channel).Authorize(request, timeout=10)
+        assert answer.decision == pb.DECISION_ALLOW
+    finally:
+        served.terminate()
+
+    stray.unlink()
+    placed = work / "rego" / "tollgate" / "rules" / "freeze" / "freeze.rego"
+    placed.parent.mkdir(parents=True)
+    placed.write_text(FROZEN.format(package="tollgate.rules.freeze"))
+    checked = subprocess.run([*TOLLGATE, "check", "rego"], cwd=work, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout
+    served = start_server(tmp_path / "placed", bundle=work / "rego")
+    try:
+        stub = pb_grpc.AuthorizationServiceStub(served.channel)
+        answer = stub.Authorize(request, timeout=10)
+        assert answer.decision == pb.DECISION_DENY
+        assert [(r.code, r.message) for r in answer.reasons] == [
+            ("repo_frozen", "payments-api is frozen for the release")]
+        other = tool_request(arguments={"owner": "acme", "repo": "web", "pullNumber": 1})
+        assert stub.Authorize(other, timeout=10).decision == pb.DECISION_ALLOW
+    finally:
+        served.terminate()

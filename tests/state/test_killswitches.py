@@ -30,7 +30,7 @@ def store(tmp_path: Path) -> StateStore:
 
 
 def test_scopes_are_the_ones_the_default_policy_matches() -> None:
-    policy = (Path(__file__).resolve().parents[2] / "rego/tollgate/killswitch/killswitch.rego").read_text()
+    policy = (Path(__file__).resolve().parents[2] / "rego/tollgate/rules/killswitch/killswitch.rego").read_text()
     assert all(f'"{scope}"' in policy for scope in SCOPES)
     assert len(SCOPES) == 10
 

@@ -13,7 +13,7 @@
 #   request carried.
 package tollgate.log
 
-import data.tollgate.secrets
+import data.tollgate.rules.secrets
 
 # The parts of the input a caller fills freely, by the JSON pointer of each.
 _free_form := {

@@ -1,4 +1,5 @@
-"""Check a policy directory without running it: Rego parse and compile errors, manifests and catalogs by schema."""
+"""Check a policy directory without running it: Rego parse and compile errors, rules no entrypoint reaches,
+manifests and catalogs by schema."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Any
 
 import yaml
 
+from tollgate.authoring._reach import aliases as _aliases
+from tollgate.authoring._reach import ground as _strings
+from tollgate.authoring._reach import unreached_rules
 from tollgate.authoring.schema import CATALOG_NAMES, CATALOGS, MANIFEST, YamlFile, parse_yaml, validate
 from tollgate.bundle import DEFAULT_SIZE_LIMIT, BundleError, load_bundle, read_directory
 from tollgate.engine import EmbeddedOpa, EngineError
@@ -164,6 +168,8 @@ class _BundleCheck:
         self._compile(modules)
         data = self.data()
         _References(self, modules, data).check()
+        for found in unreached_rules(modules, self.sources):
+            self.add(found.module, found.line, found.message)
         self._check_data(data)
         if not self.unreadable:
             self._check_bundle_rules()
@@ -480,27 +486,6 @@ class _References:
 
 
 _MISSING = object()
-
-
-def _strings(terms: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
-    """The leading string parts of a ref (the ground prefix a dynamic part ends)."""
-    out: list[str] = []
-    for term in terms:
-        if term.get("type") != "string":
-            break
-        out.append(str(term["value"]))
-    return tuple(out)
-
-
-def _aliases(module: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    """The data paths a module imports, by the name it uses for each."""
-    aliases: dict[str, tuple[str, ...]] = {}
-    for imp in module.get("imports", []):
-        terms = imp["path"]["value"]
-        if terms[0].get("value") == "data":
-            path = _strings(terms[1:])
-            aliases[imp.get("alias") or (path[-1] if path else "data")] = path
-    return aliases
 
 
 def _overlaps(path: tuple[str, ...], mock: tuple[str, ...] | None) -> bool:

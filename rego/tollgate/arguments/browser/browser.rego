@@ -6,7 +6,7 @@
 #   Evaluated by tollgate.tools for permitted calls.
 package tollgate.arguments.browser
 
-import data.tollgate.tools
+import data.tollgate.rules.tools
 
 _actions := {
 	"navigate", "back", "forward", "reload", "snapshot", "screenshot", "read", "scroll",

@@ -1,7 +1,7 @@
 package tollgate.arguments.browser_test
 
 import data.tollgate.fixtures_test as fx
-import data.tollgate.tools
+import data.tollgate.rules.tools
 
 _act(arguments) := fx.tool("browser-agent", "browser", "interact", arguments)
 

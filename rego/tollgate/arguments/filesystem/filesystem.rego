@@ -5,9 +5,9 @@
 #   must resolve inside the agent's workspace. Evaluated by tollgate.tools for permitted calls.
 package tollgate.arguments.filesystem
 
-import data.tollgate.agent
+import data.tollgate.rules.agent
 import data.tollgate.lib.paths
-import data.tollgate.tools
+import data.tollgate.rules.tools
 
 _workspace := object.get(agent.manifest, "workspace", "")
 

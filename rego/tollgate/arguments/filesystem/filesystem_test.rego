@@ -1,7 +1,7 @@
 package tollgate.arguments.filesystem_test
 
 import data.tollgate.fixtures_test as fx
-import data.tollgate.tools
+import data.tollgate.rules.tools
 
 _read(agent_id, path) := fx.tool(agent_id, "filesystem", "read_file", {"path": path})
 

@@ -6,9 +6,9 @@
 #   Evaluated by tollgate.tools for permitted calls.
 package tollgate.arguments.shell
 
-import data.tollgate.agent
-import data.tollgate.secrets
-import data.tollgate.tools
+import data.tollgate.rules.agent
+import data.tollgate.rules.secrets
+import data.tollgate.rules.tools
 
 # Characters that chain, substitute, redirect or background commands.
 _metacharacters := {";", "&", "|", "`", "$", ">", "<", "(", ")", "\n", "\r"}

@@ -1,7 +1,7 @@
 package tollgate.arguments.shell_test
 
 import data.tollgate.fixtures_test as fx
-import data.tollgate.tools
+import data.tollgate.rules.tools
 
 _bash(command) := fx.tool("code-reviewer", "", "Bash", {"command": command})
 

@@ -6,7 +6,7 @@
 package tollgate.arguments.sql
 
 import data.tollgate.lib.sql
-import data.tollgate.tools
+import data.tollgate.rules.tools
 
 _spec := tools.entry.arguments
 

@@ -1,7 +1,7 @@
 package tollgate.arguments.sql_test
 
 import data.tollgate.fixtures_test as fx
-import data.tollgate.tools
+import data.tollgate.rules.tools
 
 _query(statement, database) := fx.tool("data-analyst", "postgres", "query", {"sql": statement, "database": database})
 

@@ -1,7 +1,7 @@
-package tollgate.models_test
+package tollgate.rules.models_test
 
 import data.tollgate.fixtures_test as fx
-import data.tollgate.models
+import data.tollgate.rules.models
 
 test_model_id_joins_provider_and_model if {
 	request := fx.model("code-reviewer", "anthropic", "claude-sonnet-4-5", 100, [])

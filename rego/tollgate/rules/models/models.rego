@@ -4,9 +4,9 @@
 #   The model must be in the catalog and on the agent's allow-list; every data class in the
 #   request's context must be cleared both for the model (catalog) and for the agent
 #   (manifest). Allowed calls carry a max_output_tokens cap as an obligation.
-package tollgate.models
+package tollgate.rules.models
 
-import data.tollgate.agent
+import data.tollgate.rules.agent
 
 # METADATA
 # title: model_id

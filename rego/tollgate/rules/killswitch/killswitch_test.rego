@@ -1,7 +1,7 @@
-package tollgate.killswitch_test
+package tollgate.rules.killswitch_test
 
 import data.tollgate.fixtures_test as fx
-import data.tollgate.killswitch
+import data.tollgate.rules.killswitch
 
 _pr := fx.tool("code-reviewer", "github", "create_pull_request", {})
 

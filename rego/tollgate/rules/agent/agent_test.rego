@@ -1,6 +1,6 @@
-package tollgate.agent_test
+package tollgate.rules.agent_test
 
-import data.tollgate.agent
+import data.tollgate.rules.agent
 
 test_known_agent_has_manifest if {
 	agent.manifest.owner_team == "platform" with input as {"principal": {"agent_id": "code-reviewer"}}

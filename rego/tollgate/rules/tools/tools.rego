@@ -5,9 +5,9 @@
 #   and in the agent's manifest; destructive tools need a human approval. Tools whose catalog
 #   entry names an argument kind are also judged by data.tollgate.arguments.<kind>, and every
 #   "path:" resource must lie inside the agent's workspace.
-package tollgate.tools
+package tollgate.rules.tools
 
-import data.tollgate.agent
+import data.tollgate.rules.agent
 import data.tollgate.arguments.filesystem
 
 _effects := {"read", "write", "destructive"}

@@ -1,6 +1,6 @@
-package tollgate.budget_test
+package tollgate.rules.budget_test
 
-import data.tollgate.budget
+import data.tollgate.rules.budget
 import data.tollgate.fixtures_test as fx
 
 test_request_under_ceiling_allowed if {

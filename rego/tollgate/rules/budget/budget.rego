@@ -7,10 +7,10 @@
 #   under every monthly limit (agent, team, workflow). A model call's estimated cost (the catalog's
 #   price table, input tokens plus the max_output_tokens obligation) must fit the same limits.
 #   What an allowed request spends is `reserve`, which the server reserves in the same step.
-package tollgate.budget
+package tollgate.rules.budget
 
-import data.tollgate.agent
-import data.tollgate.models
+import data.tollgate.rules.agent
+import data.tollgate.rules.models
 
 _ceiling_fields := {"usd": "max_request_usd", "tokens": "max_request_tokens"}
 

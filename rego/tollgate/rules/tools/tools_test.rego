@@ -1,7 +1,7 @@
-package tollgate.tools_test
+package tollgate.rules.tools_test
 
 import data.tollgate.fixtures_test as fx
-import data.tollgate.tools
+import data.tollgate.rules.tools
 
 test_tool_id_joins_server_and_name if {
 	request := fx.tool("code-reviewer", "github", "create_pull_request", {})

@@ -4,11 +4,11 @@
 #   Stops requests named by an active kill switch (input.state.killed), by agent, instance,
 #   session, workflow, team, user, tool, MCP server, model, or all. A kill is a deny, so it
 #   beats every approval.
-package tollgate.killswitch
+package tollgate.rules.killswitch
 
-import data.tollgate.agent
-import data.tollgate.models
-import data.tollgate.tools
+import data.tollgate.rules.agent
+import data.tollgate.rules.models
+import data.tollgate.rules.tools
 
 # What this request is, as (scope, value) pairs a kill switch entry can name.
 _targets contains {"scope": scope, "value": object.get(input, ["principal", field], "")} if {

@@ -1,7 +1,7 @@
-package tollgate.secrets_test
+package tollgate.rules.secrets_test
 
 import data.tollgate.fixtures_test as fx
-import data.tollgate.secrets
+import data.tollgate.rules.secrets
 
 _bash(command) := fx.tool("claude-code", "", "Bash", {"command": command})
 

@@ -3,7 +3,7 @@
 # description: >-
 #   Looks up the capability manifest of the agent named by the principal
 #   (data.agents[agent_id]) and denies agents that have none.
-package tollgate.agent
+package tollgate.rules.agent
 
 # METADATA
 # title: manifest

@@ -6,9 +6,9 @@
 #   by the decision-log mask (which replaces only the credential inside a value) and by the finding
 #   credential_in_arguments: a credential inside a shell command, a SQL statement or a URL is rarely
 #   what a person meant an agent to run, so a person sees the request first.
-package tollgate.secrets
+package tollgate.rules.secrets
 
-import data.tollgate.tools
+import data.tollgate.rules.tools
 
 # Each alternative keeps what says which kind of credential it was in the group named keep (and a URL
 # its "@" in tail), so "Bearer abc..." reads "Bearer ***" and "https://u:pw@host" reads "https://***@host".
