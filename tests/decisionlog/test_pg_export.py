@@ -53,11 +53,12 @@ TOOLS = (("github", "get_pull_request"), ("github", "merge_pull_request"), ("sla
 def _record(i: int, *, at: datetime | None = None, **principal: Any) -> dict[str, Any]:
     """A varied record: three kinds, two agents, three sessions, two instances, all three decisions."""
     kind = ("tool", "tool", "model", "budget")[i % 4]
-    action: dict[str, Any] = {
+    actions: dict[str, dict[str, Any]] = {
         "tool": {"server": TOOLS[i % 3][0], "name": TOOLS[i % 3][1], "arguments": {"n": i * 1.5}},
         "model": {"provider": "anthropic", "model": "claude-x", "input_tokens": 1200},
         "budget": {"amount": 0.25, "unit": "usd", "category": "model"},
-    }[kind]
+    }
+    action = actions[kind]
     decision = ("allow", "deny", "require_approval")[i % 3]
     return {
         "decision_id": new_decision_id(), "timestamp": format_time(at or BASE + timedelta(milliseconds=i)),
@@ -428,5 +429,6 @@ def test_the_status_and_messages_never_show_the_password(tmp_path: Path) -> None
 def test_shipping_to_postgresql_needs_a_sidecar_id(tmp_path: Path, pg_url: str) -> None:
     with pytest.raises(ValueError, match="a sidecar_id is required"):
         LogShipping(tmp_path / "decisions.db", ShippingConfig(postgresql_url=pg_url))
-    with pytest.raises(ValueError, match="sidecar_id: at most 200 characters"):
-        LogShipping(tmp_path / "decisions.db", ShippingConfig(postgresql_url=pg_url, sidecar_id="x" * 201))
+    for wrong in ("x" * 129, "-starts-with-a-dash", "has space", "nul\x00"):
+        with pytest.raises(ValueError, match="is not a sidecar id"):
+            LogShipping(tmp_path / "decisions.db", ShippingConfig(postgresql_url=pg_url, sidecar_id=wrong))

@@ -1,21 +1,34 @@
-"""`tollgate logs`: verify the decision log's hash chain, query it, show one run's timeline, export it to files."""
+"""`tollgate logs`: verify the decision log's hash chain, query it, show one run's timeline, export it to files.
+
+query and timeline read a sidecar's data dir or, with --state-store, the whole fleet's log in the shared store.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tollgate_cli._common import positive_argument, time_argument
 
 if TYPE_CHECKING:
-    from tollgate.decisionlog import ApprovalState, DecisionStore, Query, SpendLine
+    from tollgate.decisionlog import (
+        ApprovalState,
+        DecisionRecord,
+        DecisionStore,
+        PgDecisionReader,
+        Query,
+        SpendLine,
+        StoredRecord,
+        Timeline,
+    )
 
 ORDER = 55  # position in `tollgate --help`: after replay
 COMMANDS = ("logs",)  # the top-level command register() adds
@@ -59,8 +72,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.set_defaults(func=_verify)
 
     query = commands.add_parser("query", help="find decisions by ID, agent, session, instance, decision, tool, time",
-                                description="List matching decisions, oldest first (the most recent --limit).")
-    _data_dir(query)
+                                description="List matching decisions, oldest first (the most recent --limit), from "
+                                            "a sidecar's data dir or, with --state-store, from every sidecar of "
+                                            "the fleet (the records they shipped).")
+    _source(query)
     query.add_argument("--decision-id", default="", metavar="ID")
     query.add_argument("--agent", default="", metavar="AGENT_ID")
     query.add_argument("--session", default="", metavar="SESSION_ID")
@@ -71,15 +86,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     query.add_argument("--limit", type=positive_argument, default=100, metavar="N",
                        help="only the N most recent matches (default %(default)s)")
     query.add_argument("--format", choices=("table", "json", "jsonl"), default="table",
-                       help="table (default); json (an array of records with seq and hash); jsonl (one per line)")
+                       help="table (default); json (an array of records with seq and hash, and from the store "
+                            "sidecar_id: whose seq it is); jsonl (one per line)")
     query.set_defaults(func=_query)
 
     timeline = commands.add_parser(
         "timeline", help="one agent run in order: decisions, approvals, spend",
         description="Every decision of a session in order, with the approvals it opened or used (who decided, "
-                    "why) and its spend (reserved, committed), read from DATA_DIR/state.db when it is there.")
+                    "why) and its spend (reserved, committed), read from DATA_DIR/state.db when it is there; with "
+                    "--state-store, the session across the fleet, approvals and spend from the same store.")
     timeline.add_argument("session", metavar="SESSION_ID")
-    _data_dir(timeline)
+    _source(timeline)
     timeline.add_argument("--format", choices=("text", "json"), default="text")
     timeline.set_defaults(func=_timeline)
 
@@ -110,6 +127,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True, type=Path, help="the server's data directory (read-only)")
+
+
+def _source(parser: argparse.ArgumentParser) -> None:
+    """--data-dir (one sidecar's log) or --state-store (the fleet's), and how to reach the store."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="the server's data directory (read-only)")
+    where.add_argument("--state-store", metavar="URL",
+                       help="the fleet's shared store, postgresql://USER@HOST:PORT/DB: every sidecar's shipped "
+                            "records (libpq parameters such as ?sslmode=verify-full pass through; PGPASSFILE works)")
+    parser.add_argument("--state-store-password-file", default="", metavar="FILE",
+                        help="with --state-store: a file holding the password (its first line)")
+    parser.add_argument("--state-store-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="with --state-store: seconds to wait for the store and for each read "
+                             "(default %(default)s)")
 
 
 def _window(parser: argparse.ArgumentParser) -> None:
@@ -182,16 +213,25 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from tollgate.decisionlog import LogReadError, Query, jsonl_record
+    from tollgate.decisionlog import LogReadError, Query, ShippedRecord, jsonl_record
+    from tollgate.state import StateError
 
     try:
         query = Query(decision_id=args.decision_id, agent=args.agent, session=args.session, instance=args.instance,
                       decision=args.decision, tool=args.tool, since=args.since, until=args.until, limit=args.limit)
-        with _log(args.data_dir) as store:
-            found = [(row, row.record()) for row in store.find(query)]
-    except (LogReadError, ValueError) as exc:
+        rows: Sequence[StoredRecord]
+        if args.state_store:
+            rows = _from_store(args, lambda reader: reader.find(query))
+        else:
+            with _log(args.data_dir) as store:
+                rows = store.find(query)
+        found = [(row, row.record()) for row in rows]
+    except (LogReadError, StateError, ValueError) as exc:
         return _fail("query", exc)
     records = [jsonl_record(record, seq=row.seq, hash=row.hash) for row, record in found]
+    for (row, _), record in zip(found, records, strict=True):
+        if isinstance(row, ShippedRecord):  # a seq is one sidecar's: say whose
+            record["sidecar_id"] = row.sidecar_id
     if args.format == "json":
         print(json.dumps(records, indent=2, sort_keys=True, ensure_ascii=False))
     elif args.format == "jsonl":
@@ -228,11 +268,15 @@ def _table(records: list[dict[str, Any]]) -> str:
 
 def _timeline(args: argparse.Namespace) -> int:
     from tollgate.decisionlog import LogReadError, render_timeline, timeline
+    from tollgate.state import StateError
 
     try:
-        with _log(args.data_dir) as store, _run_state(args.data_dir / STATE_FILE) as state:
-            line = timeline(store, args.session, state=state)
-    except LogReadError as exc:
+        if args.state_store:
+            line = _from_store(args, lambda reader: _fleet_timeline(reader, args.session))
+        else:
+            with _log(args.data_dir) as store, _run_state(args.data_dir / STATE_FILE) as state:
+                line = timeline(store, args.session, state=state)
+    except (LogReadError, StateError) as exc:
         return _fail("timeline", exc)
     if args.format == "json":
         print(json.dumps(line.as_dict(), indent=2, sort_keys=True, ensure_ascii=False))
@@ -301,6 +345,77 @@ def _run_state(path: Path) -> Iterator[_StateReader]:
         yield state
     finally:
         state.close()
+
+
+# -- the fleet's log, in the shared store -------------------------------------------------------------------
+
+
+_T = TypeVar("_T")
+
+
+def _from_store(args: argparse.Namespace, read: Callable[[PgDecisionReader], Awaitable[_T]]) -> _T:
+    """What read returns from a reader on --state-store (StateError when the store cannot be reached)."""
+    from tollgate.decisionlog import open_reader
+    from tollgate.state import StateError
+    from tollgate.state.postgres import is_postgres_url, redact
+
+    if not is_postgres_url(args.state_store):
+        raise StateError(f"--state-store: must be a postgresql:// URL, not {redact(args.state_store)!r}")
+
+    async def run() -> _T:
+        async with open_reader(args.state_store, password_file=args.state_store_password_file,
+                               timeout=args.state_store_timeout) as reader:
+            return await read(reader)
+
+    return asyncio.run(run())
+
+
+async def _fleet_timeline(reader: PgDecisionReader, session: str) -> Timeline:
+    from tollgate.decisionlog import LogReadError, session_timeline
+
+    if not session:
+        raise LogReadError("a session ID is required (input.principal.session_id of the run)")
+    records = await reader.session(session)
+    return session_timeline(session, records, state=await _FleetRunState.read(reader, records))
+
+
+class _FleetRunState:
+    """The timeline's RunState from the shared store: the run's approvals and reservations, read before the
+    timeline is built (the store is async, the timeline asks one at a time)."""
+
+    def __init__(self, approvals: dict[str, ApprovalState], spend: dict[str, tuple[SpendLine, ...]],
+                 note: str) -> None:
+        self._approvals, self._spend, self.note = approvals, spend, note
+
+    @classmethod
+    async def read(cls, reader: PgDecisionReader, records: Sequence[DecisionRecord]) -> _FleetRunState:
+        from tollgate.decisionlog import ApprovalState, SpendLine
+        from tollgate.state import StateError
+        from tollgate.state.budgets import ReservationNotFound
+        from tollgate.state.postgres import PgApprovals, PgBudgets
+
+        approvals: dict[str, ApprovalState] = {}
+        spend: dict[str, tuple[SpendLine, ...]] = {}
+        ledger, pending = PgBudgets(reader.store), PgApprovals(reader.store)
+        try:
+            for approval_id in dict.fromkeys(r.approval_id for r in records if r.approval_id):
+                found = await pending.get(approval_id)
+                if found is not None:
+                    approvals[approval_id] = ApprovalState(found.id, found.status, found.approvers,
+                                                           found.decided_by, found.decided_at, found.reason)
+            for reservation_id in dict.fromkeys(r.reservation_id for r in records if r.reservation_id):
+                with contextlib.suppress(ReservationNotFound):
+                    spend[reservation_id] = tuple(SpendLine(u.unit, u.amount, u.committed, u.status, u.over_reported)
+                                                  for u in await ledger.get(reservation_id))
+        except StateError as exc:  # a store without approvals or budgets (yet): the decisions still show
+            return cls({}, {}, f"{exc}: approval decisions and spend are not shown")
+        return cls(approvals, spend, "")
+
+    def approval(self, approval_id: str) -> ApprovalState | None:
+        return self._approvals.get(approval_id)
+
+    def spend(self, reservation_id: str) -> tuple[SpendLine, ...]:
+        return self._spend.get(reservation_id, ())
 
 
 # -- export ------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from tollgate.api._errors import DECISION_LOG_UNAVAILABLE, NotFound, NotServed, 
 from tollgate.api._handlers import metadata_value
 from tollgate.contract import MAX_AMOUNT, MAX_DEPTH, is_amount
 from tollgate.decision import Authorizer
-from tollgate.decisionlog import DecisionLog
+from tollgate.decisionlog import DecisionLog, DecisionLookup, NoFleetLog
 from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
 from tollgate.state.approvals import Approval, Approvals
 from tollgate.state.budgets import Budgets
@@ -51,8 +51,12 @@ class RequestLimits:
 class AuthorizationServicer:
     def __init__(self, authorizer: Authorizer, decision_log: DecisionLog, limits: RequestLimits, *,
                  budgets: Budgets | None = None, approvals: Approvals | None = None,
-                 callers: CallerResolver | None = None, streams: StreamRoom | None = None) -> None:
+                 callers: CallerResolver | None = None, streams: StreamRoom | None = None,
+                 fleet_log: DecisionLookup | None = None) -> None:
         self._authorizer = authorizer
+        # Where GetDecision looks for a record this sidecar did not answer: the fleet's store (records other
+        # sidecars shipped) when on PostgreSQL, nothing when alone.
+        self._fleet_log = fleet_log or NoFleetLog()
         self._streams = streams or StreamRoom()
         self._callers = callers or CallerResolver()
         self._budgets = budgets
@@ -109,6 +113,8 @@ class AuthorizationServicer:
             raise InvalidRequest("decision_id: required")
         loop = asyncio.get_running_loop()
         record = await loop.run_in_executor(None, self._log.get, request.decision_id)
+        if record is None:  # answered by another sidecar of the fleet, and found once it has shipped it
+            record = await self._fleet_log.get(request.decision_id)
         if record is None:
             raise NotFound(f"decision {request.decision_id!r} is not in the log")
         return to_record_message(record)

@@ -157,6 +157,8 @@ class PgTransport:
     def send(self, batch: Sequence[ExportRow], checkpoints: Sequence[Checkpoint], *, timeout: float) -> None:
         import psycopg
 
+        from tollgate.state.postgres._store import _why  # the store's one-line error, without libpq's details
+
         values = [row_values(self._sidecar_id, row) for row in batch]  # before the store: a bad row is no store error
         try:
             conn = self._connect()
@@ -205,9 +207,3 @@ def _check_schema(conn: psycopg.Connection[Any], target: str) -> None:
         raise UploadError(f"{target}: the decisions schema is version {version}, this tollgate writes version "
                           f"{len(DECISIONS_STEPS)} (hint: " + ("run the newer tollgate)" if newer else
                                                               "run `tollgate state migrate --state-store URL`)"))
-
-
-def _why(exc: BaseException) -> str:
-    """A database error in one line, without libpq's detail lines (which may quote a connection string)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -88,7 +88,8 @@ class PgDecisionReader:
     Every failure is a LogReadError naming the store (what GetDecision answers UNAVAILABLE and the CLI prints)."""
 
     def __init__(self, store: PgStore) -> None:
-        self._store = store
+        #: The pool it reads through (the timeline reads the run's approvals and spend on it too).
+        self.store = store
 
     async def get(self, decision_id: str) -> DecisionRecord | None:
         found = await self._select(Query(decision_id=decision_id), limit=1, newest=False)
@@ -140,11 +141,11 @@ class PgDecisionReader:
         from tollgate.state import StateError
 
         try:
-            async with self._store.transaction(f"{doing} the fleet's decision log") as conn:
+            async with self.store.transaction(f"{doing} the fleet's decision log") as conn:
                 yield conn
         except StateError as exc:  # the store turns every database error into one, its cause kept
             if isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
-                raise LogReadError(f"state store {self._store.name}: holds no decision log (hint: run `tollgate "
+                raise LogReadError(f"state store {self.store.name}: holds no decision log (hint: run `tollgate "
                                    "state migrate --state-store URL`; sidecars ship their records there once it "
                                    "is)") from exc
             raise LogReadError(str(exc)) from exc

@@ -25,8 +25,6 @@ from tollgate.decisionlog._retention import LogRetention
 #: Cursor names in export_cursors.
 OPA = "opa"
 OTLP = "otlp"
-#: Longest sidecar_id the fleet's decisions table takes (people read it; F4's registry bounds it too).
-MAX_SIDECAR_ID = 200
 
 
 @dataclass(frozen=True)
@@ -85,8 +83,11 @@ def _targets(config: ShippingConfig) -> list[tuple[ExporterConfig, Transport]]:
         otlp = replace(limits, name=OTLP, url=otlp_logs_url(config.otlp_endpoint), headers=config.otlp_headers)
         targets.append((otlp, HttpTransport(otlp, OtlpEncoder(service_version=VERSION))))
     if config.postgresql_url:
-        if len(config.sidecar_id) > MAX_SIDECAR_ID:
-            raise ValueError(f"sidecar_id: at most {MAX_SIDECAR_ID} characters, not {len(config.sidecar_id)}")
+        from tollgate.state import valid_sidecar_id
+
+        if config.sidecar_id and not valid_sidecar_id(config.sidecar_id):  # the registry's grammar: one id per sidecar
+            raise ValueError(f"sidecar_id: {config.sidecar_id[:140]!r} is not a sidecar id (a letter or digit, then "
+                             "up to 127 letters, digits and . _ : @ / -)")
         store = PgTransport(config.postgresql_url, sidecar_id=config.sidecar_id,
                             password_file=config.postgresql_password_file, timeout=config.postgresql_timeout)
         targets.append((replace(limits, name=POSTGRESQL, url=store.target), store))
