@@ -1,5 +1,6 @@
 """The fleet's shared state store on PostgreSQL: the same protocols as the SQLite store, for every replica."""
 
+from tollgate.state.postgres._approvals import PgApprovals
 from tollgate.state.postgres._budgets import PgBudgets
 from tollgate.state.postgres._killswitch import PgKillSwitches
 from tollgate.state.postgres._listener import APPROVALS_CHANNEL, KILL_SWITCH_CHANNEL, NotificationListener
@@ -10,6 +11,7 @@ __all__ = [
     "KILL_SWITCH_CHANNEL",
     "SCHEMES",
     "NotificationListener",
+    "PgApprovals",
     "PgBudgets",
     "PgKillSwitches",
     "PgOptions",

@@ -1,0 +1,212 @@
+"""The fleet's approvals on PostgreSQL: opened by any replica, decided through any, used once across all of them.
+
+The same approvals as state/approvals.py (columns, statuses, who may decide, the words), shared by every sidecar
+of a fleet. Using an approval is one UPDATE with every condition in its WHERE: of N re-asks on N replicas the
+first to change the row wins and the others, re-checking the WHERE on the row it left, change nothing. Opening
+one takes a transaction-scoped advisory lock on (request digest, session) before it looks for the pending one to
+reuse, so two replicas opening for the same request at once open one. Every change notifies the channel
+APPROVALS_CHANNEL (its id as payload) in its own transaction: the sidecar's listener calls `changed()` on
+each notification, so watchers on every replica (WatchApproval, WaitForApproval) wake, not only this one's.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+
+from tollgate.clock import Clock, SystemClock
+from tollgate.encoding import format_time
+from tollgate.ids import DecisionIds
+from tollgate.state.approvals import (
+    APPROVED,
+    COLUMNS,
+    DENIED,
+    INSERT_COLUMNS,
+    PENDING,
+    USED,
+    Approval,
+    ApprovalNotFound,
+    NotAnApprover,
+    approval_from_row,
+    check_reason,
+    check_status,
+    insert_values,
+    listed,
+    may_decide,
+    new_approval,
+    not_pending,
+)
+from tollgate.state.postgres._listener import APPROVALS_CHANNEL
+from tollgate.state.postgres._store import PgStore
+
+_SCHEMA = (
+    f"""
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        request_digest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        action TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        approvers TEXT NOT NULL,
+        -- RFC 3339 in one fixed width (encoding.format_time): compared as text, byte by byte whatever the
+        -- database's collation, so they sort as the times they spell.
+        created_at TEXT COLLATE "C" NOT NULL,
+        expires_at TEXT COLLATE "C" NOT NULL,
+        -- expired is never stored: a pending or approved approval past expires_at reads as expired.
+        status TEXT NOT NULL CHECK (status IN ('{PENDING}', '{APPROVED}', '{DENIED}', '{USED}')),
+        decided_by TEXT NOT NULL DEFAULT '',
+        decided_at TEXT NOT NULL DEFAULT '',
+        reason TEXT NOT NULL DEFAULT '',
+        opened_by TEXT NOT NULL,
+        used_by TEXT,
+        masked TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX approvals_open ON approvals (request_digest, session_id) WHERE status = '{PENDING}';
+    CREATE INDEX approvals_created ON approvals (created_at);
+    CREATE INDEX approvals_agent ON approvals (agent_id, created_at);
+    CREATE INDEX approvals_session ON approvals (session_id, created_at)
+    """,
+)
+
+
+def open_lock_key(request_digest: str, session_id: str) -> int:
+    """The advisory-lock key under which one request's approval is looked for and opened (64 bits, alike on
+    every replica)."""
+    digest = hashlib.blake2b(f"tollgate.approval\0{request_digest}\0{session_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class PgApprovals:
+    """open / decide / consume / list approvals on the shared store (ApprovalStore). `await start(upgrade=...)`
+    migrates its table before first use; creation, expiry and decision times are read from `clock`."""
+
+    COMPONENT = "approvals"
+
+    def __init__(self, store: PgStore, *, approver_groups: Mapping[str, Sequence[str]] | None = None,
+                 clock: Clock = SystemClock()) -> None:
+        self._store = store
+        self.clock = clock
+        self._ids = DecisionIds(clock)
+        #: group name (without "group:") → identities; from the approver_groups configuration key.
+        self.approver_groups = {g: frozenset(m) for g, m in (approver_groups or {}).items()}
+        self._generation_lock = threading.Lock()
+        self._generation = 0
+
+    async def start(self, *, upgrade: bool = False) -> None:
+        """Check (and with upgrade, bring) the approvals schema to this code's version (StateError if not)."""
+        await self._store.migrate(self.COMPONENT, _SCHEMA, upgrade=upgrade)
+
+    @property
+    def generation(self) -> int:
+        """Moves after every change this process committed or heard of (changed())."""
+        return self._generation
+
+    def changed(self) -> None:
+        """Another replica changed an approval (its notification arrived): watchers here re-read."""
+        with self._generation_lock:
+            self._generation += 1
+
+    def may_decide(self, approval: Approval, identity: str) -> str:
+        return may_decide(approval, identity, self.approver_groups)
+
+    async def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
+                   approvers: Sequence[str], ttl_seconds: int, opened_by: str,
+                   masked: Sequence[str] = ()) -> Approval:
+        """A new pending approval for this request, or the pending one already open for it in this session, on
+        any replica."""
+        moment = self.clock.now()
+        approval = new_approval(
+            "apr_" + self._ids.new(), request_digest=request_digest, kind=kind, principal=principal, action=action,
+            approvers=approvers, ttl_seconds=ttl_seconds, opened_by=opened_by, masked=masked, now=moment)
+        async with self._store.transaction("open the approval") as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (open_lock_key(request_digest,
+                                                                                  approval.session_id),))
+            row = await (await conn.execute(
+                f"SELECT {COLUMNS} FROM approvals WHERE request_digest = %s AND session_id = %s AND status = %s "
+                "AND expires_at > %s ORDER BY created_at DESC LIMIT 1",
+                (request_digest, approval.session_id, PENDING, format_time(moment)))).fetchone()
+            if row is not None:
+                return approval_from_row(row, moment)
+            await conn.execute(f"INSERT INTO approvals ({INSERT_COLUMNS}) VALUES "
+                               "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", insert_values(approval))
+            await _notify(conn, approval.id)
+        self.changed()
+        return approval
+
+    async def get(self, approval_id: str) -> Approval | None:
+        moment = self.clock.now()
+        async with self._store.connection("read the approval") as conn:
+            row = await (await conn.execute(f"SELECT {COLUMNS} FROM approvals WHERE id = %s",
+                                            (approval_id,))).fetchone()
+        return approval_from_row(row, moment) if row else None
+
+    async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> Approval:
+        """Approve or deny a pending approval as `by`; NotAnApprover, ApprovalNotFound or ApprovalError if not."""
+        moment = self.clock.now()
+        check_reason(reason)
+        approval = await self.get(approval_id)
+        if approval is None:
+            raise ApprovalNotFound(f"approval {approval_id} does not exist")
+        refusal = self.may_decide(approval, by)
+        if refusal:
+            raise NotAnApprover(refusal)
+        status = APPROVED if approve else DENIED
+        async with self._store.transaction("record the decision") as conn:
+            # The WHERE re-checks what get() saw: a concurrent decision (any replica's) or the expiry wins.
+            cursor = await conn.execute(
+                "UPDATE approvals SET status = %s, decided_by = %s, decided_at = %s, reason = %s "
+                "WHERE id = %s AND status = %s AND expires_at > %s",
+                (status, by, format_time(moment), reason, approval_id, PENDING, format_time(moment)))
+            if cursor.rowcount == 1:
+                await _notify(conn, approval_id)
+        if cursor.rowcount != 1:
+            raise not_pending(approval_id, await self.get(approval_id))
+        self.changed()
+        return replace(approval, status=status, decided_by=by, decided_at=format_time(moment), reason=reason)
+
+    async def consume(self, approval_id: str, *, request_digest: str, decision_id: str) -> bool:
+        """Use an approved approval for the ALLOW decision_id: True for exactly one caller, ever, on any replica."""
+        moment = self.clock.now()
+        async with self._store.transaction("use the approval") as conn:
+            cursor = await conn.execute(
+                "UPDATE approvals SET status = %s, used_by = %s WHERE id = %s AND status = %s AND used_by IS NULL "
+                "AND request_digest = %s AND expires_at > %s",
+                (USED, decision_id, approval_id, APPROVED, request_digest, format_time(moment)))
+            used = cursor.rowcount == 1
+            if used:
+                await _notify(conn, approval_id)
+        if used:
+            self.changed()
+        return used
+
+    async def list(self, *, approver: str = "", agent: str = "", session: str = "",
+                   status: str = "") -> builtins.list[Approval]:
+        """Approvals, newest first, filtered; approver: those the identity may decide."""
+        moment = self.clock.now()
+        check_status(status)
+        clauses, args = [], []
+        if agent:
+            clauses.append("agent_id = %s")
+            args.append(agent)
+        if session:
+            clauses.append("session_id = %s")
+            args.append(session)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with self._store.connection("list approvals") as conn:
+            rows = await (await conn.execute(f"SELECT {COLUMNS} FROM approvals{where} ORDER BY created_at DESC",
+                                             args)).fetchall()
+        return listed([approval_from_row(r, moment) for r in rows], status=status, approver=approver,
+                      approver_groups=self.approver_groups)
+
+
+async def _notify(conn: psycopg.AsyncConnection[Any], approval_id: str) -> None:
+    """Tell every listening replica, when this transaction commits (PostgreSQL sends nothing if it rolls back)."""
+    await conn.execute("SELECT pg_notify(%s, %s)", (APPROVALS_CHANNEL, approval_id))
