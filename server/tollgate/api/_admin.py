@@ -1,4 +1,5 @@
-"""AdminService: bundle status and kill switches, for holders of the admin token or a listed admin identity."""
+"""AdminService: bundle status, kill switches, spend and the fleet, for holders of the admin token or a listed
+admin identity."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from tollgate.api._convert import InvalidRequest
 from tollgate.api._errors import NotServed, PermissionDenied, Unauthenticated, unary_errors
 from tollgate.api._handlers import metadata_value, unary
 from tollgate.bundle import BundleStatus, SourceState
+from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog import ExportState, ExportStatus
+from tollgate.encoding import parse_time
 from tollgate.identity import TOKEN_METADATA_KEY, CallerResolver
-from tollgate.state import KillSwitch, KillSwitches
+from tollgate.state import FleetRegistry, KillSwitch, KillSwitches, SidecarInfo, is_stale
 from tollgate.state.budgets import Budgets
 from tollgate.v1 import admin_pb2 as pb
 
@@ -45,8 +48,11 @@ class AdminServicer:
     def __init__(self, bundle_status: Callable[[], BundleStatus], kill_switches: KillSwitches, *,
                  admin_token: str, budgets: Budgets | None = None,
                  exports: Callable[[], Sequence[ExportStatus]] = tuple,
-                 admin_identities: Collection[str] = (), callers: CallerResolver | None = None) -> None:
+                 admin_identities: Collection[str] = (), callers: CallerResolver | None = None,
+                 fleet: FleetRegistry | None = None, clock: Clock = SystemClock()) -> None:
         self._bundle_status = bundle_status
+        self._fleet = fleet
+        self._clock = clock  # what `stale` is judged against
         self._exports = exports
         self._budgets = budgets
         self._kills = kill_switches
@@ -59,6 +65,7 @@ class AdminServicer:
             "Revive": unary(self.Revive, pb.ReviveRequest, pb.KillSwitch),
             "ListKills": unary(self.ListKills, pb.ListKillsRequest, pb.ListKillsResponse),
             "GetSpend": unary(self.GetSpend, pb.GetSpendRequest, pb.GetSpendResponse),
+            "ListSidecars": unary(self.ListSidecars, pb.ListSidecarsRequest, pb.ListSidecarsResponse),
         })
 
     @unary_errors("admin GetStatus")
@@ -117,6 +124,17 @@ class AdminServicer:
                 pb.UnitSpend(unit=unit, committed=c, reserved=r, total=c + r) for unit, (c, r) in s.units.items()])
             for s in found])
 
+    @unary_errors("admin ListSidecars")
+    async def ListSidecars(  # noqa: N802 - gRPC method name
+        self, request: pb.ListSidecarsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSidecarsResponse:
+        await self._authenticate(context, "ListSidecars")
+        if self._fleet is None:
+            raise NotServed("this server keeps no fleet registry")
+        found = await self._fleet.sidecars()
+        now = self._clock.now()
+        return pb.ListSidecarsResponse(sidecars=[to_sidecar_message(s, stale=is_stale(s, now=now)) for s in found])
+
     async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> str:
         return await check_admin_token(context, self._access, method)
 
@@ -158,6 +176,19 @@ async def check_admin_token(context: grpc.aio.ServicerContext, access: AdminAcce
 def to_kill_switch_message(switch: KillSwitch) -> pb.KillSwitch:
     message = pb.KillSwitch(scope=switch.scope, value=switch.value, reason=switch.reason, killed_by=switch.killed_by)
     message.killed_at.FromJsonString(switch.killed_at)
+    return message
+
+
+def to_sidecar_message(info: SidecarInfo, *, stale: bool) -> pb.Sidecar:
+    message = pb.Sidecar(
+        id=info.id, host=info.host, version=info.version, listen=info.listen, bundle_revision=info.bundle_revision,
+        bundle_digest=info.bundle_digest, health=info.health, export_lag_seconds=info.export_lag_seconds,
+        heartbeat_seconds=info.heartbeat_seconds, stale=stale)
+    for field_name, text in (("started_at", info.started_at), ("last_seen", info.last_seen)):
+        try:
+            getattr(message, field_name).CopyFrom(_timestamp(parse_time(text)))
+        except ValueError:
+            pass  # an entry whose time cannot be read leaves it unset (and is stale)
     return message
 
 

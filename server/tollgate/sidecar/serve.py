@@ -51,6 +51,7 @@ from tollgate.sidecar._plugins import (
 from tollgate.sidecar.activation import ActivatorConfig, BundleActivator
 from tollgate.sidecar.checkpoints import CheckpointPlugin, CheckpointPublisher, startup_problems
 from tollgate.sidecar.config import ConfigError, ServeConfig
+from tollgate.sidecar.fleet import FleetPlugin, SidecarFacts, resolve_sidecar_id
 from tollgate.sidecar.metrics import Metrics, PendingApprovals, start_metrics_server
 from tollgate.sidecar.state import ListenerPlugin, SidecarState, open_state
 from tollgate.state import StateError, private_dir
@@ -119,6 +120,8 @@ class _Settings:
     shipping: ShippingConfig
     #: How an http(s) bundle service is reached (its token and headers files read).
     bundle_http: HttpOptions
+    #: This sidecar's fleet id (sidecar_id, or the one kept in the data dir): its registry entry's.
+    sidecar_id: str
 
 
 def _settings(config: ServeConfig, clock: Clock) -> _Settings:
@@ -132,7 +135,7 @@ def _settings(config: ServeConfig, clock: Clock) -> _Settings:
             callers=config.caller_map(), relay=relay,
             resolver=config.caller_resolver(relay_prefix=relay.peer_prefix if relay else "", clock=clock),
             authzen_tls=config.authzen_ssl_context(), shipping=config.log_shipping(),
-            bundle_http=config.bundle_http())
+            bundle_http=config.bundle_http(), sidecar_id=resolve_sidecar_id(config.sidecar_id, data_dir))
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     if not settings.admin_token and not config.admin_identities:
@@ -214,7 +217,7 @@ class _Parts:
     def __init__(self, config: ServeConfig, settings: _Settings, state: SidecarState, slot: EngineSlot,
                  activator: BundleActivator, metrics: Metrics, health: GrpcHealth, clock: Clock) -> None:
         self.config, self.settings, self.state, self.slot = config, settings, state, slot
-        self.activator, self.metrics, self.health = activator, metrics, health
+        self.activator, self.metrics, self.health, self.clock = activator, metrics, health, clock
         data_dir = Path(config.data_dir)
         self.decision_log = DecisionLog(LogConfig(path=data_dir / "decisions.db", synchronous=config.log_sync),
                                         observer=metrics)
@@ -246,7 +249,7 @@ class _Parts:
                                   approvals=state.approvals, callers=settings.resolver, streams=streams).handler(),
             AdminServicer(lambda: self.activator.status, state.kill_switches, admin_token=settings.admin_token,
                           budgets=state.budgets, exports=self.shipping.statuses, admin_identities=admins,
-                          callers=settings.resolver).handler(),
+                          callers=settings.resolver, fleet=state.fleet, clock=self.clock).handler(),
             ApprovalServicer(state.approvals, admin_token=settings.admin_token, admin_identities=admins,
                              callers=settings.resolver, streams=streams).handler(),
         ))
@@ -285,8 +288,19 @@ def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: Checkpoi
     manager.add(grpc_plugin)
     if config.authzen_listen:
         manager.add(_authzen_plugin(parts))
+    manager.add(_fleet_plugin(manager, parts, grpc_plugin))
     manager.add(parts.state.sweep)
     return grpc_plugin
+
+
+def _fleet_plugin(manager: PluginManager, parts: _Parts, grpc_plugin: GrpcPlugin) -> FleetPlugin:
+    """The heartbeat into the fleet registry; after the servers, so it reports the address bound."""
+    config, relay = parts.config, parts.settings.relay
+    facts = SidecarFacts(bundle=lambda: parts.activator.status, ready=lambda: manager.ready,
+                         exports=parts.shipping.statuses, stale=parts.state.kill_switches.staleness,
+                         listen=lambda: config.listen if relay is not None else grpc_plugin.address)
+    return FleetPlugin(parts.state.fleet, facts, sidecar_id=parts.settings.sidecar_id, every=config.fleet_heartbeat,
+                       clock=parts.clock)
 
 
 def _authzen_plugin(parts: _Parts) -> HttpPlugin:
