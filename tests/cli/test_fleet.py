@@ -13,8 +13,7 @@ import pytest
 from tests.conftest import ADMIN_TOKEN, TOLLGATE, Serve, wait_for
 from tollgate.clock import ManualClock
 from tollgate.state import LocalFleet, SidecarInfo, StateStore
-from tollgate.state.postgres import PgOptions, PgStore
-from tollgate.state.postgres._fleet import PgFleet  # also exported by tollgate.state.postgres
+from tollgate.state.postgres import PgFleet, PgOptions, PgStore
 from tollgate.v1 import admin_pb2, admin_pb2_grpc
 
 

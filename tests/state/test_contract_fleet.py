@@ -25,8 +25,7 @@ from tollgate.clock import ManualClock
 from tollgate.encoding import format_time
 from tollgate.state import LocalFleet, SidecarInfo, StateError, StateStore, is_stale
 from tollgate.state._protocol import FleetRegistry
-from tollgate.state.postgres import PgOptions, PgStore
-from tollgate.state.postgres._fleet import PgFleet  # also exported by tollgate.state.postgres
+from tollgate.state.postgres import PgFleet, PgOptions, PgStore
 
 START = datetime(2026, 11, 21, 18, 0, 0, tzinfo=UTC)
 

@@ -2,17 +2,20 @@
 
 from tollgate.state.postgres._approvals import PgApprovals
 from tollgate.state.postgres._budgets import PgBudgets
+from tollgate.state.postgres._fleet import FLEET_STEPS, PgFleet
 from tollgate.state.postgres._killswitch import PgKillSwitches
 from tollgate.state.postgres._listener import APPROVALS_CHANNEL, KILL_SWITCH_CHANNEL, NotificationListener
 from tollgate.state.postgres._store import SCHEMES, PgOptions, PgStore, is_postgres_url, redact
 
 __all__ = [
     "APPROVALS_CHANNEL",
+    "FLEET_STEPS",
     "KILL_SWITCH_CHANNEL",
     "SCHEMES",
     "NotificationListener",
     "PgApprovals",
     "PgBudgets",
+    "PgFleet",
     "PgKillSwitches",
     "PgOptions",
     "PgStore",
