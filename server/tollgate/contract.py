@@ -179,6 +179,17 @@ KILLED = "killed"
 #: Reason code of a request refused because the decision-log export is further behind than allowed
 #: (decision_log_fail_closed_on_lag).
 EXPORT_LAG = "export_lag"
+#: Reason code of a request that needs state (its spend, its reservation, the approval it presents or opens) the
+#: state store cannot read or write now: unreachable, or slower than its timeout. Requests that need no state go on.
+STATE_UNAVAILABLE = "state_unavailable"
+#: Reason code of every request while the kill switches cannot be confirmed (a shared store not heard from for
+#: longer than kill_switch_max_staleness): the server cannot prove that no kill switch names the request.
+STATE_STALE = "state_stale"
+
+
+def state_unavailable(what: str) -> Reason:
+    """The DENY state_unavailable of a request that needs `what` (e.g. "the approval presented")."""
+    return Reason(STATE_UNAVAILABLE, f"state the request needs cannot be read or written: {what}")
 
 
 @dataclass(frozen=True)

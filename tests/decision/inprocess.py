@@ -2,7 +2,9 @@
 
 Nothing here is mocked: the engine is OPA itself, in-process (InProcessEngine, the Engine protocol over
 EmbeddedOpa), the log commits to a temporary file, approvals, budgets and kill switches live in a temporary
-state.db. Time is a ManualClock that every part reads, so tests move it instead of sleeping.
+state.db, given to the authorizer through the async adapters `tollgate serve` uses (state/_local.py); the tests
+read and change them through the sync classes beneath. Time is a ManualClock that every part reads, so tests move
+it instead of sleeping.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tollgate.decisionlog import DecisionLog, LogConfig
 from tollgate.engine import EngineError, EngineSlot, Evaluation, decode_envelope
 from tollgate.engine._opa import EmbeddedOpa
 from tollgate.identity import CallerMap
-from tollgate.state import KillSwitches, StateStore
+from tollgate.state import KillSwitches, LocalApprovals, LocalBudgets, LocalKillSwitches, StateStore
 from tollgate.state.approvals import Approvals
 from tollgate.state.budgets import Budgets
 
@@ -147,9 +149,10 @@ class DecisionPath:
         self.authorizer = self.build()
 
     def build(self, *, callers: CallerMap = EVERY_CALLER) -> Authorizer:
-        return Authorizer(self.slot, self.log, kill_switches=self.kill_switches, approvals=self.approvals,
-                          budgets=BudgetGuard(self.budgets), callers=callers, export_gate=lambda: self.export_behind,
-                          observer=self.seen, clock=self.clock)
+        return Authorizer(self.slot, self.log, kill_switches=LocalKillSwitches(self.kill_switches),
+                          approvals=LocalApprovals(self.approvals), budgets=BudgetGuard(LocalBudgets(self.budgets)),
+                          callers=callers, export_gate=lambda: self.export_behind, observer=self.seen,
+                          clock=self.clock)
 
     def use(self, engine: Any) -> None:
         """Make engine the active one (None: no bundle loaded)."""

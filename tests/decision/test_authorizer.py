@@ -249,13 +249,13 @@ class UsedMeanwhile:
     def __init__(self, approvals: Approvals) -> None:
         self.approvals = approvals
 
-    def get(self, approval_id: str) -> Approval | None:
+    async def get(self, approval_id: str) -> Approval | None:
         return self.approvals.get(approval_id)
 
-    def open(self, **fields: Any) -> Approval | None:
+    async def open(self, **fields: Any) -> Approval | None:
         return self.approvals.open(**fields)
 
-    def consume(self, approval_id: str, *, request_digest: str, decision_id: str) -> bool:
+    async def consume(self, approval_id: str, *, request_digest: str, decision_id: str) -> bool:
         assert self.approvals.consume(approval_id, request_digest=request_digest, decision_id="the-other-re-ask")
         return self.approvals.consume(approval_id, request_digest=request_digest, decision_id=decision_id)
 

@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,8 +27,8 @@ from tollgate.sidecar.metrics import (
     Metrics,
     PendingApprovals,
 )
-from tollgate.state import StateStore
-from tollgate.state.approvals import Approvals
+from tollgate.state import LocalApprovals, StateError, StateStore
+from tollgate.state.approvals import Approval, Approvals
 from tollgate.v1 import admin_pb2, admin_pb2_grpc
 
 Samples = dict[str, float]
@@ -150,17 +151,53 @@ def test_pending_approvals_are_reread_only_after_a_change_or_an_expiry(tmp_path:
     clock = ManualClock(datetime(2026, 12, 31, 23, 59, 50, tzinfo=UTC))
     store = StateStore(tmp_path / "state.db")
     approvals = Approvals(store, clock=clock)
-    pending = PendingApprovals(approvals, clock=clock)
+    pending = PendingApprovals(LocalApprovals(approvals), clock=clock)
+
+    def scraped() -> int:
+        asyncio.run(pending.refresh())  # what a scrape does on the event loop before it renders
+        return pending()
+
     try:
-        assert pending() == 0
+        assert scraped() == 0
         for i, ttl in enumerate((5, 60)):
             approvals.open(request_digest=f"d{i}", kind="tool", principal={"agent_id": "a", "session_id": f"s{i}"},
                            action={}, approvers=("rita",), ttl_seconds=ttl, opened_by="a")
-        assert pending() == 2
+        assert scraped() == 2
         store.db.execute("DELETE FROM approvals")  # behind its back: the count stands until something changes
-        assert pending() == 2
+        assert scraped() == 2
         clock.advance(6)  # past the first one's expiry, into the next year
-        assert pending() == 0
+        assert scraped() == 0
+    finally:
+        store.close()
+
+
+def test_pending_approvals_keep_their_last_count_while_the_store_is_down(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 12, 31, 23, 59, 50, tzinfo=UTC))
+    store = StateStore(tmp_path / "state.db")
+    approvals = Approvals(store, clock=clock)
+    approvals.open(request_digest="d", kind="tool", principal={"agent_id": "a", "session_id": "s"}, action={},
+                   approvers=("rita",), ttl_seconds=60, opened_by="a")
+
+    class Down(LocalApprovals):
+        down = False
+
+        async def list(self, **filters: Any) -> list[Approval]:
+            if self.down:
+                raise StateError("state store: cannot read approvals (connection refused)")
+            return await super().list(**filters)
+
+    source = Down(approvals)
+    pending = PendingApprovals(source, clock=clock)
+    try:
+        asyncio.run(pending.refresh())
+        source.down = True
+        approvals.open(request_digest="e", kind="tool", principal={"agent_id": "a", "session_id": "t"}, action={},
+                       approvers=("rita",), ttl_seconds=60, opened_by="a")
+        asyncio.run(pending.refresh())  # no exception reaches the scrape
+        assert pending() == 1
+        source.down = False
+        asyncio.run(pending.refresh())
+        assert pending() == 2
     finally:
         store.close()
 

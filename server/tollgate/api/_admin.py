@@ -3,7 +3,6 @@ admin identity."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Callable, Collection, Sequence
@@ -21,8 +20,7 @@ from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog import ExportState, ExportStatus
 from tollgate.encoding import parse_time
 from tollgate.identity import TOKEN_METADATA_KEY, CallerResolver
-from tollgate.state import FleetRegistry, KillSwitch, KillSwitches, SidecarInfo, is_stale
-from tollgate.state.budgets import Budgets
+from tollgate.state import BudgetStore, FleetRegistry, KillSwitch, KillSwitchStore, SidecarInfo, is_stale
 from tollgate.v1 import admin_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -45,8 +43,8 @@ NO_TOKEN_CONFIGURED = (
 
 
 class AdminServicer:
-    def __init__(self, bundle_status: Callable[[], BundleStatus], kill_switches: KillSwitches, *,
-                 admin_token: str, budgets: Budgets | None = None,
+    def __init__(self, bundle_status: Callable[[], BundleStatus], kill_switches: KillSwitchStore, *,
+                 admin_token: str, budgets: BudgetStore | None = None,
                  exports: Callable[[], Sequence[ExportStatus]] = tuple,
                  admin_identities: Collection[str] = (), callers: CallerResolver | None = None,
                  fleet: FleetRegistry | None = None, clock: Clock = SystemClock()) -> None:
@@ -80,10 +78,8 @@ class AdminServicer:
         self, request: pb.KillRequest, context: grpc.aio.ServicerContext
     ) -> pb.KillSwitch:
         identity = await self._authenticate(context, "Kill")
-        loop = asyncio.get_running_loop()
-        # The commit (an fsync) runs off the event loop; it returns once the in-memory copy has the switch.
-        switch = await loop.run_in_executor(
-            None, lambda: self._kills.kill(request.scope, request.value, reason=request.reason, by=request.by))
+        # The commit never runs on the event loop; it returns once this process's snapshot has the switch.
+        switch = await self._kills.kill(request.scope, request.value, reason=request.reason, by=request.by)
         log.warning("admin: kill %s=%s by %r (%s): %s", switch.scope, switch.value, switch.killed_by, identity,
                     switch.reason)
         return to_kill_switch_message(switch)
@@ -93,9 +89,7 @@ class AdminServicer:
         self, request: pb.ReviveRequest, context: grpc.aio.ServicerContext
     ) -> pb.KillSwitch:
         identity = await self._authenticate(context, "Revive")
-        loop = asyncio.get_running_loop()
-        switch = await loop.run_in_executor(
-            None, lambda: self._kills.revive(request.scope, request.value, by=request.by, reason=request.reason))
+        switch = await self._kills.revive(request.scope, request.value, by=request.by, reason=request.reason)
         log.warning("admin: revive %s=%s by %r (%s)%s", switch.scope, switch.value, request.by, identity,
                     f": {request.reason}" if request.reason else "")
         return to_kill_switch_message(switch)
@@ -105,7 +99,7 @@ class AdminServicer:
         self, request: pb.ListKillsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListKillsResponse:
         await self._authenticate(context, "ListKills")
-        return pb.ListKillsResponse(kill_switches=[to_kill_switch_message(s) for s in self._kills.list()])
+        return pb.ListKillsResponse(kill_switches=[to_kill_switch_message(s) for s in await self._kills.list()])
 
     @unary_errors("admin GetSpend")
     async def GetSpend(  # noqa: N802 - gRPC method name
@@ -118,7 +112,7 @@ class AdminServicer:
             raise InvalidRequest("scope: name at least one of session, agent, team, workflow")
         if self._budgets is None:
             raise NotServed("this server keeps no budgets")
-        found = await asyncio.to_thread(self._budgets.usage, scopes)
+        found = await self._budgets.usage(scopes)
         return pb.GetSpendResponse(scopes=[
             pb.ScopeSpend(scope=s.scope, value=s.value, window=s.window, invalid=s.invalid, units=[
                 pb.UnitSpend(unit=unit, committed=c, reserved=r, total=c + r) for unit, (c, r) in s.units.items()])

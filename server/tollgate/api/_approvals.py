@@ -15,7 +15,8 @@ from tollgate.api._admin import AdminAccess, check_admin_token
 from tollgate.api._errors import NotFound, TooLarge, stream_errors, unary_errors
 from tollgate.api._handlers import unary
 from tollgate.identity import CallerResolver
-from tollgate.state.approvals import PENDING, Approval, Approvals, NotAnApprover
+from tollgate.state import ApprovalStore
+from tollgate.state.approvals import PENDING, Approval, NotAnApprover
 from tollgate.v1 import approval_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ApprovalServicer:
     """The approver's side of approvals. The approver identity is the declared `by`, checked against the
     approval's approvers; the admin token, or an identity in admin_identities, is what makes it trusted."""
 
-    def __init__(self, approvals: Approvals, *, admin_token: str, admin_identities: Collection[str] = (),
+    def __init__(self, approvals: ApprovalStore, *, admin_token: str, admin_identities: Collection[str] = (),
                  callers: CallerResolver | None = None, streams: StreamRoom | None = None) -> None:
         self._approvals = approvals
         self._streams = streams or StreamRoom()
@@ -74,8 +75,8 @@ class ApprovalServicer:
         self, request: pb.ListApprovalsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListApprovalsResponse:
         await check_admin_token(context, self._access, "ListApprovals")
-        found = await asyncio.to_thread(self._approvals.list, approver=request.approver, agent=request.agent_id,
-                                        session=request.session_id, status=request.status)
+        found = await self._approvals.list(approver=request.approver, agent=request.agent_id,
+                                           session=request.session_id, status=request.status)
         return pb.ListApprovalsResponse(approvals=[to_approval_message(a) for a in found])
 
     @unary_errors("approvals: GetApproval")
@@ -92,8 +93,8 @@ class ApprovalServicer:
         identity = await check_admin_token(context, self._access, "Decide")
         verb = "approve" if request.approve else "deny"
         try:
-            decided = await asyncio.to_thread(self._approvals.decide, request.id, approve=request.approve,
-                                              by=request.by, reason=request.reason)
+            decided = await self._approvals.decide(request.id, approve=request.approve, by=request.by,
+                                                   reason=request.reason)
         except NotAnApprover as exc:  # a refused decision is an audit event, not only an answer
             log.warning("approvals: %s %s by %r (%s) refused: %s", verb, request.id, request.by, identity, exc)
             raise
@@ -111,13 +112,13 @@ class ApprovalServicer:
                 yield to_approval_message(approval)
 
     async def _get(self, approval_id: str, context: grpc.aio.ServicerContext) -> Approval:
-        found = await asyncio.to_thread(self._approvals.get, approval_id)
+        found = await self._approvals.get(approval_id)
         if found is None:
             raise NotFound(f"approval {approval_id} does not exist")
         return found
 
 
-async def approval_changes(approvals: Approvals, first: Approval) -> AsyncIterator[Approval]:
+async def approval_changes(approvals: ApprovalStore, first: Approval) -> AsyncIterator[Approval]:
     """first, then the approval each time its status changes, until it is no longer pending.
 
     StateError when the state store cannot be read.
@@ -137,7 +138,7 @@ async def approval_changes(approvals: Approvals, first: Approval) -> AsyncIterat
             if approvals.generation == generation and approvals.clock.now() < expires:
                 continue
             generation = approvals.generation
-            current = await asyncio.to_thread(approvals.get, approval.id)
+            current = await approvals.get(approval.id)
             if current is None:  # deleted from the store behind the server (by hand): nothing is left to watch
                 return
             if current.status != approval.status:

@@ -25,8 +25,8 @@ from tollgate.contract import MAX_AMOUNT, MAX_DEPTH, is_amount
 from tollgate.decision import Authorizer
 from tollgate.decisionlog import DecisionLog, DecisionLookup, NoFleetLog
 from tollgate.identity import TOKEN_METADATA_KEY, Caller, CallerResolver
-from tollgate.state.approvals import Approval, Approvals
-from tollgate.state.budgets import Budgets
+from tollgate.state import ApprovalStore, BudgetStore
+from tollgate.state.approvals import Approval
 from tollgate.v1 import authorization_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class RequestLimits:
 
 class AuthorizationServicer:
     def __init__(self, authorizer: Authorizer, decision_log: DecisionLog, limits: RequestLimits, *,
-                 budgets: Budgets | None = None, approvals: Approvals | None = None,
+                 budgets: BudgetStore | None = None, approvals: ApprovalStore | None = None,
                  callers: CallerResolver | None = None, streams: StreamRoom | None = None,
                  fleet_log: DecisionLookup | None = None) -> None:
         self._authorizer = authorizer
@@ -132,8 +132,8 @@ class AuthorizationServicer:
         if self._budgets is None:
             raise NotServed("this server keeps no budgets")
         caller = self.caller(context)
-        reported = await asyncio.to_thread(self._budgets.report, request.reservation_id, amount=request.amount,
-                                           unit=request.unit, reported_by=caller.subject)
+        reported = await self._budgets.report(request.reservation_id, amount=request.amount, unit=request.unit,
+                                              reported_by=caller.subject)
         if reported.over_reported:
             # Committed as reported: the spend happened, and a ledger that refused it would under-count every
             # limit. The log says who reported how much over what, for the operator to follow up.
@@ -153,7 +153,7 @@ class AuthorizationServicer:
         if self._approvals is None:
             raise NotServed("this server keeps no approvals")
         with self._streams.hold("WaitForApproval"):
-            first = await asyncio.to_thread(self._approvals.get, request.approval_id)
+            first = await self._approvals.get(request.approval_id)
             if first is None:
                 raise NotFound(f"approval {request.approval_id} does not exist")
             async for approval in approval_changes(self._approvals, first):

@@ -22,6 +22,8 @@ from tollgate.decision._rules import (
     enforce_approval,
     enforce_export_lag,
     enforce_kill_switches,
+    enforce_staleness,
+    enforce_state_unavailable,
     policy_outcome,
     server_deny,
 )
@@ -51,6 +53,8 @@ __all__ = [
     "enforce_approval",
     "enforce_export_lag",
     "enforce_kill_switches",
+    "enforce_staleness",
+    "enforce_state_unavailable",
     "never_behind",
     "policy_outcome",
     "server_deny",

@@ -32,6 +32,7 @@ from tollgate.decision._rules import (
     apply_server_rules,
     caller_refusal,
     enforce_approval,
+    enforce_state_unavailable,
     policy_outcome,
     server_deny,
 )
@@ -41,11 +42,13 @@ from tollgate.engine import UNDEFINED, Engine, EngineError, EvaluationTimeout
 from tollgate.engine._slot import EngineSlot
 from tollgate.identity import CallerMap
 from tollgate.ids import DecisionIds
-from tollgate.state import NO_APPROVALS, NO_KILL_SWITCHES, ApprovalLedger, KillSwitchView
+from tollgate.state import NO_APPROVALS, NO_KILL_SWITCHES, ApprovalLedger, KillSwitchView, StateError
 from tollgate.state.approvals import MISMATCH, SELF_FIELDS
 
 log = logging.getLogger(__name__)
 
+#: input.state.approval.status of an approval the store could not read (the request is DENY state_unavailable).
+UNREAD = "unavailable"
 #: No `callers` configuration: every caller may claim any principal.
 _NO_CALLER_RULES = CallerMap()
 
@@ -130,7 +133,7 @@ class Authorizer:
     async def authorize(self, request: DecisionRequest) -> Decision:
         if self._budgets.applies(request.kind) and not request.dry_run:
             # Read spend → evaluate → reserve is one step: concurrent spends cannot both take the same room.
-            async with self._budgets.step():
+            async with self._budgets.step(request.kind, request.principal):
                 return await self._authorize(request)
         return await self._authorize(request)
 
@@ -157,12 +160,14 @@ class Authorizer:
         future: asyncio.Future[tuple[str, str, Decision]] = loop.create_future()
         self._inflight[key] = future
         try:
-            record = self._log.latest_for_request(key)
-            # A retry may not carry an answer past a kill switch made since: a killed request is decided anew.
+            record = await asyncio.to_thread(self._log.latest_for_request, key)
+            # A retry may not carry an answer past a kill switch made since: a killed request is decided anew, and
+            # so is every retry while the kill switches cannot be confirmed.
             # A retry presents the approval its first ask presented (the record's input), not the one that
             # answer opened: a re-ask with a freshly granted approval is a new question, under any request_id.
             same_approval = record is not None and record.input.get("approval_id", "") == request.approval_id
-            killed = self._kills.snapshot().matching(request.kind, request.principal, request.action)
+            killed = (self._kills.staleness()
+                      or self._kills.snapshot().matching(request.kind, request.principal, request.action))
             if record is not None and record.request_digest == digest and same_approval and not killed:
                 decision = record.answer()
             else:
@@ -214,17 +219,24 @@ class Authorizer:
     async def read_state(self, request: DecisionRequest, *, refusal: Reason | None, digest: str) -> StateRead:
         """The server's state for this request, read once: the policy and the server's own rules see the same.
 
-        Kill switches come from the in-memory snapshot, spend only for requests that spend (under the budget
-        step), the presented approval from the store (off the event loop).
+        Kill switches come from the in-memory snapshot (with whether it can be trusted), spend only for requests
+        that spend (under the budget step), the presented approval from the store (off the event loop). A store
+        that cannot give the approval is a fact too: the server's rules then deny (state_unavailable).
         """
         kills = self._kills.snapshot()
-        approval = None
+        approval, unavailable = None, ""
         if request.approval_id:
-            approval = await asyncio.to_thread(self._approval_state, request.approval_id, digest)
+            try:
+                approval = await self._approval_state(request.approval_id, digest)
+            except StateError as exc:
+                log.error("approvals: %s", exc)
+                unavailable = "the approval presented"
+                approval = {"id": request.approval_id, "status": UNREAD, "approver": ""}
         facts = ServerFacts(
             refusal=refusal,
             kill_switches=tuple(kills.matching(request.kind, request.principal, request.action)),
-            approval=approval, export_behind=self._export_gate())
+            approval=approval, export_behind=self._export_gate(), stale=self._kills.staleness(),
+            unavailable=unavailable)
         return StateRead(now=format_time(self._clock.now()), killed=kills.policy_view,
                          spend=await self._budgets.view(request.kind, request.principal), facts=facts)
 
@@ -291,8 +303,8 @@ class Authorizer:
 
     # -- inside the steps ------------------------------------------------------------------------
 
-    def _approval_state(self, approval_id: str, digest: str) -> dict[str, str]:
-        found = self._approvals.get(approval_id)
+    async def _approval_state(self, approval_id: str, digest: str) -> dict[str, str]:
+        found = await self._approvals.get(approval_id)
         if found is None:  # an id the server never issued was not granted for this request
             return {"id": approval_id, "status": MISMATCH, "approver": ""}
         return found.policy_state(digest)
@@ -307,14 +319,24 @@ class Authorizer:
         approval_<status> (a concurrent re-ask used it, or it expired, since it was read). A require_approval
         opens an approval (or finds the pending one for this request and session), which stores the principal
         and action as masked for the log (and which parts were), and is bound to the digest of the whole one.
+        A store that cannot use or open it turns the answer into DENY state_unavailable.
         """
+        try:
+            return await self._use_or_open(request, outcome, approval, masking=masking, digest=digest,
+                                           decision_id=decision_id)
+        except StateError as exc:
+            log.error("approvals: %s", exc)
+            what = "the approval presented" if approval is not None else "the approval this request asks for"
+            return enforce_state_unavailable(outcome, what, error=str(exc)), request.approval_id, digest
+
+    async def _use_or_open(self, request: DecisionRequest, outcome: Outcome, approval: Mapping[str, str] | None,
+                           *, masking: Masking, digest: str, decision_id: str) -> tuple[Outcome, str, str]:
         result = outcome.result
         if approval is not None and result.decision == ALLOW:
-            used = await asyncio.to_thread(self._approvals.consume, approval["id"], request_digest=digest,
-                                           decision_id=decision_id)
+            used = await self._approvals.consume(approval["id"], request_digest=digest, decision_id=decision_id)
             if used:
                 return outcome, approval["id"], digest
-            status = (await asyncio.to_thread(self._approval_state, approval["id"], digest))["status"]
+            status = (await self._approval_state(approval["id"], digest))["status"]
             return enforce_approval(outcome, approval["id"], status), approval["id"], digest
         if result.decision == REQUIRE_APPROVAL and result.approval is not None:
             digest = digest or request.digest()
@@ -325,8 +347,8 @@ class Authorizer:
             # What the approver is shown had these parts masked: the approval says so.
             shown = (f"/input/{request.kind}/", "/input/principal/")
             masked = [p for p in (*masking.masked, *masking.erased) if (p + "/").startswith(shown)]
-            opened = await asyncio.to_thread(
-                self._approvals.open, request_digest=digest, kind=request.kind, principal=principal,
+            opened = await self._approvals.open(
+                request_digest=digest, kind=request.kind, principal=principal,
                 action=action if isinstance(action, Mapping) else {}, approvers=result.approval.approvers,
                 ttl_seconds=result.approval.ttl_seconds, opened_by=decision_id, masked=masked)
             if opened is not None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tollgate.contract import ALLOW, DENY, PolicyResult, Reason
-from tollgate.state import SpendLedger, StateError
+from tollgate.contract import ALLOW, DENY, STATE_UNAVAILABLE, PolicyResult, Reason, state_unavailable
+from tollgate.state import SpendHold, SpendLedger, StateError
 from tollgate.state.budgets import BudgetExceeded, LedgerInvalid, SpendSnapshot, principal_scopes
 
 log = logging.getLogger(__name__)
@@ -21,8 +20,13 @@ log = logging.getLogger(__name__)
 SPENDING_KINDS = frozenset({"budget", "model"})
 #: Reason code when a spend would pass a limit (the policy's, and the server's own re-check).
 BUDGET_EXCEEDED = "budget_exceeded"
-#: Reason code when the spend ledger cannot be read or written: fail closed.
+#: Reason code when a scope's rows in the spend ledger hold a value the ledger never writes (LedgerInvalid): that
+#: scope fails closed until an operator repairs it. A store that cannot be reached or answered in time is
+#: state_unavailable instead (contract.STATE_UNAVAILABLE): the store is down, not the scope's rows wrong.
 BUDGET_UNAVAILABLE = "budget_unavailable"
+#: What a spending request is told when the store cannot give its step, its spend or its reservation (the
+#: details go to the record's error and the log, never to the caller).
+LEDGER_DOWN = state_unavailable("the spend ledger (spending requests are denied until the state store answers)")
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,11 @@ class SpendView:
 
     spend: SpendSnapshot
     error: str = ""
-    #: What the DENY budget_unavailable tells the caller when the spend could not be read.
+    #: What the DENY tells the caller when the spend could not be read.
     refusal: str = ""
+    #: The DENY's reason code then: state_unavailable (the store did not answer) or budget_unavailable (a scope's
+    #: rows are invalid).
+    code: str = STATE_UNAVAILABLE
 
 
 #: The view of a request that spends nothing: the policy sees no spend.
@@ -55,8 +62,10 @@ class SpendGuard(Protocol):
         """Whether requests of this kind spend (and so take a step, see spend, and reserve)."""
         ...
 
-    def step(self) -> AbstractAsyncContextManager[None]:
-        """Hold the spending step of one request: read spend → evaluate → reserve, ended by settle()."""
+    def step(self, kind: str, principal: Mapping[str, Any]) -> AbstractAsyncContextManager[None]:
+        """Hold the spending step of one request on the scopes its principal is counted under: read spend →
+        evaluate → reserve, ended by settle(). A step the store cannot give is no exception: view() then says
+        why, and settle() denies."""
         ...
 
     async def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
@@ -76,7 +85,7 @@ class NoBudgets:
         return False
 
     @contextlib.asynccontextmanager
-    async def step(self) -> AsyncIterator[None]:
+    async def step(self, kind: str, principal: Mapping[str, Any]) -> AsyncIterator[None]:
         yield
 
     async def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
@@ -91,7 +100,25 @@ NO_BUDGETS = NoBudgets()
 
 
 class _Step:
-    released = False
+    """The budget step one request holds: the ledger's hold (None when the store could not give it, and why)."""
+
+    def __init__(self) -> None:
+        self.stack = AsyncExitStack()
+        self.hold: SpendHold | None = None
+        self.error = ""
+        self.ended = False
+
+    async def end(self) -> str:
+        """Let go of the scopes, keeping what was reserved; why the ledger could not keep it ("" when it did)."""
+        if self.ended:
+            return ""
+        self.ended = True
+        try:
+            await self.stack.aclose()
+        except StateError as exc:
+            log.error("budgets: %s", exc)
+            return str(exc)
+        return ""
 
 
 #: The step the current request holds, so settle() can end it once the reservation is made.
@@ -99,100 +126,141 @@ _current_step: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("bu
 
 
 class BudgetGuard:
-    """Makes read-spend → evaluate → reserve one step for spending requests.
+    """Makes read-spend → evaluate → reserve one step for spending requests, per affected scope.
 
-    `step()` serialises spending decisions in this process (the server is the only writer of its
-    state.db), so two concurrent requests cannot both see room the other is about to take; the
-    ledger's reserve() re-checks every limit inside an IMMEDIATE transaction all the same, and a
-    limit that would be passed there turns the policy's ALLOW into DENY budget_exceeded. The step
-    ends as soon as settle() has reserved (or not): the decision-log append that follows need not
-    wait for the next request's turn. The ledger's reads and writes run in a worker thread, so the
-    event loop keeps answering other requests (tool calls spend nothing and never wait for the step).
+    `step()` takes the ledger's hold on every scope the principal is counted under (its session, agent, team and
+    workflow): two requests sharing a scope cannot both see room the other is about to take, while requests of
+    unrelated scopes never wait for each other, and no lock is held for the whole process. The ledger's reserve()
+    re-checks every limit in its atomic step all the same, and a limit that would be passed there turns the
+    policy's ALLOW into DENY budget_exceeded. The step ends as soon as settle() has reserved (or not): the
+    decision-log append that follows need not wait for the next request's turn. The ledger never runs on the
+    event loop's thread (state/_local.py: worker threads; PostgreSQL: an async pool).
     """
 
     def __init__(self, budgets: SpendLedger) -> None:
         self.budgets = budgets
-        self.lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
-    async def step(self) -> AsyncIterator[None]:
-        """Hold this process's budget step until settle() (or the block's end, whichever comes first)."""
-        await self.lock.acquire()
+    async def step(self, kind: str, principal: Mapping[str, Any]) -> AsyncIterator[None]:
+        """Hold the budget step on the principal's scopes until settle() (or the block's end, whichever is first)."""
         step = _Step()
+        try:
+            step.hold = await step.stack.enter_async_context(self.budgets.hold(principal_scopes(principal)))
+        except StateError as exc:  # the store cannot give the step: view() and settle() deny, nothing raises
+            log.error("budgets: %s", exc)
+            step.error = str(exc)
         token = _current_step.set(step)
         try:
             yield
+        except BaseException as exc:
+            if not step.ended:  # a failure inside the step undoes what it reserved
+                step.ended = True
+                await step.stack.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         finally:
             _current_step.reset(token)
-            self._end(step)
-
-    def _end(self, step: _Step | None) -> None:
-        if step is not None and not step.released:
-            step.released = True
-            self.lock.release()
+        await step.end()
 
     @staticmethod
     def applies(kind: str) -> bool:
         return kind in SPENDING_KINDS
 
     async def view(self, kind: str, principal: Mapping[str, Any]) -> SpendView:
-        """Current spend of every scope the principal is counted under (NO_SPEND for a kind that does not spend)."""
+        """Current spend of every scope the principal is counted under (NO_SPEND for a kind that does not spend).
+        Outside a step (a dry run) the spend is read under a hold of its own, let go at once."""
         if not self.applies(kind):
             return NO_SPEND
+        step = _current_step.get()
         try:
-            return SpendView(await asyncio.to_thread(self.budgets.spend, principal_scopes(principal)))
+            if step is None:
+                async with self.budgets.hold(principal_scopes(principal)) as hold:
+                    return SpendView(await hold.spend())
+            if step.hold is None:
+                return SpendView(SpendSnapshot({}, {}), error=step.error, refusal=LEDGER_DOWN.message)
+            return SpendView(await step.hold.spend())
         except LedgerInvalid as exc:
             log.error("budgets: %s", exc)
-            return SpendView(SpendSnapshot({}, {}), error=str(exc), refusal=str(exc))
+            return SpendView(SpendSnapshot({}, {}), error=str(exc), refusal=str(exc), code=BUDGET_UNAVAILABLE)
         except StateError as exc:
             log.error("budgets: %s", exc)
-            return SpendView(SpendSnapshot({}, {}), error=str(exc),
-                             refusal="the spend ledger cannot be read; spending requests are denied")
+            return SpendView(SpendSnapshot({}, {}), error=str(exc), refusal=LEDGER_DOWN.message)
 
     async def settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
                      result: PolicyResult, view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
-        """Reserve what an allowed spending request spends; any failure is a DENY (fail closed). Ends the step
-        (on the event loop: an asyncio.Lock is released from the loop's thread, never the worker's)."""
-        try:
-            return await asyncio.to_thread(self._settle, kind, principal, action, result, view,
-                                           decision_id=decision_id, requested_by=requested_by)
-        finally:
-            self._end(_current_step.get())
-
-    def _settle(self, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], result: PolicyResult,
-                view: SpendView, *, decision_id: str, requested_by: str = "") -> Settlement:
+        """Reserve what an allowed spending request spends; any failure is a DENY (fail closed). Ends the step:
+        a reservation stands once the ledger has kept it (on PostgreSQL, the step's commit), else DENY."""
+        step = _current_step.get()
+        plan = _plan(kind, action, result)
         if result.decision != ALLOW or not self.applies(kind):
-            return Settlement(result)
-        if view.error:
-            return _deny(BUDGET_UNAVAILABLE, view.refusal or "the spend ledger cannot be read; spending requests are "
-                         "denied", view.error)
-        monthly: Mapping[str, Any] = {}
-        if result.reserve is not None:
-            amounts, limits = dict(result.reserve.amounts), result.reserve.limits
-            monthly = result.reserve.monthly_limits
-        elif kind == "budget":
-            # A bundle without reserve still spends what a budget request asks for (no limits to re-check).
-            amounts, limits = {str(action.get("unit", "")): float(action.get("amount", 0.0))}, {}
+            settled = Settlement(result)
+        elif view.error:  # the policy decided on spend it could not be shown: no allow stands on that
+            settled = _deny(view.code, view.refusal or LEDGER_DOWN.message, view.error)
+        elif plan is None:
+            settled = Settlement(result)
+        elif step is None:  # outside a step: the reservation alone takes the scopes
+            try:
+                async with self.budgets.hold(principal_scopes(principal)) as hold:
+                    return await _reserve(hold, plan, result, decision_id=decision_id, requested_by=requested_by)
+            except StateError as exc:
+                log.error("budgets: %s", exc)
+                return _down(str(exc))
+        elif step.hold is None:  # the step could not be taken; view() said so, unless the caller made the view up
+            settled = _down(step.error or "no budget step was taken")
         else:
-            return Settlement(result)
-        if not amounts:
-            return Settlement(result)
-        try:
-            reservation_id = self.budgets.reserve(principal_scopes(principal), amounts, limits=limits,
-                                                  monthly_limits=monthly, decision_id=decision_id,
-                                                  requested_by=requested_by)
-        except BudgetExceeded as exc:
-            return _deny(BUDGET_EXCEEDED, str(exc),
-                         "budget re-check at reservation: the policy allowed, the ledger found the limit passed")
-        except LedgerInvalid as exc:
-            log.error("budgets: %s", exc)
-            return _deny(BUDGET_UNAVAILABLE, str(exc), str(exc))
-        except (StateError, ValueError) as exc:  # ValueError: an amount no ledger holds (the contract bounds it)
-            log.error("budgets: %s", exc)
-            return _deny(BUDGET_UNAVAILABLE, "the spend ledger cannot be written; spending requests are denied",
-                         str(exc))
-        return Settlement(result, reservation_id)
+            settled = await _reserve(step.hold, plan, result, decision_id=decision_id, requested_by=requested_by)
+        if step is None:
+            return settled
+        lost = await step.end()
+        if lost and settled.reservation_id:  # the ledger did not keep the reservation: no allow stands on it
+            return _down(lost)
+        return settled
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What an allowed spending request reserves: unit → amount, and the limits the ledger re-checks."""
+
+    amounts: Mapping[str, float]
+    limits: Mapping[str, Any]
+    monthly: Mapping[str, Any]
+
+
+def _plan(kind: str, action: Mapping[str, Any], result: PolicyResult) -> _Plan | None:
+    """The reservation an ALLOW makes: the policy's reserve, or a budget request's own amount; None for none."""
+    if result.reserve is not None:
+        plan = _Plan(dict(result.reserve.amounts), result.reserve.limits, result.reserve.monthly_limits)
+    elif kind == "budget":
+        # A bundle without reserve still spends what a budget request asks for (no limits to re-check).
+        plan = _Plan({str(action.get("unit", "")): float(action.get("amount", 0.0))}, {}, {})
+    else:
+        return None
+    return plan if plan.amounts else None
+
+
+async def _reserve(hold: SpendHold, plan: _Plan, result: PolicyResult, *, decision_id: str,
+                   requested_by: str) -> Settlement:
+    try:
+        reservation_id = await hold.reserve(plan.amounts, limits=plan.limits, monthly_limits=plan.monthly,
+                                            decision_id=decision_id, requested_by=requested_by)
+    except BudgetExceeded as exc:
+        return _deny(BUDGET_EXCEEDED, str(exc),
+                     "budget re-check at reservation: the policy allowed, the ledger found the limit passed")
+    except LedgerInvalid as exc:
+        log.error("budgets: %s", exc)
+        return _deny(BUDGET_UNAVAILABLE, str(exc), str(exc))
+    except StateError as exc:
+        log.error("budgets: %s", exc)
+        return _down(str(exc))
+    except ValueError as exc:  # an amount no ledger holds (the contract bounds it): the ledger refuses it
+        log.error("budgets: %s", exc)
+        return _deny(BUDGET_UNAVAILABLE, "the spend ledger refuses this amount; the request is denied", str(exc))
+    return Settlement(result, reservation_id)
 
 
 def _deny(code: str, message: str, error: str) -> Settlement:
     return Settlement(PolicyResult(DENY, (Reason(code, message),)), error=error)
+
+
+def _down(error: str) -> Settlement:
+    """DENY state_unavailable: the store could not give the step, the spend or the reservation."""
+    return Settlement(PolicyResult(DENY, (LEDGER_DOWN,)), error=error)

@@ -1,5 +1,6 @@
 """The server's own rules on the decision path, whatever the bundle says: the contract check and its fail-closed
-mapping, then, in this order, caller refusal, kill switches, export lag and approvals.
+mapping, then, in this order, caller refusal, kill switches, stale kill switches, state the store could not give,
+export lag and approvals.
 
 The authorizer and `tollgate replay` both decide through `apply_server_rules`, over the same `ServerFacts` (the
 authorizer's read from its state, replay's from the logged input), so a replay answers as the server did.
@@ -20,10 +21,12 @@ from tollgate.contract import (
     KILLED,
     KINDS,
     POLICY_CONTRACT,
+    STATE_STALE,
     ContractError,
     PolicyResult,
     Reason,
     parse_result,
+    state_unavailable,
 )
 from tollgate.engine import UNDEFINED, EngineError, EvaluationTimeout
 from tollgate.identity import CALLER_UNAUTHENTICATED, PRINCIPAL_MISMATCH, Caller, CallerMap
@@ -80,6 +83,24 @@ def enforce_kill_switches(outcome: Outcome, matches: Sequence[KillSwitch]) -> Ou
                    error=f"{outcome.error}; {error}" if outcome.error else error)
 
 
+def enforce_staleness(outcome: Outcome, stale: str) -> Outcome:
+    """While the kill switches cannot be confirmed, every request is denied: no one can prove that no kill switch
+    names it. The reason state_stale comes first; a policy's own deny reasons (and kill switches known) stay."""
+    result = outcome.result
+    kept = result.reasons if result.decision == DENY else ()
+    error = f"kill switches unconfirmed, enforced by the server: {stale}"
+    return Outcome(PolicyResult(DENY, (Reason(STATE_STALE, stale), *kept)), raw=outcome.raw,
+                   error=f"{outcome.error}; {error}" if outcome.error else error)
+
+
+def enforce_state_unavailable(outcome: Outcome, what: str, *, error: str = "") -> Outcome:
+    """State the request needs (`what`: the approval it presents or asks for) could not be read or written: DENY
+    state_unavailable, whatever the policy said. error: the store's message, for the record only."""
+    detail = f"state unavailable, enforced by the server: {what}" + (f" ({error})" if error else "")
+    return Outcome(PolicyResult(DENY, (state_unavailable(what),)), raw=outcome.raw,
+                   error=f"{outcome.error}; {detail}" if outcome.error else detail)
+
+
 def enforce_export_lag(outcome: Outcome, behind: str) -> Outcome:
     """decision_log_fail_closed_on_lag: while the export is too far behind, an answer that is not DENY becomes one."""
     error = f"decision log export behind, enforced by the server: {behind}"
@@ -108,6 +129,10 @@ class ServerFacts:
     approval: Mapping[str, str] | None = None
     #: Why the decision-log export is further behind than allowed; "" while it keeps up.
     export_behind: str = ""
+    #: Why the kill switches cannot be confirmed (KillSwitchView.staleness); "" while they can.
+    stale: str = ""
+    #: What state the request needs that the store could not give (the approval presented); "" when none.
+    unavailable: str = ""
 
     @property
     def asks_policy(self) -> bool:
@@ -118,8 +143,8 @@ class ServerFacts:
     def recorded(cls, input_doc: Mapping[str, Any]) -> ServerFacts:
         """The facts a logged input document carries, as the server read them when it decided.
 
-        An export lag is not part of the input: it was a condition of that server, not of the request, so a
-        replay never has one.
+        An export lag, stale kill switches or a store that did not answer are not part of the input: they were
+        conditions of that server, not of the request, so a replay never has them.
         """
         state = input_doc.get("state")
         approval = state.get("approval") if isinstance(state, Mapping) else None
@@ -132,8 +157,10 @@ def apply_server_rules(facts: ServerFacts, policy: Outcome | None) -> Outcome:
 
     1. a refused caller is denied (the policy was not asked: `policy` is None exactly when `facts.refusal` is set);
     2. a request an active kill switch names is denied;
-    3. while the decision-log export is too far behind, what is not a DENY becomes one;
-    4. an ALLOW on a presented approval that is not approved for this very request is denied.
+    3. while the kill switches cannot be confirmed, every request is denied (state_stale);
+    4. a request whose state the store could not give is denied (state_unavailable);
+    5. while the decision-log export is too far behind, what is not a DENY becomes one;
+    6. an ALLOW on a presented approval that is not approved for this very request is denied.
 
     Using an approved approval (once) and reserving budget are state effects the authorizer settles after this.
     """
@@ -146,6 +173,10 @@ def apply_server_rules(facts: ServerFacts, policy: Outcome | None) -> Outcome:
         outcome = policy
     if facts.kill_switches:
         outcome = enforce_kill_switches(outcome, facts.kill_switches)
+    if facts.stale:
+        outcome = enforce_staleness(outcome, facts.stale)
+    if facts.unavailable and outcome.result.decision != DENY:
+        outcome = enforce_state_unavailable(outcome, facts.unavailable)
     if facts.export_behind and outcome.result.decision != DENY:
         outcome = enforce_export_lag(outcome, facts.export_behind)
     approval = facts.approval

@@ -2,16 +2,18 @@
 
 Decisions, policy evaluations, decision-log commits and engine worker restarts are observed as they happen
 (histograms and counters from prometheus_client, safe from any thread); the rest — the active bundle, exporters,
-pending approvals, kill switches, busy engine workers, the process — is read when Prometheus scrapes. A scrape is
-rendered on a worker thread, so reading the state store never holds up the event loop that answers decisions.
+pending approvals, kill switches, busy engine workers, the process — is read when Prometheus scrapes. A scrape
+first refreshes, on the event loop, what comes from the state store (`before_scrape`: the pending approvals, read
+with the store's own async calls, never on the loop's thread), then is rendered on a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -29,17 +31,22 @@ from tollgate.contract import (
     KINDS,
     NO_BUNDLE,
     POLICY_CONTRACT,
+    STATE_STALE,
+    STATE_UNAVAILABLE,
 )
 from tollgate.decision import BUDGET_EXCEEDED, BUDGET_UNAVAILABLE
 from tollgate.encoding import format_time
 from tollgate.engine import RESTART_REASONS
 from tollgate.identity import CALLER_UNAUTHENTICATED, PRINCIPAL_MISMATCH
+from tollgate.state import StateError
 from tollgate.state.approvals import PENDING
 
 if TYPE_CHECKING:
     from tollgate.clock import Clock
     from tollgate.decisionlog import ExportStatus
-    from tollgate.state.approvals import Approvals
+    from tollgate.state import ApprovalStore
+
+log = logging.getLogger(__name__)
 
 #: Distinct bundle revisions kept in the decision counter; older ones are folded into revision="other".
 MAX_REVISIONS = 50
@@ -51,8 +58,8 @@ _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: The reason codes of the server's own DENYs (its rules and fail-closed paths), counted by name from the start.
 SERVER_REASON_CODES = frozenset({
     NO_BUNDLE, ENGINE_ERROR, POLICY_CONTRACT, DEADLINE_EXCEEDED, KILLED, EXPORT_LAG, PRINCIPAL_MISMATCH,
-    CALLER_UNAUTHENTICATED, BUDGET_EXCEEDED, BUDGET_UNAVAILABLE, "approval_denied", "approval_expired",
-    "approval_used", "approval_mismatch", "approval_pending",
+    CALLER_UNAUTHENTICATED, BUDGET_EXCEEDED, BUDGET_UNAVAILABLE, STATE_UNAVAILABLE, STATE_STALE,
+    "approval_denied", "approval_expired", "approval_used", "approval_mismatch", "approval_pending",
 })
 
 # Decisions answer in about a millisecond (the p50 target); the tail runs to the evaluation deadline and
@@ -80,8 +87,10 @@ class Metrics:
         #: The decision-log exporters' snapshots and the records retention deleted.
         self.exports: Callable[[], Sequence[ExportStatus]] = tuple
         self.pruned: Callable[[], int] = int
-        #: Approvals waiting for a person.
+        #: Approvals waiting for a person (as before_scrape last read them).
         self.pending_approvals: Callable[[], int] = int
+        #: Run on the event loop before each scrape is rendered: refreshes what the state store holds.
+        self.before_scrape: Callable[[], Awaitable[None]] = _nothing
         #: The scope of each active kill switch (agent, session, tool, ...).
         self.kill_switch_scopes: Callable[[], Iterable[str]] = tuple
         #: (busy, running) worker processes of the active engine.
@@ -275,25 +284,37 @@ def _export_families(exports: Sequence[ExportStatus], pruned: int) -> Iterator[M
 
 
 class PendingApprovals:
-    """The pending-approvals gauge's count: the store is read again only after a change (the approvals'
-    generation moved) or once the earliest pending approval has expired, not at every scrape."""
+    """The pending-approvals gauge's count. refresh() (on the event loop, before a scrape) reads the store again
+    only after a change (the approvals' generation moved) or once the earliest pending approval has expired, not
+    at every scrape; calling it (on the scrape's thread) gives the count refresh() last read."""
 
-    def __init__(self, approvals: Approvals, *, clock: Clock) -> None:
+    def __init__(self, approvals: ApprovalStore, *, clock: Clock) -> None:
         self._approvals = approvals
         self._clock = clock
-        self._lock = threading.Lock()
         self._seen: tuple[int, str, int] | None = None  # (generation, earliest expiry, count)
+        self._failing = False
 
     def __call__(self) -> int:
-        now = self._clock.now()
+        return self._seen[2] if self._seen is not None else 0
+
+    async def refresh(self) -> None:
         generation = self._approvals.generation
-        with self._lock:
-            seen = self._seen
-            if seen is not None and seen[0] == generation and (not seen[1] or format_time(now) < seen[1]):
-                return seen[2]
-            pending = self._approvals.list(status=PENDING, now=now)
-            self._seen = (generation, min((a.expires_at for a in pending), default=""), len(pending))
-            return len(pending)
+        seen = self._seen
+        if seen is not None and seen[0] == generation and (not seen[1] or format_time(self._clock.now()) < seen[1]):
+            return
+        try:
+            pending = await self._approvals.list(status=PENDING)
+        except StateError as exc:  # the gauge keeps the last count; the log says so once per outage
+            if not self._failing:
+                log.warning("metrics: pending approvals cannot be read, the gauge keeps its last count: %s", exc)
+            self._failing = True
+            return
+        self._failing = False
+        self._seen = (generation, min((a.expires_at for a in pending), default=""), len(pending))
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def start_metrics_server(metrics: Metrics, listen: str) -> tuple[asyncio.Server, str]:
@@ -304,6 +325,7 @@ async def start_metrics_server(metrics: Metrics, listen: str) -> tuple[asyncio.S
             return HttpResponse(405, b"GET only\n", headers={"Allow": "GET, HEAD"})
         if request.path != "/metrics":
             return HttpResponse(404, b"metrics are at /metrics\n")
+        await metrics.before_scrape()
         body, content_type = await asyncio.to_thread(metrics.exposition, request.headers.get("accept", ""))
         return HttpResponse(200, body, content_type)
 

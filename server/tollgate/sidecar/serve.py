@@ -130,12 +130,13 @@ def _settings(config: ServeConfig, clock: Clock) -> _Settings:
     try:
         relay = (PeerCredentialRelay(config.listen[len("unix:"):], state_dir=data_dir)
                  if config.listen.startswith("unix:") else None)
+        sidecar_id = resolve_sidecar_id(config.sidecar_id, data_dir)
         settings = _Settings(
             admin_token=config.resolved_admin_token(), credentials=config.server_credentials(),
             callers=config.caller_map(), relay=relay,
             resolver=config.caller_resolver(relay_prefix=relay.peer_prefix if relay else "", clock=clock),
-            authzen_tls=config.authzen_ssl_context(), shipping=config.log_shipping(),
-            bundle_http=config.bundle_http(), sidecar_id=resolve_sidecar_id(config.sidecar_id, data_dir))
+            authzen_tls=config.authzen_ssl_context(), shipping=config.log_shipping(sidecar_id=sidecar_id),
+            bundle_http=config.bundle_http(), sidecar_id=sidecar_id)
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     if not settings.admin_token and not config.admin_identities:
@@ -231,8 +232,9 @@ class _Parts:
             export_gate=self.shipping.refusal if config.decision_log_fail_closed_on_lag else never_behind,
         )
         metrics.exports, metrics.pruned = self.shipping.statuses, self.shipping.pruned
-        metrics.pending_approvals = PendingApprovals(state.approvals, clock=clock)
-        metrics.kill_switch_scopes = lambda: [s.scope for s in state.kill_switches.list()]
+        pending = PendingApprovals(state.approvals, clock=clock)
+        metrics.pending_approvals, metrics.before_scrape = pending, pending.refresh
+        metrics.kill_switch_scopes = lambda: [s.scope for s in state.kill_switches.snapshot().active.values()]
         metrics.engine_workers = self._engine_workers
 
     def _engine_workers(self) -> tuple[int, int]:
@@ -246,7 +248,8 @@ class _Parts:
         streams = StreamRoom(config.max_concurrent_streams)  # WaitForApproval and WatchApproval share it
         server.add_generic_rpc_handlers((
             AuthorizationServicer(self.authorizer, self.decision_log, self.limits, budgets=state.budgets,
-                                  approvals=state.approvals, callers=settings.resolver, streams=streams).handler(),
+                                  approvals=state.approvals, callers=settings.resolver, streams=streams,
+                                  fleet_log=state.decisions).handler(),
             AdminServicer(lambda: self.activator.status, state.kill_switches, admin_token=settings.admin_token,
                           budgets=state.budgets, exports=self.shipping.statuses, admin_identities=admins,
                           callers=settings.resolver, fleet=state.fleet, clock=self.clock).handler(),
