@@ -100,14 +100,14 @@ def _migrate(url: str) -> int:
 def _shipped(url: str) -> list[tuple[str, str, int, str, str]]:
     """(decision_id, sidecar_id, seq, record text, hash) of every row in the store, by sidecar and seq."""
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT decision_id, sidecar_id, seq, record::text, hash FROM decisions "
+        rows = conn.execute("SELECT decision_id, sidecar_id, seq, record::text, hash FROM fleet_decisions "
                             "ORDER BY sidecar_id, seq").fetchall()
     return [(str(a), str(b), int(c), str(d), str(e)) for a, b, c, d, e in rows]
 
 
 def _count(url: str) -> int:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM decisions").fetchone()
+        row = conn.execute("SELECT count(*) FROM fleet_decisions").fetchone()
     assert row is not None
     return int(row[0])
 

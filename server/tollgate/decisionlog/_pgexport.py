@@ -1,11 +1,12 @@
-"""The `postgresql` exporter's transport: each batch of a sidecar's decision log into the fleet's `decisions` table.
+"""The `postgresql` exporter's transport: each batch of a sidecar's decision log into the fleet's store.
 
 The sidecar's decisions.db stays the first, durable copy (the answer never waits on the network); LogExporter
 ships from it with its persisted cursor, batches, backoff and lag, and this transport writes a batch in one
 transaction: INSERT ... ON CONFLICT (decision_id) DO NOTHING, so a batch sent again (a crash between the insert
 and the cursor update, an exporter restarted on an old cursor) is absorbed and every record is in the store once.
 
-The table (component "decisions" of the shared store, migrated with `migrate_decisions`) keeps the record as the
+The table, `fleet_decisions` (component "decisions" of the shared store, migrated with `migrate_decisions`;
+named apart from a sidecar's own `decisions` table, whose shape it does not have), keeps the record as the
 sidecar stored it, byte for byte (the masked canonical JSON that was hashed: never more than the local record),
 beside copies of the fields `tollgate logs query` and the timeline look up, each indexed.
 """
@@ -42,7 +43,7 @@ INDEXED_CHARS = 256
 # (keys reordered, 1e+20 printed as 100000000000000000000) and refuses "\u0000", which a tool argument may hold:
 # that record could never ship. Queries never read inside it: what they filter on has a column of its own.
 _STEP_1 = f"""
-CREATE TABLE decisions (
+CREATE TABLE fleet_decisions (
     decision_id TEXT PRIMARY KEY,
     sidecar_id TEXT NOT NULL,            -- which sidecar answered (its fleet id)
     seq BIGINT NOT NULL,                 -- the record's seq in that sidecar's own log
@@ -62,28 +63,29 @@ CREATE TABLE decisions (
     hash TEXT NOT NULL,
     shipped_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX decisions_by_time ON decisions (timestamp, sidecar_id, seq);
-CREATE INDEX decisions_by_agent ON decisions (left(agent_id, {INDEXED_CHARS}), timestamp);
-CREATE INDEX decisions_by_session ON decisions (left(session_id, {INDEXED_CHARS}), timestamp);
-CREATE INDEX decisions_by_instance ON decisions (left(instance_id, {INDEXED_CHARS}), timestamp);
-CREATE INDEX decisions_by_tool ON decisions (left(tool_name, {INDEXED_CHARS}), timestamp) WHERE kind = 'tool';
-CREATE INDEX decisions_by_sidecar ON decisions (sidecar_id, seq);
+CREATE INDEX fleet_decisions_by_time ON fleet_decisions (timestamp, sidecar_id, seq);
+CREATE INDEX fleet_decisions_by_agent ON fleet_decisions (left(agent_id, {INDEXED_CHARS}), timestamp);
+CREATE INDEX fleet_decisions_by_session ON fleet_decisions (left(session_id, {INDEXED_CHARS}), timestamp);
+CREATE INDEX fleet_decisions_by_instance ON fleet_decisions (left(instance_id, {INDEXED_CHARS}), timestamp);
+CREATE INDEX fleet_decisions_by_tool ON fleet_decisions (left(tool_name, {INDEXED_CHARS}), timestamp)
+    WHERE kind = 'tool';
+CREATE INDEX fleet_decisions_by_sidecar ON fleet_decisions (sidecar_id, seq);
 """
 #: The component's migration steps: step i brings the schema from version i to i + 1 (PgStore.migrate).
 DECISIONS_STEPS: tuple[str, ...] = (_STEP_1,)
 
 _COLUMNS = ("decision_id, sidecar_id, seq, timestamp, agent_id, session_id, instance_id, kind, decision, "
             "tool_server, tool_name, reason_codes, bundle_revision, request_id, record, prev_hash, hash")
-_INSERT = (f"INSERT INTO decisions ({_COLUMNS}) VALUES ({', '.join(['%s'] * 17)}) "
+_INSERT = (f"INSERT INTO fleet_decisions ({_COLUMNS}) VALUES ({', '.join(['%s'] * 17)}) "
            "ON CONFLICT (decision_id) DO NOTHING")
 # Rows that hold one of the batch's decision IDs but are not this sidecar's record: the store kept another.
-_CONFLICTS = ("SELECT d.decision_id, d.sidecar_id FROM decisions d "
+_CONFLICTS = ("SELECT d.decision_id, d.sidecar_id FROM fleet_decisions d "
               "JOIN unnest(%s::text[], %s::text[]) AS b(id, hash) ON d.decision_id = b.id "
               "WHERE d.sidecar_id <> %s OR d.hash <> b.hash")
 
 
 async def migrate_decisions(store: PgStore, *, upgrade: bool) -> int:
-    """Create or upgrade the decisions table (see PgStore.migrate); returns how many steps were applied."""
+    """Create or upgrade the fleet_decisions table (see PgStore.migrate); returns how many steps were applied."""
     return await store.migrate(DECISIONS_COMPONENT, DECISIONS_STEPS, upgrade=upgrade)
 
 
@@ -117,7 +119,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 class PgTransport:
-    """Batches into the shared store's decisions table, on one connection of the exporter's own.
+    """Batches into the shared store's fleet_decisions table, on one connection of the exporter's own.
 
     A synchronous psycopg connection: the exporter runs on a thread of its own, never on the event loop, so a
     blocking call waits there and nowhere else; the sidecar's async pool stays for the decision path. The

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tollgate.state.postgres import PgStore
 
 _SELECT = ("SELECT decision_id, timestamp, agent_id, session_id, kind, decision, record::text, prev_hash, hash, "
-           "request_id, bundle_revision, seq, sidecar_id FROM decisions")
+           "request_id, bundle_revision, seq, sidecar_id FROM fleet_decisions")
 _ORDER = ("timestamp", "sidecar_id", "seq")
 
 
@@ -51,7 +51,7 @@ class ShippedRecord(StoredRecord):
 
 
 def query_sql(query: Query) -> tuple[str, list[Any]]:
-    """Conditions on the store's decisions table for query (the same matches as on a sidecar's decisions.db)."""
+    """Conditions on the store's fleet_decisions table for query (the same matches as on a sidecar's decisions.db)."""
     parts: list[str] = []
     params: list[Any] = []
     if query.decision_id:
