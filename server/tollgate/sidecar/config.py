@@ -323,9 +323,10 @@ class ServeConfig:
             raise ConfigError("decision_log_max_lag: must be 0 (no limit) or more seconds")
         if self.decision_log_retention:
             parse_duration("decision_log_retention", self.decision_log_retention)
-        if self.decision_log_fail_closed_on_lag and not (self.decision_log_service or self.otlp_endpoint):
-            raise ConfigError("decision_log_fail_closed_on_lag: needs an exporter (decision_log_service or "
-                              "otlp_endpoint)")
+        if self.decision_log_fail_closed_on_lag and not (self.decision_log_service or self.otlp_endpoint
+                                                         or self.state_store):
+            raise ConfigError("decision_log_fail_closed_on_lag: needs an exporter (decision_log_service, "
+                              "otlp_endpoint, or a postgresql:// state_store)")
         if self.decision_log_fail_closed_on_lag and not self.decision_log_max_lag:
             raise ConfigError("decision_log_fail_closed_on_lag: needs decision_log_max_lag above 0")
         self._validate_checkpoints()
@@ -362,8 +363,9 @@ class ServeConfig:
         """What a bundle's data documents may hold (bundle_data_limit, bundle_data_values)."""
         return DataLimits(bytes=self.bundle_data_limit, values=self.bundle_data_values)
 
-    def log_shipping(self) -> ShippingConfig:
-        """The decision log's exporters and retention (reads decision_log_token_file)."""
+    def log_shipping(self, *, sidecar_id: str = "") -> ShippingConfig:
+        """The decision log's exporters and retention (reads decision_log_token_file). On a PostgreSQL state_store
+        every record is also shipped into it, under sidecar_id (the fleet registry's id of this sidecar)."""
         token = ""
         if self.decision_log_token_file:
             token = _read_secret("decision_log_token_file", self.decision_log_token_file)
@@ -375,7 +377,9 @@ class ServeConfig:
             batch_bytes=self.decision_log_batch_bytes, min_delay=self.decision_log_min_delay,
             max_delay=self.decision_log_max_delay, max_lag=self.decision_log_max_lag,
             retention=parse_duration("decision_log_retention", self.decision_log_retention)
-            if self.decision_log_retention else None, anchor_key=self.checkpoint_key())
+            if self.decision_log_retention else None, anchor_key=self.checkpoint_key(),
+            postgresql_url=self.state_store, postgresql_password_file=self.state_store_password_file,
+            postgresql_timeout=self.state_store_timeout, sidecar_id=sidecar_id)
 
     def _validate_bundle_service(self) -> None:
         for name in ("bundle_token_file", "bundle_headers_file", "bundle_ca_file"):

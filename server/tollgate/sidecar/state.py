@@ -30,6 +30,7 @@ from tollgate.sidecar._plugins import RUNNING, PeriodicPlugin, Plugin, PluginSta
 from tollgate.state import StateError
 
 if TYPE_CHECKING:
+    from tollgate.decisionlog import DecisionLookup
     from tollgate.sidecar.config import ServeConfig
     from tollgate.state import ApprovalStore, BudgetStore, KillSwitchStore
     from tollgate.state._protocol import FleetRegistry
@@ -92,6 +93,8 @@ class SidecarState:
     approvals: ApprovalStore
     budgets: BudgetStore
     fleet: FleetRegistry
+    #: Where GetDecision looks for a record not in this sidecar's log: the records the fleet shipped.
+    decisions: DecisionLookup
     #: Where it lives, for the log: the data dir's state.db, or the store's URL without its password.
     where: str
     #: Added before every other plugin (so stopped after them): the store itself, its listener.
@@ -110,6 +113,7 @@ async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
 
 
 def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
+    from tollgate.decisionlog import NoFleetLog
     from tollgate.state import open_local_state
 
     local = open_local_state(Path(config.data_dir), clock=clock, approver_groups=config.approver_groups,
@@ -118,12 +122,13 @@ def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
     async def close() -> None:
         local.close()
 
-    return SidecarState(local.kill_switches, local.approvals, local.budgets, local.fleet,
+    return SidecarState(local.kill_switches, local.approvals, local.budgets, local.fleet, NoFleetLog(),
                         where=str(local.store.path), plugins=(StorePlugin("state store", close),),
                         sweep=_sweep(local.budgets, config), close=close)
 
 
 async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
+    from tollgate.decisionlog import PgDecisionReader
     from tollgate.state.postgres import PgFleet, PgKillSwitches, PgOptions, PgStore
     from tollgate.state.postgres._approvals import PgApprovals
     from tollgate.state.postgres._budgets import PgBudgets
@@ -140,7 +145,8 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
     store_plugin = StorePlugin("state store", store.close, schema=None if checked else
                                (lambda: _check_schema(store, upgrade=config.state_store_migrate, at_start=False)))
     listener = ListenerPlugin(kill_switches, approvals_changed=approvals.changed)
-    return SidecarState(kill_switches, approvals, budgets, PgFleet(store, clock=clock), where=store.name,
+    return SidecarState(kill_switches, approvals, budgets, PgFleet(store, clock=clock), PgDecisionReader(store),
+                        where=store.name,
                         plugins=(store_plugin, listener), sweep=_sweep(budgets, config), close=store.close)
 
 
