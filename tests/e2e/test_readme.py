@@ -188,3 +188,17 @@ def test_the_approvals_walkthrough_works_under_make_serve(tmp_path: Path) -> Non
 
 def _approval_varying(text: str) -> str:
     return re.sub(r"apr_[0-9a-f-]+", "apr_ID", _varying(text))
+
+
+def test_the_eval_example_prints_what_the_readme_shows() -> None:
+    """README's `tollgate eval --explain` example (offline: no server), the bundle digest and line numbers masked."""
+    examples = [(argv, shown) for argv, shown in COMMANDS if argv[1] == "eval"]
+    assert examples, "README shows no tollgate eval"
+    for argv, shown in examples:
+        result = subprocess.run([*TOLLGATE, *argv[1:]], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert result.returncode == 2, result.stdout + result.stderr
+
+        def masked(text: str) -> str:
+            return re.sub(r"\.rego:\d+", ".rego:N", _varying(text))
+
+        assert masked(result.stdout) == masked(shown)

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tollgate_cli._common import (
     DEFAULT_SERVER,
@@ -18,6 +18,9 @@ from tollgate_cli._common import (
     open_channel,
 )
 
+if TYPE_CHECKING:
+    from tollgate.v1 import authorization_pb2
+
 ORDER = 20  # position in `tollgate --help`
 COMMANDS = ("authorize", "decision")  # the top-level commands register() adds
 #: Where `tollgate authorize` finds a caller token when --caller-token is not given.
@@ -27,23 +30,7 @@ CALLER_TOKEN_ENV = "TOLLGATE_CALLER_TOKEN"
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     auth = sub.add_parser("authorize", help="ask a running sidecar for one decision")
     auth.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
-    auth.add_argument("--agent", required=True, help="principal.agent_id")
-    for name in ("session", "instance", "workflow", "team", "user"):
-        auth.add_argument(f"--{name}", default="", help=f"principal.{name}")
-    action = auth.add_mutually_exclusive_group(required=True)
-    action.add_argument("--tool", help="SERVER/NAME (or NAME for a built-in tool)")
-    action.add_argument("--model", help="PROVIDER/MODEL")
-    action.add_argument("--budget", type=float, metavar="AMOUNT", help="amount to spend")
-    auth.add_argument("--args", default="{}", help="tool arguments as a JSON object")
-    auth.add_argument("--resource", action="append", default=[], help="tool resource (repeatable)")
-    auth.add_argument("--input-tokens", type=int, default=0)
-    auth.add_argument("--max-output-tokens", type=int, default=0)
-    auth.add_argument("--data-class", action="append", default=[], help="model data class (repeatable)")
-    auth.add_argument("--unit", default="usd", help="budget unit: usd or tokens")
-    auth.add_argument("--category", default="", help="budget category: model, tool, compute")
-    auth.add_argument("--context", default="{}", help="request context as a JSON object")
-    auth.add_argument("--request-id", default="", help="idempotency key")
-    auth.add_argument("--approval-id", default="", help="ask again with this approval (tollgate approvals)")
+    add_request_flags(auth, required=True)
     auth.add_argument("--json", action="store_true", help="print the response as JSON")
     auth.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     auth.add_argument("--caller-token", default=None,
@@ -59,22 +46,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dec.set_defaults(func=_decision)
 
 
-def _json_object(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise SystemExit(f"tollgate: {flag} is not valid JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise SystemExit(f"tollgate: {flag} must be a JSON object")
-    return value
+def add_request_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """The flags that spell one AuthorizeRequest (`tollgate authorize`, and `tollgate eval` offline, where the request
+    may come from a JSON input instead: required=False); build_request reads them."""
+    parser.add_argument("--agent", required=required, help="principal.agent_id")
+    for name in ("session", "instance", "workflow", "team", "user"):
+        parser.add_argument(f"--{name}", default="", help=f"principal.{name}")
+    action = parser.add_mutually_exclusive_group(required=required)
+    action.add_argument("--tool", help="SERVER/NAME (or NAME for a built-in tool)")
+    action.add_argument("--model", help="PROVIDER/MODEL")
+    action.add_argument("--budget", type=float, metavar="AMOUNT", help="amount to spend")
+    parser.add_argument("--args", default="{}", help="tool arguments as a JSON object")
+    parser.add_argument("--resource", action="append", default=[], help="tool resource (repeatable)")
+    parser.add_argument("--input-tokens", type=int, default=0)
+    parser.add_argument("--max-output-tokens", type=int, default=0)
+    parser.add_argument("--data-class", action="append", default=[], help="model data class (repeatable)")
+    parser.add_argument("--unit", default="usd", help="budget unit: usd or tokens")
+    parser.add_argument("--category", default="", help="budget category: model, tool, compute")
+    parser.add_argument("--context", default="{}", help="request context as a JSON object")
+    parser.add_argument("--request-id", default="", help="idempotency key")
+    parser.add_argument("--approval-id", default="", help="ask again with this approval (tollgate approvals)")
 
 
-def _authorize(args: argparse.Namespace) -> int:
-    import grpc
-    from google.protobuf import json_format
-
+def build_request(args: argparse.Namespace) -> authorization_pb2.AuthorizeRequest:
+    """The AuthorizeRequest the request flags spell (protobuf is imported here, not when the module loads)."""
     from tollgate.v1 import authorization_pb2 as pb
-    from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 
     request = pb.AuthorizeRequest(
         principal=pb.Principal(agent_id=args.agent, session_id=args.session, instance_id=args.instance,
@@ -94,6 +90,27 @@ def _authorize(args: argparse.Namespace) -> int:
                                             data_classes=args.data_class))
     else:
         request.budget.CopyFrom(pb.BudgetRequest(amount=args.budget, unit=args.unit, category=args.category))
+    return request
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"tollgate: {flag} is not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise SystemExit(f"tollgate: {flag} must be a JSON object")
+    return value
+
+
+def _authorize(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from tollgate.v1 import authorization_pb2 as pb
+    from tollgate.v1 import authorization_pb2_grpc as pb_grpc
+
+    request = build_request(args)
     with open_channel(args) as channel:
         try:
             from tollgate.identity import TOKEN_METADATA_KEY

@@ -88,6 +88,15 @@ class EmbeddedOpa:
         envelope = json.loads(self.evaluate_raw(_cstr(path), payload, coverage=True))
         return envelope_value(envelope), envelope.get("coverage") or {}
 
+    def evaluate_with_trace(self, path: str, input_doc: Any = None) -> tuple[Any, list[dict[str, Any]]]:
+        """Like evaluate, also returning OPA's evaluation trace (what `opa eval --explain full` prints): one event
+        per step, {"op" (Enter, Eval, Exit, Redo, ...), "query_id", "parent_id", "location" (file:line),
+        "node" (the rule or expression), "locals" (the bindings there), "message"}. Slow: for explaining one
+        evaluation, never on the decision path."""
+        payload = b"" if input_doc is None else json.dumps(input_doc).encode()
+        envelope = json.loads(self._raw(self._lib.OpaEvalDocument, _cstr(path), payload, 0, 1))
+        return envelope_value(envelope), envelope.get("trace") or []
+
     def query(self, query: str, input_doc: Any = None) -> list[dict[str, Any]]:
         """Evaluate an ad-hoc Rego query; return its bindings, one dict per result."""
         payload = b"" if input_doc is None else json.dumps(input_doc).encode()
