@@ -171,22 +171,26 @@ def sidecar_argv(args: argparse.Namespace, data_dir: Path, token_file: Path, sta
 
 def start_sidecars(args: argparse.Namespace, workdir: Path, store: Store,
                    stack: contextlib.ExitStack) -> dict[str, Target]:
-    """The SQLite sidecar and three on the store, started at once (each compiles the bundle in its workers)."""
+    """The SQLite sidecar and three on the store, started at once (each compiles the bundle in its workers).
+
+    bench.py's children die with the thread that started them (PR_SET_PDEATHSIG), so the starter threads live
+    until the sidecars have been stopped: the pool is shut down after them (the stack unwinds newest first)."""
     token_file = workdir / "admin-token"
     token_file.write_text(secrets.token_urlsafe(24) + "\n")
     token_file.chmod(0o600)
     plan = {SQLITE: ""} | {name: store.url for name in (POSTGRES, *PEERS)}
-    with concurrent.futures.ThreadPoolExecutor(len(plan)) as pool:
-        futures = {name: pool.submit(start_target, name, sidecar_argv(args, workdir / name, token_file, url),
-                                     workdir, data_dir=workdir / name) for name, url in plan.items()}
-        targets: dict[str, Target] = {}
-        failures = []
-        for name, future in futures.items():
-            try:
-                targets[name] = future.result()
-                stack.callback(stop_target, targets[name])
-            except BenchError as exc:
-                failures.append(str(exc))
+    pool = concurrent.futures.ThreadPoolExecutor(len(plan), thread_name_prefix="sidecar-start")
+    stack.callback(pool.shutdown)
+    futures = {name: pool.submit(start_target, name, sidecar_argv(args, workdir / name, token_file, url), workdir,
+                                 data_dir=workdir / name) for name, url in plan.items()}
+    targets: dict[str, Target] = {}
+    failures = []
+    for name, future in futures.items():
+        try:
+            targets[name] = future.result()
+            stack.callback(stop_target, targets[name])
+        except BenchError as exc:
+            failures.append(str(exc))
     if failures:
         raise BenchError("\n".join(failures))
     return targets
@@ -329,6 +333,18 @@ def _allowed(response: pb.AuthorizeResponse) -> bool:
     return response.decision == pb.DECISION_ALLOW
 
 
+@dataclass
+class Race:
+    """One timed change: the pollers start on `go`, count from `started`, give up on `stop` or their timeout."""
+
+    go: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    started: float = 0.0
+    #: Per poller: ms until its first passing answer (nan: none within the timeout, or cut short).
+    out: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
 class Poller:
     """Asks one sidecar Authorize back to back, from a go signal, until an answer passes the test."""
 
@@ -345,15 +361,17 @@ class Poller:
         response: pb.AuthorizeResponse = self.stub.Authorize(self.request, timeout=10)
         return response
 
-    def until(self, passes: Callable[[pb.AuthorizeResponse], bool], go: threading.Event, started: list[float],
-              out: dict[str, float]) -> None:
-        go.wait()
+    def until(self, passes: Callable[[pb.AuthorizeResponse], bool], race: Race) -> None:
+        race.out[self.name] = math.nan
+        race.go.wait()
         deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if passes(self.ask()):
-                out[self.name] = (time.monotonic() - started[0]) * 1000
-                return
-        out[self.name] = math.nan
+        try:
+            while time.monotonic() < deadline and not race.stop.is_set():
+                if passes(self.ask()):
+                    race.out[self.name] = (time.monotonic() - race.started) * 1000
+                    return
+        except grpc.RpcError as exc:
+            race.errors.append(f"{self.name}: Authorize failed with {exc.code().name}: {exc.details()}")
 
     def close(self) -> None:
         self.channel.close()
@@ -373,18 +391,24 @@ class PropagationBench:
     def _timed(self, pollers: Sequence[Poller], passes: Callable[[pb.AuthorizeResponse], bool],
                call: Callable[[], object]) -> tuple[float, dict[str, float]]:
         """Start the pollers, make the call, and wait for each poller's first passing answer."""
-        go, started = threading.Event(), [0.0]
-        out: dict[str, float] = {}
-        threads = [threading.Thread(target=p.until, args=(passes, go, started, out)) for p in pollers]
+        race = Race()
+        threads = [threading.Thread(target=p.until, args=(passes, race)) for p in pollers]
         for thread in threads:
             thread.start()
-        started[0] = time.monotonic()
-        go.set()
-        call()
-        called_ms = (time.monotonic() - started[0]) * 1000
-        for thread in threads:
-            thread.join()
-        return called_ms, out
+        race.started = time.monotonic()
+        race.go.set()
+        try:
+            call()
+        except grpc.RpcError as exc:
+            race.stop.set()
+            raise BenchError(f"{self.source.name}: the admin call failed with {exc.code().name}: "
+                             f"{exc.details()}") from exc
+        finally:
+            called_ms = (time.monotonic() - race.started) * 1000
+            for thread in threads:
+                thread.join()
+        self.problems += race.errors
+        return called_ms, race.out
 
     def one_round(self, n: int, admin: Any) -> PropagationRound:
         session = f"bench-kill-{uuid.uuid4().hex[:8]}"
@@ -513,8 +537,9 @@ def report_json(report: Report) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured budget run")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per budget target")
+    # Whole seconds: h2load's -D refuses a fraction.
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured budget run")
+    p.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per budget target")
     p.add_argument("--connections", type=int, default=4, help="h2load clients")
     p.add_argument("--streams", type=int, default=8, help="concurrent streams per client")
     p.add_argument("--rounds", type=int, default=1, help="saturation + paced rounds, interleaved by store")
@@ -533,11 +558,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("connections", "streams", "rounds", "kill_rounds"):
+    for name in ("duration", "warmup", "connections", "streams", "rounds", "kill_rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be 1 or more")
-    if not (args.duration > 0 and args.warmup > 0 and args.kill_timeout > 0):  # also refuses NaN
-        p.error("--duration, --warmup and --kill-timeout must be greater than 0")
+    if not 0 < args.kill_timeout <= 600:  # also refuses NaN
+        p.error("--kill-timeout must be above 0 and at most 600 seconds")
     if not 0 < args.paced_share <= 1:
         p.error("--paced-share must be above 0 and at most 1")
     if shutil.which("h2load") is None:

@@ -1,0 +1,83 @@
+"""tools/bench_fleet.py keeps working: a tiny real run (PostgreSQL, four sidecars, a second of load), its verdict,
+and its refusals of bad arguments."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+TOOL = ROOT / "tools" / "bench_fleet.py"
+
+
+def _tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_fleet", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_fleet"] = module  # dataclasses resolve their annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_tiny_run_measures_both_stores_and_the_propagation_and_says_so() -> None:
+    done = subprocess.run([sys.executable, str(TOOL), "--duration", "1", "--warmup", "1", "--connections", "2",
+                           "--streams", "2", "--kill-rounds", "2", "--workers", "1", "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=110)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    assert report["problems"] == []
+    runs = {(r["target"], r["phase"]): r for r in report["budget_runs"]}
+    assert set(runs) == {(store, phase) for store in ("sqlite", "postgresql") for phase in ("saturation", "paced")}
+    for run in runs.values():
+        # Every answer the decision log holds is the policy's ALLOW: a store that denied state_unavailable would
+        # have looked fast, so it is counted, not trusted.
+        assert run["throughput"] > 0 and set(run["answers"]) == {"allow"}, run
+        assert 0 < run["p50_ms"] <= run["p99_ms"], run
+    assert not math.isnan(float(runs["postgresql", "saturation"]["postgres_us_per_decision"]))
+    assert {c["phase"] for c in report["comparison"]} == {"saturation", "paced"}
+    assert report["migrate"], "tollgate state migrate printed nothing"
+    rounds = report["propagation_rounds"]
+    assert len(rounds) == 2
+    for one in rounds:
+        for times in (one["engaged_ms"], one["lifted_ms"]):
+            assert set(times) == {"postgresql-b", "postgresql-c"}
+            assert all(0 < float(ms) < 10_000 for ms in times.values()), one
+    assert report["propagation"]["engage"]["n"] == 4
+
+
+def test_the_verdict_is_missed_when_a_peer_never_followed_or_was_late() -> None:
+    tool = _tool()
+    bench = object.__new__(tool.PropagationBench)
+    peers = ("postgresql-b", "postgresql-c")
+    bench.rounds = [tool.PropagationRound(1, 5.0, 5.0, dict.fromkeys(peers, 30.0), dict.fromkeys(peers, 40.0), 9)]
+    assert bench.summary()["met"] is True
+    bench.rounds.append(tool.PropagationRound(2, 5.0, 5.0, {"postgresql-b": 30.0, "postgresql-c": math.nan},
+                                              dict.fromkeys(peers, 40.0), 9))
+    missed = bench.summary()
+    assert missed["met"] is False and missed["engage"]["n"] == 3  # the one that never followed is not a time
+    bench.rounds = [tool.PropagationRound(1, 5.0, 5.0, dict.fromkeys(peers, 1000.5), dict.fromkeys(peers, 40.0), 9)]
+    assert bench.summary()["met"] is False
+    bench.rounds = []
+    assert bench.summary()["met"] is False  # nothing measured is not a met target
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--duration", "0"], "--duration must be 1 or more"),
+    (["--warmup", "0.5"], "invalid int value"),
+    (["--kill-timeout", "nan"], "--kill-timeout must be above 0 and at most 600 seconds"),
+    (["--paced-share", "1.5"], "--paced-share must be above 0 and at most 1"),
+    (["--kill-rounds", "0"], "--kill-rounds must be 1 or more"),
+    (["--bundle", "/nonexistent/bundle"], "no such file or directory"),
+], ids=["zero-duration", "fractional-warmup", "nan-timeout", "paced-share-above-one", "no-kill-rounds",
+        "missing-bundle"])
+def test_bad_arguments_are_refused_before_anything_starts(argv: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, str(TOOL), *argv], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
