@@ -347,7 +347,9 @@ def test_a_killed_sidecars_reservations_expire_and_release(tmp_path: Path, pg_ur
         for response in granted:  # the survivor's own spend is reported: committed spend never expires
             survivor.stub.ReportUsage(pb.ReportUsageRequest(reservation_id=response.reservation_id, amount=1),
                                       timeout=10)
-        survivor.advance_clock(121)  # past the dead sidecar's reservations' TTL
+        # Past the dead sidecar's reservations' TTL, by its clock too (with --clock-start year-end the two clocks
+        # started up to 2 s apart).
+        survivor.advance_clock(130)
         freed = spread([survivor], [budget_request(session="s-crash") for _ in range(SESSION_LIMIT)])
         assert sum(r.decision == pb.DECISION_ALLOW for r in freed) == len(held)
         dead = next(iter(held))

@@ -1,12 +1,24 @@
-"""The sidecar's state store: the settings that choose it, checked before anything is opened."""
+"""The sidecar's state store: the settings that choose it, checked before anything is opened; opening SQLite or a
+real PostgreSQL, its schema checked (refused with the hint, or migrated when told to), and a store down at start-up."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from tollgate.sidecar.config import ConfigError, load_config
+from tests.conftest import REGO, TOLLGATE
+from tests.pg import PostgresServer
+from tollgate.clock import SystemClock
+from tollgate.decisionlog import NoFleetLog
+from tollgate.sidecar._plugins import PluginState, PluginStatus
+from tollgate.sidecar.config import ConfigError, ServeConfig, load_config
+from tollgate.sidecar.state import SidecarState, open_state, schema
+from tollgate.state import StateError
 
 PG = "postgresql://tollgate@db.internal:5432/tollgate"
 
@@ -62,3 +74,108 @@ def test_the_state_store_keys_come_from_the_config_file(tmp_path: Path) -> None:
     config = load_config(str(tmp_path / "tollgate.yaml"), {})
     assert (config.state_store, config.state_store_timeout, config.kill_switch_max_staleness) == (PG, 0.5, 3.0)
     assert (config.kill_switch_refresh, config.state_store_max_connections) == (0.25, 4)
+
+
+# -- opening the store --------------------------------------------------------------------------------------
+
+
+def open_with(**settings: object) -> str:
+    """Open the store these settings name and close it again (in one event loop: a pool lives in its loop)."""
+    async def run() -> str:
+        state = await opened(load_config(None, settings))
+        await state.close()
+        return state.where
+
+    return asyncio.run(run())
+
+
+async def opened(config: ServeConfig) -> SidecarState:
+    return await open_state(config, clock=SystemClock())
+
+
+def test_the_default_opens_sqlite_in_the_data_dir_with_the_store_and_the_sweep(tmp_path: Path) -> None:
+    async def run() -> None:
+        state = await opened(load_config(None, {"data_dir": str(tmp_path)}))
+        try:
+            assert state.where == str(tmp_path / "state.db")
+            assert [p.name for p in state.plugins] == ["state store"] and state.sweep.name == "budgets"
+            assert isinstance(state.decisions, NoFleetLog)
+            assert state.kill_switches.staleness() == ""
+        finally:
+            await state.close()
+
+    asyncio.run(run())
+
+
+def test_a_store_never_migrated_is_a_start_up_error_naming_the_command(pg_url: str) -> None:
+    with pytest.raises(StateError, match=r"schema is version 0, this tollgate needs \d+ \(hint: run `tollgate state "
+                                         r"migrate --state-store URL`, or start with --state-store-migrate\)"):
+        open_with(state_store=pg_url)
+
+
+def test_state_store_migrate_creates_every_component_and_opens(pg_url: str) -> None:
+    async def run() -> dict[str, int]:
+        state = await opened(load_config(None, {"state_store": pg_url, "state_store_migrate": True}))
+        try:
+            assert [p.name for p in state.plugins] == ["state store", "kill switches"]
+            assert state.plugins[0].status().state is PluginState.OK
+            return {c.name: len(c.steps) for c in schema()}
+        finally:
+            await state.close()
+
+    known = asyncio.run(run())
+    with psycopg.connect(pg_url) as conn:
+        versions: dict[str, int] = dict(conn.execute("SELECT component, version FROM tollgate_schema").fetchall())
+    assert versions == known
+    assert open_with(state_store=pg_url) == pg_url  # now migrated: opens without the flag
+
+
+def test_a_newer_schema_is_refused_even_with_migrate(pg_url: str) -> None:
+    open_with(state_store=pg_url, state_store_migrate=True)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE tollgate_schema SET version = 42 WHERE component = 'budgets'")
+    with pytest.raises(StateError, match=r"budgets schema is version 42, newer than this tollgate knows"):
+        open_with(state_store=pg_url, state_store_migrate=True)
+
+
+def test_a_store_down_at_start_up_opens_and_its_schema_is_checked_once_it_answers() -> None:
+    pg = PostgresServer()
+    try:
+        url = pg.database()
+        pg.stop()
+
+        async def run() -> list[PluginStatus]:
+            config = load_config(None, {"state_store": url, "state_store_migrate": True, "state_store_timeout": 0.5})
+            state = await opened(config)  # no exception: a pod must not crash-loop while its database restarts
+            store = state.plugins[0]
+            seen = [store.status()]
+            await store.start()
+            try:
+                assert state.kill_switches.staleness()  # never confirmed: every request is DENY state_stale
+                await asyncio.to_thread(pg.start)
+                deadline = time.monotonic() + 30
+                while store.status().state is not PluginState.OK:
+                    assert time.monotonic() < deadline, store.status()
+                    await asyncio.sleep(0.05)
+                seen.append(store.status())
+            finally:
+                await store.stop()
+            return seen
+
+        down, up = asyncio.run(run())
+        assert down.state is PluginState.ERROR and "unreachable at start-up" in down.message
+        assert up.state is PluginState.OK
+        with psycopg.connect(url) as conn:  # migrated in the background once it answered
+            assert conn.execute("SELECT count(*) FROM tollgate_schema").fetchone() == (len(schema()),)
+    finally:
+        pg.close()
+
+
+def test_serve_on_a_store_never_migrated_stops_with_the_hint(tmp_path: Path, pg_url: str) -> None:
+    done = subprocess.run([*TOLLGATE, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
+                           "--bundle", str(REGO), "--state-store", pg_url, "--workers", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "tollgate serve: state store postgresql://" in done.stderr
+    assert "hint: run `tollgate state migrate --state-store URL`, or start with --state-store-migrate" in done.stderr
+    assert "serving on" not in done.stdout and "Traceback" not in done.stderr
