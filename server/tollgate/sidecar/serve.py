@@ -291,8 +291,8 @@ def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: Checkpoi
     manager.add(grpc_plugin)
     if config.authzen_listen:
         manager.add(_authzen_plugin(parts))
-    manager.add(_fleet_plugin(manager, parts, grpc_plugin))
     manager.add(parts.state.sweep)
+    manager.add(_fleet_plugin(manager, parts, grpc_plugin))  # last: its goodbye is the first thing a stop does
     return grpc_plugin
 
 
