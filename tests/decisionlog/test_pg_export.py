@@ -240,6 +240,58 @@ def test_a_store_that_goes_away_delays_records_locally_past_the_lag_limit_and_th
         server.close()
 
 
+def _server_processes(server: PostgresServer) -> list[int]:
+    """The postmaster and every process it started (backends, writers)."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            children.append(int(stat.parent.name))
+    return [postmaster, *children]
+
+
+def test_a_store_that_stops_answering_mid_batch_is_cut_off_and_the_lag_keeps_growing(
+        tmp_path: Path, shipping_stops: list[LogShipping]) -> None:
+    # A paused server (or a network that drops packets silently) keeps the TCP connection open and enforces no
+    # statement_timeout: the exporter must cut the batch itself, or its status freezes and no lag limit trips.
+    server = PostgresServer()
+    paused: list[int] = []
+    try:
+        url = server.database()
+        _migrate(url)
+        path = tmp_path / "decisions.db"
+        clock = ManualClock(BASE)
+        _fill(path, [_record(i, at=BASE) for i in range(10)])
+        shipping = _shipping(path, url, clock=clock, max_lag=60.0, postgresql_timeout=1.0)
+        shipping.start()
+        shipping_stops.append(shipping)
+        (exporter,) = shipping.exporters
+        wait_for(lambda: exporter.status.cursor == 10)
+
+        paused = _server_processes(server)
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        ids = _fill(path, [_record(i, at=BASE) for i in range(10, 30)])
+        wait_for(lambda: exporter.status.state is ExportState.ERROR, timeout=30, what="the stuck batch to be cut")
+        assert exporter.status.cursor == 10 and exporter.status.lag_records == 20
+        clock.advance(120)
+        wait_for(lambda: [s.name for s in shipping.lagging()] == ["postgresql"], timeout=30)
+
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+        paused = []
+        wait_for(lambda: exporter.status.cursor == 30)
+        assert [d for d, *_ in _shipped(url)][10:] == ids
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+        server.close()
+
+
 def test_a_store_never_migrated_holds_the_export_with_the_hint_and_it_ships_once_migrated(
         tmp_path: Path, pg_url: str, shipping_stops: list[LogShipping]) -> None:
     path = tmp_path / "decisions.db"

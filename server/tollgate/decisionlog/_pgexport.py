@@ -13,9 +13,13 @@ beside copies of the fields `tollgate logs query` and the timeline look up, each
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import socket
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tollgate.decisionlog._export import ExportRow, UploadError
@@ -37,6 +41,9 @@ POSTGRESQL = "postgresql"
 #: long as a request (1 MiB): a whole one would pass btree's ~2.7 kB entry limit and fail the insert, which would
 #: stop the sidecar's shipping for good. Queries compare the prefix (indexed) and then the whole column.
 INDEXED_CHARS = 256
+#: Seconds past a batch's statement_timeout before the exporter cuts the connection itself (see _cut_after): the
+#: server's own timeout, a clean error, comes first whenever the server still runs.
+_GRACE = 1.0
 
 # The record column is `json`, not `jsonb`: json keeps the text as given, so `hash` still proves the record read
 # back from the store, and `logs query` prints it exactly as from the sidecar's own log. jsonb would rewrite it
@@ -163,8 +170,8 @@ class PgTransport:
 
         values = [row_values(self._sidecar_id, row) for row in batch]  # before the store: a bad row is no store error
         try:
-            conn = self._connect()
-            with conn.transaction():
+            conn = self._connect(timeout)
+            with _cut_after(conn, timeout + _GRACE), conn.transaction():
                 # The batch may take the upload timeout, not the decision path's state_store_timeout.
                 conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{max(1, int(timeout * 1000))}",))
                 with conn.cursor() as cur:
@@ -180,18 +187,40 @@ class PgTransport:
             log.warning("decision log export %s: %d record(s) not stored: the store already holds another record "
                         "under decision ID %s; they stay in this sidecar's log", POSTGRESQL, len(conflicts), shown)
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, timeout: float) -> psycopg.Connection[Any]:
         import psycopg
 
         if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(self._url, **self._connect_kwargs)
+            conn = psycopg.connect(self._url, **self._connect_kwargs)  # connect_timeout bounds it (client side)
             try:
-                _check_schema(conn, self.target)
+                with _cut_after(conn, timeout + _GRACE):
+                    _check_schema(conn, self.target)
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
         return self._conn
+
+
+@contextlib.contextmanager
+def _cut_after(conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
+    """Bound a call on conn from our side: past `seconds`, its socket is shut down under it, so the blocked call
+    fails as a lost connection does. statement_timeout is the server's to enforce, and TCP keeps a connection to a
+    paused server or across a silently dropped network open: without this the exporter thread would wait there
+    for good, its lag frozen (no WARN, no decision_log_fail_closed_on_lag) while records pile up."""
+    fd = conn.pgconn.socket
+
+    def cut() -> None:
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)  # shuts the connection down for every descriptor of it
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()  # a cut racing the end of the call only fails the next batch, which is sent again
 
 
 def _check_schema(conn: psycopg.Connection[Any], target: str) -> None:
