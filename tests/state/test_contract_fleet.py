@@ -215,6 +215,23 @@ def test_entries_not_seen_for_a_week_are_pruned_by_the_next_registry(where: tupl
     assert run(where, later, clock=clock) == ["new-pod", "recent-pod"]
 
 
+def test_a_listing_is_bounded_to_the_most_recently_seen(where: tuple[str, Any],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import tollgate.state._fleet
+    import tollgate.state.postgres._fleet
+
+    for module in (tollgate.state._fleet, tollgate.state.postgres._fleet):
+        monkeypatch.setattr(module, "MAX_LISTED", 3)
+
+    async def body(fleets: list[FleetRegistry], clock: ManualClock) -> list[str]:
+        for i in range(5):
+            await fleets[0].heartbeat(_info(f"pod-{i}"))
+            clock.advance(1)
+        return [s.id for s in await fleets[0].sidecars()]
+
+    assert run(where, body) == ["pod-4", "pod-3", "pod-2"]
+
+
 def test_the_entries_outlive_the_registry(where: tuple[str, Any]) -> None:
     run(where, lambda fleets, clock: fleets[0].heartbeat(_info()))
 

@@ -34,8 +34,9 @@ STALE_HEARTBEATS = 3
 DEFAULT_PRUNE_AFTER = timedelta(days=7)
 #: How often (monotonic seconds) one registry prunes: a heartbeat every few seconds need not delete each time.
 PRUNE_EVERY = 3600.0
-#: Most entries one listing returns (newest first): a listing stays bounded whatever the table holds.
-MAX_LISTED = 10_000
+#: Most entries one listing returns, the most recently seen: a listing stays bounded whatever the table holds, and
+#: even with every text field at its limit (about 1.2 kB an entry) fits a gRPC client's default 4 MB message.
+MAX_LISTED = 2000
 #: sidecar_id: a letter or digit, then letters, digits and . _ : @ / - (a pod name, HOST-SUFFIX, a SPIFFE path).
 SIDECAR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 #: The longest each text field is kept (characters); beyond it the text is cut and ends in "…".
