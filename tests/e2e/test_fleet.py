@@ -3,7 +3,9 @@ registry and the decision log; the store stopped mid-run fails closed and recove
 reservations expire.
 
 Each fleet migrates its own new database with `tollgate state migrate` and starts its sidecars at once (one
-engine worker each: the tests' load is the store's, not the policy's).
+engine worker each: the tests' load is the store's, not the policy's). Tests marked clock read the sidecars'
+clocks (budget day windows, reservation and approval TTLs, the registry's last seen) and pass with
+`--clock-start year-end`, each sidecar's clock started a few seconds before the new year, apart from the others'.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ def check_exactly_the_limit(url: str, session: str, responses: Sequence[pb.Autho
     assert sum(amount for amount, _ in ledger.values()) == pytest.approx(SESSION_LIMIT)
 
 
+@pytest.mark.clock  # day windows, TTLs, last seen: read on each sidecar's clock
 def test_300_budget_requests_over_three_sidecars_reserve_exactly_the_limit(fleet: list[Server], store: str) -> None:
     responses = spread(fleet, [budget_request(session="s-300") for _ in range(300)])
     check_exactly_the_limit(store, "s-300", responses, "budget_exceeded")
@@ -173,6 +176,7 @@ def test_300_budget_requests_over_three_sidecars_reserve_exactly_the_limit(fleet
     assert sum(1 for n in by_server.values() if n) >= 2, by_server
 
 
+@pytest.mark.clock  # day windows, TTLs, last seen: read on each sidecar's clock
 def test_a_policy_that_only_reads_spend_holds_the_limit_across_the_fleet(tmp_path: Path, pg_url: str) -> None:
     servers = start_fleet(tmp_path, pg_url, bundle=write_policy(tmp_path / "policy", READS_SPEND_ONLY), extra=PATIENT)
     try:
@@ -212,6 +216,7 @@ def test_a_kill_switch_engaged_at_one_sidecar_stops_the_others_within_the_bound(
     assert all(k.value != "s-kill" for k in listed.kill_switches)
 
 
+@pytest.mark.clock  # day windows, TTLs, last seen: read on each sidecar's clock
 def test_an_approval_opened_at_a_approved_at_b_is_used_once_at_c(fleet: list[Server]) -> None:
     a, b, c = fleet
     asked = a.authorize(merge(11, session="s-apr"))
@@ -229,6 +234,7 @@ def test_an_approval_opened_at_a_approved_at_b_is_used_once_at_c(fleet: list[Ser
     assert verdict(again) == ("DECISION_DENY", ["approval_used"])
 
 
+@pytest.mark.clock  # day windows, TTLs, last seen: read on each sidecar's clock
 def test_tollgate_fleet_lists_the_three_sidecars_with_their_revision(fleet: list[Server], store: str) -> None:
     revision = admin(fleet[0]).GetStatus(admin_pb2.GetStatusRequest(), timeout=10,
                                          metadata=fleet[0].admin_metadata).bundle.active_revision
@@ -321,6 +327,7 @@ def test_the_store_stopped_mid_run_fails_closed_then_recovers_with_nothing_lost_
         pg.close()
 
 
+@pytest.mark.clock  # day windows, TTLs, last seen: read on each sidecar's clock
 def test_a_killed_sidecars_reservations_expire_and_release(tmp_path: Path, pg_url: str) -> None:
     survivor, doomed = start_fleet(tmp_path, pg_url, ("a", "c"), extra=["--reservation-ttl", "120"])
     try:
