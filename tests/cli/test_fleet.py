@@ -133,3 +133,20 @@ def test_a_store_without_the_fleet_schema_names_the_migration(pg_url: str) -> No
     assert refused.returncode == 1
     assert "fleet schema is version 0, this tollgate needs 1" in refused.stderr
     assert "tollgate state migrate" in refused.stderr
+
+
+def test_a_sidecar_that_went_silent_is_shown_stale_through_admin_service(serve: Serve, tmp_path: Any) -> None:
+    data_dir = tmp_path / "data"
+    server = serve(data_dir=data_dir, extra=["--sidecar-id", "live"])
+    assert server.terminate() == 0
+    store = StateStore(data_dir / "state.db")  # a sidecar of an earlier run that was SIGKILLed an hour ago
+    try:
+        asyncio.run(LocalFleet(store, clock=ManualClock(datetime.now(UTC) - timedelta(hours=1))).heartbeat(
+            _entry("crashed", "prod-6")))
+    finally:
+        store.close()
+    server = serve(data_dir=data_dir, extra=["--sidecar-id", "live"])
+    listed = tollgate("fleet", "--server", server.address, "--token", ADMIN_TOKEN)
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert (rows["crashed"][5], rows["crashed"][8]) == ("serving", "yes")
+    assert (rows["live"][5], rows["live"][8]) == ("serving", "no")
