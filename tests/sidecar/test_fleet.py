@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -192,6 +193,46 @@ def test_a_failing_registry_is_logged_once_never_fatal_and_recovers(store: State
     failures = [r for r in caplog.records if "heartbeat" in r.getMessage() and r.levelno == logging.ERROR]
     assert len(failures) == 1, [r.getMessage() for r in failures]  # 20 failures, one line
     assert "heartbeats into the registry work again" in caplog.text
+
+
+class Slow(LocalFleet):
+    """The real registry, whose "serving" writes wait in their worker thread until released (a slow store)."""
+
+    def __init__(self, store: StateStore) -> None:
+        super().__init__(store, clock=ManualClock(START))
+        self.hold = threading.Event()
+        self.release = threading.Event()
+        self.held = threading.Event()  # a serving write is waiting
+        self.goodbye = threading.Event()  # the stopped write has begun
+
+    def _write(self, entry: SidecarInfo) -> None:
+        if entry.health == "stopped":
+            self.goodbye.set()
+        elif self.hold.is_set():
+            self.held.set()
+            self.release.wait(30)
+        super()._write(entry)
+
+
+def test_a_heartbeat_under_way_at_stop_never_lands_after_the_goodbye(store: StateStore, tmp_path: Path) -> None:
+    registry = Slow(store)
+
+    async def main() -> list[SidecarInfo]:
+        plugin, _ = _plugin(store, tmp_path, Sidecar(), registry=registry, every=0.01)
+        await plugin.start()
+        registry.hold.set()
+        await asyncio.to_thread(wait_for, registry.held.is_set, timeout=30, what="a heartbeat in its thread")
+        stopping = asyncio.ensure_future(plugin.stop())
+        # Let the held write go once the goodbye has begun (what lost it before), or once stop() has waited a
+        # moment for the write under way (what it does now: it cannot begin the goodbye before).
+        asyncio.get_running_loop().call_later(0.2, registry.release.set)
+        if await asyncio.to_thread(registry.goodbye.wait, 0.2):
+            registry.release.set()
+        await stopping
+        return await registry.sidecars()
+
+    (entry,) = asyncio.run(main())
+    assert entry.health == "stopped"
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

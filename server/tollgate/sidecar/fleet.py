@@ -112,6 +112,7 @@ class FleetPlugin:
         self.sidecar_id = sidecar_id  # resolve_sidecar_id's
         self._started_at = ""
         self._task: asyncio.Task[None] | None = None
+        self._beating: asyncio.Future[bool] | None = None  # the loop's heartbeat under way
         self._status = NOT_STARTED
         self._failures = 0
         self._logged_at = 0.0  # monotonic: when a failure was last logged
@@ -127,7 +128,12 @@ class FleetPlugin:
         self._task = None
         if self._started_at:
             try:
-                await asyncio.wait_for(self.beat(health="stopped"), GOODBYE_TIMEOUT)
+                # A heartbeat under way (its write may already be in a thread or on the server) lands first,
+                # so it can never overwrite the goodbye.
+                async with asyncio.timeout(GOODBYE_TIMEOUT):
+                    if self._beating is not None:
+                        await self._beating
+                    await self.beat(health="stopped")
             except TimeoutError:
                 log.warning("fleet: the goodbye heartbeat took longer than %gs; the entry turns stale instead",
                             GOODBYE_TIMEOUT)
@@ -179,4 +185,7 @@ class FleetPlugin:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._every)
-            await self.beat()
+            # Shielded: cancelling the loop at stop must not abandon a write halfway (stop awaits it instead).
+            self._beating = asyncio.ensure_future(self.beat())
+            await asyncio.shield(self._beating)
+            self._beating = None
