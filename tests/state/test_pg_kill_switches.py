@@ -19,6 +19,7 @@ from tests.pg import PostgresServer
 from tollgate.encoding import parse_time
 from tollgate.state import KillSwitchNotFound, StateError
 from tollgate.state.postgres import APPROVALS_CHANNEL, KILL_SWITCH_CHANNEL, PgKillSwitches, PgOptions, PgStore
+from tollgate.state.postgres._listener import still_running
 
 #: The propagation bound of the issue (engaged at one sidecar → applied at every other).
 BOUND = 1.0
@@ -192,6 +193,29 @@ def test_a_hand_written_row_that_would_stop_nothing_is_refused_by_the_store(pg_u
     asyncio.run(main())
 
 
+def test_a_pool_busy_with_other_work_neither_makes_it_stale_nor_holds_back_a_kill(pg_url: str) -> None:
+    async def main() -> None:
+        async with instance(pg_url, running=False) as a, \
+                instance(pg_url, timeout=0.5, max_staleness=1.0, refresh_every=0.2) as b:
+            store = b._store
+            async with contextlib.AsyncExitStack() as held:
+                # Every pooled connection taken (as budget steps hold them across an evaluation, waiting on a
+                # hot session's lock): the background refresh reads over a connection of its own.
+                for _ in range(store.options.max_connections):
+                    await held.enter_async_context(store.pool.connection())
+                with pytest.raises(StateError, match="no connection within"):
+                    async with store.connection("prove the pool is exhausted"):
+                        pass
+                await a.kill("session", "s-9", reason="r", by="alice")
+                await eventually(killed(b, "session", "s-9"), timeout=BOUND)
+                began = time.monotonic()
+                while time.monotonic() - began < 2.5 * b.max_staleness:  # an observation over time, not a wait
+                    assert b.staleness() == ""
+                    await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+
+
 def test_a_revive_of_a_switch_another_replica_lifted_is_not_found_and_updates_the_snapshot(pg_url: str) -> None:
     async def main() -> None:
         async with instance(pg_url, running=False) as a, instance(pg_url, running=False) as b:
@@ -286,13 +310,15 @@ def test_a_lost_listener_reconnects_and_reads_what_it_missed(pg_url: str) -> Non
         async with instance(pg_url, max_staleness=120, refresh_every=60) as b:  # the periodic refresh never comes
             listener = b._listener
             assert listener is not None and listener.connections == 1
+            # start()'s read and the one after connecting: then nothing reads until a notification or a minute.
+            await eventually(lambda: b.reads == 2, what="the read after connecting")
             # Written without a notification, then the listener's connection cut: only the read that follows
             # every reconnection can find it in time.
             await execute(pg_url, "INSERT INTO kill_switches (scope, value, reason) VALUES ('model', 'gpt-x', 'r')")
             pid = await _listener_pid(pg_url)
             await execute(pg_url, "SELECT pg_terminate_backend(%s)", (pid,))
             await eventually(killed(b, "model", "gpt-x"), timeout=10, what="the read after reconnecting")
-            assert listener.connections == 2 and b.listening
+            assert listener.connections == 2 and b.listening and b.reads == 3
             assert await _listener_pid(pg_url) != pid
 
     asyncio.run(main())
@@ -328,7 +354,7 @@ def test_the_listener_calls_each_channels_callbacks_and_survives_a_failing_one(p
     asyncio.run(main())
 
 
-def test_cancelling_run_closes_the_listening_connection(pg_url: str) -> None:
+def test_cancelling_run_closes_its_connections(pg_url: str) -> None:
     async def main() -> None:
         async with instance(pg_url, running=False) as switches:
             task = asyncio.create_task(switches.run())
@@ -341,12 +367,13 @@ def test_cancelling_run_closes_the_listening_connection(pg_url: str) -> None:
             rows: list[tuple[Any, ...]] = [(0,)]
 
             async def gone() -> None:
-                rows[:] = await execute(pg_url, "SELECT pid FROM pg_stat_activity WHERE "
-                                        "application_name = 'tollgate notifications' AND datname = current_database()")
+                rows[:] = await execute(pg_url, "SELECT pid FROM pg_stat_activity WHERE application_name IN "
+                                        "('tollgate notifications', 'tollgate kill switches') "
+                                        "AND datname = current_database()")
 
             began = time.monotonic()
             while rows:
-                assert time.monotonic() - began < 10, "the listening connection is still open"
+                assert time.monotonic() - began < 10, f"still open: {rows}"
                 await gone()
 
     asyncio.run(main())
@@ -391,5 +418,24 @@ def test_a_schema_newer_than_this_tollgate_is_refused_and_an_older_one_needs_upg
                 await PgKillSwitches(store).start(upgrade=True)
         finally:
             await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_background_loop_ends_on_a_cancellation_an_await_swallowed() -> None:
+    async def loop() -> None:
+        while True:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                pass  # as psycopg_pool's wait for a connection can (Python 3.11's wait_for at its timeout)
+            still_running()
+
+    async def main() -> None:
+        task = asyncio.create_task(loop())
+        await asyncio.sleep(0)  # the task reaches its first await
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=5)
 
     asyncio.run(main())

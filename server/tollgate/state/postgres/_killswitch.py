@@ -9,16 +9,19 @@ no one; a notification lost while the listener reconnected). Each read that succ
 has for more than `max_staleness` seconds, `staleness()` says so and every request is DENY state_stale: the
 sidecar cannot prove that no kill switch names the request.
 
-Reads and the changes of this process publish under one lock, so an older read never replaces a newer one.
+Reads and the changes of this process publish under one lock, so an older read never replaces a newer one. The
+background refresh reads over a connection of its own (as the listener listens on one): the pool serves
+requests, and a pool busy with budget steps must not make every request stale.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -35,7 +38,7 @@ from tollgate.state._killswitch import (
     checked_revive,
 )
 from tollgate.state._store import StateError
-from tollgate.state.postgres._listener import KILL_SWITCH_CHANNEL, NotificationListener
+from tollgate.state.postgres._listener import KILL_SWITCH_CHANNEL, NotificationListener, connect, failure, still_running
 from tollgate.state.postgres._store import PgStore
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,8 @@ class PgKillSwitches:
         #: time.monotonic() when the read behind the snapshot began; None before the first one succeeded.
         self._confirmed: float | None = None
         self._error = ""
+        #: Reads of the whole set that succeeded (each one confirms it): status and tests read it.
+        self.reads = 0
         self._lock = asyncio.Lock()
         self._listener: NotificationListener | None = None
 
@@ -177,11 +182,18 @@ class PgKillSwitches:
     # -- reads ----------------------------------------------------------------------------------------------
 
     async def refresh(self) -> KillSwitchSnapshot:
-        """Read the whole active set and publish it (StateError when the store cannot give it in time)."""
+        """Read the whole active set through the pool and publish it (StateError when the store cannot give it
+        in time)."""
+        return await self._refreshed(self._read_pooled)
+
+    async def _read_pooled(self) -> tuple[_Active, float]:
+        async with self._store.connection("read the kill switches") as conn:
+            return await _read(conn)
+
+    async def _refreshed(self, read: Callable[[], Awaitable[tuple[_Active, float]]]) -> KillSwitchSnapshot:
         try:
             async with self._lock:
-                async with self._store.connection("read the kill switches") as conn:
-                    active, began = await _read(conn)
+                active, began = await read()
                 return self._publish(active, began)
         except StateError as exc:
             if not self._error:  # once per outage: the refresh retries every refresh_every
@@ -221,17 +233,25 @@ class PgKillSwitches:
             self._listener = None
 
     async def _refresh_loop(self, wake: asyncio.Event) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=self.refresh_every)
-            except TimeoutError:
-                pass  # the periodic refresh: nothing notified
-            # Cleared before the read begins: a notification during the read wakes the loop for one more.
-            wake.clear()
-            try:
-                await self.refresh()
-            except StateError:
-                pass  # recorded for staleness() and logged by refresh(); the next round tries again
+        # Not through the pool: budget steps hold pooled connections across an evaluation, and a fleet busy with
+        # spending must not queue the read that keeps every request from going stale.
+        reader = _Reader(self._store)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.refresh_every):  # not wait_for: see still_running()
+                        await wake.wait()
+                except TimeoutError:
+                    pass  # the periodic refresh: nothing notified
+                # Cleared before the read begins: a notification during the read wakes the loop for one more.
+                wake.clear()
+                try:
+                    await self._refreshed(reader.read)
+                except StateError:
+                    pass  # recorded for staleness() and logged by _refreshed(); the next round tries again
+                still_running()
+        finally:
+            await reader.close()
 
     def _publish(self, active: _Active, began: float) -> KillSwitchSnapshot:
         if self._error:
@@ -241,6 +261,7 @@ class PgKillSwitches:
         snapshot = KillSwitchSnapshot(active, [s.policy_entry() for s in active.values()])
         self._snapshot = snapshot
         self._confirmed = began
+        self.reads += 1
         return snapshot
 
 
@@ -254,3 +275,28 @@ async def _read(conn: psycopg.AsyncConnection[Any]) -> tuple[_Active, float]:
         key = (scope, ALL_VALUE) if scope == "all" else (scope, value)
         active[key] = KillSwitch(key[0], key[1], reason, killed_by, killed_at)
     return active, began
+
+
+class _Reader:
+    """The refresh's connection of its own, opened on first use and again after any failure."""
+
+    def __init__(self, store: PgStore) -> None:
+        self._store = store
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def read(self) -> tuple[_Active, float]:
+        try:
+            if self._conn is None:
+                self._conn = await connect(self._store, "kill switches")
+            # statement_timeout bounds the query on the server; the wait bounds a network that stopped answering.
+            async with asyncio.timeout(self._store.options.timeout):
+                return await _read(self._conn)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            await self.close()
+            raise StateError(f"state store {self._store.name}: cannot read the kill switches ({failure(exc)})") from exc
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()

@@ -37,7 +37,7 @@ Callback = Callable[[], object]
 #: A channel name LISTEN accepts unquoted and every NOTIFY sender spells the same way.
 _CHANNEL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: Between reconnection attempts: quick after one loss, at most 2 s while the store stays down (the kill
-#: switches are re-read through the pool meanwhile, so this bounds only how soon pushes resume).
+#: switches are re-read every refresh meanwhile, so this bounds only how soon pushes resume).
 RECONNECT = Backoff(0.1, 2.0)
 
 
@@ -73,12 +73,12 @@ class NotificationListener:
             try:
                 conn = await self._connect()
             except (psycopg.Error, OSError, TimeoutError) as exc:
-                self._lost(f"cannot connect ({_reason(exc)})", first=attempt == 0)
+                self._lost(f"cannot connect ({failure(exc)})", first=attempt == 0)
             else:
                 try:
                     await self._listen(conn)
                 except (psycopg.Error, OSError, TimeoutError) as exc:
-                    self._lost(f"connection lost ({_reason(exc)})", first=True)
+                    self._lost(f"connection lost ({failure(exc)})", first=True)
                 finally:
                     self._listening = False
                     with contextlib.suppress(psycopg.Error, OSError):
@@ -87,19 +87,17 @@ class NotificationListener:
                 # that failed at once (a store that accepts and drops) keeps backing off.
                 if time.monotonic() - connected_at > self._backoff.maximum:
                     attempt = 0
+            still_running()
             await asyncio.sleep(self._backoff.delay(attempt))
             attempt += 1
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        # connect_timeout (in connect_kwargs) is whole seconds and per address; the wait bounds the whole attempt.
-        bound = self._store.options.timeout + 1
-        # Named apart from the pool's, so an operator (and a test) can tell this one in pg_stat_activity.
-        kwargs = {**self._store.connect_kwargs,
-                  "application_name": f"{self._store.options.application_name} notifications"}
-        conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(self._store.options.url, **kwargs), timeout=bound)
+        conn = await connect(self._store, "notifications")
+        bound = self._store.options.timeout
         try:
             for name in self._channels:  # autocommit (connect_kwargs): each LISTEN is in force once it returns
-                await asyncio.wait_for(conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name))), timeout=bound)
+                async with asyncio.timeout(bound):
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
         except BaseException:
             with contextlib.suppress(psycopg.Error, OSError):
                 await conn.close()
@@ -120,7 +118,8 @@ class NotificationListener:
                 self._dispatch(notify.channel)
             # The window ended (notifies() checks its deadline even while notifications keep coming): prove that
             # the connection still answers, or fail within the timeout and reconnect.
-            await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self._store.options.timeout)
+            async with asyncio.timeout(self._store.options.timeout):
+                await conn.execute("SELECT 1")
 
     def _dispatch(self, channel: str) -> None:
         for callback in self._channels.get(channel, ()):
@@ -136,5 +135,25 @@ class NotificationListener:
 
 
 
-def _reason(exc: BaseException) -> str:
+async def connect(store: PgStore, purpose: str) -> psycopg.AsyncConnection[Any]:
+    """A connection of its own onto the store (autocommit, the store's timeouts), outside the pool, named
+    "<application_name> <purpose>" so an operator (and a test) can tell it in pg_stat_activity."""
+    kwargs = {**store.connect_kwargs, "application_name": f"{store.options.application_name} {purpose}"}
+    # connect_timeout (in connect_kwargs) is whole seconds and per address; the wait bounds the whole attempt.
+    async with asyncio.timeout(store.options.timeout + 1):  # not wait_for: see still_running()
+        return await psycopg.AsyncConnection.connect(store.options.url, **kwargs)
+
+
+def still_running() -> None:
+    """CancelledError when this task was cancelled and an await swallowed it: a background loop that missed its
+    cancellation would never stop. Python 3.11's asyncio.wait_for can turn a cancellation arriving at its timeout
+    into the timeout (psycopg_pool waits for a connection with it: a pool wait becomes PoolTimeout, then
+    StateError), so the loops here check after every round; their own waits use asyncio.timeout, which counts."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def failure(exc: BaseException) -> str:
+    """A failure on a connection of its own, in one line (a wait cut by asyncio has no text of its own)."""
     return "timed out" if isinstance(exc, TimeoutError) else _why(exc)
