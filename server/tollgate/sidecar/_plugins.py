@@ -347,27 +347,6 @@ class PeriodicPlugin:
                 self._status = RUNNING
 
 
-class ClosingPlugin:
-    """A resource opened while configuring (the state store), closed at stop; added first, so it closes last."""
-
-    required = False
-
-    def __init__(self, name: str, close: Callable[[], None]) -> None:
-        self.name = name
-        self._close = close
-        self._status = NOT_STARTED
-
-    async def start(self) -> None:
-        self._status = RUNNING
-
-    async def stop(self) -> None:
-        self._status = NOT_STARTED
-        self._close()
-
-    def status(self) -> PluginStatus:
-        return self._status
-
-
 def bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> str:
     """Add the listening port to server; returns the address bound (HOST:PORT with the port picked)."""
     if listen.startswith("unix:"):

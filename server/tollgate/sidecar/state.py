@@ -40,6 +40,8 @@ log = logging.getLogger("tollgate")
 
 #: Seconds between tries to check the schema of a store that was unreachable at start-up.
 SCHEMA_RETRY_SECONDS = 2.0
+#: Seconds before the kill-switch listener is started again after it failed unforeseen.
+LISTENER_RESTART_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,7 @@ class ListenerPlugin:
             await self._kills.refresh()
         loop = asyncio.get_running_loop()
         listeners = {APPROVALS_CHANNEL: [self._approvals_changed]}  # WatchApproval wakes for other replicas' changes
-        self._tasks = [loop.create_task(self._kills.run(listeners=listeners), name=self.name),
+        self._tasks = [loop.create_task(self._listen(listeners), name=self.name),
                        loop.create_task(self._watch(), name=f"{self.name} staleness")]
         self._started = True
         if self._kills.staleness():
@@ -273,6 +275,17 @@ class ListenerPlugin:
             return PluginStatus(PluginState.NOT_READY, "not started")
         stale = self._kills.staleness()
         return PluginStatus(PluginState.ERROR, stale) if stale else RUNNING
+
+    async def _listen(self, listeners: dict[str, list[Callable[[], None]]]) -> None:
+        """The store's listener, started again should it ever fail: it reconnects by itself after a lost
+        connection, so this is for the unforeseen, which would otherwise leave the sidecar stale for good."""
+        while True:
+            try:
+                await self._kills.run(listeners=listeners)
+            except Exception:
+                log.exception("kill switches: the listener failed; starting it again in %gs (until it confirms them, "
+                              "the staleness rule denies)", LISTENER_RESTART_SECONDS)
+            await asyncio.sleep(LISTENER_RESTART_SECONDS)
 
     async def _watch(self) -> None:
         """Report readiness again whenever the staleness rule starts or stops denying (logged once each)."""
