@@ -21,6 +21,7 @@ def tollgate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*TOLLGATE, *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.clock
 def test_a_sidecar_lists_itself_with_its_revision_and_says_goodbye(serve: Serve) -> None:
     server = serve(extra=["--sidecar-id", "pod-a-1", "--fleet-heartbeat", "0.2"])
     status = admin_pb2_grpc.AdminServiceStub(server.channel).GetStatus(
@@ -74,9 +75,6 @@ def test_the_fleet_needs_the_admin_token(serve: Serve) -> None:
     assert f"tollgate fleet: {server.address}: UNAUTHENTICATED: admin RPCs need the admin token" in refused.stderr
 
 
-START = datetime.now(UTC).replace(microsecond=0)
-
-
 def _entry(sidecar_id: str, revision: str) -> SidecarInfo:
     return SidecarInfo(id=sidecar_id, host=f"{sidecar_id}.pods", version="0.1.0", listen="0.0.0.0:50051",
                        bundle_revision=revision, bundle_digest="sha256:00", health="serving", export_lag_seconds=1.25,
@@ -100,7 +98,8 @@ def _heartbeats(url: str, beats: list[tuple[SidecarInfo, datetime]], *, migrate:
 
 
 def test_the_shared_store_is_read_without_a_sidecar_and_a_silent_one_is_stale(pg_url: str) -> None:
-    _heartbeats(pg_url, [(_entry("pod-b", "prod-8"), START), (_entry("pod-a", "prod-7"), START - timedelta(minutes=5))])
+    now = datetime.now(UTC).replace(microsecond=0)
+    _heartbeats(pg_url, [(_entry("pod-b", "prod-8"), now), (_entry("pod-a", "prod-7"), now - timedelta(minutes=5))])
     listed = tollgate("fleet", "--state-store", pg_url)
     assert listed.returncode == 0, listed.stderr
     _, *lines = listed.stdout.splitlines()
@@ -110,8 +109,8 @@ def test_the_shared_store_is_read_without_a_sidecar_and_a_silent_one_is_stale(pg
         ("pod-b", "pod-b.pods", "prod-8", "serving", "1.2s", "no")]
     as_json = json.loads(tollgate("fleet", "--state-store", pg_url, "--json").stdout)
     assert [(e["id"], e["stale"], e["last_seen"][:19]) for e in as_json] == [
-        ("pod-a", True, (START - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S")),
-        ("pod-b", False, START.strftime("%Y-%m-%dT%H:%M:%S"))]
+        ("pod-a", True, (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S")),
+        ("pod-b", False, now.strftime("%Y-%m-%dT%H:%M:%S"))]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -135,14 +134,15 @@ def test_a_store_without_the_fleet_schema_names_the_migration(pg_url: str) -> No
     assert "tollgate state migrate" in refused.stderr
 
 
+@pytest.mark.clock
 def test_a_sidecar_that_went_silent_is_shown_stale_through_admin_service(serve: Serve, tmp_path: Any) -> None:
     data_dir = tmp_path / "data"
     server = serve(data_dir=data_dir, extra=["--sidecar-id", "live"])
+    an_hour_ago = server.clock_range()[0] - timedelta(hours=1)  # by the sidecar's clock (--clock-start moves it)
     assert server.terminate() == 0
     store = StateStore(data_dir / "state.db")  # a sidecar of an earlier run that was SIGKILLed an hour ago
     try:
-        asyncio.run(LocalFleet(store, clock=ManualClock(datetime.now(UTC) - timedelta(hours=1))).heartbeat(
-            _entry("crashed", "prod-6")))
+        asyncio.run(LocalFleet(store, clock=ManualClock(an_hour_ago)).heartbeat(_entry("crashed", "prod-6")))
     finally:
         store.close()
     server = serve(data_dir=data_dir, extra=["--sidecar-id", "live"])
