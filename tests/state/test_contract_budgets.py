@@ -591,3 +591,40 @@ def test_a_store_that_goes_away_fails_steps_within_the_timeout_then_recovers(own
         assert (await ledger.spend({"session": "s0"})).by_scope["session"] == {"usd": 1.0}
 
     Stores("postgresql", Path(), url).run(body, timeout=timeout)
+
+
+def test_postgresql_reads_spend_through_the_totals_key_and_the_live_indexes(pg_url: str) -> None:
+    """With 20,000 of the day's closed rows beside a few live ones, the one spend statement of a step reads the
+    running totals by primary key and the live rows through each scope's partial index: no scan of the day."""
+    async def body(ledger: Ledger) -> None:
+        assert isinstance(ledger.budgets, PgBudgets)
+        await ledger.reserve(ALICE, {"usd": 0.25})
+        await ledger.sql(
+            "INSERT INTO budget_reservations (id, session, agent, team, workflow, unit, amount, committed, status, "
+            "day, month, created_at, expires_at, decision_id) SELECT 'old-' || n, 's-' || n, 'code-reviewer', "
+            "'platform', 'review', 'usd', 0.01, 0.01, CASE WHEN n % 2 = 0 THEN 'committed' ELSE 'expired' END, "
+            f"'2026-03-10', '2026-03', {NOON.timestamp()}, {NOON.timestamp()}, '' FROM generate_series(1, 20000) n")
+        await ledger.sql("INSERT INTO budget_totals SELECT 'session', 's-' || n, 'usd', 'run', 0.01 "
+                         "FROM generate_series(1, 20000) n")
+        await ledger.sql("ANALYZE budget_reservations")
+        await ledger.sql("ANALYZE budget_totals")
+        statements: list[tuple[str, Any]] = []
+
+        class Recording:
+            async def execute(self, statement: str, params: Any = ()) -> Any:
+                statements.append((statement, params))
+                return await conn.execute(statement, params)
+
+        async with ledger.budgets._store.connection("explain") as conn:
+            await ledger.budgets._windows(Recording(), ALICE, ledger.clock.time())  # type: ignore[arg-type]
+            assert len(statements) == 1  # every window of every scope in one round trip
+            statement, params = statements[0]
+            plan = "\n".join(row[0] for row in await (await conn.execute("EXPLAIN " + statement, params)).fetchall())
+        assert "Seq Scan" not in plan, plan
+        assert plan.count("using budget_totals_pkey") == 7, plan
+        # Each scope's open rows through a partial index of live rows (for a day the planner may take the
+        # scope's month index: it holds the same live rows).
+        assert plan.count("using budget_live_") == 7, plan
+        assert "using budget_live_session " in plan, plan
+
+    Stores("postgresql", Path(), pg_url).run(body)

@@ -141,6 +141,8 @@ class PgBudgets:
             if keys:
                 # One statement for every lock, so the store's statement_timeout bounds the whole wait; unnest
                 # yields the sorted array in its order, which is what keeps two steps from deadlocking.
+                # A statement of its own: in READ COMMITTED each statement reads the data committed when it
+                # starts, so spend is read by the next one, after every lock was granted.
                 await conn.execute("SELECT pg_advisory_xact_lock(key) FROM unnest(%s::bigint[]) AS key", (keys,))
             yield _PgHold(self, conn, held, self.clock.time())
 
@@ -265,9 +267,13 @@ class _PgHold:
                  now: float) -> None:
         self._budgets, self._conn, self._scopes, self._now = budgets, conn, scopes, now
         self._reserved = False
+        #: What spend() read: under the step's locks no other step of these scopes can add to it, expiry is
+        #: fixed by the step's now, and a report only turns a reservation into what was spent, so reserve()
+        #: re-checks the limits against it without a second read (one round trip less while the locks are held).
+        self._read: _Windows | None = None
 
     async def spend(self) -> SpendSnapshot:
-        windows = await self._budgets._windows(self._conn, self._scopes, self._now)
+        windows = self._read = await self._budgets._windows(self._conn, self._scopes, self._now)
         return SpendSnapshot(
             {scope: self._sums(windows, scope, value, WINDOWS[scope]) for scope, value in self._scopes.items()},
             {scope: self._sums(windows, scope, value, "month") for scope, value in self._scopes.items()
@@ -281,25 +287,32 @@ class _PgHold:
         check_amounts(amounts)
         scopes = reservation_scopes(self._scopes)
         checks = limit_checks(scopes, limits, monthly_limits)
-        if checks:  # re-read under the step's locks: the policy may have decided on no spend() at all
-            windows = await self._budgets._windows(self._conn, {s: scopes[s] for s, _, _ in checks}, self._now)
+        if checks:
+            # The policy may have decided on no spend() at all: then read it now, still under the locks.
+            windows = self._read
+            if windows is None:
+                windows = await self._budgets._windows(self._conn, {s: scopes[s] for s, _, _ in checks}, self._now)
             check_limits(checks, amounts, lambda scope, unit, window: self._sums(
                 windows, scope, scopes[scope], window).get(unit, 0.0))
         reservation_id = new_reservation_id()
         stamp = datetime.fromtimestamp(self._now, UTC)
         units = sorted(amounts)
+        totals = _total_keys(scopes, day=window_period("day", self._now), month=window_period("month", self._now))
         with self._budgets._failing("reserve"):
+            # The rows and the totals' 0 rows (a unit once reserved in a period shows there) in one statement.
+            # Adding 0 needs no row lock: DO NOTHING leaves a busy team's total row to the reports that change it.
             await self._conn.execute(
-                "INSERT INTO budget_reservations (id, session, agent, team, workflow, unit, amount, status, day, "
-                "month, created_at, expires_at, decision_id, requested_by) "
+                "WITH reserved AS (INSERT INTO budget_reservations (id, session, agent, team, workflow, unit, "
+                "amount, status, day, month, created_at, expires_at, decision_id, requested_by) "
                 "SELECT %s, %s, %s, %s, %s, unit, amount, 'reserved', %s, %s, %s, %s, %s, %s "
-                "FROM unnest(%s::text[], %s::float8[]) AS reserved(unit, amount)",
+                "FROM unnest(%s::text[], %s::float8[]) AS reserving(unit, amount) RETURNING unit) "
+                "INSERT INTO budget_totals (scope, value, unit, period, committed) "
+                "SELECT totals.scope, totals.value, reserved.unit, totals.period, 0 FROM reserved "
+                "CROSS JOIN unnest(%s::text[], %s::text[], %s::text[]) AS totals(scope, value, period) "
+                "ON CONFLICT (scope, value, unit, period) DO NOTHING",
                 (reservation_id, scopes["session"], scopes["agent"], scopes["team"], scopes["workflow"],
                  f"{stamp:%Y-%m-%d}", f"{stamp:%Y-%m}", self._now, self._now + self._budgets.ttl, decision_id,
-                 requested_by, units, [float(amounts[u]) for u in units]))
-            for unit in units:
-                await _add_totals(self._conn, scopes, unit, 0.0, day=window_period("day", self._now),
-                                  month=window_period("month", self._now))
+                 requested_by, units, [float(amounts[u]) for u in units], *totals))
         self._reserved = True
         return reservation_id
 
@@ -315,22 +328,23 @@ class _PgHold:
 
 async def _add_totals(conn: psycopg.AsyncConnection[Any], scopes: Mapping[str, str], unit: str, amount: float, *,
                       day: str, month: str) -> None:
-    """Add a committed amount to the running totals of every scope the reservation was counted under, in the
-    day and month it was made in; a reservation adds 0, so a unit once reserved in a period shows there."""
-    keys = [(scope, value, period) for scope, value in scopes.items() if value
-            for period in ({"run": "run", "day": day}[WINDOWS[scope]],
-                           *((month,) if scope in MONTHLY_SCOPES else ()))]
-    if not keys:
-        return
-    # Adding 0 needs no row lock: DO NOTHING leaves a busy team's total row to the reports that change it.
-    conflict = ("DO UPDATE SET committed = budget_totals.committed + excluded.committed" if amount
-                else "DO NOTHING")
+    """Add a report's committed amount to the running totals of every scope the reservation was counted under,
+    in the day and month it was made in."""
     await conn.execute(
         "INSERT INTO budget_totals (scope, value, unit, period, committed) "
         "SELECT scope, value, %s, period, %s "
         "FROM unnest(%s::text[], %s::text[], %s::text[]) AS totals(scope, value, period) "
-        f"ON CONFLICT (scope, value, unit, period) {conflict}",
-        (unit, amount, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]))
+        "ON CONFLICT (scope, value, unit, period) DO UPDATE SET committed = budget_totals.committed + "
+        "excluded.committed", (unit, amount, *_total_keys(scopes, day=day, month=month)))
+
+
+def _total_keys(scopes: Mapping[str, str], *, day: str, month: str) -> tuple[list[str], list[str], list[str]]:
+    """The running totals a reservation counts in, as (scopes, values, periods) arrays: each scope with a value,
+    over its default window and, for the monthly scopes, the month."""
+    keys = [(scope, value, period) for scope, value in scopes.items() if value
+            for period in ({"run": "run", "day": day}[WINDOWS[scope]],
+                           *((month,) if scope in MONTHLY_SCOPES else ()))]
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
 
 
 def _windows_of(scope: str) -> tuple[str, ...]:
