@@ -193,7 +193,7 @@ def test_a_hand_written_row_that_would_stop_nothing_is_refused_by_the_store(pg_u
     asyncio.run(main())
 
 
-def test_a_pool_busy_with_other_work_neither_makes_it_stale_nor_holds_back_a_kill(pg_url: str) -> None:
+def test_a_pool_busy_with_other_work_neither_makes_it_stale_nor_holds_back_a_kill_or_a_lift(pg_url: str) -> None:
     async def main() -> None:
         async with instance(pg_url, running=False) as a, \
                 instance(pg_url, timeout=0.5, max_staleness=1.0, refresh_every=0.2) as b:
@@ -208,6 +208,11 @@ def test_a_pool_busy_with_other_work_neither_makes_it_stale_nor_holds_back_a_kil
                         pass
                 await a.kill("session", "s-9", reason="r", by="alice")
                 await eventually(killed(b, "session", "s-9"), timeout=BOUND)
+                # The busy sidecar itself still engages and lifts (the emergency stop must not queue behind spending).
+                await asyncio.wait_for(b.kill("agent", "runaway", reason="INC-5", by="alice"), timeout=BOUND)
+                assert [s.value for s in await a.list()] == ["s-9", "runaway"]
+                await asyncio.wait_for(b.revive("agent", "runaway", by="alice"), timeout=BOUND)
+                assert killed(b, "session", "s-9")() and lifted(b, "agent", "runaway")()
                 began = time.monotonic()
                 while time.monotonic() - began < 2.5 * b.max_staleness:  # an observation over time, not a wait
                     assert b.staleness() == ""

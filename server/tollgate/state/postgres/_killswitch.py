@@ -9,9 +9,9 @@ no one; a notification lost while the listener reconnected). Each read that succ
 has for more than `max_staleness` seconds, `staleness()` says so and every request is DENY state_stale: the
 sidecar cannot prove that no kill switch names the request.
 
-Reads and the changes of this process publish under one lock, so an older read never replaces a newer one. The
-background refresh reads over a connection of its own (as the listener listens on one): the pool serves
-requests, and a pool busy with budget steps must not make every request stale.
+Reads and the changes of this process publish under one lock, so an older read never replaces a newer one. While
+run() runs, reads and changes go over a connection of their own (as the listener listens on one), not the pool:
+a pool busy with budget steps must neither make every request stale nor hold back the kill that stops them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import builtins
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
@@ -118,6 +119,7 @@ class PgKillSwitches:
         self.reads = 0
         self._lock = asyncio.Lock()
         self._listener: NotificationListener | None = None
+        self._own: _OwnConnection | None = None
 
     async def start(self, *, upgrade: bool = False) -> None:
         """Migrate the tables (a newer schema refused; an older one only with upgrade) and read the set once
@@ -155,7 +157,7 @@ class PgKillSwitches:
         scope, value = checked_kill(scope, value, reason=reason, by=by)
         switch = KillSwitch(scope, value, reason, by, format_time(self.clock.now()))
         async with self._lock:
-            async with self._store.transaction("record the kill switch") as conn:
+            async with self._transaction("record the kill switch") as conn:
                 await conn.execute(_KILL, (scope, value, reason, by, switch.killed_at))
                 await conn.execute(_HISTORY, ("kill", switch.killed_at, scope, value, reason, by))
                 await conn.execute(_NOTIFY, ("kill",))
@@ -168,7 +170,7 @@ class PgKillSwitches:
         (another replica may have lifted it: the snapshot is brought up to date either way)."""
         scope, value = checked_revive(scope, value, by=by)
         async with self._lock:
-            async with self._store.transaction("lift the kill switch") as conn:
+            async with self._transaction("lift the kill switch") as conn:
                 row = await (await conn.execute(_REVIVE, (scope, value))).fetchone()
                 if row is not None:
                     await conn.execute(_HISTORY, ("revive", format_time(self.clock.now()), scope, value, reason, by))
@@ -182,18 +184,11 @@ class PgKillSwitches:
     # -- reads ----------------------------------------------------------------------------------------------
 
     async def refresh(self) -> KillSwitchSnapshot:
-        """Read the whole active set through the pool and publish it (StateError when the store cannot give it
-        in time)."""
-        return await self._refreshed(self._read_pooled)
-
-    async def _read_pooled(self) -> tuple[_Active, float]:
-        async with self._store.connection("read the kill switches") as conn:
-            return await _read(conn)
-
-    async def _refreshed(self, read: Callable[[], Awaitable[tuple[_Active, float]]]) -> KillSwitchSnapshot:
+        """Read the whole active set and publish it (StateError when the store cannot give it in time)."""
         try:
             async with self._lock:
-                active, began = await read()
+                async with self._connection("read the kill switches") as conn:
+                    active, began = await _read(conn)
                 return self._publish(active, began)
         except StateError as exc:
             if not self._error:  # once per outage: the refresh retries every refresh_every
@@ -206,7 +201,7 @@ class PgKillSwitches:
         return builtins.list((await self.refresh()).active.values())
 
     async def history(self) -> builtins.list[HistoryEntry]:
-        """Every kill and revive, oldest first."""
+        """Every kill and revive, oldest first (through the pool: nothing waits on it)."""
         async with self._store.connection("read the kill switch history") as conn:
             rows = await (await conn.execute(
                 "SELECT seq, time, action, scope, value, reason, actor FROM kill_switch_history ORDER BY seq"
@@ -224,34 +219,42 @@ class PgKillSwitches:
         channels = {name: builtins.list(callbacks) for name, callbacks in (listeners or {}).items()}
         channels.setdefault(KILL_SWITCH_CHANNEL, []).append(wake.set)
         listener = NotificationListener(self._store, channels, ping_every=self.refresh_every)
-        self._listener = listener
+        own = _OwnConnection(self._store)
+        self._listener, self._own = listener, own
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(listener.run(), name="kill switches: listen")
                 tasks.create_task(self._refresh_loop(wake), name="kill switches: refresh")
         finally:
-            self._listener = None
+            self._listener, self._own = None, None
+            async with self._lock:  # not under a change that is using it
+                await own.close()
 
     async def _refresh_loop(self, wake: asyncio.Event) -> None:
-        # Not through the pool: budget steps hold pooled connections across an evaluation, and a fleet busy with
-        # spending must not queue the read that keeps every request from going stale.
-        reader = _Reader(self._store)
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.refresh_every):  # not wait_for: see still_running()
-                        await wake.wait()
-                except TimeoutError:
-                    pass  # the periodic refresh: nothing notified
-                # Cleared before the read begins: a notification during the read wakes the loop for one more.
-                wake.clear()
-                try:
-                    await self._refreshed(reader.read)
-                except StateError:
-                    pass  # recorded for staleness() and logged by _refreshed(); the next round tries again
-                still_running()
-        finally:
-            await reader.close()
+        while True:
+            try:
+                async with asyncio.timeout(self.refresh_every):  # not wait_for: see still_running()
+                    await wake.wait()
+            except TimeoutError:
+                pass  # the periodic refresh: nothing notified
+            # Cleared before the read begins: a notification during the read wakes the loop for one more.
+            wake.clear()
+            try:
+                await self.refresh()
+            except StateError:
+                pass  # recorded for staleness() and logged by refresh(); the next round tries again
+            still_running()
+
+    def _connection(self, doing: str) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        # While run() runs, not through the pool: budget steps hold pooled connections across an evaluation, and
+        # a fleet busy spending must neither queue the read that keeps every request from going stale nor the
+        # kill that stops the spending. (Every use holds self._lock: one statement at a time on it.)
+        return self._own.connection(doing) if self._own is not None else self._store.connection(doing)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, doing: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self._connection(doing) as conn, conn.transaction():
+            yield conn
 
     def _publish(self, active: _Active, began: float) -> KillSwitchSnapshot:
         if self._error:
@@ -277,23 +280,29 @@ async def _read(conn: psycopg.AsyncConnection[Any]) -> tuple[_Active, float]:
     return active, began
 
 
-class _Reader:
-    """The refresh's connection of its own, opened on first use and again after any failure."""
+
+class _OwnConnection:
+    """The kill switches' connection of their own while run() runs: opened on first use, again after any failure."""
 
     def __init__(self, store: PgStore) -> None:
         self._store = store
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
-    async def read(self) -> tuple[_Active, float]:
+    @contextlib.asynccontextmanager
+    async def connection(self, doing: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The connection (autocommit); any failure inside becomes StateError("cannot <doing>"), as the store's."""
         try:
-            if self._conn is None:
-                self._conn = await connect(self._store, "kill switches")
-            # statement_timeout bounds the query on the server; the wait bounds a network that stopped answering.
+            # statement_timeout bounds each statement on the server; this bounds a network that stopped answering.
             async with asyncio.timeout(self._store.options.timeout):
-                return await _read(self._conn)
+                if self._conn is None:
+                    self._conn = await connect(self._store, "kill switches")
+                yield self._conn
         except (psycopg.Error, OSError, TimeoutError) as exc:
             await self.close()
-            raise StateError(f"state store {self._store.name}: cannot read the kill switches ({failure(exc)})") from exc
+            raise StateError(f"state store {self._store.name}: cannot {doing} ({failure(exc)})") from exc
+        except asyncio.CancelledError:
+            await self.close()  # a statement cut short leaves the connection in the middle of its protocol
+            raise
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
