@@ -89,9 +89,9 @@ class Bundles:
     newer: Path  # v2, the same policy, signed with the trusted key
     unsigned: Path  # v3
     untrusted: Path  # v4, signed with a key no environment trusts
-    failing: Path  # v5, one of its Rego tests fails
+    failing: Path  # v5, one of its sources' Rego tests fails
     flip: Path  # v6, data-analyst may use github/get_file_contents: a deny → allow flip in the sample
-    untested: Path  # v7, built without --include-tests
+    untested: Path  # v7, whose sources the tests gate is not told of (and cannot find)
     trusted_public: Path  # the trusted key's public half, ci.pem
 
 
@@ -107,6 +107,11 @@ def _policy(root: Path, *, failing: bool = False, flip: bool = False) -> Path:
     return root
 
 
+#: The policy directory each bundle was built from, by revision: what the tests gate runs the tests from (promote
+#: --tests). Bundles hold no tests; v7 has no entry, so its promotion gives the gate no tests.
+SOURCES: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     out = tmp_path_factory.mktemp("bundles")
@@ -117,7 +122,9 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
 
     def make(revision: str, source: Path = REGO, kid: str | None = "ci", tests: bool = True) -> Path:
         path = out / f"{revision}.tar.gz"
-        build_bundle(source, path, revision=revision, include_tests=tests)
+        build_bundle(source, path, revision=revision)
+        if tests:
+            SOURCES[revision] = source
         if kid is not None:
             sign_bundle(path, load_private_key(out / "private" / f"{kid}.pem"), keyid=kid)
         return path
@@ -172,7 +179,12 @@ def seeded(world: Path, published: Path) -> Path:
 
 
 def _cli(world: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TOLLGATE, *map(str, args), "--environments", str(world / "environments.yaml")],
+    """Run tollgate; a promotion is given the tests of the bundle's sources (SOURCES) unless it names --tests."""
+    extra: list[str] = []
+    if args[0] == "promote" and "--tests" not in args:
+        source = SOURCES.get(Path(args[1]).name.removesuffix(".tar.gz"))
+        extra = ["--tests", str(source)] if source else []
+    return subprocess.run([*TOLLGATE, *map(str, args), *extra, "--environments", str(world / "environments.yaml")],
                           capture_output=True, text=True, timeout=180, cwd=world)
 
 
@@ -191,6 +203,7 @@ def _sha256(path: Path) -> str:
 
 
 def _promote(world: Path, bundle: str | Path, env: str, **kwargs: Any) -> None:
+    kwargs.setdefault("tests", SOURCES.get(Path(bundle).name.removesuffix(".tar.gz"), REGO))
     outcome = promote(load_environments(world / "environments.yaml"), env, bundle, by="test", **kwargs)
     assert outcome.published, outcome.gates
 
@@ -451,7 +464,7 @@ def test_concurrent_promotions_into_one_environment_lose_no_history(world: Path,
 
     def run(bundle: Path) -> None:
         try:
-            assert promote(envs, "dev", bundle, by=bundle.name).published
+            assert promote(envs, "dev", bundle, by=bundle.name, tests=REGO).published
         except BaseException as exc:
             errors.append(exc)
 
@@ -586,7 +599,7 @@ def test_rollback_to_an_older_sequence_signs_its_intent_and_refuses_without_a_ke
     built = {}
     for sequence, revision in enumerate(["s1", "s2"], 1):
         path = tmp_path / f"{revision}.tar.gz"
-        build_bundle(REGO, path, revision=revision, include_tests=True, sequence=sequence)
+        build_bundle(REGO, path, revision=revision, sequence=sequence)
         sign_bundle(path, key, keyid="ci")
         built[revision] = path.read_bytes()
         _promote(world, path, "dev")

@@ -20,7 +20,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     build.add_argument("-o", "--output", required=True, metavar="FILE", help="the bundle to write, e.g. bundle.tar.gz")
     build.add_argument("--revision", metavar="REV",
                        help="the bundle revision (default: the git commit of PATH, with -dirty if it has changes)")
-    build.add_argument("--include-tests", action="store_true", help="also include the *_test.rego files")
+    build.add_argument("--include-tests", action="store_true",
+                       help="also include the *_test.rego files (never in a bundle that is promoted)")
+    build.add_argument("--tests-output", metavar="FILE",
+                       help="also write the test bundle beside it: the same sources and revision, tests included, "
+                            "for the promotion tests gate (promote --tests FILE)")
     build.add_argument("--sequence", type=int, metavar="N",
                        help="orders revisions in the signed manifest (default: the git commit time)")
     build.set_defaults(func=_build)
@@ -53,13 +57,17 @@ def _build(args: argparse.Namespace) -> int:
     from tollgate.bundle import BundleError, build_bundle
 
     try:
-        built = build_bundle(args.path, args.output, revision=args.revision, include_tests=args.include_tests,
-                             sequence=args.sequence)
+        built = [build_bundle(args.path, args.output, revision=args.revision, include_tests=args.include_tests,
+                              sequence=args.sequence)]
+        if args.tests_output:  # the same revision and sequence as the bundle, so the gate can match the two
+            built.append(build_bundle(args.path, args.tests_output, revision=built[0].revision, include_tests=True,
+                                      sequence=args.sequence))
     except BundleError as exc:
         print(f"tollgate build: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    print(f"built {built.path}  revision={built.revision}  sha256={built.sha256}  "
-          f"roots={','.join(built.roots)}  files={len(built.files)}")
+    for one in built:
+        print(f"built {one.path}  revision={one.revision}  sha256={one.sha256}  "
+              f"roots={','.join(one.roots)}  files={len(one.files)}")
     return 0
 
 

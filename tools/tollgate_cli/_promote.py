@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     promote.add_argument("--ack-file", action="append", default=[], metavar="FILE",
                          help="acknowledge the flips of the decision IDs listed in FILE (one per line, # comments)")
     promote.add_argument("--note", default="", help="a note recorded with the promotion (a ticket, a reason)")
+    promote.add_argument("--tests", metavar="DIR|FILE",
+                         help="where the tests gate takes the tests from: the policy directory the bundle was built "
+                              "from, or the test bundle built beside it (build --tests-output); default: the "
+                              "sources the bundle's manifest names, in this git work tree")
     add_environment_flags(promote)
     promote.set_defaults(func=_promote)
 
@@ -95,7 +99,7 @@ def _promote(args: argparse.Namespace) -> int:
     try:
         envs = _environments(args)
         ack = parse_ack(args.ack, args.ack_file)
-        outcome = promote(envs, args.to, args.bundle, by=identity(args.by), ack=ack, note=args.note)
+        outcome = promote(envs, args.to, args.bundle, by=identity(args.by), ack=ack, note=args.note, tests=args.tests)
     except PromotionError as exc:
         print(f"tollgate promote: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -67,7 +67,8 @@ class Environment:
     require_signatures: bool
     #: The channel directory the environment's sidecars read (through a static HTTP server or object store).
     channel: Path
-    #: Gate `tests`: the bundle's own Rego tests (built with --include-tests) all pass.
+    #: Gate `tests`: the Rego tests of the sources the bundle was built from all pass, and the bundle holds none
+    #: (authoring/_tests_gate.py).
     tests: bool = False
     #: Gate `signed`: the bundle's signature verifies with one of `keys`.
     signed: bool = False

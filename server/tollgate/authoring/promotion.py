@@ -188,24 +188,12 @@ class _Candidate:
         return message.replace(str(self.path), self.label)
 
 
-def _gate_tests(candidate: _Candidate) -> GateResult:
-    from tollgate.authoring.policytest import PolicyTestError, run_tests
+def _gate_tests(candidate: _Candidate, tests: str | Path | None, environments: Path) -> GateResult:
+    from tollgate.authoring._tests_gate import check_tests
 
-    try:
-        report = run_tests([candidate.path])
-    except PolicyTestError as exc:
-        return GateResult("tests", False, f"the tests cannot run: {candidate.named(str(exc))}")
-    ran = len(report.results) - report.count("SKIP")
-    if ran == 0:
-        return GateResult("tests", False, "the bundle holds no tests (hint: build it with "
-                                          "`tollgate build --include-tests`, so that what is tested is what ships)")
-    if not report.ok:
-        failed = [r for r in report.results if r.outcome in ("FAIL", "ERROR")]
-        named = "; ".join(f"{r.package}.{r.name} {r.outcome}" + (f" ({r.detail})" if r.detail else "")
-                          for r in failed[:5])
-        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-        return GateResult("tests", False, f"{len(failed)} of {ran} tests failed: {named}{more}")
-    return GateResult("tests", True, f"{ran} tests passed")
+    passed, detail = check_tests(candidate.path, label=candidate.label, tests=None if tests is None else Path(tests),
+                                 environments=environments)
+    return GateResult("tests", passed, detail)
 
 
 def _gate_signed(env: Environment, candidate: _Candidate) -> GateResult:
@@ -292,10 +280,12 @@ class Outcome:
 
 
 def promote(envs: Environments, target: str, bundle: str | Path, *, by: str, ack: Acknowledgement = Acknowledgement(),
-            note: str = "", clock: Clock = SystemClock()) -> Outcome:
+            note: str = "", tests: str | Path | None = None, clock: Clock = SystemClock()) -> Outcome:
     """Check every gate of the target environment on bundle (a bundle file, or a revision published in the
     environment its `from` gate names) and, when all pass, publish it to the target's channel and record it.
-    A failing gate leaves every file as it was. Errors that are not a gate's verdict raise PromotionError."""
+    tests: the sources (or the test bundle built beside it) the tests gate runs the tests from; by default the
+    sources the manifest names (see _tests_gate). A failing gate leaves every file as it was. Errors that are not
+    a gate's verdict raise PromotionError."""
     env = envs.get(target)
     with _locked(envs), tempfile.TemporaryDirectory(prefix="tollgate-promote-") as tmp:
         candidate = _stage(envs, env, bundle, Path(tmp))
@@ -306,7 +296,7 @@ def promote(envs: Environments, target: str, bundle: str | Path, *, by: str, ack
         results = []
         for gate in env.gates:
             if gate == "tests":
-                results.append(_gate_tests(candidate))
+                results.append(_gate_tests(candidate, tests, envs.path))
             elif gate == "signed":
                 results.append(_gate_signed(env, candidate))
             elif gate == "replay":
