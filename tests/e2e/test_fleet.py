@@ -366,3 +366,40 @@ def test_a_killed_sidecars_reservations_expire_and_release(tmp_path: Path, pg_ur
         assert reservations(pg_url, "s-crash")[dead][1] == "expired"
     finally:
         stop_fleet([survivor])
+
+
+def test_a_sidecar_started_while_the_store_is_down_serves_denying_and_recovers_by_itself(tmp_path: Path) -> None:
+    pg = OwnPostgres()
+    try:
+        url = pg.database()
+        assert tollgate("state", "migrate", "--state-store", url).returncode == 0
+        pg.stop()
+        server = start_server(tmp_path / "a", extra=["--state-store", url, "--workers", "1", "--state-store-timeout",
+                                                     "1", "--kill-switch-max-staleness", "2"])
+        try:
+            assert "cannot connect" in server.stderr or "serving anyway" in server.stderr, server.stderr
+            tool = server.authorize(tool_request(session_id="s-late"))
+            assert verdict(tool)[0] == "DECISION_DENY" and "state_stale" in codes(tool)  # never confirmed yet
+            spend = server.authorize(budget_request(session="s-late"))
+            assert spend.decision == pb.DECISION_DENY
+            assert {"state_stale", "state_unavailable"} & set(codes(spend)), codes(spend)
+            assert health(server) == "NOT_SERVING"
+            pg.start()
+            back = time.monotonic()
+            wait_for(lambda: server.authorize(tool_request(session_id="s-late")).decision == pb.DECISION_ALLOW,
+                     timeout=30, what="recovery once the store answers")
+            confirmed = time.monotonic() - back
+            # The store's pool reconnects on its own backoff (psycopg_pool: 1 s, doubling): spending resumes
+            # within it, and the attempts denied meanwhile left nothing in the ledger.
+            tries: list[pb.AuthorizeResponse] = []
+            wait_for(lambda: tries.append(server.authorize(budget_request(session="s-late"))) is None
+                     and tries[-1].decision == pb.DECISION_ALLOW, timeout=40, what="spending again")
+            print(f"\nstore back: kill switches confirmed after {confirmed:.2f} s, spending again after "
+                  f"{time.monotonic() - back:.2f} s")
+            assert all("state_unavailable" in codes(r) for r in tries[:-1]), [codes(r) for r in tries]
+            assert set(reservations(url, "s-late")) == {tries[-1].reservation_id}
+            wait_for(lambda: health(server) == "SERVING", timeout=10, what="health SERVING")
+        finally:
+            server.terminate()
+    finally:
+        pg.close()
