@@ -392,8 +392,12 @@ def test_a_sidecar_started_while_the_store_is_down_serves_denying_and_recovers_b
             # The store's pool reconnects on its own backoff (psycopg_pool: 1 s, doubling): spending resumes
             # within it, and the attempts denied meanwhile left nothing in the ledger.
             tries: list[pb.AuthorizeResponse] = []
-            wait_for(lambda: tries.append(server.authorize(budget_request(session="s-late"))) is None
-                     and tries[-1].decision == pb.DECISION_ALLOW, timeout=40, what="spending again")
+
+            def spends() -> bool:
+                tries.append(server.authorize(budget_request(session="s-late")))
+                return tries[-1].decision == pb.DECISION_ALLOW
+
+            wait_for(spends, timeout=40, what="spending again")
             print(f"\nstore back: kill switches confirmed after {confirmed:.2f} s, spending again after "
                   f"{time.monotonic() - back:.2f} s")
             assert all("state_unavailable" in codes(r) for r in tries[:-1]), [codes(r) for r in tries]
