@@ -89,6 +89,8 @@ class PgApprovals:
     migrates its table before first use; creation, expiry and decision times are read from `clock`."""
 
     COMPONENT = "approvals"
+    #: Its migration steps (`tollgate state migrate` applies every component's).
+    STEPS = _SCHEMA
 
     def __init__(self, store: PgStore, *, approver_groups: Mapping[str, Sequence[str]] | None = None,
                  clock: Clock = SystemClock()) -> None:
@@ -102,7 +104,7 @@ class PgApprovals:
 
     async def start(self, *, upgrade: bool = False) -> None:
         """Check (and with upgrade, bring) the approvals schema to this code's version (StateError if not)."""
-        await self._store.migrate(self.COMPONENT, _SCHEMA, upgrade=upgrade)
+        await self._store.migrate(self.COMPONENT, self.STEPS, upgrade=upgrade)
 
     @property
     def generation(self) -> int:

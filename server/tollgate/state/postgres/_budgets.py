@@ -121,6 +121,8 @@ class PgBudgets:
     before first use; windows and expiry are read from `clock`, once per budget step."""
 
     COMPONENT = "budgets"
+    #: Its migration steps (`tollgate state migrate` applies every component's).
+    STEPS = _SCHEMA
 
     def __init__(self, store: PgStore, *, ttl: float = DEFAULT_TTL, clock: Clock = SystemClock()) -> None:
         self._store = store
@@ -129,7 +131,7 @@ class PgBudgets:
 
     async def start(self, *, upgrade: bool = False) -> None:
         """Check (and with upgrade, bring) the budgets schema to this code's version (StateError if not)."""
-        await self._store.migrate(self.COMPONENT, _SCHEMA, upgrade=upgrade)
+        await self._store.migrate(self.COMPONENT, self.STEPS, upgrade=upgrade)
 
     @contextlib.asynccontextmanager
     async def hold(self, scopes: Mapping[str, str]) -> AsyncIterator[_PgHold]:
