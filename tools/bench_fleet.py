@@ -166,6 +166,8 @@ def sidecar_argv(args: argparse.Namespace, data_dir: Path, token_file: Path, sta
         argv += ["--state-store", state_store]
     if args.workers is not None:
         argv += ["--workers", str(args.workers)]
+    if args.reservation_ttl is not None:
+        argv += ["--reservation-ttl", f"{args.reservation_ttl:g}"]
     return argv
 
 
@@ -218,6 +220,7 @@ class BudgetRun:
     sidecar_cores: float
     sidecar_us_per_decision: float
     postgres_us_per_decision: float  # nan: not this target, or a store this tool did not start
+    others_cores: float  # everything else on the machine during the run (other tenants): a noisy run shows here
     answers: dict[str, int] = field(default_factory=dict)
 
 
@@ -276,7 +279,8 @@ class BudgetBench:
         pg_us = pg_used / wall * 1e6 / result.throughput if result.throughput and not math.isnan(pg_used) \
             else math.nan
         return BudgetRun(name, spec.phase, spec.round_no, result.throughput, allowed, result.p50_ms, result.p99_ms,
-                         result.max_ms, result.cpu.tree, result.cpu_us_per_request["tree"], pg_us, answers)
+                         result.max_ms, result.cpu.tree, result.cpu_us_per_request["tree"], pg_us,
+                         _others(result.cpu.other, pg_used / wall), answers)
 
     def run(self) -> None:
         a = self.args
@@ -307,6 +311,11 @@ class BudgetBench:
                              "throughput_ratio": pg.throughput / lite.throughput if lite.throughput else math.nan,
                              "p99_ratio": pg.p99_ms / lite.p99_ms if lite.p99_ms else math.nan})
         return rows
+
+
+def _others(other_cores: float, postgres_cores: float) -> float:
+    """bench.py's "everything else on the machine", less the PostgreSQL this run was measuring."""
+    return other_cores if math.isnan(postgres_cores) else max(0.0, other_cores - postgres_cores)
 
 
 # -- part 2: kill-switch propagation -------------------------------------------------------------
@@ -496,13 +505,15 @@ def render(report: Report) -> str:
     s = report.settings
     lines = [f"Tollgate {report.tollgate}; state store {report.store}",
              f"budget load: h2load -c {s['connections']} -m {s['streams']}, {s['duration_s']:g} s per run after a "
-             f"{s['warmup_s']:g} s warm-up; paced at {s['paced_share']:.0%} of the slower saturation throughput",
+             f"{s['warmup_s']:g} s warm-up; paced at {s['paced_share']:.0%} of the slower saturation throughput; "
+             f"reservation TTL {_f(s['reservation_ttl'], 0) + ' s' if s['reservation_ttl'] else 'the default'}, "
+             f"workers {s['workers'] or 'the default'} per sidecar",
              ""]
     rows: list[tuple[str, ...]] = [("store", "phase", "answers/s", "ALLOW/s", "p50 ms", "p99 ms", "max ms",
-                                    "sidecar cores", "sidecar µs/answer", "postgres µs/answer")]
+                                    "sidecar cores", "sidecar µs/answer", "postgres µs/answer", "others cores")]
     rows += [(r.target, f"{r.phase} {r.round_no}", _f(r.throughput, 0), _f(r.allowed_per_s, 0), _f(r.p50_ms),
               _f(r.p99_ms), _f(r.max_ms), _f(r.sidecar_cores), _f(r.sidecar_us_per_decision, 0),
-              _f(r.postgres_us_per_decision, 0)) for r in report.budget_runs]
+              _f(r.postgres_us_per_decision, 0), _f(r.others_cores)) for r in report.budget_runs]
     lines += _columns(rows)
     lines += [f"round {c['round']} {c['phase']}: PostgreSQL / SQLite throughput {_f(c['throughput_ratio'])}x, "
               f"p99 {_f(c['p99_ratio'])}x" for c in report.comparison]
@@ -550,6 +561,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds a peer may take to follow a kill or a lift before the round counts it missed")
     p.add_argument("--bundle", default=default_bundle(), help="policy bundle for every sidecar")
     p.add_argument("--workers", type=int, default=None, help="engine workers per sidecar (default: its own)")
+    p.add_argument("--reservation-ttl", type=float, default=None,
+                   help="seconds an unreported reservation holds (default: the sidecar's own): none is reported here, "
+                        "and a spend read sums every live one of its scopes")
     p.add_argument("--state-store", default="",
                    help="an existing postgresql:// database to measure (default: start a PostgreSQL here)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -563,6 +577,8 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{name.replace('_', '-')} must be 1 or more")
     if not 0 < args.kill_timeout <= 600:  # also refuses NaN
         p.error("--kill-timeout must be above 0 and at most 600 seconds")
+    if args.reservation_ttl is not None and not 0 < args.reservation_ttl <= 86400:
+        p.error("--reservation-ttl must be above 0 and at most 86400 seconds")
     if not 0 < args.paced_share <= 1:
         p.error("--paced-share must be above 0 and at most 1")
     if shutil.which("h2load") is None:
@@ -614,7 +630,8 @@ def benchmark(args: argparse.Namespace) -> Report:
         problems += [f"{t.name} exited with {t.exit_code} after SIGTERM (expected 0)" for t in targets.values()
                      if t.exit_code not in (0, None)]
         settings = {k: getattr(args, k) for k in ("duration", "warmup", "connections", "streams", "rounds",
-                                                  "paced_share", "kill_rounds", "kill_timeout", "workers", "bundle")}
+                                                  "paced_share", "kill_rounds", "kill_timeout", "workers",
+                                                  "reservation_ttl", "bundle")}
         settings["duration_s"], settings["warmup_s"] = settings.pop("duration"), settings.pop("warmup")
         return Report(settings, source_revision(), redact(store.url), store.migrate_output, budgets.runs,
                       budgets.comparison(), kills.rounds, kills.summary(), problems, budgets.notes)
