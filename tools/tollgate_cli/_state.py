@@ -66,7 +66,7 @@ def _store(args: argparse.Namespace, command: str) -> PgStore | None:
         return None
     try:
         return PgStore(PgOptions(args.state_store, timeout=args.timeout, password_file=args.password_file,
-                                 min_connections=0, max_connections=1, application_name=f"tollgate state {command}"))
+                                 min_connections=1, max_connections=1, application_name=f"tollgate state {command}"))
     except StateError as exc:
         print(f"tollgate state {command}: {exc}", file=sys.stderr)
         return None
@@ -100,6 +100,17 @@ def _migrate(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+async def _versions(store: PgStore) -> dict[str, int]:
+    """Each component's version, read only (PgStore.versions creates the table first: status may run as a role
+    that can only read)."""
+    async with store.connection("read the schema versions") as conn:
+        row = await (await conn.execute("SELECT to_regclass('tollgate_schema')")).fetchone()
+        if row is None or row[0] is None:  # never migrated
+            return {}
+        rows = await (await conn.execute("SELECT component, version FROM tollgate_schema")).fetchall()
+    return {str(c): int(v) for c, v in rows}
+
+
 def _status(args: argparse.Namespace) -> int:
     from tollgate.sidecar.state import schema
     from tollgate.state import StateError
@@ -110,8 +121,8 @@ def _status(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         try:
-            await store.open()
-            versions = await store.versions()
+            await store.open()  # fails here, with libpq's reason, when the store cannot be reached
+            versions = await _versions(store)
         except StateError as exc:
             print(f"tollgate state status: {exc}", file=sys.stderr)
             return EXIT_ERROR
