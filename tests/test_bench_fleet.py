@@ -1,11 +1,12 @@
 """tools/bench_fleet.py keeps working: a tiny real run (PostgreSQL, four sidecars, a second of load), its verdict,
-and its refusals of bad arguments."""
+its refusals of bad arguments; and the pages that describe it and the fleet name only flags that exist."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from types import ModuleType
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TOLLGATE
 
 TOOL = ROOT / "tools" / "bench_fleet.py"
 
@@ -81,3 +82,28 @@ def test_the_verdict_is_missed_when_a_peer_never_followed_or_was_late() -> None:
 def test_bad_arguments_are_refused_before_anything_starts(argv: list[str], message: str) -> None:
     done = subprocess.run([sys.executable, str(TOOL), *argv], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def _help(*command: str) -> str:
+    done = subprocess.run([*TOLLGATE, *command, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_every_flag_docs_fleet_names_is_one_a_command_has() -> None:
+    # FLEET.md is a manual for operators: a flag it names that no command takes is a runbook step that fails.
+    known = set(re.findall(r"--[a-z][a-z-]*", "".join(
+        _help(*c) for c in (["serve"], ["state", "migrate"], ["state", "status"], ["fleet"], ["logs", "query"],
+                            ["kill"]))))
+    named = set(re.findall(r"--[a-z][a-z-]*", (ROOT / "docs" / "FLEET.md").read_text()))
+    assert named and named <= known, sorted(named - known)
+
+
+def test_the_benchmarks_page_lists_every_option_of_the_tool_and_no_other() -> None:
+    page = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    section = page[page.index("## The fleet: budget decisions"):]
+    table = section[:section.index("What it does:")]
+    documented = set(re.findall(r"`(--[a-z][a-z-]*)", table))
+    done = subprocess.run([sys.executable, str(TOOL), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    options = set(re.findall(r"^  (--[a-z][a-z-]*)", done.stdout, re.M)) - {"--help"}
+    assert documented == options
