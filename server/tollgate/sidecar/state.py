@@ -55,14 +55,9 @@ class Component:
 def schema() -> tuple[Component, ...]:
     """Every component a PostgreSQL state store holds, in the order they are migrated."""
     from tollgate.decisionlog import DECISIONS_COMPONENT, DECISIONS_STEPS
-    from tollgate.state.postgres import PgFleet, PgKillSwitches
-    from tollgate.state.postgres._approvals import _SCHEMA as APPROVALS_STEPS
-    from tollgate.state.postgres._approvals import PgApprovals
-    from tollgate.state.postgres._budgets import _SCHEMA as BUDGETS_STEPS
-    from tollgate.state.postgres._budgets import PgBudgets
-    from tollgate.state.postgres._fleet import FLEET_STEPS
+    from tollgate.state.postgres import FLEET_STEPS, PgApprovals, PgBudgets, PgFleet, PgKillSwitches
 
-    return (Component(PgBudgets.COMPONENT, BUDGETS_STEPS), Component(PgApprovals.COMPONENT, APPROVALS_STEPS),
+    return (Component(PgBudgets.COMPONENT, PgBudgets.STEPS), Component(PgApprovals.COMPONENT, PgApprovals.STEPS),
             Component(PgKillSwitches.COMPONENT, PgKillSwitches.STEPS), Component(PgFleet.COMPONENT, FLEET_STEPS),
             Component(DECISIONS_COMPONENT, DECISIONS_STEPS))
 
@@ -131,9 +126,7 @@ def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
 
 async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
     from tollgate.decisionlog import PgDecisionReader
-    from tollgate.state.postgres import PgFleet, PgKillSwitches, PgOptions, PgStore
-    from tollgate.state.postgres._approvals import PgApprovals
-    from tollgate.state.postgres._budgets import PgBudgets
+    from tollgate.state.postgres import PgApprovals, PgBudgets, PgFleet, PgKillSwitches, PgOptions, PgStore
 
     store = PgStore(PgOptions(config.state_store, timeout=config.state_store_timeout,
                               password_file=config.state_store_password_file,
