@@ -1,7 +1,8 @@
 """Fleet figures: budget decisions on SQLite and on PostgreSQL side by side, and kill-switch propagation.
 
     python tools/bench_fleet.py [--duration S] [--warmup S] [--connections C] [--streams M] [--rounds R]
-                                [--kill-rounds N] [--workers N] [--state-store URL] [--json] [--keep]
+                                [--kill-rounds N] [--reservation-ttl S] [--workers N] [--state-store URL]
+                                [--json] [--keep]
 
 One run measures both things the [fleet] issue asks for, on the same machine at the same time:
 
@@ -16,11 +17,11 @@ One run measures both things the [fleet] issue asks for, on the same machine at 
    PostgreSQL, process-local on SQLite. Each run's answers are counted in the sidecar's decision log: an
    answer that is not the policy's ALLOW (state_unavailable from a slow store, budget_exceeded) is reported
    beside the throughput, which counts it.
-2. Kill-switch propagation. Two more sidecars join the PostgreSQL one on the same store (three in all). Each
-   round engages a kill switch on a session of its own through the first (AdminService Kill), while a thread per
-   other sidecar asks Authorize for a tool call in that session, back to back, until the answer is DENY
-   `killed`; then lifts it (Revive) and polls until ALLOW. The time counts from just before the Kill or Revive
-   is sent, so it includes that call. --kill-rounds rounds; min, median and max against the 1 s target.
+2. Kill-switch propagation. Two more sidecars on the same store (started with the others, idle through part 1)
+   join the PostgreSQL one: three in all. Each round engages a kill switch on a session of its own through the
+   first (AdminService Kill), while a thread per other sidecar asks Authorize for a tool call in that session,
+   back to back, until the answer is DENY `killed`; then lifts it (Revive) and polls until ALLOW. The time
+   counts from just before the Kill or Revive is sent, so it includes that call. --kill-rounds rounds; min, median and max against the 1 s target.
 
 CPU is read from /proc around each budget run: the sidecar's process tree, and PostgreSQL's (the postmaster and
 its backends) when this tool started it, so a decision's cost on PostgreSQL counts the database's share too.
