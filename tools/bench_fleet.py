@@ -21,7 +21,8 @@ One run measures both things the [fleet] issue asks for, on the same machine at 
    join the PostgreSQL one: three in all. Each round engages a kill switch on a session of its own through the
    first (AdminService Kill), while a thread per other sidecar asks Authorize for a tool call in that session,
    back to back, until the answer is DENY `killed`; then lifts it (Revive) and polls until ALLOW. The time
-   counts from just before the Kill or Revive is sent, so it includes that call. --kill-rounds rounds; min, median and max against the 1 s target.
+   counts from just before the Kill or Revive is sent, so it includes that call. --kill-rounds rounds; min,
+   median and max against the 1 s target.
 
 CPU is read from /proc around each budget run: the sidecar's process tree, and PostgreSQL's (the postmaster and
 its backends) when this tool started it, so a decision's cost on PostgreSQL counts the database's share too.
