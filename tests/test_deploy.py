@@ -111,7 +111,7 @@ def test_the_pod_shares_the_socket_and_probes_readiness_with_health() -> None:
     assert pod["spec"]["securityContext"]["fsGroup"] == 10001  # the socket's group: both containers connect
 
 
-@pytest.mark.parametrize("path", ["Dockerfile", "deploy/k8s/pod.yaml"])
+@pytest.mark.parametrize("path", ["Dockerfile", "deploy/k8s/pod.yaml", "deploy/k8s/fleet/"])
 def test_deployment_files_are_linked_from_the_readme(path: str) -> None:
     assert f"]({path})" in (ROOT / "README.md").read_text()
 

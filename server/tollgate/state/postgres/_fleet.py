@@ -61,6 +61,7 @@ class PgFleet:
     """The fleet registry in the shared store's fleet_sidecars table."""
 
     COMPONENT = COMPONENT
+    STEPS = FLEET_STEPS  # as the other components name theirs
 
     def __init__(self, store: PgStore, *, clock: Clock = SystemClock(),
                  prune_after: timedelta = DEFAULT_PRUNE_AFTER) -> None:
