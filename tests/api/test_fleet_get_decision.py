@@ -6,6 +6,9 @@ A real gRPC server (the AuthorizationService's handlers on port 0), a real decis
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from typing import Any
 import grpc
 
 from tests.conftest import wait_for
-from tests.decisionlog.test_pg_export import _fill, _migrate, _record, _shipping
+from tests.decisionlog.test_pg_export import _fill, _migrate, _record, _server_processes, _shipping
 from tests.pg import PostgresServer
 from tollgate.api import AuthorizationServicer, RequestLimits
 from tollgate.decisionlog import DecisionLog, LogConfig, PgDecisionReader
@@ -47,7 +50,7 @@ async def _ask(own_log: Path, url: str | None, decision_ids: list[str], *,
             stub: Any = pb_grpc.AuthorizationServiceStub(channel)
             for decision_id in decision_ids:
                 try:
-                    found = await stub.GetDecision(pb.GetDecisionRequest(decision_id=decision_id), timeout=10)
+                    found = await stub.GetDecision(pb.GetDecisionRequest(decision_id=decision_id), timeout=30)
                     answers.append((grpc.StatusCode.OK, found.decision_id))
                 except grpc.aio.AioRpcError as exc:
                     answers.append((exc.code(), exc.details() or ""))
@@ -103,4 +106,31 @@ def test_a_store_that_is_down_is_unavailable_not_found(tmp_path: Path) -> None:
         assert answers[0] == (grpc.StatusCode.OK, ours[0])  # the sidecar's own log needs no store
         assert answers[1] == (grpc.StatusCode.UNAVAILABLE, "the decision log cannot be read; ask again later")
     finally:
+        server.close()
+
+
+def test_a_store_that_stops_answering_is_unavailable_within_a_bound(tmp_path: Path) -> None:
+    # A paused store (or a network dropping packets) answers nothing, not even its statement_timeout: GetDecision
+    # must still come back, UNAVAILABLE, instead of holding the call until the client gives up.
+    server = PostgresServer()
+    paused: list[int] = []
+
+    def pause() -> None:
+        paused.extend(_server_processes(server))
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+
+    try:
+        url = server.database()
+        _migrate(url)
+        a = tmp_path / "a.db"
+        ours = _fill(a, [_record(0)])
+        started = time.monotonic()
+        answers = asyncio.run(_ask(a, url, [ours[0], new_decision_id()], before=pause))
+        assert answers[0] == (grpc.StatusCode.OK, ours[0])
+        assert answers[1] == (grpc.StatusCode.UNAVAILABLE, "the decision log cannot be read; ask again later")
+        assert time.monotonic() - started < 20  # the store's 1 s timeout + 1 s, and psycopg's 10 s cancel attempt
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
         server.close()

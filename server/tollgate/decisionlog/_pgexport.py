@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tollgate.decisionlog._export import ExportRow, UploadError
@@ -41,9 +41,9 @@ POSTGRESQL = "postgresql"
 #: long as a request (1 MiB): a whole one would pass btree's ~2.7 kB entry limit and fail the insert, which would
 #: stop the sidecar's shipping for good. Queries compare the prefix (indexed) and then the whole column.
 INDEXED_CHARS = 256
-#: Seconds past a batch's statement_timeout before the exporter cuts the connection itself (see _cut_after): the
-#: server's own timeout, a clean error, comes first whenever the server still runs.
-_GRACE = 1.0
+#: Seconds past the statement_timeout before a Watchdog cuts the connection itself: the server's own timeout, a
+#: clean error, comes first whenever the server still runs.
+GRACE = 1.0
 
 # The record column is `json`, not `jsonb`: json keeps the text as given, so `hash` still proves the record read
 # back from the store, and `logs query` prints it exactly as from the sidecar's own log. jsonb would rewrite it
@@ -171,7 +171,7 @@ class PgTransport:
         values = [row_values(self._sidecar_id, row) for row in batch]  # before the store: a bad row is no store error
         try:
             conn = self._connect(timeout)
-            with _cut_after(conn, timeout + _GRACE), conn.transaction():
+            with Watchdog(conn, timeout + GRACE), conn.transaction():
                 # The batch may take the upload timeout, not the decision path's state_store_timeout.
                 conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{max(1, int(timeout * 1000))}",))
                 with conn.cursor() as cur:
@@ -193,7 +193,7 @@ class PgTransport:
         if self._conn is None or self._conn.closed:
             conn = psycopg.connect(self._url, **self._connect_kwargs)  # connect_timeout bounds it (client side)
             try:
-                with _cut_after(conn, timeout + _GRACE):
+                with Watchdog(conn, timeout + GRACE):
                     _check_schema(conn, self.target)
             except BaseException:
                 conn.close()
@@ -202,25 +202,40 @@ class PgTransport:
         return self._conn
 
 
-@contextlib.contextmanager
-def _cut_after(conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
-    """Bound a call on conn from our side: past `seconds`, its socket is shut down under it, so the blocked call
-    fails as a lost connection does. statement_timeout is the server's to enforce, and TCP keeps a connection to a
-    paused server or across a silently dropped network open: without this the exporter thread would wait there
-    for good, its lag frozen (no WARN, no decision_log_fail_closed_on_lag) while records pile up."""
-    fd = conn.pgconn.socket
+class Watchdog:
+    """Bounds calls on a PostgreSQL connection from our side: once `seconds` pass without a kick(), the
+    connection's socket is shut down under whatever call waits on it, which then fails as a lost connection does.
 
-    def cut() -> None:
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+    statement_timeout is the server's to enforce, and TCP keeps a connection to a paused server (or across a
+    network that drops packets silently) open: without this a call waits there for good. A sync connection's
+    call blocks its thread (the exporter: its lag frozen, no WARN, no decision_log_fail_closed_on_lag while records
+    pile up); an async one would hold GetDecision or `tollgate logs` until psycopg's own cancel gives up.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], seconds: float) -> None:
+        self._fd = conn.pgconn.socket
+        self._seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> Watchdog:
+        self.kick()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()  # a cut racing the end of the call fails only the next use, which is retried
+
+    def kick(self) -> None:
+        """A call finished: the next one gets the whole bound again."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(self._seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)  # shuts the connection down for every descriptor of it
-
-    timer = threading.Timer(seconds, cut)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()  # a cut racing the end of the call only fails the next batch, which is sent again
 
 
 def _check_schema(conn: psycopg.Connection[Any], target: str) -> None:

@@ -8,13 +8,14 @@ for its own records and the only order a fleet's records share.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tollgate.decisionlog._pgexport import INDEXED_CHARS, column_text
+from tollgate.decisionlog._pgexport import GRACE, INDEXED_CHARS, Watchdog, column_text
 from tollgate.decisionlog._query import Query
 from tollgate.decisionlog._record import DecisionRecord
 from tollgate.decisionlog._store import PAGE, LogReadError, StoredRecord
@@ -108,18 +109,19 @@ class PgDecisionReader:
     async def _all(self, query: Query) -> list[ShippedRecord]:
         # Page by page (keyset on the order), in one repeatable-read transaction: one consistent fleet log.
         found: list[ShippedRecord] = []
-        async with self._reading("read") as conn:
+        async with self._reading("read") as (conn, watch):
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             after: tuple[Any, ...] | None = None
             while True:
                 page = await self._page(conn, query, after=after, limit=PAGE, newest=False)
+                watch.kick()
                 found += [row for row, _ in page]
                 if len(page) < PAGE:
                     return found
                 after = page[-1][1]
 
     async def _select(self, query: Query, *, limit: int, newest: bool) -> list[ShippedRecord]:
-        async with self._reading("read") as conn:
+        async with self._reading("read") as (conn, _):
             return [row for row, _ in await self._page(conn, query, after=None, limit=limit, newest=newest)]
 
     async def _page(self, conn: Any, query: Query, *, after: tuple[Any, ...] | None, limit: int,
@@ -135,14 +137,29 @@ class PgDecisionReader:
         return [(_shipped(row), (row[1], row[12], row[11])) for row in rows]
 
     @contextlib.asynccontextmanager
-    async def _reading(self, doing: str) -> AsyncIterator[Any]:
+    async def _reading(self, doing: str) -> AsyncIterator[tuple[Any, Watchdog]]:
+        """One read-only transaction, each statement in it (BEGIN and COMMIT too) bounded by the store's timeout
+        from our side as well (Watchdog: a paused store answers nothing, not even the statement_timeout)."""
         import psycopg
 
         from tollgate.state import StateError
 
+        bound = self.store.options.timeout + GRACE
         try:
-            async with self.store.transaction(f"{doing} the fleet's decision log") as conn:
-                yield conn
+            async with contextlib.AsyncExitStack() as stack:
+                # The pool checks a connection before handing it out, and that check waits on a paused store for
+                # good: bounded here by cancelling it (psycopg then spends up to 10 s trying to cancel the query).
+                try:
+                    async with asyncio.timeout(bound):
+                        conn = await stack.enter_async_context(
+                            self.store.connection(f"{doing} the fleet's decision log"))
+                except TimeoutError:
+                    raise LogReadError(f"state store {self.store.name}: cannot {doing} the fleet's decision log "
+                                       f"(no connection answered within {bound:g}s)") from None
+                with Watchdog(conn, bound) as watch:
+                    async with conn.transaction():
+                        watch.kick()
+                        yield conn, watch
         except StateError as exc:  # the store turns every database error into one, its cause kept
             if isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
                 raise LogReadError(f"state store {self.store.name}: holds no decision log (hint: run `tollgate "
