@@ -51,12 +51,40 @@ _invalid_request contains {"code": "invalid_request", "message": message} if {
 # Rules by convention: every package directly under data.tollgate.rules contributes its `deny` and
 # `require_approval` sets, so a new rule package takes effect by being placed there (docs/POLICY.md, "Adding a
 # rule"); `tollgate check` refuses decision-shaped rules that nothing reaches.
-_rule_denials contains reason if some reason in data.tollgate.rules[_].deny
+_rule_denials contains reason if {
+	reasons := data.tollgate.rules[_].deny
+	is_set(reasons)
+	some reason in reasons
+}
 
 _rule_denials contains reason if some reason in _invalid_request
 
+# A rule package's deny or require_approval that is not a set (`deny if ...`, OPA's boolean style) would read as no
+# reasons at all, so the request is denied instead, naming the package (`tollgate check` refuses it too). Each ref
+# names the rule, so no other rule of a package is evaluated; an undefined one is no finding.
+_rule_denials contains _invalid_rule(name, "deny", value) if {
+	some name
+	value := data.tollgate.rules[name].deny
+	not is_set(value)
+}
+
+_rule_denials contains _invalid_rule(name, "require_approval", value) if {
+	some name
+	value := data.tollgate.rules[name].require_approval
+	not is_set(value)
+}
+
+_invalid_rule(name, rule, value) := {"code": "invalid_rule", "message": sprintf(
+	"rule package tollgate.rules.%s defines %s as %s, not a set of reasons (write %s contains {\"code\": ..., \"message\": ...} if ...)",
+	[name, rule, type_name(value), rule],
+)}
+
 # A credential inside a command, SQL text or URL is a finding of its own (rules.secrets.require_approval).
-_approval_reasons contains reason if some reason in data.tollgate.rules[_].require_approval
+_approval_reasons contains reason if {
+	reasons := data.tollgate.rules[_].require_approval
+	is_set(reasons)
+	some reason in reasons
+}
 
 _approval_status := input.state.approval.status
 

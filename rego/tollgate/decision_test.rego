@@ -384,3 +384,35 @@ test_claude_code_works_in_its_workspace_and_asks_before_other_commands if {
 	_decide(fx.tool("claude-code", "github", "merge_pull_request", {})).decision == "deny"
 	_decide(fx.tool("claude-code", "", "KillShell", {})).decision == "deny"
 }
+
+# --- rules by convention: every package under data.tollgate.rules ---
+
+_read_pr := fx.tool("code-reviewer", "github", "get_pull_request", {"owner": "acme", "repo": "payments-api"})
+
+test_a_rule_package_under_the_prefix_contributes_without_being_listed if {
+	frozen := {{"code": "repo_frozen", "message": "frozen"}}
+	result := _decide(_read_pr) with data.tollgate.rules.freeze.deny as frozen
+	result.decision == "deny"
+	result.reasons == [{"code": "repo_frozen", "message": "frozen"}]
+}
+
+test_a_rule_package_asking_approval_is_collected_too if {
+	ask := {{"code": "second_look", "message": "a person looks first"}}
+	result := _decide(_read_pr) with data.tollgate.rules.review.require_approval as ask
+	result.decision == "require_approval"
+	result.reasons == [{"code": "second_look", "message": "a person looks first"}]
+}
+
+test_a_rule_package_whose_deny_is_not_a_set_denies_naming_it if {
+	every value in [true, false, "no", {"code": "x", "message": "y"}] {
+		result := _decide(_read_pr) with data.tollgate.rules.boolean_style.deny as value
+		result.decision == "deny"
+		[reason.code | some reason in result.reasons] == ["invalid_rule"]
+		startswith(result.reasons[0].message, "rule package tollgate.rules.boolean_style defines deny as ")
+	}
+}
+
+test_an_empty_or_absent_rule_set_changes_nothing if {
+	_decide(_read_pr).decision == "allow"
+	_decide(_read_pr).decision == "allow" with data.tollgate.rules.quiet.deny as set()
+}

@@ -414,7 +414,9 @@ def test_the_same_package_under_the_prefix_is_clean(tmp_path: Path) -> None:
      "package tollgate.rules.jira defines allow, which the decision never reads"),
     ("jira/jira.rego", "package jira\n\nviolation contains \"closed\" if input.kind == \"tool\"\n",
      "package jira defines violation, but no entrypoint reaches it"),
-], ids=["nested-under-the-prefix", "allow-in-a-rule-package", "another-root"])
+    ("tollgate/rules/jira/jira.rego", "package tollgate.rules.jira\n\ndeny if input.kind == \"tool\"\n",
+     "package tollgate.rules.jira defines deny as one value, not a set of reasons"),
+], ids=["nested-under-the-prefix", "allow-in-a-rule-package", "another-root", "deny-as-a-boolean"])
 def test_decision_shaped_rules_nothing_reads_are_refused(tmp_path: Path, name: str, text: str, message: str) -> None:
     root = _library(tmp_path)
     _write(root, name, text)

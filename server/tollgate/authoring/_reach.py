@@ -25,6 +25,9 @@ DECISION_SHAPED = frozenset({*COLLECTED, "allow", "violation"})
 #: any rule a `# METADATA` block marks `entrypoint: true`.
 DEFAULT_ENTRYPOINTS = (("tollgate", "decision"), ("tollgate", "log", "mask"))
 
+#: Term types a rule's value can be written as that are never a set (`deny if ...` is the boolean true).
+_NOT_SETS = frozenset({"boolean", "string", "number", "null", "object", "array"})
+
 Path = tuple[str, ...]
 #: A reference as data path segments; None is a dynamic part, which may name anything.
 Pattern = tuple[str | None, ...]
@@ -55,9 +58,17 @@ def unreached_rules(modules: Mapping[str, Mapping[str, Any]], sources: Mapping[s
     found: dict[tuple[Path, str], Unreached] = {}
     for rule in flat:
         key = (rule.package, rule.name)
-        if rule.name in DECISION_SHAPED and rule.path not in reached and key not in found:
-            line = _head_line(sources.get(rule.module, ""), rule.name)
-            found[key] = Unreached(rule.module, line, _message(rule.package, rule.name))
+        if key in found or rule.name not in DECISION_SHAPED:
+            continue
+        if rule.path not in reached:
+            message = _message(rule.package, rule.name)
+        elif rule.package[:-1] == RULES_PREFIX and rule.name in COLLECTED and rule.not_a_set:
+            message = (f"package {'.'.join(rule.package)} defines {rule.name} as one value, not a set of reasons: "
+                       f"the decision denies every request it is defined for as invalid_rule (hint: write "
+                       f'`{rule.name} contains {{"code": ..., "message": ...}} if {{ ... }}`)')
+        else:
+            continue
+        found[key] = Unreached(rule.module, _head_line(sources.get(rule.module, ""), rule.name), message)
     return list(found.values())
 
 
@@ -86,6 +97,7 @@ class _Rule:
     name: str
     path: Path  # the package, the rule's name, the ground parts of its head reference
     patterns: tuple[Pattern, ...]  # what its head and body refer to
+    not_a_set: bool  # its value is written as a scalar, object or array (`deny if ...`): never a set of reasons
 
     @classmethod
     def of(cls, module_name: str, module: Mapping[str, Any]) -> list[_Rule]:
@@ -98,8 +110,10 @@ class _Rule:
             head = rule.get("head", {})
             ref = head.get("ref") or [{"type": "var", "value": head.get("name", "")}]
             patterns = tuple(dict.fromkeys(_patterns(rule, package, imported, local)))
+            value = head.get("value") if "key" not in head or "value" in head else None
+            scalar = isinstance(value, dict) and value.get("type") in _NOT_SETS
             out.append(cls(module_name, package, _head_name(rule), (*package, _head_name(rule), *ground(ref[1:])),
-                           patterns))
+                           patterns, scalar))
         return out
 
 
