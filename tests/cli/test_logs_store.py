@@ -176,3 +176,25 @@ def test_timeline_from_the_store_shows_who_approved_and_what_was_spent_from_the_
         {"unit": "usd", "reserved": 0.5, "committed": 0.25, "status": "committed", "over_reported": False}]}
     text = logs("timeline", "run-9", "--state-store", pg_url).stdout
     assert "decided by rita" in text and "usd reserved 0.5, committed 0.25 (committed)" in text
+
+
+def test_timeline_from_a_store_without_approvals_or_budgets_shows_the_decisions_and_says_what_is_missing(
+        tmp_path: Path, pg_url: str) -> None:
+    _migrate(pg_url)  # the decisions component only
+    linked = {**_record(0, session_id="run-5"), "decision": "require_approval", "approval_id": "apr_1"}
+    data_dir = tmp_path / "a"
+    data_dir.mkdir()
+    ids = _fill(data_dir / "decisions.db", [linked, _record(3, session_id="run-5")])
+    shipping = _shipping(data_dir / "decisions.db", pg_url)
+    shipping.start()
+    try:
+        wait_for(lambda: shipping.exporters[0].status.cursor == 2)
+    finally:
+        shipping.stop(1)
+    done = logs("timeline", "run-5", "--state-store", pg_url, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout)
+    assert [s["decision_id"] for s in line["steps"]] == ids
+    assert "approvals" in line["state_note"] and line["state_note"].endswith(
+        "approval decisions and spend are not shown")
+    assert "status_now" not in line["steps"][0]["approval"]
