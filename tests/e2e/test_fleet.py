@@ -34,9 +34,6 @@ from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 # code-reviewer (rego/agents/code-reviewer): at most 2 usd a request, 20 usd a session.
 SESSION_LIMIT = 20
 GROUPS = {"release-managers": ["rita"], "sre-oncall": ["sam"]}
-#: Settings for 300 concurrent requests of one session, on a loaded 2-core machine: every one of them waits its
-#: turn for the session's budget step (holding a store connection while it waits), and evaluates in that turn.
-PATIENT = ("--state-store-timeout", "30", "--state-store-max-connections", "30", "--eval-timeout-ms", "2000")
 #: How soon a kill switch engaged at one sidecar must stop requests at the others (the issue's target).
 PROPAGATION_BOUND = 1.0
 
@@ -154,9 +151,7 @@ def store(postgres: PostgresServer) -> str:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, store: str) -> Iterator[list[Server]]:
-    # 300 requests of one session wait in line for its budget step, each holding a store connection: the
-    # timeouts give the line room (the state_unavailable they would cut it with is the failure tests' matter).
-    servers = start_fleet(tmp_path_factory.mktemp("fleet"), store, extra=[*PATIENT, "--kill-switch-refresh", "0.5"])
+    servers = start_fleet(tmp_path_factory.mktemp("fleet"), store, extra=["--kill-switch-refresh", "0.5"])
     yield servers
     stop_fleet(servers)
 
@@ -185,7 +180,7 @@ def test_300_budget_requests_over_three_sidecars_reserve_exactly_the_limit(fleet
 
 @pytest.mark.clock  # day windows, TTLs, last seen: read on each sidecar's clock
 def test_a_policy_that_only_reads_spend_holds_the_limit_across_the_fleet(tmp_path: Path, pg_url: str) -> None:
-    servers = start_fleet(tmp_path, pg_url, bundle=write_policy(tmp_path / "policy", READS_SPEND_ONLY), extra=PATIENT)
+    servers = start_fleet(tmp_path, pg_url, bundle=write_policy(tmp_path / "policy", READS_SPEND_ONLY))
     try:
         responses = spread(servers, [budget_request(session="s-reads") for _ in range(300)])
     finally:

@@ -4,8 +4,10 @@ real PostgreSQL, its schema checked (refused with the hint, or migrated when tol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import psycopg
@@ -17,7 +19,7 @@ from tollgate.clock import SystemClock
 from tollgate.decisionlog import NoFleetLog
 from tollgate.sidecar._plugins import PluginState, PluginStatus
 from tollgate.sidecar.config import ConfigError, ServeConfig, load_config
-from tollgate.sidecar.state import SidecarState, open_state, schema
+from tollgate.sidecar.state import InLine, SidecarState, open_state, schema
 from tollgate.state import StateError
 
 PG = "postgresql://tollgate@db.internal:5432/tollgate"
@@ -179,3 +181,52 @@ def test_serve_on_a_store_never_migrated_stops_with_the_hint(tmp_path: Path, pg_
     assert "tollgate serve: state store postgresql://" in done.stderr
     assert "hint: run `tollgate state migrate --state-store URL`, or start with --state-store-migrate" in done.stderr
     assert "serving on" not in done.stdout and "Traceback" not in done.stderr
+
+
+class CountingBudgets:
+    """The inner store of InLine: counts the holds of each scope value inside it at once."""
+
+    def __init__(self) -> None:
+        self.inside: dict[tuple[str, str], int] = {}
+        self.most: dict[tuple[str, str], int] = {}
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, scopes: Mapping[str, str]) -> AsyncIterator[None]:
+        keys = list(scopes.items())
+        for key in keys:
+            self.inside[key] = self.inside.get(key, 0) + 1
+            self.most[key] = max(self.most.get(key, 0), self.inside[key])
+        self.entered.set()
+        try:
+            if ("session", "hot") in keys:
+                await self.release.wait()
+            yield None
+        finally:
+            for key in keys:
+                self.inside[key] -= 1
+
+
+def test_in_line_one_hold_per_scope_reaches_the_store_and_other_scopes_pass_by() -> None:
+    async def run() -> CountingBudgets:
+        inner = CountingBudgets()
+        budgets = InLine(inner)  # type: ignore[arg-type]
+
+        async def step(session: str, agent: str) -> None:
+            async with budgets.hold({"session": session, "agent": agent}):
+                pass
+
+        hot = [asyncio.create_task(step("hot", "code-reviewer")) for _ in range(50)]
+        await inner.entered.wait()
+        # While the hot session's first step is inside the store, another agent's step goes through.
+        await asyncio.wait_for(step("other", "data-analyst"), timeout=5)
+        assert sum(not t.done() for t in hot) == 50
+        inner.release.set()
+        await asyncio.gather(*hot)
+        return inner
+
+    inner = asyncio.run(run())
+    assert inner.most[("session", "hot")] == 1  # the 50 reached the store one at a time: one connection
+    assert inner.most[("agent", "data-analyst")] == 1
+    assert all(n == 0 for n in inner.inside.values())

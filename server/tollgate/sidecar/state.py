@@ -20,20 +20,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tollgate.clock import Clock
 from tollgate.sidecar._plugins import RUNNING, PeriodicPlugin, Plugin, PluginState, PluginStatus, cancel
-from tollgate.state import StateError
+from tollgate.state import ScopeLocks, StateError
 
 if TYPE_CHECKING:
     from tollgate.decisionlog import DecisionLookup
     from tollgate.sidecar.config import ServeConfig
     from tollgate.state import ApprovalStore, BudgetStore, KillSwitchStore
-    from tollgate.state._protocol import FleetRegistry
+    from tollgate.state._protocol import FleetRegistry, SpendHold
+    from tollgate.state.budgets import Reservation, ScopeSpend
     from tollgate.state.postgres import PgKillSwitches, PgStore
 
 log = logging.getLogger("tollgate")
@@ -136,7 +137,7 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
     kill_switches = PgKillSwitches(store, clock=clock, max_staleness=config.kill_switch_max_staleness,
                                    refresh_every=config.kill_switch_refresh)
     approvals = PgApprovals(store, approver_groups=config.approver_groups, clock=clock)
-    budgets = PgBudgets(store, ttl=config.reservation_ttl, clock=clock)
+    budgets = InLine(PgBudgets(store, ttl=config.reservation_ttl, clock=clock))
     store_plugin = StorePlugin("state store", store.close, schema=None if checked else
                                (lambda: _check_schema(store, upgrade=config.state_store_migrate, at_start=False)))
     listener = ListenerPlugin(kill_switches, approvals_changed=approvals.changed)
@@ -165,6 +166,39 @@ async def _check_schema(store: PgStore, *, upgrade: bool, at_start: bool = True)
     if not at_start:
         log.info("state store %s: reachable, schema checked", store.name)
     return True
+
+
+class InLine:
+    """A shared store's budgets with this process's steps of one scope in line before they reach the store.
+
+    A budget step holds a pooled connection while it waits for its scopes' advisory locks: without the line,
+    a burst of one hot session's requests would take every connection of the pool, and an unrelated agent's
+    request would wait for one (measured: 150 concurrent requests of one session at one sidecar kept another
+    agent's budget request 0.89 s, 13 ms in line; past state_store_timeout it would be DENY state_unavailable).
+    In line (one asyncio lock per scope value, as on SQLite), each process holds at most one connection per hot
+    scope, and the store's advisory locks order the processes."""
+
+    def __init__(self, budgets: BudgetStore) -> None:
+        self._budgets = budgets
+        self._locks = ScopeLocks()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, scopes: Mapping[str, str]) -> AsyncIterator[SpendHold]:
+        async with self._locks.held(scopes), self._budgets.hold(scopes) as hold:
+            yield hold
+
+    async def report(self, reservation_id: str, *, amount: float, unit: str = "",
+                     reported_by: str | None = None) -> Reservation:
+        return await self._budgets.report(reservation_id, amount=amount, unit=unit, reported_by=reported_by)
+
+    async def expire(self) -> int:
+        return await self._budgets.expire()
+
+    async def get(self, reservation_id: str) -> list[Reservation]:
+        return await self._budgets.get(reservation_id)
+
+    async def usage(self, scopes: Mapping[str, str]) -> list[ScopeSpend]:
+        return await self._budgets.usage(scopes)
 
 
 def _sweep(budgets: BudgetStore, config: ServeConfig) -> Plugin:
