@@ -392,8 +392,10 @@ def test_a_sidecar_started_while_the_store_is_down_serves_denying_and_recovers_b
         url = pg.database()
         assert tollgate("state", "migrate", "--state-store", url).returncode == 0
         pg.stop()
-        server = start_server(tmp_path / "a", extra=["--state-store", url, "--workers", "1", "--state-store-timeout",
-                                                     "1", "--kill-switch-max-staleness", "2"])
+        # A password in the URL (the test server trusts, so it is ignored) must show in no message of the outage.
+        with_password = url.replace("postgresql://tollgate@", "postgresql://tollgate:s3cret-pw@")
+        server = start_server(tmp_path / "a", extra=["--state-store", with_password, "--workers", "1",
+                                                     "--state-store-timeout", "1", "--kill-switch-max-staleness", "2"])
         try:
             assert "cannot connect" in server.stderr or "serving anyway" in server.stderr, server.stderr
             tool = server.authorize(tool_request(session_id="s-late"))
@@ -423,5 +425,6 @@ def test_a_sidecar_started_while_the_store_is_down_serves_denying_and_recovers_b
             wait_for(lambda: health(server) == "SERVING", timeout=10, what="health SERVING")
         finally:
             server.terminate()
+        assert "tollgate:***@" in server.stderr and "s3cret-pw" not in server.stderr
     finally:
         pg.close()

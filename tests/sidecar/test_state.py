@@ -173,12 +173,15 @@ def test_a_store_down_at_start_up_opens_and_its_schema_is_checked_once_it_answer
         pg.close()
 
 
-def test_serve_on_a_store_never_migrated_stops_with_the_hint(tmp_path: Path, pg_url: str) -> None:
+def test_serve_on_a_store_never_migrated_stops_with_the_hint_and_never_shows_the_password(tmp_path: Path,
+                                                                                          pg_url: str) -> None:
+    with_password = pg_url.replace("postgresql://tollgate@", "postgresql://tollgate:s3cret-pw@")  # trust: ignored
     done = subprocess.run([*TOLLGATE, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
-                           "--bundle", str(REGO), "--state-store", pg_url, "--workers", "1"],
+                           "--bundle", str(REGO), "--state-store", with_password, "--workers", "1"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert "tollgate serve: state store postgresql://" in done.stderr
+    assert "tollgate serve: state store postgresql://tollgate:***@" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout
     assert "hint: run `tollgate state migrate --state-store URL`, or start with --state-store-migrate" in done.stderr
     assert "serving on" not in done.stdout and "Traceback" not in done.stderr
 
