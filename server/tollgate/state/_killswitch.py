@@ -12,7 +12,7 @@ from tollgate.clock import Clock, SystemClock
 from tollgate.encoding import format_time
 from tollgate.state._store import StateError, StateStore
 
-#: What a kill switch can name; the default policy (rego/tollgate/killswitch) matches the same scopes.
+#: What a kill switch can name; the default policy (rego/tollgate/rules/killswitch) matches the same scopes.
 SCOPES = ("agent", "instance", "session", "workflow", "team", "user", "tool", "mcp_server", "model", "all")
 #: The value an `all` kill switch is stored under.
 ALL_VALUE = "*"
