@@ -141,7 +141,7 @@ async def connect(store: PgStore, purpose: str) -> psycopg.AsyncConnection[Any]:
     kwargs = {**store.connect_kwargs, "application_name": f"{store.options.application_name} {purpose}"}
     # connect_timeout (in connect_kwargs) is whole seconds and per address; the wait bounds the whole attempt.
     async with asyncio.timeout(store.options.timeout + 1):  # not wait_for: see still_running()
-        return await psycopg.AsyncConnection.connect(store.options.url, **kwargs)
+        return await store.connection_class.connect(store.options.url, **kwargs)
 
 
 def still_running() -> None:

@@ -64,6 +64,35 @@ class PgOptions:
     application_name: str = "tollgate"
 
 
+#: What a call may wait past the server's own timeouts before our side gives up on the server: statement_timeout
+#: and lock_timeout answer first while the server runs; this catches a server that cannot answer at all.
+_CLIENT_GRACE = 1.0
+#: Seconds one migration step may run (an index built over a big table).
+_MIGRATION_SECONDS = 600
+
+
+class BoundedConnection(psycopg.AsyncConnection[Any]):
+    """A connection whose every wait on the server is bounded from our side.
+
+    statement_timeout and lock_timeout are the server's to enforce: a paused server (SIGSTOP, a VM frozen by its
+    host) or a network that drops packets silently keeps the TCP connection open and answers nothing, so a query,
+    a COMMIT or the pool's check would wait for good. Every wait goes through `wait()`, so bounding it there
+    covers them all; a wait cut short leaves the connection in an unknown state, so it is closed (the pool then
+    replaces it) and the call fails as a lost connection does, without psycopg's cancel request (which would wait
+    on the same silent server).
+    """
+
+    #: Seconds a single wait may take; set per store (a subclass per PgStore carries its own bound).
+    bound: float = 3.0
+
+    async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        try:
+            return await super().wait(gen, interval, timeout=self.bound if timeout is None else timeout)
+        except psycopg.errors._WaitTimeout as exc:  # private, but what every bounded wait raises (pinned psycopg)
+            self.pgconn.finish()
+            raise psycopg.OperationalError(f"the store did not answer within {self.bound:g}s") from exc
+
+
 class PgStore:
     """One process's pool onto the shared store, and the per-component schema versions."""
 
@@ -85,8 +114,12 @@ class PgStore:
         if options.password_file:
             kwargs["password"] = _read_password(options.password_file)
         self.connect_kwargs = kwargs
+        #: The connection class of this store's pool (and of connections opened beside it): waits bounded.
+        self.connection_class: type[BoundedConnection] = type(
+            "StoreConnection", (BoundedConnection,), {"bound": options.timeout + _CLIENT_GRACE})
         self.pool = psycopg_pool.AsyncConnectionPool(
             options.url, kwargs=kwargs, min_size=options.min_connections, max_size=options.max_connections,
+            connection_class=self.connection_class,
             open=False, timeout=options.timeout, name="tollgate-state",
             # A connection broken while the store was down is found and replaced before it is handed out.
             check=psycopg_pool.AsyncConnectionPool.check_connection,
@@ -136,29 +169,39 @@ class PgStore:
         A schema newer than this code knows is refused; an older one (a new store included) is upgraded only
         with upgrade (`tollgate state migrate`, or `serve --state-store-migrate`), else refused with the hint."""
         async with self.transaction(f"migrate {component}") as conn:
-            await conn.execute(_MIGRATION_LOCK)
-            await conn.execute("CREATE TABLE IF NOT EXISTS tollgate_schema (component TEXT PRIMARY KEY, "
-                               "version INTEGER NOT NULL)")
-            row = await (await conn.execute("SELECT version FROM tollgate_schema WHERE component = %s",
-                                            (component,))).fetchone()
-            version = int(row[0]) if row else 0
-            if version > len(steps):
-                raise StateError(f"state store {self.name}: {component} schema is version {version}, newer than "
-                                 f"this tollgate knows ({len(steps)}) (hint: run the newer tollgate)")
-            if version < len(steps) and not upgrade:
-                raise StateError(f"state store {self.name}: {component} schema is version {version}, this tollgate "
-                                 f"needs {len(steps)} (hint: run `tollgate state migrate --state-store URL`, or "
-                                 "start with --state-store-migrate)")
-            for number in range(version, len(steps)):
-                await conn.execute(steps[number].encode())  # no parameters: several statements in one step
-                await conn.execute(
-                    "INSERT INTO tollgate_schema (component, version) VALUES (%s, %s) ON CONFLICT (component) "
-                    "DO UPDATE SET version = excluded.version", (component, number + 1))
-            applied = len(steps) - version
+            # A step may rewrite a big table: it gets minutes, not the decision path's bound.
+            await conn.execute(f"SET LOCAL statement_timeout = {_MIGRATION_SECONDS * 1000}")
+            conn.bound = _MIGRATION_SECONDS + _CLIENT_GRACE  # type: ignore[attr-defined]
+            try:
+                applied = await self._apply(conn, component, steps, upgrade=upgrade)
+            finally:
+                del conn.bound  # type: ignore[attr-defined]  # back in the pool with its class's bound
         if applied:
-            log.info("state store %s: %s schema migrated from version %d to %d", self.name, component, version,
-                     len(steps))
+            log.info("state store %s: %s schema migrated to version %d", self.name, component, len(steps))
         return applied
+
+    async def _apply(self, conn: psycopg.AsyncConnection[Any], component: str, steps: Sequence[str], *,
+                     upgrade: bool) -> int:
+        """The steps of component not applied yet, in the migration's transaction; returns how many."""
+        await conn.execute(_MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS tollgate_schema (component TEXT PRIMARY KEY, "
+                           "version INTEGER NOT NULL)")
+        row = await (await conn.execute("SELECT version FROM tollgate_schema WHERE component = %s",
+                                        (component,))).fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(steps):
+            raise StateError(f"state store {self.name}: {component} schema is version {version}, newer than "
+                             f"this tollgate knows ({len(steps)}) (hint: run the newer tollgate)")
+        if version < len(steps) and not upgrade:
+            raise StateError(f"state store {self.name}: {component} schema is version {version}, this tollgate "
+                             f"needs {len(steps)} (hint: run `tollgate state migrate --state-store URL`, or "
+                             "start with --state-store-migrate)")
+        for number in range(version, len(steps)):
+            await conn.execute(steps[number].encode())  # no parameters: several statements in one step
+            await conn.execute(
+                "INSERT INTO tollgate_schema (component, version) VALUES (%s, %s) ON CONFLICT (component) "
+                "DO UPDATE SET version = excluded.version", (component, number + 1))
+        return len(steps) - version
 
 
 def _read_password(path: str) -> str:
