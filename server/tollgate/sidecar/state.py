@@ -133,7 +133,11 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
                               password_file=config.state_store_password_file,
                               max_connections=config.state_store_max_connections))
     await store.open(wait=False)  # never fails: the pool connects in the background, and keeps trying
-    checked = await _check_schema(store, upgrade=config.state_store_migrate)
+    try:
+        checked = await _check_schema(store, upgrade=config.state_store_migrate)
+    except StateError:  # a schema this tollgate cannot use: the start stops, nothing left connected
+        await store.close()
+        raise
     kill_switches = PgKillSwitches(store, clock=clock, max_staleness=config.kill_switch_max_staleness,
                                    refresh_every=config.kill_switch_refresh)
     approvals = PgApprovals(store, approver_groups=config.approver_groups, clock=clock)
