@@ -18,7 +18,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 #: Where Debian puts the server binaries (not on PATH): /usr/lib/postgresql/<major>/bin.
 _DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
@@ -54,11 +53,13 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
-        self._user: dict[str, Any] = {}
+        #: As root, each tool runs as nobody through setpriv: subprocess's own user= makes Python fork() rather than
+        #: vfork(), and in a test process that runs gRPC its fork handlers then now and then kill the child.
+        self._as: list[str] = []
         if os.geteuid() == 0:
             nobody = pwd.getpwnam("nobody")
             os.chown(self.root, nobody.pw_uid, nobody.pw_gid)
-            self._user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+            self._as = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
         self.root.chmod(0o700)
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync",
                   "--locale=C")
@@ -69,8 +70,8 @@ class PostgresServer:
         self.start()
 
     def _run(self, tool: str, *args: str) -> None:
-        done = subprocess.run([str(self.bin / tool), *args], capture_output=True, text=True, cwd=self.root,
-                              timeout=120, check=False, **self._user)
+        done = subprocess.run([*self._as, str(self.bin / tool), *args], capture_output=True, text=True,
+                              cwd=self.root, timeout=120, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr or done.stdout}")
 

@@ -283,26 +283,8 @@ def spends_again(server: Server) -> None:
     wait_for(lambda: health(server) == "SERVING", timeout=10, what="health SERVING again")
 
 
-class OwnPostgres(PostgresServer):
-    """A PostgreSQL server this test stops and starts, from a process that runs gRPC.
-
-    PostgresServer runs pg_ctl as `nobody` through subprocess's user=, which makes Python fork() rather than
-    vfork(): gRPC's fork handlers then run in the child, which now and then dies of SIGSEGV before pg_ctl starts.
-    setpriv changes the user after a plain spawn instead."""
-
-    def _run(self, tool: str, *args: str) -> None:
-        if not self._user:  # not root: nothing to change
-            super()._run(tool, *args)
-            return
-        done = subprocess.run(["setpriv", f"--reuid={self._user['user']}", f"--regid={self._user['group']}",
-                               "--clear-groups", str(self.bin / tool), *args], capture_output=True, text=True,
-                              cwd=self.root, timeout=120, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr or done.stdout}")
-
-
 def test_the_store_stopped_mid_run_fails_closed_then_recovers_with_nothing_lost_or_doubled(tmp_path: Path) -> None:
-    pg = OwnPostgres()  # its own: this one is stopped
+    pg = PostgresServer()  # its own: this one is stopped
     try:
         url = pg.database()
         a, b = servers = start_fleet(tmp_path, url, ("a", "b"), extra=[
@@ -387,7 +369,7 @@ def test_a_killed_sidecars_reservations_expire_and_release(tmp_path: Path, pg_ur
 
 
 def test_a_sidecar_started_while_the_store_is_down_serves_denying_and_recovers_by_itself(tmp_path: Path) -> None:
-    pg = OwnPostgres()
+    pg = PostgresServer()
     try:
         url = pg.database()
         assert tollgate("state", "migrate", "--state-store", url).returncode == 0

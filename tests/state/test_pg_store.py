@@ -72,7 +72,7 @@ def test_an_unreachable_store_fails_within_the_timeout_naming_it_without_the_pas
 def test_a_password_file_is_read_and_an_empty_one_is_refused(tmp_path: Path, pg_url: str) -> None:
     empty = tmp_path / "password"
     empty.write_text("")
-    with pytest.raises(StateError, match="state_store_password_file: .* is empty"):
+    with pytest.raises(StateError, match=r"state_store_password_file: .* is empty"):
         PgStore(PgOptions(pg_url, password_file=str(empty)))
     empty.write_text("not-needed-under-trust\n")
     assert PgStore(PgOptions(pg_url, password_file=str(empty))).connect_kwargs["password"] == "not-needed-under-trust"

@@ -123,8 +123,10 @@ class PgStore:
             open=False, timeout=options.timeout, name="tollgate-state",
             # A connection broken while the store was down is found and replaced before it is handed out.
             check=psycopg_pool.AsyncConnectionPool.check_connection,
-            # While the store is down the pool keeps trying in the background; requests fail at the timeout.
-            reconnect_timeout=max(30.0, options.timeout * 10))
+            # While the store is down, requests fail at the timeout. The pool's retries back off (1 s, doubling)
+            # within one attempt: a short attempt keeps that backoff short, and the next request that finds no
+            # connection starts a new attempt at once, so spending resumes within seconds of the store's return.
+            reconnect_timeout=max(3.0, options.timeout * 2))
 
     async def open(self, *, wait: bool = True) -> None:
         """Open the pool; with wait, fail now (StateError) when the store cannot be reached within the timeout."""
