@@ -22,6 +22,10 @@ _APPROVAL_KEYS = frozenset({"approvers", "ttl_seconds"})
 #: reports, the policy's reserve amounts and limits. A trillion keeps every sum a ledger can make (a trillion
 #: rows of it) far from float overflow, and far above any real budget.
 MAX_AMOUNT = 1e12
+#: The longest name a request may carry where the server keys state by it (an agent, session, team, tool, model,
+#: unit, request or approval id): every store indexes these, and PostgreSQL refuses an index entry past about
+#: 2,700 bytes, so an unbounded session id would be a request only the fleet denies. No real id comes near it.
+MAX_IDENTIFIER = 512
 
 
 class ContractError(ValueError):

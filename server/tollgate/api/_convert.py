@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import json_format, message, struct_pb2
 
-from tollgate.contract import MAX_AMOUNT, Decision, DecisionRequest, is_amount
+from tollgate.contract import MAX_AMOUNT, MAX_IDENTIFIER, Decision, DecisionRequest, is_amount
 from tollgate.decisionlog import DecisionRecord
 from tollgate.identity import ANONYMOUS, Caller
 from tollgate.v1 import authorization_pb2 as pb
@@ -67,6 +67,7 @@ def to_decision_request(msg: pb.AuthorizeRequest, *, max_depth: int, caller: Cal
             raise InvalidRequest(f"budget.unit: must be one of {', '.join(BUDGET_UNITS)}, got {b.unit!r}")
         action = {"amount": b.amount, "unit": b.unit, "category": b.category}
     context = struct_to_dict(msg.context, "context", max_depth) if msg.HasField("context") else {}
+    _check_identifiers(kind, principal, action, request_id=msg.request_id, approval_id=msg.approval_id)
     if msg.dry_run and msg.request_id:
         raise InvalidRequest("request_id: not allowed with dry_run (a dry run is never answered as a retry, "
                              "and a later real request must not be answered with it)")
@@ -103,6 +104,21 @@ def _value(v: struct_pb2.Value, where: str, depth: int, max_depth: int) -> Any:
             raise InvalidRequest(f"{where}: nested deeper than the limit of {max_depth} levels")
         return [_value(x, f"{where}[{i}]", depth + 1, max_depth) for i, x in enumerate(v.list_value.values)]
     return None
+
+
+#: The names the server keys state by, per field path: bounded to MAX_IDENTIFIER characters.
+_IDENTIFIERS = {"tool": ("server", "name"), "model": ("provider", "model"), "budget": ("unit", "category")}
+
+
+def _check_identifiers(kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], *, request_id: str,
+                       approval_id: str) -> None:
+    """InvalidRequest naming the first name longer than MAX_IDENTIFIER (stores index them all)."""
+    named = [(f"principal.{k}", v) for k, v in principal.items() if isinstance(v, str)]
+    named += [(f"{kind}.{k}", action[k]) for k in _IDENTIFIERS[kind]]
+    named += [("request_id", request_id), ("approval_id", approval_id)]
+    for where, value in named:
+        if len(value) > MAX_IDENTIFIER:
+            raise InvalidRequest(f"{where}: at most {MAX_IDENTIFIER} characters, got {len(value)}")
 
 
 def largest_field(msg: pb.AuthorizeRequest) -> tuple[str, int]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollgate.clock import Clock, SystemClock
+from tollgate.contract import MAX_IDENTIFIER
 from tollgate.encoding import format_time
 from tollgate.state._store import StateError, StateStore
 
@@ -16,9 +17,8 @@ from tollgate.state._store import StateError, StateStore
 SCOPES = ("agent", "instance", "session", "workflow", "team", "user", "tool", "mcp_server", "model", "all")
 #: The value an `all` kill switch is stored under.
 ALL_VALUE = "*"
-#: The longest value a kill switch names (ids and tool names are far shorter; PostgreSQL's primary-key index
-#: refuses an entry past about 2,700 bytes, and 512 characters of UTF-8 stay below it).
-MAX_VALUE = 512
+#: The longest value a kill switch names: the longest name a request may carry (contract.MAX_IDENTIFIER).
+MAX_VALUE = MAX_IDENTIFIER
 _PRINCIPAL_FIELDS = {"agent": "agent_id", "instance": "instance_id", "session": "session_id",
                      "workflow": "workflow", "team": "team", "user": "user"}
 
