@@ -8,15 +8,19 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # Debian packages: h2load (nghttp2-client) drives the benchmark; the tests start a real PostgreSQL server
-# (postgresql: initdb and pg_ctl under /usr/lib/postgresql/*/bin) for the shared state store.
+# (postgresql: initdb and pg_ctl under /usr/lib/postgresql/*/bin) for the shared state store; the console's
+# browser tests drive Debian's chromium (/usr/bin/chromium) through Playwright, whose own browser download is
+# never used (`playwright install` is not run: it fetches from outside the package registries).
 need=()
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
   else
-    echo "note: missing Debian packages ${need[*]}: install them (the benchmark needs h2load, the tests PostgreSQL)" >&2
+    echo "note: missing Debian packages ${need[*]}: install them (the benchmark needs h2load, the tests PostgreSQL" \
+      "and, for the console's browser tests, chromium)" >&2
   fi
 fi
 
