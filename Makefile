@@ -26,3 +26,9 @@ bench-fleet: setup
 
 proto: setup
 	.venv/bin/python tools/gen_proto.py
+
+# The console's pictures in docs/console/*.png (README shows the inbox), taken by the browser tests' Chromium from a
+# real console and sidecar; a normal test run leaves them alone.
+.PHONY: screenshots
+screenshots: setup
+	TOLLGATE_SCREENSHOTS=1 .venv/bin/python -m pytest tests/console/test_browser.py -q
