@@ -35,7 +35,7 @@ from tollgate.decisionlog._pgexport import (
     migrate_decisions,
 )
 from tollgate.decisionlog._pgread import DecisionLookup, NoFleetLog, PgDecisionReader, ShippedRecord, open_reader
-from tollgate.decisionlog._query import Query, action_summary, first_reason
+from tollgate.decisionlog._query import KINDS, ActiveSession, ActiveSessions, Query, action_summary, first_reason
 from tollgate.decisionlog._record import DecisionRecord
 from tollgate.decisionlog._retention import LogRetention
 from tollgate.decisionlog._shipping import LogShipping, ShippingConfig
@@ -59,7 +59,8 @@ from tollgate.decisionlog._timeline import (
 )
 from tollgate.decisionlog._verify import ChainBreak, Verification, verify
 
-__all__ = ["DECISIONS_COMPONENT", "DECISIONS_STEPS", "FALLBACK_ERASE", "FORMATS", "POSTGRESQL", "Anchor",
+__all__ = ["DECISIONS_COMPONENT", "DECISIONS_STEPS", "FALLBACK_ERASE", "FORMATS", "KINDS", "POSTGRESQL",
+           "ActiveSession", "ActiveSessions", "Anchor",
            "ApprovalState", "ChainBreak", "DecisionLog", "DecisionLogError", "DecisionLookup", "DecisionRecord",
            "DecisionStore", "ExportRow", "ExportState", "ExportStatus", "ExporterConfig", "FileCursor", "FileExport",
            "FileExportError", "HttpTransport", "LogConfig", "LogExporter", "LogReadError", "LogRetention",

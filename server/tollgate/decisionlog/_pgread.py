@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tollgate.decisionlog._pgexport import GRACE, INDEXED_CHARS, Watchdog, column_text
-from tollgate.decisionlog._query import Query
+from tollgate.decisionlog._query import SESSION_SCAN, ActiveSession, ActiveSessions, Query
 from tollgate.decisionlog._record import DecisionRecord
 from tollgate.decisionlog._store import PAGE, LogReadError, StoredRecord
 from tollgate.encoding import format_time
@@ -27,6 +27,24 @@ if TYPE_CHECKING:
 _SELECT = ("SELECT decision_id, timestamp, agent_id, session_id, kind, decision, record::text, prev_hash, hash, "
            "request_id, bundle_revision, seq, sidecar_id FROM fleet_decisions")
 _ORDER = ("timestamp", "sidecar_id", "seq")
+# The newest `scan` records of the window (the time index, read backwards), counted per session; the names are the
+# session's newest record's, read by primary key.
+_SESSIONS = """
+WITH recent AS (
+    SELECT decision_id, session_id, decision, timestamp, sidecar_id, seq FROM fleet_decisions
+    WHERE timestamp >= %s ORDER BY timestamp DESC, sidecar_id DESC, seq DESC LIMIT %s),
+counted AS (
+    SELECT session_id, count(*) AS n, count(*) FILTER (WHERE decision = 'deny') AS denials,
+           count(*) FILTER (WHERE decision = 'require_approval') AS asked, min(timestamp) AS first,
+           max(timestamp) AS last FROM recent GROUP BY session_id),
+newest AS (
+    SELECT DISTINCT ON (session_id) session_id, decision_id FROM recent
+    ORDER BY session_id, timestamp DESC, sidecar_id DESC, seq DESC)
+SELECT c.session_id, d.agent_id, d.record->'input'->'principal'->>'user', d.record->'input'->'principal'->>'team',
+       d.record->'input'->'principal'->>'workflow', c.n, c.denials, c.asked, c.first, c.last
+FROM counted c JOIN newest USING (session_id) JOIN fleet_decisions d ON d.decision_id = newest.decision_id
+ORDER BY c.last DESC, c.session_id LIMIT %s
+"""
 
 
 class DecisionLookup(Protocol):
@@ -63,9 +81,10 @@ def query_sql(query: Query) -> tuple[str, list[Any]]:
         if value:  # the indexed prefix first, then the whole text
             parts.append(f"left({column}, {INDEXED_CHARS}) = left(%s, {INDEXED_CHARS}) AND {column} = %s")
             params += [column_text(value)] * 2
-    if query.decision:
-        parts.append("decision = %s")
-        params.append(query.decision)
+    for column, value in (("decision", query.decision), ("kind", query.kind)):
+        if value:
+            parts.append(f"{column} = %s")
+            params.append(value)
     if query.since is not None:
         parts.append("timestamp >= %s")
         params.append(query.since)
@@ -80,6 +99,9 @@ def query_sql(query: Query) -> tuple[str, list[Any]]:
         if slash:
             parts.append("tool_server = %s")
             params.append(column_text(server))
+    if query.reason:  # no index of its own: the time bound (fleet_decisions_by_time) and the limit bound it
+        parts.append("reason_codes @> ARRAY[%s]::text[]")
+        params.append(column_text(query.reason))
     return " AND ".join(parts), params
 
 
@@ -105,6 +127,21 @@ class PgDecisionReader:
     async def session(self, session_id: str) -> list[DecisionRecord]:
         """The session's records in order, typed (what the timeline is made of)."""
         return [_typed(row) for row in await self.find(Query(session=session_id))]
+
+    async def sessions(self, since: datetime, *, limit: int = 50, scan: int = SESSION_SCAN) -> ActiveSessions:
+        """The sessions with records at or after since, most recently active first (as SqliteDecisionStore's)."""
+        async with self._reading("read") as (conn, watch):
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            rows = await (await conn.execute(_SESSIONS, (since, scan, limit))).fetchall()
+            watch.kick()
+            counted = await (await conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM fleet_decisions WHERE timestamp >= %s LIMIT %s) AS w",
+                (since, scan))).fetchone()
+        scanned = int(counted[0]) if counted else 0
+        found = tuple(ActiveSession(str(r[0]), str(r[1]), str(r[2] or ""), str(r[3] or ""), str(r[4] or ""),
+                                    int(r[5]), int(r[6]), int(r[7]), format_time(r[8]), format_time(r[9]))
+                      for r in rows)
+        return ActiveSessions(found, scanned, scanned >= scan)
 
     async def _all(self, query: Query) -> list[ShippedRecord]:
         # Page by page (keyset on the order), in one repeatable-read transaction: one consistent fleet log.

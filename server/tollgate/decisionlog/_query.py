@@ -1,5 +1,5 @@
-"""Which decision records to find (by decision ID, agent, session, instance, decision, tool and time), and
-how a record reads in a line of a listing."""
+"""Which decision records to find (by decision ID, agent, session, instance, decision, tool, reason code and
+time), and how a record reads in a line of a listing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from datetime import datetime
 from typing import Any
 
 from tollgate.decisionlog._record import RECORD_DECISIONS as DECISIONS
+
+#: The kinds of request a record answers.
+KINDS = ("tool", "model", "budget")
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,13 @@ class Query:
     #: input.principal.instance_id (not a column: read from the record's JSON).
     instance: str = ""
     decision: str = ""
+    #: tool, model or budget.
+    kind: str = ""
     #: SERVER/NAME, or NAME for that tool name on any server (read from the record's JSON).
     tool: str = ""
+    #: A reason code the decision gave (any of its reasons; read from the record's JSON on a sidecar's log, from
+    #: the reason_codes column in the fleet's store). Unindexed on both: bound it with since/until and limit.
+    reason: str = ""
     #: Records at or after this time.
     since: datetime | None = None
     #: Records before this time.
@@ -33,8 +41,42 @@ class Query:
     def __post_init__(self) -> None:
         if self.decision and self.decision not in DECISIONS:
             raise ValueError(f"decision {self.decision!r} is not one of {', '.join(DECISIONS)}")
+        if self.kind and self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1, not {self.limit}")
+
+
+#: Records `sessions` reads at most (the newest of the window): a busy fleet's window stays one bounded read.
+SESSION_SCAN = 50_000
+
+
+@dataclass(frozen=True)
+class ActiveSession:
+    """One session's decisions inside a window, from the log alone (agent, user, team and workflow as its newest
+    record in the window names them)."""
+
+    session: str
+    agent: str
+    user: str
+    team: str
+    workflow: str
+    decisions: int
+    denials: int
+    #: Decisions that answered require_approval.
+    approvals_asked: int
+    first: str  # RFC 3339: the first and last decision of the window
+    last: str
+
+
+@dataclass(frozen=True)
+class ActiveSessions:
+    """The sessions with decisions since a time, most recently active first."""
+
+    sessions: tuple[ActiveSession, ...]
+    #: Records read: SESSION_SCAN (or the scan given) when the window held more (only its newest were read).
+    scanned: int
+    capped: bool
 
 
 def action_summary(input_doc: Mapping[str, Any], *, arguments: bool = False) -> str:

@@ -12,15 +12,16 @@ import contextlib
 import functools
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog._checkpoint import Checkpoint
-from tollgate.decisionlog._query import Query
+from tollgate.decisionlog._query import SESSION_SCAN, ActiveSession, ActiveSessions, Query
 from tollgate.decisionlog._record import DecisionRecord
 from tollgate.decisionlog._store import PAGE, Anchor, LogReadError, StoredRecord, matching
-from tollgate.encoding import format_time
+from tollgate.encoding import canonical_json, format_time
 
 #: The decision log's file name inside a server's data directory.
 LOG_FILE = "decisions.db"
@@ -86,13 +87,14 @@ _keeping = _failing_as("update")
 def query_sql(query: Query) -> tuple[str, tuple[Any, ...]]:
     """SQL conditions on the decisions table for query, and their parameters ("" when there are none).
 
-    decision_id, agent_id, session_id and timestamp have indexes; instance and tool are read with
-    json_extract from the rows the indexed conditions leave.
+    decision_id, agent_id, session_id and timestamp have indexes; instance, tool and reason are read from the
+    JSON of the rows the indexed conditions leave (a reason first by a substring test of the canonical text, which
+    is cheap, then exactly: its needle may appear inside an argument too).
     """
     parts: list[str] = []
     params: list[Any] = []
     for column, value in (("decision_id", query.decision_id), ("agent_id", query.agent),
-                          ("session_id", query.session), ("decision", query.decision)):
+                          ("session_id", query.session), ("decision", query.decision), ("kind", query.kind)):
         if value:
             parts.append(f"{column} = ?")
             params.append(value)
@@ -112,6 +114,17 @@ def query_sql(query: Query) -> tuple[str, tuple[Any, ...]]:
         if slash:
             parts.append("json_extract(record, '$.input.tool.server') = ?")
             params.append(server)
+    if query.reason:
+        # since as a seq bound too (exact: the lowest seq of the window bounds every record in it, read from the
+        # window's entries of the timestamp index alone), so a newest-first read of a rare reason walks the window's
+        # rows and stops there, not at the log's start.
+        if query.since is not None:
+            parts.append("seq >= coalesce((SELECT min(seq) FROM decisions INDEXED BY decisions_timestamp "
+                         "WHERE timestamp >= ?), 1 << 62)")
+            params.append(format_time(query.since))
+        parts.append("instr(record, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(record, '$.reasons') "
+                     "WHERE json_extract(value, '$.code') = ?)")
+        params += ['"code":' + canonical_json(query.reason), query.reason]
     return " AND ".join(parts), tuple(params)
 
 
@@ -211,6 +224,30 @@ class SqliteDecisionStore:
         if row is None:
             raise LogReadError(f"no record with decision ID {text!r} (give a decision ID in the log, or a seq number)")
         return int(row[0])
+
+    @_reading
+    def sessions(self, since: datetime, *, limit: int = 50, scan: int = SESSION_SCAN) -> ActiveSessions:
+        """The sessions with records at or after since, most recently active first, at most limit of them, from the
+        newest `scan` records of the window (the timestamp index bounds the read)."""
+        with self.snapshot():
+            rows = self._db.execute(
+                "SELECT session_id, count(*), sum(decision = 'deny'), sum(decision = 'require_approval'), "
+                "min(timestamp), max(timestamp), max(seq) FROM (SELECT seq, session_id, decision, timestamp "
+                "FROM decisions WHERE timestamp >= ? ORDER BY timestamp DESC LIMIT ?) "
+                "GROUP BY session_id ORDER BY max(seq) DESC LIMIT ?", (format_time(since), scan, limit)).fetchall()
+            scanned = int(self._db.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM decisions WHERE timestamp >= ? LIMIT ?)",
+                (format_time(since), scan)).fetchone()[0])
+            names = {int(seq): (agent, user, team, workflow) for seq, agent, user, team, workflow in self._db.execute(
+                "SELECT seq, agent_id, json_extract(record, '$.input.principal.user'), "
+                "json_extract(record, '$.input.principal.team'), json_extract(record, '$.input.principal.workflow') "
+                f"FROM decisions WHERE seq IN ({', '.join('?' * len(rows))})", [r[6] for r in rows])}
+        found = []
+        for session, count, denials, asked, first, last, seq in rows:
+            agent, user, team, workflow = names.get(int(seq), ("", "", "", ""))
+            found.append(ActiveSession(str(session), str(agent), _text(user), _text(team), _text(workflow),
+                                       int(count), int(denials or 0), int(asked or 0), str(first), str(last)))
+        return ActiveSessions(tuple(found), scanned, scanned >= scan)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -345,6 +382,10 @@ class SqliteDecisionStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def log_path(data_dir: str | Path) -> Path:
