@@ -10,7 +10,7 @@ import psycopg
 from tests.conftest import TOLLGATE
 from tests.pg import free_port
 
-COMPONENTS = ("budgets", "approvals", "kill_switches", "fleet", "decisions")
+COMPONENTS = ("budgets", "approvals", "kill_switches", "fleet", "decisions", "outcomes")
 
 
 def tollgate(*args: str) -> subprocess.CompletedProcess[str]:

@@ -56,11 +56,11 @@ class Component:
 def schema() -> tuple[Component, ...]:
     """Every component a PostgreSQL state store holds, in the order they are migrated."""
     from tollgate.decisionlog import DECISIONS_COMPONENT, DECISIONS_STEPS
-    from tollgate.state.postgres import FLEET_STEPS, PgApprovals, PgBudgets, PgFleet, PgKillSwitches
+    from tollgate.state.postgres import FLEET_STEPS, PgApprovals, PgBudgets, PgFleet, PgKillSwitches, PgOutcomes
 
     return (Component(PgBudgets.COMPONENT, PgBudgets.STEPS), Component(PgApprovals.COMPONENT, PgApprovals.STEPS),
             Component(PgKillSwitches.COMPONENT, PgKillSwitches.STEPS), Component(PgFleet.COMPONENT, FLEET_STEPS),
-            Component(DECISIONS_COMPONENT, DECISIONS_STEPS))
+            Component(DECISIONS_COMPONENT, DECISIONS_STEPS), Component(PgOutcomes.COMPONENT, PgOutcomes.STEPS))
 
 
 @dataclass(frozen=True)

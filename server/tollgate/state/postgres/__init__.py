@@ -5,12 +5,14 @@ from tollgate.state.postgres._budgets import PgBudgets
 from tollgate.state.postgres._fleet import FLEET_STEPS, PgFleet
 from tollgate.state.postgres._killswitch import PgKillSwitches
 from tollgate.state.postgres._listener import APPROVALS_CHANNEL, KILL_SWITCH_CHANNEL, NotificationListener
+from tollgate.state.postgres._outcomes import OUTCOMES_STEPS, PgOutcomes
 from tollgate.state.postgres._store import SCHEMES, PgOptions, PgStore, is_postgres_url, redact
 
 __all__ = [
     "APPROVALS_CHANNEL",
     "FLEET_STEPS",
     "KILL_SWITCH_CHANNEL",
+    "OUTCOMES_STEPS",
     "SCHEMES",
     "NotificationListener",
     "PgApprovals",
@@ -18,6 +20,7 @@ __all__ = [
     "PgFleet",
     "PgKillSwitches",
     "PgOptions",
+    "PgOutcomes",
     "PgStore",
     "is_postgres_url",
     "redact",
