@@ -24,6 +24,15 @@ def test_require_approval_with_approvers() -> None:
     assert result.approval is not None
     assert result.approval.approvers == ("group:sre",)
     assert result.approval.ttl_seconds == 3600
+    assert (result.approval.required, result.approval.allow_requester) == (1, False)  # the defaults
+
+
+def test_require_approval_with_a_quorum_and_the_requester_allowed() -> None:
+    result = parse_result({"decision": "require_approval", "reasons": [{"code": "destructive_action"}],
+                           "approval": {"approvers": ["group:sre"], "ttl_seconds": 60, "required": 2.0,
+                                        "allow_requester": True}})
+    assert result.approval is not None
+    assert (result.approval.required, result.approval.allow_requester) == (2, True)
 
 
 def test_allow_with_a_reservation_plan() -> None:
@@ -48,6 +57,17 @@ BROKEN: list[tuple[str, Any, str]] = [
      "approvers"),
     ("ttl-not-positive", {"decision": "require_approval", "approval": {"approvers": ["a"], "ttl_seconds": 0}},
      "ttl_seconds"),
+    ("quorum-zero", {"decision": "require_approval", "approval": {"approvers": ["a"], "ttl_seconds": 1, "required": 0}},
+     "required must be an integer from 1 to 10"),
+    ("quorum-too-large", {"decision": "require_approval",
+                          "approval": {"approvers": ["a"], "ttl_seconds": 1, "required": 11}}, "from 1 to 10"),
+    ("quorum-fraction", {"decision": "require_approval",
+                         "approval": {"approvers": ["a"], "ttl_seconds": 1, "required": 1.5}}, "required"),
+    ("quorum-boolean", {"decision": "require_approval",
+                        "approval": {"approvers": ["a"], "ttl_seconds": 1, "required": True}}, "required"),
+    ("allow-requester-not-boolean", {"decision": "require_approval",
+                                     "approval": {"approvers": ["a"], "ttl_seconds": 1, "allow_requester": "yes"}},
+     "allow_requester must be a boolean"),
     ("approval-on-allow", {"decision": "allow", "approval": {"approvers": ["a"], "ttl_seconds": 1}},
      "only allowed with require_approval"),
     ("reserve-on-deny", {"decision": "deny", "reasons": [{"code": "c"}], "reserve": {"amounts": {"usd": 1}}},

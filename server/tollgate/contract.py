@@ -17,7 +17,10 @@ DECISIONS = frozenset({ALLOW, DENY, REQUIRE_APPROVAL})
 
 _RESULT_KEYS = frozenset({"decision", "reasons", "obligations", "approval", "reserve"})
 _RESERVE_KEYS = frozenset({"amounts", "limits", "monthly_limits"})
-_APPROVAL_KEYS = frozenset({"approvers", "ttl_seconds"})
+_APPROVAL_KEYS = frozenset({"approvers", "ttl_seconds", "required", "allow_requester"})
+#: The most distinct approvers a policy may require for one approval (approval.required): a quorum past it
+#: is a policy mistake no team could staff, an approval no one could ever complete.
+MAX_REQUIRED_APPROVALS = 10
 #: The largest amount anything may spend, limit or report in one unit (usd or tokens): budget requests, usage
 #: reports, the policy's reserve amounts and limits. A trillion keeps every sum a ledger can make (a trillion
 #: rows of it) far from float overflow, and far above any real budget.
@@ -49,6 +52,10 @@ class ApprovalSpec:
 
     approvers: tuple[str, ...]
     ttl_seconds: int
+    #: How many distinct approvers must say yes (a quorum); one deny denies.
+    required: int = 1
+    #: Whether the user the agent acts for (principal.user) may be one of them: never unless the policy says so.
+    allow_requester: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,7 +162,16 @@ def _parse_approval(raw: Any) -> ApprovalSpec:
         ttl = int(ttl)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
         raise ContractError(f"result.approval.ttl_seconds must be a positive integer, got {ttl!r}")
-    return ApprovalSpec(tuple(approvers), ttl)
+    required = raw.get("required", 1)
+    if isinstance(required, float) and required.is_integer():
+        required = int(required)
+    if not isinstance(required, int) or isinstance(required, bool) or not 1 <= required <= MAX_REQUIRED_APPROVALS:
+        raise ContractError(f"result.approval.required must be an integer from 1 to {MAX_REQUIRED_APPROVALS}, "
+                            f"got {required!r}")
+    allow_requester = raw.get("allow_requester", False)
+    if not isinstance(allow_requester, bool):
+        raise ContractError(f"result.approval.allow_requester must be a boolean, got {_type(allow_requester)}")
+    return ApprovalSpec(tuple(approvers), ttl, required, allow_requester)
 
 
 def _type(value: Any) -> str:

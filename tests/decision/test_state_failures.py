@@ -44,8 +44,8 @@ class DownApprovals:
         raise StateError(DOWN)
 
     async def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
-                   approvers: Sequence[str], ttl_seconds: int, opened_by: str,
-                   masked: Sequence[str] = ()) -> Approval | None:
+                   approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = (),
+                   required: int = 1, allow_requester: bool = False) -> Approval | None:
         raise StateError(DOWN)
 
 

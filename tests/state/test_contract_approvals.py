@@ -386,3 +386,112 @@ def test_a_store_that_goes_away_fails_calls_within_the_timeout_then_recovers(own
         assert not await store.approvals.consume(opened.id, request_digest="d1", decision_id="dec-10")
 
     Stores("postgresql", Path(), url).run(body, timeout=timeout)
+
+
+# -- quorum and separation of duties ------------------------------------------------------------------------------
+
+def test_a_quorum_of_two_is_approved_by_the_second_distinct_approver_only(stores: Stores) -> None:
+    async def body(store: Store) -> None:
+        opened = await store.open(required=2)
+        assert (opened.required, opened.approved_by) == (2, ())
+        first = await store.approvals.decide(opened.id, approve=True, by="alice", reason="diff reviewed")
+        assert (first.status, first.approved_by, first.decided_by) == (PENDING, ("alice",), "")
+        again = await store.approvals.decide(opened.id, approve=True, by="alice", reason="really")
+        assert (again.status, again.approved_by) == (PENDING, ("alice",))  # a person twice counts once
+        assert [v.reason for v in again.votes] == ["diff reviewed"]
+        assert not await store.approvals.consume(opened.id, request_digest="d1", decision_id="dec-8")
+        store.clock.advance(5)
+        done = await store.approvals.decide(opened.id, approve=True, by="carol", reason="on call, fine")
+        assert (done.status, done.decided_by, done.reason) == (APPROVED, "alice, carol", "on call, fine")
+        assert done.decided_at == "2026-12-31T23:59:35.000000Z"
+        assert [(v.voter, v.approve) for v in done.votes] == [("alice", True), ("carol", True)]
+        assert await store.approvals.get(opened.id) == done
+        assert [a.votes for a in await store.approvals.list()] == [done.votes]
+        assert await store.approvals.consume(opened.id, request_digest="d1", decision_id="dec-9")
+
+    stores.run(body)
+
+
+def test_one_deny_denies_a_quorum(stores: Stores) -> None:
+    async def body(store: Store) -> None:
+        opened = await store.open(required=3)
+        await store.approvals.decide(opened.id, approve=True, by="alice", reason="ok")
+        denied = await store.approvals.decide(opened.id, approve=False, by="carol", reason="not during the freeze")
+        assert (denied.status, denied.decided_by, denied.reason) == (DENIED, "carol", "not during the freeze")
+        assert [(v.voter, v.approve) for v in denied.votes] == [("alice", True), ("carol", False)]
+        with pytest.raises(ApprovalError, match="is denied, not pending"):
+            await store.approvals.decide(opened.id, approve=True, by="dave", reason="late")
+
+    stores.run(body)
+
+
+def test_a_quorum_is_bounded(stores: Stores) -> None:
+    async def body(store: Store) -> None:
+        for required in (0, 11):
+            with pytest.raises(ApprovalError, match="required: must be from 1 to 10"):
+                await store.open(request_digest=f"d-{required}", required=required)
+        assert (await store.open(required=10)).required == 10
+
+    stores.run(body)
+
+
+def test_concurrent_votes_of_a_quorum_all_count(stores: Stores) -> None:
+    async def body(store: Store) -> None:
+        for round_ in range(5):
+            opened = await store.open(request_digest=f"d-{round_}", required=2)
+            await asyncio.gather(*(store.approvals.decide(opened.id, approve=True, by=who, reason="ok")
+                                   for who in ("alice", "carol")))
+            done = await store.approvals.get(opened.id)
+            assert done is not None and done.status == APPROVED and sorted(done.approved_by) == ["alice", "carol"]
+
+    stores.run(body)
+
+
+def test_the_user_an_agent_acts_for_decides_only_where_the_policy_allows_it(stores: Stores) -> None:
+    async def body(store: Store) -> None:
+        approvers = ["alice", "bob", "release-bot"]
+        refused = await store.open(approvers=approvers)
+        assert not refused.allow_requester
+        with pytest.raises(NotAnApprover, match=r"\(principal user\).*approval.allow_requester"):
+            await store.approvals.decide(refused.id, approve=True, by="bob", reason="mine")
+        allowed = await store.open(request_digest="d2", approvers=approvers, allow_requester=True)
+        assert allowed.allow_requester and store.approvals.may_decide(allowed, "bob") == ""
+        # The agent itself never decides, whatever the policy says.
+        assert "principal agent_id" in store.approvals.may_decide(allowed, "release-bot")
+        assert (await store.approvals.decide(allowed.id, approve=True, by="bob", reason="mine")).status == APPROVED
+        assert [a.id for a in await store.approvals.list(approver="bob")] == [allowed.id]
+
+    stores.run(body)
+
+
+def test_two_connections_on_one_sqlite_file_count_each_others_votes(tmp_path: Path) -> None:
+    """A console beside the sidecar: its own connection on state.db, votes at once with the sidecar's."""
+    async def body() -> None:
+        clock = ManualClock(START)
+        one, two = StateStore(tmp_path / "state.db"), StateStore(tmp_path / "state.db")
+        try:
+            a = LocalApprovals(Approvals(one, approver_groups=GROUPS, clock=clock))
+            b = LocalApprovals(Approvals(two, approver_groups=GROUPS, clock=clock))
+            for round_ in range(5):
+                opened = await Store("sqlite", a, clock).open(request_digest=f"d-{round_}", required=2)
+                await asyncio.gather(a.decide(opened.id, approve=True, by="alice", reason="ok"),
+                                     b.decide(opened.id, approve=True, by="carol", reason="ok"))
+                assert (await b.get(opened.id)).status == APPROVED  # type: ignore[union-attr]
+        finally:
+            one.close()
+            two.close()
+
+    asyncio.run(body())
+
+
+def test_votes_at_two_replicas_at_once_both_count(pg_url: str) -> None:
+    async def body(a: Store) -> None:
+        async with replica(pg_url, clock=a.clock) as b:
+            for round_ in range(5):
+                opened = await a.open(request_digest=f"d-{round_}", required=2)
+                await asyncio.gather(a.approvals.decide(opened.id, approve=True, by="alice", reason="ok"),
+                                     b.decide(opened.id, approve=True, by="carol", reason="ok"))
+                done = await b.get(opened.id)
+                assert done is not None and done.status == APPROVED, done
+
+    Stores("postgresql", Path(), pg_url).run(body)

@@ -350,7 +350,8 @@ class Authorizer:
             opened = await self._approvals.open(
                 request_digest=digest, kind=request.kind, principal=principal,
                 action=action if isinstance(action, Mapping) else {}, approvers=result.approval.approvers,
-                ttl_seconds=result.approval.ttl_seconds, opened_by=decision_id, masked=masked)
+                ttl_seconds=result.approval.ttl_seconds, opened_by=decision_id, masked=masked,
+                required=result.approval.required, allow_requester=result.approval.allow_requester)
             if opened is not None:
                 return outcome, opened.id, digest
         return outcome, request.approval_id, digest

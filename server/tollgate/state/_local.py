@@ -79,11 +79,12 @@ class LocalApprovals:
                                        decision_id=decision_id)
 
     async def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
-                   approvers: Sequence[str], ttl_seconds: int, opened_by: str,
-                   masked: Sequence[str] = ()) -> Approval | None:
+                   approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = (),
+                   required: int = 1, allow_requester: bool = False) -> Approval | None:
         return await asyncio.to_thread(functools.partial(
             self.approvals.open, request_digest=request_digest, kind=kind, principal=principal, action=action,
-            approvers=approvers, ttl_seconds=ttl_seconds, opened_by=opened_by, masked=masked))
+            approvers=approvers, ttl_seconds=ttl_seconds, opened_by=opened_by, masked=masked, required=required,
+            allow_requester=allow_requester))
 
     async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> Approval:
         return await asyncio.to_thread(self.approvals.decide, approval_id, approve=approve, by=by, reason=reason)

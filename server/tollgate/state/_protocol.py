@@ -75,11 +75,12 @@ class ApprovalLedger(Protocol):
         ...
 
     async def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
-                   approvers: Sequence[str], ttl_seconds: int, opened_by: str,
-                   masked: Sequence[str] = ()) -> Approval | None:
+                   approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = (),
+                   required: int = 1, allow_requester: bool = False) -> Approval | None:
         """A new pending approval bound to request_digest, or the pending one already open for it in the
         principal's session; None from a ledger that keeps no approvals (the answer has none to wait on).
-        principal and action are given as masked for the log; masked names the pointers the mask changed."""
+        principal and action are given as masked for the log; masked names the pointers the mask changed;
+        required distinct approvers must approve it; allow_requester lets principal.user be one of them."""
         ...
 
 
@@ -100,7 +101,9 @@ class ApprovalStore(ApprovalLedger, Protocol):
         ...
 
     async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> Approval:
-        """Approve or deny a pending approval as `by` (NotAnApprover, ApprovalNotFound, ApprovalError if not)."""
+        """Record `by`'s approve or deny on a pending approval and return it as it now is (NotAnApprover,
+        ApprovalNotFound, ApprovalError if not): one deny denies it; it is approved once `required` distinct
+        people approved (the same person twice counts once), across every process on the store."""
         ...
 
     async def list(self, *, approver: str = "", agent: str = "", session: str = "",
@@ -215,8 +218,8 @@ class NoApprovals:
         return False
 
     async def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
-                   approvers: Sequence[str], ttl_seconds: int, opened_by: str,
-                   masked: Sequence[str] = ()) -> Approval | None:
+                   approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = (),
+                   required: int = 1, allow_requester: bool = False) -> Approval | None:
         return None
 
 

@@ -15,25 +15,33 @@ import builtins
 import hashlib
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from tollgate.clock import Clock, SystemClock
+from tollgate.contract import MAX_REQUIRED_APPROVALS
 from tollgate.encoding import format_time
 from tollgate.ids import DecisionIds
 from tollgate.state.approvals import (
     APPROVED,
+    APPROVING_SQL,
+    CLOSE_SQL,
     COLUMNS,
     DENIED,
     INSERT_COLUMNS,
+    INSERT_ORDER,
     PENDING,
     USED,
+    VOTE_COLUMNS,
+    VOTE_COLUMNS_OF_V,
+    VOTE_SQL,
     Approval,
     ApprovalNotFound,
     NotAnApprover,
     approval_from_row,
+    approvals_from_rows,
     check_reason,
     check_status,
     insert_values,
@@ -41,6 +49,8 @@ from tollgate.state.approvals import (
     may_decide,
     new_approval,
     not_pending,
+    tally,
+    vote_values,
 )
 from tollgate.state.postgres._listener import APPROVALS_CHANNEL
 from tollgate.state.postgres._store import PgStore
@@ -73,6 +83,21 @@ _SCHEMA = (
     CREATE INDEX approvals_created ON approvals (created_at);
     CREATE INDEX approvals_agent ON approvals (agent_id, created_at);
     CREATE INDEX approvals_session ON approvals (session_id, created_at)
+    """,
+    # Quorum and separation of duties (the policy's approval.required and approval.allow_requester), and each
+    # person's say: one row per approval and voter, so a person who approves twice counts once.
+    f"""
+    ALTER TABLE approvals ADD COLUMN required INTEGER NOT NULL DEFAULT 1
+        CHECK (required BETWEEN 1 AND {MAX_REQUIRED_APPROVALS});
+    ALTER TABLE approvals ADD COLUMN allow_requester BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE TABLE approval_votes (
+        approval_id TEXT NOT NULL REFERENCES approvals (id) ON DELETE CASCADE,
+        voter TEXT NOT NULL,
+        approve BOOLEAN NOT NULL,
+        reason TEXT NOT NULL,
+        voted_at TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (approval_id, voter)
+    )
     """,
 )
 
@@ -120,25 +145,27 @@ class PgApprovals:
         return may_decide(approval, identity, self.approver_groups)
 
     async def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
-                   approvers: Sequence[str], ttl_seconds: int, opened_by: str,
-                   masked: Sequence[str] = ()) -> Approval:
+                   approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = (),
+                   required: int = 1, allow_requester: bool = False) -> Approval:
         """A new pending approval for this request, or the pending one already open for it in this session, on
         any replica."""
         moment = self.clock.now()
         approval = new_approval(
             "apr_" + self._ids.new(), request_digest=request_digest, kind=kind, principal=principal, action=action,
-            approvers=approvers, ttl_seconds=ttl_seconds, opened_by=opened_by, masked=masked, now=moment)
+            approvers=approvers, ttl_seconds=ttl_seconds, opened_by=opened_by, masked=masked, required=required,
+            allow_requester=allow_requester, now=moment)
         async with self._store.transaction("open the approval") as conn:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (open_lock_key(request_digest,
                                                                                   approval.session_id),))
             row = await (await conn.execute(
-                f"SELECT {COLUMNS} FROM approvals WHERE request_digest = %s AND session_id = %s AND status = %s "
+                "SELECT id FROM approvals WHERE request_digest = %s AND session_id = %s AND status = %s "
                 "AND expires_at > %s ORDER BY created_at DESC LIMIT 1",
                 (request_digest, approval.session_id, PENDING, format_time(moment)))).fetchone()
-            if row is not None:
-                return approval_from_row(row, moment)
+            pending = await _read(conn, row[0], moment) if row is not None else None
+            if pending is not None:
+                return pending
             await conn.execute(f"INSERT INTO approvals ({INSERT_COLUMNS}) VALUES "
-                               "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", insert_values(approval))
+                               f"({', '.join(['%s'] * len(INSERT_ORDER))})", insert_values(approval))
             await _notify(conn, approval.id)
         self.changed()
         return approval
@@ -146,9 +173,7 @@ class PgApprovals:
     async def get(self, approval_id: str) -> Approval | None:
         moment = self.clock.now()
         async with self._store.connection("read the approval") as conn:
-            row = await (await conn.execute(f"SELECT {COLUMNS} FROM approvals WHERE id = %s",
-                                            (approval_id,))).fetchone()
-        return approval_from_row(row, moment) if row else None
+            return await _read(conn, approval_id, moment)
 
     async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> Approval:
         """Approve or deny a pending approval as `by`; NotAnApprover, ApprovalNotFound or ApprovalError if not."""
@@ -160,19 +185,27 @@ class PgApprovals:
         refusal = self.may_decide(approval, by)
         if refusal:
             raise NotAnApprover(refusal)
-        status = APPROVED if approve else DENIED
+        at = format_time(moment)
         async with self._store.transaction("record the decision") as conn:
-            # The WHERE re-checks what get() saw: a concurrent decision (any replica's) or the expiry wins.
-            cursor = await conn.execute(
-                "UPDATE approvals SET status = %s, decided_by = %s, decided_at = %s, reason = %s "
-                "WHERE id = %s AND status = %s AND expires_at > %s",
-                (status, by, format_time(moment), reason, approval_id, PENDING, format_time(moment)))
-            if cursor.rowcount == 1:
+            # The row lock orders the votes on one approval, whichever replica records them: each counts the
+            # ones committed before it, so two approvers of a quorum of two, voting at once, approve it.
+            found = await (await conn.execute("SELECT status, expires_at, required FROM approvals WHERE id = %s "
+                                              "FOR UPDATE", (approval_id,))).fetchone()
+            voted = found is not None and found[0] == PENDING and found[1] > at
+            if voted:
+                assert found is not None
+                await conn.execute(VOTE_SQL, vote_values(approval_id, approve=approve, by=by, reason=reason, at=at))
+                approving = [r[0] for r in await (await conn.execute(APPROVING_SQL, (approval_id,))).fetchall()]
+                closing = tally(approve=approve, by=by, approving=approving, required=found[2])
+                if closing is not None:
+                    await conn.execute(CLOSE_SQL, (*closing, at, reason, approval_id))
                 await _notify(conn, approval_id)
-        if cursor.rowcount != 1:
-            raise not_pending(approval_id, await self.get(approval_id))
+            decided = await _read(conn, approval_id, moment)
+        if not voted:
+            raise not_pending(approval_id, decided)
         self.changed()
-        return replace(approval, status=status, decided_by=by, decided_at=format_time(moment), reason=reason)
+        assert decided is not None  # voted on it a moment ago, in this transaction
+        return decided
 
     async def consume(self, approval_id: str, *, request_digest: str, decision_id: str) -> bool:
         """Use an approved approval for the ALLOW decision_id: True for exactly one caller, ever, on any replica."""
@@ -205,8 +238,21 @@ class PgApprovals:
         async with self._store.connection("list approvals") as conn:
             rows = await (await conn.execute(f"SELECT {COLUMNS} FROM approvals{where} ORDER BY created_at DESC",
                                              args)).fetchall()
-        return listed([approval_from_row(r, moment) for r in rows], status=status, approver=approver,
+            votes = await (await conn.execute(
+                f"SELECT v.approval_id, {VOTE_COLUMNS_OF_V} FROM approval_votes v JOIN approvals "
+                f"ON approvals.id = v.approval_id{where} ORDER BY v.voted_at, v.voter", args)).fetchall()
+        return listed(approvals_from_rows(rows, votes, moment), status=status, approver=approver,
                       approver_groups=self.approver_groups)
+
+
+async def _read(conn: psycopg.AsyncConnection[Any], approval_id: str, moment: datetime) -> Approval | None:
+    """The approval with its votes, as of moment."""
+    row = await (await conn.execute(f"SELECT {COLUMNS} FROM approvals WHERE id = %s", (approval_id,))).fetchone()
+    if row is None:
+        return None
+    votes = await (await conn.execute(f"SELECT {VOTE_COLUMNS} FROM approval_votes WHERE approval_id = %s "
+                                      "ORDER BY voted_at, voter", (approval_id,))).fetchall()
+    return approval_from_row(row, votes, moment)
 
 
 async def _notify(conn: psycopg.AsyncConnection[Any], approval_id: str) -> None:
