@@ -27,11 +27,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
 @contextlib.asynccontextmanager
 async def report(stores: Stores, ledger: Ledger) -> AsyncIterator[SpendReport]:
     if stores.kind == "sqlite":
-        local = LocalSpend(stores.tmp_path / "state.db", clock=ledger.clock)
-        try:
-            yield local
-        finally:
-            local.close()
+        yield LocalSpend(stores.tmp_path / "state.db", clock=ledger.clock)
         return
     from tollgate.state.postgres import PgOptions, PgStore
 

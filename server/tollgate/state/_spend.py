@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,14 +105,12 @@ def _bounded(limit: int) -> int:
 
 
 class LocalSpend:
-    """SpendReport on DATA_DIR/state.db, read-only beside the sidecar that writes it."""
+    """SpendReport on DATA_DIR/state.db, read-only beside the sidecar that writes it: each listing on a connection
+    of its own, opened and closed in a worker thread (the file may appear only once the sidecar first runs)."""
 
     def __init__(self, path: Path, *, clock: Clock = SystemClock()) -> None:
-        self._store = StateStore(path, read_only=True)
+        self.path = path
         self._clock = clock
-
-    def close(self) -> None:
-        self._store.close()
 
     async def totals(self, scope: str, period: str, *, limit: int = 100) -> list[ScopeTotal]:
         column, stamp = check_period(scope, period)
@@ -121,21 +120,20 @@ class LocalSpend:
         # The scope is one of WINDOWS' keys and column "day" or "month" (checked): never a caller's string.
         where = f" AND {column} = ?" if column else ""
         live = (self._clock.time(), *([stamp] if column else []))
-        with self._store.lock:
-            try:
-                self._store.db.execute("BEGIN")
-                try:
-                    committed = self._store.db.execute(
-                        "SELECT value, unit, committed, 0 FROM budget_totals WHERE scope = ? AND period = ? "
-                        "ORDER BY committed DESC LIMIT ?", (scope, period, limit * 4)).fetchall()
-                    reserved = self._store.db.execute(
-                        f"SELECT {scope}, unit, 0, SUM(amount) FROM budget_reservations WHERE status = 'reserved' "
-                        f"AND expires_at > ? AND {scope} != ''{where} GROUP BY {scope}, unit LIMIT ?",
-                        (*live, limit * 4)).fetchall()
-                finally:
-                    self._store.db.execute("COMMIT")
-            except Exception as exc:
-                raise StateError(f"state store {self._store.path}: cannot read spend ({exc})") from exc
+        store = StateStore(self.path, read_only=True)
+        try:
+            store.db.execute("BEGIN")  # one snapshot: the totals and the open rows agree
+            committed = store.db.execute(
+                "SELECT value, unit, committed, 0 FROM budget_totals WHERE scope = ? AND period = ? "
+                "ORDER BY committed DESC LIMIT ?", (scope, period, limit * 4)).fetchall()
+            reserved = store.db.execute(
+                f"SELECT {scope}, unit, 0, SUM(amount) FROM budget_reservations WHERE status = 'reserved' "
+                f"AND expires_at > ? AND {scope} != ''{where} GROUP BY {scope}, unit LIMIT ?",
+                (*live, limit * 4)).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self.path}: cannot read spend ({exc})") from exc
+        finally:
+            store.close()
         return ranked([*committed, *reserved], scope=scope, period=period, limit=limit)
 
 
