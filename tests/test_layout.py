@@ -25,19 +25,21 @@ MAX_MODULE_LINES = 600
 #: What each package may never import (the direction of the data flow: api → decision → engine / state /
 #: decisionlog → bundle; the sidecar and the CLI above; authoring beside, never below the sidecar).
 FORBIDDEN = {
-    "bundle": ("api", "decision", "engine", "state", "decisionlog", "sidecar", "authoring", "identity"),
-    "engine": ("api", "decision", "state", "decisionlog", "sidecar", "authoring", "grpc"),
-    "state": ("api", "decision", "sidecar", "authoring", "engine", "decisionlog"),
+    "bundle": ("api", "decision", "engine", "state", "decisionlog", "sidecar", "authoring", "identity", "console"),
+    "engine": ("api", "decision", "state", "decisionlog", "sidecar", "authoring", "grpc", "console"),
+    "state": ("api", "decision", "sidecar", "authoring", "engine", "decisionlog", "console"),
     # The session timeline reads approvals and reservations beside the records; state never reads the log.
-    "decisionlog": ("api", "decision", "sidecar", "authoring"),
-    "decision": ("api", "sidecar", "authoring", "grpc"),
-    "identity": ("api", "decision", "sidecar", "authoring", "state", "decisionlog", "engine"),
-    "api": ("sidecar", "authoring"),
-    "sidecar": ("authoring",),
-    "client": ("api", "decision", "sidecar", "authoring", "state", "decisionlog", "engine"),
+    "decisionlog": ("api", "decision", "sidecar", "authoring", "console"),
+    "decision": ("api", "sidecar", "authoring", "grpc", "console"),
+    "identity": ("api", "decision", "sidecar", "authoring", "state", "decisionlog", "engine", "console"),
+    "api": ("sidecar", "authoring", "console"),
+    "sidecar": ("authoring", "console"),
+    # The control plane for people reads the store and the log; it never runs a sidecar or serves its API.
+    "console": ("api", "sidecar", "authoring", "engine", "decision", "bundle", "mcpgateway", "client", "grpc"),
+    "client": ("api", "decision", "sidecar", "authoring", "state", "decisionlog", "engine", "console"),
     # Outbound plumbing under everything that polls or uploads.
     "net": ("api", "decision", "sidecar", "authoring", "state", "decisionlog", "engine", "bundle", "identity",
-            "client", "mcpgateway"),
+            "client", "mcpgateway", "console"),
 }
 
 
@@ -120,6 +122,11 @@ def test_the_sidecar_never_imports_authoring() -> None:
     reached = _reachable("tollgate.sidecar.serve")
     assert "tollgate.decision" in reached  # the walk follows imports at all
     assert not sorted(m for m in reached if m.startswith("tollgate.authoring")), sorted(reached)
+
+
+def test_the_sidecar_never_imports_the_console() -> None:
+    reached = _reachable("tollgate.sidecar.serve")
+    assert not sorted(m for m in reached if m.startswith("tollgate.console")), sorted(reached)
 
 
 def test_serving_loads_no_authoring_module() -> None:

@@ -56,11 +56,21 @@ class Component:
 def schema() -> tuple[Component, ...]:
     """Every component a PostgreSQL state store holds, in the order they are migrated."""
     from tollgate.decisionlog import DECISIONS_COMPONENT, DECISIONS_STEPS
-    from tollgate.state.postgres import FLEET_STEPS, PgApprovals, PgBudgets, PgFleet, PgKillSwitches, PgOutcomes
+    from tollgate.state.postgres import (
+        FLEET_STEPS,
+        PgApprovals,
+        PgAudit,
+        PgBudgets,
+        PgFleet,
+        PgKillSwitches,
+        PgOutcomes,
+        PgUsers,
+    )
 
     return (Component(PgBudgets.COMPONENT, PgBudgets.STEPS), Component(PgApprovals.COMPONENT, PgApprovals.STEPS),
             Component(PgKillSwitches.COMPONENT, PgKillSwitches.STEPS), Component(PgFleet.COMPONENT, FLEET_STEPS),
-            Component(DECISIONS_COMPONENT, DECISIONS_STEPS), Component(PgOutcomes.COMPONENT, PgOutcomes.STEPS))
+            Component(DECISIONS_COMPONENT, DECISIONS_STEPS), Component(PgOutcomes.COMPONENT, PgOutcomes.STEPS),
+            Component(PgUsers.COMPONENT, PgUsers.STEPS), Component(PgAudit.COMPONENT, PgAudit.STEPS))
 
 
 @dataclass(frozen=True)

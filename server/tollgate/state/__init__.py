@@ -1,6 +1,7 @@
 """Run-time state the server owns, in DATA_DIR/state.db: kill switches, approvals and budgets, behind the
 state-store protocols (state/_protocol.py) that a shared store implements too."""
 
+from tollgate.state._audit import AuditEntry, AuditLog, LocalAudit
 from tollgate.state._fleet import HEALTHS, STALE_HEARTBEATS, LocalFleet, is_stale, valid_sidecar_id
 from tollgate.state._killswitch import (
     ALL_VALUE,
@@ -23,6 +24,7 @@ from tollgate.state._local import (
     ScopeLocks,
     open_local_state,
 )
+from tollgate.state._open import Stores, StoreSettings, open_store
 from tollgate.state._outcomes import (
     MAX_LABELS,
     MAX_SUMMARY,
@@ -52,6 +54,7 @@ from tollgate.state._protocol import (
     SpendLedger,
 )
 from tollgate.state._store import StateError, StateStore, private_dir, private_file
+from tollgate.state._users import LocalUsers, SessionRecord, UserAccount, UserError, UserStore
 
 __all__ = [
     "ALL_VALUE",
@@ -65,6 +68,8 @@ __all__ = [
     "STALE_HEARTBEATS",
     "ApprovalLedger",
     "ApprovalStore",
+    "AuditEntry",
+    "AuditLog",
     "BudgetStore",
     "FleetRegistry",
     "HistoryEntry",
@@ -76,12 +81,14 @@ __all__ = [
     "KillSwitchView",
     "KillSwitches",
     "LocalApprovals",
+    "LocalAudit",
     "LocalBudgets",
     "LocalFleet",
     "LocalHold",
     "LocalKillSwitches",
     "LocalOutcomes",
     "LocalState",
+    "LocalUsers",
     "NoApprovals",
     "NoKillSwitches",
     "Outcome",
@@ -92,13 +99,20 @@ __all__ = [
     "Outcomes",
     "Reported",
     "ScopeLocks",
+    "SessionRecord",
     "SidecarInfo",
     "SpendHold",
     "SpendLedger",
     "StateError",
     "StateStore",
+    "StoreSettings",
+    "Stores",
+    "UserAccount",
+    "UserError",
+    "UserStore",
     "is_stale",
     "open_local_state",
+    "open_store",
     "private_dir",
     "private_file",
     "request_targets",
