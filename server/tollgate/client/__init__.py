@@ -18,6 +18,7 @@ from __future__ import annotations
 from tollgate.client._async import AsyncClient
 from tollgate.client._core import DEFAULT_TIMEOUT, budget_request, model_request, tool_request
 from tollgate.client._errors import Denied, InvalidRequest, NotFound, SidecarUnavailable, TollgateError
+from tollgate.client._outcome import OutcomeReceipt
 from tollgate.client._reservation import Reservation
 from tollgate.client._sync import Client
 from tollgate.client._values import (
@@ -46,6 +47,7 @@ __all__ = [
     "Denied",
     "InvalidRequest",
     "NotFound",
+    "OutcomeReceipt",
     "Principal",
     "Reason",
     "Reservation",

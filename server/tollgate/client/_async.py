@@ -13,6 +13,7 @@ import grpc
 
 from tollgate.client import _core
 from tollgate.client._errors import Denied, SidecarUnavailable, TollgateError
+from tollgate.client._outcome import OutcomeReceipt, outcome_request, to_receipt
 from tollgate.client._reservation import Reservation
 from tollgate.client._values import SIDECAR_UNAVAILABLE, TLS, ApprovalState, Decision, Principal, UsageReport
 from tollgate.net import Backoff
@@ -178,6 +179,15 @@ class AsyncClient:
         response = await self._unary(lambda t: self._stub.ReportUsage(request, timeout=t, metadata=self._metadata),
                                      f"report usage of reservation {reservation_id}", timeout)
         return _core.to_usage_report(response)
+
+    async def report_outcome(self, session_id: str, outcome: str, *, task_id: str = "", labels: Iterable[str] = (),
+                             summary: str = "", replace: bool = False, timeout: float | None = None) -> OutcomeReceipt:
+        """As Client.report_outcome."""
+        request = outcome_request(session_id, outcome, task_id=task_id, labels=labels, summary=summary,
+                                  replace=replace)
+        response = await self._unary(lambda t: self._stub.ReportOutcome(request, timeout=t, metadata=self._metadata),
+                                     f"report the outcome of session {session_id}", timeout)
+        return to_receipt(response)
 
     async def wait_for_approval(self, approval_id: str, timeout: float) -> ApprovalState:
         """As Client.wait_for_approval."""

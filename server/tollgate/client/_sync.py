@@ -12,6 +12,7 @@ import grpc
 
 from tollgate.client import _core
 from tollgate.client._errors import Denied, SidecarUnavailable, TollgateError
+from tollgate.client._outcome import OutcomeReceipt, outcome_request, to_receipt
 from tollgate.client._reservation import Reservation
 from tollgate.client._values import SIDECAR_UNAVAILABLE, TLS, ApprovalState, Decision, Principal, UsageReport
 from tollgate.net import Backoff
@@ -173,6 +174,18 @@ class Client:
         response = self._unary(lambda t: self._stub.ReportUsage(request, timeout=t, metadata=self._metadata),
                                f"report usage of reservation {reservation_id}", timeout)
         return _core.to_usage_report(response)
+
+    def report_outcome(self, session_id: str, outcome: str, *, task_id: str = "", labels: Iterable[str] = (),
+                       summary: str = "", replace: bool = False, timeout: float | None = None) -> OutcomeReceipt:
+        """Say how the session (or task_id in it) ended: "succeeded", "failed" or "abandoned", with labels such as
+        "ci_passed" or "pr_merged". The same report again is answered unchanged; a different one raises
+        TollgateError (FAILED_PRECONDITION) unless replace. NotFound when the session has no decisions; TollgateError
+        (PERMISSION_DENIED) when this caller may not speak for the session's principal."""
+        request = outcome_request(session_id, outcome, task_id=task_id, labels=labels, summary=summary,
+                                  replace=replace)
+        response = self._unary(lambda t: self._stub.ReportOutcome(request, timeout=t, metadata=self._metadata),
+                               f"report the outcome of session {session_id}", timeout)
+        return to_receipt(response)
 
     def wait_for_approval(self, approval_id: str, timeout: float) -> ApprovalState:
         """Wait up to timeout seconds for a person to decide the approval; its state then (still "pending" when

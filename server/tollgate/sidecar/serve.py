@@ -30,6 +30,7 @@ from tollgate.api import (
     json_error,
 )
 from tollgate.api._http import start_http_server
+from tollgate.api._outcomes import OutcomeServicer
 from tollgate.bundle import Activation, BundleError, BundleStatus, Failure
 from tollgate.clock import Clock, from_environment
 from tollgate.decision import Authorizer, AuthorizerConfig, BudgetGuard, never_behind
@@ -250,6 +251,8 @@ class _Parts:
             AuthorizationServicer(self.authorizer, self.decision_log, self.limits, budgets=state.budgets,
                                   approvals=state.approvals, callers=settings.resolver, streams=streams,
                                   fleet_log=state.decisions).handler(),
+            OutcomeServicer(state.outcomes, data_dir=self.decision_log.path.parent, resolver=settings.resolver,
+                            callers=settings.callers, fleet_log=state.decisions).handler(),
             AdminServicer(lambda: self.activator.status, state.kill_switches, admin_token=settings.admin_token,
                           budgets=state.budgets, exports=self.shipping.statuses, admin_identities=admins,
                           callers=settings.resolver, fleet=state.fleet, clock=self.clock).handler(),

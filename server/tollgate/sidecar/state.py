@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from tollgate.decisionlog import DecisionLookup
     from tollgate.sidecar.config import ServeConfig
     from tollgate.state import ApprovalStore, BudgetStore, KillSwitchStore
+    from tollgate.state._outcomes import OutcomeStore
     from tollgate.state._protocol import FleetRegistry, SpendHold
     from tollgate.state.budgets import Reservation, ScopeSpend
     from tollgate.state.postgres import PgKillSwitches, PgStore
@@ -112,6 +113,8 @@ class SidecarState:
     #: Closes the store when start-up fails before the plugins run.
     close: Callable[[], Awaitable[None]]
 
+    #: How sessions ended, as harnesses report them (ReportOutcome).
+    outcomes: OutcomeStore | None = None
 
 async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
     """Open the configured store (StateError: a start-up error, its message the hint)."""
@@ -122,7 +125,7 @@ async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
 
 def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
     from tollgate.decisionlog import NoFleetLog
-    from tollgate.state import open_local_state
+    from tollgate.state import LocalOutcomes, open_local_state
 
     local = open_local_state(Path(config.data_dir), clock=clock, approver_groups=config.approver_groups,
                              reservation_ttl=config.reservation_ttl)
@@ -132,12 +135,21 @@ def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
 
     return SidecarState(local.kill_switches, local.approvals, local.budgets, local.fleet, NoFleetLog(),
                         where=str(local.store.path), plugins=(StorePlugin("state store", close),),
-                        sweep=_sweep(local.budgets, config), close=close)
+                        sweep=_sweep(local.budgets, config), close=close,
+                        outcomes=LocalOutcomes.open(local.store, clock=clock))
 
 
 async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
     from tollgate.decisionlog import PgDecisionReader
-    from tollgate.state.postgres import PgApprovals, PgBudgets, PgFleet, PgKillSwitches, PgOptions, PgStore
+    from tollgate.state.postgres import (
+        PgApprovals,
+        PgBudgets,
+        PgFleet,
+        PgKillSwitches,
+        PgOptions,
+        PgOutcomes,
+        PgStore,
+    )
 
     store = PgStore(PgOptions(config.state_store, timeout=config.state_store_timeout,
                               password_file=config.state_store_password_file,
@@ -157,7 +169,8 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
     listener = ListenerPlugin(kill_switches, approvals_changed=approvals.changed)
     return SidecarState(kill_switches, approvals, budgets, PgFleet(store, clock=clock), PgDecisionReader(store),
                         where=store.name,
-                        plugins=(store_plugin, listener), sweep=_sweep(budgets, config), close=store.close)
+                        plugins=(store_plugin, listener), sweep=_sweep(budgets, config), close=store.close,
+                        outcomes=PgOutcomes(store, clock=clock))
 
 
 async def _check_schema(store: PgStore, *, upgrade: bool, at_start: bool = True) -> bool:

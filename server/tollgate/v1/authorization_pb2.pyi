@@ -17,10 +17,21 @@ class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DECISION_ALLOW: _ClassVar[Decision]
     DECISION_DENY: _ClassVar[Decision]
     DECISION_REQUIRE_APPROVAL: _ClassVar[Decision]
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_SUCCEEDED: _ClassVar[Outcome]
+    OUTCOME_FAILED: _ClassVar[Outcome]
+    OUTCOME_ABANDONED: _ClassVar[Outcome]
 DECISION_UNSPECIFIED: Decision
 DECISION_ALLOW: Decision
 DECISION_DENY: Decision
 DECISION_REQUIRE_APPROVAL: Decision
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_SUCCEEDED: Outcome
+OUTCOME_FAILED: Outcome
+OUTCOME_ABANDONED: Outcome
 
 class Principal(_message.Message):
     __slots__ = ("agent_id", "instance_id", "session_id", "workflow", "team", "user", "labels")
@@ -240,3 +251,39 @@ class ApprovalState(_message.Message):
     decided_by: str
     reason: str
     def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReportOutcomeRequest(_message.Message):
+    __slots__ = ("session_id", "task_id", "outcome", "labels", "summary", "replace")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    task_id: str
+    outcome: Outcome
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    summary: str
+    replace: bool
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., labels: _Optional[_Iterable[str]] = ..., summary: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class ReportOutcomeResponse(_message.Message):
+    __slots__ = ("session_id", "task_id", "outcome", "labels", "reported_at", "reported_by", "revision", "unchanged")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    task_id: str
+    outcome: Outcome
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    reported_at: _timestamp_pb2.Timestamp
+    reported_by: str
+    revision: int
+    unchanged: bool
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., labels: _Optional[_Iterable[str]] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reported_by: _Optional[str] = ..., revision: _Optional[int] = ..., unchanged: _Optional[bool] = ...) -> None: ...

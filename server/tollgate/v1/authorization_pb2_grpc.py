@@ -54,6 +54,11 @@ class AuthorizationServiceStub:
                 request_serializer=tollgate_dot_v1_dot_authorization__pb2.WaitForApprovalRequest.SerializeToString,
                 response_deserializer=tollgate_dot_v1_dot_authorization__pb2.ApprovalState.FromString,
                 _registered_method=True)
+        self.ReportOutcome = channel.unary_unary(
+                '/tollgate.v1.AuthorizationService/ReportOutcome',
+                request_serializer=tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeRequest.SerializeToString,
+                response_deserializer=tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizationServiceServicer:
@@ -96,6 +101,18 @@ class AuthorizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportOutcome(self, request, context):
+        """Say how a session (or one task in it) ended: succeeded, failed or abandoned, with labels such as
+        ci_passed, pr_merged or reverted. The session must have decisions in the log (NOT_FOUND otherwise),
+        and the caller must be one that may speak for the session's principal, as for Authorize
+        (PERMISSION_DENIED otherwise: no harness reports another team's session). One outcome per
+        (session_id, task_id): the same report again is answered as before; a different one is
+        FAILED_PRECONDITION unless replace is set (a merged pull request later reverted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +135,11 @@ def add_AuthorizationServiceServicer_to_server(servicer, server):
                     servicer.WaitForApproval,
                     request_deserializer=tollgate_dot_v1_dot_authorization__pb2.WaitForApprovalRequest.FromString,
                     response_serializer=tollgate_dot_v1_dot_authorization__pb2.ApprovalState.SerializeToString,
+            ),
+            'ReportOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOutcome,
+                    request_deserializer=tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeRequest.FromString,
+                    response_serializer=tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +250,33 @@ class AuthorizationService:
             '/tollgate.v1.AuthorizationService/WaitForApproval',
             tollgate_dot_v1_dot_authorization__pb2.WaitForApprovalRequest.SerializeToString,
             tollgate_dot_v1_dot_authorization__pb2.ApprovalState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollgate.v1.AuthorizationService/ReportOutcome',
+            tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeRequest.SerializeToString,
+            tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,
