@@ -87,7 +87,8 @@ async def outcomes(request: Request, visit: Visit) -> Response:
     groups = {by: [_row(f) for f in figures(facts, reported, costs, by=by)] for by in GROUPINGS}
     everything = _row(total(facts, reported, costs))
     return visit.render("outcomes.html", groups=groups, total=everything, ranges=list(RANGES), chosen=chosen,
-                        since=format_time(since), since_text=text_param(request.query_params, "since", limit=64),
+                        since=since.strftime("%Y-%m-%d %H:%M UTC"), since_exact=format_time(since),
+                        since_text=text_param(request.query_params, "since", limit=64),
                         sessions=_listed(facts, reported, costs), listed=LISTED, capped=capped,
                         max_sessions=MAX_SESSIONS, problems=problems)
 
