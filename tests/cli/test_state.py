@@ -10,7 +10,7 @@ import psycopg
 from tests.conftest import TOLLGATE
 from tests.pg import free_port
 
-COMPONENTS = ("budgets", "approvals", "kill_switches", "fleet", "decisions", "outcomes")
+COMPONENTS = ("budgets", "approvals", "outbox", "kill_switches", "fleet", "decisions", "outcomes", "users", "audit")
 
 
 def tollgate(*args: str) -> subprocess.CompletedProcess[str]:

@@ -71,7 +71,6 @@ def _field_help(name: str) -> str:
         "token_issuer": "iss caller tokens must carry", "token_audience": "aud caller tokens must carry",
         "authzen_listen": "HOST:PORT for the AuthZEN 1.0 HTTP API (off when empty)",
         "authzen_max_batch": "most evaluations in one AuthZEN batch request",
-        "envoy": "YAML/JSON {mcp_servers, principal_headers, trusted_proxies, ...}: Envoy ext_authz Check mapping",
         "admin_identities": "comma-separated caller identities that may use the admin RPCs without the token",
         "authzen_tls": "serve the AuthZEN port over TLS (--tls-cert/--tls-key; --tls-client-ca: mTLS)",
         "decision_log_service": "OPA decision-log service URL: records go to POST URL+resource (off when empty)",
@@ -90,6 +89,9 @@ def _field_help(name: str) -> str:
         "decision_log_checkpoint_interval": "seconds between signed checkpoints (one more on shutdown)",
         "decision_log_checkpoint_file": "JSON Lines file each checkpoint is also appended to (another disk)",
         "approver_groups": "the members of each group:NAME an approval names (a mapping: set it in --config)",
+        "notifications": "YAML/JSON list of {url, kind: generic|slack, groups, secret_file}: approval webhooks",
+        "console_url": "the console's URL people open: notifications link URL/approvals/ID",
+        "notification_max_attempts": "deliveries of one approval notification before it is given up",
         "accept_log_tamper": "start even if the decision log's tail does not prove (logged as TAMPERED WITH)",
     }.get(name, "")
     default = getattr(ServeConfig(), name)

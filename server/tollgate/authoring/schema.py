@@ -10,8 +10,6 @@ from typing import Any
 
 import yaml
 
-from tollgate.contract import MAX_REQUIRED_APPROVALS
-
 # --- schema vocabulary ----------------------------------------------------------------------------------
 
 
@@ -29,12 +27,6 @@ class Str:
 class Num:
     integer: bool = False
     minimum: float | None = None
-    maximum: float | None = None
-
-
-@dataclass(frozen=True)
-class Bool:
-    """true or false."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,7 @@ class Variant:
     variants: Mapping[str, Obj]
 
 
-Schema = Str | Num | Bool | ListOf | MapOf | Obj | Variant
+Schema = Str | Num | ListOf | MapOf | Obj | Variant
 
 
 def req(schema: Schema) -> Field:
@@ -111,10 +103,6 @@ MANIFEST = Obj({
     "approval": req(Obj({
         "approvers": req(ListOf(Str(), nonempty=True, unique=True)),
         "ttl_seconds": opt(Num(integer=True, minimum=1)),
-        # How many distinct approvers must approve (contract.MAX_REQUIRED_APPROVALS at most).
-        "required": opt(Num(integer=True, minimum=1, maximum=MAX_REQUIRED_APPROVALS)),
-        # Whether the user the agent acts for may be one of them.
-        "allow_requester": opt(Bool()),
     })),
 })
 
@@ -223,10 +211,6 @@ class _Validator:
                 self.error(line, path, f"must be a finite number, got {node.value}")
             elif schema.minimum is not None and number < schema.minimum:
                 self.error(line, path, f"must be at least {schema.minimum:g}, got {node.value}")
-            elif schema.maximum is not None and number > schema.maximum:
-                self.error(line, path, f"must be at most {schema.maximum:g}, got {node.value}")
-        elif isinstance(schema, Bool):
-            self.expect(node, ("bool",), path, line)
         elif isinstance(schema, ListOf):
             if not self.expect(node, ("seq",), path, line):
                 return
@@ -318,8 +302,7 @@ class _Validator:
     def expect(self, node: Any, kinds: tuple[str, ...], path: str, line: int) -> bool:
         if _kind(node) in kinds:
             return True
-        wanted = {"str": "a string", "int": "an integer", "float": "a number", "seq": "a list", "map": "a mapping",
-                  "bool": "true or false"}
+        wanted = {"str": "a string", "int": "an integer", "float": "a number", "seq": "a list", "map": "a mapping"}
         want = "a number" if "float" in kinds else wanted[kinds[0]]
         self.error(line, path, f"expected {want}, got {_describe(node)}")
         return False

@@ -22,7 +22,6 @@ from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, To
 from tollgate.net import HttpOptions, ssl_context
 
 if TYPE_CHECKING:
-    from tollgate.api._envoy import EnvoySettings
     from tollgate.decisionlog._checkpoint import CheckpointKey
 
 _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
@@ -105,6 +104,12 @@ class ServeConfig:
     #: Approver groups: an approval's approvers entry `group:NAME` names every identity listed under NAME
     #: here (e.g. {"sre": ["alice", "bob"]}); a group not listed names no one.
     approver_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: Webhooks told when an approval opens, is decided or expires (sidecar/notify.py; docs/CONSOLE.md).
+    notifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: The console's address as people open it: notifications link {console_url}/approvals/ID ("" : no link).
+    console_url: str = ""
+    #: Deliveries of one notification before it is given up (dead); retries back off from 1 s to 5 min.
+    notification_max_attempts: int = 12
     #: How long a budget reservation holds its amount when no usage is reported, in seconds.
     reservation_ttl: float = 900.0
     #: Where budgets, approvals, kill switches and the fleet registry live: "" is SQLite in data_dir (one
@@ -163,8 +168,6 @@ class ServeConfig:
     authzen_tls: bool = False
     #: Most evaluations in one POST /access/v1/evaluations (each is a logged decision); more is a 400.
     authzen_max_batch: int = 64
-    #: Envoy ext_authz Check: mcp_servers, principal_headers, trusted_proxies, ... (api/_envoy.py EnvoySettings).
-    envoy: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: OPA decision-log service base URL (http or https): committed records are POSTed to
     #: {decision_log_service}{decision_log_resource} as gzipped JSON arrays of OPA events. "" exports nothing.
     decision_log_service: str = ""
@@ -440,7 +443,6 @@ class ServeConfig:
 
     def _validate_identity(self) -> None:
         self.caller_map()
-        self.envoy_settings()
         self.admin_identity_list()
         if self.authzen_tls and not (self.authzen_listen and self.tls_cert):
             raise ConfigError("authzen_tls: needs authzen_listen and the server certificate (tls_cert, tls_key)")
@@ -481,15 +483,6 @@ class ServeConfig:
             return CallerMap.parse(raw)
         except IdentityConfigError as exc:
             raise ConfigError(str(exc)) from exc
-
-    def envoy_settings(self) -> EnvoySettings:
-        """The envoy mapping, parsed (given as a flag, its value is YAML or JSON text)."""
-        from tollgate.api._envoy import EnvoyConfigError, EnvoySettings
-
-        try:
-            return EnvoySettings.parse(self.envoy)
-        except EnvoyConfigError as exc:
-            raise ConfigError(f"envoy: {exc}") from exc
 
     def caller_resolver(self, *, relay_prefix: str = "", clock: Clock = SystemClock()) -> CallerResolver:
         """How callers are identified: caller tokens (token_keys; a remembered one is held against clock's

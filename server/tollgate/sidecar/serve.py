@@ -29,8 +29,6 @@ from tollgate.api import (
     StreamRoom,
     json_error,
 )
-from tollgate.api._envoy import SERVICE as ENVOY_SERVICE
-from tollgate.api._envoy import EnvoyAuthorizationServicer
 from tollgate.api._http import start_http_server
 from tollgate.api._outcomes import OutcomeServicer
 from tollgate.bundle import Activation, BundleError, BundleStatus, Failure
@@ -56,8 +54,10 @@ from tollgate.sidecar.checkpoints import CheckpointPlugin, CheckpointPublisher, 
 from tollgate.sidecar.config import ConfigError, ServeConfig
 from tollgate.sidecar.fleet import FleetPlugin, SidecarFacts, resolve_sidecar_id
 from tollgate.sidecar.metrics import Metrics, PendingApprovals, start_metrics_server
+from tollgate.sidecar.notify import Notifier, NotifyMetrics, NotifyPlugin, Receiver, receivers_from, sender_id
 from tollgate.sidecar.state import ListenerPlugin, SidecarState, open_state
 from tollgate.state import StateError, private_dir
+from tollgate.state._protocol import OutboxStore
 from tollgate.v1 import admin_pb2, approval_pb2, authorization_pb2
 
 log = logging.getLogger("tollgate")
@@ -125,6 +125,8 @@ class _Settings:
     bundle_http: HttpOptions
     #: This sidecar's fleet id (sidecar_id, or the one kept in the data dir): its registry entry's.
     sidecar_id: str
+    #: Where approval notifications go (the notifications key, secrets read).
+    receivers: tuple[Receiver, ...] = ()
 
 
 def _settings(config: ServeConfig, clock: Clock) -> _Settings:
@@ -139,7 +141,7 @@ def _settings(config: ServeConfig, clock: Clock) -> _Settings:
             callers=config.caller_map(), relay=relay,
             resolver=config.caller_resolver(relay_prefix=relay.peer_prefix if relay else "", clock=clock),
             authzen_tls=config.authzen_ssl_context(), shipping=config.log_shipping(sidecar_id=sidecar_id),
-            bundle_http=config.bundle_http(), sidecar_id=sidecar_id)
+            bundle_http=config.bundle_http(), sidecar_id=sidecar_id, receivers=receivers_from(config))
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     if not settings.admin_token and not config.admin_identities:
@@ -260,13 +262,11 @@ class _Parts:
                           callers=settings.resolver, fleet=state.fleet, clock=self.clock).handler(),
             ApprovalServicer(state.approvals, admin_token=settings.admin_token, admin_identities=admins,
                              callers=settings.resolver, streams=streams).handler(),
-            EnvoyAuthorizationServicer(self.authorizer, self.limits, settings=config.envoy_settings(),
-                                       resolver=settings.resolver, callers=settings.callers).handler(),
         ))
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
-            (SERVICE, ADMIN_SERVICE, APPROVAL_SERVICE, ENVOY_SERVICE,
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+            (SERVICE, ADMIN_SERVICE, APPROVAL_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server
         )
         return server
 
@@ -299,6 +299,8 @@ def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: Checkpoi
     if config.authzen_listen:
         manager.add(_authzen_plugin(parts))
     manager.add(parts.state.sweep)
+    if settings.receivers and parts.state.outbox is not None:
+        manager.add(_notify_plugin(parts.state.outbox, parts))
     manager.add(_fleet_plugin(manager, parts, grpc_plugin))  # last: its goodbye is the first thing a stop does
     return grpc_plugin
 
@@ -311,6 +313,16 @@ def _fleet_plugin(manager: PluginManager, parts: _Parts, grpc_plugin: GrpcPlugin
                          listen=lambda: config.listen if relay is not None else grpc_plugin.address)
     return FleetPlugin(parts.state.fleet, facts, sidecar_id=parts.settings.sidecar_id, every=config.fleet_heartbeat,
                        clock=parts.clock)
+
+
+def _notify_plugin(outbox: OutboxStore, parts: _Parts) -> NotifyPlugin:
+    """The approval notifications' sender, from the store's outbox (sidecar/notify.py)."""
+    config, state, clock = parts.config, parts.state, parts.clock
+    notifier = Notifier(outbox, parts.settings.receivers, owner=sender_id(parts.settings.sidecar_id),
+                        console_url=config.console_url, approver_groups=config.approver_groups,
+                        max_attempts=config.notification_max_attempts, clock=clock,
+                        metrics=NotifyMetrics(parts.metrics.registry, clock))
+    return NotifyPlugin(notifier, generation=lambda: state.approvals.generation)
 
 
 def _authzen_plugin(parts: _Parts) -> HttpPlugin:
@@ -367,4 +379,6 @@ def main(config: ServeConfig) -> int:
         level=config.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx2 logs every request with its whole URL at INFO: a Slack webhook's URL is its secret.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     return asyncio.run(serve(config))

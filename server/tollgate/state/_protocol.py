@@ -24,6 +24,7 @@ from tollgate.clock import Clock
 from tollgate.state._killswitch import HistoryEntry, KillSwitch, KillSwitchSnapshot
 
 if TYPE_CHECKING:
+    from tollgate.state._outbox import OutboxBacklog, OutboxEvent
     from tollgate.state.approvals import Approval
     from tollgate.state.budgets import Reservation, ScopeSpend, SpendSnapshot
 
@@ -193,6 +194,37 @@ class FleetRegistry(Protocol):
 
     async def sidecars(self) -> builtins.list[SidecarInfo]:
         """Every sidecar that ever registered (and was not pruned), most recently seen first."""
+        ...
+
+
+class OutboxStore(Protocol):
+    """The notification outbox (state/_outbox.py): events written with the approval changes, claimed by senders."""
+
+    async def claim(self, *, owner: str, limit: int, lease_seconds: float) -> builtins.list[OutboxEvent]:
+        """Up to limit pending events due now that no live lease holds, oldest first, now held by owner for
+        lease_seconds: of two senders on one store, never both."""
+        ...
+
+    async def settle(self, event_id: str, *, owner: str, delivered: Sequence[str], error: str = "",
+                     retry_in: float | None = None) -> bool:
+        """Record one attempt of owner's claim: delivered (error ""), due again in retry_in seconds, or dead (an
+        error and no retry_in); the claim is given back. False when owner no longer held it."""
+        ...
+
+    async def release(self, owner: str) -> int:
+        """Give back every claim owner holds (a sender stopping); returns how many."""
+        ...
+
+    async def sweep_expired(self) -> int:
+        """Record an approval.expired event for each approval that expired undecided and has none yet."""
+        ...
+
+    async def events(self, *, status: str = "", limit: int = 100) -> builtins.list[OutboxEvent]:
+        """Events, oldest first, of one status when given."""
+        ...
+
+    async def backlog(self) -> OutboxBacklog:
+        """How many are pending and dead, and since when the oldest pending one waits."""
         ...
 
 

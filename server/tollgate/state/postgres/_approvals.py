@@ -24,6 +24,8 @@ from tollgate.clock import Clock, SystemClock
 from tollgate.contract import MAX_REQUIRED_APPROVALS
 from tollgate.encoding import format_time
 from tollgate.ids import DecisionIds
+from tollgate.state._outbox import DECIDED as DECIDED_EVENT
+from tollgate.state._outbox import OPENED
 from tollgate.state.approvals import (
     APPROVED,
     APPROVING_SQL,
@@ -52,6 +54,7 @@ from tollgate.state.approvals import (
     tally,
     vote_values,
 )
+from tollgate.state.postgres import _outbox as outbox
 from tollgate.state.postgres._listener import APPROVALS_CHANNEL
 from tollgate.state.postgres._store import PgStore
 
@@ -128,8 +131,10 @@ class PgApprovals:
         self._generation = 0
 
     async def start(self, *, upgrade: bool = False) -> None:
-        """Check (and with upgrade, bring) the approvals schema to this code's version (StateError if not)."""
+        """Check (and with upgrade, bring) the approvals schema, and the outbox's its changes write to, to this
+        code's version (StateError if not)."""
         await self._store.migrate(self.COMPONENT, self.STEPS, upgrade=upgrade)
+        await self._store.migrate(outbox.COMPONENT, outbox.PgOutbox.STEPS, upgrade=upgrade)
 
     @property
     def generation(self) -> int:
@@ -166,6 +171,7 @@ class PgApprovals:
                 return pending
             await conn.execute(f"INSERT INTO approvals ({INSERT_COLUMNS}) VALUES "
                                f"({', '.join(['%s'] * len(INSERT_ORDER))})", insert_values(approval))
+            await outbox.record(conn, "evt_" + self._ids.new(), OPENED, approval, moment)  # the same transaction
             await _notify(conn, approval.id)
         self.changed()
         return approval
@@ -199,6 +205,9 @@ class PgApprovals:
                 closing = tally(approve=approve, by=by, approving=approving, required=found[2])
                 if closing is not None:
                     await conn.execute(CLOSE_SQL, (*closing, at, reason, approval_id))
+                    closed = await _read(conn, approval_id, moment)
+                    assert closed is not None
+                    await outbox.record(conn, "evt_" + self._ids.new(), DECIDED_EVENT, closed, moment)
                 await _notify(conn, approval_id)
             decided = await _read(conn, approval_id, moment)
         if not voted:
