@@ -5,10 +5,19 @@ setup:
 	@tools/setup.sh
 
 # A local admin token (kill switches, approvals, status) in the data directory, made once, readable by you alone;
-# the quick start's approver groups (README "Approvals") from samples/quickstart.yaml.
+# the quick start's approver groups (README "Approvals") from samples/quickstart.yaml. Beside the sidecar, the web
+# console on the same data dir (http://127.0.0.1:8181), stopped with it; when the store holds no account yet, a
+# first one, `admin` in group admin, with a random password written to .tollgate/console-admin-password (0600:
+# never on the terminal, never in argv).
 serve: setup
 	@mkdir -p .tollgate && [ -s .tollgate/admin-token ] || (umask 077; .venv/bin/python -c \
 	  "import secrets; print(secrets.token_urlsafe(32))" > .tollgate/admin-token)
+	@.venv/bin/tollgate users list --data-dir .tollgate 2>/dev/null | grep -q . || (umask 077; \
+	  .venv/bin/python -c "import secrets; print(secrets.token_urlsafe(18))" > .tollgate/console-admin-password \
+	  && .venv/bin/tollgate users add admin --group admin --data-dir .tollgate < .tollgate/console-admin-password \
+	  && echo "console: sign in as admin, password in .tollgate/console-admin-password")
+	@.venv/bin/tollgate console --config samples/quickstart.yaml --data-dir .tollgate & console=$$!; \
+	trap 'kill $$console 2>/dev/null' EXIT INT TERM; \
 	.venv/bin/tollgate serve --admin-token-file .tollgate/admin-token --config samples/quickstart.yaml
 
 # The whole suite, then the time-sensitive tests (marked `clock`) again with every server's clock started seconds
