@@ -1,0 +1,185 @@
+"""The console in a real browser (the issue's Tests): headless Chromium from Debian's package, driven by
+Playwright, against a real `tollgate console` and a real `tollgate serve` sharing one data dir, with people made
+by `tollgate users add`. Each scenario does what a person does: sign in, find, click, type; the sidecar's own
+answers say whether it worked.
+
+One sidecar and one console serve the whole module (each scenario works on its own session, agent or kill
+switch, so scenarios do not see each other's effects). With TOLLGATE_SCREENSHOTS=1 (`make screenshots`) the
+pages are also written to docs/console/*.png.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.conftest import REGO, Server, start_server, tool_request, wait_for
+from tests.console.conftest import Console, Person, add_users, screenshot, start_console
+from tollgate.v1 import authorization_pb2 as pb
+
+pytestmark = pytest.mark.clock
+
+#: Who may approve what (the sidecar's approver_groups, read by the console too) and which group grants which
+#: console role. dana is an approver, and also the user the release bot acts for in the separation-of-duties
+#: scenario: she may never approve her own agent's request.
+APPROVER_GROUPS = {"release-managers": ["rita", "raj", "dana"], "sre-oncall": ["sam"]}
+ROLES = {"release-managers": "approver", "sre-oncall": "approver", "viewers": "viewer", "operators": "operator"}
+PASSWORD = "correct horse battery staple"  # every test account's password
+
+
+@dataclass
+class Stack:
+    """The module's sidecar and console, and the people signed up on them."""
+
+    server: Server
+    console: Console
+    people: dict[str, Person]
+
+    def url(self, path: str = "/") -> str:
+        return self.console.url + path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("browser")
+    bundle = root / "rego"
+    shutil.copytree(REGO, bundle)
+    data = root / "data"
+    config = {"approver_groups": APPROVER_GROUPS, "console": {"roles": ROLES}}
+    server = start_server(data, bundle=bundle, config=config)
+    console = start_console(data_dir=data, config_file=data.with_name(f"{data.name}.yaml"))
+    people = add_users({"rita": ["release-managers"], "raj": ["release-managers"], "dana": ["release-managers"],
+                        "vic": ["viewers"], "olga": ["operators"]}, PASSWORD, data_dir=data)
+    yield Stack(server, console, {p.name: p for p in people})
+    console.terminate()
+    server.terminate()
+
+
+def sign_in(page: Page, stack: Stack, name: str, *, path: str = "/") -> None:
+    """Open path as name: the console sends a person who is not signed in to the sign-in form first."""
+    page.goto(stack.url(path))
+    expect(page).to_have_url(re.compile(r"/signin"))
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Password").fill(stack.people[name].password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("header .who .name")).to_have_text(name)
+
+
+def decided(response: pb.AuthorizeResponse) -> tuple[str, list[str]]:
+    return pb.Decision.Name(response.decision), [r.code for r in response.reasons]
+
+
+def test_an_operator_engages_a_kill_switch_with_a_confirmation_and_the_next_decision_is_denied(
+        stack: Stack, browser_page: Page) -> None:
+    page = browser_page
+    session = "s-kill-browser"
+    request = tool_request("code-reviewer", "github", "get_pull_request", {"owner": "acme", "repo": "app",
+                                                                          "pullNumber": 3}, session_id=session)
+    assert decided(stack.server.authorize(request))[0] == "DECISION_ALLOW"
+
+    sign_in(page, stack, "olga", path="/kill-switches")
+    form = page.locator("form.engage")
+    form.get_by_label("Scope").select_option("session")
+    form.get_by_label("Value").fill(session)
+    form.get_by_label("Reason").fill("INC-42: runaway review loop")
+    form.get_by_role("button", name="Engage").click()
+    # The confirmation says what will stop; nothing has yet.
+    expect(page.get_by_role("heading", name="Engage this kill switch?")).to_be_visible()
+    expect(page.locator("main")).to_contain_text(session)
+    assert decided(stack.server.authorize(request))[0] == "DECISION_ALLOW"
+    screenshot(page, "kill-switch-confirm")
+    page.get_by_role("button", name=f"Engage session={session}").click()
+
+    expect(page.locator(".notice")).to_contain_text("Kill switch engaged")
+    engaged = page.locator("table.list").first.locator("tr", has_text=session)
+    expect(engaged).to_contain_text("INC-42: runaway review loop")
+    expect(engaged).to_contain_text("olga")
+    wait_for(lambda: decided(stack.server.authorize(request)) == ("DECISION_DENY", ["killed"]), timeout=10,
+             what="the sidecar to deny the killed session")
+    screenshot(page, "kill-switches")
+
+    engaged.get_by_role("button", name="Lift").click()
+    expect(page.get_by_role("heading", name="Lift this kill switch?")).to_be_visible()
+    page.get_by_role("button", name=f"Lift session={session}").click()
+    expect(page.locator(".notice")).to_contain_text("Kill switch lifted")
+    wait_for(lambda: decided(stack.server.authorize(request))[0] == "DECISION_ALLOW", timeout=10,
+             what="the sidecar to allow the session again")
+
+
+def spend(stack: Stack, principal: pb.Principal, reserve: float, spent: float) -> str:
+    """A budget step as a harness takes it: reserve, then report what it cost. The reserving decision's id."""
+    asked = stack.server.authorize(pb.AuthorizeRequest(principal=principal, budget=pb.BudgetRequest(
+        amount=reserve, unit="usd", category="model")))
+    assert asked.decision == pb.DECISION_ALLOW and asked.reservation_id, asked
+    stack.server.stub.ReportUsage(pb.ReportUsageRequest(reservation_id=asked.reservation_id, amount=spent),
+                                  timeout=10)
+    return asked.decision_id
+
+
+def test_a_viewer_follows_a_session_from_sessions_now_to_its_timeline_and_a_denied_decisions_record(
+        stack: Stack, browser_page: Page) -> None:
+    page = browser_page
+    who = {"user": "carol", "team": "platform", "workflow": "review"}
+    session = "s-review-17"
+    principal = pb.Principal(agent_id="code-reviewer", session_id=session, **who)  # type: ignore[arg-type]
+    spend(stack, principal, 0.40, 0.32)
+    read = stack.server.authorize(tool_request(arguments={"owner": "acme", "repo": "app", "pullNumber": 17},
+                                               session_id=session, **who))
+    assert decided(read) == ("DECISION_ALLOW", [])
+    denied = stack.server.authorize(tool_request(name="merge_pull_request", arguments={"pullNumber": 17},
+                                                 session_id=session, **who))
+    assert decided(denied) == ("DECISION_DENY", ["tool_not_in_manifest"])
+    other = pb.Principal(agent_id="code-reviewer", session_id="s-triage-4", user="una", team="data",
+                         workflow="triage")
+    spend(stack, other, 1.25, 0.90)
+
+    sign_in(page, stack, "vic", path="/sessions")
+    row = page.locator("table.sessions tbody tr", has_text=session)
+    expect(row).to_contain_text("code-reviewer")
+    expect(row).to_contain_text("carol")
+    expect(row.locator("td.number").nth(0)).to_have_text("3")  # decisions
+    expect(row.locator("td.number").nth(1)).to_have_text("1")  # denials
+    expect(row.locator("td.spend")).to_contain_text("0.32 usd")
+    screenshot(page, "sessions")
+
+    row.get_by_role("link", name=session).click()
+    expect(page.get_by_role("heading", name=f"Session {session}")).to_be_visible()
+    steps = page.locator("table.timeline tbody tr")
+    expect(steps).to_have_count(3)
+    expect(page.locator("table.timeline")).to_contain_text("tool_not_in_manifest")
+    screenshot(page, "timeline")
+
+    page.get_by_role("link", name=denied.decision_id).click()
+    expect(page).to_have_url(re.compile(re.escape(f"/decisions/{denied.decision_id}") + "$"))
+    main = page.locator("main")
+    expect(main).to_contain_text("tool_not_in_manifest")
+    expect(main).to_contain_text("merge_pull_request")
+    screenshot(page, "decision")
+
+    page.locator("header nav").get_by_role("link", name="Decisions").click()
+    page.get_by_label("Reason code").fill("tool_not_in_manifest")
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("table.decisions tbody")).to_contain_text(denied.decision_id)
+    screenshot(page, "decisions")
+
+    page.locator("header nav").get_by_role("link", name="Spend").click()
+    page.get_by_label("By").select_option("team")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("table.spend tbody tr", has_text="platform")).to_contain_text("0.32")
+    expect(page.locator("table.spend tbody tr", has_text="data")).to_contain_text("0.9")
+    screenshot(page, "spend")
+
+    page.locator("header nav").get_by_role("link", name="Fleet").click()
+    expect(page.locator("table.fleet tbody tr")).to_contain_text(stack.server.address.rsplit(":", 1)[-1])
+    screenshot(page, "fleet")
+
+    # A viewer reads the kill switches but is offered no way to engage one.
+    page.locator("header nav").get_by_role("link", name="Kill switches").click()
+    expect(page.get_by_role("heading", name="Kill switches", exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name="Engage a kill switch")).to_have_count(0)
+    expect(page.get_by_role("button", name="Engage")).to_have_count(0)
