@@ -4,7 +4,7 @@ Playwright (never Playwright's own browser download, which cannot be fetched her
 
 - `start_console(data_dir=... | state_store=..., config=...)` → Console (its `url`), stopped with terminate();
   the `console_factory` fixture stops the ones it started.
-- `add_user(name, password, groups=[...], data_dir=... | state_store=...)` → Person.
+- `add_user(name, password, groups=[...], data_dir=... | state_store=...)` → Person; add_users for several.
 - `browser_page`: a page in a browser context of its own (a fresh cookie jar: one person), traced; on a failed
   test the trace (trace.zip: `playwright show-trace`) and a screenshot (failure.png) go into the test's tmp dir.
   `open_page()` (fixture) opens more such pages in the same test, one per person signing in at once.
@@ -95,7 +95,8 @@ def start_console(*, data_dir: Path | None = None, state_store: str | None = Non
                   listen: str = "127.0.0.1:0", extra: Sequence[str] = (), ready_timeout: float = 60) -> Console:
     """Start `tollgate console` on a free port against a data dir or a state store URL (the same one a sidecar
     of the test serves from) and wait for its ready line. config: the keys of a config file written beside
-    data_dir (DATA_DIR.console.yaml) unless config_file names one."""
+    data_dir (DATA_DIR.console.yaml: the console's own under `console:`, the store's and approver_groups at the
+    top, as for serve) unless config_file names one (the sidecar's: start_server writes DATA_DIR.yaml)."""
     if config is not None and config_file is None:
         assert data_dir is not None, "config without a config_file needs a data_dir to write it beside"
         config_file = write_config(data_dir.with_name(f"{data_dir.name}.console.yaml"), config)
@@ -123,7 +124,8 @@ class ConsoleFactory(Protocol):
     """What the `console_factory` fixture gives a test."""
 
     def __call__(self, *, data_dir: Path | None = None, state_store: str | None = None,
-                 config: Mapping[str, Any] | None = None, extra: Sequence[str] = ()) -> Console: ...
+                 config: Mapping[str, Any] | None = None, config_file: Path | None = None,
+                 extra: Sequence[str] = ()) -> Console: ...
 
 
 @pytest.fixture
@@ -132,8 +134,10 @@ def console_factory() -> Iterator[ConsoleFactory]:
     consoles: list[Console] = []
 
     def factory(*, data_dir: Path | None = None, state_store: str | None = None,
-                config: Mapping[str, Any] | None = None, extra: Sequence[str] = ()) -> Console:
-        console = start_console(data_dir=data_dir, state_store=state_store, config=config, extra=extra)
+                config: Mapping[str, Any] | None = None, config_file: Path | None = None,
+                extra: Sequence[str] = ()) -> Console:
+        console = start_console(data_dir=data_dir, state_store=state_store, config=config, config_file=config_file,
+                                extra=extra)
         consoles.append(console)
         return console
 
@@ -156,11 +160,27 @@ class Person:
 def add_user(name: str, password: str, *, groups: Sequence[str] = (), data_dir: Path | None = None,
              state_store: str | None = None, config_file: Path | None = None) -> Person:
     """`tollgate users add NAME --group G ...` with the password on stdin, as a person runs it."""
-    args = [*TOLLGATE, "users", "add", name, *(a for g in groups for a in ("--group", g)),
-            *store_args(data_dir=data_dir, state_store=state_store, config_file=config_file)]
-    done = subprocess.run(args, input=password + "\n", capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert done.returncode == 0, f"tollgate users add {name}: exit {done.returncode}\n{done.stdout}{done.stderr}"
-    return Person(name, password, tuple(groups))
+    (person,) = add_users({name: groups}, password, data_dir=data_dir, state_store=state_store,
+                          config_file=config_file)
+    return person
+
+
+def add_users(people: Mapping[str, Sequence[str]], password: str, *, data_dir: Path | None = None,
+              state_store: str | None = None, config_file: Path | None = None) -> list[Person]:
+    """add_user for each name → groups, the commands run at once (each is mostly its interpreter's start)."""
+    store = store_args(data_dir=data_dir, state_store=state_store, config_file=config_file)
+    running = []
+    for name, groups in people.items():
+        args = [*TOLLGATE, "users", "add", name, *(a for g in groups for a in ("--group", g)), *store]
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=ROOT)
+        running.append((name, proc))
+    made = []
+    for name, proc in running:
+        out, _ = proc.communicate(password + "\n", timeout=60)
+        assert proc.returncode == 0, f"tollgate users add {name}: exit {proc.returncode}\n{out}"
+        made.append(Person(name, password, tuple(people[name])))
+    return made
 
 
 # The browser.
