@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import subprocess
@@ -105,7 +106,7 @@ def test_the_python_client_and_tollgate_outcome_report_too(serve: Callable[..., 
                                          revision=1, unchanged=False)
         with pytest.raises(NotFound):
             client.report_outcome("no-such-run", "failed")
-        with pytest.raises(TollgateError, match="FAILED_PRECONDITION|already has the outcome"):
+        with pytest.raises(TollgateError, match="already has the outcome succeeded"):
             client.report_outcome("run-py", "failed")
         with pytest.raises(ValueError, match="outcome: must be one of succeeded, failed, abandoned"):
             client.report_outcome("run-py", "won")
@@ -157,6 +158,8 @@ def test_a_caller_reports_only_sessions_whose_principal_it_may_speak_for(
     assert "caller jwt:search-harness (token) may not speak for team 'payments'" in message
     code, message = _refused(lambda: _outcome(server, "pay-1"))
     assert code == grpc.StatusCode.PERMISSION_DENIED and "not listed in callers" in message
+    code, message = _refused(lambda: _outcome(server, "no-such-session"))  # refused before the log is read
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "not listed in callers" in message
     bad = [("tollgate-caller-token", "not-a-jwt")]
     code, message = _refused(lambda: _outcome(server, "pay-1", metadata=bad))
     assert code == grpc.StatusCode.PERMISSION_DENIED and "caller token" in message
@@ -168,5 +171,5 @@ def test_a_caller_reports_only_sessions_whose_principal_it_may_speak_for(
     server.stub.Authorize(budget_request(0.1, session="shared-1", team="payments"), metadata=payments, timeout=10)
     server.stub.Authorize(budget_request(0.1, session="shared-1", team="search"), metadata=search, timeout=10)
     for metadata in (payments, search):
-        code, message = _refused(lambda metadata=metadata: _outcome(server, "shared-1", metadata=metadata))
+        code, message = _refused(functools.partial(_outcome, server, "shared-1", metadata=metadata))
         assert code == grpc.StatusCode.PERMISSION_DENIED, message

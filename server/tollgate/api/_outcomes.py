@@ -126,6 +126,9 @@ class OutcomeServicer:
                                         token=metadata_value(context, TOKEN_METADATA_KEY))
         if caller.error:
             raise PermissionDenied(f"{caller.error}; the outcome was not recorded")
+        unlisted = self._callers.check(caller, {})  # a caller in no callers entry learns nothing of the log
+        if unlisted:
+            raise PermissionDenied(unlisted)
         principals = await self._principals(request.session_id)
         if not principals:
             raise NotFound(f"session {request.session_id[:200]!r} has no decisions in the log; an outcome is "
