@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import secrets
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
@@ -46,7 +47,7 @@ class LoginLimiter:
         self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
 
     def _key(self, kind: str, value: str) -> tuple[str, str]:
-        return (kind, value.lower() if kind == "user" else value)
+        return (kind, value.lower() if kind == "user" else address_block(value))
 
     def retry_after(self, name: str, address: str) -> float:
         """Seconds until a sign-in as name from address may be tried again (0: now)."""
@@ -75,6 +76,18 @@ class LoginLimiter:
 
     def __len__(self) -> int:
         return len(self._failures)
+
+
+def address_block(address: str) -> str:
+    """What the per-address limit counts an address under: an IPv6 address by its /64 (one host's share: a
+    client holding a /64 must not get 2**64 fresh addresses to guess from), anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
 
 
 async def signin_page(request: Request) -> Response:
