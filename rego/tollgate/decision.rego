@@ -26,7 +26,7 @@ _closed_approval_messages := {
 # title: decision
 # description: >-
 #   {"decision": "allow"|"deny"|"require_approval", "reasons": [{"code", "message"}],
-#   "obligations": {...}} plus "approval": {"approvers", "ttl_seconds"} when approval is
+#   "obligations": {...}} plus "approval": {"approvers", "ttl_seconds", "required"?, "allow_requester"?} when approval is
 #   required, and "reserve": {"amounts", "limits"} when an allowed request spends. Defined for
 #   every input.
 # entrypoint: true
@@ -158,8 +158,23 @@ _reserve_block := {"reserve": budget.reserve} if {
 
 default _approval_block := {}
 
-_approval_block := {"approval": {"approvers": _approvers, "ttl_seconds": _approval_ttl_seconds}} if {
+_approval_block := {"approval": object.union(
+	{"approvers": _approvers, "ttl_seconds": _approval_ttl_seconds},
+	_approval_options,
+)} if {
 	_verdict == "require_approval"
+}
+
+# A quorum (how many distinct approvers) and the requester's say, only where the manifest asks for them: the
+# server's defaults are one approver, and never the user the agent acts for.
+_approval_options["required"] := round(required) if {
+	required := agent.manifest.approval.required
+	is_number(required)
+	required >= 1
+}
+
+_approval_options["allow_requester"] := true if {
+	agent.manifest.approval.allow_requester == true
 }
 
 default _approvers := []

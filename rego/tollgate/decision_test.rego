@@ -88,6 +88,17 @@ test_approval_ttl_defaults_when_manifest_sets_none if {
 	_decide(_merge).approval.ttl_seconds == 3600 with data.agents["release-bot"].approval.ttl_seconds as 0
 }
 
+test_approval_asks_for_the_manifests_quorum_and_lets_the_requester_decide_only_when_it_says_so if {
+	result := _decide(_merge) with data.agents["release-bot"].approval.required as 2
+		with data.agents["release-bot"].approval.allow_requester as true
+	result.approval.required == 2
+	result.approval.allow_requester == true
+	not _decide(_merge).approval.required
+	not _decide(_merge).approval.allow_requester
+	refused := _decide(_merge) with data.agents["release-bot"].approval.allow_requester as false
+	object.get(refused.approval, "allow_requester", "absent") == "absent"
+}
+
 test_approval_without_approvers_is_denied if {
 	result := _decide(_merge) with data.agents["release-bot"].approval.approvers as []
 	result.decision == "deny"

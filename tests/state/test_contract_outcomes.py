@@ -106,7 +106,7 @@ def test_the_same_report_again_is_unchanged_a_different_one_refused_unless_it_re
         first = await outcomes.report(_report(labels=("pr_merged",)))
         clock.advance(60)
         again = await outcomes.report(_report(labels=("pr_merged",)))
-        with pytest.raises(OutcomeExists, match="already has the outcome succeeded .*replace"):
+        with pytest.raises(OutcomeExists, match=r"already has the outcome succeeded .*replace"):
             await outcomes.report(_report(outcome="failed"))
         clock.advance(60)
         replaced = await outcomes.report(_report(labels=("pr_merged", "reverted"), outcome="failed"), replace=True)
@@ -181,3 +181,53 @@ def test_what_a_caller_names_is_cut_and_cleaned_and_a_row_by_hand_reads_no_diffe
     assert done.outcome.agent_id == "a?[2J" and len(done.outcome.team) == 512 and done.outcome.team.endswith("…")
     assert len(done.outcome.reported_by) == 512 and len(done.outcome.reported_from) == 300
     assert planted.labels == ("ok",) and planted.summary == "x?[2Jy"
+
+
+def test_the_console_reads_each_sessions_committed_and_live_reserved_spend_from_the_ledger(
+        where: tuple[str, Any]) -> None:
+    """OutcomeReader.costs: a session's whole run in usd, committed (reported) apart from live reservations; an
+    expired reservation is neither; tokens are another unit; a session that spent nothing is absent."""
+    from tollgate.state import BudgetStore, LocalBudgets
+    from tollgate.state._outcomes import LocalOutcomeReader, OutcomeReader, SessionCost
+    from tollgate.state.budgets import Budgets
+    from tollgate.state.postgres import PgBudgets
+
+    async def spend(budgets: BudgetStore, session: str, amounts: dict[str, float], report: float | None) -> None:
+        async with budgets.hold({"session": session, "agent": "code-reviewer"}) as hold:
+            reservation = await hold.reserve(amounts, limits={})
+        if report is not None:
+            await budgets.report(reservation, amount=report, unit="usd")
+
+    async def body(clock: ManualClock, budgets: BudgetStore, reader: OutcomeReader) -> dict[str, SessionCost]:
+        await spend(budgets, "s-1", {"usd": 0.5}, 0.25)
+        await spend(budgets, "s-1", {"usd": 1.0}, 0.75)
+        await spend(budgets, "s-2", {"usd": 3.0}, None)  # expires below
+        clock.advance(61)
+        await spend(budgets, "s-1", {"usd": 0.2}, None)  # live
+        await spend(budgets, "s-3", {"usd": 0.1, "tokens": 500}, 0.05)
+        await spend(budgets, "s-4", {"tokens": 900}, None)
+        return await reader.costs(["s-1", "s-2", "s-3", "s-4", "s-5"])
+
+    async def main() -> dict[str, SessionCost]:
+        clock = ManualClock(START)
+        kind, target = where
+        if kind == "sqlite":
+            local = StateStore(target)
+            try:
+                return await body(clock, LocalBudgets(Budgets(local, ttl=60, clock=clock)),
+                                  LocalOutcomeReader(target, clock=clock))
+            finally:
+                local.close()
+        pool = PgStore(PgOptions(target, timeout=5.0, max_connections=4))
+        await pool.open()
+        try:
+            budgets = PgBudgets(pool, ttl=60, clock=clock)
+            await budgets.start(upgrade=True)
+            return await body(clock, budgets, PgOutcomes(pool, clock=clock))
+        finally:
+            await pool.close()
+
+    costs = asyncio.run(main())
+    assert costs["s-1"] == SessionCost("s-1", committed=pytest.approx(1.0), reserved=0.2)  # type: ignore[arg-type]
+    assert costs["s-3"] == SessionCost("s-3", committed=pytest.approx(0.05))  # type: ignore[arg-type]
+    assert set(costs) == {"s-1", "s-3"}

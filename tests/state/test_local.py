@@ -252,3 +252,31 @@ def test_usage_report_and_expiry_through_the_adapter(tmp_path: Path) -> None:
         assert session.units == {"usd": (0.2, 0.0)}
 
     asyncio.run(run())
+
+
+def test_the_change_watch_hears_another_connections_commits_and_not_its_own(tmp_path: Path) -> None:
+    clock = ManualClock()
+    sidecar, console = open_local_state(tmp_path, clock=clock), open_local_state(tmp_path, clock=clock)
+    try:
+        async def run() -> None:
+            assert not sidecar.changes.check()  # nothing since it opened
+            generation = sidecar.approvals.generation
+            await sidecar.kill_switches.kill("agent", "own", reason="r", by="ops")
+            assert not sidecar.changes.check()  # its own commit: published in the call that made it
+            await console.kill_switches.kill("session", "s-1", reason="incident", by="ops")
+            assert ("session", "s-1") not in sidecar.kill_switches.snapshot().active  # not heard yet
+            assert sidecar.changes.check()
+            assert set(sidecar.kill_switches.snapshot().active) == {("agent", "own"), ("session", "s-1")}
+            assert sidecar.approvals.generation == generation + 1  # watchers re-read approvals too
+            assert not sidecar.changes.check()
+            # Listing and lifting read the file, not the copy: no watch needed in between.
+            await console.kill_switches.revive("agent", "own", by="ops")
+            assert {(k.scope, k.value) for k in await sidecar.kill_switches.list()} == {("session", "s-1")}
+            await console.kill_switches.kill("team", "t", reason="r", by="ops")
+            assert (await sidecar.kill_switches.revive("team", "t", by="ops")).reason == "r"
+            assert ("team", "t") not in sidecar.kill_switches.snapshot().active
+
+        asyncio.run(run())
+    finally:
+        sidecar.close()
+        console.close()

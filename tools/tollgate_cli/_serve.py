@@ -71,6 +71,7 @@ def _field_help(name: str) -> str:
         "token_issuer": "iss caller tokens must carry", "token_audience": "aud caller tokens must carry",
         "authzen_listen": "HOST:PORT for the AuthZEN 1.0 HTTP API (off when empty)",
         "authzen_max_batch": "most evaluations in one AuthZEN batch request",
+        "envoy": "YAML/JSON {mcp_servers, principal_headers, trusted_proxies, ...}: Envoy ext_authz Check mapping",
         "admin_identities": "comma-separated caller identities that may use the admin RPCs without the token",
         "authzen_tls": "serve the AuthZEN port over TLS (--tls-cert/--tls-key; --tls-client-ca: mTLS)",
         "decision_log_service": "OPA decision-log service URL: records go to POST URL+resource (off when empty)",

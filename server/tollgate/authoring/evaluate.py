@@ -87,6 +87,10 @@ class EvalResult:
                                "bundle_revision": self.bundle_revision}
         if self.approval is not None:
             doc["approval"] = {"approvers": list(self.approval.approvers), "ttl_seconds": self.approval.ttl_seconds}
+            if self.approval.required != 1:  # the defaults are left out, as the policy leaves them out
+                doc["approval"]["required"] = self.approval.required
+            if self.approval.allow_requester:
+                doc["approval"]["allow_requester"] = True
         return doc | {"error": self.error, "result": self.result, "input": dict(self.input)}
 
 

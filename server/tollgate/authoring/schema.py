@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from tollgate.contract import MAX_REQUIRED_APPROVALS
+
 # --- schema vocabulary ----------------------------------------------------------------------------------
 
 
@@ -27,6 +29,12 @@ class Str:
 class Num:
     integer: bool = False
     minimum: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True)
+class Bool:
+    """true or false."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ class Variant:
     variants: Mapping[str, Obj]
 
 
-Schema = Str | Num | ListOf | MapOf | Obj | Variant
+Schema = Str | Num | Bool | ListOf | MapOf | Obj | Variant
 
 
 def req(schema: Schema) -> Field:
@@ -103,6 +111,10 @@ MANIFEST = Obj({
     "approval": req(Obj({
         "approvers": req(ListOf(Str(), nonempty=True, unique=True)),
         "ttl_seconds": opt(Num(integer=True, minimum=1)),
+        # How many distinct approvers must approve (contract.MAX_REQUIRED_APPROVALS at most).
+        "required": opt(Num(integer=True, minimum=1, maximum=MAX_REQUIRED_APPROVALS)),
+        # Whether the user the agent acts for may be one of them.
+        "allow_requester": opt(Bool()),
     })),
 })
 
@@ -211,6 +223,10 @@ class _Validator:
                 self.error(line, path, f"must be a finite number, got {node.value}")
             elif schema.minimum is not None and number < schema.minimum:
                 self.error(line, path, f"must be at least {schema.minimum:g}, got {node.value}")
+            elif schema.maximum is not None and number > schema.maximum:
+                self.error(line, path, f"must be at most {schema.maximum:g}, got {node.value}")
+        elif isinstance(schema, Bool):
+            self.expect(node, ("bool",), path, line)
         elif isinstance(schema, ListOf):
             if not self.expect(node, ("seq",), path, line):
                 return
@@ -302,7 +318,8 @@ class _Validator:
     def expect(self, node: Any, kinds: tuple[str, ...], path: str, line: int) -> bool:
         if _kind(node) in kinds:
             return True
-        wanted = {"str": "a string", "int": "an integer", "float": "a number", "seq": "a list", "map": "a mapping"}
+        wanted = {"str": "a string", "int": "an integer", "float": "a number", "seq": "a list", "map": "a mapping",
+                  "bool": "true or false"}
         want = "a number" if "float" in kinds else wanted[kinds[0]]
         self.error(line, path, f"expected {want}, got {_describe(node)}")
         return False

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from tollgate.decisionlog import (
+    ActiveSessions,
     DecisionRecord,
     LogReadError,
     Query,
@@ -33,6 +35,10 @@ class DecisionReader(Protocol):
 
     async def session(self, session_id: str) -> Sequence[DecisionRecord]:
         """The session's records in order, typed."""
+        ...
+
+    async def sessions(self, since: datetime, *, limit: int = 50) -> ActiveSessions:
+        """The sessions with decisions at or after since, most recently active first (bounded reads)."""
         ...
 
 
@@ -65,3 +71,6 @@ class LocalDecisions:
                 raise LogReadError(f"cannot read decision log: {exc}") from exc
 
         return await self._read(read)
+
+    async def sessions(self, since: datetime, *, limit: int = 50) -> ActiveSessions:
+        return await self._read(lambda store: store.sessions(since, limit=limit))

@@ -22,6 +22,7 @@ from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, To
 from tollgate.net import HttpOptions, ssl_context
 
 if TYPE_CHECKING:
+    from tollgate.api._envoy import EnvoySettings
     from tollgate.decisionlog._checkpoint import CheckpointKey
 
 _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
@@ -168,6 +169,8 @@ class ServeConfig:
     authzen_tls: bool = False
     #: Most evaluations in one POST /access/v1/evaluations (each is a logged decision); more is a 400.
     authzen_max_batch: int = 64
+    #: Envoy ext_authz Check: mcp_servers, principal_headers, trusted_proxies, ... (api/_envoy.py EnvoySettings).
+    envoy: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: OPA decision-log service base URL (http or https): committed records are POSTed to
     #: {decision_log_service}{decision_log_resource} as gzipped JSON arrays of OPA events. "" exports nothing.
     decision_log_service: str = ""
@@ -443,6 +446,7 @@ class ServeConfig:
 
     def _validate_identity(self) -> None:
         self.caller_map()
+        self.envoy_settings()
         self.admin_identity_list()
         if self.authzen_tls and not (self.authzen_listen and self.tls_cert):
             raise ConfigError("authzen_tls: needs authzen_listen and the server certificate (tls_cert, tls_key)")
@@ -483,6 +487,15 @@ class ServeConfig:
             return CallerMap.parse(raw)
         except IdentityConfigError as exc:
             raise ConfigError(str(exc)) from exc
+
+    def envoy_settings(self) -> EnvoySettings:
+        """The envoy mapping, parsed (given as a flag, its value is YAML or JSON text)."""
+        from tollgate.api._envoy import EnvoyConfigError, EnvoySettings
+
+        try:
+            return EnvoySettings.parse(self.envoy)
+        except EnvoyConfigError as exc:
+            raise ConfigError(f"envoy: {exc}") from exc
 
     def caller_resolver(self, *, relay_prefix: str = "", clock: Clock = SystemClock()) -> CallerResolver:
         """How callers are identified: caller tokens (token_keys; a remembered one is held against clock's

@@ -29,6 +29,8 @@ from tollgate.api import (
     StreamRoom,
     json_error,
 )
+from tollgate.api._envoy import SERVICE as ENVOY_SERVICE
+from tollgate.api._envoy import EnvoyAuthorizationServicer
 from tollgate.api._http import start_http_server
 from tollgate.api._outcomes import OutcomeServicer
 from tollgate.bundle import Activation, BundleError, BundleStatus, Failure
@@ -262,11 +264,13 @@ class _Parts:
                           callers=settings.resolver, fleet=state.fleet, clock=self.clock).handler(),
             ApprovalServicer(state.approvals, admin_token=settings.admin_token, admin_identities=admins,
                              callers=settings.resolver, streams=streams).handler(),
+            EnvoyAuthorizationServicer(self.authorizer, self.limits, settings=config.envoy_settings(),
+                                       resolver=settings.resolver, callers=settings.callers).handler(),
         ))
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
-            (SERVICE, ADMIN_SERVICE, APPROVAL_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server
+            (SERVICE, ADMIN_SERVICE, APPROVAL_SERVICE, ENVOY_SERVICE,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
         )
         return server
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from tollgate.decisionlog import DecisionLookup
     from tollgate.sidecar.config import ServeConfig
     from tollgate.state import ApprovalStore, BudgetStore, KillSwitchStore
+    from tollgate.state._local import LocalState
     from tollgate.state._outcomes import OutcomeStore
     from tollgate.state._protocol import FleetRegistry, OutboxStore, SpendHold
     from tollgate.state.budgets import Reservation, ScopeSpend
@@ -139,10 +140,18 @@ def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
         local.close()
 
     return SidecarState(local.kill_switches, local.approvals, local.budgets, local.fleet, NoFleetLog(),
-                        where=str(local.store.path), plugins=(StorePlugin("state store", close),),
+                        where=str(local.store.path), plugins=(StorePlugin("state store", close), _watch(local)),
                         sweep=_sweep(local.budgets, config), close=close,
                         outcomes=LocalOutcomes.open(local.store, clock=clock),
                         outbox=LocalOutbox(Outbox(local.store, clock=clock)))
+
+
+def _watch(local: LocalState) -> Plugin:
+    """What other processes commit to state.db (a console beside the sidecar engages a kill switch, decides an
+    approval), heard within CHANGE_POLL_SECONDS: as the listener hears a fleet's, on PostgreSQL."""
+    from tollgate.state._local import CHANGE_POLL_SECONDS
+
+    return PeriodicPlugin("state store changes", local.changes.poll, every=CHANGE_POLL_SECONDS)
 
 
 async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:

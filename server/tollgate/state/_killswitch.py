@@ -152,10 +152,11 @@ def request_targets(kind: str, principal: Mapping[str, Any], action: Mapping[str
 class KillSwitches:
     """kill / revive / list over the state store, with an in-memory copy that decisions read.
 
-    The server is the only writer of its state.db, so the copy is exact: it is replaced in the same
-    call that commits a change, after the commit, so once kill() returns the very next decision sees
-    it, and nothing cached can outlive a revive. Reads never touch SQLite. Kill and revive times are read
-    from `clock`.
+    The copy is read again from the file in the same call that commits a change, after the commit, so once
+    kill() returns the very next decision sees it, and nothing cached can outlive a revive. Another process
+    writing the same state.db (a console beside the sidecar) is heard through `reload()`, which the store's
+    change watch (state/_local.py ChangeWatch) calls when another connection committed. Decisions never touch
+    SQLite. Kill and revive times are read from `clock`.
     """
 
     COMPONENT = "kill_switches"
@@ -165,15 +166,22 @@ class KillSwitches:
         self.clock = clock
         store.migrate(self.COMPONENT, _SCHEMA)
         self._snapshot = KillSwitchSnapshot({}, [])
-        with store.lock:
-            try:
-                rows = store.db.execute(
-                    "SELECT scope, value, reason, killed_by, killed_at FROM kill_switches "
-                    "ORDER BY killed_at, scope, value"
-                ).fetchall()
-            except sqlite3.Error as exc:
-                raise StateError(f"state store {store.path}: cannot read kill switches ({exc})") from exc
-        self._publish({(r[0], r[1]): KillSwitch(*r) for r in rows})
+        self.reload()
+
+    def reload(self) -> None:
+        """Read every active kill switch from the file again and publish them (another process changed them)."""
+        with self._store.lock:
+            self._publish(self._read())
+
+    def _read(self) -> dict[tuple[str, str], KillSwitch]:
+        """The active kill switches in the file (the caller holds the store's lock)."""
+        try:
+            rows = self._store.db.execute(
+                "SELECT scope, value, reason, killed_by, killed_at FROM kill_switches ORDER BY killed_at, scope, value"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self._store.path}: cannot read kill switches ({exc})") from exc
+        return {(r[0], r[1]): KillSwitch(*r) for r in rows}
 
     def kill(self, scope: str, value: str, *, reason: str, by: str) -> KillSwitch:
         """Stop every request that scope=value names; killing it again replaces the reason."""
@@ -187,22 +195,25 @@ class KillSwitches:
                  (scope, value, reason, by, switch.killed_at)),
                 ("kill", switch.killed_at, scope, value, reason, by),
             )
-            self._publish({**self._snapshot.active, (scope, value): switch})
+            self._publish(self._read())  # with whatever another process committed since the last reload
         return switch
 
     def revive(self, scope: str, value: str, *, by: str, reason: str = "") -> KillSwitch:
         """Lift the kill switch on scope=value; returns the one lifted (KillSwitchNotFound if none)."""
         scope, value = checked_revive(scope, value, by=by)
         with self._store.lock:
-            lifted = self._snapshot.active.get((scope, value))
-            if lifted is None:
-                raise KillSwitchNotFound(f"{scope}={value} is not killed")
-            self._write(
-                ("DELETE FROM kill_switches WHERE scope = ? AND value = ?", (scope, value)),
-                ("revive", format_time(self.clock.now()), scope, value, reason, by),
-            )
-            self._publish({k: v for k, v in self._snapshot.active.items() if k != (scope, value)})
-        return lifted
+            # The file, not the copy, in the write's transaction: another process may have engaged or lifted it
+            # since the last reload.
+            with self._store.transaction("record the change") as db:
+                row = db.execute("SELECT scope, value, reason, killed_by, killed_at FROM kill_switches "
+                                 "WHERE scope = ? AND value = ?", (scope, value)).fetchone()
+                if row is not None:
+                    db.execute("DELETE FROM kill_switches WHERE scope = ? AND value = ?", (scope, value))
+                    _record(db, ("revive", format_time(self.clock.now()), scope, value, reason, by))
+            self._publish(self._read())
+        if row is None:
+            raise KillSwitchNotFound(f"{scope}={value} is not killed")
+        return KillSwitch(*row)
 
     def list(self) -> list[KillSwitch]:
         """Active kill switches, oldest first."""
@@ -231,12 +242,17 @@ class KillSwitches:
     def _write(self, change: tuple[str, tuple[str, ...]], history: tuple[str, ...]) -> None:
         with self._store.transaction("record the change") as db:
             db.execute(*change)
-            db.execute("INSERT INTO kill_switch_history (action, time, scope, value, reason, actor) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", history)
+            _record(db, history)
 
     def _publish(self, active: dict[tuple[str, str], KillSwitch]) -> None:
         # One assignment: a reader on another thread sees the old snapshot or the new one, never a mix.
         self._snapshot = KillSwitchSnapshot(active, [s.policy_entry() for s in active.values()])
+
+
+def _record(db: sqlite3.Connection, history: tuple[str, ...]) -> None:
+    """Add a change (action, time, scope, value, reason, actor) to the history, in the caller's transaction."""
+    db.execute("INSERT INTO kill_switch_history (action, time, scope, value, reason, actor) VALUES (?, ?, ?, ?, ?, ?)",
+               history)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """The SQLite state store behind the async protocols: each store call runs in a worker thread, never on the event
 loop, and a budget step holds one asyncio lock per scope it is counted under, never one for the whole process.
 
-The sync classes (KillSwitches, Approvals, Budgets) do the work; these adapters only move it off the loop. The
-server is the one writer of its state.db, so what a lock in this process orders is ordered for the whole store.
+The sync classes (KillSwitches, Approvals, Budgets) do the work; these adapters only move it off the loop. Budget
+steps are the sidecar's alone, so what a lock in this process orders is ordered for them. Kill switches and
+approvals are also written by people from another process on the same file (`tollgate console`, the CLI on the
+data dir): each of those changes is one IMMEDIATE transaction, which SQLite orders against this process's, and
+the ChangeWatch hears them within CHANGE_POLL_SECONDS.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import builtins
 import contextlib
 import functools
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tollgate.clock import Clock, SystemClock
 from tollgate.state._fleet import LocalFleet
 from tollgate.state._killswitch import HistoryEntry, KillSwitch, KillSwitches, KillSwitchSnapshot
-from tollgate.state._store import StateStore
+from tollgate.state._store import StateError, StateStore
 from tollgate.state.approvals import Approval, Approvals
 from tollgate.state.budgets import DEFAULT_TTL, Budgets, Reservation, ScopeSpend, SpendSnapshot
 
@@ -28,10 +32,14 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+#: How often the change watch asks SQLite whether another connection committed (one PRAGMA, no I/O): a kill
+#: switch engaged or an approval decided from a console beside the sidecar is heard within about this long.
+CHANGE_POLL_SECONDS = 0.1
+
 
 class LocalKillSwitches:
-    """KillSwitches behind KillSwitchStore. The snapshot is never stale: this process is its file's one writer and
-    replaces the snapshot in the call that commits a change."""
+    """KillSwitches behind KillSwitchStore. The snapshot is replaced in the call that commits a change here, and
+    within CHANGE_POLL_SECONDS of another process's (the ChangeWatch); listing reads the file."""
 
     def __init__(self, switches: KillSwitches) -> None:
         self.switches = switches
@@ -49,7 +57,8 @@ class LocalKillSwitches:
         return await asyncio.to_thread(self.switches.revive, scope, value, by=by, reason=reason)
 
     async def list(self) -> builtins.list[KillSwitch]:
-        # The in-memory copy is exact (see the class): no thread, no SQLite.
+        # Read again first: another process (a console, this sidecar seen from the console) may have changed them.
+        await asyncio.to_thread(self.switches.reload)
         return self.switches.list()
 
     async def history(self) -> builtins.list[HistoryEntry]:
@@ -231,6 +240,45 @@ class LocalBudgets:
         return await asyncio.to_thread(self.budgets.usage, scopes)
 
 
+class ChangeWatch:
+    """Hears what other processes commit to state.db (a console beside the sidecar, `tollgate` commands): SQLite's
+    `PRAGMA data_version` on this process's connection moves only when another connection committed, so one cheap
+    read per poll tells. Then the kill switches are read again and published, and the approvals' generation moves
+    (WaitForApproval and WatchApproval re-read). This process's own commits do not move it: they publish and
+    notify in the call that makes them."""
+
+    def __init__(self, store: StateStore, *, kill_switches: KillSwitches, approvals: Approvals) -> None:
+        self._store = store
+        self._kill_switches = kill_switches
+        self._approvals = approvals
+        self._version = self._data_version()
+
+    def check(self) -> bool:
+        """Whether another connection committed since the last check (and, if so, what it changed is heard);
+        blocking: run it in a worker thread. StateError when the file cannot be read."""
+        version = self._data_version()
+        if version == self._version:
+            return False
+        # Read after the version: the reload sees at least what that version holds; a commit in between only
+        # moves the version again, and the next check reads once more.
+        self._version = version
+        self._kill_switches.reload()
+        self._approvals.changed()
+        return True
+
+    async def poll(self) -> None:
+        """One check, off the event loop (the store's lock may be held by a write waiting for its fsync)."""
+        await asyncio.to_thread(self.check)
+
+    def _data_version(self) -> int:
+        with self._store.lock:
+            try:
+                version: int = self._store.db.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise StateError(f"state store {self._store.path}: cannot read its data version ({exc})") from exc
+        return version
+
+
 @dataclass(frozen=True)
 class LocalState:
     """The state of one sidecar in DATA_DIR/state.db, behind the async protocols."""
@@ -240,6 +288,8 @@ class LocalState:
     approvals: LocalApprovals
     budgets: LocalBudgets
     fleet: LocalFleet
+    #: Poll it every CHANGE_POLL_SECONDS (`poll`) to hear other processes' changes: the sidecar runs it as a plugin.
+    changes: ChangeWatch
 
     def close(self) -> None:
         self.store.close()
@@ -252,10 +302,12 @@ def open_local_state(data_dir: Path, *, clock: Clock = SystemClock(),
     than this server knows. Blocking: call it at start-up, before the loop serves."""
     store = StateStore(data_dir / "state.db")
     try:
-        return LocalState(store, LocalKillSwitches(KillSwitches(store, clock=clock)),
-                          LocalApprovals(Approvals(store, approver_groups=approver_groups, clock=clock)),
+        kill_switches = KillSwitches(store, clock=clock)
+        approvals = Approvals(store, approver_groups=approver_groups, clock=clock)
+        return LocalState(store, LocalKillSwitches(kill_switches), LocalApprovals(approvals),
                           LocalBudgets(Budgets(store, ttl=reservation_ttl, clock=clock)),
-                          LocalFleet(store, clock=clock))
+                          LocalFleet(store, clock=clock),
+                          ChangeWatch(store, kill_switches=kill_switches, approvals=approvals))
     except BaseException:
         store.close()
         raise

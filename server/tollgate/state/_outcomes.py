@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import math
 import re
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from tollgate.clock import Clock, SystemClock
 from tollgate.contract import MAX_IDENTIFIER
@@ -48,6 +50,7 @@ PRINCIPAL_FIELDS = ("agent_id", "team", "workflow", "user")
 MAX_PEER = 300
 
 COMPONENT = "outcomes"
+_T = TypeVar("_T")
 #: The SQLite component's migrations (PgOutcomes.STEPS are PostgreSQL's).
 _SCHEMA = (
     f"""
@@ -148,6 +151,46 @@ class OutcomeStore(Protocol):
         """Every outcome (each task's and the session's own) of these sessions, by session then task; at most
         MAX_READ."""
         ...
+
+
+@dataclass(frozen=True)
+class SessionCost:
+    """What the ledger holds for one session's run in one unit: committed spend (what ReportUsage reported) and
+    live reservations not reported yet; invalid when a value is one the ledger never writes."""
+
+    session_id: str
+    committed: float = 0.0
+    reserved: float = 0.0
+    invalid: bool = False
+
+
+class OutcomeReader(Protocol):
+    """What the console reads: the outcomes of the sessions it shows, and what each of them cost."""
+
+    async def for_sessions(self, session_ids: Sequence[str]) -> builtins.list[Outcome]:
+        """As OutcomeStore.for_sessions."""
+        ...
+
+    async def costs(self, session_ids: Sequence[str], *, unit: str = "usd") -> dict[str, SessionCost]:
+        """Each session's run in the ledger (sessions that spent nothing are absent)."""
+        ...
+
+
+def spent(found: dict[str, SessionCost]) -> dict[str, SessionCost]:
+    """found without the sessions that spent nothing (the ledger keeps a zero total for a run whose reservations
+    all expired)."""
+    return {k: v for k, v in found.items() if v.committed or v.reserved or v.invalid}
+
+
+def add_costs(found: dict[str, SessionCost], rows: Sequence[Sequence[Any]], *, live: bool) -> None:
+    """Fold (session, amount) rows of the totals (live=False) or of the open reservations into found."""
+    for session, value in rows:
+        amount = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+        bad = not (math.isfinite(amount) and 0 <= amount)
+        cost = found.get(str(session)) or SessionCost(str(session))
+        cost = replace(cost, reserved=cost.reserved + (0.0 if bad else amount)) if live else replace(
+            cost, committed=cost.committed + (0.0 if bad else amount))
+        found[str(session)] = replace(cost, invalid=True) if bad else cost
 
 
 def _printable(text: str, *, allow: str = "") -> bool:
@@ -265,19 +308,24 @@ class Outcomes:
                 raise StateError(f"state store {self._store.path}: cannot read outcomes ({exc})") from exc
 
     def for_sessions(self, session_ids: Sequence[str]) -> builtins.list[Outcome]:
-        wanted = sorted(set(session_ids))
-        rows: list[Any] = []
         with self._store.lock:
             try:
-                for start in range(0, len(wanted), 500):  # within SQLite's bound on parameters
-                    chunk = wanted[start:start + 500]
-                    rows += self._store.db.execute(
-                        f"SELECT {COLUMNS} FROM outcomes WHERE session_id IN ({', '.join('?' * len(chunk))}) "
-                        "ORDER BY session_id, task_id LIMIT ?", (*chunk, MAX_READ - len(rows))).fetchall()
-                    if len(rows) >= MAX_READ:
-                        break
+                return self.read(self._store, session_ids)
             except sqlite3.Error as exc:
                 raise StateError(f"state store {self._store.path}: cannot read outcomes ({exc})") from exc
+
+    @staticmethod
+    def read(store: StateStore, session_ids: Sequence[str]) -> builtins.list[Outcome]:
+        """The outcomes of these sessions on store's connection (sqlite3.Error when it cannot be read)."""
+        wanted = sorted(set(session_ids))
+        rows: list[Any] = []
+        for start in range(0, len(wanted), 500):  # within SQLite's bound on parameters
+            chunk = wanted[start:start + 500]
+            rows += store.db.execute(
+                f"SELECT {COLUMNS} FROM outcomes WHERE session_id IN ({', '.join('?' * len(chunk))}) "
+                "ORDER BY session_id, task_id LIMIT ?", (*chunk, MAX_READ - len(rows))).fetchall()
+            if len(rows) >= MAX_READ:
+                break
         return [from_row(r, reported_at=str(r[11]), first_reported_at=str(r[12])) for r in rows]
 
     def _get(self, db: sqlite3.Connection, session_id: str, task_id: str) -> Outcome | None:
@@ -307,5 +355,55 @@ class LocalOutcomes:
         return await asyncio.to_thread(self.outcomes.for_sessions, list(session_ids))
 
 
+class LocalOutcomeReader:
+    """OutcomeReader on DATA_DIR/state.db, read-only beside the sidecar that writes it: each read on a connection of
+    its own, opened and closed in a worker thread. A state.db no sidecar of this version has served yet has no
+    outcomes table: no outcome was reported there."""
+
+    def __init__(self, path: Path, *, clock: Clock = SystemClock()) -> None:
+        self.path = path
+        self._clock = clock
+
+    async def for_sessions(self, session_ids: Sequence[str]) -> builtins.list[Outcome]:
+        def read(store: StateStore) -> builtins.list[Outcome]:
+            try:
+                return Outcomes.read(store, session_ids)
+            except sqlite3.OperationalError as exc:
+                if "no such table: outcomes" in str(exc):
+                    return []
+                raise
+
+        return await asyncio.to_thread(self._read, read)
+
+    async def costs(self, session_ids: Sequence[str], *, unit: str = "usd") -> dict[str, SessionCost]:
+        return await asyncio.to_thread(self._read, lambda store: self._costs(store, sorted(set(session_ids)), unit))
+
+    def _read(self, read: Callable[[StateStore], _T]) -> _T:
+        store = StateStore(self.path, read_only=True)
+        try:
+            store.db.execute("BEGIN")  # one snapshot
+            return read(store)
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self.path}: cannot read outcomes ({exc})") from exc
+        finally:
+            store.close()
+
+    def _costs(self, store: StateStore, wanted: list[str], unit: str) -> dict[str, SessionCost]:
+        found: dict[str, SessionCost] = {}
+        now = self._clock.time()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            places = ", ".join("?" * len(chunk))
+            add_costs(found, store.db.execute(
+                f"SELECT value, committed FROM budget_totals WHERE scope = 'session' AND period = 'run' "
+                f"AND unit = ? AND value IN ({places})", (unit, *chunk)).fetchall(), live=False)
+            add_costs(found, store.db.execute(
+                f"SELECT session, SUM(amount) FROM budget_reservations WHERE status = 'reserved' AND unit = ? "
+                f"AND expires_at > ? AND session IN ({places}) GROUP BY session", (unit, now, *chunk)).fetchall(),
+                live=True)
+        return spent(found)
+
+
 if TYPE_CHECKING:
-    _local: type[OutcomeStore] = LocalOutcomes  # mypy holds the adapter to the protocol
+    _local: type[OutcomeStore] = LocalOutcomes  # mypy holds the adapters to the protocols
+    _reader: type[OutcomeReader] = LocalOutcomeReader

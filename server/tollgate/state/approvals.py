@@ -293,6 +293,10 @@ class Approvals:
         """A counter every committed change increments."""
         return self._generation
 
+    def changed(self) -> None:
+        """Another process committed to the file (the change watch heard it): watchers here re-read."""
+        self._notify()
+
     def _notify(self) -> None:
         with self._generation_lock:
             self._generation += 1

@@ -23,10 +23,13 @@ from tollgate.state._outcomes import (
     Outcome,
     OutcomeReport,
     Reported,
+    SessionCost,
+    add_costs,
     checked_report,
     from_row,
     row_values,
     settle,
+    spent,
 )
 from tollgate.state.postgres._store import PgStore
 
@@ -109,7 +112,23 @@ class PgOutcomes:
         return [_row(r) for r in rows]
 
 
-if TYPE_CHECKING:
-    from tollgate.state._outcomes import OutcomeStore
+    async def costs(self, session_ids: Sequence[str], *, unit: str = "usd") -> dict[str, SessionCost]:
+        wanted = sorted(set(session_ids))
+        found: dict[str, SessionCost] = {}
+        async with self._store.connection("read the sessions' spend") as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # the totals and open rows agree
+            cursor = await conn.execute(
+                "SELECT value, committed FROM budget_totals WHERE scope = 'session' AND period = 'run' AND unit = %s "
+                "AND value = ANY(%s)", (unit, wanted))
+            add_costs(found, await cursor.fetchall(), live=False)
+            cursor = await conn.execute(
+                "SELECT session, SUM(amount) FROM budget_reservations WHERE status = 'reserved' AND unit = %s "
+                "AND expires_at > %s AND session = ANY(%s) GROUP BY session", (unit, self.clock.time(), wanted))
+            add_costs(found, await cursor.fetchall(), live=True)
+        return spent(found)
 
-    _outcomes: type[OutcomeStore] = PgOutcomes  # mypy holds the class to the protocol
+if TYPE_CHECKING:
+    from tollgate.state._outcomes import OutcomeReader, OutcomeStore
+
+    _outcomes: type[OutcomeStore] = PgOutcomes  # mypy holds the class to the protocols
+    _reader: type[OutcomeReader] = PgOutcomes
