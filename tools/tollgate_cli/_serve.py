@@ -90,6 +90,9 @@ def _field_help(name: str) -> str:
         "decision_log_checkpoint_interval": "seconds between signed checkpoints (one more on shutdown)",
         "decision_log_checkpoint_file": "JSON Lines file each checkpoint is also appended to (another disk)",
         "approver_groups": "the members of each group:NAME an approval names (a mapping: set it in --config)",
+        "notifications": "YAML/JSON list of {url, kind: generic|slack, groups, secret_file}: approval webhooks",
+        "console_url": "the console's URL people open: notifications link URL/approvals/ID",
+        "notification_max_attempts": "deliveries of one approval notification before it is given up",
         "accept_log_tamper": "start even if the decision log's tail does not prove (logged as TAMPERED WITH)",
     }.get(name, "")
     default = getattr(ServeConfig(), name)

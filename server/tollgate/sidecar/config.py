@@ -105,6 +105,12 @@ class ServeConfig:
     #: Approver groups: an approval's approvers entry `group:NAME` names every identity listed under NAME
     #: here (e.g. {"sre": ["alice", "bob"]}); a group not listed names no one.
     approver_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: Webhooks told when an approval opens, is decided or expires (sidecar/notify.py; docs/CONSOLE.md).
+    notifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: The console's address as people open it: notifications link {console_url}/approvals/ID ("" : no link).
+    console_url: str = ""
+    #: Deliveries of one notification before it is given up (dead); retries back off from 1 s to 5 min.
+    notification_max_attempts: int = 12
     #: How long a budget reservation holds its amount when no usage is reported, in seconds.
     reservation_ttl: float = 900.0
     #: Where budgets, approvals, kill switches and the fleet registry live: "" is SQLite in data_dir (one

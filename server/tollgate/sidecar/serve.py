@@ -56,8 +56,10 @@ from tollgate.sidecar.checkpoints import CheckpointPlugin, CheckpointPublisher, 
 from tollgate.sidecar.config import ConfigError, ServeConfig
 from tollgate.sidecar.fleet import FleetPlugin, SidecarFacts, resolve_sidecar_id
 from tollgate.sidecar.metrics import Metrics, PendingApprovals, start_metrics_server
+from tollgate.sidecar.notify import Notifier, NotifyMetrics, NotifyPlugin, Receiver, receivers_from, sender_id
 from tollgate.sidecar.state import ListenerPlugin, SidecarState, open_state
 from tollgate.state import StateError, private_dir
+from tollgate.state._protocol import OutboxStore
 from tollgate.v1 import admin_pb2, approval_pb2, authorization_pb2
 
 log = logging.getLogger("tollgate")
@@ -125,6 +127,8 @@ class _Settings:
     bundle_http: HttpOptions
     #: This sidecar's fleet id (sidecar_id, or the one kept in the data dir): its registry entry's.
     sidecar_id: str
+    #: Where approval notifications go (the notifications key, secrets read).
+    receivers: tuple[Receiver, ...] = ()
 
 
 def _settings(config: ServeConfig, clock: Clock) -> _Settings:
@@ -139,7 +143,7 @@ def _settings(config: ServeConfig, clock: Clock) -> _Settings:
             callers=config.caller_map(), relay=relay,
             resolver=config.caller_resolver(relay_prefix=relay.peer_prefix if relay else "", clock=clock),
             authzen_tls=config.authzen_ssl_context(), shipping=config.log_shipping(sidecar_id=sidecar_id),
-            bundle_http=config.bundle_http(), sidecar_id=sidecar_id)
+            bundle_http=config.bundle_http(), sidecar_id=sidecar_id, receivers=receivers_from(config))
     except ConfigError as exc:
         raise SystemExit(f"tollgate serve: {exc}") from exc
     if not settings.admin_token and not config.admin_identities:
@@ -299,6 +303,8 @@ def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: Checkpoi
     if config.authzen_listen:
         manager.add(_authzen_plugin(parts))
     manager.add(parts.state.sweep)
+    if settings.receivers and parts.state.outbox is not None:
+        manager.add(_notify_plugin(parts.state.outbox, parts))
     manager.add(_fleet_plugin(manager, parts, grpc_plugin))  # last: its goodbye is the first thing a stop does
     return grpc_plugin
 
@@ -311,6 +317,16 @@ def _fleet_plugin(manager: PluginManager, parts: _Parts, grpc_plugin: GrpcPlugin
                          listen=lambda: config.listen if relay is not None else grpc_plugin.address)
     return FleetPlugin(parts.state.fleet, facts, sidecar_id=parts.settings.sidecar_id, every=config.fleet_heartbeat,
                        clock=parts.clock)
+
+
+def _notify_plugin(outbox: OutboxStore, parts: _Parts) -> NotifyPlugin:
+    """The approval notifications' sender, from the store's outbox (sidecar/notify.py)."""
+    config, state, clock = parts.config, parts.state, parts.clock
+    notifier = Notifier(outbox, parts.settings.receivers, owner=sender_id(parts.settings.sidecar_id),
+                        console_url=config.console_url, approver_groups=config.approver_groups,
+                        max_attempts=config.notification_max_attempts, clock=clock,
+                        metrics=NotifyMetrics(parts.metrics.registry, clock))
+    return NotifyPlugin(notifier, generation=lambda: state.approvals.generation)
 
 
 def _authzen_plugin(parts: _Parts) -> HttpPlugin:
@@ -367,4 +383,6 @@ def main(config: ServeConfig) -> int:
         level=config.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx2 logs every request with its whole URL at INFO: a Slack webhook's URL is its secret.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     return asyncio.run(serve(config))

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from tollgate.state import ApprovalStore, BudgetStore, KillSwitchStore
     from tollgate.state._local import LocalState
     from tollgate.state._outcomes import OutcomeStore
-    from tollgate.state._protocol import FleetRegistry, SpendHold
+    from tollgate.state._protocol import FleetRegistry, OutboxStore, SpendHold
     from tollgate.state.budgets import Reservation, ScopeSpend
     from tollgate.state.postgres import PgKillSwitches, PgStore
 
@@ -68,8 +68,10 @@ def schema() -> tuple[Component, ...]:
         PgOutcomes,
         PgUsers,
     )
+    from tollgate.state.postgres._outbox import PgOutbox
 
     return (Component(PgBudgets.COMPONENT, PgBudgets.STEPS), Component(PgApprovals.COMPONENT, PgApprovals.STEPS),
+            Component(PgOutbox.COMPONENT, PgOutbox.STEPS),
             Component(PgKillSwitches.COMPONENT, PgKillSwitches.STEPS), Component(PgFleet.COMPONENT, FLEET_STEPS),
             Component(DECISIONS_COMPONENT, DECISIONS_STEPS), Component(PgOutcomes.COMPONENT, PgOutcomes.STEPS),
             Component(PgUsers.COMPONENT, PgUsers.STEPS), Component(PgAudit.COMPONENT, PgAudit.STEPS))
@@ -116,6 +118,8 @@ class SidecarState:
 
     #: How sessions ended, as harnesses report them (ReportOutcome).
     outcomes: OutcomeStore | None = None
+    #: The approval notifications' outbox, which sidecar/notify.py sends from.
+    outbox: OutboxStore | None = None
 
 async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
     """Open the configured store (StateError: a start-up error, its message the hint)."""
@@ -127,6 +131,7 @@ async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
 def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
     from tollgate.decisionlog import NoFleetLog
     from tollgate.state import LocalOutcomes, open_local_state
+    from tollgate.state._outbox import LocalOutbox, Outbox
 
     local = open_local_state(Path(config.data_dir), clock=clock, approver_groups=config.approver_groups,
                              reservation_ttl=config.reservation_ttl)
@@ -137,7 +142,8 @@ def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
     return SidecarState(local.kill_switches, local.approvals, local.budgets, local.fleet, NoFleetLog(),
                         where=str(local.store.path), plugins=(StorePlugin("state store", close), _watch(local)),
                         sweep=_sweep(local.budgets, config), close=close,
-                        outcomes=LocalOutcomes.open(local.store, clock=clock))
+                        outcomes=LocalOutcomes.open(local.store, clock=clock),
+                        outbox=LocalOutbox(Outbox(local.store, clock=clock)))
 
 
 def _watch(local: LocalState) -> Plugin:
@@ -159,6 +165,7 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
         PgOutcomes,
         PgStore,
     )
+    from tollgate.state.postgres._outbox import PgOutbox
 
     store = PgStore(PgOptions(config.state_store, timeout=config.state_store_timeout,
                               password_file=config.state_store_password_file,
@@ -179,7 +186,7 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
     return SidecarState(kill_switches, approvals, budgets, PgFleet(store, clock=clock), PgDecisionReader(store),
                         where=store.name,
                         plugins=(store_plugin, listener), sweep=_sweep(budgets, config), close=store.close,
-                        outcomes=PgOutcomes(store, clock=clock))
+                        outcomes=PgOutcomes(store, clock=clock), outbox=PgOutbox(store, clock=clock))
 
 
 async def _check_schema(store: PgStore, *, upgrade: bool, at_start: bool = True) -> bool:

@@ -15,6 +15,7 @@ from tollgate.clock import Clock, SystemClock
 from tollgate.contract import MAX_REQUIRED_APPROVALS
 from tollgate.encoding import canonical_json, format_time
 from tollgate.ids import DecisionIds
+from tollgate.state import _outbox as outbox
 from tollgate.state._store import StateError, StateStore
 
 #: Stored statuses. `expired` is never stored: a pending or approved approval past its expiry reads as expired.
@@ -163,6 +164,7 @@ class Approvals:
         self.clock = clock
         self._ids = DecisionIds(clock)  # an approval id is time-ordered like the decision that opened it
         store.migrate(self.COMPONENT, _SCHEMA)
+        store.migrate(outbox.COMPONENT, outbox.SCHEMA)  # each change records its notification event there
         #: group name (without "group:") → identities; from the approver_groups configuration key.
         self.approver_groups = {g: frozenset(m) for g, m in (approver_groups or {}).items()}
         self._generation_lock = threading.Lock()
@@ -191,6 +193,7 @@ class Approvals:
             with self._store.transaction("record the approval") as db:  # the approval and its event, or neither
                 db.execute(f"INSERT INTO approvals ({INSERT_COLUMNS}) VALUES ({', '.join('?' * len(INSERT_ORDER))})",
                            insert_values(approval))
+                outbox.record(db, "evt_" + self._ids.new(), outbox.OPENED, approval, moment)
         self._notify()
         return approval
 
@@ -236,6 +239,9 @@ class Approvals:
                     closing = tally(approve=approve, by=by, approving=approving, required=found[2])
                     if closing is not None:
                         db.execute(_CLOSE, (*closing, at, reason, approval_id))
+                        closed = self._read(approval_id, moment)  # this transaction's own write
+                        assert closed is not None
+                        outbox.record(db, "evt_" + self._ids.new(), outbox.DECIDED, closed, moment)
             decided = self._read(approval_id, moment)
         if not voted:
             raise not_pending(approval_id, decided)
