@@ -10,16 +10,24 @@ pages are also written to docs/console/*.png.
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from playwright.sync_api import Page, expect
 
 from tests.conftest import REGO, Server, start_server, tool_request, wait_for
 from tests.console.conftest import Console, Person, add_users, screenshot, start_console
+from tests.pg import free_port
 from tollgate.v1 import authorization_pb2 as pb
 
 pytestmark = pytest.mark.clock
@@ -30,34 +38,104 @@ pytestmark = pytest.mark.clock
 APPROVER_GROUPS = {"release-managers": ["rita", "raj", "dana"], "sre-oncall": ["sam"]}
 ROLES = {"release-managers": "approver", "sre-oncall": "approver", "viewers": "viewer", "operators": "operator"}
 PASSWORD = "correct horse battery staple"  # every test account's password
+#: The agent whose requests need two people (a copy of release-bot's manifest asking for a quorum of two).
+QUORUM_AGENT = "deploy-bot"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One POST the webhook receiver got: its headers and the body's exact bytes (what the signature covers)."""
+
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.body)
+        return found
+
+
+class WebhookReceiver:
+    """A generic webhook receiver on loopback: http.server in a thread, answering 200 to every POST."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver._lock:
+                    receiver.deliveries.append(Delivery({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/tollgate"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def about(self, approval_id: str, event: str) -> list[Delivery]:
+        with self._lock:
+            return [d for d in self.deliveries
+                    if d.json().get("type") == event and d.json().get("approval", {}).get("id") == approval_id]
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 @dataclass
 class Stack:
-    """The module's sidecar and console, and the people signed up on them."""
+    """The module's sidecar and console, the people signed up on them, and the approvers' webhook receiver."""
 
     server: Server
     console: Console
     people: dict[str, Person]
+    webhook: WebhookReceiver
+    webhook_secret: bytes
 
     def url(self, path: str = "/") -> str:
         return self.console.url + path
 
 
+def quorum_bundle(root: Path) -> Path:
+    """The default library with one agent more: deploy-bot, release-bot's manifest asking for two approvers."""
+    bundle = root / "rego"
+    shutil.copytree(REGO, bundle)
+    manifest = yaml.safe_load((bundle / "agents" / "release-bot" / "data.yaml").read_text())
+    manifest["description"] = "Promotes builds to production; each promotion needs two people."
+    manifest["approval"] = {**manifest["approval"], "required": 2}
+    (bundle / "agents" / QUORUM_AGENT).mkdir()
+    (bundle / "agents" / QUORUM_AGENT / "data.yaml").write_text(yaml.safe_dump(manifest))
+    return bundle
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("browser")
-    bundle = root / "rego"
-    shutil.copytree(REGO, bundle)
     data = root / "data"
-    config = {"approver_groups": APPROVER_GROUPS, "console": {"roles": ROLES}}
-    server = start_server(data, bundle=bundle, config=config)
-    console = start_console(data_dir=data, config_file=data.with_name(f"{data.name}.yaml"))
+    webhook = WebhookReceiver()
+    secret = secrets.token_hex(32).encode()
+    secret_file = root / "webhook-secret"
+    secret_file.write_bytes(secret)
+    # The console's port is chosen first: the sidecar's notifications link to the console's pages.
+    console_url = f"http://127.0.0.1:{free_port()}"
+    config = {"approver_groups": APPROVER_GROUPS, "console": {"roles": ROLES}, "console_url": console_url,
+              "notifications": [{"name": "approvers-hook", "url": webhook.url, "kind": "generic",
+                                 "groups": ["release-managers"], "secret_file": str(secret_file)}]}
+    server = start_server(data, bundle=quorum_bundle(root), config=config)
+    console = start_console(data_dir=data, config_file=data.with_name(f"{data.name}.yaml"),
+                            listen=console_url.removeprefix("http://"))
     people = add_users({"rita": ["release-managers"], "raj": ["release-managers"], "dana": ["release-managers"],
                         "vic": ["viewers"], "olga": ["operators"]}, PASSWORD, data_dir=data)
-    yield Stack(server, console, {p.name: p for p in people})
+    yield Stack(server, console, {p.name: p for p in people}, webhook, secret)
     console.terminate()
     server.terminate()
+    webhook.stop()
 
 
 def sign_in(page: Page, stack: Stack, name: str, *, path: str = "/") -> None:
