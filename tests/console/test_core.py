@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import ROOT, TOLLGATE
-from tests.console.conftest import Console, ConsoleFactory, add_user, store_args
+from tests.conftest import ROOT, TOLLGATE, start_server
+from tests.console.conftest import Console, ConsoleFactory, add_user, start_console, store_args
 from tests.pki import TestCA
 from tollgate.console._auth import address_block
 
@@ -317,6 +317,33 @@ def test_users_commands_manage_accounts_and_end_sessions(console: Console, data_
         assert users("remove", "vic").returncode == 1
     store = (data_dir / "state.db").read_bytes()
     assert PASSWORD.encode() not in store and b"a new one" not in store
+
+
+def test_one_config_file_serves_the_sidecar_and_the_console(data_dir: Path) -> None:
+    add_user("ada", PASSWORD, groups=["staff"], data_dir=data_dir)
+    server = start_server(data_dir, config={"approver_groups": {"release-managers": ["ada"]},
+                                            "console": {"roles": {"staff": "viewer"}, "session_ttl": 120}})
+    try:
+        console = start_console(data_dir=data_dir, config_file=data_dir.with_name(f"{data_dir.name}.yaml"))
+        try:
+            with client(console) as http:
+                signed = sign_in(http, "ada")
+                assert "Max-Age=120" in signed.headers["set-cookie"]
+                home = http.get("/")
+                assert home.status_code == 200 and '<span class="role">viewer</span>' in home.text
+        finally:
+            console.terminate()
+    finally:
+        server.terminate()
+
+
+def test_an_unknown_console_key_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text('{"console": {"sesion_ttl": 60}}')
+    ran = subprocess.run([*TOLLGATE, "console", "--config", str(config), "--data-dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert ran.returncode == 1
+    assert "unknown key 'sesion_ttl'" in ran.stderr and "session_ttl" in ran.stderr
 
 
 def test_the_console_runs_on_a_shared_postgresql_store(console_factory: ConsoleFactory, pg_url: str,
