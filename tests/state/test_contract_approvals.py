@@ -495,3 +495,21 @@ def test_votes_at_two_replicas_at_once_both_count(pg_url: str) -> None:
                 assert done is not None and done.status == APPROVED, done
 
     Stores("postgresql", Path(), pg_url).run(body)
+
+
+def test_a_group_the_persons_sign_in_gives_counts_as_the_configured_members_do(stores: Stores) -> None:
+    async def body(store: Store) -> None:
+        opened = await store.open(approvers=["group:release-managers"])
+        assert "not an approver" in store.approvals.may_decide(opened, "rita")
+        assert "not an approver" in store.approvals.may_decide(opened, "rita", groups=["other"])
+        assert store.approvals.may_decide(opened, "rita", groups=["release-managers"]) == ""
+        with pytest.raises(NotAnApprover):
+            await store.approvals.decide(opened.id, approve=True, by="rita", reason="r")
+        decided = await store.approvals.decide(opened.id, approve=True, by="rita", reason="r",
+                                               groups=["release-managers"])
+        assert decided.status == APPROVED
+        own = await store.open(request_digest="d2", approvers=["group:release-managers"])
+        # A group never lifts the separation of duties: the user the agent acts for is still refused.
+        assert "principal user" in store.approvals.may_decide(own, "bob", groups=["release-managers"])
+
+    stores.run(body)

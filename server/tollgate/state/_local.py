@@ -77,8 +77,8 @@ class LocalApprovals:
     def generation(self) -> int:
         return self.approvals.generation
 
-    def may_decide(self, approval: Approval, identity: str) -> str:
-        return self.approvals.may_decide(approval, identity)
+    def may_decide(self, approval: Approval, identity: str, *, groups: Sequence[str] = ()) -> str:
+        return self.approvals.may_decide(approval, identity, groups=groups)
 
     async def get(self, approval_id: str) -> Approval | None:
         return await asyncio.to_thread(self.approvals.get, approval_id)
@@ -95,8 +95,10 @@ class LocalApprovals:
             approvers=approvers, ttl_seconds=ttl_seconds, opened_by=opened_by, masked=masked, required=required,
             allow_requester=allow_requester))
 
-    async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> Approval:
-        return await asyncio.to_thread(self.approvals.decide, approval_id, approve=approve, by=by, reason=reason)
+    async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str,
+                     groups: Sequence[str] = ()) -> Approval:
+        return await asyncio.to_thread(functools.partial(self.approvals.decide, approval_id, approve=approve, by=by,
+                                                         reason=reason, groups=groups))
 
     async def list(self, *, approver: str = "", agent: str = "", session: str = "",
                    status: str = "") -> builtins.list[Approval]:

@@ -97,11 +97,13 @@ class ApprovalStore(ApprovalLedger, Protocol):
         another replica's: watchers re-read only after it moved."""
         ...
 
-    def may_decide(self, approval: Approval, identity: str) -> str:
-        """Why identity may not decide this approval; "" when it may."""
+    def may_decide(self, approval: Approval, identity: str, *, groups: Sequence[str] = ()) -> str:
+        """Why identity may not decide this approval ("" when it may): named by its approvers, or a member of a
+        group:NAME they name (by the approver_groups configuration, or by groups, the person's sign-in's)."""
         ...
 
-    async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> Approval:
+    async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str,
+                     groups: Sequence[str] = ()) -> Approval:
         """Record `by`'s approve or deny on a pending approval and return it as it now is (NotAnApprover,
         ApprovalNotFound, ApprovalError if not): one deny denies it; it is approved once `required` distinct
         people approved (the same person twice counts once), across every process on the store."""

@@ -210,19 +210,20 @@ class Approvals:
                             "ORDER BY voted_at, voter", (approval_id,)).fetchall()
         return approval_from_row(row, votes, moment)
 
-    def may_decide(self, approval: Approval, identity: str) -> str:
-        """Why identity may not decide this approval; "" when it may."""
-        return may_decide(approval, identity, self.approver_groups)
+    def may_decide(self, approval: Approval, identity: str, *, groups: Sequence[str] = ()) -> str:
+        """Why identity (a member of groups, as its sign-in says) may not decide this approval; "" when it may."""
+        return may_decide(approval, identity, self.approver_groups, groups=groups)
 
-    def decide(self, approval_id: str, *, approve: bool, by: str, reason: str,
+    def decide(self, approval_id: str, *, approve: bool, by: str, reason: str, groups: Sequence[str] = (),
                now: datetime | None = None) -> Approval:
-        """Approve or deny a pending approval as `by`; NotAnApprover, ApprovalNotFound or ApprovalError if not."""
+        """Record `by`'s say on a pending approval (by a member of groups, as its sign-in says); NotAnApprover,
+        ApprovalNotFound or ApprovalError if it cannot be."""
         moment = now or self.clock.now()
         check_reason(reason)
         approval = self.get(approval_id, now=moment)
         if approval is None:
             raise ApprovalNotFound(f"approval {approval_id} does not exist")
-        refusal = self.may_decide(approval, by)
+        refusal = self.may_decide(approval, by, groups=groups)
         if refusal:
             raise NotAnApprover(refusal)
         at = format_time(moment)
@@ -378,9 +379,11 @@ def tally(*, approve: bool, by: str, approving: Sequence[str], required: int) ->
     return None
 
 
-def may_decide(approval: Approval, identity: str, approver_groups: Mapping[str, frozenset[str]]) -> str:
+def may_decide(approval: Approval, identity: str, approver_groups: Mapping[str, frozenset[str]], *,
+               groups: Sequence[str] = ()) -> str:
     """Why identity may not decide this approval; "" when it may. approver_groups: group name (without
-    "group:") → its members."""
+    "group:") → its members (the approver_groups configuration); groups: the groups the person's sign-in
+    gives (a console's local account, OpenID Connect claim or trusted proxy), which count the same."""
     if not identity.strip():
         return "the approver's identity is required"
     for name in SELF_FIELDS:
@@ -397,7 +400,8 @@ def may_decide(approval: Approval, identity: str, approver_groups: Mapping[str, 
     if identity in approval.approvers:
         return ""
     for entry in approval.approvers:
-        if entry.startswith(GROUP_PREFIX) and identity in approver_groups.get(entry[len(GROUP_PREFIX):], ()):
+        group = entry[len(GROUP_PREFIX):] if entry.startswith(GROUP_PREFIX) else None
+        if group is not None and (group in groups or identity in approver_groups.get(group, ())):
             return ""
     return f"{identity} is not an approver of {approval.id} (approvers: {', '.join(approval.approvers) or 'none'})"
 

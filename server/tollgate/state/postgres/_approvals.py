@@ -146,8 +146,8 @@ class PgApprovals:
         with self._generation_lock:
             self._generation += 1
 
-    def may_decide(self, approval: Approval, identity: str) -> str:
-        return may_decide(approval, identity, self.approver_groups)
+    def may_decide(self, approval: Approval, identity: str, *, groups: Sequence[str] = ()) -> str:
+        return may_decide(approval, identity, self.approver_groups, groups=groups)
 
     async def open(self, *, request_digest: str, kind: str, principal: Mapping[str, Any], action: Mapping[str, Any],
                    approvers: Sequence[str], ttl_seconds: int, opened_by: str, masked: Sequence[str] = (),
@@ -181,14 +181,15 @@ class PgApprovals:
         async with self._store.connection("read the approval") as conn:
             return await _read(conn, approval_id, moment)
 
-    async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> Approval:
+    async def decide(self, approval_id: str, *, approve: bool, by: str, reason: str,
+                     groups: Sequence[str] = ()) -> Approval:
         """Approve or deny a pending approval as `by`; NotAnApprover, ApprovalNotFound or ApprovalError if not."""
         moment = self.clock.now()
         check_reason(reason)
         approval = await self.get(approval_id)
         if approval is None:
             raise ApprovalNotFound(f"approval {approval_id} does not exist")
-        refusal = self.may_decide(approval, by)
+        refusal = self.may_decide(approval, by, groups=groups)
         if refusal:
             raise NotAnApprover(refusal)
         at = format_time(moment)
