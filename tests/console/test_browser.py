@@ -15,7 +15,7 @@ import re
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -261,3 +261,38 @@ def test_a_viewer_follows_a_session_from_sessions_now_to_its_timeline_and_a_deni
     expect(page.get_by_role("heading", name="Kill switches", exact=True)).to_be_visible()
     expect(page.get_by_role("heading", name="Engage a kill switch")).to_have_count(0)
     expect(page.get_by_role("button", name="Engage")).to_have_count(0)
+
+
+def csrf_of(page: Page) -> str:
+    """The CSRF token the signed-in person's page carries (every page has one: the sign-out form's)."""
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    assert token
+    return token
+
+
+def forged_post(page: Page, stack: Stack, path: str, form: dict[str, str], *, csrf: str | None,
+                origin: str | None = None) -> int:
+    """A POST built by hand with the person's own session cookie (the page's context sends it), as a script
+    or a curious person would: the status the console answered."""
+    answer = page.request.post(stack.url(path), form={**form, **({"csrf_token": csrf} if csrf else {})},
+                               headers={"origin": origin or stack.console.url}, max_redirects=0)
+    return answer.status
+
+
+def test_a_forged_kill_switch_post_is_refused_from_a_viewer_without_a_token_or_from_another_origin(
+        stack: Stack, open_page: Callable[[], Page]) -> None:
+    session = "s-forged-kill"
+    request = tool_request(session_id=session)
+    engage = {"scope": "session", "value": session, "reason": "forged", "confirm": "yes"}
+    viewer, operator = open_page(), open_page()
+    sign_in(viewer, stack, "vic", path="/kill-switches")
+    sign_in(operator, stack, "olga", path="/kill-switches")
+    assert forged_post(viewer, stack, "/kill-switches/engage", engage, csrf=csrf_of(viewer)) == 403  # no role
+    assert forged_post(viewer, stack, "/kill-switches/engage", engage, csrf=None) == 403
+    assert forged_post(operator, stack, "/kill-switches/engage", engage, csrf=None) == 403  # no token
+    assert forged_post(operator, stack, "/kill-switches/engage", engage, csrf=csrf_of(viewer)) == 403  # not hers
+    assert forged_post(operator, stack, "/kill-switches/engage", engage, csrf=csrf_of(operator),
+                       origin="http://attacker.example") == 403
+    assert decided(stack.server.authorize(request))[0] == "DECISION_ALLOW"
+    viewer.reload()
+    expect(viewer.locator("table.list").first).not_to_contain_text(session)
