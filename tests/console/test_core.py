@@ -200,6 +200,11 @@ def test_a_post_without_the_sessions_csrf_token_or_from_another_origin_is_refuse
         assert referer_only.post("/signout", data={"csrf_token": token}).status_code == 403
         assert http.post("/signout", data={"csrf_token": token}).status_code == 303
         other.close()
+    with client(console) as admin:
+        sign_in(admin, "ada")
+        refused = audit_rows(admin, action="refused")
+        assert len(refused) == 6 and {tuple(row[3:5]) for row in refused} == {("refused", "POST /signout")}
+        assert "CSRF token missing or wrong" in refused[-1][5]
 
 
 def test_a_sign_in_form_posted_from_elsewhere_is_refused(console: Console) -> None:

@@ -128,12 +128,14 @@ def require(role: str) -> Callable[[Handler], Endpoint]:
                 if request.method in ("GET", "HEAD"):
                     return RedirectResponse(f"/signin?next={quote(request.url.path)}", status_code=303)
                 return console.error(request, 403, "Sign in first: this action needs a signed-in person.")
-            if not visit.has(role):
-                return console.error(request, 403, forbidden_message(visit, role), visit=visit)
-            if request.method not in ("GET", "HEAD"):
+            changing = request.method not in ("GET", "HEAD")
+            refused = "" if visit.has(role) else forbidden_message(visit, role)
+            if changing and not refused:
                 refused = await csrf_refusal(visit)
-                if refused:
-                    return console.error(request, 403, refused, visit=visit)
+            if refused:
+                if changing:  # an attempt to change something that was refused: worth an entry
+                    await visit.audit("refused", f"{request.method} {request.url.path}", refused)
+                return console.error(request, 403, refused, visit=visit)
             return await handler(request, visit)
 
         endpoint.required_role = role  # type: ignore[attr-defined]  # what the registry checks
