@@ -55,6 +55,10 @@ QUERIES = {
                                until=BASE + timedelta(milliseconds=200)),
     "reason and agent and limit": Query(reason="tool_not_in_manifest", agent="deployer", limit=5),
     "reason nobody gave": Query(reason="policy_contract"),
+    "reason since, to now": Query(reason="kill_switch", since=BASE + timedelta(milliseconds=120), limit=9),
+    "kind and decision since, to now": Query(kind="budget", decision="allow", since=BASE + timedelta(milliseconds=7),
+                                             limit=11),
+    "tool since, to now, nothing after": Query(tool="post_message", since=BASE + timedelta(hours=1)),
     "kind": Query(kind="budget"),
     "kind and decision": Query(kind="model", decision="allow"),
 }
@@ -80,7 +84,7 @@ def test_reason_and_kind_find_the_same_records_in_both_logs(logs: tuple[Path, st
             assert query.reason in [r["code"] for r in record["reasons"]]
         if query.kind:
             assert record["input"]["kind"] == query.kind
-    assert bool(local) == (query != QUERIES["reason nobody gave"])
+    assert bool(local) == (query not in (QUERIES["reason nobody gave"], QUERIES["tool since, to now, nothing after"]))
 
 
 def test_a_reason_inside_an_argument_is_no_reason(logs: tuple[Path, str]) -> None:
@@ -93,15 +97,21 @@ def test_a_reason_inside_an_argument_is_no_reason(logs: tuple[Path, str]) -> Non
     assert needle > len(found)  # the allowed tool calls hold it in an argument
 
 
-def test_the_reason_search_reads_the_window_through_the_timestamp_index(logs: tuple[Path, str]) -> None:
+@pytest.mark.parametrize("query", [Query(reason="kill_switch", since=BASE), Query(kind="budget", since=BASE),
+                                   Query(tool="merge_pull_request", decision="deny", since=BASE)],
+                         ids=["reason", "kind", "tool"])
+def test_a_window_to_now_is_walked_newest_first_from_its_first_seq(logs: tuple[Path, str], query: Query) -> None:
+    # Not read whole through the timestamp index and sorted: the rowid range from the window's first seq (found in
+    # the index) is read newest first, so a page stops at its limit.
     from tollgate.decisionlog._sqlite_store import query_sql
 
     path, _ = logs
-    where, params = query_sql(Query(reason="kill_switch", since=BASE))
+    where, params = query_sql(query)
     with SqliteDecisionStore.open(path) as store:
-        plan = " ".join(str(r[-1]) for r in store.connection.execute(
+        plan = " | ".join(str(r[-1]) for r in store.connection.execute(
             f"EXPLAIN QUERY PLAN SELECT seq FROM decisions WHERE {where} ORDER BY seq DESC LIMIT 50", params))
-    assert "decisions_timestamp" in plan, plan
+    assert plan.startswith("SEARCH decisions USING INTEGER PRIMARY KEY (rowid>?)"), plan
+    assert "COVERING INDEX decisions_timestamp" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_a_reason_query_is_refused_for_an_unknown_kind() -> None:

@@ -98,7 +98,17 @@ def query_sql(query: Query) -> tuple[str, tuple[Any, ...]]:
         if value:
             parts.append(f"{column} = ?")
             params.append(value)
-    if query.since is not None:
+    if query.since is not None and query.until is None and not (query.decision_id or query.agent or query.session):
+        # A window up to now with no indexed equality to narrow it: since becomes an exact seq bound too (the lowest
+        # seq of the window bounds every record in it; read from the window's entries of the timestamp index) and the
+        # time test is kept off the index (+timestamp), so a newest-first page walks the window from its newest row
+        # and stops at its limit (a rare reason stops at the window's start, not the log's) instead of reading the
+        # whole window through the index and sorting it: 100k records, the newest 1000 budget decisions of a day
+        # 29 ms instead of 200 ms.
+        parts.append("seq >= coalesce((SELECT min(seq) FROM decisions INDEXED BY decisions_timestamp "
+                     "WHERE timestamp >= ?), 1 << 62) AND +timestamp >= ?")
+        params += [format_time(query.since)] * 2
+    elif query.since is not None:
         parts.append("timestamp >= ?")
         params.append(format_time(query.since))
     if query.until is not None:
@@ -115,13 +125,6 @@ def query_sql(query: Query) -> tuple[str, tuple[Any, ...]]:
             parts.append("json_extract(record, '$.input.tool.server') = ?")
             params.append(server)
     if query.reason:
-        # since as a seq bound too (exact: the lowest seq of the window bounds every record in it, read from the
-        # window's entries of the timestamp index alone), so a newest-first read of a rare reason walks the window's
-        # rows and stops there, not at the log's start.
-        if query.since is not None:
-            parts.append("seq >= coalesce((SELECT min(seq) FROM decisions INDEXED BY decisions_timestamp "
-                         "WHERE timestamp >= ?), 1 << 62)")
-            params.append(format_time(query.since))
         parts.append("instr(record, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(record, '$.reasons') "
                      "WHERE json_extract(value, '$.code') = ?)")
         params += ['"code":' + canonical_json(query.reason), query.reason]

@@ -59,7 +59,7 @@ async def _rows(visit: Visit, active: Sequence[ActiveSession], problems: list[st
             spend[entry.session] = await stores.budgets.usage({"session": entry.session})
     except StateError as exc:
         problems.append(f"{exc}: spend and pending approvals are not shown")
-    limits = await _agent_limits(decisions, {entry.agent for entry in active}, problems)
+    limits = await _agent_limits(decisions, active, problems)
     rows = []
     for entry in active:
         units = _units(spend.get(entry.session, []))
@@ -72,28 +72,25 @@ async def _rows(visit: Visit, active: Sequence[ActiveSession], problems: list[st
     return rows
 
 
-async def _agent_limits(decisions: Any, agents: set[str], problems: list[str]) -> dict[str, Mapping[str, float]]:
-    """agent → the session limits (by unit) its newest spending decision carried (one bounded read per kind)."""
-    records: list[DecisionRecord] = []
+async def _agent_limits(decisions: Any, active: Sequence[ActiveSession],
+                        problems: list[str]) -> dict[str, Mapping[str, float]]:
+    """agent → the session limits (by unit) its manifest sets, as the newest spending decision of one of its active
+    sessions carried them (read through the session index, newest first: a session's own rows, never the agent's
+    whole history; the first session of an agent that has one answers for its other sessions)."""
+    found: dict[str, Mapping[str, float]] = {}
     try:
-        for agent in sorted(agents)[:100]:
+        for entry in active:
+            if entry.agent in found:
+                continue
+            records: list[DecisionRecord] = []
             for kind in ("budget", "model"):
-                records += [row.decision_record() for row in
-                            await decisions.find(Query(agent=agent, kind=kind, decision="allow", limit=1))]
+                rows = await decisions.find(Query(session=entry.session, kind=kind, decision="allow", limit=1))
+                records += [row.decision_record() for row in rows]
+            seen = limits_seen(records).get(("session", entry.session))
+            if seen is not None:
+                found[entry.agent] = seen.default
     except (LogReadError, ValueError) as exc:
         problems.append(f"limits are not shown: {exc}")
-        return {}
-    newest: dict[str, DecisionRecord] = {}
-    for record in records:
-        agent = str(record.principal.get("agent_id", ""))
-        if agent not in newest or newest[agent].timestamp < record.timestamp:
-            newest[agent] = record
-    found: dict[str, Mapping[str, float]] = {}
-    for agent, record in newest.items():
-        session = str(record.principal.get("session_id", ""))
-        seen = limits_seen([record]).get(("session", session))
-        if seen is not None:
-            found[agent] = seen.default
     return found
 
 

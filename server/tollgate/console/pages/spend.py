@@ -42,7 +42,8 @@ async def spend(request: Request, visit: Visit) -> Response:
     except (StateError, ValueError) as exc:
         problems.append(str(exc))
         totals = []
-    limits = await _limits(visit, start, end, problems) if totals else {}
+    # A period still running is read up to now (no until): the log's newest-first walk of the window, bounded.
+    limits = await _limits(visit, start, end if end is not None and end <= now else None, problems) if totals else {}
     for total in totals:
         seen = limits.get((scope, total.value))
         limit_value = _limit_of(seen, total.unit, monthly=period_kind == "month")
