@@ -20,6 +20,10 @@ from tollgate.contract import MAX_DEPTH
 from tollgate.decisionlog import ShippingConfig
 from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier, valid_caller_id
 from tollgate.net import HttpOptions, ssl_context
+from tollgate.sidecar._config_files import BUNDLE_HEADERS as _BUNDLE_HEADERS
+from tollgate.sidecar._config_files import ConfigError
+from tollgate.sidecar._config_files import read_headers as _read_headers
+from tollgate.sidecar._config_files import read_secret as _read_secret
 
 if TYPE_CHECKING:
     from tollgate.api._envoy import EnvoySettings
@@ -31,10 +35,6 @@ _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
 def default_bundle() -> str:
     """The project's rego/ (when run from a checkout), else ./rego."""
     return str(_PROJECT_REGO) if _PROJECT_REGO.is_dir() else "rego"
-
-
-class ConfigError(ValueError):
-    """A configuration file or flag that cannot be used; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -537,40 +537,6 @@ def parse_duration(name: str, text: str) -> timedelta:
     except ValueError:
         raise ConfigError(f"{name}: must be a positive number and a unit, {encoding.DURATION_GRAMMAR}; not {text!r}"
                           ) from None
-
-
-def _read_secret(name: str, path: str) -> str:
-    try:
-        secret = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path!r} ({exc.strerror or exc})") from exc
-    if not secret:
-        raise ConfigError(f"{name}: {path!r} is empty")
-    return secret
-
-
-#: Headers an exporter sets itself; a headers file may not replace them.
-_OWN_HEADERS = frozenset({"content-type", "content-encoding", "content-length", "host", "user-agent"})
-#: Headers the bundle poller sets itself (conditional polling, the archive as sent).
-_BUNDLE_HEADERS = frozenset({"if-none-match", "accept-encoding", "content-length", "host", "user-agent"})
-
-
-def _read_headers(name: str, path: str, *, set_by: str = "the exporter",
-                  own: frozenset[str] = _OWN_HEADERS) -> tuple[tuple[str, str], ...]:
-    """`Name: value` lines of a headers file (blank lines and # comments skipped), checked line by line."""
-    found: list[tuple[str, str]] = []
-    for number, line in enumerate(_read_secret(name, path).splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        header, colon, value = line.partition(":")
-        header, value = header.strip(), value.strip()
-        if not colon or not header or not value or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in header):
-            raise ConfigError(f"{name}: {path}:{number}: not a `Name: value` header line")
-        if header.lower() in own:
-            raise ConfigError(f"{name}: {path}:{number}: {header} is set by {set_by} itself")
-        found.append((header, value))
-    return tuple(found)
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> ServeConfig:
