@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from tests.conftest import ROOT, TOLLGATE, Server, start_server
+from tests.people import as_person
 from tests.pki import TestCA
 from tests.readme import readme_section
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
@@ -90,8 +91,8 @@ def test_wait_approval_answers_allow_once_a_person_approves(server: Server) -> N
             listed = stub.ListApprovals(approval_pb2.ListApprovalsRequest(session_id="wait-session", status="pending"),
                                         timeout=10, metadata=server.admin_metadata)
             if listed.approvals:
-                stub.Decide(approval_pb2.DecideRequest(id=listed.approvals[0].id, approve=True, by="paula",
-                                                       reason="fine"), timeout=10, metadata=server.admin_metadata)
+                stub.Decide(approval_pb2.DecideRequest(id=listed.approvals[0].id, approve=True, reason="fine"),
+                            timeout=10, metadata=as_person(server, "paula"))
                 return
             time.sleep(0.05)
 

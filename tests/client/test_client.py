@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from tests.conftest import Server, start_server
+from tests.people import as_person
 from tests.pki import TestCA
 from tests.readme import readme_section
 from tollgate.client import (
@@ -61,8 +62,8 @@ def free_address() -> str:
 
 def decide(server: Server, approval_id: str, *, approve: bool) -> None:
     stub = approval_pb2_grpc.ApprovalServiceStub(server.channel)
-    stub.Decide(approval_pb2.DecideRequest(id=approval_id, approve=approve, by="rita", reason="release day"),
-                timeout=10, metadata=server.admin_metadata)
+    stub.Decide(approval_pb2.DecideRequest(id=approval_id, approve=approve, reason="release day"),
+                timeout=10, metadata=as_person(server, "rita"))
 
 
 # Answers.

@@ -13,6 +13,7 @@ from agents.tool_context import ToolContext
 from agents.tool_guardrails import ToolGuardrailFunctionOutput, ToolInputGuardrailData
 
 from tests.conftest import Server, start_server
+from tests.people import as_person
 from tollgate.client import AsyncClient, Decision, Principal
 from tollgate.client.openai_agents import ToolGate
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
@@ -100,8 +101,8 @@ def test_require_approval_interrupts_then_the_approved_call_runs_once(server: Se
         tool = tools["merge_pull_request"]
         interrupted = await needs_approval(tool, "call_4")
         approval_id = gate.approval_id("call_4")
-        stub.Decide(approval_pb2.DecideRequest(id=approval_id, approve=True, by="rita", reason="ok"), timeout=10,
-                    metadata=server.admin_metadata)
+        stub.Decide(approval_pb2.DecideRequest(id=approval_id, approve=True, reason="ok"), timeout=10,
+                    metadata=as_person(server, "rita"))
         first = await guard(gate, tool, "call_4")
         again = await guard(gate, tool, "call_4")  # the approval was used: a new ask is pending again
         return [interrupted, approval_id, first, again]

@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, REGO, TOLLGATE, Server, start_server, tool_request, write_policy
+from tests.people import People
 from tests.readme import mask_dates, readme_section
 from tollgate.authoring.replay import Candidate, read_data_dir, replay
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
@@ -39,16 +40,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 class ApproverClient:
-    """ApprovalService as an approver uses it (with the admin token)."""
+    """ApprovalService as approvers use it: each person decides with their own token (the approver is the token's
+    person); reading is done with the admin token."""
 
     def __init__(self, server: Server) -> None:
         self.stub = approval_pb2_grpc.ApprovalServiceStub(server.channel)
         self.metadata = server.admin_metadata
+        self.people = People(server.data_dir)
 
     def decide(self, approval_id: str, *, approve: bool, by: str, reason: str) -> approval_pb2.Approval:
         decided: approval_pb2.Approval = self.stub.Decide(
-            approval_pb2.DecideRequest(id=approval_id, approve=approve, by=by, reason=reason), timeout=10,
-            metadata=self.metadata)
+            approval_pb2.DecideRequest(id=approval_id, approve=approve, reason=reason), timeout=10,
+            metadata=self.people.metadata(by))
         return decided
 
     def get(self, approval_id: str) -> approval_pb2.Approval:
@@ -205,7 +208,6 @@ REFUSED = [
     pytest.param("bob", "PERMISSION_DENIED", "bob cannot decide a request made by or for itself (principal user)",
                  id="the-user-it-acts-for"),
     pytest.param("mallory", "PERMISSION_DENIED", "mallory is not an approver of", id="not-an-approver"),
-    pytest.param("", "PERMISSION_DENIED", "the approver's identity is required", id="no-identity"),
 ]
 
 
@@ -276,10 +278,10 @@ def test_waiting_for_no_approval_is_refused(server: Server, approval_id: str, co
     assert (approval_id or "approval_id") in (refused.value.details() or "")
 
 
-def test_approval_rpcs_need_the_admin_token(server: Server) -> None:
+def test_approval_rpcs_need_a_credential(server: Server) -> None:
     stub = approval_pb2_grpc.ApprovalServiceStub(server.channel)
     asked = ask_for_approval(server, pr=14)
-    for metadata in ([], [("authorization", "Bearer wrong")]):
+    for metadata in ([], [("authorization", "Bearer wrong")], [("authorization", "Bearer tgp_" + "x" * 43)]):
         with pytest.raises(grpc.RpcError) as refused:
             stub.Decide(approval_pb2.DecideRequest(id=asked.approval_id, approve=True, by="rita", reason="r"),
                         timeout=10, metadata=metadata)
@@ -294,8 +296,13 @@ def tollgate(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*TOLLGATE, *argv], capture_output=True, text=True, timeout=60, env=env)
 
 
-def test_the_cli_lists_watches_approves_and_denies(server: Server) -> None:
+def test_the_cli_lists_watches_approves_and_denies(server: Server, approvals: ApproverClient,
+                                                   tmp_path: Path) -> None:
     at = ["--server", server.address]
+    token_files = {}
+    for person in ("release-bot", "rita", "sam"):
+        token_files[person] = tmp_path / f"{person}.token"
+        token_files[person].write_text(approvals.people.token(person) + "\n")
     asked = ask_for_approval(server, pr=20, session="s-cli")
     listed = tollgate("approvals", "list", "--approver", "rita", "--status", "pending", *at)
     assert listed.returncode == 0, listed.stderr
@@ -306,9 +313,11 @@ def test_the_cli_lists_watches_approves_and_denies(server: Server) -> None:
                                env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
     assert watcher.stdout is not None
     assert watcher.stdout.readline().rstrip().endswith("  pending")
-    refused = tollgate("approvals", "approve", asked.approval_id, "--as", "release-bot", "--reason", "me", *at)
+    refused = tollgate("approvals", "approve", asked.approval_id, "--token-file", str(token_files["release-bot"]),
+                       "--reason", "me", *at)
     assert refused.returncode == 1 and "PERMISSION_DENIED: release-bot cannot decide" in refused.stderr
-    approved = tollgate("approvals", "approve", asked.approval_id, "--as", "rita", "--reason", "release 2.0", *at)
+    approved = tollgate("approvals", "approve", asked.approval_id, "--token-file", str(token_files["rita"]),
+                        "--reason", "release 2.0", *at)
     assert approved.returncode == 0, approved.stderr
     assert approved.stdout == f"approved {asked.approval_id}  by rita: release 2.0\n"
     out, _ = watcher.communicate(timeout=30)
@@ -317,7 +326,8 @@ def test_the_cli_lists_watches_approves_and_denies(server: Server) -> None:
         pb.DECISION_ALLOW
 
     other = ask_for_approval(server, pr=21, session="s-cli")
-    denied = tollgate("approvals", "deny", other.approval_id, "--as", "sam", "--reason", "freeze", *at)
+    denied = tollgate("approvals", "deny", other.approval_id, "--token-file", str(token_files["sam"]), "--as", "sam",
+                      "--reason", "freeze", *at)
     assert denied.returncode == 0 and denied.stdout.startswith(f"denied {other.approval_id}  by sam")
     assert tollgate("approvals", "watch", other.approval_id, *at).returncode == 2
 
@@ -332,15 +342,22 @@ def test_the_readme_walkthrough_runs_as_shown(tmp_path: Path) -> None:
         shown_id = re.search(r"approval_id (apr_\S+)", section).group(1)  # type: ignore[union-attr]
         real_id = ""
         commands = _console_commands(section)
-        assert [argv[1:3] for argv, _ in commands][:3] == [
-            ["authorize", "--agent"], ["approvals", "list"], ["approvals", "approve"]]
+        assert [argv[1:3] for argv, _ in commands][:4] == [
+            ["authorize", "--agent"], ["approvals", "list"], ["users", "token"], ["approvals", "approve"]]
         for argv, shown in commands:
             argv = [real_id if a == shown_id and real_id else a for a in argv]
-            result = subprocess.run([*TOLLGATE, *argv[1:], "--server", server.address], capture_output=True,
-                                    text=True, timeout=60, env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+            if argv[1] == "users":  # it works on the store, not the server: the sidecar's data dir
+                argv = [str(server.data_dir) if a == ".tollgate" else a for a in argv]
+            else:
+                argv = [*argv, "--server", server.address]
+            # The token files the README names are written where the commands run.
+            result = subprocess.run([*TOLLGATE, *argv[1:]], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                                    env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
             verdict = shown.split()[0]
             assert result.returncode == {"ALLOW": 0, "DENY": 2, "REQUIRE_APPROVAL": 3}.get(verdict, 0), \
                 result.stdout + result.stderr
+            if argv[1:3] == ["users", "token"]:
+                (tmp_path / f"{argv[3].split('@')[0]}.token").write_text(result.stdout)
             found = re.search(r"approval_id (apr_\S+)", result.stdout)
             real_id = found.group(1) if found and not real_id else real_id
             assert _varying(result.stdout) == _varying(shown), result.stdout
@@ -364,6 +381,7 @@ def _console_commands(section: str) -> list[tuple[list[str], str]]:
 def _varying(text: str) -> str:
     text = mask_dates(text)
     text = re.sub(r"apr_[0-9a-f-]+", "apr_ID", text)
+    text = re.sub(r"tgp_[A-Za-z0-9_-]+", "tgp_TOKEN", text)
     return re.sub(r"(decision_id|bundle)=\S+", r"\1=...", text).strip()
 
 

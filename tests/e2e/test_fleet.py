@@ -26,6 +26,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import REGO, TOLLGATE, Server, start_server, tool_request, wait_for, write_policy
+from tests.people import bearer, issue_token_pg
 from tests.pg import PostgresServer
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
@@ -219,7 +220,7 @@ def test_a_kill_switch_engaged_at_one_sidecar_stops_the_others_within_the_bound(
 
 
 @pytest.mark.clock  # day windows, TTLs, last seen: read on each sidecar's clock
-def test_an_approval_opened_at_a_approved_at_b_is_used_once_at_c(fleet: list[Server]) -> None:
+def test_an_approval_opened_at_a_approved_at_b_is_used_once_at_c(fleet: list[Server], store: str) -> None:
     a, b, c = fleet
     asked = a.authorize(merge(11, session="s-apr"))
     assert asked.decision == pb.DECISION_REQUIRE_APPROVAL and asked.approval_id
@@ -228,8 +229,9 @@ def test_an_approval_opened_at_a_approved_at_b_is_used_once_at_c(fleet: list[Ser
     listed = approvals.ListApprovals(approval_pb2.ListApprovalsRequest(session_id="s-apr"), timeout=10,
                                      metadata=b.admin_metadata)
     assert [x.id for x in listed.approvals] == [asked.approval_id]
-    approvals.Decide(approval_pb2.DecideRequest(id=asked.approval_id, approve=True, by="rita", reason="release"),
-                     timeout=10, metadata=b.admin_metadata)
+    rita = issue_token_pg(store, "rita")  # issued once into the shared store: every sidecar knows it at once
+    approvals.Decide(approval_pb2.DecideRequest(id=asked.approval_id, approve=True, reason="release"),
+                     timeout=10, metadata=bearer(rita))
     allowed = c.authorize(merge(11, session="s-apr", approval_id=asked.approval_id))
     assert verdict(allowed) == ("DECISION_ALLOW", ["approved"])
     again = a.authorize(merge(11, session="s-apr", approval_id=asked.approval_id))

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, TOLLGATE, Server, start_server, tool_request
+from tests.people import as_person
 from tests.readme import readme_section
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
@@ -49,9 +50,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict
         steps["asked"] = server.authorize(merge())
         assert steps["asked"].decision == pb.DECISION_REQUIRE_APPROVAL
         approvals = approval_pb2_grpc.ApprovalServiceStub(server.channel)
-        approvals.Decide(approval_pb2.DecideRequest(id=steps["asked"].approval_id, approve=True, by="rita",
+        approvals.Decide(approval_pb2.DecideRequest(id=steps["asked"].approval_id, approve=True,
                                                     reason="release 1.2"),
-                         timeout=10, metadata=server.admin_metadata)
+                         timeout=10, metadata=as_person(server, "rita"))
         steps["merged"] = server.authorize(merge(steps["asked"].approval_id))
         assert steps["merged"].decision == pb.DECISION_ALLOW
         steps["model"] = server.authorize(pb.AuthorizeRequest(

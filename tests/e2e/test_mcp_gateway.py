@@ -27,6 +27,7 @@ from mcp.client.session import IncomingMessage
 from mcp.shared.exceptions import MCPError
 
 from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, Server, start_server, write_policy
+from tests.people import as_person
 from tests.pki import TestCA
 from tests.readme import readme_section
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
@@ -151,8 +152,8 @@ def approver(sidecar: Server) -> approval_pb2_grpc.ApprovalServiceStub:
 
 
 def approve(sidecar: Server, approval_id: str, *, approve: bool = True) -> None:
-    approver(sidecar).Decide(approval_pb2.DecideRequest(id=approval_id, approve=approve, by="rita", reason="release"),
-                             timeout=10, metadata=sidecar.admin_metadata)
+    approver(sidecar).Decide(approval_pb2.DecideRequest(id=approval_id, approve=approve, reason="release"),
+                             timeout=10, metadata=as_person(sidecar, "rita"))
 
 
 async def pending_approval(sidecar: Server, session_id: str) -> str:

@@ -13,7 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import Server, start_server, tool_request
+from tests.people import as_person, issue_token
 from tests.pki import TestCA
+from tollgate.state._tokens import TokenError
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 from tollgate.v1 import authorization_pb2_grpc as pb_grpc
@@ -36,22 +38,25 @@ def _merge(server: Server, pr: int) -> pb.AuthorizeResponse:
 
 
 @pytest.mark.parametrize("by", ["group:release-managers", "group:sre-oncall"], ids=["listed-group", "empty-group"])
-def test_a_group_entry_is_no_approver_identity(server: Server, by: str) -> None:
+def test_a_group_entry_is_no_approver_identity(server: Server, by: str, tmp_path: Path) -> None:
     approvals = approval_pb2_grpc.ApprovalServiceStub(server.channel)
     asked = _merge(server, 100 + len(by))
+    # The approver is the credential's, and no credential names a group: declaring one is refused ...
     with pytest.raises(grpc.RpcError) as refused:
         approvals.Decide(approval_pb2.DecideRequest(id=asked.approval_id, approve=True, by=by, reason="as the group"),
                          timeout=10, metadata=server.admin_metadata)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert f"{by} names a group, not a person" in str(refused.value.details())
+    assert f"by: {by!r} is not the caller" in str(refused.value.details())
+    # ... and no token is issued for one.
+    with pytest.raises(TokenError, match="is not a person's name"):
+        issue_token(server.data_dir, by)
     shown = approvals.GetApproval(approval_pb2.GetApprovalRequest(id=asked.approval_id), timeout=10,
                                   metadata=server.admin_metadata)
     assert shown.status == "pending"
     # A member resolved through approver_groups still may.
-    decided = approvals.Decide(approval_pb2.DecideRequest(id=asked.approval_id, approve=True, by="rita",
-                                                          reason="reviewed"),
-                               timeout=10, metadata=server.admin_metadata)
-    assert decided.status == "approved"
+    decided = approvals.Decide(approval_pb2.DecideRequest(id=asked.approval_id, approve=True, reason="reviewed"),
+                               timeout=10, metadata=as_person(server, "rita"))
+    assert (decided.status, decided.decided_by) == ("approved", "rita")
 
 
 REVIEWER = "spiffe://acme/agents/code-reviewer"

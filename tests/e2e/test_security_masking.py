@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import json_format
 
 from tests.conftest import ADMIN_TOKEN, REGO, TOLLGATE, Server, start_server, tool_request, write_policy
+from tests.people import as_person
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
@@ -77,8 +78,8 @@ def test_an_approver_sees_the_command_with_only_the_token_masked_and_told_so(ser
     assert cli.returncode == 0, cli.stderr
     assert "  masked: /input/tool/arguments/command (hidden here; approving approves them as asked)" in cli.stdout
 
-    stub.Decide(approval_pb2.DecideRequest(id=asked.approval_id, approve=True, by="pat", reason="seen"),
-                timeout=10, metadata=metadata)
+    stub.Decide(approval_pb2.DecideRequest(id=asked.approval_id, approve=True, reason="seen"),
+                timeout=10, metadata=as_person(server, "pat"))
     allowed = server.authorize(_bash(command, asked.approval_id))
     assert allowed.decision == pb.DECISION_ALLOW, allowed
     # Both records show the command, readable, without the token; so does the reason that quotes it.

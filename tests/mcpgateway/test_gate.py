@@ -58,7 +58,7 @@ def test_refusals_name_the_decision_the_reasons_and_what_to_do() -> None:
                        reasons=(Reason("destructive_action", "merging is destructive"),))
     text = refusal_text(pending, tool="github/merge_pull_request")
     assert "approval apr_1 is pending (decision d-2)" in text
-    assert "`tollgate approvals approve apr_1 --as NAME`" in text and "same call again" in text
+    assert "`tollgate approvals approve apr_1 --token-file YOUR_TOKEN_FILE`" in text and "same call again" in text
     closed = refusal_text(deny("sidecar_unavailable", failed_closed=True), tool="github/x")
     assert "fail closed" in closed and "(decision" not in closed
     assert decision_meta(pending) == {"decision": "require_approval", "decision_id": "d-2", "approval_id": "apr_1",

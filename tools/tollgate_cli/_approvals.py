@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tollgate_cli._common import EXIT_DENY, EXIT_ERROR, add_admin_flags, admin_metadata, call_server, identity
+from tollgate_cli._common import EXIT_DENY, EXIT_ERROR, add_person_flags, call_server, person_metadata
 
 ORDER = 55  # position in `tollgate --help`
 COMMANDS = ("approvals",)  # the top-level command register() adds
@@ -23,22 +23,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.add_argument("--session", default="", help="only those of this session_id")
     listing.add_argument("--status", default="", help="pending, approved, denied, expired or used")
     listing.add_argument("--json", action="store_true", help="print them as JSON")
-    add_admin_flags(listing)
+    add_person_flags(listing)
     listing.set_defaults(func=_list)
 
     for verb, helptext in (("approve", "allow the request, once"), ("deny", "refuse the request")):
         decide = commands.add_parser(verb, help=helptext)
         decide.add_argument("id", metavar="ID", help="the approval id (AuthorizeResponse.approval_id)")
-        decide.add_argument("--as", dest="by", help="the approver's identity, as the approval's approvers name it "
-                                                   "(default: git config user.email, else $USER)")
+        decide.add_argument("--as", dest="by", default="",
+                            help="optional: the name your credential names; the server takes the approver from "
+                                 "the credential (--token-file: yours; the admin token: admin-token) and refuses "
+                                 "any other name")
         decide.add_argument("--reason", required=True, help="why (recorded with the decision)")
-        add_admin_flags(decide)
+        add_person_flags(decide)
         decide.set_defaults(func=_decide, approve=verb == "approve")
 
     watch = commands.add_parser("watch", help="print the approval's state and each change until it is decided or "
                                               "expires; exit 0 approved, 2 denied or expired")
     watch.add_argument("id", metavar="ID", help="the approval id")
-    add_admin_flags(watch)
+    add_person_flags(watch)
     watch.set_defaults(func=_watch)
 
 
@@ -69,7 +71,7 @@ def _list(args: argparse.Namespace) -> int:
     request = pb.ListApprovalsRequest(approver=args.approver, agent_id=args.agent, session_id=args.session,
                                       status=args.status)
     listed = _call(args, lambda stub: stub.ListApprovals(request, timeout=args.timeout,
-                                                         metadata=admin_metadata(args.token)))
+                                                         metadata=person_metadata(args)))
     if listed is None:
         return EXIT_ERROR
     if args.json:
@@ -86,8 +88,8 @@ def _list(args: argparse.Namespace) -> int:
 def _decide(args: argparse.Namespace) -> int:
     from tollgate.v1 import approval_pb2 as pb
 
-    request = pb.DecideRequest(id=args.id, approve=args.approve, by=identity(args.by), reason=args.reason)
-    decided = _call(args, lambda stub: stub.Decide(request, timeout=args.timeout, metadata=admin_metadata(args.token)))
+    request = pb.DecideRequest(id=args.id, approve=args.approve, by=args.by, reason=args.reason)
+    decided = _call(args, lambda stub: stub.Decide(request, timeout=args.timeout, metadata=person_metadata(args)))
     if decided is None:
         return EXIT_ERROR
     print(f"{decided.status} {decided.id}  by {decided.decided_by}: {decided.reason}")
@@ -100,7 +102,7 @@ def _watch(args: argparse.Namespace) -> int:
     def follow(stub: Any) -> str:
         status = ""
         # No deadline: the stream ends when the approval is decided or expires.
-        for approval in stub.WatchApproval(pb.GetApprovalRequest(id=args.id), metadata=admin_metadata(args.token)):
+        for approval in stub.WatchApproval(pb.GetApprovalRequest(id=args.id), metadata=person_metadata(args)):
             print(_line(approval), flush=True)
             status = approval.status
         return status

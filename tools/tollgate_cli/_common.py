@@ -70,6 +70,31 @@ def open_channel(args: argparse.Namespace) -> Any:
     return grpc.secure_channel(args.server, credentials)
 
 
+def add_person_flags(parser: argparse.ArgumentParser) -> None:
+    """--server, --token and --token-file: approvals are decided with a person's own token."""
+    add_admin_flags(parser)
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help="a file holding your own token (from `tollgate users token NAME`): you act as "
+                             "yourself; instead of the shared admin token")
+
+
+def person_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The call metadata carrying --token-file's token (a person's own), else the admin token's."""
+    if not getattr(args, "token_file", None):
+        return admin_metadata(args.token)
+    if args.token:
+        raise SystemExit("tollgate: --token and --token-file are two credentials; give one (your own token: "
+                         "--token-file)")
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"tollgate: --token-file: cannot read {args.token_file} ({exc.strerror or exc})") from exc
+    if not token or any(c.isspace() for c in token):
+        raise SystemExit(f"tollgate: --token-file: {args.token_file} must hold one token (from `tollgate users "
+                         "token NAME`)")
+    return [("authorization", f"Bearer {token}")]
+
+
 def admin_metadata(token: str | None) -> list[tuple[str, str]]:
     """The call metadata carrying the admin token (from --token, else $TOLLGATE_ADMIN_TOKEN); none without one."""
     token = token or os.environ.get(ADMIN_TOKEN_ENV, "")

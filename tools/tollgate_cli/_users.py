@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tollgate_cli._common import EXIT_ERROR
+from tollgate_cli._tokens import add_token_commands
 
 ORDER = 13  # position in `tollgate --help`: after console
 COMMANDS = ("users",)  # the top-level command register() adds
@@ -19,7 +20,8 @@ COMMANDS = ("users",)  # the top-level command register() adds
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from tollgate_cli._console import add_store_flags
 
-    users = sub.add_parser("users", help="the console's local accounts (add, list, remove, passwd)",
+    users = sub.add_parser("users", help="the console's local accounts (add, list, remove, passwd) and people's "
+                                         "API tokens",
                            description="Local accounts people sign in to `tollgate console` with, kept in the "
                                        "state store the console and the sidecars use. A password is read from "
                                        "stdin (a terminal asks twice), never from the command line.")
@@ -42,6 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for parser, func in ((add, _add), (listing, _list), (remove, _remove), (passwd, _passwd)):
         add_store_flags(parser)
         parser.set_defaults(func=func)
+    add_token_commands(commands, add_store_flags, _run, _operator)  # token, tokens, revoke-token
 
 
 def read_password(*, confirm: bool = True) -> str:

@@ -1,25 +1,24 @@
 """AdminService: bundle status, kill switches, spend and the fleet, for holders of the admin token or a listed
-admin identity."""
+admin identity (api/_access.py); every kill and revive is audited."""
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tollgate.api._access import AdminAccess, audited, authenticate
 from tollgate.api._convert import InvalidRequest
-from tollgate.api._errors import NotServed, PermissionDenied, Unauthenticated, unary_errors
-from tollgate.api._handlers import metadata_value, unary
+from tollgate.api._errors import NotServed, unary_errors
+from tollgate.api._handlers import unary
 from tollgate.bundle import BundleStatus, SourceState
 from tollgate.clock import Clock, SystemClock
 from tollgate.decisionlog import ExportState, ExportStatus
 from tollgate.encoding import parse_time
-from tollgate.identity import TOKEN_METADATA_KEY, CallerResolver
+from tollgate.identity._tokens import ApiCaller
 from tollgate.state import BudgetStore, FleetRegistry, KillSwitch, KillSwitchStore, SidecarInfo, is_stale
 from tollgate.v1 import admin_pb2 as pb
 
@@ -37,16 +36,12 @@ _EXPORT_STATES = {
     ExportState.WARN: pb.EXPORT_STATE_WARN,
     ExportState.ERROR: pb.EXPORT_STATE_ERROR,
 }
-NO_TOKEN_CONFIGURED = (
-    "admin RPCs are disabled for this caller: this sidecar has no admin token (start it with --admin-token-file "
-    "FILE, --admin-token TOKEN or the admin_token config key) and the caller is not in admin_identities")
 
 
 class AdminServicer:
     def __init__(self, bundle_status: Callable[[], BundleStatus], kill_switches: KillSwitchStore, *,
-                 admin_token: str, budgets: BudgetStore | None = None,
+                 access: AdminAccess, budgets: BudgetStore | None = None,
                  exports: Callable[[], Sequence[ExportStatus]] = tuple,
-                 admin_identities: Collection[str] = (), callers: CallerResolver | None = None,
                  fleet: FleetRegistry | None = None, clock: Clock = SystemClock()) -> None:
         self._bundle_status = bundle_status
         self._fleet = fleet
@@ -54,7 +49,7 @@ class AdminServicer:
         self._exports = exports
         self._budgets = budgets
         self._kills = kill_switches
-        self._access = AdminAccess(admin_token.encode(), frozenset(admin_identities), callers or CallerResolver())
+        self._access = access
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -77,21 +72,26 @@ class AdminServicer:
     async def Kill(  # noqa: N802 - gRPC method name
         self, request: pb.KillRequest, context: grpc.aio.ServicerContext
     ) -> pb.KillSwitch:
-        identity = await self._authenticate(context, "Kill")
+        caller = await self._authenticate(context, "Kill")
         # The commit never runs on the event loop; it returns once this process's snapshot has the switch.
         switch = await self._kills.kill(request.scope, request.value, reason=request.reason, by=request.by)
-        log.warning("admin: kill %s=%s by %r (%s): %s", switch.scope, switch.value, switch.killed_by, identity,
-                    switch.reason)
+        log.warning("admin: kill %s=%s by %r (%s): %s", switch.scope, switch.value, switch.killed_by,
+                    caller.logged(), switch.reason)
+        # `by` is what the caller declared; the trail names the credential that did it.
+        await audited(self._access, caller, "killswitch.engage", f"{switch.scope}={switch.value}",
+                      f"by {request.by!r}: {switch.reason}")
         return to_kill_switch_message(switch)
 
     @unary_errors("admin Revive", unavailable="state store is unavailable; nothing was revived")
     async def Revive(  # noqa: N802 - gRPC method name
         self, request: pb.ReviveRequest, context: grpc.aio.ServicerContext
     ) -> pb.KillSwitch:
-        identity = await self._authenticate(context, "Revive")
+        caller = await self._authenticate(context, "Revive")
         switch = await self._kills.revive(request.scope, request.value, by=request.by, reason=request.reason)
-        log.warning("admin: revive %s=%s by %r (%s)%s", switch.scope, switch.value, request.by, identity,
+        log.warning("admin: revive %s=%s by %r (%s)%s", switch.scope, switch.value, request.by, caller.logged(),
                     f": {request.reason}" if request.reason else "")
+        await audited(self._access, caller, "killswitch.lift", f"{switch.scope}={switch.value}",
+                      f"by {request.by!r}: {request.reason}")
         return to_kill_switch_message(switch)
 
     @unary_errors("admin ListKills")
@@ -129,42 +129,8 @@ class AdminServicer:
         now = self._clock.now()
         return pb.ListSidecarsResponse(sidecars=[to_sidecar_message(s, stale=is_stale(s, now=now)) for s in found])
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> str:
-        return await check_admin_token(context, self._access, method)
-
-
-@dataclass(frozen=True)
-class AdminAccess:
-    """Who may call the admin and approval services: the holder of the admin token, or a caller whose identity
-    the transport proves (client certificate, Unix-socket peer, caller token) and admin_identities lists."""
-
-    token: bytes = b""
-    identities: frozenset[str] = frozenset()
-    callers: CallerResolver = field(default_factory=CallerResolver)
-
-
-async def check_admin_token(context: grpc.aio.ServicerContext, access: AdminAccess, method: str) -> str:
-    """The caller's identity as logged. Raises PermissionDenied or Unauthenticated when it is not a listed admin
-    identity and no admin token is configured, none was sent, or a wrong one."""
-    peer = context.peer()
-    if access.identities:
-        caller = access.callers.resolve(peer=peer, auth_context=context.auth_context(),
-                                        token=metadata_value(context, TOKEN_METADATA_KEY))
-        listed = next((name for name in caller.names() if name in access.identities), "")
-        if listed:
-            return f"admin identity {listed} ({caller.method})"
-    if not access.token:
-        log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
-        raise PermissionDenied(NO_TOKEN_CONFIGURED)
-    scheme, _, token = metadata_value(context, "authorization").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        log.warning("admin: %s from %s refused: no admin token sent", method, peer)
-        raise Unauthenticated("admin RPCs need the admin token: send `authorization: Bearer TOKEN` metadata "
-                              "(tollgate: --token or TOLLGATE_ADMIN_TOKEN)")
-    if not hmac.compare_digest(token.strip().encode(), access.token):
-        log.warning("admin: %s from %s refused: wrong admin token", method, peer)
-        raise Unauthenticated("admin token is not valid for this sidecar")
-    return f"admin token, peer {peer}"
+    async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> ApiCaller:
+        return await authenticate(context, self._access, method, people=False)
 
 
 def to_kill_switch_message(switch: KillSwitch) -> pb.KillSwitch:

@@ -1,20 +1,21 @@
-"""ApprovalService: list, read, decide and watch approvals, for holders of the admin token only."""
+"""ApprovalService: list, read, decide and watch approvals, for people (their own credential) and automation
+(the admin token, admin identities); a decision names the caller's credential, never a declared name."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 
 import grpc
 from google.protobuf import struct_pb2
 
-from tollgate.api._admin import AdminAccess, check_admin_token
-from tollgate.api._errors import NotFound, TooLarge, stream_errors, unary_errors
+from tollgate.api._access import AdminAccess, audited, authenticate
+from tollgate.api._errors import NotFound, PermissionDenied, TooLarge, stream_errors, unary_errors
 from tollgate.api._handlers import unary
-from tollgate.identity import CallerResolver
+from tollgate.identity._tokens import ADMIN_TOKEN_ACTOR, ApiCaller
 from tollgate.state import ApprovalStore
 from tollgate.state.approvals import PENDING, Approval, NotAnApprover
 from tollgate.v1 import approval_pb2 as pb
@@ -51,14 +52,13 @@ class StreamRoom:
 
 
 class ApprovalServicer:
-    """The approver's side of approvals. The approver identity is the declared `by`, checked against the
-    approval's approvers; the admin token, or an identity in admin_identities, is what makes it trusted."""
+    """The approver's side of approvals. The approver is the caller its credential names (api/_access.py): a
+    person, `admin-token`, or an admin identity, checked against the approval's approvers like any name."""
 
-    def __init__(self, approvals: ApprovalStore, *, admin_token: str, admin_identities: Collection[str] = (),
-                 callers: CallerResolver | None = None, streams: StreamRoom | None = None) -> None:
+    def __init__(self, approvals: ApprovalStore, *, access: AdminAccess, streams: StreamRoom | None = None) -> None:
         self._approvals = approvals
         self._streams = streams or StreamRoom()
-        self._access = AdminAccess(admin_token.encode(), frozenset(admin_identities), callers or CallerResolver())
+        self._access = access
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -74,7 +74,7 @@ class ApprovalServicer:
     async def ListApprovals(  # noqa: N802 - gRPC method name
         self, request: pb.ListApprovalsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListApprovalsResponse:
-        await check_admin_token(context, self._access, "ListApprovals")
+        await self._authenticate(context, "ListApprovals")
         found = await self._approvals.list(approver=request.approver, agent=request.agent_id,
                                            session=request.session_id, status=request.status)
         return pb.ListApprovalsResponse(approvals=[to_approval_message(a) for a in found])
@@ -83,39 +83,57 @@ class ApprovalServicer:
     async def GetApproval(  # noqa: N802 - gRPC method name
         self, request: pb.GetApprovalRequest, context: grpc.aio.ServicerContext
     ) -> pb.Approval:
-        await check_admin_token(context, self._access, "GetApproval")
+        await self._authenticate(context, "GetApproval")
         return to_approval_message(await self._get(request.id, context))
 
     @unary_errors("approvals: Decide", unavailable="state store is unavailable; nothing was decided")
     async def Decide(  # noqa: N802 - gRPC method name
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Approval:
-        identity = await check_admin_token(context, self._access, "Decide")
+        caller = await self._authenticate(context, "Decide")
         verb = "approve" if request.approve else "deny"
         try:
-            decided = await self._approvals.decide(request.id, approve=request.approve, by=request.by,
+            check_declared(request.by, caller)
+            decided = await self._approvals.decide(request.id, approve=request.approve, by=caller.name,
                                                    reason=request.reason)
-        except NotAnApprover as exc:  # a refused decision is an audit event, not only an answer
-            log.warning("approvals: %s %s by %r (%s) refused: %s", verb, request.id, request.by, identity, exc)
+        except (NotAnApprover, PermissionDenied) as exc:  # a refused decision is an audit event, not only an answer
+            log.warning("approvals: %s %s by %s refused: %s", verb, request.id, caller.logged(), exc)
+            await audited(self._access, caller, f"approval.{verb}.refused", request.id[:200], str(exc))
             raise
-        log.warning("approvals: %s %s by %r (%s): %s", verb, decided.id, decided.decided_by, identity, decided.reason)
+        log.warning("approvals: %s %s by %s: %s", verb, decided.id, caller.logged(), decided.reason)
+        await audited(self._access, caller, f"approval.{verb}", decided.id, decided.reason)
         return to_approval_message(decided)
 
     @stream_errors("approvals: WatchApproval")
     async def WatchApproval(  # noqa: N802 - gRPC method name
         self, request: pb.GetApprovalRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Approval]:
-        await check_admin_token(context, self._access, "WatchApproval")
+        await self._authenticate(context, "WatchApproval")
         with self._streams.hold("WatchApproval"):
             first = await self._get(request.id, context)
             async for approval in approval_changes(self._approvals, first):
                 yield to_approval_message(approval)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> ApiCaller:
+        return await authenticate(context, self._access, method, people=True)
 
     async def _get(self, approval_id: str, context: grpc.aio.ServicerContext) -> Approval:
         found = await self._approvals.get(approval_id)
         if found is None:
             raise NotFound(f"approval {approval_id} does not exist")
         return found
+
+
+def check_declared(by: str, caller: ApiCaller) -> None:
+    """A declared `by` (kept in DecideRequest for older clients) must name the caller: nobody decides as someone
+    else. PermissionDenied naming the field otherwise."""
+    if by and by != caller.name:
+        how = ("the shared admin token decides as admin-token, where the approval's approvers name it"
+               if caller.name == ADMIN_TOKEN_ACTOR else f"your credential ({caller.via}) names {caller.name}")
+        raise PermissionDenied(
+            f"by: {by[:200]!r} is not the caller: the approver is taken from the credential, and {how}; leave "
+            f"`by` empty, or decide as {by[:200]!r} with their own token (tollgate approvals approve ID "
+            "--token-file FILE; `tollgate users token NAME` issues one)")
 
 
 async def approval_changes(approvals: ApprovalStore, first: Approval) -> AsyncIterator[Approval]:

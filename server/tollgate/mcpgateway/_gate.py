@@ -141,7 +141,8 @@ def refusal_text(decision: Decision, *, tool: str) -> str:
     if decision.decision == "require_approval":
         return (f"Tollgate: {tool} needs a person's approval; approval {decision.approval_id} is pending{logged}.\n"
                 f"{reasons}\n"
-                f"An approver can approve it with `tollgate approvals approve {decision.approval_id} --as NAME`. "
+                f"An approver can approve it with `tollgate approvals approve {decision.approval_id} "
+                "--token-file YOUR_TOKEN_FILE`. "
                 "Once approved, make the same call again (same arguments) and it will go through.")
     if decision.failed_closed:
         return (f"Tollgate: {tool} was not called: no policy decision could be made, so the call is denied "

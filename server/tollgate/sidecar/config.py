@@ -162,6 +162,10 @@ class ServeConfig:
     #: Caller identities (as in callers: spiffe://..., uid:N, gid:N, jwt:SUB, ...) that may use AdminService and
     #: ApprovalService without the admin token, because the transport proves who they are.
     admin_identities: list[str] = dataclasses.field(default_factory=list)
+    #: Client certificate or Unix-socket identities (spiffe://..., dns:NAME, cn:NAME, uid:N) → the person each
+    #: authenticates on ApprovalService: that person decides as themselves (a person's token, from `tollgate
+    #: users token NAME`, needs no entry here).
+    person_identities: dict[str, str] = dataclasses.field(default_factory=dict)
     #: AuthZEN 1.0 Access Evaluation API over HTTP, HOST:PORT (POST /access/v1/evaluation[s]); "" turns it off.
     authzen_listen: str = ""
     #: Serve the AuthZEN port over TLS with tls_cert/tls_key; with tls_client_ca, a client certificate is required
@@ -448,6 +452,7 @@ class ServeConfig:
         self.caller_map()
         self.envoy_settings()
         self.admin_identity_list()
+        self.person_identity_map()
         if self.authzen_tls and not (self.authzen_listen and self.tls_cert):
             raise ConfigError("authzen_tls: needs authzen_listen and the server certificate (tls_cert, tls_key)")
         if self.token_keys and not (self.token_issuer and self.token_audience):
@@ -474,6 +479,15 @@ class ServeConfig:
                 raise ConfigError(f"admin_identities: {ident!r} is not a caller identity (spiffe://..., dns:NAME, "
                                   "cn:NAME, uid:N, gid:N or jwt:SUBJECT)")
         return raw
+
+    def person_identity_map(self) -> dict[str, str]:
+        """person_identities, checked."""
+        from tollgate.identity._tokens import parse_person_identities
+
+        try:
+            return parse_person_identities(self.person_identities)
+        except IdentityConfigError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def caller_map(self) -> CallerMap:
         """The callers mapping, parsed (given as a flag, its value is YAML or JSON text)."""

@@ -29,6 +29,7 @@ from tollgate.api import (
     StreamRoom,
     json_error,
 )
+from tollgate.api._access import AdminAccess, NoAudit
 from tollgate.api._envoy import SERVICE as ENVOY_SERVICE
 from tollgate.api._envoy import EnvoyAuthorizationServicer
 from tollgate.api._http import start_http_server
@@ -250,7 +251,9 @@ class _Parts:
 
     def grpc_server(self) -> grpc.aio.Server:
         config, settings, state = self.config, self.settings, self.state
-        admins = config.admin_identity_list()
+        access = AdminAccess(settings.admin_token.encode(), frozenset(config.admin_identity_list()),
+                             settings.resolver, tokens=state.tokens, people=config.person_identity_map(),
+                             audit=state.audit or NoAudit())
         server = grpc_server(config)
         streams = StreamRoom(config.max_concurrent_streams)  # WaitForApproval and WatchApproval share it
         server.add_generic_rpc_handlers((
@@ -259,11 +262,9 @@ class _Parts:
                                   fleet_log=state.decisions).handler(),
             OutcomeServicer(state.outcomes, data_dir=self.decision_log.path.parent, resolver=settings.resolver,
                             callers=settings.callers, fleet_log=state.decisions).handler(),
-            AdminServicer(lambda: self.activator.status, state.kill_switches, admin_token=settings.admin_token,
-                          budgets=state.budgets, exports=self.shipping.statuses, admin_identities=admins,
-                          callers=settings.resolver, fleet=state.fleet, clock=self.clock).handler(),
-            ApprovalServicer(state.approvals, admin_token=settings.admin_token, admin_identities=admins,
-                             callers=settings.resolver, streams=streams).handler(),
+            AdminServicer(lambda: self.activator.status, state.kill_switches, access=access, budgets=state.budgets,
+                          exports=self.shipping.statuses, fleet=state.fleet, clock=self.clock).handler(),
+            ApprovalServicer(state.approvals, access=access, streams=streams).handler(),
             EnvoyAuthorizationServicer(self.authorizer, self.limits, settings=config.envoy_settings(),
                                        resolver=settings.resolver, callers=settings.callers).handler(),
         ))

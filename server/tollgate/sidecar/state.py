@@ -32,10 +32,11 @@ from tollgate.state import ScopeLocks, StateError
 if TYPE_CHECKING:
     from tollgate.decisionlog import DecisionLookup
     from tollgate.sidecar.config import ServeConfig
-    from tollgate.state import ApprovalStore, BudgetStore, KillSwitchStore
+    from tollgate.state import ApprovalStore, AuditLog, BudgetStore, KillSwitchStore
     from tollgate.state._local import LocalState
     from tollgate.state._outcomes import OutcomeStore
     from tollgate.state._protocol import FleetRegistry, OutboxStore, SpendHold
+    from tollgate.state._tokens import PersonTokenStore
     from tollgate.state.budgets import Reservation, ScopeSpend
     from tollgate.state.postgres import PgKillSwitches, PgStore
 
@@ -68,13 +69,15 @@ def schema() -> tuple[Component, ...]:
         PgOutcomes,
         PgUsers,
     )
+    from tollgate.state.postgres._tokens import PgPersonTokens
     from tollgate.state.postgres._outbox import PgOutbox
 
     return (Component(PgBudgets.COMPONENT, PgBudgets.STEPS), Component(PgApprovals.COMPONENT, PgApprovals.STEPS),
             Component(PgOutbox.COMPONENT, PgOutbox.STEPS),
             Component(PgKillSwitches.COMPONENT, PgKillSwitches.STEPS), Component(PgFleet.COMPONENT, FLEET_STEPS),
             Component(DECISIONS_COMPONENT, DECISIONS_STEPS), Component(PgOutcomes.COMPONENT, PgOutcomes.STEPS),
-            Component(PgUsers.COMPONENT, PgUsers.STEPS), Component(PgAudit.COMPONENT, PgAudit.STEPS))
+            Component(PgUsers.COMPONENT, PgUsers.STEPS), Component(PgAudit.COMPONENT, PgAudit.STEPS),
+            Component(PgPersonTokens.COMPONENT, PgPersonTokens.STEPS))
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,10 @@ class SidecarState:
     outcomes: OutcomeStore | None = None
     #: The approval notifications' outbox, which sidecar/notify.py sends from.
     outbox: OutboxStore | None = None
+    #: People's API tokens (`tollgate users token`), which ApprovalService takes the approver from.
+    tokens: PersonTokenStore | None = None
+    #: The audit trail every admin and approval action is written to (who, how, what, from where).
+    audit: AuditLog | None = None
 
 async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
     """Open the configured store (StateError: a start-up error, its message the hint)."""
@@ -130,8 +137,9 @@ async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
 
 def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
     from tollgate.decisionlog import NoFleetLog
-    from tollgate.state import LocalOutcomes, open_local_state
+    from tollgate.state import LocalAudit, LocalOutcomes, open_local_state
     from tollgate.state._outbox import LocalOutbox, Outbox
+    from tollgate.state._tokens import LocalPersonTokens
 
     local = open_local_state(Path(config.data_dir), clock=clock, approver_groups=config.approver_groups,
                              reservation_ttl=config.reservation_ttl)
@@ -143,7 +151,9 @@ def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
                         where=str(local.store.path), plugins=(StorePlugin("state store", close), _watch(local)),
                         sweep=_sweep(local.budgets, config), close=close,
                         outcomes=LocalOutcomes.open(local.store, clock=clock),
-                        outbox=LocalOutbox(Outbox(local.store, clock=clock)))
+                        outbox=LocalOutbox(Outbox(local.store, clock=clock)),
+                        tokens=LocalPersonTokens(local.store, clock=clock),
+                        audit=LocalAudit(local.store, clock=clock))
 
 
 def _watch(local: LocalState) -> Plugin:
@@ -165,7 +175,9 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
         PgOutcomes,
         PgStore,
     )
+    from tollgate.state.postgres._audit import PgAudit
     from tollgate.state.postgres._outbox import PgOutbox
+    from tollgate.state.postgres._tokens import PgPersonTokens
 
     store = PgStore(PgOptions(config.state_store, timeout=config.state_store_timeout,
                               password_file=config.state_store_password_file,
@@ -186,7 +198,8 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
     return SidecarState(kill_switches, approvals, budgets, PgFleet(store, clock=clock), PgDecisionReader(store),
                         where=store.name,
                         plugins=(store_plugin, listener), sweep=_sweep(budgets, config), close=store.close,
-                        outcomes=PgOutcomes(store, clock=clock), outbox=PgOutbox(store, clock=clock))
+                        outcomes=PgOutcomes(store, clock=clock), outbox=PgOutbox(store, clock=clock),
+                        tokens=PgPersonTokens(store, clock=clock), audit=PgAudit(store, clock=clock))
 
 
 async def _check_schema(store: PgStore, *, upgrade: bool, at_start: bool = True) -> bool:

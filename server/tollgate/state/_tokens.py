@@ -111,13 +111,16 @@ def is_person_token(secret: str) -> bool:
 
 
 def check_person(person: str) -> str:
-    """person as a token may name it (TokenError naming the field when no token may)."""
-    if not person or person != person.strip() or not person.isprintable() or len(person) > MAX_PERSON:
-        raise TokenError(f"person: {person[:40]!r} must be 1 to {MAX_PERSON} printable characters, without "
-                         "surrounding spaces")
+    """person as a token may name it: a person's name as the console's accounts spell them (TokenError naming
+    the field when no token may)."""
+    from tollgate.identity._people import valid_person_name
+
     if person == ADMIN_TOKEN_ACTOR or person.startswith("group:"):
         raise TokenError(f"person: {person!r} is not a person's name ({ADMIN_TOKEN_ACTOR!r} is the shared admin "
                          "token; group:NAME is a group)")
+    if not valid_person_name(person):
+        raise TokenError(f"person: {person[:40]!r} is not a name (a letter or digit, then up to 127 letters, digits "
+                         "or . _ @ + -)")
     return person
 
 

@@ -74,9 +74,9 @@ class ApprovalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Decide(self, request, context):
-        """Approve or deny a pending approval as `by`. PERMISSION_DENIED when `by` is not among its approvers
-        (directly or through a configured group) or is the request's own agent, instance or user;
-        FAILED_PRECONDITION when it is no longer pending (decided, used or expired).
+        """Approve or deny a pending approval as the caller. PERMISSION_DENIED when the caller is not among its
+        approvers (directly or through a configured group) or is the request's own agent, instance or user, or
+        when `by` names someone else; FAILED_PRECONDITION when it is no longer pending (decided, used or expired).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,154 @@
+"""Who may call AdminService and ApprovalService, as whom, and the audit entry of what they did.
+
+A caller is resolved from its credential, never from a name it declares (identity/_tokens.py names the kinds):
+- an identity the transport proves (client certificate, Unix-socket peer, caller token) listed in
+  admin_identities: automation, recorded as that identity;
+- `authorization: Bearer TOKEN` with the shared admin token: automation, recorded as `admin-token`;
+- `authorization: Bearer tgp_...`: a person's own token (`tollgate users token NAME`), looked up by its hash;
+- `authorization: Bearer JWT` where an OpenID Connect provider is configured: a person's ID or access token;
+- a client certificate (or Unix-socket peer) that person_identities maps to a person.
+People may use ApprovalService (read, decide as themselves); AdminService needs the admin token or an admin
+identity. Every change (and every refused change) is written to the audit trail with who, how, what and the peer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+
+from tollgate.api._errors import PermissionDenied, Unauthenticated
+from tollgate.api._handlers import metadata_value
+from tollgate.identity import TOKEN_METADATA_KEY, CallerResolver
+from tollgate.identity._tokens import (
+    ADMIN_TOKEN_ACTOR,
+    VIA_ADMIN_IDENTITY,
+    VIA_ADMIN_TOKEN,
+    VIA_CERTIFICATE,
+    VIA_OIDC,
+    VIA_TOKEN,
+    ApiCaller,
+)
+from tollgate.state import StateError
+from tollgate.state._tokens import PersonTokenStore, is_person_token
+
+log = logging.getLogger("tollgate.api.admin")
+
+NO_TOKEN_CONFIGURED = (
+    "admin RPCs are disabled for this caller: this sidecar has no admin token (start it with --admin-token-file "
+    "FILE, --admin-token TOKEN or the admin_token config key) and the caller is not in admin_identities")
+NO_CREDENTIAL = ("admin RPCs need the admin token, and approvals a person's own token: send `authorization: Bearer "
+                 "TOKEN` metadata (tollgate: --token-file FILE with your token from `tollgate users token NAME`, "
+                 "or --token / TOLLGATE_ADMIN_TOKEN for the admin token)")
+
+
+class PersonTokenVerifier(Protocol):
+    """Verifies a person's bearer JWT (an OpenID Connect ID or access token): the person's name, or raises
+    ValueError saying why the token is refused."""
+
+    async def person(self, token: str) -> str:
+        ...
+
+
+class Audit(Protocol):
+    """Where API actions are recorded (state/_audit.py's AuditLog)."""
+
+    async def record(self, actor: str, via: str, action: str, target: str = "", detail: str = "",
+                     source_address: str = "") -> object:
+        ...
+
+
+class NoAudit:
+    """Records nothing (a servicer built without a store's audit trail, in unit tests)."""
+
+    async def record(self, actor: str, via: str, action: str, target: str = "", detail: str = "",
+                     source_address: str = "") -> object:
+        return None
+
+
+@dataclass(frozen=True)
+class AdminAccess:
+    """The credentials admin and approval RPCs accept (see the module docstring)."""
+
+    token: bytes = b""
+    identities: frozenset[str] = frozenset()
+    callers: CallerResolver = field(default_factory=CallerResolver)
+    #: Person tokens (None: none are accepted).
+    tokens: PersonTokenStore | None = None
+    #: Caller identities (certificate, Unix peer) → the person each authenticates.
+    people: Mapping[str, str] = field(default_factory=dict)
+    #: People's OpenID Connect tokens (None: none are accepted).
+    oidc: PersonTokenVerifier | None = None
+    audit: Audit = field(default_factory=NoAudit)
+
+
+async def authenticate(context: grpc.aio.ServicerContext, access: AdminAccess, method: str, *,
+                       people: bool) -> ApiCaller:
+    """The caller of method, from its credential. people: whether a person's credential is enough (approvals),
+    else only automation's (AdminService). PermissionDenied or Unauthenticated (logged) when it is not."""
+    peer = context.peer()
+    caller = None
+    if access.identities or access.people:
+        caller = access.callers.resolve(peer=peer, auth_context=context.auth_context(),
+                                        token=metadata_value(context, TOKEN_METADATA_KEY))
+        listed = next((name for name in caller.names() if name in access.identities), "")
+        if listed:
+            return ApiCaller(listed, VIA_ADMIN_IDENTITY, person=False, admin=True, peer=peer)
+    scheme, _, bearer = metadata_value(context, "authorization").partition(" ")
+    bearer = bearer.strip()
+    if scheme.lower() == "bearer" and bearer:
+        found = await _bearer(bearer, access, method=method, peer=peer)
+    elif caller is not None and (person := next((access.people[n] for n in caller.names() if n in access.people),
+                                                "")):
+        found = ApiCaller(person, VIA_CERTIFICATE if caller.method == "mtls" else caller.method, person=True,
+                          admin=False, peer=peer)
+    else:
+        log.warning("admin: %s from %s refused: no admin token or person's credential sent", method, peer)
+        if not access.token and access.tokens is None:
+            raise PermissionDenied(NO_TOKEN_CONFIGURED)
+        raise Unauthenticated(NO_CREDENTIAL)
+    if found.person and not people:
+        log.warning("admin: %s from %s refused: %s is a person's credential", method, peer, found.logged())
+        raise PermissionDenied(f"{method}: {found.name} ({found.via}) is a person's credential; AdminService needs "
+                               "the admin token or an admin identity (kill switches for people: the console)")
+    return found
+
+
+async def _bearer(bearer: str, access: AdminAccess, *, method: str, peer: str) -> ApiCaller:
+    if access.token and hmac.compare_digest(bearer.encode(), access.token):
+        return ApiCaller(ADMIN_TOKEN_ACTOR, VIA_ADMIN_TOKEN, person=False, admin=True, peer=peer)
+    if access.tokens is not None and is_person_token(bearer):
+        try:
+            token = await access.tokens.lookup(bearer)
+        except StateError:
+            raise  # the store is down: UNAVAILABLE, nothing decided
+        if token is not None:
+            return ApiCaller(token.person, VIA_TOKEN, person=True, admin=False, peer=peer)
+        log.warning("admin: %s from %s refused: a person token that is unknown, expired or revoked", method, peer)
+        raise Unauthenticated("this person token is not valid (unknown, expired or revoked): issue a new one with "
+                              "`tollgate users token NAME`")
+    if access.oidc is not None and bearer.count(".") == 2:
+        try:
+            person = await access.oidc.person(bearer)
+        except ValueError as exc:
+            log.warning("admin: %s from %s refused: OpenID Connect token: %s", method, peer, exc)
+            raise Unauthenticated(f"OpenID Connect token refused: {exc}") from None
+        return ApiCaller(person, VIA_OIDC, person=True, admin=False, peer=peer)
+    if not access.token and access.tokens is None:
+        log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
+        raise PermissionDenied(NO_TOKEN_CONFIGURED)
+    log.warning("admin: %s from %s refused: wrong admin token", method, peer)
+    raise Unauthenticated("admin token is not valid for this sidecar")
+
+
+async def audited(access: AdminAccess, caller: ApiCaller, action: str, target: str, detail: str) -> None:
+    """Append to the audit trail; a trail that cannot be written is logged, and the answer stands (the change
+    is already made, and the server's log line says so)."""
+    try:
+        await access.audit.record(caller.name, caller.via, action, target, detail, caller.peer)
+    except StateError as exc:
+        log.error("audit: cannot record %s %s by %s: %s", action, target, caller.logged(), exc)
