@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from envoy.service.auth.v3 import attribute_context_pb2 as attrs
 from envoy.service.auth.v3 import external_auth_pb2 as ext
 from envoy.service.auth.v3 import external_auth_pb2_grpc as ext_grpc
@@ -26,6 +27,8 @@ from google.rpc import code_pb2
 
 from tests.conftest import Server, tool_request
 from tests.pki import TestCA
+from tests.readme import readme_section
+from tollgate.api._envoy import EnvoySettings
 from tollgate.sidecar.config import ConfigError, load_config
 from tollgate.v1 import authorization_pb2 as pb
 
@@ -262,3 +265,14 @@ def test_routes_match_whole_segments_and_the_longest_prefix_wins() -> None:
     assert settings.mcp_server("other", "/mcp") == "a"
     assert settings.mcp_server("other", "/mcpx") == ""
     assert settings.mcp_server("MCP.github.internal:443", "/") == "github"
+
+
+def test_the_readme_settings_load_as_shown() -> None:
+    section = readme_section("Envoy external authorization")
+    block = re.search(r"```yaml\n# tollgate.yaml\n(.*?)```", section, re.S)
+    assert block, "README's Envoy section has no tollgate.yaml block"
+    settings = EnvoySettings.parse(yaml.safe_load(block.group(1))["envoy"])
+    assert settings.mcp_server("mcp.github.internal", "/mcp") == "github"
+    assert settings.mcp_server("gw", "/mcp/jira/x") == "jira"
+    assert settings.trusted_proxies == {PROXY}
+    assert "with_request_body" in section and "envoy.filters.http.ext_authz" in section
