@@ -24,6 +24,9 @@ from tollgate.console import pages as page_package
 from tollgate.console._auth import LoginLimiter, signin_page, signout
 from tollgate.console._config import ConsoleConfig
 from tollgate.console._decisions import DecisionReader
+from tollgate.console._oidc import START_PATH as OIDC_START
+from tollgate.console._oidc import oidc_sign_in
+from tollgate.console._proxy import TrustedProxy, trusted_proxy
 from tollgate.console._web import Page, Visit, csrf_token, new_session_id, roles_of, session_hash
 from tollgate.encoding import format_time
 from tollgate.identity._people import Person
@@ -60,6 +63,8 @@ class Console:
         self.templates = jinja2.Environment(loader=jinja2.PackageLoader("tollgate.console", "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.cookie = "__Host-tollgate_session" if config.secure_cookies else "tollgate_session"
+        #: A trusted reverse proxy's identity headers (console/_proxy.py), when configured.
+        self.proxy: TrustedProxy | None = None
 
     # -- who is asking ------------------------------------------------------------------------------------
 
@@ -79,6 +84,13 @@ class Console:
         cached: Visit | None = request.scope.get("tollgate.visit")
         if cached is not None:
             return cached
+        proxied = await self.proxy.person(request) if self.proxy is not None else None
+        if proxied is not None:  # the proxy's word, on a connection from the proxy: no cookie session
+            person, standing_for = proxied
+            visit = Visit(request, self, person, roles_of(person.groups, self.config.roles), standing_for,
+                          csrf_token(standing_for))
+            request.scope["tollgate.visit"] = visit
+            return visit
         session_id = request.cookies.get(self.cookie, "")
         if not session_id or len(session_id) > 100:
             return None
@@ -145,7 +157,12 @@ def create_app(config: ConsoleConfig, *, state: Stores, decisions: DecisionReade
     """The console as an ASGI app on an open store (the caller opens and closes it)."""
     pages = registered_pages()
     console = Console(config, stores=state, decisions=decisions, clock=clock, pages=pages)
+    console.proxy = trusted_proxy(console)
+    oidc = oidc_sign_in(console)
+    if oidc is not None:
+        console.templates.globals["oidc_signin"] = OIDC_START  # the sign-in page's link
     routes: list[BaseRoute] = [
+        *(oidc.routes() if oidc is not None else ()),
         Route("/signin", signin_page, methods=["GET", "POST"], name="signin"),
         Route("/signout", signout, methods=["POST"], name="signout"),
         Mount("/static", StaticFiles(packages=[("tollgate.console", "static")]), name="static"),
