@@ -9,6 +9,7 @@ import re
 import ssl
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx2
@@ -17,7 +18,8 @@ import pytest
 from tests.conftest import ROOT, TOLLGATE, start_server
 from tests.console.conftest import Console, ConsoleFactory, add_user, start_console, store_args
 from tests.pki import TestCA
-from tollgate.console._auth import address_block
+from tollgate.clock import ManualClock
+from tollgate.console._auth import MAX_TRACKED, LoginLimiter, address_block
 
 pytestmark = pytest.mark.clock
 
@@ -297,6 +299,19 @@ def test_the_address_limit_counts_an_ipv6_client_by_its_64() -> None:
     assert address_block("2001:db8:1:3::1") != address_block("2001:db8:1:2::1")
     assert address_block("::ffff:10.0.0.7") == "10.0.0.7" == address_block("10.0.0.7")
     assert address_block("not an address") == "not an address"
+
+
+def test_the_sign_in_limiter_keeps_bounded_memory_whatever_a_stranger_sends() -> None:
+    clock = ManualClock(datetime(2026, 12, 31, 23, 59, tzinfo=UTC))
+    limiter = LoginLimiter(clock, per_user=3, per_address=5, window=60)
+    for number in range(MAX_TRACKED + 500):
+        limiter.failed(f"spray-{number}", f"10.{number // 65536}.{number // 256 % 256}.{number % 256}")
+    assert len(limiter) <= MAX_TRACKED
+    for _ in range(3):
+        limiter.failed("rita", "10.9.9.9")
+    assert 59 < limiter.retry_after("RITA", "10.1.1.1") <= 60  # names are counted case-blind
+    clock.advance(61)
+    assert limiter.retry_after("rita", "10.9.9.9") == 0
 
 
 def test_users_commands_manage_accounts_and_end_sessions(console: Console, data_dir: Path) -> None:
