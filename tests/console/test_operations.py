@@ -101,6 +101,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         ids["spent"] = spent.decision_id
         other = server.authorize(budget("s-other", 1.25, user="una", team="data", workflow="triage"))
         assert other.decision == pb.DECISION_ALLOW
+        waiting = server.authorize(tool_request("release-bot", "github", "merge_pull_request",
+                                                {"owner": "acme", "repo": "app", "pullNumber": 7}, session_id="s-wait"))
+        assert waiting.decision == pb.DECISION_REQUIRE_APPROVAL and waiting.approval_id, waiting
+        ids["waiting"] = waiting.decision_id
         yield server, console, people, ids
     finally:
         console.terminate()
@@ -115,10 +119,11 @@ def test_sessions_now_show_each_runs_cost_against_its_limit_and_link_the_timelin
     text = text_of(page)
     assert re.search(r"s-ops code-reviewer ursula platform / review 1 usd of 20 \(5 %\) 4 1 0 ", text), text
     assert re.search(r"s-other code-reviewer una data / triage 1.25 usd of 20 \(6 %\) 1 0 0 ", text), text
-    assert text.index("s-other") < text.index("s-ops")  # most recently active first
-    assert 'href="/sessions/s-ops"' in page.text
+    assert re.search(r"s-wait release-bot none 1 0 1 ", text), text  # nothing spent, one pending approval
+    assert text.index("s-wait") < text.index("s-other") < text.index("s-ops")  # most recently active first
+    assert 'href="/sessions/s-ops"' in page.text and 'href="/approvals"' in page.text
     assert "active in the last 1440 minutes" in text_of(vera.get("/sessions", minutes="999999", limit="99999"))
-    assert re.findall(r'href="/sessions/([^"]+)"', vera.get("/sessions", limit="1").text) == ["s-other"]
+    assert re.findall(r'href="/sessions/([^"]+)"', vera.get("/sessions", limit="1").text) == ["s-wait"]
 
 
 def test_the_timeline_lists_the_sessions_decisions_with_spend_and_links_to_each_record(site: Site) -> None:
@@ -126,12 +131,16 @@ def test_the_timeline_lists_the_sessions_decisions_with_spend_and_links_to_each_
     page = Client(console).signin(people["vera"]).get("/sessions/s-ops")
     assert page.status_code == 200
     text = text_of(page)
-    for decision_id in ids.values():
-        assert f'href="/decisions/{decision_id}"' in page.text
+    for name in ("allowed", "denied", "spent"):
+        assert f'href="/decisions/{ids[name]}"' in page.text
     assert "tool_not_in_manifest" in text and "github/merge_pull_request" in text
     assert re.search(r"usd 0 1 20 5 %", text), text  # committed, reserved (live), the limit, the share
     assert "usd reserved 0.5, committed 0 (reserved)" in text
     assert MARKUP not in page.text and html.escape(MARKUP, quote=False)[:20] in page.text
+    waiting = Client(console).signin(people["vera"]).get("/sessions/s-wait")
+    approval = re.search(r'href="/approvals/([^"]+)"', waiting.text)
+    assert approval, waiting.text
+    assert re.search(rf"approval {approval.group(1)} opened for group:[^;]+; now pending", text_of(waiting))
 
 
 def test_the_record_view_shows_the_whole_record_readable_and_escaped(site: Site) -> None:
