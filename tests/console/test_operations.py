@@ -156,6 +156,9 @@ def test_the_record_view_shows_the_whole_record_readable_and_escaped(site: Site)
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "<script" not in page.text.replace("&lt;script", "")
     assert vera.get("/decisions/no-such-id").status_code == 404
+    for path in ("/decisions/", "/sessions/"):  # markup in the path comes back as text
+        answer = vera.get(path + MARKUP)
+        assert answer.status_code in (200, 404) and MARKUP not in answer.text and "&lt;script&gt;" in answer.text
 
 
 def test_decision_search_by_reason_tool_agent_and_session_is_bounded(site: Site) -> None:
