@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import grpc
 import pytest
 
 from tests.conftest import Server, start_server, tool_request
+from tests.oidc_provider import CLIENT_ID, running_provider
 from tests.people import People, bearer, issue_token
 from tests.pki import TestCA
 from tollgate.state import LocalAudit, StateStore
@@ -220,3 +222,28 @@ def test_a_client_certificate_mapped_to_a_person_decides_as_that_person(serve: C
 def test_person_identities_that_name_no_person_are_a_start_up_error(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="person_identities"):
         start_server(tmp_path / "data", config={"person_identities": {PERSON_CERT: "admin-token"}}, ready_timeout=20)
+
+
+def test_a_persons_openid_connect_token_decides_as_the_person_it_names(tmp_path: Path) -> None:
+    provider = running_provider()
+    idp = next(provider)  # a stand-in provider (tests/oidc_provider.py): no real IdP here
+    server = start_server(tmp_path / "data", config={
+        "approver_groups": {"release-managers": ["rita@example.com"]},
+        "oidc": {"issuer": idp.url, "client_id": CLIENT_ID, "name_claim": "email", "clock_skew": 30}})
+    try:
+        approval_id = _ask(server, 70)
+        idp.claims = {"exp": int(time.time()) - 600, "iat": int(time.time()) - 900}
+        expired = _refused(lambda: _decide(server, approval_id, bearer(idp.id_token(nonce="n"))))
+        assert expired.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "OpenID Connect token refused: the token has expired (exp)" in str(expired.details())
+        idp.claims = {"aud": "another-client"}
+        other = _refused(lambda: _decide(server, approval_id, bearer(idp.id_token(nonce="n"))))
+        assert other.code() == grpc.StatusCode.UNAUTHENTICATED and "Audience" in str(other.details())
+        idp.claims = {}
+        decided = _decide(server, approval_id, bearer(idp.id_token(nonce="n")))
+        assert (decided.status, decided.decided_by) == ("approved", "rita@example.com")
+        (entry,) = _audit(server.data_dir, actor="rita@example.com")
+        assert (entry.via, entry.action) == ("oidc", "approval.approve")
+    finally:
+        server.terminate()
+        provider.close()

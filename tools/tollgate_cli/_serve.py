@@ -73,6 +73,10 @@ def _field_help(name: str) -> str:
         "authzen_max_batch": "most evaluations in one AuthZEN batch request",
         "envoy": "YAML/JSON {mcp_servers, principal_headers, trusted_proxies, ...}: Envoy ext_authz Check mapping",
         "admin_identities": "comma-separated caller identities that may use the admin RPCs without the token",
+        "person_identities": "client certificate identity -> the person it authenticates on approvals (a mapping: "
+                             "set it in --config)",
+        "oidc": "{issuer, client_id, audience, name_claim, ...}: OpenID Connect tokens of people on approvals (a "
+                "mapping: set it in --config)",
         "authzen_tls": "serve the AuthZEN port over TLS (--tls-cert/--tls-key; --tls-client-ca: mTLS)",
         "decision_log_service": "OPA decision-log service URL: records go to POST URL+resource (off when empty)",
         "decision_log_resource": "path below --decision-log-service that takes uploads",

@@ -23,7 +23,9 @@ import grpc
 
 from tollgate.api._errors import PermissionDenied, Unauthenticated
 from tollgate.api._handlers import metadata_value
+from tollgate.clock import Clock
 from tollgate.identity import TOKEN_METADATA_KEY, CallerResolver
+from tollgate.identity._oidc import OidcProvider, OidcSettings
 from tollgate.identity._tokens import (
     ADMIN_TOKEN_ACTOR,
     VIA_ADMIN_IDENTITY,
@@ -52,6 +54,23 @@ class PersonTokenVerifier(Protocol):
 
     async def person(self, token: str) -> str:
         ...
+
+
+class OidcPeople:
+    """People's OpenID Connect tokens on the API: an ID token for the client_id, or an access token for the
+    configured audience, verified as the console's sign-in verifies one (identity/_oidc.py), without a nonce."""
+
+    def __init__(self, provider: OidcProvider) -> None:
+        self._provider = provider
+
+    async def person(self, token: str) -> str:
+        audience = self._provider.settings.audience
+        signed = await self._provider.verify(token, nonce=None, audiences=[audience] if audience else [])
+        return signed.name
+
+
+def oidc_people(settings: OidcSettings | None, *, clock: Clock) -> OidcPeople | None:
+    return OidcPeople(OidcProvider(settings, clock=clock)) if settings is not None else None
 
 
 class Audit(Protocol):

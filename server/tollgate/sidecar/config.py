@@ -28,6 +28,7 @@ from tollgate.sidecar._config_files import read_secret as _read_secret
 if TYPE_CHECKING:
     from tollgate.api._envoy import EnvoySettings
     from tollgate.decisionlog._checkpoint import CheckpointKey
+    from tollgate.identity._oidc import OidcSettings
 
 _PROJECT_REGO = Path(__file__).resolve().parents[2] / "rego"
 
@@ -166,6 +167,9 @@ class ServeConfig:
     #: authenticates on ApprovalService: that person decides as themselves (a person's token, from `tollgate
     #: users token NAME`, needs no entry here).
     person_identities: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: An OpenID Connect provider whose tokens authenticate people on ApprovalService (`authorization: Bearer
+    #: JWT`): issuer, client_id (an ID token's aud), audience (an access token's), name_claim, ... (docs/CONSOLE.md).
+    oidc: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: AuthZEN 1.0 Access Evaluation API over HTTP, HOST:PORT (POST /access/v1/evaluation[s]); "" turns it off.
     authzen_listen: str = ""
     #: Serve the AuthZEN port over TLS with tls_cert/tls_key; with tls_client_ca, a client certificate is required
@@ -453,6 +457,7 @@ class ServeConfig:
         self.envoy_settings()
         self.admin_identity_list()
         self.person_identity_map()
+        self.oidc_settings()
         if self.authzen_tls and not (self.authzen_listen and self.tls_cert):
             raise ConfigError("authzen_tls: needs authzen_listen and the server certificate (tls_cert, tls_key)")
         if self.token_keys and not (self.token_issuer and self.token_audience):
@@ -487,6 +492,15 @@ class ServeConfig:
         try:
             return parse_person_identities(self.person_identities)
         except IdentityConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def oidc_settings(self) -> OidcSettings | None:
+        """The oidc section, checked (None without one)."""
+        from tollgate.identity._oidc import OidcConfigError, OidcSettings
+
+        try:
+            return OidcSettings.parse(self.oidc) if self.oidc else None
+        except OidcConfigError as exc:
             raise ConfigError(str(exc)) from exc
 
     def caller_map(self) -> CallerMap:

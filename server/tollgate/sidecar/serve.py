@@ -29,7 +29,7 @@ from tollgate.api import (
     StreamRoom,
     json_error,
 )
-from tollgate.api._access import AdminAccess, NoAudit
+from tollgate.api._access import AdminAccess, NoAudit, oidc_people
 from tollgate.api._envoy import SERVICE as ENVOY_SERVICE
 from tollgate.api._envoy import EnvoyAuthorizationServicer
 from tollgate.api._http import start_http_server
@@ -253,6 +253,7 @@ class _Parts:
         config, settings, state = self.config, self.settings, self.state
         access = AdminAccess(settings.admin_token.encode(), frozenset(config.admin_identity_list()),
                              settings.resolver, tokens=state.tokens, people=config.person_identity_map(),
+                             oidc=oidc_people(config.oidc_settings(), clock=self.clock),
                              audit=state.audit or NoAudit())
         server = grpc_server(config)
         streams = StreamRoom(config.max_concurrent_streams)  # WaitForApproval and WatchApproval share it
