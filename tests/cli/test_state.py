@@ -10,7 +10,8 @@ import psycopg
 from tests.conftest import TOLLGATE
 from tests.pg import free_port
 
-COMPONENTS = ("budgets", "approvals", "outbox", "kill_switches", "fleet", "decisions", "outcomes", "users", "audit")
+COMPONENTS = ("budgets", "approvals", "outbox", "kill_switches", "fleet", "decisions", "outcomes", "users", "audit",
+              "person_tokens")
 
 
 def tollgate(*args: str) -> subprocess.CompletedProcess[str]:

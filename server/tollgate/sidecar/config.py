@@ -21,7 +21,7 @@ from tollgate.decisionlog import ShippingConfig
 from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier, valid_caller_id
 from tollgate.net import HttpOptions, ssl_context
 from tollgate.sidecar._config_files import BUNDLE_HEADERS as _BUNDLE_HEADERS
-from tollgate.sidecar._config_files import ConfigError
+from tollgate.sidecar._config_files import ConfigError as ConfigError  # re-exported: every caller imports it from here
 from tollgate.sidecar._config_files import read_headers as _read_headers
 from tollgate.sidecar._config_files import read_secret as _read_secret
 
