@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, ViewportSize, expect, sync_playwright
 
 from tests.conftest import ROOT, TOLLGATE
 from tollgate.clock import SHIFT_ENV
@@ -212,6 +212,7 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
         raise RuntimeError(f"{CHROMIUM} not found: install Debian's chromium package (tools/setup.sh does when run "
                            "as root); Playwright's own browser download is not used")
     launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
+    expect.set_options(timeout=STEP_TIMEOUT_MS)  # expect's own default (5 s) is short for 2 shared cores
     yield launched
     launched.close()
 
