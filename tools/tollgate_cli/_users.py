@@ -57,6 +57,16 @@ def read_password(*, confirm: bool = True) -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
+def new_hash() -> str:
+    """The scrypt hash of the password read from stdin (SystemExit with the reason when it cannot be one)."""
+    from tollgate.identity._people import hash_password
+
+    try:
+        return hash_password(read_password())
+    except ValueError as exc:
+        raise SystemExit(f"tollgate users: {exc}") from None
+
+
 def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int:
     from tollgate.state import StateError, UserError, open_store
     from tollgate_cli._console import load
@@ -89,13 +99,13 @@ def _checked_name(name: str) -> str:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from tollgate.identity._people import hash_password, valid_group_name
+    from tollgate.identity._people import valid_group_name
 
     name = _checked_name(args.name)
     bad = [g for g in args.group if not valid_group_name(g)]
     if bad:
         raise SystemExit(f"tollgate users: {bad[0][:140]!r} is not a group name")
-    hashed = hash_password(read_password())
+    hashed = new_hash()
 
     async def work(stores: Any) -> int:
         await stores.users.add(name, groups=sorted(set(args.group)), password_hash=hashed)
@@ -131,9 +141,7 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _passwd(args: argparse.Namespace) -> int:
-    from tollgate.identity._people import hash_password
-
-    hashed = hash_password(read_password())
+    hashed = new_hash()
 
     async def work(stores: Any) -> int:
         await stores.users.set_password(args.name, hashed)

@@ -45,6 +45,8 @@ class LoginLimiter:
         self._limits = {"user": per_user, "address": per_address}
         self._window = window
         self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        #: (name, address block) → when its refusal while locked was last audited.
+        self._noted: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def _key(self, kind: str, value: str) -> tuple[str, str]:
         return (kind, value.lower() if kind == "user" else address_block(value))
@@ -70,6 +72,17 @@ class LoginLimiter:
             self._failures[key] = times  # most recent last
         while len(self._failures) > MAX_TRACKED:
             self._failures.popitem(last=False)
+
+    def first_refusal(self, name: str, address: str) -> bool:
+        """Whether this is the first refused attempt of name from address since their lock began: only that one
+        is audited, so a locked-out sprayer cannot fill the audit trail at request rate."""
+        now = self._clock.time()
+        key = (name.lower(), address_block(address))
+        noted = self._noted.pop(key, None)
+        self._noted[key] = noted if noted is not None and noted + self._window > now else now
+        while len(self._noted) > MAX_TRACKED:
+            self._noted.popitem(last=False)
+        return noted is None or noted + self._window <= now
 
     def succeeded(self, name: str) -> None:
         self._failures.pop(self._key("user", name), None)
@@ -121,8 +134,9 @@ async def _signin(request: Request, console: Console) -> Response:
                      error=refused or "This sign-in form has expired; sign in again.")
     wait = console.limiter.retry_after(name, address)
     if wait > 0:
-        await console.stores.audit.record(name, VIA_LOCAL, "signin.locked", name, "too many failed sign-ins",
-                                          address)
+        if console.limiter.first_refusal(name, address):
+            await console.stores.audit.record(name, VIA_LOCAL, "signin.locked", name, "too many failed sign-ins "
+                                              "(later refusals while locked are not recorded)", address)
         minutes = max(1, round(wait / 60))
         return _form(request, console, status=429, name=name,
                      error=f"Too many failed sign-ins for this account or from this address: sign-in is locked. "
