@@ -25,7 +25,9 @@ class StateError(RuntimeError):
 class StateStore:
     """DATA_DIR/state.db: run-time state the server owns (kill switches; later approvals and budgets).
 
-    The server is the only writer of its file. Each component (a unit such as KillSwitches) owns its
+    The server writes it; people's changes (kill switches, approvals, accounts) may come from another process
+    on the same file (the console), each in an IMMEDIATE transaction that SQLite orders against the server's,
+    heard by the server's change watch (state/_local.py). Each component (a unit such as KillSwitches) owns its
     tables and migrates them with `migrate(component, steps)`: step i brings its schema from version i
     to i + 1, and `schema_versions` records where each component is, so components evolve on their own.
     Writes are serialised by one lock; each change is one transaction, fsynced before it returns.
