@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -15,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import Server, start_server, tool_request
+from tests.conftest import TOLLGATE, Server, start_server, tool_request
 from tests.oidc_provider import CLIENT_ID, running_provider
 from tests.people import People, bearer, issue_token
 from tests.pki import TestCA
@@ -247,3 +248,42 @@ def test_a_persons_openid_connect_token_decides_as_the_person_it_names(tmp_path:
     finally:
         server.terminate()
         provider.close()
+
+
+def _tollgate(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TOLLGATE, *argv], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_the_cli_issues_lists_and_revokes_tokens_and_removing_an_account_revokes_its_own(server: Server,
+                                                                                          tmp_path: Path) -> None:
+    store = ["--data-dir", str(server.data_dir)]
+    issued = _tollgate("users", "token", "sam", "--ttl", "1d", "--note", "on-call laptop", *store)
+    assert issued.returncode == 0, issued.stderr
+    secret = issued.stdout.strip()
+    assert secret.startswith("tgp_") and "shown once" in issued.stderr and secret not in issued.stderr
+    token_file = tmp_path / "sam.token"
+    token_file.write_text(secret + "\n")
+    approval_id = _ask(server, 80)
+    at = ["--server", server.address]
+    both = _tollgate("approvals", "approve", approval_id, "--reason", "r", "--token-file", str(token_file),
+                     "--token", "x", *at)
+    assert both.returncode == 1 and "--token and --token-file are two credentials" in both.stderr
+    as_other = _tollgate("approvals", "approve", approval_id, "--reason", "r", "--token-file", str(token_file),
+                         "--as", "rita", *at)
+    assert as_other.returncode == 1 and "PERMISSION_DENIED: by: 'rita' is not the caller" in as_other.stderr
+    listed = _tollgate("users", "tokens", "sam", *store)
+    (line,) = [row for row in listed.stdout.splitlines() if "on-call laptop" in row]
+    token_id = line.split("\t")[0]
+    assert _tollgate("users", "revoke-token", token_id, *store).returncode == 0
+    revoked = _tollgate("approvals", "approve", approval_id, "--reason", "r", "--token-file", str(token_file), *at)
+    assert revoked.returncode == 1 and "UNAUTHENTICATED: this person token is not valid" in revoked.stderr
+    assert _status(server, approval_id) == "pending"
+
+    added = subprocess.run([*TOLLGATE, "users", "add", "tess", "--group", "approver", *store], input="pw-of-tess\n",
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    tess = _tollgate("users", "token", "tess", *store).stdout.strip()
+    removed = _tollgate("users", "remove", "tess", *store)
+    assert removed.returncode == 0 and "1 API token of tess revoked" in removed.stdout
+    gone = _refused(lambda: _decide(server, approval_id, bearer(tess)))
+    assert gone.code() == grpc.StatusCode.UNAUTHENTICATED

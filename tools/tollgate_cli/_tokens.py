@@ -42,6 +42,16 @@ def _tokens(stores: Any) -> Any:
     return LocalPersonTokens(StateStore(stores.sqlite_path))
 
 
+async def revoke_all(stores: Any, person: str) -> int:
+    """Revoke every live token of person (their account was removed); how many were."""
+    tokens = _tokens(stores)
+    revoked = 0
+    for token in await tokens.list(person):
+        if not token.revoked_at and await tokens.revoke(token.id):
+            revoked += 1
+    return revoked
+
+
 def _issue(args: argparse.Namespace, run: Run, operator: Callable[[], str]) -> int:
     from tollgate.encoding import parse_duration
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tollgate_cli._common import EXIT_ERROR
-from tollgate_cli._tokens import add_token_commands
+from tollgate_cli._tokens import add_token_commands, revoke_all
 
 ORDER = 13  # position in `tollgate --help`: after console
 COMMANDS = ("users",)  # the top-level command register() adds
@@ -135,6 +135,9 @@ def _remove(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         await stores.audit.record(_operator(), "cli", "user.remove", args.name)
         print(f"user {args.name} removed; their sessions ended")
+        if revoked := await revoke_all(stores, args.name):  # and their API tokens with them
+            await stores.audit.record(_operator(), "cli", "token.revoke", args.name, f"{revoked} (account removed)")
+            print(f"{revoked} API token{'s' if revoked != 1 else ''} of {args.name} revoked")
         return 0
 
     return _run(args, work)
