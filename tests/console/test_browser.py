@@ -10,6 +10,8 @@ pages are also written to docs/console/*.png.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -402,3 +404,130 @@ def test_an_approver_finds_the_request_by_its_pull_request_number_approves_it_an
     expect(row).to_contain_text("rita")
     expect(row).to_contain_text("release 2.4: CI green")
     screenshot(page, "approvals-history")
+
+
+def decide_form(approval_id: str, choice: str = "approve") -> tuple[str, dict[str, str]]:
+    return f"/approvals/{approval_id}/decide", {"decision": choice, "reason": "forged", "back": "approval"}
+
+
+def test_a_viewer_sees_no_approve_button_and_her_forged_posts_are_refused(stack: Stack, browser_page: Page) -> None:
+    page = browser_page
+    request = merge(4201, "s-viewer-1")
+    approval_id = open_approval(stack, request)
+
+    sign_in(page, stack, "vic", path=f"/approvals/{approval_id}")
+    shown = card(page, approval_id)
+    expect(shown.locator("pre.request")).to_contain_text('"pullNumber": 4201')
+    expect(page.get_by_role("button", name="Approve")).to_have_count(0)
+    expect(page.get_by_role("button", name="Deny")).to_have_count(0)
+    expect(page.get_by_label("Reason")).to_have_count(0)
+    page.goto(stack.url("/approvals"))
+    expect(page.locator("main")).to_contain_text("You have no approver role")
+
+    path, form = decide_form(approval_id)
+    assert forged_post(page, stack, path, form, csrf=csrf_of(page)) == 403
+    assert forged_post(page, stack, path, form, csrf=None) == 403
+    assert reask(stack, request, approval_id)[1][0] == "approval_pending"
+
+
+def test_the_user_an_agent_acts_for_cannot_approve_its_request_even_as_an_approver(
+        stack: Stack, open_page: Callable[[], Page]) -> None:
+    page = open_page()
+    request = merge(4301, "s-dana-1", user="dana")  # dana is a release manager, and the bot acts for her
+    approval_id = open_approval(stack, request)
+
+    sign_in(page, stack, "dana", path="/approvals")
+    expect(card(page, approval_id)).to_have_count(0)  # not in her inbox
+    page.goto(stack.url(f"/approvals/{approval_id}"))
+    expect(card(page, approval_id)).to_contain_text("You cannot decide it")
+    expect(page.get_by_role("button", name="Approve")).to_have_count(0)
+    path, form = decide_form(approval_id)
+    assert forged_post(page, stack, path, form, csrf=csrf_of(page)) == 403
+    assert reask(stack, request, approval_id)[1][0] == "approval_pending"
+
+    rita = open_page()
+    sign_in(rita, stack, "rita", path=f"/approvals/{approval_id}")
+    rita.get_by_label("Reason").fill("dana's release, checked by rita")
+    rita.get_by_role("button", name="Approve").click()
+    expect(rita.locator(".notice")).to_contain_text(f"Approved {approval_id}")
+    assert reask(stack, request, approval_id) == ("DECISION_ALLOW", ["approved"])
+
+
+
+def test_a_quorum_of_two_needs_two_people_and_one_person_twice_counts_once(
+        stack: Stack, open_page: Callable[[], Page]) -> None:
+    request = merge(4401, "s-deploy-1", agent=QUORUM_AGENT)
+    approval_id = open_approval(stack, request)
+    rita, raj = open_page(), open_page()
+
+    sign_in(rita, stack, "rita", path="/approvals")
+    shown = card(rita, approval_id)
+    expect(shown.locator(".tally")).to_have_text("0 of 2 approvals")
+    expect(shown).to_contain_text("2 distinct people must approve")
+    shown.get_by_label("Reason").fill("rollout plan reviewed")
+    shown.get_by_role("button", name="Approve").click()
+    expect(rita.locator(".notice")).to_contain_text("waits for more approvers")
+    expect(card(rita, approval_id).locator(".tally")).to_have_text("1 of 2 approvals")
+    assert reask(stack, request, approval_id)[1][0] == "approval_pending"
+    # Her second say is no second approval: the page offers her no Approve, and a hand-built one counts once.
+    rita.goto(stack.url(f"/approvals/{approval_id}"))
+    expect(card(rita, approval_id)).to_contain_text("You approved it; it waits for 1 more")
+    expect(rita.get_by_role("button", name="Approve")).to_have_count(0)
+    path, form = decide_form(approval_id)
+    again = forged_post(rita, stack, path, form, csrf=csrf_of(rita))
+    assert again < 500, again
+    rita.reload()
+    expect(card(rita, approval_id).locator(".tally")).to_have_text("1 of 2 approvals")
+    assert reask(stack, request, approval_id)[1][0] == "approval_pending"
+    screenshot(rita, "approval-quorum")
+
+    sign_in(raj, stack, "raj", path=f"/approvals/{approval_id}")
+    raj.get_by_label("Reason").fill("second pair of eyes: ok")
+    raj.get_by_role("button", name="Approve").click()
+    expect(raj.locator(".notice")).to_contain_text(f"Approved {approval_id}")
+    assert reask(stack, request, approval_id) == ("DECISION_ALLOW", ["approved"])
+    raj.goto(stack.url("/approvals/history"))
+    row = raj.locator("table.history tbody tr", has_text=approval_id)
+    expect(row).to_contain_text("rita approved")
+    expect(row).to_contain_text("raj approved")
+
+
+def signature_holds(secret: bytes, header: str, body: bytes) -> bool:
+    """The receiver's check as docs/CONSOLE.md tells one to write it: HMAC-SHA256 over TIMESTAMP.BODY, fresh."""
+    fields = dict(part.strip().partition("=")[::2] for part in header.split(","))
+    expected = hmac.new(secret, fields.get("t", "").encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields.get("v1", "")) and abs(time.time() - int(fields["t"])) <= 300
+
+
+def test_a_webhook_receiver_gets_a_signed_notification_whose_link_opens_the_approval(
+        stack: Stack, browser_page: Page) -> None:
+    page = browser_page
+    request = merge(4501, "s-hook-1")
+    approval_id = open_approval(stack, request)
+    wait_for(lambda: bool(stack.webhook.about(approval_id, "approval.opened")), timeout=30,
+             what="the approval.opened notification")
+    (opened,) = stack.webhook.about(approval_id, "approval.opened")
+    assert signature_holds(stack.webhook_secret, opened.headers["x-tollgate-signature"], opened.body)
+    assert not signature_holds(b"another secret of 32 bytes......", opened.headers["x-tollgate-signature"],
+                               opened.body)
+    assert not signature_holds(stack.webhook_secret, opened.headers["x-tollgate-signature"],
+                               opened.body.replace(b"4501", b"4502"))
+    event = opened.json()
+    assert event["url"] == stack.url(f"/approvals/{approval_id}")
+    assert event["approval"]["id"] == approval_id
+
+    page.goto(event["url"])  # the link, as the approver clicks it in the message: sign in, then the approval
+    page.get_by_label("Name").fill("raj")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(event["url"])
+    expect(card(page, approval_id).locator("pre.request")).to_contain_text('"pullNumber": 4501')
+    page.get_by_label("Reason").fill("not in this release")
+    page.get_by_role("button", name="Deny").click()
+    expect(page.locator(".notice")).to_contain_text(f"Denied {approval_id}")
+    assert reask(stack, request, approval_id)[0] == "DECISION_DENY"
+    wait_for(lambda: bool(stack.webhook.about(approval_id, "approval.decided")), timeout=30,
+             what="the approval.decided notification")
+    (closed,) = stack.webhook.about(approval_id, "approval.decided")
+    assert signature_holds(stack.webhook_secret, closed.headers["x-tollgate-signature"], closed.body)
+    assert closed.json()["approval"]["status"] == "denied"
