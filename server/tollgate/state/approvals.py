@@ -20,6 +20,9 @@ from tollgate.state._store import StateError, StateStore
 
 #: Stored statuses. `expired` is never stored: a pending or approved approval past its expiry reads as expired.
 PENDING, APPROVED, DENIED, EXPIRED, USED = "pending", "approved", "denied", "expired", "used"
+#: The stored statuses an approval of each status (as read) may have: expired is pending or approved past expiry.
+STORED_AS = {PENDING: (PENDING,), APPROVED: (APPROVED,), DENIED: (DENIED,), EXPIRED: (PENDING, APPROVED),
+             USED: (USED,)}
 #: What input.state.approval.status can also be: the approval was granted for a different request.
 MISMATCH = "mismatch"
 STATUSES = (PENDING, APPROVED, DENIED, EXPIRED, USED)
@@ -279,6 +282,10 @@ class Approvals:
         if session:
             clauses.append("session_id = ?")
             args.append(session)
+        if status:  # what can read as the status asked: the inbox's pending ones are not found among every one
+            stored = STORED_AS[status]
+            clauses.append(f"approvals.status IN ({', '.join('?' * len(stored))})")
+            args.extend(stored)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._store.lock:
             rows = self._query(f"SELECT {COLUMNS} FROM approvals{where} ORDER BY created_at DESC",

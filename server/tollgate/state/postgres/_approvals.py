@@ -35,6 +35,7 @@ from tollgate.state.approvals import (
     INSERT_COLUMNS,
     INSERT_ORDER,
     PENDING,
+    STORED_AS,
     USED,
     VOTE_COLUMNS,
     VOTE_COLUMNS_OF_V,
@@ -237,13 +238,17 @@ class PgApprovals:
         """Approvals, newest first, filtered; approver: those the identity may decide."""
         moment = self.clock.now()
         check_status(status)
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if agent:
             clauses.append("agent_id = %s")
             args.append(agent)
         if session:
             clauses.append("session_id = %s")
             args.append(session)
+        if status:  # what can read as the status asked (listed() keeps those that do, as of now)
+            clauses.append("approvals.status = ANY(%s)")
+            args.append(list(STORED_AS[status]))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         async with self._store.connection("list approvals") as conn:
             rows = await (await conn.execute(f"SELECT {COLUMNS} FROM approvals{where} ORDER BY created_at DESC",
