@@ -108,9 +108,10 @@ def test_decision_example_reads_back_the_logged_record(server: Server) -> None:
     assert shown.returncode == 0, shown.stderr
     record = json.loads(shown.stdout)
     assert record["decision_id"] == decision_id.group(1)
-    assert record["decision"] == "DECISION_ALLOW"
-    assert record["principal"] == {"agent_id": "code-reviewer", "session_id": "s-1"}
-    assert record["tool"]["arguments"] == {"owner": "acme", "repo": "payments-api", "pullNumber": 42}
+    assert record["decision"] == "allow"  # the record as the log keeps it (tests/cli/test_record_shape.py)
+    principal = record["input"]["principal"]
+    assert {k: v for k, v in principal.items() if v} == {"agent_id": "code-reviewer", "session_id": "s-1"}
+    assert record["input"]["tool"]["arguments"] == {"owner": "acme", "repo": "payments-api", "pullNumber": 42}
     assert record["result"] == {"decision": "allow", "reasons": [], "obligations": {}}
     assert len(record["hash"]) == 64
 

@@ -155,3 +155,15 @@ def positive_argument(text: str) -> int:
     if n == 0:
         raise argparse.ArgumentTypeError("must be at least 1")
     return n
+
+
+def integral(value: Any) -> Any:
+    """Integral numbers as integers, for a person to read: Struct numbers are doubles on the wire (8000.0 is
+    8000, "pullNumber": 42.0 is 42), and a logged amount may be 2.0. Past 2**53 a double is no exact integer."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    return value

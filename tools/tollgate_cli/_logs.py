@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tollgate_cli._common import positive_argument, time_argument
+from tollgate_cli._common import integral, positive_argument, time_argument
 
 if TYPE_CHECKING:
     from tollgate.decisionlog import (
@@ -232,8 +232,8 @@ def _query(args: argparse.Namespace) -> int:
     for (row, _), record in zip(found, records, strict=True):
         if isinstance(row, ShippedRecord):  # a seq is one sidecar's: say whose
             record["sidecar_id"] = row.sidecar_id
-    if args.format == "json":
-        print(json.dumps(records, indent=2, sort_keys=True, ensure_ascii=False))
+    if args.format == "json":  # for people: 2.0 prints as 2; jsonl keeps the numbers as the chain hashed them
+        print(json.dumps(integral(records), indent=2, sort_keys=True, ensure_ascii=False))
     elif args.format == "jsonl":
         for record in records:
             print(json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False))

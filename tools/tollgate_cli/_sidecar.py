@@ -15,6 +15,7 @@ from tollgate_cli._common import (
     EXIT_DENY,
     EXIT_ERROR,
     add_tls_flags,
+    integral,
     open_channel,
 )
 
@@ -129,7 +130,7 @@ def _authorize(args: argparse.Namespace) -> int:
         for r in response.reasons:
             print(f"  reason {r.code}: {r.message}")
         if response.obligations.fields:
-            obligations = _integral(json_format.MessageToDict(response.obligations))
+            obligations = integral(json_format.MessageToDict(response.obligations))
             print(f"  obligations {json.dumps(obligations, sort_keys=True)}")
         if response.approval_id:
             print(f"  approval_id {response.approval_id}")
@@ -142,18 +143,36 @@ def _authorize(args: argparse.Namespace) -> int:
 def _to_json(message: Any) -> str:
     from google.protobuf import json_format
 
-    return json.dumps(_integral(json_format.MessageToDict(message, preserving_proto_field_name=True)), indent=2)
+    return json.dumps(integral(json_format.MessageToDict(message, preserving_proto_field_name=True)), indent=2)
 
 
-def _integral(value: Any) -> Any:
-    """Struct numbers are doubles on the wire; show 8000.0 as 8000."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
+def record_of(message: authorization_pb2.DecisionRecord) -> dict[str, Any]:
+    """A GetDecision answer as the log keeps the record (DecisionRecord.as_dict: `input.principal`, `decision:
+    "allow"`), with its hash; the log's seq is not in the message. The same shape as `logs query --format json` and
+    the JSON Lines export print."""
+    from datetime import UTC
+
+    from google.protobuf import json_format
+
+    from tollgate.contract import Reason
+    from tollgate.decisionlog import DecisionRecord
+    from tollgate.encoding import format_time
+    from tollgate.v1 import authorization_pb2 as pb
+
+    result = json_format.MessageToDict(message.result) if message.HasField("result") else None
+    record = DecisionRecord(
+        decision_id=message.decision_id, timestamp=format_time(message.timestamp.ToDatetime(tzinfo=UTC)),
+        input=json_format.MessageToDict(message.input), result=result,
+        decision=pb.Decision.Name(message.decision).removeprefix("DECISION_").lower(),
+        reasons=tuple(Reason(r.code, r.message) for r in message.reasons),
+        obligations=json_format.MessageToDict(message.obligations), bundle_revision=message.bundle_revision,
+        policy_path=message.policy_path, request_id=message.request_id, request_digest=message.request_digest,
+        approval_id=message.approval_id, approval_status=message.approval_status,
+        reservation_id=message.reservation_id, previous_decision_id=message.previous_decision_id,
+        requested_by=message.requested_by, error=message.error, erased=tuple(message.erased),
+        masked=tuple(message.masked), latency_us=message.latency_us, dry_run=message.dry_run,
+        prev_hash=message.prev_hash)
+    return {**record.as_dict(), "hash": message.hash}
 
 
 def _decision(args: argparse.Namespace) -> int:
@@ -169,5 +188,5 @@ def _decision(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             print(f"tollgate decision: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return EXIT_ERROR
-    print(_to_json(record))
+    print(json.dumps(integral(record_of(record)), indent=2, sort_keys=True, ensure_ascii=False))
     return 0
