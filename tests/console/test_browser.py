@@ -531,3 +531,30 @@ def test_a_webhook_receiver_gets_a_signed_notification_whose_link_opens_the_appr
     (closed,) = stack.webhook.about(approval_id, "approval.decided")
     assert signature_holds(stack.webhook_secret, closed.headers["x-tollgate-signature"], closed.body)
     assert closed.json()["approval"]["status"] == "denied"
+
+
+#: Markup an agent might put into an argument: it must reach the approver as text, and nothing of it may run.
+MARKUP = ('<script>window.pwned = "script"</script><img src=x onerror="window.pwned = \'img\'">'
+          '<a href="javascript:window.pwned = \'link\'">click</a>')
+
+
+def test_markup_and_a_huge_value_in_an_argument_reach_the_approver_as_text_and_run_nothing(
+        stack: Stack, browser_page: Page) -> None:
+    page = browser_page
+    violations: list[str] = []
+    page.on("console", lambda message: violations.append(message.text) if "Content Security Policy" in
+            message.text else None)
+    request = merge(4601, "s-markup-1")
+    request.tool.arguments.update({"commit_title": MARKUP, "commit_message": "y" * 60_000})
+    approval_id = open_approval(stack, request)
+
+    sign_in(page, stack, "rita", path=f"/approvals/{approval_id}")
+    shown = card(page, approval_id).locator("pre.request")
+    expect(shown).to_contain_text(json.dumps(MARKUP)[1:-1][:40])
+    expect(shown).to_contain_text("y" * 1000)
+    assert page.evaluate("() => window.pwned") is None
+    assert page.locator("main img, main script, main a[href^='javascript']").count() == 0
+    page.goto(stack.url("/approvals"))
+    expect(card(page, approval_id)).to_be_visible()
+    assert page.evaluate("() => window.pwned") is None
+    assert violations == []  # nothing even tried to run (the CSP would have blocked and reported it)
