@@ -5,9 +5,12 @@ the sidecar, from the persisted outbox), and one delivery per event from two sid
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,20 +51,24 @@ class Received:
 
 
 class WebhookReceiver:
-    """A real HTTP server on loopback that records every POST; stop() and start() keep its port."""
+    """A real HTTP server on loopback that records every POST; stop() and start() keep its port. While `hold` is
+    clear, it reads each request and then keeps the sender waiting (a receiver that hangs)."""
 
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.port = 0
+        self.hold = threading.Event()
+        self.hold.set()
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> None:
-        received = self.received
+        received, hold = self.received, self.hold
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 received.append(Received(self.path, dict(self.headers.items()), body))
+                hold.wait(30)
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -76,6 +83,7 @@ class WebhookReceiver:
 
     def stop(self) -> None:
         assert self._server is not None
+        self.hold.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -226,6 +234,35 @@ def test_an_approval_opened_at_a_sidecar_reaches_its_groups_receivers_signed_wit
                  what="the outbox settled")
         assert "/slack/T0/B0/secret" not in server.stderr  # a Slack webhook URL is a secret: never logged
     finally:
+        server.terminate()
+
+
+def test_a_hanging_receiver_slows_no_decision_and_the_metrics_show_the_lag(tmp_path: Path, receiver: WebhookReceiver,
+                                                                          secret_file: Path) -> None:
+    receiver.hold.clear()  # every delivery now waits (up to the sender's 10 s timeout)
+    server = start_server(tmp_path / "data", config={**notify_config(receiver, secret_file),
+                                                      "metrics_listen": "127.0.0.1:0"})
+    try:
+        started = time.monotonic()
+        for pr in range(5):
+            open_approval(server, 300 + pr, session=f"s-hang-{pr}")
+        assert time.monotonic() - started < 5, "a decision waited for a notification"
+        wait_for(lambda: len(receiver.received) >= 1, timeout=30, what="the first delivery to hang")
+        found = re.search(r"metrics on http://(\S+)/metrics", server.stderr)
+        assert found is not None, server.stderr
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://{found.group(1)}/metrics", timeout=10) as answer:
+                text: str = answer.read().decode()
+            return text
+
+        wait_for(lambda: "tollgate_notifications_pending 5.0" in scrape(), timeout=30, what="the backlog")
+        assert re.search(r"tollgate_notifications_lag_seconds \d", scrape())
+        receiver.hold.set()
+        wait_for(lambda: "tollgate_notifications_pending 0.0" in scrape(), timeout=60, what="the backlog sent")
+        assert 'tollgate_notifications_sent_total{kind="generic",result="delivered"} 5.0' in scrape()
+    finally:
+        receiver.hold.set()
         server.terminate()
 
 

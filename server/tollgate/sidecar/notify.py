@@ -23,7 +23,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,8 +57,7 @@ EVENT_ID_HEADER = "X-Tollgate-Event-Id"
 SIGNATURE_TOLERANCE = 300
 #: Seconds one delivery (connect, send, read the answer) may take.
 SEND_TIMEOUT = 10.0
-#: Events claimed at once; seconds between looks at the outbox when nothing woke the sender; between expiry sweeps.
-BATCH = 20
+#: Seconds between looks at the outbox when nothing woke the sender; between expiry sweeps.
 POLL_SECONDS = 2.0
 SWEEP_SECONDS = 5.0
 #: How often the sender checks whether this process changed an approval (a look in memory, not at the store).
@@ -285,14 +284,13 @@ class Notifier:
         self.lease = 30 + SEND_TIMEOUT * max(1, len(self.receivers))
 
     async def pass_once(self) -> int:
-        """Send every due event (batch after batch); returns how many were settled."""
+        """Send every due event, oldest first (a receiver hears of an approval opened before it hears it decided);
+        returns how many were settled. One claim per event: its lease covers that event's sends only, however
+        long the ones before it took."""
         settled = 0
-        while True:
-            batch = await self.outbox.claim(owner=self.owner, limit=BATCH, lease_seconds=self.lease)
-            for event in batch:  # in id order: a receiver hears of an approval opened before it hears it decided
-                settled += await self._deliver(event)
-            if len(batch) < BATCH:
-                return settled
+        while claimed := await self.outbox.claim(owner=self.owner, limit=1, lease_seconds=self.lease):
+            settled += await self._deliver(claimed[0])
+        return settled
 
     async def _deliver(self, event: OutboxEvent) -> int:
         delivered, errors, retry_after = list(event.delivered), [], None
@@ -383,24 +381,38 @@ class NotifyPlugin:
         return self._status
 
     async def _run(self) -> None:
-        seen, polled, swept = -1, 0.0, 0.0
+        """Two loops: sending (which a hanging receiver may hold for its timeout) and the expiry sweep with the
+        backlog the metrics show (which must go on meanwhile)."""
+        await asyncio.gather(self._send_loop(), self._sweep_loop())
+
+    async def _send_loop(self) -> None:
+        seen, polled = -1, 0.0
         while True:
-            now = time.monotonic()
             generation = self._generation()
-            try:
-                if now - swept >= SWEEP_SECONDS:
-                    swept = now
-                    await self.notifier.outbox.sweep_expired()
-                    self.notifier.metrics.backlog = await self.notifier.outbox.backlog()
-                if generation != seen or now - polled >= POLL_SECONDS:
-                    seen, polled = generation, now
-                    await self.notifier.pass_once()
-                self._status = RUNNING
-            except StateError as exc:
-                if self._status.message != str(exc):
-                    log.error("notifications: %s", exc)
-                self._status = PluginStatus(PluginState.ERROR, str(exc))
+            if generation != seen or time.monotonic() - polled >= POLL_SECONDS:
+                seen, polled = generation, time.monotonic()
+                await self._guarded(self.notifier.pass_once)
             await asyncio.sleep(WAKE_SECONDS)
+
+    async def _sweep_loop(self) -> None:
+        async def sweep() -> None:
+            await self.notifier.outbox.sweep_expired()
+            self.notifier.metrics.backlog = await self.notifier.outbox.backlog()
+
+        while True:
+            await self._guarded(sweep)
+            await asyncio.sleep(SWEEP_SECONDS)
+
+    async def _guarded(self, work: Callable[[], Awaitable[object]]) -> None:
+        """Run work; a store that cannot be reached is this plugin's status (logged once per change)."""
+        try:
+            await work()
+        except StateError as exc:
+            if self._status.message != str(exc):
+                log.error("notifications: %s", exc)
+            self._status = PluginStatus(PluginState.ERROR, str(exc))
+        else:
+            self._status = RUNNING
 
 
 def sender_id(sidecar_id: str) -> str:
