@@ -243,6 +243,13 @@ def test_a_persons_openid_connect_token_decides_as_the_person_it_names(tmp_path:
         idp.claims = {}
         decided = _decide(server, approval_id, bearer(idp.id_token(nonce="n")))
         assert (decided.status, decided.decided_by) == ("approved", "rita@example.com")
+        # The token's groups claim counts as approver_groups' members do: omar is in no approver_groups entry.
+        second = _ask(server, 71)
+        idp.claims = {"email": "omar@example.com", "groups": ["engineering"]}
+        refused = _refused(lambda: _decide(server, second, bearer(idp.id_token(nonce="n"))))
+        assert "omar@example.com is not an approver" in str(refused.details())
+        idp.claims = {"email": "omar@example.com", "groups": ["release-managers"]}
+        assert _decide(server, second, bearer(idp.id_token(nonce="n"))).decided_by == "omar@example.com"
         (entry,) = _audit(server.data_dir, actor="rita@example.com")
         assert (entry.via, entry.action) == ("oidc", "approval.approve")
     finally:
@@ -287,3 +294,13 @@ def test_the_cli_issues_lists_and_revokes_tokens_and_removing_an_account_revokes
     assert removed.returncode == 0 and "1 API token of tess revoked" in removed.stdout
     gone = _refused(lambda: _decide(server, approval_id, bearer(tess)))
     assert gone.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_persons_token_decides_with_the_groups_of_their_console_account(server: Server, people: People) -> None:
+    approval_id = _ask(server, 90)
+    refused = _refused(lambda: _decide(server, approval_id, people.metadata("tara")))
+    assert "tara is not an approver" in str(refused.details())  # no account, and no approver_groups entry
+    added = subprocess.run([*TOLLGATE, "users", "add", "tara", "--group", "release-managers", "--data-dir",
+                            str(server.data_dir)], input="pw-of-tara\n", capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    assert _decide(server, approval_id, people.metadata("tara")).decided_by == "tara"

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import grpc
 
@@ -49,10 +49,17 @@ NO_CREDENTIAL = ("admin RPCs need the admin token, and approvals a person's own 
 
 
 class PersonTokenVerifier(Protocol):
-    """Verifies a person's bearer JWT (an OpenID Connect ID or access token): the person's name, or raises
-    ValueError saying why the token is refused."""
+    """Verifies a person's bearer JWT (an OpenID Connect ID or access token): the person's name and groups, or
+    raises ValueError saying why the token is refused."""
 
-    async def person(self, token: str) -> str:
+    async def person(self, token: str) -> tuple[str, tuple[str, ...]]:
+        ...
+
+
+class Accounts(Protocol):
+    """The console's accounts (state/_users.py's UserStore): a person's groups."""
+
+    async def get(self, name: str) -> Any:
         ...
 
 
@@ -63,10 +70,10 @@ class OidcPeople:
     def __init__(self, provider: OidcProvider) -> None:
         self._provider = provider
 
-    async def person(self, token: str) -> str:
+    async def person(self, token: str) -> tuple[str, tuple[str, ...]]:
         audience = self._provider.settings.audience
         signed = await self._provider.verify(token, nonce=None, audiences=[audience] if audience else [])
-        return signed.name
+        return signed.name, signed.groups
 
 
 def oidc_people(settings: OidcSettings | None, *, clock: Clock) -> OidcPeople | None:
@@ -103,6 +110,8 @@ class AdminAccess:
     #: People's OpenID Connect tokens (None: none are accepted).
     oidc: PersonTokenVerifier | None = None
     audit: Audit = field(default_factory=NoAudit)
+    #: Where a person's groups come from when their credential carries none (a token, a certificate).
+    accounts: Accounts | None = None
 
 
 async def authenticate(context: grpc.aio.ServicerContext, access: AdminAccess, method: str, *,
@@ -130,6 +139,10 @@ async def authenticate(context: grpc.aio.ServicerContext, access: AdminAccess, m
         if not access.token and access.tokens is None:
             raise PermissionDenied(NO_TOKEN_CONFIGURED)
         raise Unauthenticated(NO_CREDENTIAL)
+    if found.person and not found.groups and access.accounts is not None:
+        account = await access.accounts.get(found.name)
+        if account is not None:
+            found = replace(found, groups=tuple(account.groups))
     if found.person and not people:
         log.warning("admin: %s from %s refused: %s is a person's credential", method, peer, found.logged())
         raise PermissionDenied(f"{method}: {found.name} ({found.via}) is a person's credential; AdminService needs "
@@ -152,11 +165,11 @@ async def _bearer(bearer: str, access: AdminAccess, *, method: str, peer: str) -
                               "`tollgate users token NAME`")
     if access.oidc is not None and bearer.count(".") == 2:
         try:
-            person = await access.oidc.person(bearer)
+            person, groups = await access.oidc.person(bearer)
         except ValueError as exc:
             log.warning("admin: %s from %s refused: OpenID Connect token: %s", method, peer, exc)
             raise Unauthenticated(f"OpenID Connect token refused: {exc}") from None
-        return ApiCaller(person, VIA_OIDC, person=True, admin=False, peer=peer)
+        return ApiCaller(person, VIA_OIDC, person=True, admin=False, peer=peer, groups=groups)
     if not access.token and access.tokens is None:
         log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
         raise PermissionDenied(NO_TOKEN_CONFIGURED)

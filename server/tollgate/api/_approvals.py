@@ -95,7 +95,7 @@ class ApprovalServicer:
         try:
             check_declared(request.by, caller)
             decided = await self._approvals.decide(request.id, approve=request.approve, by=caller.name,
-                                                   reason=request.reason)
+                                                   reason=request.reason, groups=caller.groups)
         except (NotAnApprover, PermissionDenied) as exc:  # a refused decision is an audit event, not only an answer
             log.warning("approvals: %s %s by %s refused: %s", verb, request.id, caller.logged(), exc)
             await audited(self._access, caller, f"approval.{verb}.refused", request.id[:200], str(exc))

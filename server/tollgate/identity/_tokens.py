@@ -39,6 +39,9 @@ class ApiCaller:
     admin: bool
     #: The transport's peer (e.g. ipv4:127.0.0.1:50312), for the audit trail.
     peer: str = ""
+    #: A person's groups, as their console account or their OpenID Connect token gives them: a `group:NAME`
+    #: approver counts them as approver_groups' members count.
+    groups: tuple[str, ...] = ()
 
     def logged(self) -> str:
         """How the server's log names the caller."""

@@ -254,7 +254,7 @@ class _Parts:
         access = AdminAccess(settings.admin_token.encode(), frozenset(config.admin_identity_list()),
                              settings.resolver, tokens=state.tokens, people=config.person_identity_map(),
                              oidc=oidc_people(config.oidc_settings(), clock=self.clock),
-                             audit=state.audit or NoAudit())
+                             audit=state.audit or NoAudit(), accounts=state.users)
         server = grpc_server(config)
         streams = StreamRoom(config.max_concurrent_streams)  # WaitForApproval and WatchApproval share it
         server.add_generic_rpc_handlers((

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from tollgate.state._outcomes import OutcomeStore
     from tollgate.state._protocol import FleetRegistry, OutboxStore, SpendHold
     from tollgate.state._tokens import PersonTokenStore
+    from tollgate.state._users import UserStore
     from tollgate.state.budgets import Reservation, ScopeSpend
     from tollgate.state.postgres import PgKillSwitches, PgStore
 
@@ -69,8 +70,8 @@ def schema() -> tuple[Component, ...]:
         PgOutcomes,
         PgUsers,
     )
-    from tollgate.state.postgres._tokens import PgPersonTokens
     from tollgate.state.postgres._outbox import PgOutbox
+    from tollgate.state.postgres._tokens import PgPersonTokens
 
     return (Component(PgBudgets.COMPONENT, PgBudgets.STEPS), Component(PgApprovals.COMPONENT, PgApprovals.STEPS),
             Component(PgOutbox.COMPONENT, PgOutbox.STEPS),
@@ -127,6 +128,8 @@ class SidecarState:
     tokens: PersonTokenStore | None = None
     #: The audit trail every admin and approval action is written to (who, how, what, from where).
     audit: AuditLog | None = None
+    #: The console's accounts: the groups of a person deciding on the API with their own token.
+    users: UserStore | None = None
 
 async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
     """Open the configured store (StateError: a start-up error, its message the hint)."""
@@ -137,7 +140,7 @@ async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
 
 def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
     from tollgate.decisionlog import NoFleetLog
-    from tollgate.state import LocalAudit, LocalOutcomes, open_local_state
+    from tollgate.state import LocalAudit, LocalOutcomes, LocalUsers, open_local_state
     from tollgate.state._outbox import LocalOutbox, Outbox
     from tollgate.state._tokens import LocalPersonTokens
 
@@ -153,7 +156,7 @@ def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
                         outcomes=LocalOutcomes.open(local.store, clock=clock),
                         outbox=LocalOutbox(Outbox(local.store, clock=clock)),
                         tokens=LocalPersonTokens(local.store, clock=clock),
-                        audit=LocalAudit(local.store, clock=clock))
+                        audit=LocalAudit(local.store, clock=clock), users=LocalUsers(local.store, clock=clock))
 
 
 def _watch(local: LocalState) -> Plugin:
@@ -174,6 +177,7 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
         PgOptions,
         PgOutcomes,
         PgStore,
+        PgUsers,
     )
     from tollgate.state.postgres._audit import PgAudit
     from tollgate.state.postgres._outbox import PgOutbox
@@ -199,7 +203,8 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
                         where=store.name,
                         plugins=(store_plugin, listener), sweep=_sweep(budgets, config), close=store.close,
                         outcomes=PgOutcomes(store, clock=clock), outbox=PgOutbox(store, clock=clock),
-                        tokens=PgPersonTokens(store, clock=clock), audit=PgAudit(store, clock=clock))
+                        tokens=PgPersonTokens(store, clock=clock), audit=PgAudit(store, clock=clock),
+                        users=PgUsers(store, clock=clock))
 
 
 async def _check_schema(store: PgStore, *, upgrade: bool, at_start: bool = True) -> bool:
