@@ -308,3 +308,14 @@ def test_two_sidecars_on_one_postgresql_send_each_event_once(tmp_path: Path, pg_
     ids = [r.json["id"] for r in receiver.at("/hook")]
     assert len(ids) == len(set(ids)) == 12, "an event was sent twice"
     assert len(receiver.at("/slack/T0/B0/secret")) == 12
+
+
+def test_links_name_the_console_sections_base_url_unless_console_url_says_otherwise(tmp_path: Path) -> None:
+    from tollgate.sidecar.config import load_config
+
+    config = tmp_path / "tollgate.yaml"
+    config.write_text("console:\n  base_url: https://tollgate.example.com\n")
+    assert load_config(str(config), {}).console_url == "https://tollgate.example.com"
+    config.write_text("console_url: https://elsewhere.example\nconsole:\n  base_url: https://tollgate.example.com\n")
+    assert load_config(str(config), {}).console_url == "https://elsewhere.example"
+    assert load_config(str(config), {"console_url": "https://flag.example"}).console_url == "https://flag.example"

@@ -108,7 +108,7 @@ class ServeConfig:
     approver_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     #: Webhooks told when an approval opens, is decided or expires (sidecar/notify.py; docs/CONSOLE.md).
     notifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    #: The console's address as people open it: notifications link {console_url}/approvals/ID ("" : no link).
+    #: The console's address people open (default: the console section's base_url): links {console_url}/approvals/ID.
     console_url: str = ""
     #: Deliveries of one notification before it is given up (dead); retries back off from 1 s to 5 min.
     notification_max_attempts: int = 12
@@ -581,6 +581,8 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> ServeConfig:
         for key, value in doc.items():
             name = str(key).replace("-", "_")
             if name == "console":  # `tollgate console`'s section: one config file serves both (console/_config.py)
+                if isinstance(value, dict) and isinstance(value.get("base_url"), str):  # notifications link it
+                    values.setdefault("console_url", value["base_url"])
                 continue
             if name not in known:
                 raise ConfigError(f"config {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
