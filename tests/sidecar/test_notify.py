@@ -4,6 +4,7 @@ the sidecar, from the persisted outbox), and one delivery per event from two sid
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -12,16 +13,22 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.conftest import TOLLGATE, Server, start_server, tool_request, wait_for
-from tollgate.sidecar.config import ServeConfig
+from tests.pg import free_port
+from tollgate.clock import ManualClock
+from tollgate.sidecar.config import ServeConfig, load_config
 from tollgate.sidecar.notify import (
     SIGNATURE_HEADER,
+    Notifier,
+    NotifyMetrics,
     Receiver,
     hears,
     parse_receivers,
@@ -30,7 +37,9 @@ from tollgate.sidecar.notify import (
     slack_body,
     verify_signature,
 )
-from tollgate.state._outbox import DELIVERED, OPENED, OutboxEvent
+from tollgate.state import LocalApprovals, StateStore
+from tollgate.state._outbox import DEAD, DELIVERED, OPENED, LocalOutbox, Outbox, OutboxEvent
+from tollgate.state.approvals import Approvals
 from tollgate.v1 import authorization_pb2 as pb
 
 GROUPS = {"release-managers": ["rita"], "sre-oncall": ["sam"]}
@@ -311,11 +320,38 @@ def test_two_sidecars_on_one_postgresql_send_each_event_once(tmp_path: Path, pg_
 
 
 def test_links_name_the_console_sections_base_url_unless_console_url_says_otherwise(tmp_path: Path) -> None:
-    from tollgate.sidecar.config import load_config
-
     config = tmp_path / "tollgate.yaml"
     config.write_text("console:\n  base_url: https://tollgate.example.com\n")
     assert load_config(str(config), {}).console_url == "https://tollgate.example.com"
     config.write_text("console_url: https://elsewhere.example\nconsole:\n  base_url: https://tollgate.example.com\n")
     assert load_config(str(config), {}).console_url == "https://elsewhere.example"
     assert load_config(str(config), {"console_url": "https://flag.example"}).console_url == "https://flag.example"
+
+
+def test_a_receiver_that_never_answers_is_retried_then_the_event_is_dead_and_counted(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 12, 31, 12, tzinfo=UTC))
+    store = StateStore(tmp_path / "state.db")
+    registry = CollectorRegistry()
+    closed = Receiver(name="closed", url=f"http://127.0.0.1:{free_port()}/hook", kind="slack", groups=("*",))
+    outbox = LocalOutbox(Outbox(store, clock=clock))
+    notifier = Notifier(outbox, [closed], owner="me", console_url="", approver_groups={}, max_attempts=2,
+                        clock=clock, metrics=NotifyMetrics(registry, clock))
+
+    async def main() -> None:
+        await LocalApprovals(Approvals(store, clock=clock)).open(
+            request_digest="d", kind="tool", principal={"agent_id": "a", "session_id": "s"},
+            action={"server": "x", "name": "y"}, approvers=["group:sre"], ttl_seconds=60, opened_by="dec")
+        assert await notifier.pass_once() == 1  # refused: due again after the backoff
+        assert await notifier.pass_once() == 0
+        clock.advance(2)  # the first retry's step is at most a second
+        assert await notifier.pass_once() == 1
+        (event,) = await outbox.events()
+        assert (event.status, event.attempts) == (DEAD, 2) and "closed: " in event.last_error
+
+    try:
+        asyncio.run(main())
+    finally:
+        notifier.close()
+        store.close()
+    assert registry.get_sample_value("tollgate_notifications_sent_total", {"kind": "slack", "result": "failed"}) == 1
+    assert registry.get_sample_value("tollgate_notifications_sent_total", {"kind": "slack", "result": "dead"}) == 1
