@@ -102,6 +102,9 @@ def test_opening_and_deciding_an_approval_each_write_one_event_with_the_approval
         assert events[0].payload["status"] == "pending" and events[0].payload["action"] == ACTION
         assert events[0].created_at == "2026-12-31T23:59:30.000000Z"
         assert (events[1].payload["status"], events[1].payload["decided_by"]) == ("approved", "alice")
+        assert events[1].payload["votes"] == [{"voter": "alice", "approve": True, "reason": "ok",
+                                               "voted_at": "2026-12-31T23:59:35.000000Z"}]
+        assert events[1].payload["required"] == 1
         assert (await store.outbox.backlog()).pending == 2
 
     stores.run(body)
@@ -204,3 +207,19 @@ def test_replicas_sweeping_at_once_record_one_expiry_each(pg_url: str) -> None:
             assert len(expired) == len({e.approval_id for e in expired}) == 5
 
     asyncio.run(main())
+
+
+def test_a_quorum_writes_its_decided_event_when_the_last_vote_needed_is_in(stores: Stores) -> None:
+    async def body(store: Store) -> None:
+        opened = await store.approvals.open(request_digest="dq", kind="tool", principal=PRINCIPAL, action=ACTION,
+                                            approvers=["alice", "carol"], ttl_seconds=60, opened_by="dec-1",
+                                            required=2)
+        assert opened is not None
+        await store.approvals.decide(opened.id, approve=True, by="alice", reason="one")
+        assert [e.type for e in await store.outbox.events()] == [OPENED]  # 1 of 2: nothing decided yet
+        await store.approvals.decide(opened.id, approve=True, by="carol", reason="two")
+        decided = (await store.outbox.events())[-1]
+        assert decided.type == DECIDED and decided.payload["decided_by"] == "alice, carol"
+        assert [v["voter"] for v in decided.payload["votes"]] == ["alice", "carol"]
+
+    stores.run(body)

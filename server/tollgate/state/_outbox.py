@@ -105,7 +105,10 @@ def approval_document(approval: Approval, *, status: str = "") -> dict[str, Any]
             "principal": dict(approval.principal), "action": dict(approval.action),
             "approvers": list(approval.approvers), "created_at": approval.created_at,
             "expires_at": approval.expires_at, "decided_by": approval.decided_by, "decided_at": approval.decided_at,
-            "reason": approval.reason, "opened_by": approval.opened_by, "masked": list(approval.masked)}
+            "reason": approval.reason, "opened_by": approval.opened_by, "masked": list(approval.masked),
+            "required": approval.required,
+            "votes": [{"voter": v.voter, "approve": v.approve, "reason": v.reason, "voted_at": v.voted_at}
+                      for v in approval.votes]}
 
 
 def event_values(event_id: str, event_type: str, approval: Approval, now: datetime, *,
