@@ -164,11 +164,9 @@ class ServeConfig:
     #: ApprovalService without the admin token, because the transport proves who they are.
     admin_identities: list[str] = dataclasses.field(default_factory=list)
     #: Client certificate or Unix-socket identities (spiffe://..., dns:NAME, cn:NAME, uid:N) → the person each
-    #: authenticates on ApprovalService: that person decides as themselves (a person's token, from `tollgate
-    #: users token NAME`, needs no entry here).
+    #: authenticates on ApprovalService, who decides as themselves (people's own tokens need no entry).
     person_identities: dict[str, str] = dataclasses.field(default_factory=dict)
-    #: An OpenID Connect provider whose tokens authenticate people on ApprovalService (`authorization: Bearer
-    #: JWT`): issuer, client_id (an ID token's aud), audience (an access token's), name_claim, ... (docs/CONSOLE.md).
+    #: OpenID Connect tokens of people on ApprovalService: issuer, client_id, audience, ... (docs/CONSOLE.md).
     oidc: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: AuthZEN 1.0 Access Evaluation API over HTTP, HOST:PORT (POST /access/v1/evaluation[s]); "" turns it off.
     authzen_listen: str = ""
