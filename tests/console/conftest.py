@@ -6,7 +6,7 @@ Playwright (never Playwright's own browser download, which cannot be fetched her
   the `console_factory` fixture stops the ones it started.
 - `add_user(name, password, groups=[...], data_dir=... | state_store=...)` → Person; add_users for several.
 - `browser_page`: a page in a browser context of its own (a fresh cookie jar: one person), traced; on a failed
-  test the trace (trace.zip: `playwright show-trace`) and a screenshot (failure.png) go into the test's tmp dir.
+  test the trace (trace.zip, for Playwright's trace viewer) and a screenshot (failure.png) go into the test's tmp dir.
   `open_page()` (fixture) opens more such pages in the same test, one per person signing in at once.
 - `screenshot(page, name)`: docs/console/NAME.png, only when TOLLGATE_SCREENSHOTS=1 (`make screenshots`), so a
   normal run never rewrites tracked files.
@@ -248,7 +248,7 @@ def open_page(browser: Browser, request: pytest.FixtureRequest, tmp_path: Path) 
             context.tracing.stop()
         context.close()
     if failed:
-        print(f"browser traces and screenshots in {tmp_path} (playwright show-trace trace.zip)")
+        print(f"browser traces (trace.zip) and screenshots (failure.png) in {tmp_path}")
 
 
 @pytest.fixture
