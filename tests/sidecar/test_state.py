@@ -100,7 +100,9 @@ def test_the_default_opens_sqlite_in_the_data_dir_with_the_store_and_the_sweep(t
         state = await opened(load_config(None, {"data_dir": str(tmp_path)}))
         try:
             assert state.where == str(tmp_path / "state.db")
-            assert [p.name for p in state.plugins] == ["state store"] and state.sweep.name == "budgets"
+            # The store, then the watch that hears what other processes (a console) commit to state.db.
+            assert [p.name for p in state.plugins] == ["state store", "state store changes"]
+            assert state.sweep.name == "budgets"
             assert isinstance(state.decisions, NoFleetLog)
             assert state.kill_switches.staleness() == ""
         finally:
