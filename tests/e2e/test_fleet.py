@@ -57,6 +57,12 @@ def tollgate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
     return subprocess.run([*TOLLGATE, *args], capture_output=True, text=True, timeout=timeout)
 
 
+#: These tests count answers exactly; the 50 ms evaluation deadline still counts the time a CPU-starved worker
+#: waits to be scheduled (the [perf] issue), which on a loaded 2-core machine turned an answer into DENY
+#: deadline_exceeded now and then. What is tested here is the store, not the deadline.
+_GENEROUS_DEADLINE = ("--eval-timeout-ms", "2000")
+
+
 def start_fleet(root: Path, url: str, names: Sequence[str] = ("a", "b", "c"), *, bundle: Path | str = REGO,
                 extra: Sequence[str] = ()) -> list[Server]:
     """Migrate the store, then start one sidecar per name on it, all at once."""
@@ -66,7 +72,7 @@ def start_fleet(root: Path, url: str, names: Sequence[str] = ("a", "b", "c"), *,
     def start(name: str) -> Server:
         return start_server(root / name, bundle=bundle, config={"approver_groups": GROUPS},
                             extra=["--state-store", url, "--workers", "1", "--sidecar-id", f"fleet-{name}",
-                                   "--fleet-heartbeat", "1", *extra])
+                                   "--fleet-heartbeat", "1", *_GENEROUS_DEADLINE, *extra])
 
     with ThreadPoolExecutor(len(names)) as pool:
         return list(pool.map(start, names))
