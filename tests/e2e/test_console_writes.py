@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import REGO, ROOT, Server, start_server, tool_request, wait_for
 from tollgate.clock import SHIFT_ENV, START_ENV, from_environment
 from tollgate.encoding import format_time
+from tollgate.v1 import approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
 pytestmark = pytest.mark.clock
@@ -142,6 +143,10 @@ def test_a_quorum_decided_from_two_processes_opens_only_with_the_second_approver
         heard, thread = watch(server, asked.approval_id)
         write(server, "decide", asked.approval_id, "approve", "rita")
         write(server, "decide", asked.approval_id, "approve", "rita")  # the same person twice counts once
+        shown = approval_pb2_grpc.ApprovalServiceStub(server.channel).GetApproval(
+            approval_pb2.GetApprovalRequest(id=asked.approval_id), timeout=10, metadata=server.admin_metadata)
+        assert (shown.status, shown.required, [(v.voter, v.approve) for v in shown.votes]) == (
+            "pending", 2, [("rita", True)])  # the API shows the quorum's count too
         still = server.authorize(merge(pr=12, approval_id=asked.approval_id))
         assert still.decision == pb.DECISION_REQUIRE_APPROVAL and "approval_pending" in [r.code for r in still.reasons]
         committed = write(server, "decide", asked.approval_id, "approve", "sam")

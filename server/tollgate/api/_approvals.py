@@ -171,9 +171,12 @@ def to_approval_message(a: Approval) -> pb.Approval:
     message = pb.Approval(id=a.id, status=a.status, request_digest=a.request_digest, kind=a.kind,
                           principal=principal, action=action, approvers=list(a.approvers),
                           decided_by=a.decided_by, reason=a.reason, opened_by=a.opened_by, used_by=a.used_by,
-                          masked=list(a.masked))
+                          masked=list(a.masked), required=a.required, allow_requester=a.allow_requester)
     message.created_at.FromJsonString(a.created_at)
     message.expires_at.FromJsonString(a.expires_at)
     if a.decided_at:
         message.decided_at.FromJsonString(a.decided_at)
+    for vote in a.votes:
+        shown = message.votes.add(voter=vote.voter, approve=vote.approve, reason=vote.reason)
+        shown.voted_at.FromJsonString(vote.voted_at)
     return message

@@ -47,7 +47,7 @@ class DecideRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., approve: _Optional[bool] = ..., by: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Approval(_message.Message):
-    __slots__ = ("id", "status", "request_digest", "kind", "principal", "action", "approvers", "created_at", "expires_at", "decided_by", "decided_at", "reason", "opened_by", "used_by", "masked")
+    __slots__ = ("id", "status", "request_digest", "kind", "principal", "action", "approvers", "created_at", "expires_at", "decided_by", "decided_at", "reason", "opened_by", "used_by", "masked", "required", "allow_requester", "votes")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,9 @@ class Approval(_message.Message):
     OPENED_BY_FIELD_NUMBER: _ClassVar[int]
     USED_BY_FIELD_NUMBER: _ClassVar[int]
     MASKED_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    VOTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: str
     request_digest: str
@@ -78,4 +81,19 @@ class Approval(_message.Message):
     opened_by: str
     used_by: str
     masked: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., request_digest: _Optional[str] = ..., kind: _Optional[str] = ..., principal: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., action: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., approvers: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., opened_by: _Optional[str] = ..., used_by: _Optional[str] = ..., masked: _Optional[_Iterable[str]] = ...) -> None: ...
+    required: int
+    allow_requester: bool
+    votes: _containers.RepeatedCompositeFieldContainer[Vote]
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., request_digest: _Optional[str] = ..., kind: _Optional[str] = ..., principal: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., action: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., approvers: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., opened_by: _Optional[str] = ..., used_by: _Optional[str] = ..., masked: _Optional[_Iterable[str]] = ..., required: _Optional[int] = ..., allow_requester: _Optional[bool] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ...) -> None: ...
+
+class Vote(_message.Message):
+    __slots__ = ("voter", "approve", "reason", "voted_at")
+    VOTER_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    VOTED_AT_FIELD_NUMBER: _ClassVar[int]
+    voter: str
+    approve: bool
+    reason: str
+    voted_at: _timestamp_pb2.Timestamp
+    def __init__(self, voter: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., voted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
