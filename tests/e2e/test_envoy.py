@@ -259,7 +259,7 @@ def test_an_unusable_envoy_setting_is_a_config_error_naming_the_key(envoy: Any, 
 def test_routes_match_whole_segments_and_the_longest_prefix_wins() -> None:
     flag = json.dumps({"mcp_servers": {"/mcp": "a", "/mcp/jira": "jira", "gw.internal/mcp": "gw",
                                        "mcp.github.internal": "github"}})  # as --envoy gives it: YAML text
-    settings = load_config(None, {"envoy": flag}).envoy_settings()
+    settings = EnvoySettings.parse(load_config(None, {"envoy": flag}).envoy)
     assert settings.mcp_server("gw.internal:8443", "/mcp/jira/x") == "jira"
     assert settings.mcp_server("gw.internal", "/mcp/x") == "gw"
     assert settings.mcp_server("other", "/mcp") == "a"

@@ -133,6 +133,15 @@ class EnvoySettings:
                    principal_headers={**DEFAULT_PRINCIPAL_HEADERS, **{k: v.lower() for k, v in headers.items()}},
                    approval_header=approval.lower(), trusted_proxies=frozenset(proxies), max_body_bytes=size)
 
+    @classmethod
+    def problem(cls, raw: Any) -> str:
+        """Why raw cannot be parsed ("" when it can): for `tollgate serve`'s check of its configuration."""
+        try:
+            cls.parse(raw)
+        except EnvoyConfigError as exc:
+            return str(exc)
+        return ""
+
     def mcp_server(self, host: str, path: str) -> str:
         """The MCP server the request's route is mapped to ("" when none is)."""
         host = host.lower()

@@ -26,7 +26,6 @@ from tollgate.sidecar._config_files import read_headers as _read_headers
 from tollgate.sidecar._config_files import read_secret as _read_secret
 
 if TYPE_CHECKING:
-    from tollgate.api._envoy import EnvoySettings
     from tollgate.decisionlog._checkpoint import CheckpointKey
     from tollgate.identity._oidc import OidcSettings
 
@@ -452,7 +451,9 @@ class ServeConfig:
 
     def _validate_identity(self) -> None:
         self.caller_map()
-        self.envoy_settings()
+        from tollgate.api._envoy import EnvoySettings  # the api module that reads it checks it
+        if problem := EnvoySettings.problem(self.envoy):
+            raise ConfigError(f"envoy: {problem}")
         self.admin_identity_list()
         self.person_identity_map()
         self.oidc_settings()
@@ -513,15 +514,6 @@ class ServeConfig:
             return CallerMap.parse(raw)
         except IdentityConfigError as exc:
             raise ConfigError(str(exc)) from exc
-
-    def envoy_settings(self) -> EnvoySettings:
-        """The envoy mapping, parsed (given as a flag, its value is YAML or JSON text)."""
-        from tollgate.api._envoy import EnvoyConfigError, EnvoySettings
-
-        try:
-            return EnvoySettings.parse(self.envoy)
-        except EnvoyConfigError as exc:
-            raise ConfigError(f"envoy: {exc}") from exc
 
     def caller_resolver(self, *, relay_prefix: str = "", clock: Clock = SystemClock()) -> CallerResolver:
         """How callers are identified: caller tokens (token_keys; a remembered one is held against clock's

@@ -31,7 +31,7 @@ from tollgate.api import (
 )
 from tollgate.api._access import AdminAccess, NoAudit, oidc_people
 from tollgate.api._envoy import SERVICE as ENVOY_SERVICE
-from tollgate.api._envoy import EnvoyAuthorizationServicer
+from tollgate.api._envoy import EnvoyAuthorizationServicer, EnvoySettings
 from tollgate.api._http import start_http_server
 from tollgate.api._outcomes import OutcomeServicer
 from tollgate.bundle import Activation, BundleError, BundleStatus, Failure
@@ -266,7 +266,7 @@ class _Parts:
             AdminServicer(lambda: self.activator.status, state.kill_switches, access=access, budgets=state.budgets,
                           exports=self.shipping.statuses, fleet=state.fleet, clock=self.clock).handler(),
             ApprovalServicer(state.approvals, access=access, streams=streams).handler(),
-            EnvoyAuthorizationServicer(self.authorizer, self.limits, settings=config.envoy_settings(),
+            EnvoyAuthorizationServicer(self.authorizer, self.limits, settings=EnvoySettings.parse(config.envoy),
                                        resolver=settings.resolver, callers=settings.callers).handler(),
         ))
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
