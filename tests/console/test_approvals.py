@@ -143,7 +143,8 @@ def test_approve_with_a_reason_reaches_the_waiting_harness_within_a_second_and_i
     allowed = server.authorize(merge(900, approval_id=asked.approval_id))
     assert allowed.decision == pb.DECISION_ALLOW and "approved by rita" in allowed.reasons[0].message
     notice = text_of(rita.http.get(done.headers["location"]))
-    assert f"Approved {asked.approval_id}" in notice, notice and f'id="{asked.approval_id}"' not in rita.get("/approvals").text
+    assert f"Approved {asked.approval_id}" in notice, notice
+    assert f'id="{asked.approval_id}"' not in rita.get("/approvals").text
     history = text_of(rita.get("/approvals/history"))
     assert re.search(rf"{asked.approval_id} tool github/merge_pull_request .* used rita approved .* "
                      r"release 1.4, diff reviewed", history), history
