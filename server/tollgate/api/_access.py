@@ -126,6 +126,9 @@ async def authenticate(context: grpc.aio.ServicerContext, access: AdminAccess, m
         listed = next((name for name in caller.names() if name in access.identities), "")
         if listed:
             return ApiCaller(listed, VIA_ADMIN_IDENTITY, person=False, admin=True, peer=peer)
+    if not access.token and (not people or (access.tokens is None and access.oidc is None and not access.people)):
+        log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
+        raise PermissionDenied(NO_TOKEN_CONFIGURED)
     scheme, _, bearer = metadata_value(context, "authorization").partition(" ")
     bearer = bearer.strip()
     if scheme.lower() == "bearer" and bearer:
@@ -136,8 +139,6 @@ async def authenticate(context: grpc.aio.ServicerContext, access: AdminAccess, m
                           admin=False, peer=peer)
     else:
         log.warning("admin: %s from %s refused: no admin token or person's credential sent", method, peer)
-        if not access.token and access.tokens is None:
-            raise PermissionDenied(NO_TOKEN_CONFIGURED)
         raise Unauthenticated(NO_CREDENTIAL)
     if found.person and not found.groups and access.accounts is not None:
         account = await access.accounts.get(found.name)
@@ -170,10 +171,9 @@ async def _bearer(bearer: str, access: AdminAccess, *, method: str, peer: str) -
             log.warning("admin: %s from %s refused: OpenID Connect token: %s", method, peer, exc)
             raise Unauthenticated(f"OpenID Connect token refused: {exc}") from None
         return ApiCaller(person, VIA_OIDC, person=True, admin=False, peer=peer, groups=groups)
-    if not access.token and access.tokens is None:
-        log.warning("admin: %s from %s refused: no admin token is configured", method, peer)
-        raise PermissionDenied(NO_TOKEN_CONFIGURED)
     log.warning("admin: %s from %s refused: wrong admin token", method, peer)
+    if not access.token:
+        raise Unauthenticated("this credential is no person's token, and this sidecar has no admin token")
     raise Unauthenticated("admin token is not valid for this sidecar")
 
 

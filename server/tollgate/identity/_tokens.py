@@ -45,7 +45,11 @@ class ApiCaller:
 
     def logged(self) -> str:
         """How the server's log names the caller."""
-        return f"{self.name} ({self.via}, peer {self.peer})"
+        if self.via == VIA_ADMIN_TOKEN:
+            return f"admin token, peer {self.peer}"
+        if self.via == VIA_ADMIN_IDENTITY:
+            return f"admin identity {self.name}, peer {self.peer}"
+        return f"{self.name} ({self.via}), peer {self.peer}"
 
 
 def parse_person_identities(raw: Any) -> dict[str, str]:
