@@ -26,6 +26,7 @@ from tollgate.api._handlers import metadata_value
 from tollgate.clock import Clock
 from tollgate.identity import TOKEN_METADATA_KEY, CallerResolver
 from tollgate.identity._oidc import OidcProvider, OidcSettings
+from tollgate.identity._people import valid_person_name
 from tollgate.identity._tokens import (
     ADMIN_TOKEN_ACTOR,
     VIA_ADMIN_IDENTITY,
@@ -73,6 +74,8 @@ class OidcPeople:
     async def person(self, token: str) -> tuple[str, tuple[str, ...]]:
         audience = self._provider.settings.audience
         signed = await self._provider.verify(token, nonce=None, audiences=[audience] if audience else [])
+        if not valid_person_name(signed.name):
+            raise ValueError(f"the token's {self._provider.settings.name_claim} is not a person's name")
         return signed.name, signed.groups
 
 
