@@ -37,8 +37,9 @@ proto: setup
 	.venv/bin/python tools/gen_proto.py
 
 # The console's pictures in docs/console/*.png (README shows the inbox), taken by the browser tests' Chromium from a
-# real console and sidecar (test_browser: the approvals and operations pages; test_outcomes: outcomes); a normal test
-# run leaves them alone.
+# real console and sidecar (test_browser: the approvals and operations pages; test_browser_fleet: the fleet of two
+# sidecars on PostgreSQL; test_outcomes: outcomes); a normal test run leaves them alone.
 .PHONY: screenshots
 screenshots: setup
-	TOLLGATE_SCREENSHOTS=1 .venv/bin/python -m pytest tests/console/test_browser.py tests/console/test_outcomes.py -q
+	TOLLGATE_SCREENSHOTS=1 .venv/bin/python -m pytest tests/console/test_browser.py tests/console/test_browser_fleet.py \
+	  tests/console/test_outcomes.py -q

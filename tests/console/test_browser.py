@@ -260,7 +260,7 @@ def test_a_viewer_follows_a_session_from_sessions_now_to_its_timeline_and_a_deni
 
     page.locator("header nav").get_by_role("link", name="Fleet").click()
     expect(page.locator("table.fleet tbody tr")).to_contain_text(stack.server.address.rsplit(":", 1)[-1])
-    screenshot(page, "fleet")
+    # docs/console/fleet.png is test_browser_fleet's: two sidecars on one PostgreSQL.
 
     # A viewer reads the kill switches but is offered no way to engage one.
     page.locator("header nav").get_by_role("link", name="Kill switches").click()
