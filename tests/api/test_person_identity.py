@@ -23,6 +23,8 @@ from tests.pki import TestCA
 from tollgate.state import LocalAudit, StateStore
 from tollgate.state._audit import AuditEntry
 from tollgate.state._tokens import LocalPersonTokens
+from tollgate.state.postgres import PgOptions, PgStore
+from tollgate.state.postgres._tokens import PgPersonTokens
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
 
@@ -304,3 +306,23 @@ def test_a_persons_token_decides_with_the_groups_of_their_console_account(server
                             str(server.data_dir)], input="pw-of-tara\n", capture_output=True, text=True, timeout=60)
     assert added.returncode == 0, added.stderr
     assert _decide(server, approval_id, people.metadata("tara")).decided_by == "tara"
+
+
+def test_the_cli_issues_a_token_into_a_fleets_postgresql_store(pg_url: str) -> None:
+    assert _tollgate("state", "migrate", "--state-store", pg_url).returncode == 0
+    issued = _tollgate("users", "token", "rita", "--state-store", pg_url)
+    assert issued.returncode == 0, issued.stderr
+    secret = issued.stdout.strip()
+
+    async def lookup() -> str:
+        store = PgStore(PgOptions(pg_url, timeout=5.0, max_connections=1))
+        await store.open()
+        try:
+            found = await PgPersonTokens(store).lookup(secret)
+            return found.person if found else ""
+        finally:
+            await store.close()
+
+    assert asyncio.run(lookup()) == "rita"
+    listed = _tollgate("users", "tokens", "--state-store", pg_url)
+    assert "\trita\t" in listed.stdout and secret not in listed.stdout
