@@ -167,19 +167,26 @@ def test_the_approvals_walkthrough_works_under_make_serve(tmp_path: Path) -> Non
     approves (she is an approver there), the re-ask is allowed once."""
     section = readme_section("Approvals")
     commands = _commands(section)
-    assert [argv[1] for argv, _ in commands] == ["authorize", "approvals", "approvals", "authorize", "authorize"]
+    assert [argv[1] for argv, _ in commands] == ["authorize", "approvals", "users", "approvals", "authorize",
+                                                  "authorize"]
     shown_id = re.search(r"approval_id (apr_\S+)", section).group(1)  # type: ignore[union-attr]
     server = start_server(tmp_path / "data", extra=_make_serve_args())
     try:
         real_id = ""
         for argv, shown in commands:
             argv = [real_id if a == shown_id and real_id else a for a in argv]
-            result = subprocess.run([*TOLLGATE, *argv[1:], "--server", server.address], capture_output=True,
-                                    text=True, timeout=60, cwd=ROOT,
-                                    env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+            if argv[1] == "users":  # rita's token, issued into the sidecar's store
+                argv = [str(server.data_dir) if a == ".tollgate" else a for a in argv]
+            else:
+                argv = [*argv, "--server", server.address]
+            # In the test's own directory: the token file the README names is written there.
+            result = subprocess.run([*TOLLGATE, *argv[1:]], capture_output=True, text=True, timeout=60,
+                                    cwd=tmp_path, env={**os.environ, "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
             verdict = shown.split()[0]
             assert result.returncode == {"ALLOW": 0, "DENY": 2, "REQUIRE_APPROVAL": 3}.get(verdict, 0), \
                 result.stdout + result.stderr
+            if argv[1:3] == ["users", "token"]:
+                (tmp_path / "rita.token").write_text(result.stdout)
             found = re.search(r"approval_id (apr_\S+)", result.stdout)
             real_id = found.group(1) if found and not real_id else real_id
             assert _approval_varying(result.stdout) == _approval_varying(shown), result.stdout
@@ -188,7 +195,7 @@ def test_the_approvals_walkthrough_works_under_make_serve(tmp_path: Path) -> Non
 
 
 def _approval_varying(text: str) -> str:
-    return re.sub(r"apr_[0-9a-f-]+", "apr_ID", _varying(text))
+    return re.sub(r"tgp_[A-Za-z0-9_-]+", "tgp_TOKEN", re.sub(r"apr_[0-9a-f-]+", "apr_ID", _varying(text)))
 
 
 def test_the_eval_example_prints_what_the_readme_shows() -> None:
