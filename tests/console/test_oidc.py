@@ -108,6 +108,8 @@ REFUSED: list[Any] = [
     pytest.param(lambda idp: idp.claims.update(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200),
                  "the token has expired (exp)", id="expired"),
     pytest.param(lambda idp: idp.claims.update(iss="https://evil.example"), "Invalid issuer", id="wrong-issuer"),
+    pytest.param(lambda idp: idp.claims.update(aud=[CLIENT_ID, "another-client"]), "several audiences and no azp",
+                 id="several-audiences-no-azp"),
     pytest.param(lambda idp: setattr(idp, "token", lambda c: idp.sign(
         c, key=rsa.generate_private_key(public_exponent=65537, key_size=2048))),
         "Signature verification failed", id="bad-signature"),

@@ -6,7 +6,8 @@ signed with a kid the cached JWKS does not hold makes one refetch (keys rotate),
 so that tokens with made-up kids cannot make us hammer the provider. A token is accepted only when:
 - its alg is in the allow-list (asymmetric only: `none` and every HS* are never accepted, so a public key can
   never be used as an HMAC secret) and matches the type of the key its kid names;
-- its signature verifies against that key, iss is the issuer, aud names the client (or the API's audience);
+- its signature verifies against that key, iss is the issuer, aud names the client (or the API's audience), and
+  a token for several audiences names this client as its azp;
 - exp, nbf and iat hold on the Clock with the allowed skew;
 - for a sign-in, its nonce is the one this browser's pre-session sent (constant-time compare).
 Nothing here is gRPC or HTTP-server code: the console (console/_oidc.py) and the API (api/_access.py) use it.
@@ -255,6 +256,10 @@ class OidcProvider:
         except jwt.PyJWTError as exc:
             raise OidcError(str(exc)) from None
         self._check_times(claims)
+        audience = claims["aud"]
+        if isinstance(audience, list) and len(audience) > 1 and claims.get("azp") not in wanted:
+            # OIDC Core 3.1.3.7: a token for several audiences says which party it was issued to.
+            raise OidcError("the token names several audiences and no azp that is this client")
         if nonce is not None:
             given = claims.get("nonce")
             if not isinstance(given, str) or not hmac.compare_digest(given.encode(), nonce.encode()):
