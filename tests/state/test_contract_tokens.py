@@ -39,20 +39,20 @@ async def stores(where: tuple[str, Any], clock: ManualClock, replicas: int) -> A
     if kind == "sqlite":
         local = [StateStore(target) for _ in range(replicas)]  # separate connections, as separate processes
         try:
-            yield [LocalPersonTokens(s, clock=clock) for s in local]
+            yield [LocalPersonTokens(store, clock=clock) for store in local]
         finally:
-            for s in local:
-                s.close()
+            for store in local:
+                store.close()
         return
     pg = [PgStore(PgOptions(target, timeout=5.0, max_connections=2)) for _ in range(replicas)]
     try:
-        for s in pg:
-            await s.open()
+        for pool in pg:
+            await pool.open()
         await pg[0].migrate(PgPersonTokens.COMPONENT, PgPersonTokens.STEPS, upgrade=True)
-        yield [PgPersonTokens(s, clock=clock) for s in pg]
+        yield [PgPersonTokens(pool, clock=clock) for pool in pg]
     finally:
-        for s in pg:
-            await s.close()
+        for pool in pg:
+            await pool.close()
 
 
 def run(where: tuple[str, Any], body: Callable[[list[PersonTokenStore], ManualClock], Any], *,
@@ -94,7 +94,7 @@ def test_a_token_stops_at_its_expiry_and_when_revoked_at_every_replica(where: tu
         a, b = tokens
         short = await a.issue("rita", ttl=timedelta(hours=1))
         kept = await a.issue("rita")
-        seen = [await b.lookup(short.secret) is not None]
+        seen: list[Any] = [await b.lookup(short.secret) is not None]
         clock.advance(3600)
         seen.append(await b.lookup(short.secret) is not None)
         seen.append(await b.revoke(kept.token.id))
