@@ -5,7 +5,8 @@ answers say whether it worked.
 
 One sidecar and one console serve the whole module (each scenario works on its own session, agent or kill
 switch, so scenarios do not see each other's effects). With TOLLGATE_SCREENSHOTS=1 (`make screenshots`) the
-pages are also written to docs/console/*.png.
+pages are also written to docs/console/*.png. Not marked `clock`: these are a person's steps on the system clock;
+the time-sensitive parts (TTLs, days and months) have their own tests beside each page.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ from tests.console.conftest import Console, Person, add_users, screenshot, start
 from tests.pg import free_port
 from tollgate.client import Client, Decision
 from tollgate.v1 import authorization_pb2 as pb
-
-pytestmark = pytest.mark.clock
 
 #: Who may approve what (the sidecar's approver_groups, read by the console too) and which group grants which
 #: console role. dana is an approver, and also the user the release bot acts for in the separation-of-duties
