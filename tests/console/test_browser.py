@@ -559,3 +559,21 @@ def test_markup_and_a_huge_value_in_an_argument_reach_the_approver_as_text_and_r
     expect(card(page, approval_id)).to_be_visible()
     assert page.evaluate("() => window.pwned") is None
     assert violations == []  # nothing even tried to run (the CSP would have blocked and reported it)
+
+
+def test_a_session_cookie_replayed_after_sign_out_opens_nothing(stack: Stack,
+                                                                open_page: Callable[[], Page]) -> None:
+    page = open_page()
+    sign_in(page, stack, "rita", path="/approvals")
+    cookies = page.context.cookies()
+    assert cookies and all(c["httpOnly"] for c in cookies)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/signin"))
+
+    replay = open_page()
+    replay.context.add_cookies(cookies)  # type: ignore[arg-type]  # a Cookie has every field SetCookieParam needs
+    replay.goto(stack.url("/approvals"))
+    expect(replay).to_have_url(re.compile(r"/signin"))
+    expect(replay.get_by_role("button", name="Sign in")).to_be_visible()
+    assert forged_post(replay, stack, "/kill-switches/engage", {"scope": "all", "value": "", "reason": "replay",
+                                                                 "confirm": "yes"}, csrf=None) == 403
