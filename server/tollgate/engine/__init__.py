@@ -1,4 +1,5 @@
-"""Policy engines: the Engine protocol and the embedded OPA engine run in a pool of worker processes."""
+"""Policy engines: the Engine protocol, the embedded OPA engine run in a pool of worker processes, and a remote
+OPA server reached over its REST API (RemoteOpaEngine, `--engine opa+http://HOST:PORT`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tollgate.engine._opa import EmbeddedOpa
 
 if TYPE_CHECKING:
     from tollgate.engine._pool import RESTART_REASONS, EngineConfig, WorkerPoolEngine
+    from tollgate.engine._remote import RemoteOpaEngine
     from tollgate.engine._slot import EngineSlot
 
 
@@ -28,6 +30,10 @@ def __getattr__(name: str) -> Any:
         from tollgate.engine import _pool
 
         return getattr(_pool, name)
+    if name == "RemoteOpaEngine":  # aiohttp (opa-python-client's) only where a remote engine is configured
+        from tollgate.engine import _remote
+
+        return _remote.RemoteOpaEngine
     if name == "EngineSlot":
         from tollgate.engine import _slot
 
@@ -45,6 +51,7 @@ __all__ = [
     "EngineSlot",
     "Evaluation",
     "EvaluationTimeout",
+    "RemoteOpaEngine",
     "WorkerPoolEngine",
     "decode_envelope",
     "decode_evaluation",
