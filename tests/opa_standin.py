@@ -42,7 +42,7 @@ class OpaStandIn:
         self._engine = EmbeddedOpa(self.bundle.modules, self.bundle.data)
         self._engine.compile()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="opa-standin", daemon=True)
 
@@ -72,6 +72,11 @@ class OpaStandIn:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up (a deadline) or a stand-in stopped mid-answer: nothing to report
 
 
 def _handler(standin: OpaStandIn) -> type[BaseHTTPRequestHandler]:

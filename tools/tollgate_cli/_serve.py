@@ -44,6 +44,7 @@ def _field_help(name: str) -> str:
         "bundle_ca_file": "PEM CA certificates an https bundle URL's certificate must chain to (not the system's)",
         "require_signatures": "refuse bundles not signed by a trusted key",
         "metrics_listen": "HOST:PORT for Prometheus /metrics (off when empty)",
+        "engine": "embedded, or opa+http(s)://HOST:PORT: an OPA server holding the bundle (--bundle unused)",
         "entrypoint": "policy document to evaluate",
         "eval_timeout_ms": "evaluation deadline in ms", "workers": "engine worker processes (0: one per CPU)",
         "max_request_bytes": "largest request accepted", "max_depth": "deepest argument nesting accepted",

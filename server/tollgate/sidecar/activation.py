@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tollgate.bundle import (
     DEFAULT_SIZE_LIMIT,
@@ -59,7 +59,10 @@ from tollgate.engine import (
     WorkerPoolEngine,
 )
 from tollgate.net import Backoff, HttpOptions, Jitter
-from tollgate.sidecar._plugins import cancel
+from tollgate.sidecar._plugins import RUNNING, PluginState, PluginStatus, cancel
+
+if TYPE_CHECKING:  # aiohttp (opa-python-client's) is imported only where a remote engine is configured
+    from tollgate.engine._remote import RemoteOpaEngine
 
 log = logging.getLogger(__name__)
 
@@ -499,3 +502,85 @@ def recent_inputs(data_dir: Path | None, *, limit: int = SMOKE_RECENT) -> list[b
         agent = str(principal.get("agent_id", "")) if isinstance(principal, dict) else ""
         chosen.setdefault((str(doc.get("kind", "")), agent), canonical_json(dict(doc)).encode())
     return list(chosen.values())[:limit]
+
+
+class RemoteEngineActivator(BundleActivator):
+    """With a remote OPA engine (`engine: opa+http://HOST:PORT`) the bundle lives in OPA, which loads it itself:
+    the sidecar loads none. The engine sits in the slot from the start (so a request while OPA is unreachable is a
+    logged DENY engine_error); every poll_interval its /health decides readiness (health_plugin) and its status
+    API the active revision. `tollgate serve` uses it in place of BundleActivator."""
+
+    def __init__(self, engine: RemoteOpaEngine, slot: EngineSlot, *, poll_interval: float = 5.0,
+                 listeners: tuple[Listener, ...] = (), clock: Clock = SystemClock()) -> None:
+        self._engine, self._slot, self._listeners, self._clock = engine, slot, listeners, clock
+        self._interval = poll_interval
+        self._status = BundleStatus(source=f"opa+{engine.target.url}", state=SourceState.NOT_READY, active=None,
+                                    last_error=None, etag="", last_poll=None)
+        self.healthy = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._engine.start()
+        self._slot.swap(self._engine)
+        await self.poll()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="remote-opa-health")
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("remote OPA %s: unexpected error while polling", self._engine.target.url)
+
+    async def poll(self) -> None:
+        """Ask OPA whether it is healthy (its bundle activated) and which revision it serves."""
+        now, was = self._clock.now(), self.healthy
+        self.healthy = await self._engine.healthy()
+        if not self.healthy:
+            failure = Failure(now, f"OPA at {self._engine.target.url} is not healthy (GET /health?bundles)", "download")
+            if was or self._status.last_error is None:
+                log.error("remote OPA: %s; requests are denied (engine_error) while it cannot answer", failure.message)
+            self._status = replace(self._status, state=SourceState.ERROR, last_error=failure, last_poll=now)
+            await self._notify(None, failure)
+            return
+        revision = await self._engine.refresh_revision()
+        active = self._status.active
+        activation = None if active is not None and active.revision == revision else Activation(now, revision, "")
+        if activation is not None:
+            log.info("remote OPA %s: serving bundle revision %s", self._engine.target.url, revision)
+        self._status = replace(self._status, state=SourceState.OK, active=activation or active, last_error=None,
+                               last_poll=now)
+        if activation is not None or not was:
+            await self._notify(activation, None)
+
+    def health_plugin(self) -> RemoteHealthPlugin:
+        return RemoteHealthPlugin(self)
+
+
+class RemoteHealthPlugin:
+    """Readiness follows the remote OPA's health: SERVING only while its /health answers 200."""
+
+    name = "remote opa"
+    required = True
+
+    def __init__(self, activator: RemoteEngineActivator) -> None:
+        self._activator = activator
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def status(self) -> PluginStatus:
+        if self._activator.healthy:
+            return RUNNING
+        error = self._activator.status.last_error
+        return PluginStatus(PluginState.ERROR, error.message if error else "remote OPA not polled yet")

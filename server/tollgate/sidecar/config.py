@@ -74,6 +74,8 @@ class ServeConfig:
     require_signatures: bool = False
     #: Prometheus metrics endpoint, HOST:PORT (GET /metrics); "" turns it off.
     metrics_listen: str = ""
+    #: "embedded" (the bundle in worker processes), or an OPA server holding the bundle itself: opa+http(s)://H:P.
+    engine: str = "embedded"
     #: The policy document evaluated for every request.
     entrypoint: str = "tollgate/decision"
     #: Deadline for one policy evaluation, in milliseconds; past it the answer is DENY (deadline_exceeded).
@@ -219,6 +221,8 @@ class ServeConfig:
     accept_log_tamper: bool = False
 
     def validate(self) -> ServeConfig:
+        if self.engine != "embedded" and not self.engine.startswith(("opa+http://", "opa+https://")):
+            raise ConfigError(f"engine: 'embedded', opa+http://HOST:PORT or opa+https://HOST:PORT, not {self.engine!r}")
         if self.eval_timeout_ms <= 0:
             raise ConfigError("eval_timeout_ms: must be greater than 0")
         if self.workers < 0:

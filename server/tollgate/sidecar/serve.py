@@ -52,7 +52,7 @@ from tollgate.sidecar._plugins import (
     RelayPlugin,
     ShippingPlugin,
 )
-from tollgate.sidecar.activation import ActivatorConfig, BundleActivator
+from tollgate.sidecar.activation import ActivatorConfig, BundleActivator, RemoteEngineActivator
 from tollgate.sidecar.checkpoints import CheckpointPlugin, CheckpointPublisher, startup_problems
 from tollgate.sidecar.config import ConfigError, ServeConfig
 from tollgate.sidecar.fleet import FleetPlugin, SidecarFacts, resolve_sidecar_id
@@ -206,6 +206,16 @@ def _activator(config: ServeConfig, slot: EngineSlot, metrics: Metrics, manager:
 
     engine_config = EngineConfig(entrypoint=config.entrypoint, workers=config.workers,
                                  eval_timeout=config.eval_timeout_ms / 1000, on_restart=metrics.engine_worker_restarted)
+    if config.engine != "embedded":  # the bundle lives in the remote OPA; readiness follows its health
+        from tollgate.engine._remote import RemoteOpaEngine, parse_target
+
+        try:
+            engine = RemoteOpaEngine(parse_target(config.engine), entrypoint=config.entrypoint,
+                                     eval_timeout=engine_config.eval_timeout)
+        except ValueError as exc:
+            raise SystemExit(f"tollgate serve: {exc}") from exc
+        return RemoteEngineActivator(engine, slot, poll_interval=min(config.bundle_poll, 5.0), listeners=(on_bundle,),
+                                     clock=clock)
     try:
         return BundleActivator(
             ActivatorConfig(
@@ -292,6 +302,8 @@ def _add_plugins(manager: PluginManager, parts: _Parts, *, checkpoints: Checkpoi
     if checkpoints is not None:  # after the writer starts; it stops after the gRPC drain, so it signs the last head
         manager.add(checkpoints)
     manager.add(BundlePlugin(parts.activator, parts.slot))
+    if isinstance(parts.activator, RemoteEngineActivator):
+        manager.add(parts.activator.health_plugin())
     if config.metrics_listen:
         manager.add(HttpPlugin(
             "metrics", lambda: start_metrics_server(parts.metrics, config.metrics_listen),
