@@ -520,3 +520,79 @@ def test_readme_replay_example_is_what_replay_prints(tmp_path: Path) -> None:
         return re.sub(r"in \d+\.\d+s\.", "in Ts.", text).splitlines()
 
     assert normal(result.stdout + result.stderr) == normal("\n".join(shown))
+
+
+# -- what export writes ---------------------------------------------------------------------------
+
+
+def _export(data_dir: Path, fmt: str, out: Path) -> Path:
+    done = subprocess.run([*TOLLGATE, "logs", "export", "--data-dir", str(data_dir), "--format", fmt, "-o", str(out)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _seen(report: ReplayReport) -> tuple[Any, ...]:
+    return (report.replayed, report.changed, report.bad_records,
+            [(t.transition, t.count, [c.record.decision_id for c in t.examples]) for t in report.transitions],
+            report.by_agent, report.by_tool, report.recorded_revisions)
+
+
+def test_a_gzipped_opa_export_replays_as_the_jsonl_export_and_the_log_do(
+        live: tuple[Server, dict[str, list[str]]], no_push: Path, tmp_path: Path) -> None:
+    server, asked = live
+    jsonl = _export(server.data_dir, "jsonl", tmp_path / "decisions.jsonl")
+    opa = _export(server.data_dir, "opa", tmp_path / "decisions.opa.gz")
+    assert opa.read_bytes()[:2] == b"\x1f\x8b" and b"labels" not in opa.read_bytes()  # compressed, OPA inside
+    from_log, from_jsonl, from_opa = (_replay(read_data_dir(server.data_dir), no_push),
+                                      _replay(read_jsonl(jsonl), no_push), _replay(read_jsonl(opa), no_push))
+    assert _seen(from_opa) == _seen(from_jsonl) == _seen(from_log)
+    assert [(t.transition, t.count) for t in from_opa.transitions] == [(("allow", "deny"), 3)]
+    assert from_opa.replayed == sum(len(ids) for ids in asked.values())
+    cli = _cli("--bundle", no_push, "--decisions", opa, "--format", "json")
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["replayed"] == from_opa.replayed
+
+
+def test_a_jsonl_exports_checkpoint_lines_are_not_records(tmp_path: Path) -> None:
+    line = SAMPLE.read_text().splitlines()[0]
+    checkpoint = json.dumps({"type": "tollgate.checkpoint", "seq": 1, "hash": "x", "time": "t", "key_id": "k",
+                             "signature": "s"})
+    path = tmp_path / "export.jsonl"
+    path.write_text(f"{line}\n{checkpoint}\n")
+    records = list(read_jsonl(path))
+    assert [type(r).__name__ for r in records] == ["RecordedDecision"]
+
+
+def test_a_cut_gzip_export_is_a_replay_error(tmp_path: Path) -> None:
+    import gzip
+
+    data = gzip.compress(SAMPLE.read_bytes())
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReplayError, match="cannot read"):
+        list(read_jsonl(cut))
+
+
+def test_the_fleets_log_in_the_shared_store_replays_as_the_local_log_does(
+        live: tuple[Server, dict[str, list[str]]], no_push: Path, postgres: Any) -> None:
+    from tests.conftest import wait_for
+    from tests.decisionlog.test_pg_export import _migrate, _shipping
+    from tollgate.authoring.replay import read_state_store
+
+    server, asked = live
+    url = postgres.database()
+    _migrate(url)
+    shipping = _shipping(server.data_dir / "decisions.db", url)
+    shipping.start()
+    try:
+        wait_for(lambda: shipping.exporters[0].status.cursor == sum(len(ids) for ids in asked.values()))
+    finally:
+        shipping.stop(1)
+    from_store = _replay(read_state_store(url), no_push)
+    assert _seen(from_store) == _seen(_replay(read_data_dir(server.data_dir), no_push))
+    cli = _cli("--bundle", no_push, "--state-store", url, "--fail-on", "allow→deny")
+    assert cli.returncode == 1, cli.stderr
+    assert "allow → deny" in cli.stdout or "allow→deny" in cli.stdout, cli.stdout
+    refused = _cli("--bundle", no_push, "--state-store", "sqlite:///nowhere")
+    assert refused.returncode == 2 and "postgresql://" in refused.stderr

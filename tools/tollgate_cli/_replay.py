@@ -27,7 +27,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="the candidate: a policy directory laid out like rego/, or an OPA bundle .tar.gz")
     source = replay.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="a server's data directory; its decisions.db is read read-only")
-    source.add_argument("--decisions", metavar="FILE", help="a JSON Lines file of decision records, one per line")
+    source.add_argument("--decisions", metavar="FILE",
+                        help="an export (`tollgate logs export`): Tollgate JSON Lines or OPA decision-log events, "
+                             "one per line, gzipped or not")
+    source.add_argument("--state-store", metavar="URL",
+                        help="the fleet's decision log in the shared store (postgresql://)")
+    replay.add_argument("--state-store-password-file", metavar="FILE", default="",
+                        help="the store's password, when not in the URL")
+    replay.add_argument("--state-store-timeout", type=float, default=2.0, metavar="SECONDS",
+                        help="seconds a state-store call may take (default %(default)s)")
     replay.add_argument("--since", type=time_argument, metavar="T",
                         help="records at or after T (RFC 3339, or 24h, 7d ago)")
     replay.add_argument("--until", type=time_argument, metavar="T", help="records before T (RFC 3339, or 24h, 7d ago)")
@@ -66,6 +74,7 @@ def _replay(args: argparse.Namespace) -> int:
         gate_spelling,
         read_data_dir,
         read_jsonl,
+        read_state_store,
         render_markdown,
         render_text,
         replay,
@@ -80,6 +89,12 @@ def _replay(args: argparse.Namespace) -> int:
         if args.decisions is not None:
             source = args.decisions
             records = read_jsonl(args.decisions, window)
+        elif args.state_store is not None:
+            from tollgate.state.postgres import redact
+
+            source = f"the shared store {redact(args.state_store)}"
+            records = read_state_store(args.state_store, window, password_file=args.state_store_password_file,
+                                       timeout=args.state_store_timeout)
         else:
             source = f"{args.data_dir}/decisions.db"
             records = read_data_dir(args.data_dir, window)

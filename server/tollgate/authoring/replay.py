@@ -28,6 +28,7 @@ from tollgate.authoring._replay_records import (
     parse_record,
     read_data_dir,
     read_jsonl,
+    read_state_store,
 )
 from tollgate.authoring._replay_report import (
     ANY,
@@ -241,6 +242,7 @@ __all__ = [
     "parse_transitions",
     "read_data_dir",
     "read_jsonl",
+    "read_state_store",
     "render_markdown",
     "render_text",
     "replay",
