@@ -197,3 +197,22 @@ def test_readme_examples_answer_as_shown(server: Server) -> None:
         assert answer["permissionDecision"] == expected["permissionDecision"]
         assert answer["permissionDecisionReason"].startswith(expected["permissionDecisionReason"].split(" (")[0]
                                                              .removesuffix(" ..."))
+
+
+# -- the workspace is the hook's cwd ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cwd", "path", "permission"), [
+    ("/home/dev/app", "/home/dev/app/src/main.py", "allow"),
+    ("/home/dev/app", "src/main.py", "allow"),  # relative to the cwd, as Claude Code means it
+    ("/home/dev/app", "/workspace/src/app.py", "deny"),  # the manifest's fallback is not the workspace then
+    ("/home/dev/app", "/home/dev/.ssh/id_ed25519", "deny"),
+    ("/srv/other-checkout", "/srv/other-checkout/README.md", "allow"),
+    ("/", "/etc/passwd", "deny"),  # the root confines nothing: no workspace
+], ids=["absolute", "relative", "old-default", "outside", "another-checkout", "root"])
+def test_the_workspace_is_the_directory_claude_code_runs_in(server: Server, cwd: str, path: str,
+                                                           permission: str) -> None:
+    answer, _ = run_hook(server.address, json.dumps(event("Read", {"file_path": path}, cwd=cwd)))
+    assert answer["permissionDecision"] == permission, answer
+    if permission == "deny":
+        assert "path_outside_workspace" in answer["permissionDecisionReason"]

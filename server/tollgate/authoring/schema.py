@@ -95,6 +95,9 @@ MANIFEST = Obj({
     "owner_team": req(Str()),
     "tools": req(ListOf(Str(catalog="tools"), unique=True)),
     "workspace": opt(Str(prefix="/", means="an absolute path")),
+    # cwd: the workspace is the harness's working directory (input.context.cwd), inside workspace_root if set.
+    "workspace_from": opt(Str(choices=("cwd",))),
+    "workspace_root": opt(Str(prefix="/", means="an absolute path")),
     "shell_commands": opt(ListOf(Str(), unique=True)),
     "models": req(MapOf(Str(catalog="models"), Obj({"data_classes": req(ListOf(Str(), unique=True))}))),
     "data_classes": req(ListOf(Str(), unique=True)),

@@ -9,7 +9,25 @@ import data.tollgate.rules.agent
 import data.tollgate.lib.paths
 import data.tollgate.rules.tools
 
-_workspace := object.get(agent.manifest, "workspace", "")
+# The workspace: the manifest's `workspace`, or with `workspace_from: cwd` the directory the harness says it
+# works in (input.context.cwd, as `tollgate hook claude-code` sends Claude Code's cwd). A harness that names no
+# cwd gets the manifest's `workspace` (none when it has none); one that names an unusable cwd (relative, not
+# normalised, "/" itself, or outside `workspace_root` when the manifest sets one) gets no workspace at all.
+_from_cwd if object.get(agent.manifest, "workspace_from", "") == "cwd"
+
+_workspace := object.get(agent.manifest, "workspace", "") if not _from_cwd
+
+_workspace := _harness_workspace if _from_cwd
+
+_harness_workspace := object.get(agent.manifest, "workspace", "") if {
+	not is_string(object.get(object.get(input, "context", {}), "cwd", null))
+} else := cwd if {
+	cwd := input.context.cwd
+	cwd != "/"
+	paths.within(cwd, "/")
+	paths.resolve(cwd, "/") == cwd
+	paths.within(cwd, object.get(agent.manifest, "workspace_root", "/"))
+} else := ""
 
 # METADATA
 # title: deny
