@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -25,15 +27,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from tests.conftest import ADMIN_TOKEN, ROOT, TOLLGATE, Server, start_server, write_policy
+from tests.conftest import ADMIN_TOKEN, REGO, ROOT, TOLLGATE, Server, start_server, write_policy
 from tests.people import as_person
 from tests.pki import TestCA
 from tests.readme import readme_section
+from tollgate.encoding import canonical_json
 from tollgate.v1 import admin_pb2, admin_pb2_grpc, approval_pb2, approval_pb2_grpc
 
 UPSTREAM = [sys.executable, str(ROOT / "tests" / "mcp_upstream.py")]
-PR = {"owner": "acme", "repo": "app", "pullNumber": 42}
+PR: dict[str, Any] = {"owner": "acme", "repo": "app", "pullNumber": 42}
 _T = TypeVar("_T")
 
 
@@ -62,7 +66,7 @@ class Gateway:
 
 @asynccontextmanager
 async def gateway(tmp_path: Path, sidecar: str, agent: str, *flags: str, upstream: list[str] | None = None,
-                  modern: bool = False) -> AsyncIterator[Gateway]:
+                  modern: bool = False, env: dict[str, str] | None = None) -> AsyncIterator[Gateway]:
     """A client session with a gateway started with these flags; modern: the 2026-07-28 protocol (server/discover
     and an envelope on every request) instead of the initialize handshake."""
     call_log = tmp_path / f"upstream-calls-{os.urandom(4).hex()}.log"
@@ -77,7 +81,8 @@ async def gateway(tmp_path: Path, sidecar: str, agent: str, *flags: str, upstrea
         *TOLLGATE[1:], "mcp-gateway", "--server", sidecar, "--agent-id", agent, *flags, *tail],
         # The admin token in the gateway's environment (as for a person's shell) is withheld from the upstream:
         # the upstream logs it if it sees it, and every test checks what the upstream logged.
-        env={**os.environ, "MCP_UPSTREAM_CALL_LOG": str(call_log), "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN}, cwd=ROOT)
+        env={**os.environ, "MCP_UPSTREAM_CALL_LOG": str(call_log), "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})},
+        cwd=ROOT)
     async with stdio_client(params) as (read, write), \
             ClientSession(read, write, message_handler=on_message, read_timeout_seconds=60) as session:
         await (session.discover() if modern else session.initialize())
@@ -108,9 +113,17 @@ def logged(sidecar: Server, session_id: str) -> list[dict[str, Any]]:
     return [r for r in records if r["input"]["principal"]["session_id"] == session_id]
 
 
+def pin_of(tool: types.Tool) -> str:
+    """The pin of a tool as the MCP SDK's client lists it: sha256 of the canonical JSON of name, description,
+    input schema (computed here, apart from the gateway's own code)."""
+    definition = {"name": tool.name, "description": tool.description or "", "inputSchema": tool.input_schema}
+    return "sha256:" + hashlib.sha256(canonical_json(definition).encode()).hexdigest()
+
+
 def test_initialize_and_an_allowed_call_pass_through_untouched(tmp_path: Path, sidecar: Server) -> None:
     async def scenario() -> None:
         own = await direct(lambda s: s.call_tool("get_pull_request", PR))
+        [listed] = [t for t in (await direct(lambda s: s.list_tools())).tools if t.name == "get_pull_request"]
         async with gateway(tmp_path, sidecar.address, "code-reviewer", "--session-id", "s-pass") as gw:
             init = gw.session.initialize_result
             assert init is not None
@@ -125,7 +138,9 @@ def test_initialize_and_an_allowed_call_pass_through_untouched(tmp_path: Path, s
         assert record["decision"] == "allow"
         assert record["input"]["tool"] == {"server": "github", "name": "get_pull_request", "arguments": PR,
                                            "resources": []}
-        assert record["input"]["context"] == {"mcp": "tools/call"}
+        # The upstream's annotations reach the policy, beside the pin of the tool's definition (context.mcp_tool).
+        assert record["input"]["context"] == {"mcp": "tools/call", "mcp_tool": {
+            "listed": True, "pin": pin_of(listed), "annotations": {"readOnlyHint": True, "openWorldHint": True}}}
 
     asyncio.run(scenario())
 
@@ -391,14 +406,14 @@ def test_resources_prompts_and_change_notifications_are_forwarded(tmp_path: Path
 def test_progress_comes_through_and_a_cancelled_call_is_cancelled_upstream(tmp_path: Path, sidecar: Server) -> None:
     async def scenario() -> None:
         async with gateway(tmp_path, sidecar.address, "code-reviewer") as gw:
-            progress: list[tuple[float, float | None, str | None]] = []
+            seen: list[tuple[float, float | None, str | None]] = []
 
-            async def on_progress(done: float, total: float | None, message: str | None) -> None:
-                progress.append((done, total, message))
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                seen.append((progress, total, message))
 
             files = await gw.session.call_tool("get_pull_request_files", PR, progress_callback=on_progress)
             assert text(files) == "upstream files: a.py, b.py"
-            assert progress == [(1, 2, "first file"), (2, 2, "second file")]
+            assert seen == [(1, 2, "first file"), (2, 2, "second file")]
 
             with pytest.raises(MCPError):  # the client gives up after 1 s and says so (notifications/cancelled)
                 await gw.session.call_tool("get_pull_request_diff", PR, read_timeout_seconds=1)
@@ -570,3 +585,90 @@ def test_the_command_says_what_is_wrong_and_exits_1(args: list[str], says: str) 
                           stdin=subprocess.DEVNULL, cwd=ROOT)
     assert done.returncode == 1, done
     assert says in done.stderr and done.stderr.startswith("tollgate mcp-gateway: "), done.stderr
+
+
+def pinned_library(tmp_path: Path, pins: dict[str, str]) -> Path:
+    """The default library with these catalog pins added (tool id -> pin)."""
+    root = tmp_path / "pinned-rego"
+    shutil.copytree(REGO, root)
+    catalog = root / "catalog" / "tools" / "data.yaml"
+    text = catalog.read_text()
+    for tool_id, pin in pins.items():
+        assert f"\n{tool_id}:\n" in text
+        text = text.replace(f"\n{tool_id}:\n", f"\n{tool_id}:\n  pin: {pin}\n")
+    catalog.write_text(text)
+    return root
+
+
+def print_pins(*env: str) -> str:
+    done = subprocess.run([*TOLLGATE, "mcp-gateway", "--print-pins", "--", *UPSTREAM], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=ROOT,
+                          env={**os.environ, **dict(e.split("=", 1) for e in env)})
+    assert done.returncode == 0, done
+    return done.stdout
+
+
+def test_print_pins_gives_the_catalog_lines_of_every_upstream_tool(tmp_path: Path) -> None:
+    listed = asyncio.run(direct(lambda s: s.list_tools())).tools
+    printed = print_pins()
+    assert printed.startswith("# Pins of the tools of MCP server github")
+    for tool in listed:
+        assert f"\ngithub/{tool.name}:\n" in printed and f"  pin: {pin_of(tool)}\n" in printed
+    assert "  # annotations (the upstream's claims): readOnlyHint=true, openWorldHint=true\n" in printed
+    assert f"pin: {pin_of(next(t for t in listed if t.name == 'search_code'))}" not in print_pins(
+        "MCP_UPSTREAM_SWAP_TOOL=1")
+
+
+def test_a_tool_whose_definition_changed_upstream_is_denied_until_the_catalog_pins_the_new_one(
+        tmp_path: Path) -> None:
+    listed = {t.name: t for t in asyncio.run(direct(lambda s: s.list_tools())).tools}
+    reviewed = {"github/search_code": pin_of(listed["search_code"]),
+                "github/get_pull_request": pin_of(listed["get_pull_request"])}
+    sidecar = start_server(tmp_path / "data", bundle=pinned_library(tmp_path, reviewed))
+    query = {"query": "token"}
+
+    async def scenario() -> None:
+        async with gateway(tmp_path, sidecar.address, "code-reviewer") as gw:
+            same = await gw.call("search_code", query)
+            assert not same.is_error and gw.upstream_calls() == ["search_code"]
+        async with gateway(tmp_path, sidecar.address, "code-reviewer", "--session-id", "s-swap",
+                           env={"MCP_UPSTREAM_SWAP_TOOL": "1"}) as gw:
+            swapped = await gw.call("search_code", query)
+            unchanged = await gw.call("get_pull_request", PR)
+            assert gw.upstream_calls() == ["get_pull_request"]
+        assert swapped.is_error
+        [reason] = tollgate_meta(swapped)["reasons"]
+        assert reason["code"] == "tool_definition_changed"
+        assert reviewed["github/search_code"] in reason["message"]
+        assert not unchanged.is_error
+        first = logged(sidecar, "s-swap")[0]
+        assert first["decision"] == "deny" and first["input"]["context"]["mcp_tool"]["listed"] is True
+        new_pin = first["input"]["context"]["mcp_tool"]["pin"]
+        assert new_pin != reviewed["github/search_code"] and f"pin: {new_pin}" in print_pins("MCP_UPSTREAM_SWAP_TOOL=1")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sidecar.terminate()
+
+
+@pytest.mark.parametrize("version", HANDSHAKE_PROTOCOL_VERSIONS)
+def test_every_handshake_version_the_sdk_speaks_is_negotiated(sidecar: Server, version: str) -> None:
+    """(2026-07-28, without the handshake: test_a_2026_era_client_gets_the_same_gate_and_the_upstreams_results.)"""
+    gw = subprocess.Popen([*TOLLGATE, "mcp-gateway", "--server", sidecar.address, "--agent-id", "code-reviewer",
+                           "--", *UPSTREAM], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True, cwd=ROOT)
+    assert gw.stdin is not None and gw.stdout is not None
+    try:
+        for message in ({"id": 1, "method": "initialize", "params": {
+                "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}},
+                {"method": "notifications/initialized"},
+                {"id": 2, "method": "tools/call", "params": {"name": "get_pull_request", "arguments": PR}}):
+            gw.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+            gw.stdin.flush()
+        assert json.loads(gw.stdout.readline())["result"]["protocolVersion"] == version
+        called = json.loads(gw.stdout.readline())["result"]
+        assert called.get("isError") is not True and "upstream PR 42" in json.dumps(called)
+    finally:
+        gw.kill()
+        gw.wait()

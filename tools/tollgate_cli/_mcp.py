@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from tollgate_cli._common import DEFAULT_SERVER, EXIT_ERROR, add_tls_flags
 
@@ -22,7 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "pass through untouched; others get a tool error with the reasons and the decision id.")
     gw.add_argument("--server", default=DEFAULT_SERVER, help="the Tollgate sidecar, HOST:PORT or unix:PATH "
                                                              "(default %(default)s)")
-    gw.add_argument("--agent-id", required=True, help="principal.agent_id: whose capability manifest applies")
+    gw.add_argument("--agent-id", default=None,
+                    help="principal.agent_id: whose capability manifest applies (required, but with --print-pins)")
+    gw.add_argument("--print-pins", action="store_true",
+                    help="print the catalog pins of the upstream's tools (YAML to merge into the tool catalog) "
+                         "and exit; no sidecar is asked")
     gw.add_argument("--session-id", default=None, help="principal.session_id (default: a fresh id per run)")
     for name in ("instance-id", "team", "workflow", "user"):
         gw.add_argument(f"--{name}", default="", help=f"principal.{name.replace('-', '_')}")
@@ -61,6 +67,7 @@ def _mcp_gateway(args: argparse.Namespace) -> int:
         Upstream,
         UpstreamClosed,
         UpstreamUnavailable,
+        print_pins,
         serve_stdio,
     )
 
@@ -88,6 +95,10 @@ def _mcp_gateway(args: argparse.Namespace) -> int:
         return _usage("--tls-cert and --tls-key go together (the client certificate and its key)")
     if (args.tls_cert or args.tls_key) and not args.tls_ca:
         return _usage("--tls-cert/--tls-key need --tls-ca (the CA the sidecar's certificate chains to)")
+    if args.print_pins:
+        return _print_pins(print_pins(upstream, args.mcp_server_name, start_timeout=args.upstream_start_timeout))
+    if not args.agent_id:
+        return _usage("--agent-id is required (whose capability manifest applies)")
     tls = TLS(root_ca=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key) if args.tls_ca else None
     caller_token = ""
     if args.caller_token_file:
@@ -116,6 +127,20 @@ def _mcp_gateway(args: argparse.Namespace) -> int:
         if isinstance(leaf, UpstreamClosed | UpstreamUnavailable):  # the message names the upstream and what befell it
             return _usage(str(leaf))
         return _usage(f"{type(leaf).__name__}: {leaf}")
+    return 0
+
+
+def _print_pins(listing: Coroutine[Any, Any, str]) -> int:
+    import asyncio
+
+    try:
+        text = asyncio.run(listing)
+    except Exception as exc:
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
+        return _usage(str(leaf) if str(leaf) else type(leaf).__name__)
+    sys.stdout.write(text)
     return 0
 
 

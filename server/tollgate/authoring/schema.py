@@ -134,6 +134,8 @@ CATALOGS: Mapping[str, Schema] = {
         "description": opt(Str()),
         "effect": req(Str(choices=("read", "write", "destructive"))),
         "arguments": opt(TOOL_ARGUMENTS),
+        # The MCP tool's definition as reviewed (`tollgate mcp-gateway --print-pins`); another one is denied.
+        "pin": opt(Str(prefix="sha256:", means="sha256:HEX, as `tollgate mcp-gateway --print-pins` prints it")),
     })),
     "models": MapOf(Str(), Obj({
         "provider": req(Str()),

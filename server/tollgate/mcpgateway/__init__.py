@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import anyio
 from mcp.server.stdio import stdio_server
@@ -23,6 +23,7 @@ from mcp.shared.message import SessionMessage
 
 from tollgate.client import TLS, AsyncClient, Principal
 from tollgate.mcpgateway._gate import ARGUMENT_INDEPENDENT, GateSettings, ToolGate, refusal_text
+from tollgate.mcpgateway._pins import ANNOTATION_HINTS, annotation_hints, tool_pin
 from tollgate.mcpgateway._proxy import (
     FORWARDED_NOTIFICATIONS,
     UPSTREAM_START_TIMEOUT,
@@ -34,10 +35,12 @@ from tollgate.mcpgateway._proxy import (
     UpstreamUnavailable,
     connect_upstream,
     describe,
+    list_tools,
 )
 from tollgate.mcpgateway._stdio import StdinLines
 
 __all__ = [
+    "ANNOTATION_HINTS",
     "ARGUMENT_INDEPENDENT",
     "FORWARDED_NOTIFICATIONS",
     "GatewayConfig",
@@ -46,9 +49,12 @@ __all__ = [
     "Upstream",
     "UpstreamClosed",
     "UpstreamUnavailable",
+    "annotation_hints",
+    "print_pins",
     "refusal_text",
     "serve",
     "serve_stdio",
+    "tool_pin",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,3 +141,25 @@ async def serve_stdio(config: GatewayConfig) -> None:
     stdin = cast("anyio.AsyncFile[str] | None", lines)
     async with stdio_server(stdin=stdin) as (read_stream, write_stream):
         await serve(config, read_stream, write_stream)
+
+
+async def print_pins(upstream: Upstream, server_name: str | None = None, *,
+                     start_timeout: float = UPSTREAM_START_TIMEOUT) -> str:
+    """The catalog lines pinning every tool the upstream lists now (YAML, to merge into the tool catalog):
+    `SERVER/NAME:` then `pin: sha256:...`, its description and annotations as comments for the reviewer."""
+    async with connect_upstream(upstream, NotificationRelay(), start_timeout=start_timeout) as connection:
+        info = connection.session.server_info
+        server = server_name or (info.name if info is not None else "")
+        if not server:
+            raise ValueError("the upstream MCP server gave no name in its serverInfo: pass --mcp-server-name")
+        tools: list[dict[str, Any]] = [t for t in await list_tools(connection.session) if isinstance(t, dict)]
+    lines = [f"# Pins of the tools of MCP server {server} ({describe(upstream)}); review, then merge into the catalog."]
+    for tool in sorted(tools, key=lambda t: str(t.get("name", ""))):
+        description = " ".join(str(tool.get("description") or "").split())
+        hints = ", ".join(f"{k}={str(v).lower()}" for k, v in annotation_hints(tool).items())
+        lines.append(f"{server}/{tool['name']}:")
+        lines.append(f"  # {description}" if description else "  # (no description)")
+        if hints:
+            lines.append(f"  # annotations (the upstream's claims): {hints}")
+        lines.append(f"  pin: {tool_pin(tool)}")
+    return "\n".join(lines) + "\n"

@@ -65,18 +65,21 @@ class ToolGate:
     def settings(self) -> GateSettings:
         return self._settings
 
-    async def decide_call(self, name: str, arguments: Mapping[str, Any]) -> Decision:
-        """The decision for one tools/call: allow means forward it, anything else means answer a tool error."""
+    async def decide_call(self, name: str, arguments: Mapping[str, Any], *,
+                          tool: Mapping[str, Any] | None = None) -> Decision:
+        """The decision for one tools/call: allow means forward it, anything else means answer a tool error.
+        tool: the upstream's definition as the policy sees it (context.mcp_tool: pin, annotations, listed)."""
+        context = CALL_CONTEXT if tool is None else {**CALL_CONTEXT, "mcp_tool": dict(tool)}
         key = _request_key(name, arguments)
         remembered = self._approvals.get(key, "")
-        decision = await self._ask(name, arguments, CALL_CONTEXT, approval_id=remembered)
+        decision = await self._ask(name, arguments, context, approval_id=remembered)
         if remembered and decision.decision == "deny" and _codes(decision) & _STALE_APPROVAL:
             self._approvals.pop(key, None)
-            decision = await self._ask(name, arguments, CALL_CONTEXT)
+            decision = await self._ask(name, arguments, context)
         if decision.decision == "require_approval" and decision.approval_id:
             self._remember(key, decision.approval_id)
             if self._settings.approval_wait > 0:
-                decision = await self._wait_then_ask_again(name, arguments, decision)
+                decision = await self._wait_then_ask_again(name, arguments, decision, context)
         if decision.allowed or _codes(decision) & _SETTLED_APPROVAL:
             # Allowed (the approval is now used) or its approval settled otherwise: a retry starts over. A deny
             # for another reason (a kill switch, say) keeps it, for when that reason is gone.
@@ -96,7 +99,8 @@ class ToolGate:
         decisions = await asyncio.gather(*(self._ask(n, {}, LIST_CONTEXT, dry_run=True) for n in names))
         return frozenset(n for n, d in zip(names, decisions, strict=True) if _never_allowed(d))
 
-    async def _wait_then_ask_again(self, name: str, arguments: Mapping[str, Any], asked: Decision) -> Decision:
+    async def _wait_then_ask_again(self, name: str, arguments: Mapping[str, Any], asked: Decision,
+                                   context: Mapping[str, Any]) -> Decision:
         try:
             state = await self._source.wait_for_approval(asked.approval_id, self._settings.approval_wait)
         except TollgateError as exc:
@@ -105,7 +109,7 @@ class ToolGate:
         if state.status == "pending":
             return asked
         # Decided (or expired): the answer that counts is the sidecar's, logged, for this very request.
-        return await self._ask(name, arguments, CALL_CONTEXT, approval_id=asked.approval_id)
+        return await self._ask(name, arguments, context, approval_id=asked.approval_id)
 
     async def _ask(self, name: str, arguments: Mapping[str, Any], context: Mapping[str, Any], *,
                    approval_id: str = "", dry_run: bool = False) -> Decision:

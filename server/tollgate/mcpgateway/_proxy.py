@@ -28,6 +28,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, RootModel, ValidationError
 
 from tollgate.mcpgateway._gate import ToolGate, decision_meta, refusal_text
+from tollgate.mcpgateway._pins import ToolDefinitions, call_context
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ FORWARDED_NOTIFICATIONS = frozenset({
     "notifications/tools/list_changed", "notifications/resources/list_changed",
     "notifications/prompts/list_changed", "notifications/resources/updated", "notifications/message",
 })
+#: Pages of tools/list read, at most, when the gateway lists the upstream's tools itself.
+MAX_TOOL_PAGES = 100
 _RawRequest: TypeAlias = types.Request[dict[str, Any] | None, str]
 Handler: TypeAlias = Callable[[ServerRequestContext[Any], Any], Awaitable[HandlerResult]]
 
@@ -77,6 +80,8 @@ class NotificationRelay:
 
     def __init__(self) -> None:
         self._client: ServerSession | None = None
+        #: Called when the upstream says its tool list changed (the pinned definitions are then listed again).
+        self.on_tools_changed: Callable[[], None] | None = None
 
     def attach(self, client: ServerSession) -> None:
         self._client = client
@@ -85,6 +90,8 @@ class NotificationRelay:
         if isinstance(message, Exception):
             logger.warning("upstream MCP server: transport error: %s", message)
             return
+        if message.method == "notifications/tools/list_changed" and self.on_tools_changed is not None:
+            self.on_tools_changed()
         if message.method not in FORWARDED_NOTIFICATIONS or self._client is None:
             return
         try:
@@ -225,6 +232,9 @@ class Proxy:
         self._gate = gate
         self._relay = relay
         self._hide_denied_tools = hide_denied_tools
+        # The upstream's tools as last listed: each call is decided with its tool's pin and annotations.
+        self._tools = ToolDefinitions()
+        relay.on_tools_changed = self._tools_changed
 
     def initialization_options(self) -> InitializationOptions:
         """What the client's initialize gets: the upstream's server info, capabilities and instructions."""
@@ -261,8 +271,7 @@ class Proxy:
             server.add_request_handler(method, params_type, self._forwarder(method))
         if caps.tools is not None:
             server.add_request_handler("tools/call", types.CallToolRequestParams, self._call_tool)
-            if self._hide_denied_tools:
-                server.add_request_handler("tools/list", types.PaginatedRequestParams, self._list_tools)
+            server.add_request_handler("tools/list", types.PaginatedRequestParams, self._list_tools)
         server.add_notification_handler("notifications/initialized", types.NotificationParams, self._initialized_by)
         return server
 
@@ -279,7 +288,8 @@ class Proxy:
         # The arguments decided on are the ones forwarded: both come from the request as it arrived.
         raw_arguments = (ctx.params or {}).get("arguments")
         arguments: Mapping[str, Any] = raw_arguments if isinstance(raw_arguments, Mapping) else {}
-        decision = await self._gate.decide_call(params.name, arguments)
+        decision = await self._gate.decide_call(params.name, arguments,
+                                                tool=call_context(await self._definition(params.name)))
         if decision.allowed:
             return await self._forward(ctx)
         tool = f"{self._gate.settings.server_name}/{params.name}"
@@ -292,10 +302,33 @@ class Proxy:
         tools = listed.get("tools")
         if not isinstance(tools, list):
             return listed
+        # What the client is shown is what the next call is pinned against.
+        if (ctx.params or {}).get("cursor") is None:
+            self._tools.replace(tools)
+        else:
+            self._tools.merge(tools)
+        if not self._hide_denied_tools:
+            return listed
         names = [t["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
         hidden = await self._gate.hidden_tools(names)
         listed["tools"] = [t for t in tools if not (isinstance(t, dict) and t.get("name") in hidden)]
         return listed
+
+    def _tools_changed(self) -> None:
+        self._tools.stale = True
+
+    async def _definition(self, name: str) -> Mapping[str, Any] | None:
+        """The tool as the upstream lists it now: listed afresh (every page) when the gateway has not seen it or
+        the upstream said its list changed; None when the upstream does not list it."""
+        if self._tools.known(name):
+            return self._tools.get(name)
+        try:
+            tools = await list_tools(self._upstream)
+        except (MCPError, ValidationError) as exc:
+            logger.warning("upstream MCP server: tools/list failed: %s", exc)
+            return None
+        self._tools.replace(tools)
+        return self._tools.get(name)
 
     async def _forward(self, ctx: ServerRequestContext[Any]) -> dict[str, Any]:
         """The client's request, as it arrived, to the upstream; the upstream's result or error back."""
@@ -315,6 +348,22 @@ class Proxy:
             # the older one never sends. No caching: the answers depend on the agent and on policy that changes.
             return {"resultType": "complete", "ttlMs": 0, "cacheScope": "private", **result.root}
         return result.root
+
+
+async def list_tools(upstream: ClientSession) -> list[Any]:
+    """Every tool the upstream lists (all pages, MAX_TOOL_PAGES at most), as the JSON it sent."""
+    tools: list[Any] = []
+    cursor: str | None = None
+    for _page in range(MAX_TOOL_PAGES):
+        params = {"cursor": cursor} if cursor else None
+        page = (await upstream.send_request(_RawRequest(method="tools/list", params=params), _RawResult)).root
+        listed = page.get("tools")
+        tools.extend(listed if isinstance(listed, list) else [])
+        next_cursor = page.get("nextCursor")
+        cursor = next_cursor if isinstance(next_cursor, str) and next_cursor else None
+        if cursor is None:
+            break
+    return tools
 
 
 def _upstream_params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:

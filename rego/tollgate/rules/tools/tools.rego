@@ -129,6 +129,39 @@ _admission_denials contains {"code": "tool_not_in_manifest", "message": message}
 	message := sprintf("agent %q may not use tool %q (not in its manifest)", [input.principal.agent_id, tool_id])
 }
 
+# METADATA
+# title: mcp_tool
+# description: >-
+#   What the MCP gateway saw of the tool upstream (input.context.mcp_tool): its pin (the sha256 of
+#   its name, description and input schema) and its annotations. The annotations are claims of the
+#   upstream server, never trusted here for an allow: a server may call any tool read-only. Undefined
+#   when the call did not come through the gateway.
+mcp_tool := input.context.mcp_tool if is_object(input.context.mcp_tool)
+
+# A pinned tool whose definition upstream is not the one reviewed: denied until the catalog's pin
+# is updated (`tollgate mcp-gateway --print-pins` prints the pins). An unpinned tool is not checked.
+deny contains {"code": "tool_definition_changed", "message": message} if {
+	input.kind == "tool"
+	pin := entry.pin
+	object.get(mcp_tool, "pin", pin) != pin
+	message := sprintf("tool %q: its definition upstream (%v) is not the one pinned in the catalog (%v)", [
+		tool_id, _seen_pin, pin,
+	])
+}
+
+# A gateway's context that is not an object cannot be checked against the pin: denied.
+deny contains {"code": "tool_definition_changed", "message": message} if {
+	input.kind == "tool"
+	entry.pin
+	input.context.mcp_tool
+	not mcp_tool
+	message := sprintf("tool %q is pinned and context.mcp_tool is not an object", [tool_id])
+}
+
+_seen_pin := "not listed upstream" if object.get(mcp_tool, "pin", "") == ""
+
+_seen_pin := mcp_tool.pin if object.get(mcp_tool, "pin", "") != ""
+
 # Only the rules for this tool's argument kind are evaluated.
 deny contains reason if {
 	input.kind == "tool"

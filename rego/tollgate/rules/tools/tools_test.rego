@@ -96,3 +96,57 @@ test_non_tool_requests_are_not_judged_here if {
 	count(tools.deny) == 0 with input as fx.model("code-reviewer", "anthropic", "claude-sonnet-4-5", 100, [])
 	count(tools.deny) == 0 with input as fx.budget("nobody", 1, "usd")
 }
+
+# --- MCP tool pins (input.context.mcp_tool, from the MCP gateway) ---------------------------------
+
+_pin := "sha256:a50878f91ab470ce75e8dba8f98987b9696d2035f3bbd0bbbea7055d18973afb"
+
+_via_gateway(pin, annotations) := object.union(fx.tool("code-reviewer", "github", "search_code", {"query": "x"}), {
+	"context": {"mcp": "tools/call", "mcp_tool": {"listed": true, "pin": pin, "annotations": annotations}},
+})
+
+test_pinned_tool_with_its_pin_passes if {
+	count(tools.deny) == 0 with input as _via_gateway(_pin, {})
+		with data.catalog.tools["github/search_code"].pin as _pin
+}
+
+test_pinned_tool_whose_definition_changed_is_denied if {
+	deny := tools.deny with input as _via_gateway("sha256:0000", {"readOnlyHint": true})
+		with data.catalog.tools["github/search_code"].pin as _pin
+	fx.codes(deny) == {"tool_definition_changed"}
+	some reason in deny
+	contains(reason.message, "sha256:0000")
+}
+
+test_pinned_tool_the_upstream_does_not_list_is_denied if {
+	deny := tools.deny with input as _via_gateway("", {})
+		with data.catalog.tools["github/search_code"].pin as _pin
+	some reason in deny
+	reason.code == "tool_definition_changed"
+	contains(reason.message, "not listed upstream")
+}
+
+test_pinned_tool_with_a_malformed_gateway_context_is_denied if {
+	request := object.union(fx.tool("code-reviewer", "github", "search_code", {}), {"context": {"mcp_tool": "x"}})
+	"tool_definition_changed" in fx.codes(tools.deny) with input as request
+		with data.catalog.tools["github/search_code"].pin as _pin
+}
+
+test_pinned_tool_called_without_the_gateway_is_not_checked if {
+	count(tools.deny) == 0 with input as fx.tool("code-reviewer", "github", "search_code", {"query": "x"})
+		with data.catalog.tools["github/search_code"].pin as _pin
+}
+
+test_unpinned_tool_is_not_checked if {
+	count(tools.deny) == 0 with input as _via_gateway("sha256:anything", {})
+}
+
+# Annotations are the upstream's claims: a destructive tool that calls itself read-only still needs approval.
+test_annotations_never_loosen_the_policy if {
+	request := object.union(fx.tool("release-bot", "github", "merge_pull_request", {"pullNumber": 7}), {
+		"context": {"mcp_tool": {"listed": true, "pin": "sha256:1", "annotations": {
+			"readOnlyHint": true, "destructiveHint": false, "idempotentHint": true,
+		}}},
+	})
+	fx.codes(tools.require_approval) == {"destructive_action"} with input as request
+}
