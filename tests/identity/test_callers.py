@@ -178,3 +178,110 @@ def test_a_certificate_whose_names_map_to_different_principals_is_refused_by_the
     assert caller(SPIFFE, "spiffe://acme/unlisted").error == ""
     # A Unix-socket peer is one process: its uid and gid entries still add up, as before.
     assert CallerResolver(callers=callers, relay_prefix="r/").resolve(peer="r/1.2.3.4", auth_context={}).error == ""
+
+
+# -- the verified-token cache: bounded, expiring on the verifier's clock, forgotten on a key change ---------
+
+
+def _signer(tmp_path: Any, kid: str = "k1") -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / f"{kid}.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key
+
+
+def _token(key: Any, sub: str, *, kid: str = "k1", ttl: float = 600) -> str:
+    import time
+
+    import jwt
+
+    return jwt.encode({"iss": "https://idp", "aud": "tollgate", "sub": sub, "exp": int(time.time() + ttl)}, key,
+                      algorithm="ES256", headers={"kid": kid})
+
+
+def _counting(verifier: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens whose signature the verifier checks, in order."""
+    checked: list[str] = []
+    real = verifier._verify
+
+    def counted(token: str) -> Any:
+        checked.append(token)
+        return real(token)
+
+    monkeypatch.setattr(verifier, "_verify", counted)
+    return checked
+
+
+def test_the_token_cache_is_bounded_and_drops_the_least_recently_used(tmp_path: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tollgate.clock import ManualClock
+    from tollgate.identity import TokenVerifier, _callers
+
+    monkeypatch.setattr(_callers, "TOKEN_CACHE_SIZE", 3)
+    key = _signer(tmp_path)
+    verifier = TokenVerifier.from_config(str(tmp_path), issuer="https://idp", audience="tollgate",
+                                         clock=ManualClock())
+    checked = _counting(verifier, monkeypatch)
+    tokens = [_token(key, f"agent-{i}") for i in range(4)]
+    for t in tokens[:3]:
+        verifier.verify(t)
+    verifier.verify(tokens[0])  # used again: the most recent now
+    verifier.verify(tokens[3])  # a fourth: the least recently used (agent-1) goes
+    assert verifier.remembered == 3
+    assert checked == [*tokens[:3], tokens[3]]
+    verifier.verify(tokens[0])
+    verifier.verify(tokens[1])
+    assert checked[-1] == tokens[1] and len(checked) == 5  # agent-0 was remembered, agent-1 checked again
+    # A huge token is remembered by its digest: the cache holds no copy of it.
+    big = _token(key, "agent-" + "x" * 200_000)
+    assert verifier.verify(big).subject.startswith("jwt:agent-xxx")
+    assert all(len(k) == 32 for k in verifier._verified)
+
+
+def test_a_changed_key_directory_forgets_every_remembered_token(tmp_path: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from tollgate.clock import ManualClock
+    from tollgate.identity import TokenVerifier
+    from tollgate.identity._callers import KEY_CHECK_SECONDS
+
+    key = _signer(tmp_path, "k1")
+    clock = ManualClock()
+    verifier = TokenVerifier.from_config(str(tmp_path), issuer="https://idp", audience="tollgate", clock=clock)
+    old = _token(key, "agent-7", kid="k1")
+    assert verifier.verify(old).subject == "jwt:agent-7"
+    # The key is revoked: k1.pem removed, k2.pem trusted in its place.
+    (tmp_path / "k1.pem").unlink()
+    rotated = _signer(tmp_path, "k2")
+    assert verifier.verify(old).subject == "jwt:agent-7"  # until the directory is looked at again
+    clock.advance(KEY_CHECK_SECONDS)
+    refused = verifier.verify(old)
+    assert refused.subject == "" and "kid 'k1' is not a trusted key (trusted: k2)" in refused.error
+    assert verifier.verify(_token(rotated, "agent-8", kid="k2")).subject == "jwt:agent-8"
+    assert verifier.remembered == 1
+    # A directory that no longer loads refuses every token, remembered or not, and says why.
+    (tmp_path / "k2.pem").write_text("not a key")
+    clock.advance(KEY_CHECK_SECONDS)
+    broken = verifier.verify(_token(rotated, "agent-8", kid="k2"))
+    assert broken.subject == "" and "token_keys" in broken.error
+    assert verifier.remembered == 0
+
+
+def test_a_remembered_token_expires_on_the_verifier_clock_not_before(tmp_path: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from tollgate.clock import ManualClock
+    from tollgate.identity import TOKEN_LEEWAY, TokenVerifier
+
+    key = _signer(tmp_path)
+    clock = ManualClock()
+    verifier = TokenVerifier.from_config(str(tmp_path), issuer="https://idp", audience="tollgate", clock=clock)
+    checked = _counting(verifier, monkeypatch)
+    token = _token(key, "agent-7", ttl=60)
+    verifier.verify(token)
+    clock.advance(30)
+    verifier.verify(token)
+    assert len(checked) == 1 and verifier.remembered == 1
+    clock.advance(30 + TOKEN_LEEWAY + 1)
+    assert verifier.remembered == 0

@@ -12,14 +12,15 @@ This module has no gRPC import: the servicers hand it the peer string, the auth 
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jwt
+from cachetools import TLRUCache
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tollgate.clock import Clock, SystemClock
@@ -34,6 +35,8 @@ CALLER_UNAUTHENTICATED = "caller_unauthenticated"
 TOKEN_LEEWAY = 30.0
 #: Verified caller tokens remembered (each until it expires).
 TOKEN_CACHE_SIZE = 1024
+#: How often (seconds, on the verifier's clock) the token_keys directory is looked at for changed keys.
+KEY_CHECK_SECONDS = 5.0
 #: Principal fields a caller entry constrains: config key → principal field.
 CLAIMABLE = {"agents": "agent_id", "teams": "team", "users": "user", "workflows": "workflow"}
 
@@ -181,41 +184,67 @@ class TokenVerifier:
     """Verifies caller JWTs (RS256 or ES256) against trusted keys: signature, kid, iss, aud, exp (required).
 
     A harness sends the same token with every request until it expires, so verified tokens are remembered
-    (up to TOKEN_CACHE_SIZE, each until its exp): a signature check costs more than the rest of a decision.
+    (a cachetools TLRUCache: up to TOKEN_CACHE_SIZE, least recently used first out, each until its exp on the
+    verifier's clock, keyed by the token's SHA-256 so a large token costs no more than a small one): a
+    signature check costs more than the rest of a decision. Refusals are never remembered. Built from a keys
+    directory (from_config), the verifier looks at it again at most every KEY_CHECK_SECONDS: a key added,
+    replaced or removed is loaded and every remembered token forgotten, so a revoked key stops working
+    within that time (a directory that no longer loads refuses every token, naming why).
     """
 
-    def __init__(self, settings: TokenSettings, *, clock: Clock = SystemClock()) -> None:
+    def __init__(self, settings: TokenSettings, *, clock: Clock = SystemClock(), keys_dir: str = "") -> None:
         self._settings = settings
         # What a remembered token's exp is held against. (PyJWT checks exp itself, on the system clock.)
         self._clock = clock
-        self._verified: OrderedDict[str, tuple[Caller, float]] = OrderedDict()  # token → (caller, valid until)
+        self._verified: TLRUCache[bytes, tuple[Caller, float]] = TLRUCache(
+            maxsize=TOKEN_CACHE_SIZE, ttu=lambda _token, found, _now: found[1], timer=clock.time)
+        self._keys_dir = keys_dir
+        self._keys_seen = _key_files(keys_dir) if keys_dir else ()
+        self._keys_error = ""
+        self._next_key_check = clock.time() + KEY_CHECK_SECONDS
 
     @classmethod
     def from_config(cls, keys_dir: str, *, issuer: str, audience: str, clock: Clock = SystemClock()) -> TokenVerifier:
-        from tollgate.bundle import BundleError, load_public_keys
-
         if not issuer or not audience:
             raise IdentityConfigError("token_keys: needs token_issuer and token_audience (the iss and aud every "
                                       "caller token must carry)")
-        try:
-            keys = load_public_keys(Path(keys_dir))
-        except BundleError as exc:
-            raise IdentityConfigError(f"token_keys: {exc}") from exc
-        return cls(TokenSettings(keys, issuer, audience), clock=clock)
+        return cls(TokenSettings(_load_keys(keys_dir), issuer, audience), clock=clock, keys_dir=keys_dir)
+
+    @property
+    def remembered(self) -> int:
+        """How many verified tokens are remembered now."""
+        self._verified.expire()
+        return len(self._verified)
 
     def verify(self, token: str) -> Caller:
-        remembered = self._verified.get(token)
+        self._check_keys()
+        if self._keys_error:
+            return _refused(f"caller token: {self._keys_error}")
+        digest = hashlib.sha256(token.encode()).digest()
+        remembered = self._verified.get(digest)
         if remembered is not None:
-            if self._clock.time() < remembered[1]:
-                self._verified.move_to_end(token)
-                return remembered[0]
-            del self._verified[token]
+            return remembered[0]
         caller, valid_until = self._verify(token)
-        if valid_until:
-            self._verified[token] = (caller, valid_until)
-            if len(self._verified) > TOKEN_CACHE_SIZE:
-                self._verified.popitem(last=False)
+        if valid_until > self._clock.time():
+            self._verified[digest] = (caller, valid_until)
         return caller
+
+    def _check_keys(self) -> None:
+        """Reload the keys directory when its files changed (looked at once every KEY_CHECK_SECONDS)."""
+        now = self._clock.time()
+        if not self._keys_dir or now < self._next_key_check:
+            return
+        self._next_key_check = now + KEY_CHECK_SECONDS
+        seen = _key_files(self._keys_dir)
+        if seen == self._keys_seen:
+            return
+        self._keys_seen = seen
+        self._verified.clear()
+        try:
+            self._settings = TokenSettings(_load_keys(self._keys_dir), self._settings.issuer, self._settings.audience)
+            self._keys_error = ""
+        except IdentityConfigError as exc:
+            self._keys_error = str(exc)
 
     def _verify(self, token: str) -> tuple[Caller, float]:
         """The caller a token names and until when that holds (0: refused, not to be remembered)."""
@@ -237,6 +266,23 @@ class TokenVerifier:
             return _refused("caller token: sub must be a non-empty string"), 0.0
         caller = Caller(method="token", subject=f"jwt:{sub}", details={"iss": claims["iss"], "sub": sub, "kid": kid})
         return caller, float(claims["exp"]) + TOKEN_LEEWAY
+
+
+def _load_keys(keys_dir: str) -> Mapping[str, Any]:
+    from tollgate.bundle import BundleError, load_public_keys
+
+    try:
+        return load_public_keys(Path(keys_dir))
+    except BundleError as exc:
+        raise IdentityConfigError(f"token_keys: {exc}") from exc
+
+
+def _key_files(keys_dir: str) -> tuple[tuple[str, int, int], ...]:
+    """What tells a changed keys directory: each KID.pem's name, size and modification time."""
+    try:
+        return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(keys_dir).glob("*.pem")))
+    except OSError:
+        return (("", -1, -1),)
 
 
 def _refused(error: str) -> Caller:
