@@ -672,3 +672,17 @@ def test_every_handshake_version_the_sdk_speaks_is_negotiated(sidecar: Server, v
     finally:
         gw.kill()
         gw.wait()
+
+
+def test_the_readme_print_pins_example_prints_what_it_shows() -> None:
+    section = readme_section("MCP gateway")
+    [block] = [b for b in re.findall(r"```sh\n(.*?)```", section, re.S) if "--print-pins" in b]
+    command, *shown = block.splitlines()
+    assert command.startswith("$ tollgate mcp-gateway --print-pins ")
+    argv = command[2:].split("#", 1)[0].split()
+    assert argv[-2:] == ["python", "tests/mcp_upstream.py"]
+    done = subprocess.run([*TOLLGATE, *argv[1:-2], sys.executable, "tests/mcp_upstream.py"], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=ROOT)
+    assert done.returncode == 0, done
+    assert done.stdout.startswith(shown[0].split("...")[0].replace("python", sys.executable)), done.stdout
+    assert "\n".join(shown[2:]) + "\n" in done.stdout, done.stdout
