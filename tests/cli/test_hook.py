@@ -216,3 +216,24 @@ def test_the_workspace_is_the_directory_claude_code_runs_in(server: Server, cwd:
     assert answer["permissionDecision"] == permission, answer
     if permission == "deny":
         assert "path_outside_workspace" in answer["permissionDecisionReason"]
+
+
+def test_an_ask_names_when_the_approval_it_leaves_pending_expires(server: Server) -> None:
+    """The user answers `ask` at the keyboard; Tollgate's approval is its approvers', so the reason says until
+    when it stays pending (its expiry, as GetApproval says it) and that the prompt decides this call only."""
+    from datetime import UTC, datetime
+
+    answer, _ = run_hook(server.address, json.dumps(event("Bash", {"command": "make release"},
+                                                          session_id="ask-session")))
+    assert answer["permissionDecision"] == "ask"
+    reason = answer["permissionDecisionReason"]
+    approval_id = re.search(r"approval (apr_\S+) is needed", reason).group(1)  # type: ignore[union-attr]
+    shown = re.search(r"stays pending in Tollgate for its approvers until (\S+ \S+) UTC, then expires",
+                      reason)
+    assert shown and "Answering this prompt decides this call only" in reason, reason
+    stub = approval_pb2_grpc.ApprovalServiceStub(server.channel)
+    approval = stub.GetApproval(approval_pb2.GetApprovalRequest(id=approval_id), timeout=10,
+                                metadata=server.admin_metadata)
+    expires = approval.expires_at.ToDatetime(tzinfo=UTC)
+    assert datetime.strptime(shown.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) == expires.replace(
+        microsecond=0)

@@ -129,6 +129,22 @@ def hook_output(permission: str, reason: str) -> dict[str, Any]:
                                    "permissionDecisionReason": reason}}
 
 
+def _expiry(client: Any, decision: Any) -> str:
+    """When an approval the hook answered `ask` for stops being pending, as the reason says it."""
+    from tollgate.client import TollgateError
+
+    try:
+        state = client.wait_for_approval(decision.approval_id, 0.2)  # its state now: a decision takes a person
+    except TollgateError:
+        state = None
+    if state is None or state.expires_at is None:
+        return "stays pending in Tollgate for its approvers until its ttl_seconds run out, then expires"
+    if state.decided:
+        return f"is already {state.status}"
+    return (f"stays pending in Tollgate for its approvers until {state.expires_at:%Y-%m-%d %H:%M:%S} UTC, "
+            "then expires")
+
+
 def _claude_code(args: argparse.Namespace) -> int:
     # Whatever happens, Claude Code gets an answer on stdout and exit 0: a crash or another exit code would
     # let the tool call go ahead (Claude Code treats a failing hook as a non-blocking error).
@@ -165,6 +181,7 @@ def _answer(args: argparse.Namespace, stdin: str) -> dict[str, Any]:
                                                                     timeout=args.timeout)
             else:
                 decision = client.authorize(request)
+                expiry = _expiry(client, decision) if decision.decision == "require_approval" else ""
     except TollgateError as exc:  # InvalidRequest: the sidecar refused the request's shape
         return hook_output("deny", f"Tollgate refused the request ({exc}); denied")
     if decision.failed_closed:
@@ -177,6 +194,10 @@ def _answer(args: argparse.Namespace, stdin: str) -> dict[str, Any]:
         return hook_output("deny", f"Tollgate: approval {decision.approval_id} was not decided within "
                            f"{args.wait_approval:g} s; ask again once it is approved: {decision.message}")
     if decision.decision == "require_approval":
+        # The person at the keyboard answers Claude Code's prompt; Tollgate's approval is not theirs to decide, so
+        # it stays pending for its approvers until its expiry, which the reason names (the approvals list shows
+        # it expired after that; the approval decides only a later call that presents it).
         reason = (f"Tollgate: approval {decision.approval_id} is needed "
-                  f"(`tollgate approvals approve {decision.approval_id}`): {decision.message}")
+                  f"(`tollgate approvals approve {decision.approval_id}`): {decision.message}. Answering this "
+                  f"prompt decides this call only; the approval {expiry}")
     return hook_output(_PERMISSION[decision.decision], reason)
