@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -253,6 +254,15 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 60.0, what: str 
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+async def eventually(condition: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition") -> float:
+    """wait_for on an event loop: poll condition without blocking the loop; the seconds it took."""
+    began = time.monotonic()
+    while not condition():
+        assert time.monotonic() - began < timeout, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - began
 
 
 def write_policy(root: Path, rego: str, data: str | None = None) -> Path:

@@ -9,7 +9,6 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,9 +243,8 @@ def test_config_file_sets_every_flag_and_flags_override_it(tmp_path: Path) -> No
         # eval_timeout_ms came from the file: under 1 ms the policy cannot answer its smoke test, so it is refused
         # (activated, it would answer every request deadline_exceeded) and nothing is served.
         assert response.reasons[0].code == "no_bundle"
-        deadline = time.monotonic() + 10
-        while "ran past the evaluation deadline on 3 tries" not in server.stderr and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: "ran past the evaluation deadline on 3 tries" in server.stderr, timeout=10,
+                 what="the smoke test's three tries")
         assert "did not finish within 1." in server.stderr, server.stderr
         assert (tmp_path / "from-flag" / "decisions.db").exists()  # --data-dir beat data-dir
         assert not (tmp_path / "from-config").exists()

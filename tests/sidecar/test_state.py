@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import REGO, TOLLGATE
+from tests.conftest import REGO, TOLLGATE, eventually
 from tests.pg import PostgresServer
 from tollgate.clock import SystemClock
 from tollgate.decisionlog import NoFleetLog
@@ -157,10 +156,7 @@ def test_a_store_down_at_start_up_opens_and_its_schema_is_checked_once_it_answer
             try:
                 assert state.kill_switches.staleness()  # never confirmed: every request is DENY state_stale
                 await asyncio.to_thread(pg.start)
-                deadline = time.monotonic() + 30
-                while store.status().state is not PluginState.OK:
-                    assert time.monotonic() < deadline, store.status()
-                    await asyncio.sleep(0.05)
+                await eventually(lambda: store.status().state is PluginState.OK, timeout=30, what="the store plugin OK")
                 seen.append(store.status())
             finally:
                 await store.stop()

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.conftest import eventually
 from tests.pg import PostgresServer
 from tollgate.encoding import parse_time
 from tollgate.state import KillSwitchNotFound, StateError
@@ -23,15 +24,6 @@ from tollgate.state.postgres._listener import still_running
 
 #: The propagation bound of the issue (engaged at one sidecar → applied at every other).
 BOUND = 1.0
-
-
-async def eventually(condition: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition") -> float:
-    """Poll condition on the loop until it holds (what a fixed sleep would stand in for); the seconds it took."""
-    began = time.monotonic()
-    while not condition():
-        assert time.monotonic() - began < timeout, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - began
 
 
 @contextlib.asynccontextmanager
