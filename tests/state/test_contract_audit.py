@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -20,13 +19,6 @@ pytestmark = pytest.mark.clock
 
 START = datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)
 T = TypeVar("T")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
-    if request.param == "sqlite":
-        return "sqlite", tmp_path / "state.db"
-    return "postgresql", request.getfixturevalue("pg_url")
 
 
 @contextlib.asynccontextmanager

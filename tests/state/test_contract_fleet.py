@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -36,14 +35,6 @@ def _info(sidecar_id: str = "pod-a-1f2e3d", **changes: Any) -> SidecarInfo:
                        export_lag_seconds=0.0, started_at="2026-11-21T17:59:00+00:00", last_seen="",
                        heartbeat_seconds=5.0)
     return replace(base, **changes)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
-    """Which store, and where: a state.db path, or a new database's URL."""
-    if request.param == "sqlite":
-        return "sqlite", tmp_path / "state.db"
-    return "postgresql", request.getfixturevalue("pg_url")
 
 
 @contextlib.asynccontextmanager

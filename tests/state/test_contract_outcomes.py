@@ -12,7 +12,6 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -40,13 +39,6 @@ def _report(session: str = "s-1", outcome: str = "succeeded", **changes: Any) ->
                               "reported_by": "spiffe://example.org/harness", "reported_from": "ipv4:127.0.0.1:5000"}
     fields.update(changes)
     return OutcomeReport(**fields)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
-    if request.param == "sqlite":
-        return "sqlite", tmp_path / "state.db"
-    return "postgresql", request.getfixturevalue("pg_url")
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,6 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,13 +23,6 @@ from tollgate.state.postgres import PgOptions, PgStore
 from tollgate.state.postgres._tokens import PgPersonTokens
 
 START = datetime(2026, 12, 2, 9, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
-    if request.param == "sqlite":
-        return "sqlite", tmp_path / "state.db"
-    return "postgresql", request.getfixturevalue("pg_url")
 
 
 @contextlib.asynccontextmanager

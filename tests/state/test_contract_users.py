@@ -22,13 +22,6 @@ START = datetime(2026, 12, 31, 23, 59, 30, tzinfo=UTC)
 T = TypeVar("T")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
-    if request.param == "sqlite":
-        return "sqlite", tmp_path / "state.db"
-    return "postgresql", request.getfixturevalue("pg_url")
-
-
 @contextlib.asynccontextmanager
 async def opened(where: tuple[str, Any], clock: ManualClock) -> AsyncIterator[UserStore]:
     kind, target = where
