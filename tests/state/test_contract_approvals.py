@@ -347,16 +347,6 @@ def test_an_approval_is_used_once_across_replica_processes(pg_url: str) -> None:
     assert (wins.count(True), len(wins)) == (1, 30)
 
 
-@pytest.fixture
-def own_postgres() -> Any:
-    """A PostgreSQL server of this test's own: stopping the run's shared one would fail every other test."""
-    server = PostgresServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def test_a_store_that_goes_away_fails_calls_within_the_timeout_then_recovers(own_postgres: PostgresServer) -> None:
     url = own_postgres.database()
     timeout = 1.0

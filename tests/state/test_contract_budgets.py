@@ -553,16 +553,6 @@ def test_replicas_sweeping_at_once_expire_each_reservation_once(pg_url: str) -> 
     Stores("postgresql", Path(), pg_url).run(body)
 
 
-@pytest.fixture
-def own_postgres() -> Any:
-    """A PostgreSQL server of this test's own: stopping the run's shared one would fail every other test."""
-    server = PostgresServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def test_a_store_that_goes_away_fails_steps_within_the_timeout_then_recovers(own_postgres: PostgresServer) -> None:
     url = own_postgres.database()
     timeout = 1.0
