@@ -145,7 +145,7 @@ def test_sidecar_down_denies_and_says_so() -> None:
 @pytest.mark.parametrize(("stdin", "message"), [
     ("not json", "stdin is not JSON"),
     ("[1, 2]", "must be a JSON object"),
-    (json.dumps({**event("Read", {}), "hook_event_name": "PostToolUse"}), "PreToolUse only"),
+    (json.dumps({**event("Read", {}), "hook_event_name": "UserPromptSubmit"}), "PreToolUse only"),
     (json.dumps({**event("Read", {}), "tool_name": None}), "tool_name: required"),
     (json.dumps({**event("Read", {}), "tool_input": "x"}), "tool_input: must be a JSON object"),
 ], ids=["not-json", "not-object", "other-event", "no-tool-name", "bad-tool-input"])

@@ -11,7 +11,7 @@ from tests.conftest import TOLLGATE
 from tests.pg import free_port
 
 COMPONENTS = ("budgets", "approvals", "outbox", "kill_switches", "fleet", "decisions", "outcomes", "users", "audit",
-              "person_tokens")
+              "person_tokens", "tool_results")
 
 
 def tollgate(*args: str) -> subprocess.CompletedProcess[str]:

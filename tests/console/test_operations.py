@@ -305,3 +305,11 @@ def test_on_postgresql_the_console_reads_the_fleets_log_and_its_kill_switch_reac
     finally:
         console.terminate()
         server.terminate()
+
+
+def test_the_timeline_shows_what_a_reported_tool_call_did(site: Site) -> None:
+    server, console, people, ids = site
+    server.stub.ReportToolResult(pb.ReportToolResultRequest(decision_id=ids["allowed"], result=pb.TOOL_RESULT_OK,
+                                                            duration_ms=2500), timeout=10)
+    text = text_of(Client(console).signin(people["vera"]).get("/sessions/s-ops"))
+    assert "ran: ok in 2.5 s" in text, text

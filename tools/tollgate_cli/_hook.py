@@ -1,4 +1,6 @@
-"""`tollgate hook claude-code`: a Claude Code PreToolUse hook that asks the sidecar about each tool call."""
+"""`tollgate hook claude-code`: a Claude Code PreToolUse hook that asks the sidecar about each tool call, and a
+PostToolUse / PostToolUseFailure hook that reports what became of it (the result class and duration, never the
+tool's output)."""
 
 from __future__ import annotations
 
@@ -26,15 +28,21 @@ _PATH_ARGUMENTS = {"Read": "file_path", "Write": "file_path", "Edit": "file_path
 _CONTENT_ARGUMENTS = frozenset({"content", "old_string", "new_string", "new_source"})
 _CONTENT_LIMIT = 4096
 _PERMISSION = {"allow": "allow", "deny": "deny", "require_approval": "ask"}
+#: The events after a tool call ran; the hook reports them and never blocks (PostToolUse cannot undo the call).
+POST_EVENTS = ("PostToolUse", "PostToolUseFailure")
+#: Longest a report may take: Claude Code waits for the hook before it goes on.
+REPORT_TIMEOUT = 2.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hook = sub.add_parser("hook", help="agent harness hooks that ask the sidecar before each tool call")
     harness = hook.add_subparsers(metavar="HARNESS", required=True)
     claude = harness.add_parser(
-        "claude-code", help="Claude Code PreToolUse hook: reads the hook's JSON on stdin, prints the decision",
-        description="Reads Claude Code's PreToolUse JSON on stdin, asks the sidecar and prints the permission "
-                    "decision as hook JSON (exit 0). No answer from the sidecar, or input it cannot read: deny.")
+        "claude-code", help="Claude Code hook: PreToolUse asks the sidecar; PostToolUse(Failure) reports the result",
+        description="Reads Claude Code's hook JSON on stdin. PreToolUse: asks the sidecar and prints the permission "
+                    "decision as hook JSON (exit 0); no answer from the sidecar, or input it cannot read: deny. "
+                    "PostToolUse and PostToolUseFailure: reports the result class (ok, error, interrupted) and the "
+                    f"duration, within {REPORT_TIMEOUT:g} s, prints nothing and exits 0 whatever happens.")
     claude.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT or unix:PATH (default %(default)s)")
     claude.add_argument("--agent-id", default=DEFAULT_AGENT, help="principal.agent_id (default %(default)s)")
     claude.add_argument("--user", default="", help="principal.user: the person Claude Code works for")
@@ -72,8 +80,8 @@ def read_event(text: str) -> ToolCall:
     if not isinstance(event, dict):
         raise ValueError("stdin must be a JSON object (Claude Code's hook input)")
     if event.get("hook_event_name") != "PreToolUse":
-        raise ValueError(f"hook_event_name: {event.get('hook_event_name')!r}; this hook answers PreToolUse only "
-                         "(register it under \"PreToolUse\" in settings.json)")
+        raise ValueError(f"hook_event_name: {event.get('hook_event_name')!r}; this hook answers PreToolUse only, "
+                         "and reports PostToolUse and PostToolUseFailure (register it under those in settings.json)")
     tool_name, tool_input = event.get("tool_name"), event.get("tool_input", {})
     if not isinstance(tool_name, str) or not tool_name:
         raise ValueError("tool_name: required, a string")
@@ -91,6 +99,42 @@ def read_event(text: str) -> ToolCall:
         # Claude Code gives each tool call an id: a hook run twice for it is answered from the log.
         request_id=f"claude-code:{tool_use_id}" if isinstance(tool_use_id, str) and tool_use_id else "",
     )
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a PostToolUse or PostToolUseFailure event says of the call that ran, as ReportToolResult takes it."""
+
+    request_id: str
+    result: str  # ok / error / interrupted
+    duration_ms: int | None  # None: the event carries none, the sidecar measures from the decision
+
+
+def read_result(event: Mapping[str, Any]) -> ToolResult:
+    """Claude Code's PostToolUse / PostToolUseFailure JSON → ToolResult; ValueError naming the field. Only the
+    result class is taken from tool_response, never its content (it may hold secrets)."""
+    tool_use_id = event.get("tool_use_id")
+    if not isinstance(tool_use_id, str) or not tool_use_id:
+        raise ValueError("tool_use_id: required, a string (it links the result to the PreToolUse decision)")
+    if event.get("hook_event_name") == "PostToolUseFailure":
+        result = "interrupted" if event.get("is_interrupt") is True else "error"
+    else:
+        result = _result_class(event.get("tool_response"))
+    duration = event.get("duration_ms")
+    if not isinstance(duration, int | float) or isinstance(duration, bool) or not 0 <= duration < 2**53:
+        duration = None  # also NaN and the infinities
+    return ToolResult(f"claude-code:{tool_use_id}", result, None if duration is None else int(duration))
+
+
+def _result_class(response: Any) -> str:
+    """ok, unless the tool's response says it was interrupted (Bash) or is an error (MCP's isError)."""
+    if not isinstance(response, dict):
+        return "ok"
+    if response.get("interrupted") is True:
+        return "interrupted"
+    if response.get("is_error") is True or response.get("isError") is True or response.get("success") is False:
+        return "error"
+    return "ok"
 
 
 def _tool_id(tool_name: str) -> tuple[str, str]:
@@ -148,13 +192,43 @@ def _expiry(client: Any, decision: Any) -> str:
 def _claude_code(args: argparse.Namespace) -> int:
     # Whatever happens, Claude Code gets an answer on stdout and exit 0: a crash or another exit code would
     # let the tool call go ahead (Claude Code treats a failing hook as a non-blocking error).
+    stdin = sys.stdin.read()
+    if _posted(stdin):
+        _report(args, stdin)
+        return 0
     try:
-        output = _answer(args, sys.stdin.read())
+        output = _answer(args, stdin)
     except Exception as exc:  # anything unforeseen: fail closed
         print(f"tollgate hook claude-code: {type(exc).__name__}: {exc}", file=sys.stderr)
         output = hook_output("deny", f"Tollgate hook failed ({type(exc).__name__}: {exc}); denied (fail closed)")
     print(json.dumps(output))
     return 0
+
+
+def _posted(stdin: str) -> bool:
+    """Whether stdin is a PostToolUse or PostToolUseFailure event (anything else is answered as a PreToolUse)."""
+    try:
+        event = json.loads(stdin)
+    except ValueError:
+        return False
+    return isinstance(event, dict) and event.get("hook_event_name") in POST_EVENTS
+
+
+def _report(args: argparse.Namespace, stdin: str) -> None:
+    """Report the result; never block the agent: whatever fails is said on stderr, the exit is 0, nothing is
+    printed (the call already ran: there is nothing to decide)."""
+    from tollgate.client import TLS, Client
+
+    try:
+        result = read_result(json.loads(stdin))
+        tls = TLS(root_ca=args.ca, client_cert=args.cert, client_key=args.key) if args.ca or args.cert else None
+        timeout = min(args.timeout, REPORT_TIMEOUT)
+        with Client(args.server, timeout=timeout, tls=tls) as client:
+            client.report_tool_result(result.result, request_id=result.request_id, duration_ms=result.duration_ms,
+                                      timeout=timeout)
+    except Exception as exc:  # the sidecar down, a result already reported, input it cannot read
+        print(f"tollgate hook claude-code: the tool result was not reported ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
 
 
 def _answer(args: argparse.Namespace, stdin: str) -> dict[str, Any]:
@@ -194,10 +268,12 @@ def _answer(args: argparse.Namespace, stdin: str) -> dict[str, Any]:
         return hook_output("deny", f"Tollgate: approval {decision.approval_id} was not decided within "
                            f"{args.wait_approval:g} s; ask again once it is approved: {decision.message}")
     if decision.decision == "require_approval":
-        # The person at the keyboard answers Claude Code's prompt; Tollgate's approval is not theirs to decide, so
-        # it stays pending for its approvers until its expiry, which the reason names (the approvals list shows
-        # it expired after that; the approval decides only a later call that presents it).
+        # The person at the keyboard answers Claude Code's prompt; Tollgate's approval is not theirs to decide. If
+        # they let the call run, the PostToolUse report closes the approval (nobody is left to decide it); if they
+        # refuse, no PostToolUse comes and it stays pending for its approvers until its expiry, which the reason
+        # names (the approval decides only a later call that presents it).
         reason = (f"Tollgate: approval {decision.approval_id} is needed "
                   f"(`tollgate approvals approve {decision.approval_id}`): {decision.message}. Answering this "
-                  f"prompt decides this call only; the approval {expiry}")
+                  f"prompt decides this call only; the approval {expiry} (if you let the call run, the PostToolUse "
+                  "hook closes it: answered at the keyboard)")
     return hook_output(_PERMISSION[decision.decision], reason)

@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         StoredRecord,
         Timeline,
     )
+    from tollgate.decisionlog._toolruns import ToolRunView
 
 ORDER = 55  # position in `tollgate --help`: after replay
 COMMANDS = ("logs",)  # the top-level command register() adds
@@ -295,12 +296,14 @@ class _StateReader:
 
     def __init__(self, path: Path) -> None:
         from tollgate.state import StateError, StateStore
+        from tollgate.state._toolresults import ToolResults
         from tollgate.state.approvals import Approvals
         from tollgate.state.budgets import Budgets
 
         self.note = ""
         self._approvals: Approvals | None = None
         self._budgets: Budgets | None = None
+        self._results: ToolResults | None = None
         self._store: StateStore | None = None
         if not path.is_file():
             self.note = f"no state store at {path}: approval decisions and spend are not shown"
@@ -309,6 +312,7 @@ class _StateReader:
             self._store = StateStore(path, read_only=True)
             self._approvals = Approvals(self._store)
             self._budgets = Budgets(self._store)
+            self._results = ToolResults(self._store)  # read-only: a state.db without the table has no results
         except StateError as exc:
             self.note = f"{exc}: approval decisions and spend are not shown"
 
@@ -332,6 +336,9 @@ class _StateReader:
         except ReservationNotFound:
             return ()
         return tuple(SpendLine(r.unit, r.amount, r.committed, r.status, r.over_reported) for r in found)
+
+    def tool_run(self, decision_id: str) -> ToolRunView | None:
+        return self._results.for_decisions([decision_id]).get(decision_id) if self._results is not None else None
 
     def close(self) -> None:
         if self._store is not None:
@@ -384,8 +391,9 @@ class _FleetRunState:
     timeline is built (the store is async, the timeline asks one at a time)."""
 
     def __init__(self, approvals: dict[str, ApprovalState], spend: dict[str, tuple[SpendLine, ...]],
-                 note: str) -> None:
+                 note: str, runs: Mapping[str, ToolRunView] | None = None) -> None:
         self._approvals, self._spend, self.note = approvals, spend, note
+        self._runs = runs or {}
 
     @classmethod
     async def read(cls, reader: PgDecisionReader, records: Sequence[DecisionRecord]) -> _FleetRunState:
@@ -409,13 +417,27 @@ class _FleetRunState:
                                                   for u in await ledger.get(reservation_id))
         except StateError as exc:  # a store without approvals or budgets (yet): the decisions still show
             return cls({}, {}, f"{exc}: approval decisions and spend are not shown")
-        return cls(approvals, spend, "")
+        return cls(approvals, spend, "", await _fleet_runs(reader, records))
 
     def approval(self, approval_id: str) -> ApprovalState | None:
         return self._approvals.get(approval_id)
 
     def spend(self, reservation_id: str) -> tuple[SpendLine, ...]:
         return self._spend.get(reservation_id, ())
+
+    def tool_run(self, decision_id: str) -> ToolRunView | None:
+        return self._runs.get(decision_id)
+
+
+async def _fleet_runs(reader: PgDecisionReader, records: Sequence[DecisionRecord]) -> Mapping[str, ToolRunView]:
+    """The tool results reported for the records (none from a store without the table yet)."""
+    from tollgate.state import StateError
+    from tollgate.state.postgres._toolresults import PgToolResults
+
+    try:
+        return await PgToolResults(reader.store).for_decisions([r.decision_id for r in records if r.kind == "tool"])
+    except StateError:
+        return {}
 
 
 # -- export ------------------------------------------------------------------------------------------------

@@ -187,6 +187,21 @@ class Client:
                                f"report the outcome of session {session_id}", timeout)
         return to_receipt(response)
 
+    def report_tool_result(self, result: str, *, decision_id: str = "", request_id: str = "",
+                           duration_ms: int | None = None, timeout: float | None = None
+                           ) -> pb.ReportToolResultResponse:
+        """Say what became of a tool call this caller was answered for (by decision_id, or the request_id it asked
+        under): "ok", "error" or "interrupted", and how long it ran (None: the sidecar measures from the decision).
+        TollgateError (ALREADY_EXISTS) for a different result already reported; NotFound for no such decision."""
+        request = pb.ReportToolResultRequest(decision_id=decision_id, request_id=request_id,
+                                             result=pb.ToolResult.Value(f"TOOL_RESULT_{result.upper()}"))
+        if duration_ms is not None:
+            request.duration_ms = duration_ms
+        response: pb.ReportToolResultResponse = self._unary(
+            lambda t: self._stub.ReportToolResult(request, timeout=t, metadata=self._metadata),
+            f"report the result of {decision_id or request_id}", timeout)
+        return response
+
     def wait_for_approval(self, approval_id: str, timeout: float) -> ApprovalState:
         """Wait up to timeout seconds for a person to decide the approval; its state then (still "pending" when
         the time ran out). Raises NotFound for an unknown id, SidecarUnavailable when no state came at all."""

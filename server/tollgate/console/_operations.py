@@ -27,9 +27,11 @@ from starlette.datastructures import QueryParams
 
 from tollgate.clock import Clock
 from tollgate.decisionlog import ApprovalState, DecisionRecord, SpendLine
+from tollgate.decisionlog._toolruns import ToolRunView
 from tollgate.encoding import parse_moment
 from tollgate.state import ApprovalStore, BudgetStore, StateError, Stores
 from tollgate.state._spend import LocalSpend, PgSpend, SpendReport
+from tollgate.state._toolresults import ToolResultStore
 from tollgate.state.budgets import BUDGET_SCOPES, ReservationNotFound
 
 #: Longest text a filter field takes (a principal field is at most 512 characters: contract.MAX_IDENTIFIER).
@@ -105,12 +107,13 @@ class StoreRunState:
     """decisionlog.RunState from the console's store (async): the run's approvals and reservations, read once."""
 
     def __init__(self, approvals: dict[str, ApprovalState], spend: dict[str, tuple[SpendLine, ...]],
-                 note: str) -> None:
+                 note: str, runs: Mapping[str, ToolRunView] | None = None) -> None:
         self._approvals, self._spend, self.note = approvals, spend, note
+        self._runs = runs or {}
 
     @classmethod
-    async def read(cls, approvals: ApprovalStore, budgets: BudgetStore,
-                   records: Sequence[DecisionRecord]) -> StoreRunState:
+    async def read(cls, approvals: ApprovalStore, budgets: BudgetStore, records: Sequence[DecisionRecord], *,
+                   tool_results: ToolResultStore | None = None) -> StoreRunState:
         found: dict[str, ApprovalState] = {}
         spend: dict[str, tuple[SpendLine, ...]] = {}
         try:
@@ -126,13 +129,20 @@ class StoreRunState:
                                                   for u in await budgets.get(reservation_id))
         except StateError as exc:  # the decisions still show
             return cls({}, {}, f"{exc}: approval decisions and spend are not shown")
-        return cls(found, spend, "")
+        runs: Mapping[str, ToolRunView] = {}
+        if tool_results is not None:
+            with contextlib.suppress(StateError):  # a store without the table yet: no result was reported
+                runs = await tool_results.for_decisions([r.decision_id for r in records if r.kind == "tool"])
+        return cls(found, spend, "", runs)
 
     def approval(self, approval_id: str) -> ApprovalState | None:
         return self._approvals.get(approval_id)
 
     def spend(self, reservation_id: str) -> tuple[SpendLine, ...]:
         return self._spend.get(reservation_id, ())
+
+    def tool_run(self, decision_id: str) -> ToolRunView | None:
+        return self._runs.get(decision_id)
 
 
 # -- limits, as the decisions carried them ------------------------------------------------------------------

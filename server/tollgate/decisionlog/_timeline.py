@@ -8,12 +8,13 @@ store: `tollgate logs timeline` reads DATA_DIR/state.db read-only when it is the
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from tollgate.decisionlog._query import Query, action_summary
 from tollgate.decisionlog._record import DecisionRecord
 from tollgate.decisionlog._store import DecisionStore, LogReadError, matching
+from tollgate.decisionlog._toolruns import ToolRunView, may_have_run, run_dict, run_text
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,14 @@ class Step:
     approval: ApprovalState | None
     reservation_id: str
     spend: tuple[SpendLine, ...]
+    #: The result its harness reported of the tool call (ReportToolResult), and whether one is looked for here.
+    tool_run: ToolRunView | None = None
+    tool_run_expected: bool = False
+
+    @property
+    def result_text(self) -> str:
+        """"ran: ok in 1.2 s" or "no result reported" (shown when tool_run or tool_run_expected)."""
+        return run_text(self.tool_run)
 
     def as_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -74,6 +83,8 @@ class Step:
             doc["spend"] = {"reservation_id": self.reservation_id, "units": [
                 {"unit": s.unit, "reserved": s.reserved, "committed": s.committed, "status": s.status,
                  "over_reported": s.over_reported} for s in self.spend]}
+        if self.tool_run is not None or self.tool_run_expected:
+            doc["tool_result"] = run_dict(self.tool_run)
         return doc
 
 
@@ -103,6 +114,9 @@ class RunState(Protocol):
     def spend(self, reservation_id: str) -> tuple[SpendLine, ...]:
         ...
 
+    def tool_run(self, decision_id: str) -> ToolRunView | None:
+        ...
+
 
 class NoRunState:
     """A RunState with nothing to say (no state store to read)."""
@@ -115,6 +129,9 @@ class NoRunState:
 
     def spend(self, reservation_id: str) -> tuple[SpendLine, ...]:
         return ()
+
+    def tool_run(self, decision_id: str) -> ToolRunView | None:
+        return None
 
 
 def timeline(store: DecisionStore, session: str, *, state: RunState | None = None) -> Timeline:
@@ -133,7 +150,10 @@ def timeline(store: DecisionStore, session: str, *, state: RunState | None = Non
 def session_timeline(session: str, records: Sequence[DecisionRecord], *, state: RunState | None = None) -> Timeline:
     """The timeline of records already read (the session's, in order): from a sidecar's log or the fleet's store."""
     known = state if state is not None else NoRunState()
-    return Timeline(session, tuple(_step(r, known) for r in records), known.note)
+    steps = tuple(_step(r, known) for r in records)
+    if any(s.tool_run is not None for s in steps):  # a harness that reports results: say where one is missing
+        steps = tuple(replace(s, tool_run_expected=may_have_run(s.kind, s.decision)) for s in steps)
+    return Timeline(session, steps, known.note)
 
 
 def _step(record: DecisionRecord, state: RunState) -> Step:
@@ -148,6 +168,7 @@ def _step(record: DecisionRecord, state: RunState) -> Step:
         reasons=tuple(r.code for r in record.reasons), approval_event=event, approval_id=approval_id,
         approval_status=status_seen, approval=state.approval(approval_id) if approval_id else None,
         reservation_id=reservation_id, spend=state.spend(reservation_id) if reservation_id else (),
+        tool_run=state.tool_run(record.decision_id) if may_have_run(record.kind, record.decision) else None,
     )
 
 
@@ -185,3 +206,5 @@ def _details(step: Step) -> Iterator[str]:
             f"{s.unit} reserved {s.reserved:g}, committed {s.committed:g} ({s.status}"
             f"{', over-reported' if s.over_reported else ''})" for s in step.spend) or "not in the state store"
         yield f"spend {step.reservation_id}: {units}"
+    if step.tool_run is not None or step.tool_run_expected:
+        yield step.result_text

@@ -34,6 +34,7 @@ from tollgate.api._envoy import SERVICE as ENVOY_SERVICE
 from tollgate.api._envoy import EnvoyAuthorizationServicer, EnvoySettings
 from tollgate.api._http import start_http_server
 from tollgate.api._outcomes import OutcomeServicer
+from tollgate.api._toolresults import ToolResultServicer
 from tollgate.bundle import Activation, BundleError, BundleStatus, Failure
 from tollgate.clock import Clock, from_environment
 from tollgate.decision import Authorizer, AuthorizerConfig, BudgetGuard, never_behind
@@ -273,6 +274,8 @@ class _Parts:
                                   fleet_log=state.decisions).handler(),
             OutcomeServicer(state.outcomes, data_dir=self.decision_log.path.parent, resolver=settings.resolver,
                             callers=settings.callers, fleet_log=state.decisions).handler(),
+            ToolResultServicer(state.tool_results, self.decision_log, resolver=settings.resolver,
+                               fleet_log=state.decisions, clock=self.clock).handler(),
             AdminServicer(lambda: self.activator.status, state.kill_switches, access=access, budgets=state.budgets,
                           exports=self.shipping.statuses, fleet=state.fleet, clock=self.clock).handler(),
             ApprovalServicer(state.approvals, access=access, streams=streams).handler(),

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from tollgate.state._outcomes import OutcomeStore
     from tollgate.state._protocol import FleetRegistry, OutboxStore, SpendHold
     from tollgate.state._tokens import PersonTokenStore
+    from tollgate.state._toolresults import ToolResultStore
     from tollgate.state._users import UserStore
     from tollgate.state.budgets import Reservation, ScopeSpend
     from tollgate.state.postgres import PgKillSwitches, PgStore
@@ -72,13 +73,15 @@ def schema() -> tuple[Component, ...]:
     )
     from tollgate.state.postgres._outbox import PgOutbox
     from tollgate.state.postgres._tokens import PgPersonTokens
+    from tollgate.state.postgres._toolresults import PgToolResults
 
     return (Component(PgBudgets.COMPONENT, PgBudgets.STEPS), Component(PgApprovals.COMPONENT, PgApprovals.STEPS),
             Component(PgOutbox.COMPONENT, PgOutbox.STEPS),
             Component(PgKillSwitches.COMPONENT, PgKillSwitches.STEPS), Component(PgFleet.COMPONENT, FLEET_STEPS),
             Component(DECISIONS_COMPONENT, DECISIONS_STEPS), Component(PgOutcomes.COMPONENT, PgOutcomes.STEPS),
             Component(PgUsers.COMPONENT, PgUsers.STEPS), Component(PgAudit.COMPONENT, PgAudit.STEPS),
-            Component(PgPersonTokens.COMPONENT, PgPersonTokens.STEPS))
+            Component(PgPersonTokens.COMPONENT, PgPersonTokens.STEPS),
+            Component(PgToolResults.COMPONENT, PgToolResults.STEPS))
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ class SidecarState:
     audit: AuditLog | None = None
     #: The console's accounts: the groups of a person deciding on the API with their own token.
     users: UserStore | None = None
+    #: What became of the tool calls decided (ReportToolResult).
+    tool_results: ToolResultStore | None = None
 
 async def open_state(config: ServeConfig, *, clock: Clock) -> SidecarState:
     """Open the configured store (StateError: a start-up error, its message the hint)."""
@@ -143,6 +148,7 @@ def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
     from tollgate.state import LocalAudit, LocalOutcomes, LocalUsers, open_local_state
     from tollgate.state._outbox import LocalOutbox, Outbox
     from tollgate.state._tokens import LocalPersonTokens
+    from tollgate.state._toolresults import LocalToolResults
 
     local = open_local_state(Path(config.data_dir), clock=clock, approver_groups=config.approver_groups,
                              reservation_ttl=config.reservation_ttl)
@@ -156,7 +162,9 @@ def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
                         outcomes=LocalOutcomes.open(local.store, clock=clock),
                         outbox=LocalOutbox(Outbox(local.store, clock=clock)),
                         tokens=LocalPersonTokens(local.store, clock=clock),
-                        audit=LocalAudit(local.store, clock=clock), users=LocalUsers(local.store, clock=clock))
+                        audit=LocalAudit(local.store, clock=clock), users=LocalUsers(local.store, clock=clock),
+                        tool_results=LocalToolResults.open(local.store, clock=clock,
+                                                           approvals_changed=local.approvals.approvals.changed))
 
 
 def _watch(local: LocalState) -> Plugin:
@@ -182,6 +190,7 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
     from tollgate.state.postgres._audit import PgAudit
     from tollgate.state.postgres._outbox import PgOutbox
     from tollgate.state.postgres._tokens import PgPersonTokens
+    from tollgate.state.postgres._toolresults import PgToolResults
 
     store = PgStore(PgOptions(config.state_store, timeout=config.state_store_timeout,
                               password_file=config.state_store_password_file,
@@ -204,7 +213,8 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
                         plugins=(store_plugin, listener), sweep=_sweep(budgets, config), close=store.close,
                         outcomes=PgOutcomes(store, clock=clock), outbox=PgOutbox(store, clock=clock),
                         tokens=PgPersonTokens(store, clock=clock), audit=PgAudit(store, clock=clock),
-                        users=PgUsers(store, clock=clock))
+                        users=PgUsers(store, clock=clock),
+                        tool_results=PgToolResults(store, clock=clock, approvals_changed=approvals.changed))
 
 
 async def _check_schema(store: PgStore, *, upgrade: bool, at_start: bool = True) -> bool:

@@ -20,6 +20,7 @@ from tollgate.clock import Clock, SystemClock
 if TYPE_CHECKING:
     from tollgate.state._audit import AuditLog
     from tollgate.state._protocol import ApprovalStore, BudgetStore, FleetRegistry, KillSwitchStore
+    from tollgate.state._toolresults import ToolResultStore
     from tollgate.state._users import UserStore
     from tollgate.state.postgres import PgStore
 
@@ -61,6 +62,8 @@ class Stores:
     pg: PgStore | None = None
     #: The SQLite store (None on PostgreSQL).
     sqlite_path: Path | None = None
+    #: What became of the tool calls decided (the session timeline reads them).
+    tool_results: ToolResultStore | None = None
 
 
 async def open_store(settings: StoreSettings, *, clock: Clock = SystemClock()) -> Stores:
@@ -74,6 +77,7 @@ def _open_sqlite(settings: StoreSettings, clock: Clock) -> Stores:
     from tollgate.state._audit import LocalAudit
     from tollgate.state._local import open_local_state
     from tollgate.state._store import private_dir
+    from tollgate.state._toolresults import LocalToolResults
     from tollgate.state._users import LocalUsers
 
     data_dir = Path(settings.data_dir)
@@ -81,6 +85,7 @@ def _open_sqlite(settings: StoreSettings, clock: Clock) -> Stores:
     local = open_local_state(data_dir, clock=clock, approver_groups=settings.approver_groups)
     try:
         users, audit = LocalUsers(local.store, clock=clock), LocalAudit(local.store, clock=clock)
+        results = LocalToolResults.open(local.store, clock=clock, approvals_changed=local.approvals.approvals.changed)
     except BaseException:
         local.close()
         raise
@@ -89,7 +94,7 @@ def _open_sqlite(settings: StoreSettings, clock: Clock) -> Stores:
         local.close()
 
     return Stores(local.kill_switches, local.approvals, local.budgets, local.fleet, users, audit,
-                  where=str(local.store.path), close=close, sqlite_path=local.store.path)
+                  where=str(local.store.path), close=close, sqlite_path=local.store.path, tool_results=results)
 
 
 async def _open_postgres(settings: StoreSettings, clock: Clock) -> Stores:
@@ -104,6 +109,7 @@ async def _open_postgres(settings: StoreSettings, clock: Clock) -> Stores:
         PgStore,
         PgUsers,
     )
+    from tollgate.state.postgres._toolresults import PgToolResults
 
     store = PgStore(PgOptions(settings.state_store, timeout=settings.state_store_timeout,
                               password_file=settings.state_store_password_file,
@@ -125,4 +131,5 @@ async def _open_postgres(settings: StoreSettings, clock: Clock) -> Stores:
     return Stores(PgKillSwitches(store, clock=clock), PgApprovals(store, approver_groups=settings.approver_groups,
                                                                    clock=clock),
                   PgBudgets(store, clock=clock), PgFleet(store, clock=clock), PgUsers(store, clock=clock),
-                  PgAudit(store, clock=clock), where=store.name, close=store.close, pg=store)
+                  PgAudit(store, clock=clock), where=store.name, close=store.close, pg=store,
+                  tool_results=PgToolResults(store, clock=clock))

@@ -24,6 +24,13 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_SUCCEEDED: _ClassVar[Outcome]
     OUTCOME_FAILED: _ClassVar[Outcome]
     OUTCOME_ABANDONED: _ClassVar[Outcome]
+
+class ToolResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOOL_RESULT_UNSPECIFIED: _ClassVar[ToolResult]
+    TOOL_RESULT_OK: _ClassVar[ToolResult]
+    TOOL_RESULT_ERROR: _ClassVar[ToolResult]
+    TOOL_RESULT_INTERRUPTED: _ClassVar[ToolResult]
 DECISION_UNSPECIFIED: Decision
 DECISION_ALLOW: Decision
 DECISION_DENY: Decision
@@ -32,6 +39,10 @@ OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_SUCCEEDED: Outcome
 OUTCOME_FAILED: Outcome
 OUTCOME_ABANDONED: Outcome
+TOOL_RESULT_UNSPECIFIED: ToolResult
+TOOL_RESULT_OK: ToolResult
+TOOL_RESULT_ERROR: ToolResult
+TOOL_RESULT_INTERRUPTED: ToolResult
 
 class Principal(_message.Message):
     __slots__ = ("agent_id", "instance_id", "session_id", "workflow", "team", "user", "labels")
@@ -287,3 +298,35 @@ class ReportOutcomeResponse(_message.Message):
     revision: int
     unchanged: bool
     def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., labels: _Optional[_Iterable[str]] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reported_by: _Optional[str] = ..., revision: _Optional[int] = ..., unchanged: _Optional[bool] = ...) -> None: ...
+
+class ReportToolResultRequest(_message.Message):
+    __slots__ = ("decision_id", "request_id", "result", "duration_ms")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    request_id: str
+    result: ToolResult
+    duration_ms: int
+    def __init__(self, decision_id: _Optional[str] = ..., request_id: _Optional[str] = ..., result: _Optional[_Union[ToolResult, str]] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+
+class ReportToolResultResponse(_message.Message):
+    __slots__ = ("decision_id", "result", "duration_ms", "duration_measured", "reported_at", "reported_by", "unchanged", "approval_id")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MEASURED_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_BY_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    result: ToolResult
+    duration_ms: int
+    duration_measured: bool
+    reported_at: _timestamp_pb2.Timestamp
+    reported_by: str
+    unchanged: bool
+    approval_id: str
+    def __init__(self, decision_id: _Optional[str] = ..., result: _Optional[_Union[ToolResult, str]] = ..., duration_ms: _Optional[int] = ..., duration_measured: _Optional[bool] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reported_by: _Optional[str] = ..., unchanged: _Optional[bool] = ..., approval_id: _Optional[str] = ...) -> None: ...

@@ -59,6 +59,11 @@ class AuthorizationServiceStub:
                 request_serializer=tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeRequest.SerializeToString,
                 response_deserializer=tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeResponse.FromString,
                 _registered_method=True)
+        self.ReportToolResult = channel.unary_unary(
+                '/tollgate.v1.AuthorizationService/ReportToolResult',
+                request_serializer=tollgate_dot_v1_dot_authorization__pb2.ReportToolResultRequest.SerializeToString,
+                response_deserializer=tollgate_dot_v1_dot_authorization__pb2.ReportToolResultResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizationServiceServicer:
@@ -113,6 +118,18 @@ class AuthorizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportToolResult(self, request, context):
+        """Say what became of one tool call Tollgate decided (allow or require_approval): ok, error or
+        interrupted, and how long it ran; never the tool's output. Only the caller that asked may report it
+        (the decision's requested_by; an unauthenticated caller only a decision asked without credentials:
+        PERMISSION_DENIED otherwise). One result per decision: the same report again is answered as before,
+        a different one is ALREADY_EXISTS. A result for a require_approval decision whose approval is still
+        pending closes it (expired early, the reason says it was answered outside Tollgate).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +157,11 @@ def add_AuthorizationServiceServicer_to_server(servicer, server):
                     servicer.ReportOutcome,
                     request_deserializer=tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeRequest.FromString,
                     response_serializer=tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeResponse.SerializeToString,
+            ),
+            'ReportToolResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportToolResult,
+                    request_deserializer=tollgate_dot_v1_dot_authorization__pb2.ReportToolResultRequest.FromString,
+                    response_serializer=tollgate_dot_v1_dot_authorization__pb2.ReportToolResultResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -277,6 +299,33 @@ class AuthorizationService:
             '/tollgate.v1.AuthorizationService/ReportOutcome',
             tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeRequest.SerializeToString,
             tollgate_dot_v1_dot_authorization__pb2.ReportOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportToolResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollgate.v1.AuthorizationService/ReportToolResult',
+            tollgate_dot_v1_dot_authorization__pb2.ReportToolResultRequest.SerializeToString,
+            tollgate_dot_v1_dot_authorization__pb2.ReportToolResultResponse.FromString,
             options,
             channel_credentials,
             insecure,

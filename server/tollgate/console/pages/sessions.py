@@ -119,7 +119,8 @@ async def session_page(request: Request, visit: Visit) -> Response:
         rows = await console.decisions.find(Query(session=session, limit=TIMELINE_LIMIT))
         records = [row.decision_record() for row in rows]
         total = len(records)
-        state = await StoreRunState.read(console.stores.approvals, console.stores.budgets, records)
+        state = await StoreRunState.read(console.stores.approvals, console.stores.budgets, records,
+                                         tool_results=console.stores.tool_results)
         timeline = session_timeline(session, records, state=state)
         spend = await _session_spend(visit, session, records, problems)
     except (LogReadError, ValueError) as exc:
