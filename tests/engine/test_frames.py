@@ -8,7 +8,16 @@ import sys
 
 import pytest
 
-from tollgate.engine._frames import HEADER_SIZE, MAX_FRAME, FrameError, FrameReader, encode, header
+from tollgate.engine._frames import (
+    HEADER_SIZE,
+    MARK_SIZE,
+    MAX_FRAME,
+    FrameError,
+    FrameReader,
+    encode,
+    header,
+    marked_header,
+)
 
 PAYLOADS = [b"", b"{}", b'{"who": "alice"}', bytes(range(256)) * 300]
 
@@ -73,3 +82,18 @@ def test_a_worker_refuses_a_bad_first_frame_and_exits(sent: bytes, message: str)
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert message in stderr
+
+
+def test_marked_frames_lose_their_cpu_mark_and_the_reader_keeps_the_last_one() -> None:
+    stream = b"".join(marked_header(len(p), cpu) + p for cpu, p in enumerate(PAYLOADS, start=1000))
+    for size in (1, HEADER_SIZE + MARK_SIZE - 1, 7, len(stream)):
+        reader = FrameReader(marked=True)
+        assert reader.mark is None
+        got = [frame for i in range(0, len(stream), size) for frame in reader.feed(stream[i : i + size])]
+        assert got == PAYLOADS, f"chunks of {size} bytes"
+        assert reader.mark == 999 + len(PAYLOADS)
+
+
+def test_a_marked_frame_too_short_for_its_mark_is_refused() -> None:
+    with pytest.raises(FrameError, match="shorter than its 8-byte CPU mark"):
+        FrameReader(marked=True).feed(encode(b"1234567"))

@@ -6,13 +6,18 @@ holds one OPA engine and evaluates one input at a time; the server queues inputs
 worker and sends everything queued in one loop iteration together. Writes are flow-controlled: what a socket
 cannot take now waits in the pool until the worker reads on, so a large request waits, it never fails a worker.
 
-Deadlines, per worker, on the evaluation it is running (the head of its queue), from the moment its last
-byte is written and the worker is free for it (time spent waiting to write is queueing, not evaluation):
-- at half the deadline, the requests queued behind it are also sent to idle workers (first answer wins);
-- at the deadline, its caller gets EvaluationTimeout (a DENY). If the worker is burning CPU on it, the
-  worker is killed and replaced in the background; if the machine is merely too busy to run it, the
-  worker is left to finish and checked again, since killing it would only shrink the pool under load.
-A request that waits `max_queue_wait` without reaching a worker also gets EvaluationTimeout.
+The deadline counts the CPU time the worker spends on the evaluation it is running (the head of its queue), from
+the moment its last byte is written and the worker is free for it; waiting, to be written or to be scheduled by a
+busy machine, is not evaluation (tollgate.engine._watch measures it):
+- at half the deadline in wall time, the requests queued behind it are also sent to idle workers (first answer
+  wins), and new work goes elsewhere;
+- at the deadline in wall time, the worker's process CPU time is read: under the deadline (a starved or stopped
+  worker) it is left to finish and looked at again once it could have used the rest; at or over it, its caller
+  gets EvaluationTimeout (a DENY) and the worker is killed and replaced in the background (it is burning);
+- `kill_after` past the deadline in wall time, a worker still on it is killed and its caller gets the timeout
+  anyway (stopped or wedged).
+A request whose evaluation has not started `max_queue_wait` plus its deadline after it was asked gets
+EvaluationTimeout too, as overload; waiting hedges nothing and retires no worker.
 
 Large inputs (over `large_input` bytes) may hold all workers but one; the rest wait apart. So a caller looping
 requests at the size limit slows only large requests: a small one always finds a worker with no large one ahead.
@@ -35,7 +40,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tollgate.bundle import Bundle
 from tollgate.engine._base import (
@@ -46,6 +50,7 @@ from tollgate.engine._base import (
     decode_evaluation,
 )
 from tollgate.engine._frames import HEADER_SIZE, MAX_FRAME, FrameError, FrameReader, header
+from tollgate.engine._watch import HeadWatch, Sweep, expire_waiting, sweep_period
 from tollgate.net import Backoff, Jitter
 
 log = logging.getLogger(__name__)
@@ -72,7 +77,7 @@ class EngineConfig:
     mask: str = "tollgate/log/mask"
     #: Worker processes, each with its own OPA engine; 0 means one per CPU.
     workers: int = 0
-    #: Deadline for one evaluation, in seconds, from the moment a worker starts it.
+    #: Deadline for one evaluation, in seconds of the worker's CPU time, from the moment a worker starts it.
     eval_timeout: float = 0.050
     #: Added to the deadline per MiB of input, in seconds: reading an input and a policy that walks its strings
     #: cost time in proportion to its size (1 MiB, the default request limit, took 165-423 ms with the default
@@ -80,13 +85,15 @@ class EngineConfig:
     input_allowance: float = 0.5
     #: Inputs larger than this many bytes are large: they may occupy all workers but one.
     large_input: int = 64 * 1024
-    #: Longest a request may wait for a worker before it is answered with EvaluationTimeout, in seconds.
+    #: Longest a request may wait for its evaluation to start, in seconds, beyond its own deadline (what is
+    #: queued ahead of it may take as long), before it is answered with EvaluationTimeout (overloaded).
     max_queue_wait: float = 1.0
     #: How long a new worker may take to load and compile the bundle, in seconds.
     start_timeout: float = 60.0
     #: Evaluations queued on one worker at once; deeper queues batch more work per wake-up.
     max_queue_per_worker: int = 32
-    #: A worker still on one evaluation this long after its deadline is killed even if it seems starved.
+    #: A worker still on one evaluation this long (wall time) after its deadline is killed, and its caller
+    #: answered EvaluationTimeout, whatever CPU it used: it is stopped or wedged.
     kill_after: float = 2.0
     #: Replacements that start at once within restart_window seconds; past that each waits a backoff.
     restart_budget: int = 10
@@ -106,14 +113,18 @@ class EngineConfig:
 class _Pending:
     """One evaluation waiting for, or sent to, a worker."""
 
-    __slots__ = ("frame_end", "future", "payload", "sent", "timer")
+    __slots__ = ("frame_end", "future", "payload", "queued_at", "sent", "started", "twin", "wait_until")
 
-    def __init__(self, payload: bytes, future: asyncio.Future[bytes]) -> None:
+    def __init__(self, payload: bytes, future: asyncio.Future[bytes], queued_at: float, wait_until: float,
+                 twin: _Pending | None = None) -> None:
         self.payload = payload
         self.future = future
-        self.timer: asyncio.TimerHandle | None = None
+        self.queued_at = queued_at  # loop time the request was asked
+        self.wait_until = wait_until  # loop time by which its evaluation must start, or it is overloaded
         self.frame_end = 0  # the worker's byte count once its frame is written
         self.sent = False  # its last byte is in the worker's socket: its deadline may start
+        self.started = False  # it is (or was) a worker's head: it waits no more
+        self.twin = twin  # the request a hedged copy was made from: it starts when its copy does
 
 
 class _Worker:
@@ -126,7 +137,7 @@ class _Worker:
         self.proc = proc
         self.sock = sock
         self.pending: collections.deque[_Pending] = collections.deque()
-        self.reader = FrameReader()
+        self.reader = FrameReader(marked=True)
         self.outbox = bytearray()  # frames not yet written to the socket, in order
         self.flushing = False  # a flush is scheduled, or the loop watches the socket for room
         self.queued_bytes = 0  # bytes ever put in the outbox
@@ -134,11 +145,8 @@ class _Worker:
         self.unsent: collections.deque[_Pending] = collections.deque()  # queued, frame not fully written yet
         self.large = 0  # large inputs among pending
         self.dead = False
-        self.slow = False  # the head has run past half its deadline: send new work elsewhere
-        self.head_started = 0.0
-        self.head_deadline = 0.0  # seconds the head may take (config.deadline of its input)
-        self.cpu_mark: tuple[int | None, float] = (None, 0.0)  # (CPU ns, loop time) at the last check
-        self.watchdog: asyncio.TimerHandle | None = None
+        self.head = HeadWatch()  # the deadline watch on the head, while it runs
+        self.cpu_mark: int | None = None  # the worker's CPU ns when it finished its last answer
 
 
 class WorkerPoolEngine:
@@ -164,6 +172,7 @@ class WorkerPoolEngine:
         self._evaluating = 0  # evaluate() calls not yet returned
         self._restarts: collections.deque[float] = collections.deque()  # monotonic times of recent replacements
         self._idle: asyncio.Event | None = None  # set when _evaluating drops to 0 during a graceful close
+        self._sweep: Sweep | None = None  # the deadline watch, while evaluations are in flight
 
     @property
     def revision(self) -> str:
@@ -186,6 +195,7 @@ class WorkerPoolEngine:
     async def start(self) -> None:
         """Start every worker; raise EngineError (and leave nothing running) if the bundle is refused."""
         self._loop = asyncio.get_running_loop()
+        self._sweep = Sweep(self._loop, sweep_period(self._config.eval_timeout), self._on_sweep)
         if len(self._spec) > MAX_FRAME:
             raise EngineError("bundle_too_large", f"the bundle is {len(self._spec)} bytes as JSON, over the "
                               f"{MAX_FRAME}-byte limit of the engine workers' protocol (hint: split its data)")
@@ -238,7 +248,9 @@ class WorkerPoolEngine:
             parent.close()
             await loop.run_in_executor(None, proc.wait)
             raise EngineError(str(doc["error"]["code"]), str(doc["error"]["message"]))
-        return _Worker(proc, parent)
+        worker = _Worker(proc, parent)
+        worker.cpu_mark = doc.get("cpu_ns")
+        return worker
 
     def _attach(self, worker: _Worker) -> None:
         assert self._loop is not None
@@ -267,16 +279,15 @@ class WorkerPoolEngine:
         if self._closed:
             raise EngineError("closed", "engine has been closed")
         loop = self._loop or asyncio.get_running_loop()
-        pending = _Pending(input_json, loop.create_future())
-        config = self._config
-        pending.timer = loop.call_later(config.max_queue_wait + config.deadline(len(input_json)),
-                                        self._on_wait_timeout, pending)
+        wait = self._config.max_queue_wait + self._config.deadline(len(input_json))
+        pending = _Pending(input_json, loop.create_future(), now := loop.time(), now + wait)
+        if self._sweep is not None:
+            self._sweep.arm()
         self._evaluating += 1
         try:
             self._dispatch(pending)
             raw = await pending.future
         finally:
-            pending.timer.cancel()
             self._evaluating -= 1
             if not self._evaluating and self._idle is not None:
                 self._idle.set()
@@ -292,16 +303,23 @@ class WorkerPoolEngine:
         none queued.
         """
         large = len(pending.payload) > self._config.large_input
+        workers = self._workers
         # Workers that may take a large input: those holding some already, and others while one stays free of them.
-        open_lanes = sum(1 for w in self._workers if w.large and not w.dead) < len(self._workers) - 1
+        closed_lanes = large and len(workers) > 1 and sum(1 for w in workers if w.large and not w.dead) >= len(
+            workers) - 1
         best: _Worker | None = None
-        for w in self._workers:
-            if w.dead or w is exclude or (idle_only and (w.pending or w.slow)):
+        best_key = 0
+        for w in workers:
+            if w.dead or w is exclude or (idle_only and (w.pending or w.head.slow)):
                 continue
-            if large and not w.large and not open_lanes and len(self._workers) > 1:
+            if closed_lanes and not w.large:
                 continue
-            if best is None or (w.slow, w.large > 0, len(w.pending)) < (best.slow, best.large > 0, len(best.pending)):
-                best = w
+            # Least busy first: not slow, then holding no large input, then the shortest queue (one int to compare).
+            key = w.head.slow << 41 | (w.large > 0) << 40 | len(w.pending)
+            if best is None or key < best_key:
+                best, best_key = w, key
+                if not key:
+                    break  # an idle worker: none is better
         if best is None or len(best.pending) >= self._config.max_queue_per_worker:
             if not idle_only:
                 (self._waiting_large if large else self._waiting).append(pending)
@@ -377,7 +395,8 @@ class WorkerPoolEngine:
         """Send copies of what waits behind a slow head to idle workers; the first answer wins."""
         for queued in list(worker.pending)[1:]:
             if not queued.future.done():
-                if not self._dispatch(_Pending(queued.payload, queued.future), idle_only=True, exclude=worker):
+                copy = _Pending(queued.payload, queued.future, queued.queued_at, queued.wait_until, twin=queued)
+                if not self._dispatch(copy, idle_only=True, exclude=worker):
                     return
 
     # -- answers -----------------------------------------------------------------------------------
@@ -405,57 +424,48 @@ class WorkerPoolEngine:
             if not pending.future.done():  # a copy may have answered first, or the deadline passed
                 pending.future.set_result(frame)
         if frames:
+            worker.cpu_mark = worker.reader.mark
             self._start_head(worker)
         self._drain_waiting()
 
     # -- deadlines ---------------------------------------------------------------------------------
 
     def _start_head(self, worker: _Worker) -> None:
-        """The head of the worker's queue starts now, if its frame is written: watch it. (One still being
-        written starts when its last byte is: _mark_sent calls again.)"""
-        if worker.watchdog is not None:
-            worker.watchdog.cancel()
-            worker.watchdog = None
-        worker.slow = False
+        """The head of the worker's queue starts now, if its frame is written: the sweep watches it from here,
+        and from the CPU mark of the worker's last answer. (One still being written starts when its last byte
+        is: _mark_sent calls again.)"""
         if worker.pending and worker.pending[0].sent and self._loop is not None:
             head = worker.pending[0]
-            worker.head_started = self._loop.time()
-            worker.head_deadline = self._config.deadline(len(head.payload))
-            worker.watchdog = self._loop.call_later(worker.head_deadline / 2, self._on_slow, worker, head)
+            twin: _Pending | None = head
+            while twin is not None:  # it, and the request it is a hedged copy of, wait no more
+                twin.started, twin = True, twin.twin
+            worker.head.start(self._loop.time(), worker.cpu_mark, self._config.deadline(len(head.payload)))
+        else:
+            worker.head.stop()
 
-    def _on_slow(self, worker: _Worker, head: _Pending) -> None:
-        if worker.dead or not worker.pending or worker.pending[0] is not head or self._loop is None:
-            return
-        worker.slow = True
-        self._hedge(worker)
-        worker.cpu_mark = (_cpu_ns(worker.proc.pid), self._loop.time())
-        remaining = worker.head_started + worker.head_deadline - self._loop.time()
-        worker.watchdog = self._loop.call_later(max(remaining, 0.0), self._on_overdue, worker, head)
+    def _on_sweep(self, now: float) -> bool:
+        """The periodic deadline watch: every running head, then every request still waiting. Whether to
+        sweep again (while any evaluation is in flight)."""
+        for worker in list(self._workers):
+            if worker.head.due(now):
+                overdue = worker.head.look(now, worker.proc.pid, self._config.kill_after)
+                if overdue is None:
+                    self._hedge(worker)  # slow, or starved rather than stuck: let it finish
+                    continue
+                head = worker.pending[0]
+                if not head.future.done():
+                    head.future.set_exception(EvaluationTimeout(overdue))
+                self._retire(worker, why=overdue, reason="deadline")
+        self._expire_waiting(now)
+        return bool(self._evaluating) and not self._closed
 
-    def _on_overdue(self, worker: _Worker, head: _Pending) -> None:
-        if worker.dead or not worker.pending or worker.pending[0] is not head or self._loop is None:
-            return
-        if not head.future.done():
-            ms = worker.head_deadline * 1000
-            head.future.set_exception(EvaluationTimeout(f"policy evaluation did not finish within {ms:.4g} ms"))
-        now = self._loop.time()
-        cpu_before, since = worker.cpu_mark
-        cpu_now = _cpu_ns(worker.proc.pid)
-        burning = cpu_before is None or cpu_now is None or (cpu_now - cpu_before) >= 0.5e9 * (now - since)
-        if burning or now - worker.head_started >= worker.head_deadline + self._config.kill_after:
-            self._retire(worker, why="evaluation ran past its deadline", reason="deadline")
-            return
-        # Starved rather than stuck: the machine is too busy to run it. Let it finish, look again later.
-        log.debug("engine: worker %d is slow but not burning CPU; not killing it", worker.proc.pid)
-        self._hedge(worker)
-        worker.cpu_mark = (cpu_now, now)
-        worker.watchdog = self._loop.call_later(worker.head_deadline, self._on_overdue, worker, head)
-
-    def _on_wait_timeout(self, pending: _Pending) -> None:
-        if not pending.future.done():
-            pending.future.set_exception(EvaluationTimeout(
-                f"no engine worker finished the request within {self._config.max_queue_wait * 1000:g} ms "
-                "of queueing plus the evaluation deadline (overloaded)"))
+    def _expire_waiting(self, now: float) -> None:
+        """Requests whose evaluation has not started in time (see EngineConfig.max_queue_wait) are answered
+        overloaded."""
+        for waiting in (self._waiting, self._waiting_large):
+            expire_waiting(waiting, now)
+        for worker in self._workers:
+            expire_waiting(worker.pending, now, in_order=False)
 
     # -- worker life cycle -------------------------------------------------------------------------
 
@@ -464,8 +474,7 @@ class WorkerPoolEngine:
         if worker.dead:
             return
         worker.dead = True
-        if worker.watchdog is not None:
-            worker.watchdog.cancel()
+        worker.head.stop()
         log.warning("engine: retiring worker %d (%s); starting a replacement", worker.proc.pid, why)
         self._config.on_restart(reason)
         assert self._loop is not None
@@ -536,6 +545,8 @@ class WorkerPoolEngine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), drain)
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
         for task in list(self._tasks):
             task.cancel()
         loop = asyncio.get_running_loop()
@@ -587,11 +598,3 @@ def may_define(modules: Mapping[str, str], document: str) -> bool:
             return True
     return False
 
-
-def _cpu_ns(pid: int) -> int | None:
-    """CPU time all threads of a process have used, in ns (Linux schedstat), or None if unknown."""
-    try:
-        return sum(int((task / "schedstat").read_text().split()[0])
-                   for task in Path(f"/proc/{pid}/task").iterdir())
-    except (OSError, ValueError, IndexError):
-        return None

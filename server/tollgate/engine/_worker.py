@@ -2,13 +2,16 @@
 
 Started by the pool with `python -m tollgate.engine._worker FD`. Frames on the socket are
 tollgate.engine._frames' (a 4-byte big-endian length and a payload). The first request carries the bundle
-(`{"entrypoint", "modules", "data"}`); the worker compiles it and answers `{"ok": true}` or
-`{"error": {...}}`. Every later request is an input document as JSON, answered with the OPA bridge's
-raw result envelope. When the bundle spec names a `mask` document (the decision-log mask rule), both
-are answered in the same call (masking never costs a second round trip): normally from one query, whose
-envelope binds `decision` and `mask` to `[value]` or `[]` (undefined); if that query fails, from each
-document evaluated alone, as `[DECISION ENVELOPE, MASK ENVELOPE]`, so an error in the mask rule does not
-take the decision with it. The worker exits when the socket closes or its parent dies.
+(`{"entrypoint", "modules", "data"}`); the worker compiles it and answers `{"ok": true, "cpu_ns": N}` (its
+process CPU time then) or `{"error": {...}}`. Every later request is an input document as JSON, answered with
+the OPA bridge's raw result envelope in a marked frame, led by the worker's process CPU time when the evaluation
+finished: the pool's deadline counts the CPU an evaluation used, not the time it waited to run. The answers to
+frames that arrived together are sent together, but never later than _FLUSH_NS of CPU after the last mark sent.
+When the bundle spec names a `mask` document (the decision-log mask rule), both are answered in the same call
+(masking never costs a second round trip): normally from one query, whose envelope binds `decision` and `mask`
+to `[value]` or `[]` (undefined); if that query fails, from each document evaluated alone, as
+`[DECISION ENVELOPE, MASK ENVELOPE]`, so an error in the mask rule does not take the decision with it. The worker
+exits when the socket closes or its parent dies.
 """
 
 from __future__ import annotations
@@ -18,15 +21,20 @@ import json
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tollgate.engine._frames import FrameError, FrameReader, encode, header
+from tollgate.engine._frames import FrameError, FrameReader, encode, marked_header
 
 if TYPE_CHECKING:
     from tollgate.engine._opa import EmbeddedOpa
 
 _RECV_SIZE = 65536  # below malloc's mmap threshold
+#: CPU time after the last answer sent past which the answers in hand go out before the next evaluation: the pool
+#: takes the last mark it has as the start of the evaluation it watches, so this bounds how much CPU of earlier
+#: evaluations it can count against a later one (and how long a finished answer can wait for its batch).
+_FLUSH_NS = 2_000_000
 
 
 def _die_with_parent() -> None:
@@ -105,21 +113,28 @@ def main() -> int:
     except EngineError as exc:
         sock.sendall(encode(json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()))
         return 1
-    sock.sendall(encode(b'{"ok": true}'))
+    sock.sendall(encode(json.dumps({"ok": True, "cpu_ns": time.process_time_ns()}).encode()))
     return _serve(sock, reader, evaluate, path)
 
 
 def _serve(sock: socket.socket, reader: FrameReader, evaluate: Callable[[bytes, bytes], bytes], path: bytes) -> int:
     """Answer input frames until the pool closes the socket."""
+    cpu_ns = time.process_time_ns  # the whole process (Go's GC threads too): what the pool reads from outside
+    sent = cpu_ns()
     try:
         while chunk := sock.recv(_RECV_SIZE):
             out = []
             for frame in reader.feed(chunk):  # every complete frame that arrived together, answered with one send
                 answer = evaluate(path, frame)
-                out.append(header(len(answer)))
+                mark = cpu_ns()
+                out.append(marked_header(len(answer), mark))
                 out.append(answer)
+                if mark - sent >= _FLUSH_NS:
+                    sock.sendall(b"".join(out))
+                    out, sent = [], mark
             if out:
                 sock.sendall(b"".join(out))
+                sent = mark
     except FrameError as exc:  # a corrupt stream, or an answer past the limit: the pool fails it and replaces us
         print(f"tollgate engine worker: {exc}", file=sys.stderr)
         return 1
