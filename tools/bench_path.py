@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 import tempfile
 import time
@@ -165,8 +164,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     servicer = AuthorizationServicer(authorizer, decision_log, RequestLimits(), budgets=state.budgets,
                                      approvals=state.approvals)
     raw = bench_request().SerializeToString()
-    if args.gc_freeze:
-        gc.freeze()  # what start-up built is never collected: the collector walks only what requests make
     try:
         await end_to_end(servicer, raw, requests=max(200, args.requests // 10), concurrency=args.concurrency)
         totals = [await end_to_end(servicer, raw, requests=args.requests, concurrency=args.concurrency)
@@ -177,7 +174,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         decision_log.close()
         state.close()
     print(f"bench_path: {'bundle ' + args.bundle if args.bundle else 'one-rule bundle'}, {args.workers} worker(s), "
-          f"log-sync {args.log_sync}{', gc frozen' if args.gc_freeze else ''}, {args.requests} answers x "
+          f"log-sync {args.log_sync}, {args.requests} answers x "
           f"{args.rounds} rounds, {args.concurrency} in flight")
     print(f"  {'end to end (main thread CPU per answer)':<44} {min(totals):8.1f} µs   "
           f"(rounds: {', '.join(f'{t:.1f}' for t in totals)})")
@@ -194,7 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="engine worker processes")
     p.add_argument("--bundle", default="", help="policy bundle directory (default: a one-rule policy)")
     p.add_argument("--log-sync", choices=("full", "normal"), default="full", help="decision-log durability")
-    p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() once the parts are up")
     p.add_argument("--calls", type=int, default=2000, help="calls per timed run of one step")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per step")
     args = p.parse_args(argv)
