@@ -268,7 +268,7 @@ def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, st
     auth = request.caller.auth_input()
     if refused is not None:
         auth["refused"] = refused.as_dict()
-    return {
+    doc: dict[str, Any] = {
         "kind": request.kind,
         "principal": request.principal,
         request.kind: request.action,
@@ -278,4 +278,7 @@ def build_input(request: DecisionRequest, *, now: str, killed: list[dict[str, st
         "auth": auth,
         "state": {"spend": spend or {}, "spend_month": spend_month or {}, "killed": killed or [], "approval": approval},
         "now": now,
-    } | ({"dry_run": True} if request.dry_run else {})
+    }
+    if request.dry_run:
+        doc["dry_run"] = True
+    return doc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from google.protobuf import json_format, message, struct_pb2
 
@@ -35,7 +35,7 @@ def to_decision_request(msg: pb.AuthorizeRequest, *, max_depth: int, caller: Cal
         raise InvalidRequest("principal.agent_id: required")
     principal = {
         "agent_id": p.agent_id, "instance_id": p.instance_id, "session_id": p.session_id,
-        "workflow": p.workflow, "team": p.team, "user": p.user, "labels": dict(p.labels),
+        "workflow": p.workflow, "team": p.team, "user": p.user, "labels": dict(p.labels) if p.labels else {},
     }
     action: dict[str, Any]
     if kind == "tool":
@@ -80,30 +80,89 @@ def to_decision_request(msg: pb.AuthorizeRequest, *, max_depth: int, caller: Cal
 
 
 def struct_to_dict(s: struct_pb2.Struct, where: str, max_depth: int) -> dict[str, Any]:
-    """Struct → dict, refusing nesting deeper than max_depth and numbers JSON cannot carry."""
-    return {k: _value(v, f"{where}.{k}", 1, max_depth) for k, v in s.fields.items()}
+    """Struct → dict, refusing nesting deeper than max_depth and numbers JSON cannot carry.
+
+    Numbers with an integral value print as integers (42, not 42.0) below 2**53, where a float still holds
+    every integer exactly. The walk builds no field path: a refusal carries the path up as it unwinds, so a
+    request that is accepted pays nothing for the names its errors would give."""
+    try:
+        return _struct(s, 1, max_depth)
+    except _Refused as exc:
+        raise InvalidRequest(f"{where}{''.join(reversed(exc.path))}: {exc.problem}") from None
 
 
-def _value(v: struct_pb2.Value, where: str, depth: int, max_depth: int) -> Any:
-    kind = v.WhichOneof("kind")
-    if kind == "string_value":
-        return v.string_value
-    if kind == "number_value":
-        n = v.number_value
-        if not math.isfinite(n):
-            raise InvalidRequest(f"{where}: NaN and infinite numbers are not allowed")
-        return int(n) if n.is_integer() and abs(n) < 2**53 else n
-    if kind == "bool_value":
-        return v.bool_value
-    if kind == "struct_value":
-        if depth >= max_depth:
-            raise InvalidRequest(f"{where}: nested deeper than the limit of {max_depth} levels")
-        return {k: _value(x, f"{where}.{k}", depth + 1, max_depth) for k, x in v.struct_value.fields.items()}
-    if kind == "list_value":
-        if depth >= max_depth:
-            raise InvalidRequest(f"{where}: nested deeper than the limit of {max_depth} levels")
-        return [_value(x, f"{where}[{i}]", depth + 1, max_depth) for i, x in enumerate(v.list_value.values)]
-    return None
+class _Refused(Exception):
+    """A value struct_to_dict refuses; path collects its location (".key", "[i]") innermost first."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str] = []
+
+
+# One walk over the fields, scalars inline (most values are), one call per nested struct or list: the per-value
+# function call, oneof lookup and path string of a value-by-value walk were most of a request's conversion.
+# depth: the nesting of the members (1 for the top-level struct's); past max_depth the object itself is refused.
+def _struct(s: struct_pb2.Struct, depth: int, max_depth: int) -> dict[str, Any]:
+    if depth > max_depth:
+        raise _Refused(f"nested deeper than the limit of {max_depth} levels")
+    out: dict[str, Any] = {}
+    fields = s.fields
+    for key in fields:  # a map's items() is a Python-level view; iterating and indexing stay in C
+        v = fields[key]
+        kind = v.WhichOneof("kind")
+        try:
+            if kind == "string_value":
+                out[key] = v.string_value
+            elif kind == "number_value":
+                out[key] = _number(v.number_value)
+            elif kind == "bool_value":
+                out[key] = v.bool_value
+            elif kind == "struct_value":
+                out[key] = _struct(v.struct_value, depth + 1, max_depth)
+            elif kind == "list_value":
+                out[key] = _list(v.list_value, depth + 1, max_depth)
+            else:
+                out[key] = None
+        except _Refused as exc:
+            exc.path.append(f".{key}")
+            raise
+    return out
+
+
+def _list(values: struct_pb2.ListValue, depth: int, max_depth: int) -> list[Any]:
+    if depth > max_depth:
+        raise _Refused(f"nested deeper than the limit of {max_depth} levels")
+    out: list[Any] = []
+    for i, v in enumerate(values.values):
+        kind = v.WhichOneof("kind")
+        try:
+            if kind == "string_value":
+                out.append(v.string_value)
+            elif kind == "number_value":
+                out.append(_number(v.number_value))
+            elif kind == "bool_value":
+                out.append(v.bool_value)
+            elif kind == "struct_value":
+                out.append(_struct(v.struct_value, depth + 1, max_depth))
+            elif kind == "list_value":
+                out.append(_list(v.list_value, depth + 1, max_depth))
+            else:
+                out.append(None)
+        except _Refused as exc:
+            exc.path.append(f"[{i}]")
+            raise
+    return out
+
+
+#: Below this magnitude a float holds every integer exactly (2**53).
+_EXACT = float(2**53)
+
+
+def _number(n: float) -> int | float:
+    if not math.isfinite(n):
+        raise _Refused("NaN and infinite numbers are not allowed")
+    return int(n) if n.is_integer() and -_EXACT < n < _EXACT else n
 
 
 #: The names the server keys state by, per field path: bounded to MAX_IDENTIFIER characters.
@@ -113,12 +172,20 @@ _IDENTIFIERS = {"tool": ("server", "name"), "model": ("provider", "model"), "bud
 def _check_identifiers(kind: str, principal: Mapping[str, Any], action: Mapping[str, Any], *, request_id: str,
                        approval_id: str) -> None:
     """InvalidRequest naming the first name longer than MAX_IDENTIFIER (stores index them all)."""
-    named = [(f"principal.{k}", v) for k, v in principal.items() if isinstance(v, str)]
-    named += [(f"{kind}.{k}", action[k]) for k in _IDENTIFIERS[kind]]
-    named += [("request_id", request_id), ("approval_id", approval_id)]
-    for where, value in named:
+    # The names of the fields are made only for the one refused: every request passes through here.
+    for key, value in principal.items():
+        if isinstance(value, str) and len(value) > MAX_IDENTIFIER:
+            _too_long(f"principal.{key}", value)
+    for key in _IDENTIFIERS[kind]:
+        if len(action[key]) > MAX_IDENTIFIER:
+            _too_long(f"{kind}.{key}", action[key])
+    for where, value in (("request_id", request_id), ("approval_id", approval_id)):
         if len(value) > MAX_IDENTIFIER:
-            raise InvalidRequest(f"{where}: at most {MAX_IDENTIFIER} characters, got {len(value)}")
+            _too_long(where, value)
+
+
+def _too_long(where: str, value: str) -> NoReturn:
+    raise InvalidRequest(f"{where}: at most {MAX_IDENTIFIER} characters, got {len(value)}")
 
 
 def largest_field(msg: pb.AuthorizeRequest) -> tuple[str, int]:

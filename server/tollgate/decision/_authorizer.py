@@ -276,14 +276,17 @@ class Authorizer:
                masking: Masking, previous_id: str, latency_us: int) -> DecisionRecord:
         """The decision record as the log stores it: what was asked (masked), what the policy said, the answer."""
         approval = state.facts.approval
+        # A reason may quote what the mask took out; its copy in the record is scrubbed like the input (when
+        # the mask hid nothing there is nothing to scrub, and the answer's reasons are the record's).
+        reasons = decision.reasons if not masking.hidden else tuple(
+            Reason(masking.scrub(r.code), masking.scrub(r.message)) for r in decision.reasons)
         return DecisionRecord(
             decision_id=decision.decision_id,
             timestamp=state.now,
             input=masking.input,
             result=masking.scrub(masking.result),
             decision=decision.decision,
-            # A reason may quote what the mask took out; its copy in the record is scrubbed like the input.
-            reasons=tuple(Reason(masking.scrub(r.code), masking.scrub(r.message)) for r in decision.reasons),
+            reasons=reasons,
             obligations=dict(decision.obligations),
             bundle_revision=decision.bundle_revision,
             policy_path=self._config.entrypoint,
