@@ -51,6 +51,8 @@ from benchkit.procs import (
     BenchError,
     MemorySampler,
     Target,
+    cpu_seconds,
+    process_tree,
     progress,
     start_target,
     stderr_problems,
@@ -63,6 +65,11 @@ from benchkit.wire import bench_request, check_authorize, grpc_frame, serve_noop
 
 from tollgate.contract import NO_BUNDLE
 from tollgate.v1 import authorization_pb2 as pb
+
+#: What tools/bench_fleet.py imports from here (`from bench import ...`): this module is its h2load runner too.
+__all__ = ["HOST", "BenchError", "LoadResult", "LoadSpec", "Target", "check_authorize", "cpu_seconds", "grpc_frame",
+           "log_key", "log_rows_since", "main", "process_tree", "progress", "run_load", "settled_log_position",
+           "source_revision", "start_target", "stop_target", "verify_run"]
 
 POLICIES = {"default": DEFAULT_LIBRARY, "one-rule": ONE_RULE}
 EVAL_DEADLINE_MS = 50.0  # tollgate serve's --eval-timeout-ms default, the activation window's allowance
@@ -312,8 +319,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=tuple(POLICIES), help="measure one policy (default: both)")
     p.add_argument("--quick", action="store_true",
                    help="a shorter run: --duration 3 --warmup 1 unless given, manifests 10 and 1,000")
-    p.add_argument("--duration", type=float, help="seconds per measured run (default 10; 3 with --quick)")
-    p.add_argument("--warmup", type=float, help="seconds of warm-up per server (default 3; 1 with --quick)")
+    # Whole seconds: h2load's -D takes no fraction.
+    p.add_argument("--duration", type=int, help="seconds per measured run (default 10; 3 with --quick)")
+    p.add_argument("--warmup", type=int, help="seconds of warm-up per server (default 3; 1 with --quick)")
     p.add_argument("--connections", type=int, default=8, help="h2load clients at saturation")
     p.add_argument("--streams", type=int, default=16, help="concurrent streams per client at saturation")
     p.add_argument("--half-connections", type=int, default=8, help="h2load clients at half saturation")
@@ -331,13 +339,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    args.duration = args.duration if args.duration is not None else (3.0 if args.quick else 10.0)
-    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
-    for name in ("connections", "streams", "half_connections", "half_streams", "workers"):
+    args.duration = args.duration if args.duration is not None else (3 if args.quick else 10)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    for name in ("duration", "warmup", "connections", "streams", "half_connections", "half_streams", "workers"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be 1 or more")
-    if not args.duration > 0 or not args.warmup > 0:  # also refuses NaN
-        p.error("--duration and --warmup must be greater than 0")
     try:
         counts = [int(n) for n in (args.manifests or ("10,1000" if args.quick else "10,10000")).split(",")]
     except ValueError:

@@ -24,6 +24,7 @@ class LoadSpec:
     clients: int
     streams: int
     rps_total: float | None = None  # None: as fast as it goes
+    round_no: int = 0  # tools/bench_fleet.py's measuring round (0: the warm-up); bench.py runs one round
 
 
 @dataclass(frozen=True)
