@@ -157,13 +157,17 @@ class Session:
         self.problems += verify_run(target, result, self.message_bytes[target.name], count)
         answers = count.by_decision if count else (result.answers or {expected: result.succeeded})
         non_policy = sum(n for k, n in answers.items() if k != expected) + result.failed
+        retirements = worker_retirements(target) - retired
+        if result.phase == "warm-up" and (non_policy or retirements):  # not judged, but it shapes the next run
+            self.notes.append(f"{target.name} warm-up: {non_policy:,} non-policy answers, {retirements} worker"
+                              " retirements")
         if result.failed and result.generator == "poisson":
             self.notes.append(f"{target.name} {result.label}: {result.failed:,} requests failed ({result.errors})")
         if result.rps_target and result.throughput < 0.9 * result.rps_target:
             self.notes.append(f"{target.name} {result.label}: reached {result.throughput:,.0f} of the"
                               f" {result.rps_target:,.0f} req/s asked for")
         return dataclasses.replace(result, decision_log=count.by_decision if count else {}, non_policy=non_policy,
-                                   retirements=worker_retirements(target) - retired)
+                                   retirements=retirements)
 
 
 class PolicyBench:
