@@ -11,12 +11,16 @@ itself runs:
   status plugin enabled), or 500 with status=False.
 - `GET /health` (any query) → 200 `{}`, or 500 while `healthy` is False.
 
-`delay` (seconds) holds every data answer back, to stand for a slow OPA.
+`delay` (seconds) holds every data answer back, to stand for a slow OPA. With `tls` (a server SSLContext, one
+that may require a client certificate) it serves HTTPS, as OPA's `--tls-cert-file` / `--tls-ca-cert-file` do; with
+`token` every request without `Authorization: Bearer TOKEN` is a 401 `{"code": "unauthorized", ...}`, as OPA run
+with `--authentication=token --authorization=basic` and a system.authz policy that checks input.identity answers.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,9 +37,12 @@ BUNDLE_NAME = "tollgate"
 class OpaStandIn:
     """An OPA-REST-compatible server on 127.0.0.1 backed by the embedded engine (a stand-in, see module doc)."""
 
-    def __init__(self, bundle: Bundle | None = None, *, status: bool = True) -> None:
+    def __init__(self, bundle: Bundle | None = None, *, status: bool = True, tls: ssl.SSLContext | None = None,
+                 token: str = "") -> None:
         self.bundle = bundle or load_bundle(REPO / "rego")
         self.status = status
+        self.tls = tls
+        self.token = token
         self.healthy = True
         self.delay = 0.0
         self.requests: list[str] = []
@@ -44,6 +51,8 @@ class OpaStandIn:
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
+        if tls is not None:  # the handshake (and a client's certificate check) happens as a connection is accepted
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="opa-standin", daemon=True)
 
     @property
@@ -52,7 +61,7 @@ class OpaStandIn:
 
     @property
     def engine_url(self) -> str:
-        return f"opa+http://127.0.0.1:{self.port}"
+        return f"opa+{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> OpaStandIn:
         self._thread.start()
@@ -94,9 +103,17 @@ def _handler(standin: OpaStandIn) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(raw)
 
+        def _authorized(self) -> bool:
+            if not standin.token or self.headers.get("Authorization") == f"Bearer {standin.token}":
+                return True
+            self._send(401, {"code": "unauthorized", "message": "the request is not authorized"})
+            return False
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             standin.requests.append(f"GET {path}")
+            if not self._authorized():
+                return
             if path == "/health":
                 self._send(200 if standin.healthy else 500, {} if standin.healthy else {"error": "not ready"})
             elif path == "/v1/status" and standin.status:
@@ -113,6 +130,8 @@ def _handler(standin: OpaStandIn) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             standin.requests.append(f"POST {path}")
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if not self._authorized():
+                return
             if not path.startswith("/v1/data/"):
                 self._send(404, {"code": "resource_not_found", "message": path})
                 return

@@ -456,6 +456,63 @@ def test_a_replay_gate_without_its_recorded_decisions_fails(seeded: Path, bundle
     assert _snapshot(seeded) == snapshot
 
 
+def test_a_replay_gate_reads_the_fleets_log_in_the_shared_store(seeded: Path, pg_url: str) -> None:
+    """state_store: the sample's decisions, appended to a sidecar's log and shipped to the fleet's store, are what
+    the gate replays (as `tollgate replay --state-store` reads them): the flip is found there as in the file."""
+    from tests.conftest import wait_for
+    from tests.decisionlog.test_pg_export import _fill, _migrate, _shipping
+
+    sample = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+    _fill(seeded / "decisions.db", sample)
+    _migrate(pg_url)
+    shipping = _shipping(seeded / "decisions.db", pg_url)
+    shipping.start()
+    try:
+        wait_for(lambda: shipping.exporters[0].status.cursor == len(sample), what="the sample shipped")
+    finally:
+        shipping.stop(1)
+    config = seeded / "environments.yaml"
+    password = seeded / "pg-password"
+    password.write_text("not-needed-under-trust\n")
+    staging = "  staging:\n    keys: keys/staging\n    gates:\n      tests: true\n"
+    assert staging in config.read_text()  # the gate under test is replay: staging's tests gate is left out here
+    config.write_text(config.read_text().replace(staging, "  staging:\n    keys: keys/staging\n    gates:\n")
+                      .replace(f"decisions: {SAMPLE}", f"state_store: {pg_url}\n        password_file: pg-password"))
+    gate = load_environments(config).get("staging").replay
+    assert gate is not None and gate.state_store == pg_url and gate.password_file == password
+    snapshot = _snapshot(seeded)
+
+    failed = _cli(seeded, "promote", "v6", "--to", "staging")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    line = re.search(r"^  replay +FAILED  (.*)$", failed.stdout, re.M)
+    assert line and f"1 deny→allow unacknowledged in {len(sample)} decisions from the fleet's decision log in " \
+                     f"{pg_url}: {FLIPPED_ID}" in line.group(1), failed.stdout
+    assert _snapshot(seeded) == snapshot
+    recent = _cli(seeded, "promote", "v2", "--to", "staging")
+    assert recent.returncode == 0, recent.stdout + recent.stderr
+    assert f"no deny→allow flips in {len(sample)} decisions from the fleet's decision log" in recent.stdout
+
+    password.write_text("")  # the file is read: an empty one is refused, and the gate fails closed
+    empty = _cli(seeded, "promote", "v6", "--to", "staging")
+    assert empty.returncode == 1 and re.search(r"^  replay +FAILED  .*password_file.* is empty", empty.stdout,
+                                                re.M), empty.stdout
+
+
+@pytest.mark.parametrize(("replay", "message"), [
+    ("{state_store: 'sqlite:///x.db'}", "state_store: must be a postgresql:// URL, not 'sqlite:///x.db'"),
+    ("{state_store: 'postgresql://u:secret@db/fleet'}", "state_store: holds a password: put it in a file"),
+    ("{decisions: d.jsonl, password_file: pw}", "password_file: only with state_store"),
+    ("{decisions: d.jsonl, state_store: 'postgresql://db/fleet'}", "exactly one of decisions"),
+])
+def test_a_replay_gates_state_store_is_checked_when_the_file_is_read(tmp_path: Path, replay: str,
+                                                                      message: str) -> None:
+    path = tmp_path / "environments.yaml"
+    path.write_text(f"environments: {{dev: {{require_signatures: false, gates: {{replay: {replay}}}}}}}\n")
+    with pytest.raises(EnvironmentsError, match=re.escape(message)) as raised:
+        load_environments(path)
+    assert "secret" not in str(raised.value)
+
+
 def test_concurrent_promotions_into_one_environment_lose_no_history(world: Path, bundles: Bundles) -> None:
     """Each promotion reads the channel, runs its gates (seconds), then writes: without the lock, the second
     writer would drop the first one's history entry."""

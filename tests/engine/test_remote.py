@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from tests.opa_standin import OpaStandIn
 from tollgate.engine import UNDEFINED, EngineConfig, EngineError, EvaluationTimeout, WorkerPoolEngine
-from tollgate.engine._remote import UNKNOWN_REVISION, RemoteOpaEngine, is_remote, parse_target
+from tollgate.engine._remote import UNKNOWN_REVISION, RemoteOpaEngine, client_context, is_remote, parse_target
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "decisions.jsonl"
 
@@ -124,3 +125,109 @@ def test_an_undefined_document_is_undefined(standin: OpaStandIn) -> None:
         assert await engine.evaluate(b"{}") is UNDEFINED
 
     _run(main, standin.engine_url, entrypoint="tollgate/no_such_rule", eval_timeout=2.0)
+
+
+# -- opa+https: a private CA, a client certificate (mTLS), a bearer token -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """OPA's CA and server certificate, the sidecar's client certificate from that CA, and a CA that signed none."""
+    from tests.pki import TestCA
+
+    ca = TestCA(tmp_path_factory.mktemp("pki"))
+    server, client = ca.server(), ca.client("spiffe://acme/tollgate/sidecar", file_name="sidecar")
+    other = TestCA(tmp_path_factory.mktemp("other-pki"), name="another CA")
+    return {"ca": ca.cert, "server_cert": server.cert, "server_key": server.key, "client_cert": client.cert,
+            "client_key": client.key, "other_ca": other.cert}
+
+
+def _server_tls(pki: dict[str, Path], *, client_certs: bool = True) -> ssl.SSLContext:
+    """OPA's TLS (--tls-cert-file, --tls-private-key-file), with --tls-ca-cert-file: client certificates required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki["server_cert"], pki["server_key"])
+    if client_certs:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(pki["ca"])
+    return context
+
+
+TOKEN = "s3cret-opa-token"
+
+
+@pytest.fixture
+def tls_standin(pki: dict[str, Path]) -> Iterator[OpaStandIn]:
+    with OpaStandIn(tls=_server_tls(pki), token=TOKEN) as server:
+        yield server
+
+
+def _tls(pki: dict[str, Path], *, ca: str = "ca", client: bool = True) -> ssl.SSLContext | None:
+    return client_context(parse_target("opa+https://127.0.0.1:1"), ca_file=str(pki[ca]),
+                          cert_file=str(pki["client_cert"]) if client else "",
+                          key_file=str(pki["client_key"]) if client else "")
+
+
+def test_https_with_a_private_ca_a_client_certificate_and_a_token_answers_as_embedded(
+        tls_standin: OpaStandIn, pki: dict[str, Path]) -> None:
+    assert tls_standin.engine_url.startswith("opa+https://127.0.0.1:")
+    inputs = _inputs()[:8]
+
+    async def main(remote: RemoteOpaEngine) -> None:
+        assert await remote.healthy() and remote.unhealthy == ""
+        assert remote.revision == tls_standin.bundle.revision
+        embedded = WorkerPoolEngine(tls_standin.bundle, EngineConfig(workers=1, eval_timeout=5.0))
+        await embedded.start()
+        try:
+            for raw in inputs:
+                want, got = await embedded.evaluate_with_mask(raw), await remote.evaluate_with_mask(raw)
+                assert (got.value, got.mask) == (want.value, want.mask), raw
+        finally:
+            await embedded.close()
+
+    _run(main, tls_standin.engine_url, eval_timeout=2.0, token=TOKEN, context=_tls(pki))
+    assert "POST /v1/data/tollgate/decision" in tls_standin.requests
+
+
+@pytest.mark.parametrize(("case", "options", "why"), [
+    ("system-trust-only", {"context": None}, "CERTIFICATE_VERIFY_FAILED"),
+    ("another-ca", {"ca": "other_ca"}, "CERTIFICATE_VERIFY_FAILED"),
+    ("no-client-certificate", {"client": False}, "CERTIFICATE_REQUIRED"),
+    ("no-token", {"token": ""}, "HTTP 401"),
+    ("wrong-token", {"token": "guessed"}, "HTTP 401"),
+])
+def test_what_does_not_verify_is_an_engine_error_never_an_unverified_answer(
+        tls_standin: OpaStandIn, pki: dict[str, Path], case: str, options: dict[str, Any], why: str) -> None:
+    """Fail closed: OPA's certificate checked against the wrong trust (or the client's missing, or the token) is an
+    EngineError (the authorizer's logged DENY engine_error) and an unhealthy OPA, never a retry without checks."""
+    token = options.pop("token", TOKEN)
+    context = options.pop("context") if "context" in options else _tls(pki, **options)
+
+    async def main(engine: RemoteOpaEngine) -> None:
+        assert not await engine.healthy()
+        assert why in engine.unhealthy, engine.unhealthy
+        with pytest.raises(EngineError) as caught:
+            await engine.evaluate_with_mask(_inputs()[0])
+        assert caught.value.code == "engine_error"
+        assert engine.revision == UNKNOWN_REVISION
+
+    _run(main, tls_standin.engine_url, eval_timeout=2.0, token=token, context=context)
+    if "token" not in case:  # the TLS handshake failed: no request reached OPA
+        assert tls_standin.requests == []
+    else:
+        assert "POST /v1/data/tollgate/decision" in tls_standin.requests  # refused by OPA: 401
+
+
+def test_client_context_refuses_what_it_cannot_use(pki: dict[str, Path], tmp_path: Path) -> None:
+    https, http = parse_target("opa+https://opa.internal:8181"), parse_target("opa+http://opa.internal:8181")
+    assert client_context(http) is None
+    context = client_context(https)
+    assert context is not None and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    with pytest.raises(ValueError, match="needs opa\\+https"):
+        client_context(http, ca_file=str(pki["ca"]))
+    with pytest.raises(ValueError, match="give both"):
+        client_context(https, cert_file=str(pki["client_cert"]))
+    with pytest.raises(ValueError, match=r"engine_ca_file: .* cannot be loaded"):
+        client_context(https, ca_file=str(tmp_path / "missing.pem"))
+    (tmp_path / "not-a-key.pem").write_text("not a key\n")
+    with pytest.raises(ValueError, match=r"engine_cert_file, engine_key_file: .* cannot be loaded"):
+        client_context(https, cert_file=str(pki["client_cert"]), key_file=str(tmp_path / "not-a-key.pem"))

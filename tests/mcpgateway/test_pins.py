@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import REGO, ROOT, TOLLGATE
-from tollgate.mcpgateway._pins import ToolDefinitions, annotation_hints, call_context, tool_pin
+from tollgate.mcpgateway._pins import CONTEXT_CACHE_SIZE, ToolDefinitions, annotation_hints, call_context, tool_pin
 
 SEARCH = {"name": "search_code", "description": "Search code.", "title": "Search",
           "inputSchema": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
@@ -59,3 +59,25 @@ def test_check_takes_a_sha256_pin_and_refuses_anything_else(tmp_path: Path) -> N
     catalog.write_text(good.replace(f"pin: {tool_pin(SEARCH)}", "pin: md5:0f00"))
     done = subprocess.run([*TOLLGATE, "check", str(root)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 1 and 'github/search_code.pin: "md5:0f00" is not sha256:HEX' in done.stdout, done
+
+
+def test_a_tools_call_context_is_remembered_until_it_is_listed_again() -> None:
+    """The pin is hashed once per listed definition (cachetools LRUCache, bounded), not at every call; a listing
+    that changes the tool gives its new pin, and the context handed out is a copy."""
+    tools = ToolDefinitions()
+    tools.replace([SEARCH])
+    first = tools.call_context("search_code")
+    assert first == call_context(SEARCH)
+    first["pin"] = "tampered"
+    first["annotations"]["readOnlyHint"] = False
+    assert tools.call_context("search_code") == call_context(SEARCH)
+    changed = {**SEARCH, "description": "Search code, and also delete it."}
+    tools.merge([changed])
+    assert tools.call_context("search_code")["pin"] == tool_pin(changed) != tool_pin(SEARCH)
+    tools.replace([SEARCH])
+    assert tools.call_context("search_code")["pin"] == tool_pin(SEARCH)
+    assert tools.call_context("no_such_tool") == call_context(None)
+    tools.replace([{"name": f"t{i}"} for i in range(CONTEXT_CACHE_SIZE + 5)])
+    for i in range(CONTEXT_CACHE_SIZE + 5):
+        assert tools.call_context(f"t{i}")["pin"] == tool_pin({"name": f"t{i}"})
+    assert len(tools._contexts) == CONTEXT_CACHE_SIZE

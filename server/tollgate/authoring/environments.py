@@ -40,7 +40,8 @@ class ReplayGate:
 
     #: A JSON Lines file of decision records (as `tollgate replay --decisions` reads), or None.
     decisions: Path | None
-    #: A sidecar's data directory (its decisions.db), or None; exactly one of the two is set.
+    #: A sidecar's data directory (its decisions.db), or None; exactly one of decisions, data_dir, state_store
+    #: is set.
     data_dir: Path | None
     #: Transitions that fail the gate unless acknowledged (default deny→allow).
     fail_on: frozenset[Transition]
@@ -50,10 +51,19 @@ class ReplayGate:
     limit: int | None = None
     #: The policy document evaluated, as for `tollgate serve`.
     entrypoint: str = "tollgate/decision"
+    #: The fleet's shared store (a postgresql:// URL), whose decision log the sidecars ship to, or None.
+    state_store: str | None = None
+    #: A file holding the state store's password (as `tollgate serve --state-store-password-file`), or None.
+    password_file: Path | None = None
 
     @property
-    def source(self) -> Path:
-        return self.decisions if self.decisions is not None else Path(f"{self.data_dir}/decisions.db")
+    def source(self) -> str:
+        """How messages name the recorded decisions (a state store's URL without its password)."""
+        if self.state_store is not None:
+            from tollgate.state.postgres import redact
+
+            return f"the fleet's decision log in {redact(self.state_store)}"
+        return str(self.decisions if self.decisions is not None else Path(f"{self.data_dir}/decisions.db"))
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,8 @@ _ENV_KEYS = {"keys": "directory of trusted public keys, one KID.pem each",
              "require_signatures": "true: the environment's sidecars refuse unsigned bundles",
              "channel": "channel directory, relative to channel_root (default: the environment's name)",
              "gates": "tests, signed, replay, from"}
-_REPLAY_KEYS = ("decisions", "data_dir", "fail_on", "since", "limit", "entrypoint")
+_REPLAY_KEYS = ("decisions", "data_dir", "state_store", "password_file", "fail_on", "since", "limit", "entrypoint")
+_REPLAY_SOURCES = ("decisions", "data_dir", "state_store")
 
 
 def load_environments(path: str | Path = DEFAULT_ENVIRONMENTS, *, channel_root: str | Path | None = None
@@ -195,13 +206,15 @@ def _environment(name: str, raw: Any, key: str, base: Path, root: Path, fail: An
 
 def _replay_gate(raw: Any, key: str, base: Path, fail: Any) -> ReplayGate:
     body = _mapping(raw, key, fail, _REPLAY_KEYS)
-    sources = [k for k in ("decisions", "data_dir") if k in body]
+    sources = [k for k in _REPLAY_SOURCES if k in body]
     if len(sources) != 1:
-        raise fail(key, "name the recorded decisions: exactly one of decisions (a JSON Lines file) or data_dir "
-                        "(a sidecar's data directory)")
+        raise fail(key, "name the recorded decisions: exactly one of decisions (a JSON Lines file), data_dir "
+                        "(a sidecar's data directory) or state_store (the fleet's postgresql:// store)")
     path = body[sources[0]]
     if not isinstance(path, str) or not path:
-        raise fail(f"{key}.{sources[0]}", "must be a path")
+        raise fail(f"{key}.{sources[0]}", "must be a postgresql:// URL" if sources[0] == "state_store"
+                   else "must be a path")
+    store, password_file = _store_source(body, key, sources[0], base, fail)
     fail_on_value = body.get("fail_on", _DEFAULT_FAIL_ON)
     spelled = ",".join(fail_on_value) if isinstance(fail_on_value, list) else fail_on_value
     if not isinstance(spelled, str) or not all(isinstance(v, str) for v in
@@ -224,10 +237,32 @@ def _replay_gate(raw: Any, key: str, base: Path, fail: Any) -> ReplayGate:
     entrypoint = body.get("entrypoint", "tollgate/decision")
     if not isinstance(entrypoint, str) or not entrypoint:
         raise fail(f"{key}.entrypoint", "must be a policy path such as tollgate/decision")
-    where = _relative_to(base, path)
+    where = _relative_to(base, path) if store is None else None
     return ReplayGate(decisions=where if sources[0] == "decisions" else None,
                       data_dir=where if sources[0] == "data_dir" else None,
-                      fail_on=fail_on, since=since, limit=limit, entrypoint=entrypoint)
+                      fail_on=fail_on, since=since, limit=limit, entrypoint=entrypoint,
+                      state_store=store, password_file=password_file)
+
+
+def _store_source(body: Mapping[str, Any], key: str, source: str, base: Path, fail: Any
+                  ) -> tuple[str | None, Path | None]:
+    """The replay gate's state store URL and password file (None, None unless it reads the shared store)."""
+    password = body.get("password_file")
+    if source != "state_store":
+        if password is not None:
+            raise fail(f"{key}.password_file", "only with state_store (the password of the fleet's store)")
+        return None, None
+    from tollgate.state.postgres import is_postgres_url, redact
+
+    url = str(body["state_store"])
+    if not is_postgres_url(url):
+        raise fail(f"{key}.state_store", f"must be a postgresql:// URL, not {redact(url)!r}")
+    if redact(url) != url:
+        raise fail(f"{key}.state_store", "holds a password: put it in a file named by password_file instead "
+                                         "(this file is committed to version control)")
+    if password is not None and (not isinstance(password, str) or not password):
+        raise fail(f"{key}.password_file", "must be a path")
+    return url, _relative_to(base, password) if password is not None else None
 
 
 def _relative_to(base: Path, path: str) -> Path:

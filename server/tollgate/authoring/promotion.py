@@ -46,6 +46,7 @@ from tollgate.authoring.replay import (
     parse_transitions,
     read_data_dir,
     read_jsonl,
+    read_state_store,
     replay,
     transition_label,
 )
@@ -209,8 +210,7 @@ def _gate_signed(env: Environment, candidate: _Candidate) -> GateResult:
 def _gate_replay(gate: ReplayGate, candidate: _Candidate, ack: Acknowledgement, *, now: datetime) -> GateResult:
     window = Window(since=parse_moment(gate.since, now=now) if gate.since else None, limit=gate.limit)
     try:
-        records: Iterator[Recorded] = (read_jsonl(gate.decisions, window) if gate.decisions is not None
-                                       else read_data_dir(gate.data_dir or Path("."), window))
+        records = _recorded(gate, window)
         with Candidate(candidate.path, entrypoint=gate.entrypoint) as engine:
             # Every change is kept (not a few examples), so that each flip can be acknowledged by its ID.
             report = replay(records, engine, source=str(gate.source), window=window, examples=sys.maxsize)
@@ -242,6 +242,17 @@ def _gate_replay(gate: ReplayGate, candidate: _Candidate, ack: Acknowledgement, 
         }
         return GateResult("replay", True, f"{len(flips)} {watched} flip(s) in {checked}, all acknowledged")
     return GateResult("replay", True, f"no {watched} flips in {checked} ({report.changed} other change(s))")
+
+
+def _recorded(gate: ReplayGate, window: Window) -> Iterator[Recorded]:
+    """The replay gate's recorded decisions over its window: a JSON Lines file, a sidecar's log, or the fleet's
+    log in the shared store (read as `tollgate replay --state-store` reads it)."""
+    if gate.state_store is not None:
+        password = "" if gate.password_file is None else str(gate.password_file)
+        return read_state_store(gate.state_store, window, password_file=password)
+    if gate.decisions is not None:
+        return read_jsonl(gate.decisions, window)
+    return read_data_dir(gate.data_dir or Path("."), window)
 
 
 def _gate_from(envs: Environments, env: Environment, candidate: _Candidate) -> GateResult:

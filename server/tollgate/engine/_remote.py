@@ -8,6 +8,11 @@ past it EvaluationTimeout; an unreachable OPA, an HTTP error or a malformed answ
 authorizer turns into a logged DENY `engine_error` (fail closed). The revision is the one OPA reports for its
 bundle: `GET /v1/status` (bundles.*.active_revision, when OPA's status plugin runs), else the manifest in
 `GET /v1/data/system/bundles`; "remote:unknown" when OPA reports neither.
+
+Over `opa+https://` OPA's certificate is always verified (against ca_file, else the system's trust store), with a
+client certificate for mTLS when cert_file is given, and a bearer token (OPA's `--authentication=token`) on every
+request when token is: a certificate that does not verify is an EngineError like any unreachable OPA, never a
+retry without verification.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 from opa_client.opa_async import AsyncOpaClient  # type: ignore[import-untyped]  # no py.typed
 
 from tollgate.engine._base import UNDEFINED, EngineError, Evaluation, EvaluationTimeout
@@ -58,12 +65,51 @@ def parse_target(engine: str) -> RemoteTarget:
     return RemoteTarget(parts.hostname, parts.port or (443 if tls else 8181), tls)
 
 
+def client_context(target: RemoteTarget, *, ca_file: str = "", cert_file: str = "", key_file: str = ""
+                   ) -> ssl.SSLContext | None:
+    """The TLS an `opa+https` target is reached with: OPA's certificate verified against ca_file (PEM; else the
+    system's trust store) and its host name checked, and cert_file/key_file presented for mTLS. None for
+    `opa+http`. ValueError naming the file when one cannot be loaded, or when TLS files are given for http."""
+    if not target.tls:
+        if ca_file or cert_file or key_file:
+            raise ValueError(f"engine {target.url}: a CA, client certificate or key needs opa+https://")
+        return None
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("engine_cert_file and engine_key_file: give both (mTLS) or neither")
+    try:
+        context = ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"engine_ca_file: {ca_file!r} cannot be loaded ({exc})") from exc
+    if cert_file:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"engine_cert_file, engine_key_file: {cert_file!r} and {key_file!r} cannot be loaded "
+                             f"({exc})") from exc
+    return context
+
+
+class _Client(AsyncOpaClient):  # type: ignore[misc]  # an untyped base
+    """opa-python-client's AsyncOpaClient, whose session uses the TLS context given (its own builds one from the
+    system's trust store only: no private CA, and a client certificate only as a single file)."""
+
+    def __init__(self, context: ssl.SSLContext | None, **options: Any) -> None:
+        super().__init__(**options)
+        self._context = context
+
+    async def _init_session(self) -> None:
+        self._connector = aiohttp.TCPConnector(ssl=self._context if self._context is not None else True)
+        self._session = aiohttp.ClientSession(headers=self.headers, connector=self._connector,
+                                              timeout=aiohttp.ClientTimeout(total=self.timeout))
+
+
 class RemoteOpaEngine:
     """An Engine answered by an OPA server. One aiohttp session (the client's), opened on start."""
 
     def __init__(self, target: RemoteTarget, *, entrypoint: str = "tollgate/decision",
                  mask: str = "tollgate/log/mask", eval_timeout: float = 0.050, input_allowance: float = 0.5,
-                 token: str = "") -> None:
+                 token: str = "", context: ssl.SSLContext | None = None) -> None:
+        """context: the TLS of an opa+https target (client_context; by default the system's trust store)."""
         self.target = target
         self._entrypoint = entrypoint.strip("/")
         self._mask = mask.strip("/")
@@ -71,10 +117,14 @@ class RemoteOpaEngine:
         self._input_allowance = input_allowance
         # retries=0: a retry is the caller's to decide within its deadline; the session's own timeout is a
         # backstop only (every call is bounded by asyncio's timeout below).
-        self._client = AsyncOpaClient(host=target.host, port=target.port, ssl=target.tls, retries=0,
-                                      timeout=max(5.0, eval_timeout * 10), **({"token": token} if token else {}))
+        if target.tls and context is None:
+            context = client_context(target)
+        self._client = _Client(context, host=target.host, port=target.port, ssl=target.tls, retries=0,
+                               timeout=max(5.0, eval_timeout * 10), **({"token": token} if token else {}))
         self._revision = UNKNOWN_REVISION
         self._started = False
+        #: Why the last health check failed ("" when it passed, or before the first).
+        self.unhealthy = ""
 
     @property
     def revision(self) -> str:
@@ -91,12 +141,21 @@ class RemoteOpaEngine:
         return self._eval_timeout + self._input_allowance * input_bytes / (1 << 20)
 
     async def healthy(self, timeout: float = 2.0) -> bool:
-        """OPA's /health answers 200 with its bundles activated (`?bundles`)."""
+        """OPA's /health answers 200 with its bundles activated (`?bundles`); else `unhealthy` says why (an
+        HTTP status, a refused connection, a certificate that does not verify, no answer in time)."""
+        why = ""
         try:
-            async with asyncio.timeout(timeout):
-                return bool(await self._client.check_health(query={"bundles": True}))
+            async with asyncio.timeout(timeout), self._client._request(
+                    "GET", f"{self.target.url}/health?bundles=true") as response:
+                why = "" if response.status == 200 else f"HTTP {response.status}"
         except TimeoutError:
-            return False
+            why = f"no answer within {timeout:g}s"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # what check_health would swallow: kept, so the log names the cause
+            why = f"{type(exc).__name__}: {exc}"
+        self.unhealthy = why
+        return not why
 
     async def refresh_revision(self, timeout: float = 2.0) -> str:
         """The revision of OPA's active bundle, from its status API or the bundle manifest it serves."""

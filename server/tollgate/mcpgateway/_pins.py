@@ -10,12 +10,16 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from cachetools import LRUCache
+
 from tollgate.encoding import canonical_json
 
 #: The MCP tool annotations passed to the policy (input.context.mcp_tool.annotations), when the upstream sets them.
 ANNOTATION_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
 #: What a pin is made of: a change to any of these is a changed tool.
 PINNED_FIELDS = ("name", "description", "inputSchema")
+#: Most tools whose call context (pin, hints) ToolDefinitions remembers between calls.
+CONTEXT_CACHE_SIZE = 1024
 
 
 def tool_pin(tool: Mapping[str, Any]) -> str:
@@ -47,16 +51,33 @@ class ToolDefinitions:
 
     def __init__(self) -> None:
         self._tools: dict[str, Mapping[str, Any]] = {}
+        # Each listed tool's call context, computed at its first call and kept until the tool is listed again:
+        # a pin hashes the canonical JSON of the definition (~90 µs for a 1 KB one), the same for every call.
+        self._contexts: LRUCache[str, dict[str, Any]] = LRUCache(maxsize=CONTEXT_CACHE_SIZE)
         self.stale = True
 
     def replace(self, tools: list[Any]) -> None:
         self._tools = {t["name"]: t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)}
+        self._contexts.clear()
         self.stale = False
 
     def merge(self, tools: list[Any]) -> None:
         """One page of a paginated tools/list."""
-        self._tools.update({t["name"]: t for t in tools
-                            if isinstance(t, Mapping) and isinstance(t.get("name"), str)})
+        page = {t["name"]: t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)}
+        self._tools.update(page)
+        for name in page:
+            self._contexts.pop(name, None)
+
+    def call_context(self, name: str) -> dict[str, Any]:
+        """call_context of the tool as last listed (of None when it is not listed), remembered per tool until it
+        is listed again; a copy each time, so that no caller changes what the next call is decided with."""
+        tool = self._tools.get(name)
+        if tool is None:
+            return call_context(None)
+        found = self._contexts.get(name)
+        if found is None:
+            found = self._contexts[name] = call_context(tool)
+        return {**found, "annotations": dict(found["annotations"])}
 
     def get(self, name: str) -> Mapping[str, Any] | None:
         return self._tools.get(name)

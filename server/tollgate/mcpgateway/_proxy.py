@@ -288,8 +288,10 @@ class Proxy:
         # The arguments decided on are the ones forwarded: both come from the request as it arrived.
         raw_arguments = (ctx.params or {}).get("arguments")
         arguments: Mapping[str, Any] = raw_arguments if isinstance(raw_arguments, Mapping) else {}
-        decision = await self._gate.decide_call(params.name, arguments,
-                                                tool=call_context(await self._definition(params.name)))
+        # None when the upstream does not list it, or listing it afresh failed: then no pin matches (fail closed).
+        listed = await self._definition(params.name) is not None
+        context = self._tools.call_context(params.name) if listed else call_context(None)
+        decision = await self._gate.decide_call(params.name, arguments, tool=context)
         if decision.allowed:
             return await self._forward(ctx)
         tool = f"{self._gate.settings.server_name}/{params.name}"

@@ -544,7 +544,8 @@ class RemoteEngineActivator(BundleActivator):
         now, was = self._clock.now(), self.healthy
         self.healthy = await self._engine.healthy()
         if not self.healthy:
-            failure = Failure(now, f"OPA at {self._engine.target.url} is not healthy (GET /health?bundles)", "download")
+            failure = Failure(now, f"OPA at {self._engine.target.url} is not healthy (GET /health?bundles: "
+                                   f"{self._engine.unhealthy})", "download")
             if was or self._status.last_error is None:
                 log.error("remote OPA: %s; requests are denied (engine_error) while it cannot answer", failure.message)
             self._status = replace(self._status, state=SourceState.ERROR, last_error=failure, last_poll=now)

@@ -24,6 +24,7 @@ from tollgate.sidecar._config_files import BUNDLE_HEADERS as _BUNDLE_HEADERS
 from tollgate.sidecar._config_files import ConfigError as ConfigError  # re-exported: every caller imports it from here
 from tollgate.sidecar._config_files import read_headers as _read_headers
 from tollgate.sidecar._config_files import read_secret as _read_secret
+from tollgate.sidecar._engine_config import EngineSettings
 
 if TYPE_CHECKING:
     from tollgate.decisionlog._checkpoint import CheckpointKey
@@ -38,8 +39,9 @@ def default_bundle() -> str:
 
 
 @dataclass(frozen=True)
-class ServeConfig:
-    """Everything `tollgate serve` needs. Keys in the YAML file are these names (dashes also accepted)."""
+class ServeConfig(EngineSettings):
+    """Everything `tollgate serve` needs. Keys in the YAML file are these names (dashes also accepted); the engine's
+    are in EngineSettings (sidecar/_engine_config.py)."""
 
     #: gRPC address: HOST:PORT (port 0 picks a free one) or unix:PATH.
     listen: str = "127.0.0.1:50051"
@@ -74,8 +76,6 @@ class ServeConfig:
     require_signatures: bool = False
     #: Prometheus metrics endpoint, HOST:PORT (GET /metrics); "" turns it off.
     metrics_listen: str = ""
-    #: "embedded" (the bundle in worker processes), or an OPA server holding the bundle itself: opa+http(s)://H:P.
-    engine: str = "embedded"
     #: The policy document evaluated for every request.
     entrypoint: str = "tollgate/decision"
     #: Deadline for one policy evaluation, in milliseconds; past it the answer is DENY (deadline_exceeded).
@@ -221,8 +221,7 @@ class ServeConfig:
     accept_log_tamper: bool = False
 
     def validate(self) -> ServeConfig:
-        if self.engine != "embedded" and not self.engine.startswith(("opa+http://", "opa+https://")):
-            raise ConfigError(f"engine: 'embedded', opa+http://HOST:PORT or opa+https://HOST:PORT, not {self.engine!r}")
+        self._validate_engine()
         if self.eval_timeout_ms <= 0:
             raise ConfigError("eval_timeout_ms: must be greater than 0")
         if self.workers < 0:

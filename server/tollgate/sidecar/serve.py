@@ -208,12 +208,9 @@ def _activator(config: ServeConfig, slot: EngineSlot, metrics: Metrics, manager:
     engine_config = EngineConfig(entrypoint=config.entrypoint, workers=config.workers,
                                  eval_timeout=config.eval_timeout_ms / 1000, on_restart=metrics.engine_worker_restarted)
     if config.engine != "embedded":  # the bundle lives in the remote OPA; readiness follows its health
-        from tollgate.engine._remote import RemoteOpaEngine, parse_target
-
         try:
-            engine = RemoteOpaEngine(parse_target(config.engine), entrypoint=config.entrypoint,
-                                     eval_timeout=engine_config.eval_timeout)
-        except ValueError as exc:
+            engine = config.remote_engine(entrypoint=config.entrypoint, eval_timeout=engine_config.eval_timeout)
+        except ConfigError as exc:
             raise SystemExit(f"tollgate serve: {exc}") from exc
         return RemoteEngineActivator(engine, slot, poll_interval=min(config.bundle_poll, 5.0), listeners=(on_bundle,),
                                      clock=clock)
