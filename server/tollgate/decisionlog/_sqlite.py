@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import queue
 import sqlite3
@@ -19,11 +18,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from tollgate.decisionlog._record import DecisionRecord
 from tollgate.decisionlog._sqlite_store import SqliteDecisionStore
-from tollgate.encoding import canonical_json
+from tollgate.encoding import canonical_json, canonical_json_with
 from tollgate.state import private_file
 
 log = logging.getLogger(__name__)
@@ -89,16 +88,6 @@ class LogConfig:
     max_batch: int = 512
     #: Requests waiting for a commit at once; Authorize waits for room rather than queueing without bound.
     max_pending: int = 8192
-
-
-def canonical_json_with(value: dict[str, Any], key: str, value_json: str) -> str:
-    """canonical_json(value | {key: v}) where value_json is already canonical_json(v); value lacks key."""
-    before = canonical_json({k: v for k, v in value.items() if k < key})
-    after = canonical_json({k: v for k, v in value.items() if k > key})
-    middle = f"{json.dumps(key)}:{value_json}"
-    head = before[:-1] + "," if len(before) > 2 else "{"
-    tail = "," + after[1:] if len(after) > 2 else "}"
-    return head + middle + tail
 
 
 def record_hash(prev_hash: str, record_json: str) -> str:
