@@ -95,6 +95,9 @@ class _Point:
     x: int
 
 
+_SHARED_NAN = float("nan")  # one object in two places: marshal writes it once, then a reference to it
+
+
 def _cycle() -> list[Any]:
     looped: list[Any] = []
     looped.append(looped)
@@ -114,7 +117,7 @@ def _nested(depth: int) -> Any:
     "\ud800", "a\udfffb", "\x00\x1f\x7f\u2028\u2029", "é\U0001F600\uffff",
     {1: "int key"}, {None: 1}, {True: 1}, {1.5: 2}, {"a": 1, 2: "mixed"},
     {"\U0001F600": 1, "\uffff": 2, "Z": 3, "é": 4},
-    float("nan"), float("inf"), -float("inf"), {"deep": [{"x": float("nan")}]},
+    float("nan"), float("inf"), -float("inf"), {"deep": [{"x": float("nan")}]}, [_SHARED_NAN, {"again": _SHARED_NAN}],
     (1, "tuple"), OrderedDict(b=1, a=2), _Level.HIGH, _Name.ADA, _Colour.RED, uuid.UUID(int=7), _Point(1),
     datetime(2026, 1, 1, tzinfo=UTC), {1, 2}, b"bytes", _nested(300), _cycle(),
 ], ids=[
@@ -122,7 +125,7 @@ def _nested(depth: int) -> Any:
     "minus-zero", "0.1", "int64-max", "2**63", "uint64-max", "2**64", "int64-min", "below-int64-min", "10**30",
     "lone-high-surrogate", "lone-low-surrogate", "controls-and-separators", "non-ascii",
     "int-key", "none-key", "bool-key", "float-key", "mixed-keys", "key-order-past-the-bmp",
-    "nan", "inf", "minus-inf", "nested-nan",
+    "nan", "inf", "minus-inf", "nested-nan", "one-nan-object-twice",
     "tuple", "ordered-dict", "int-enum", "str-enum", "plain-enum", "uuid", "dataclass", "datetime", "set", "bytes",
     "300-deep", "cycle",
 ])
