@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import bench_request  # the request tools/bench.py sends
+from benchkit.wire import bench_request  # the request tools/bench.py sends
 
 from tollgate.api._authorization import AuthorizationServicer, RequestLimits
 from tollgate.api._convert import to_decision_request, to_response

@@ -117,6 +117,50 @@ def test_a_full_disk_says_the_disk_is_full_and_the_log_recovers_when_there_is_ro
     assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
 
 
+def test_appends_past_max_pending_wait_for_room_and_all_commit(tmp_path: Path) -> None:
+    log = DecisionLog(LogConfig(path=tmp_path / "d.db", max_pending=3, max_batch=2))
+    most = 0
+
+    async def scenario() -> None:
+        nonlocal most
+        log.start(asyncio.get_running_loop())
+        appends = [asyncio.ensure_future(log.append(_record(i))) for i in range(60)]
+        while not all(a.done() for a in appends):
+            most = max(most, log._pending)
+            await asyncio.sleep(0)
+        await asyncio.gather(*appends)
+
+    asyncio.run(scenario())
+    log.close()
+    assert log.records == 60 and most <= 3
+    assert sqlite3.connect(tmp_path / "d.db").execute("SELECT count(*) FROM decisions").fetchone()[0] == 60
+
+
+def test_an_append_cancelled_while_waiting_for_room_passes_the_room_on(tmp_path: Path) -> None:
+    log = DecisionLog(LogConfig(path=tmp_path / "d.db", max_pending=1))
+
+    async def scenario() -> None:
+        log.start(asyncio.get_running_loop())
+        log._pending = 1  # the only room is taken
+        waiting = asyncio.ensure_future(log.append(_record(1)))
+        doomed = asyncio.ensure_future(log.append(_record(2)))
+        after = asyncio.ensure_future(log.append(_record(3)))
+        await asyncio.sleep(0)
+        waiting.cancel()  # cancelled while it waits: it takes no room
+        await asyncio.sleep(0)
+        log._pending = 0  # the room comes back and is given to doomed, which is cancelled before it runs
+        log._let_in()
+        doomed.cancel()
+        await asyncio.wait_for(after, 10)
+        for cancelled in (waiting, doomed):
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+
+    asyncio.run(scenario())
+    log.close()
+    assert log.records == 1
+
+
 def test_synchronous_setting_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         DecisionLog(LogConfig(path=tmp_path / "d.db", synchronous="off"))
@@ -129,7 +173,7 @@ def test_synchronous_setting_is_validated(tmp_path: Path) -> None:
     {},
 ], ids=["keys-both-sides", "only-after", "only-before", "empty"])
 def test_spliced_canonical_json_equals_a_full_serialisation(record: dict[str, Any]) -> None:
-    from tollgate.decisionlog._sqlite import canonical_json_with
+    from tollgate.encoding import canonical_json_with
 
     value = {"kind": "tool", "nested": {"b": 1, "a": [1.5, "x"]}}
     assert canonical_json_with(record, "input", canonical_json(value)) == canonical_json({**record, "input": value})

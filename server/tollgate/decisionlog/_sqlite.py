@@ -3,15 +3,17 @@
 Requests append records from the event loop; one writer thread takes everything queued since its last
 commit, inserts it in one transaction, commits (an fsync of the WAL with synchronous=FULL), and only
 then resolves the requests' futures. Concurrent requests therefore share one fsync, so durability costs
-latency (one commit) but not throughput.
+latency (one commit) but not throughput. The writer commits as soon as it has anything (an idle log adds no
+wait) and takes whatever queued meanwhile into the next commit (a busy one batches by itself); per commit it
+makes one executemany and wakes the loop once, which resolves every future of the group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
-import json
 import logging
 import queue
 import sqlite3
@@ -19,11 +21,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from tollgate.decisionlog._record import DecisionRecord
 from tollgate.decisionlog._sqlite_store import SqliteDecisionStore
-from tollgate.encoding import canonical_json
+from tollgate.encoding import canonical_json, canonical_json_with
 from tollgate.state import private_file
 
 log = logging.getLogger(__name__)
@@ -91,18 +93,9 @@ class LogConfig:
     max_pending: int = 8192
 
 
-def canonical_json_with(value: dict[str, Any], key: str, value_json: str) -> str:
-    """canonical_json(value | {key: v}) where value_json is already canonical_json(v); value lacks key."""
-    before = canonical_json({k: v for k, v in value.items() if k < key})
-    after = canonical_json({k: v for k, v in value.items() if k > key})
-    middle = f"{json.dumps(key)}:{value_json}"
-    head = before[:-1] + "," if len(before) > 2 else "{"
-    tail = "," + after[1:] if len(after) > 2 else "}"
-    return head + middle + tail
-
-
 def record_hash(prev_hash: str, record_json: str) -> str:
-    return hashlib.sha256(prev_hash.encode() + b"\n" + record_json.encode()).hexdigest()
+    """sha256 of prev_hash, a newline, and the record's canonical JSON (UTF-8): one link of the chain."""
+    return hashlib.sha256(f"{prev_hash}\n{record_json}".encode()).hexdigest()
 
 
 class DecisionLog:
@@ -114,7 +107,10 @@ class DecisionLog:
         self._config = config
         self._observer = observer
         self._queue: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
-        self._room = threading.BoundedSemaphore(config.max_pending)
+        # Records appended and not yet resolved, and the appends waiting for room: both kept on the loop's thread
+        # only (append and _committed run there), so bounding the queue costs the writer nothing.
+        self._pending = 0
+        self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers = threading.local()
@@ -150,11 +146,19 @@ class DecisionLog:
         input_json, when given, is canonical_json(record.input) already made for the engine; the
         writer reuses it instead of serialising the input a second time.
         """
-        if self._thread is None or self._loop is None:
+        loop = self._loop
+        if self._thread is None or loop is None:
             raise DecisionLogError("decision log is not running")
-        future: asyncio.Future[None] = self._loop.create_future()
-        if not self._room.acquire(blocking=False):
-            await self._loop.run_in_executor(None, self._room.acquire)
+        while self._pending >= self._config.max_pending:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._let_in()  # had it been let in, the room it was given goes to the next one waiting
+                raise
+        self._pending += 1
+        future: asyncio.Future[None] = loop.create_future()
         self._queue.put((record, input_json, future))
         await future
 
@@ -182,10 +186,22 @@ class DecisionLog:
             except BaseException as exc:  # a disk error must reach every waiting request
                 log.exception("decision log: commit failed")
                 error = exc
-            futures = [f for _, _, f in batch]
-            for _ in batch:
-                self._room.release()
-            self._loop.call_soon_threadsafe(_resolve, futures, error)
+            self._loop.call_soon_threadsafe(self._committed, [f for _, _, f in batch], error)
+
+    def _committed(self, futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+        """On the loop: a group is written (or failed); answer its appends and let as many waiting ones in."""
+        self._pending -= len(futures)
+        _resolve(futures, error)
+        self._let_in()
+
+    def _let_in(self) -> None:
+        """Wake as many appends waiting for room as there is room (each checks again when it runs)."""
+        room = self._config.max_pending - self._pending
+        while room > 0 and self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():  # an append cancelled while it waited takes no room
+                waiter.set_result(None)
+                room -= 1
 
     def _write(self, batch: list[_Entry]) -> None:
         rows = []
