@@ -24,22 +24,26 @@ credential := concat("|", [
 	`(?i:\b(?P<keep>[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+(?P<tail>@))`,
 ])
 
-# The words every pattern above needs, lower-cased. Most texts hold no credential: a few substring searches
-# over a document's JSON say so far faster than a regular expression per value (secrets_test holds every
-# example to them).
+# The words every pattern above needs, lower-cased. Most texts hold no credential: one search for any of them
+# over a document's JSON says so far faster than a regular expression per value (secrets_test holds every
+# example to them). Each is literal text, no regular-expression syntax (secrets_test checks), so that
+# needle_pattern finds exactly the texts that contain one.
 needles := [
 	"bearer", "basic", "private key", "akia", "asia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
 	"xox", "sk-", "eyj", "://",
 ]
 
 # METADATA
+# title: needle_pattern
+# description: >-
+#   A regular expression matching any of the needles: one builtin call instead of an evaluation step per
+#   needle (iterating 15 needles costs more than the rest of the finding on a text that holds none).
+needle_pattern := concat("|", needles)
+
+# METADATA
 # title: may_hold_credential
 # description: Whether document's JSON holds a word some credential pattern needs (when not, none is there).
-may_hold_credential(document) if {
-	text := lower(json.marshal(document))
-	some needle in needles
-	contains(text, needle)
-}
+may_hold_credential(document) if regex.match(needle_pattern, lower(json.marshal(document)))
 
 # METADATA
 # title: holds_credential
