@@ -24,26 +24,22 @@ credential := concat("|", [
 	`(?i:\b(?P<keep>[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+(?P<tail>@))`,
 ])
 
-# The words every pattern above needs, lower-cased. Most texts hold no credential: one search for any of them
-# over a document's JSON says so far faster than a regular expression per value (secrets_test holds every
-# example to them). Each is literal text, no regular-expression syntax (secrets_test checks), so that
-# needle_pattern finds exactly the texts that contain one.
+# The words every pattern above needs, lower-cased. Most texts hold no credential: a few substring searches
+# over a document's JSON say so far faster than a regular expression per value (secrets_test holds every
+# example to them).
 needles := [
 	"bearer", "basic", "private key", "akia", "asia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
 	"xox", "sk-", "eyj", "://",
 ]
 
 # METADATA
-# title: needle_pattern
-# description: >-
-#   A regular expression matching any of the needles: one builtin call instead of an evaluation step per
-#   needle (iterating 15 needles costs more than the rest of the finding on a text that holds none).
-needle_pattern := concat("|", needles)
-
-# METADATA
 # title: may_hold_credential
 # description: Whether document's JSON holds a word some credential pattern needs (when not, none is there).
-may_hold_credential(document) if regex.match(needle_pattern, lower(json.marshal(document)))
+may_hold_credential(document) if {
+	text := lower(json.marshal(document))
+	some needle in needles
+	contains(text, needle)
+}
 
 # METADATA
 # title: holds_credential
@@ -97,10 +93,24 @@ _texts[where] := text if {
 require_approval contains {"code": "credential_in_arguments", "message": message} if {
 	input.kind == "tool"
 	tools.permitted
-	may_hold_credential([tools.call_arguments, object.get(input, ["tool", "resources"], [])])
+	_may_hold_credential_text
 	found := {where | some where, text in _texts; holds_credential(text)}
 	count(found) > 0
 	message := sprintf("tool %q: %s holds a credential (a token, key or password): a person must see it first", [
 		tools.tool_id, concat(", ", sort(found)),
 	])
 }
+
+_judged := [tools.call_arguments, object.get(input, ["tool", "resources"], [])]
+
+# A shell command or SQL statement may hold any credential: look for every needle.
+_may_hold_credential_text if {
+	_command_kinds[tools.entry.arguments.kind]
+	may_hold_credential(_judged)
+}
+
+# Any other call is judged on its URLs alone (_texts), and each holds "://": one substring search says whether
+# there is one (most calls carry none), rather than a search per needle.
+_may_hold_credential_text if contains(json.marshal(_judged), "://")
+
+_command_kinds := {"shell", "sql"}
