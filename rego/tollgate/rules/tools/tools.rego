@@ -63,10 +63,9 @@ permitted if {
 # before negating, so an undefined ref would make a deny rule silently fail.
 _in_manifest if tool_id in agent.manifest.tools
 
-# Set lookups rather than `in`: a ground key into a set is one step.
-_valid_effect if _effects[entry.effect]
+_valid_effect if entry.effect in _effects
 
-_valid_argument_kind if _argument_kinds[entry.arguments.kind]
+_valid_argument_kind if entry.arguments.kind in _argument_kinds
 
 _invalid_argument_kind if {
 	entry.arguments
