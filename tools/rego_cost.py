@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 
-from tollgate.bundle import load_bundle
+from tollgate.bundle import DataLimits, load_bundle
 from tollgate.engine._opa import EmbeddedOpa
 from tollgate.engine._worker import _with_mask
 
@@ -48,8 +48,12 @@ _BATCH = 50
 _PACKAGES = ("agent", "tools", "secrets", "killswitch", "models", "budget")
 
 
+# A fleet of 10,000 manifests is past the server's default bundle limits (raised with --bundle-data-values).
+_FLEET_LIMITS = DataLimits(bytes=1 << 30, values=100_000_000)
+
+
 def _engine(path: Path) -> EmbeddedOpa:
-    bundle = load_bundle(path)
+    bundle = load_bundle(path, size_limit=1 << 30, data_limits=_FLEET_LIMITS)
     engine = EmbeddedOpa(bundle.modules, bundle.data)
     engine.compile()
     return engine
