@@ -36,12 +36,33 @@ default decision := {
 	"obligations": {},
 }
 
-decision := object.union(
-	object.union({"decision": _verdict, "reasons": _reasons, "obligations": _obligations}, _approval_block),
-	_reserve_block,
-)
+# One rule per verdict, so a request builds only its own result (the common allow evaluates no approval block).
+decision := {"decision": "deny", "reasons": [reason | some reason in _denials], "obligations": {}} if {
+	_verdict == "deny"
+}
 
-_known_kind if input.kind in _kinds
+decision := {
+	"decision": "require_approval",
+	"reasons": [reason | some reason in _approval_reasons | _pending],
+	"obligations": models.obligations,
+	"approval": _approval,
+} if {
+	_verdict == "require_approval"
+}
+
+decision := object.union(
+	{"decision": "allow", "reasons": [reason | some reason in _granted], "obligations": models.obligations},
+	_reserve_block,
+) if {
+	_verdict == "allow"
+}
+
+# Equality on input.kind, which OPA's rule index resolves without evaluating the other two rules.
+_known_kind if input.kind == "tool"
+
+_known_kind if input.kind == "model"
+
+_known_kind if input.kind == "budget"
 
 _invalid_request contains {"code": "invalid_request", "message": message} if {
 	not _known_kind
@@ -62,16 +83,17 @@ _rule_denials contains reason if some reason in _invalid_request
 # A rule package's deny or require_approval that is not a set (`deny if ...`, OPA's boolean style) would read as no
 # reasons at all, so the request is denied instead, naming the package (`tollgate check` refuses it too). Each ref
 # names the rule, so no other rule of a package is evaluated; an undefined one is no finding.
+# (type_name rather than `not is_set`: a negation is a query of its own, evaluated once per package.)
 _rule_denials contains _invalid_rule(name, "deny", value) if {
 	some name
 	value := data.tollgate.rules[name].deny
-	not is_set(value)
+	type_name(value) != "set"
 }
 
 _rule_denials contains _invalid_rule(name, "require_approval", value) if {
 	some name
 	value := data.tollgate.rules[name].require_approval
-	not is_set(value)
+	type_name(value) != "set"
 }
 
 _invalid_rule(name, rule, value) := {"code": "invalid_rule", "message": sprintf(
@@ -124,12 +146,6 @@ _verdict := "allow" if {
 	not _needs_approval
 }
 
-_reasons := [reason | some reason in _denials] if _verdict == "deny"
-
-_reasons := [reason | some reason in _approval_reasons | _pending] if _verdict == "require_approval"
-
-_reasons := [reason | some reason in _granted] if _verdict == "allow"
-
 _pending contains {"code": "approval_pending", "message": message} if {
 	_approval_status == "pending"
 	message := sprintf("approval %v is waiting for a decision", [object.get(input.state.approval, "id", "")])
@@ -144,26 +160,12 @@ _granted contains {"code": "approved", "message": message} if {
 	])
 }
 
-_obligations := {} if _verdict == "deny"
-
-_obligations := models.obligations if _verdict != "deny"
-
 # What an allowed request spends, for the server to reserve against the limits (budget.reserve).
 default _reserve_block := {}
 
-_reserve_block := {"reserve": budget.reserve} if {
-	_verdict == "allow"
-	budget.reserve
-}
+_reserve_block := {"reserve": budget.reserve} if budget.reserve
 
-default _approval_block := {}
-
-_approval_block := {"approval": object.union(
-	{"approvers": _approvers, "ttl_seconds": _approval_ttl_seconds},
-	_approval_options,
-)} if {
-	_verdict == "require_approval"
-}
+_approval := object.union({"approvers": _approvers, "ttl_seconds": _approval_ttl_seconds}, _approval_options)
 
 # A quorum (how many distinct approvers) and the requester's say, only where the manifest asks for them: the
 # server's defaults are one approver, and never the user the agent acts for.

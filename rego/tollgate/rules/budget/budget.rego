@@ -63,7 +63,18 @@ deny contains {"code": "budget_request_over_limit", "message": message} if {
 	])
 }
 
-deny contains {"code": "budget_exceeded", "message": message} if {
+# Only budget requests and model calls spend: for a tool call the rule index skips both (input.kind).
+deny contains reason if {
+	input.kind == "budget"
+	some reason in _limit_denials
+}
+
+deny contains reason if {
+	input.kind == "model"
+	some reason in _limit_denials
+}
+
+_limit_denials contains {"code": "budget_exceeded", "message": message} if {
 	some unit, amount in _requested
 	some scope, limits in object.get(agent.manifest, ["budget", "limits"], {})
 	_names_scope(scope)
@@ -75,7 +86,7 @@ deny contains {"code": "budget_exceeded", "message": message} if {
 	])
 }
 
-deny contains {"code": "budget_exceeded", "message": message} if {
+_limit_denials contains {"code": "budget_exceeded", "message": message} if {
 	some unit, amount in _requested
 	some scope, limits in _monthly_limits
 	_names_scope(scope)
@@ -103,7 +114,10 @@ _names_scope(scope) if {
 # estimated cost in usd (when the catalog prices the model) and its tokens.
 default _requested := {}
 
-_requested := {_unit: _amount} if _comparable
+_requested := {_unit: _amount} if {
+	input.kind == "budget"
+	_comparable
+}
 
 _requested := object.union({"tokens": _model_tokens}, _model_cost) if {
 	input.kind == "model"

@@ -92,11 +92,23 @@ _texts[where] := text if {
 #   URL it fetches. The message names where, never the credential.
 require_approval contains {"code": "credential_in_arguments", "message": message} if {
 	input.kind == "tool"
+	_may_carry_texts
 	tools.permitted
-	may_hold_credential([tools.call_arguments, object.get(input, ["tool", "resources"], [])])
+	may_hold_credential(_judged)
 	found := {where | some where, text in _texts; holds_credential(text)}
 	count(found) > 0
 	message := sprintf("tool %q: %s holds a credential (a token, key or password): a person must see it first", [
 		tools.tool_id, concat(", ", sort(found)),
 	])
 }
+
+_judged := [tools.call_arguments, object.get(input, ["tool", "resources"], [])]
+
+# Whether the call can carry a text _texts judges, cheaply, before anything else: a tool whose argument kind
+# names a command or a statement, or a call whose arguments or resources hold "://" (every URL text does).
+# Most calls are neither, and are through here with one substring search instead of one per needle.
+_may_carry_texts if _command_kinds[tools.entry.arguments.kind]
+
+_may_carry_texts if contains(json.marshal(_judged), "://")
+
+_command_kinds := {"shell", "sql"}

@@ -75,19 +75,20 @@ _invalid_argument_kind if {
 # METADATA
 # title: deny
 # description: Reasons to deny the tool call.
+# One rule for every call that is not permitted, so a permitted call is through it at `not permitted`.
 deny contains reason if {
 	input.kind == "tool"
 	not permitted
-	some reason in _admission_denials
+	some reason in _refusals
 }
+
+_refusals := _admission_denials if count(_admission_denials) > 0
 
 # Fail closed: a known agent's call that is not permitted is denied even if no specific
 # reason explains why (that would be a bug in the reasons below).
-deny contains {"code": "policy_incomplete", "message": message} if {
-	input.kind == "tool"
-	not permitted
-	agent.manifest
+_refusals := {{"code": "policy_incomplete", "message": message}} if {
 	count(_admission_denials) == 0
+	agent.manifest
 	message := sprintf("tool call %v is not permitted", [object.get(input, ["tool", "name"], "")])
 }
 
@@ -140,8 +141,14 @@ mcp_tool := input.context.mcp_tool if is_object(input.context.mcp_tool)
 
 # A pinned tool whose definition upstream is not the one reviewed: denied until the catalog's pin
 # is updated (`tollgate mcp-gateway --print-pins` prints the pins). An unpinned tool is not checked.
-deny contains {"code": "tool_definition_changed", "message": message} if {
+# Only a pinned tool is checked: one rule, past which an unpinned tool's call goes at `entry.pin`.
+deny contains reason if {
 	input.kind == "tool"
+	entry.pin
+	some reason in _pin_denials
+}
+
+_pin_denials contains {"code": "tool_definition_changed", "message": message} if {
 	pin := entry.pin
 	object.get(mcp_tool, "pin", pin) != pin
 	message := sprintf("tool %q: its definition upstream (%v) is not the one pinned in the catalog (%v)", [
@@ -150,8 +157,7 @@ deny contains {"code": "tool_definition_changed", "message": message} if {
 }
 
 # A gateway's context that is not an object cannot be checked against the pin: denied.
-deny contains {"code": "tool_definition_changed", "message": message} if {
-	input.kind == "tool"
+_pin_denials contains {"code": "tool_definition_changed", "message": message} if {
 	entry.pin
 	input.context.mcp_tool
 	not mcp_tool
@@ -162,15 +168,17 @@ _seen_pin := "not listed upstream" if object.get(mcp_tool, "pin", "") == ""
 
 _seen_pin := mcp_tool.pin if object.get(mcp_tool, "pin", "") != ""
 
-# Only the rules for this tool's argument kind are evaluated.
+# Only the rules for this tool's argument kind are evaluated (a tool without one is through at its kind).
 deny contains reason if {
 	input.kind == "tool"
+	kind := entry.arguments.kind
 	permitted
-	some reason in data.tollgate.arguments[entry.arguments.kind].deny
+	some reason in data.tollgate.arguments[kind].deny
 }
 
 deny contains reason if {
 	input.kind == "tool"
+	input.tool.resources
 	permitted
 	some reason in filesystem.resource_deny
 }
@@ -187,6 +195,7 @@ require_approval contains {"code": "destructive_action", "message": message} if 
 
 require_approval contains reason if {
 	input.kind == "tool"
+	kind := entry.arguments.kind
 	permitted
-	some reason in data.tollgate.arguments[entry.arguments.kind].require_approval
+	some reason in data.tollgate.arguments[kind].require_approval
 }
