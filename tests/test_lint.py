@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 
 CODE = ["server", "tools/tollgate_cli", "tools/gen_proto.py", "tools/bench.py", "tools/benchkit",
         "tools/bench_fleet.py", "tools/bench_log.py", "tools/bench_path.py",
-        "tools/bench_engine.py", "tools/make_decision_sample.py"]
+        "tools/bench_engine.py", "tools/rego_cost.py", "tools/make_decision_sample.py"]
 
 
 def test_ruff() -> None:
