@@ -18,12 +18,13 @@ from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 SQUATTED = 256
 
 
-def _relay_names() -> list[str]:
-    """The abstract names of the relay's connections, as any local user reads them in /proc/net/unix."""
+def _relay_names(server_pid: int) -> list[str]:
+    """The abstract names of the relay's connections, as any local user reads them in /proc/net/unix: those of the
+    server with that pid only (the tag starts with it), not another test's that runs at the same time."""
     names = []
     for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
         fields = line.split()
-        if len(fields) == 8 and fields[7].startswith("@tollgate-relay."):
+        if len(fields) == 8 and fields[7].startswith(f"@tollgate-relay.{server_pid}."):
             names.append(fields[7][1:])
     return names
 
@@ -52,7 +53,7 @@ def test_names_pre_bound_by_a_local_user_do_not_block_a_connection_through_the_r
     socket_path = tmp_path / "s.sock"  # pytest keeps tmp_path short enough for a socket address
     server = serve(listen=f"unix:{socket_path}")
     assert server.authorize(tool_request()).decision == pb.DECISION_ALLOW  # the server's own channel is relayed
-    seen = _relay_names()
+    seen = _relay_names(server.proc.pid)
     assert seen, "no relayed connection is listed in /proc/net/unix"
     tag = seen[0].split("/")[0]
     # What the squatter predicts: this relay's tag, this client's uid, gid and pid, and the next counter values.
