@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -496,9 +497,12 @@ def test_a_few_thousand_records_replay_in_seconds(tmp_path: Path) -> None:
     lines = SAMPLE.read_text().splitlines()
     path = tmp_path / "many.jsonl"
     path.write_text("\n".join(lines * (5000 // len(lines) + 1)) + "\n")
+    cpu = time.process_time()
     report = _replay(read_jsonl(path, Window(limit=5000)), REGO)
     assert report.replayed == 5000
-    assert report.seconds < 20  # ~3 s on the 2-core CI machine
+    # The bound is on CPU seconds (the engine runs in this process), not on wall time: ~3 s on the 2-core CI
+    # machine, whatever else it runs at once (the suite runs in parallel).
+    assert time.process_time() - cpu < 20
 
 
 def test_readme_replay_example_is_what_replay_prints(tmp_path: Path) -> None:
