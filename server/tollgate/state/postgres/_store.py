@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,36 @@ class BoundedConnection(psycopg.AsyncConnection[Any]):
             raise psycopg.OperationalError(f"the store did not answer within {self.bound:g}s") from exc
 
 
+#: Seconds a pooled connection may sit idle and still be handed out unchecked.
+IDLE_CHECK_SECONDS = 5.0
+
+
+async def _returned(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's reset callback: when the connection came back (what _check_idle reads)."""
+    conn._tollgate_returned = time.monotonic()  # type: ignore[attr-defined]
+
+
+async def _check_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's check on checkout, only for a connection idle past IDLE_CHECK_SECONDS.
+
+    psycopg_pool's check_connection costs a round trip on every checkout: 7 waits on the server per budget step
+    instead of 6 (the transaction's BEGIN, its statements and COMMIT; tools/bench_budget_step.py), and the
+    server's CPU for an empty statement, on the one connection the step holds while its scopes wait.
+
+    A connection in steady use was answered a moment ago; if it died since (the store restarted), the step's
+    first statement fails, the store turns that into StateError (DENY state_unavailable, as any outage), and
+    the pool discards the broken connection when it comes back, so the next checkout connects again. What
+    skipping the check costs: after a restart, a request per connection used within IDLE_CHECK_SECONDS may
+    fail once more; those around the outage fail anyway. A connection idle longer (a quiet sidecar; one a
+    proxy or firewall may have dropped silently) is checked as before, so the first request after a quiet
+    spell does not find a dead one.
+    """
+    returned = getattr(conn, "_tollgate_returned", None)
+    if returned is not None and time.monotonic() - returned < IDLE_CHECK_SECONDS:
+        return
+    await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+
 class PgStore:
     """One process's pool onto the shared store, and the per-component schema versions."""
 
@@ -121,8 +152,8 @@ class PgStore:
             options.url, kwargs=kwargs, min_size=options.min_connections, max_size=options.max_connections,
             connection_class=self.connection_class,
             open=False, timeout=options.timeout, name="tollgate-state",
-            # A connection broken while the store was down is found and replaced before it is handed out.
-            check=psycopg_pool.AsyncConnectionPool.check_connection,
+            # A connection idle for a while is checked before it is handed out; one in steady use is not.
+            check=_check_idle, reset=_returned,
             # While the store is down, requests fail at the timeout. The pool's retries back off (1 s, doubling)
             # within one attempt: a short attempt keeps that backoff short, and the next request that finds no
             # connection starts a new attempt at once, so spending resumes within seconds of the store's return.
