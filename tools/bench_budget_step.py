@@ -79,6 +79,43 @@ async def compare(cases: dict[str, Any], args: argparse.Namespace) -> None:
                   f"round trips/step {trips[name] / len(times[name]):4.1f}", flush=True)
 
 
+async def burst(args: argparse.Namespace) -> None:
+    """args.burst steps of one session at once on SQLite, each holding its step args.hold_ms (an evaluation),
+    unbounded and in this tree's bounded line (64 waiting, 2 s): p50/p99 of the answers and how many were
+    refused (ScopeOverloaded: DENY scope_overloaded)."""
+    try:
+        from tollgate.state._local import ScopeOverloaded
+    except ImportError:  # an older tree: no bound to show
+        return
+    from tollgate.state import ScopeLocks
+
+    async def one(ledger: Any, times: list[float], refused: list[int]) -> None:
+        started = time.perf_counter()
+        try:
+            async with ledger.hold(scopes("burst")) as hold:
+                await hold.spend()
+                await asyncio.sleep(args.hold_ms / 1000)
+                await hold.reserve({"usd": 1e-6}, limits=LIMITS)
+        except ScopeOverloaded:
+            refused.append(1)
+        times.append((time.perf_counter() - started) * 1000)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = StateStore(Path(tmp) / "state.db")
+        try:
+            for name, locks in (("unbounded", ScopeLocks()), ("bounded 64, 2 s", ScopeLocks(max_waiting=64,
+                                                                                              max_wait=2.0))):
+                ledger = LocalBudgets(Budgets(store, ttl=900, clock=SystemClock()), locks=locks)
+                times: list[float] = []
+                refused: list[int] = []
+                await asyncio.gather(*(one(ledger, times, refused) for _ in range(args.burst)))
+                times.sort()
+                print(f"sqlite burst of {args.burst} on one session ({name:16s}) p50 {statistics.median(times):7.1f} "
+                      f"ms  p99 {times[int(len(times) * 0.99) - 1]:7.1f} ms  refused {len(refused)}", flush=True)
+        finally:
+            store.close()
+
+
 async def sqlite(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = StateStore(Path(tmp) / "state.db")
@@ -110,7 +147,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--unreported", type=int, default=2000)
     parser.add_argument("--pg-url", default="")
+    parser.add_argument("--burst", type=int, default=128, help="steps of one session at once (0: skip)")
+    parser.add_argument("--hold-ms", type=float, default=10.0, help="how long each burst step holds its scope")
     args = parser.parse_args()
+    if args.burst:
+        asyncio.run(burst(args))
     asyncio.run(sqlite(args))
     if args.pg_url:
         asyncio.run(postgres(args, args.pg_url))

@@ -117,7 +117,9 @@ class ServeConfig:
     reservation_ttl: float = 900.0
     #: Budget requests of one scope value (a session, agent, team, workflow) that may wait in line at this
     #: sidecar behind the one being decided; past it, or past state_store_timeout of waiting, DENY scope_overloaded.
-    budget_line: int = 64
+    #: The wait is the bound that answers a hot session quickly; this one caps the line's length (a burst of 200
+    #: requests of one session is decided whole: tests/e2e/test_budgets.py).
+    budget_line: int = 256
     #: Where budgets, approvals, kill switches and the fleet registry live: "" is SQLite in data_dir (one
     #: sidecar); a postgresql://USER@HOST:PORT/DB URL is the store a fleet shares (libpq's query parameters, such
     #: as ?sslmode=verify-full, pass through; PGPASSFILE works as with psql).
