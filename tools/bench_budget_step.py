@@ -81,7 +81,7 @@ async def compare(cases: dict[str, Any], args: argparse.Namespace) -> None:
 
 async def burst(args: argparse.Namespace) -> None:
     """args.burst steps of one session at once on SQLite, each holding its step args.hold_ms (an evaluation),
-    unbounded and in this tree's bounded line (64 waiting, 2 s): p50/p99 of the answers and how many were
+    unbounded, in the sidecar's default line (256 waiting, state_store_timeout 2 s) and in a shorter one: p50/p99 of the answers and how many were
     refused (ScopeOverloaded: DENY scope_overloaded)."""
     try:
         from tollgate.state._local import ScopeOverloaded
@@ -103,8 +103,9 @@ async def burst(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = StateStore(Path(tmp) / "state.db")
         try:
-            for name, locks in (("unbounded", ScopeLocks()), ("bounded 64, 2 s", ScopeLocks(max_waiting=64,
-                                                                                              max_wait=2.0))):
+            for name, locks in (("unbounded", ScopeLocks()),
+                                ("default 256, 2 s", ScopeLocks(max_waiting=256, max_wait=2.0)),
+                                ("bounded 64, 2 s", ScopeLocks(max_waiting=64, max_wait=2.0))):
                 ledger = LocalBudgets(Budgets(store, ttl=900, clock=SystemClock()), locks=locks)
                 times: list[float] = []
                 refused: list[int] = []
