@@ -81,8 +81,8 @@ async def compare(cases: dict[str, Any], args: argparse.Namespace) -> None:
 
 async def burst(args: argparse.Namespace) -> None:
     """args.burst steps of one session at once on SQLite, each holding its step args.hold_ms (an evaluation),
-    unbounded, in the sidecar's default line (256 waiting, state_store_timeout 2 s) and in a shorter one: p50/p99 of the answers and how many were
-    refused (ScopeOverloaded: DENY scope_overloaded)."""
+    unbounded, in the sidecar's default line (256 waiting, state_store_timeout 2 s) and in a shorter one: p50/p99
+    of the answers and how many were refused (ScopeOverloaded: DENY scope_overloaded)."""
     try:
         from tollgate.state._local import ScopeOverloaded
     except ImportError:  # an older tree: no bound to show
