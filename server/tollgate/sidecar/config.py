@@ -115,10 +115,8 @@ class ServeConfig:
     notification_max_attempts: int = 12
     #: How long a budget reservation holds its amount when no usage is reported, in seconds.
     reservation_ttl: float = 900.0
-    #: Budget requests of one scope value (a session, agent, team, workflow) that may wait in line at this
-    #: sidecar behind the one being decided; past it, or past state_store_timeout of waiting, DENY scope_overloaded.
-    #: The wait is the bound that answers a hot session quickly; this one caps the line's length (a burst of 200
-    #: requests of one session is decided whole: tests/e2e/test_budgets.py).
+    #: Budget requests of one scope that may wait at this sidecar (past it, or after state_store_timeout in line,
+    #: DENY scope_overloaded); 256, so that a burst of 200 of one session is decided whole (tests/e2e).
     budget_line: int = 256
     #: Where budgets, approvals, kill switches and the fleet registry live: "" is SQLite in data_dir (one
     #: sidecar); a postgresql://USER@HOST:PORT/DB URL is the store a fleet shares (libpq's query parameters, such
