@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from tollgate.contract import ALLOW, DENY, STATE_UNAVAILABLE, PolicyResult, Reason, state_unavailable
 from tollgate.state import SpendHold, SpendLedger, StateError
+from tollgate.state._local import ScopeOverloaded
 from tollgate.state.budgets import BudgetExceeded, LedgerInvalid, SpendSnapshot, principal_scopes
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ BUDGET_EXCEEDED = "budget_exceeded"
 #: scope fails closed until an operator repairs it. A store that cannot be reached or answered in time is
 #: state_unavailable instead (contract.STATE_UNAVAILABLE): the store is down, not the scope's rows wrong.
 BUDGET_UNAVAILABLE = "budget_unavailable"
+#: Reason code when the request's scope already has a full line of budget steps waiting at this sidecar, or it
+#: waited in line past state_store_timeout (state/_local.py ScopeLocks): denied at once rather than queued.
+SCOPE_OVERLOADED = "scope_overloaded"
 #: What a spending request is told when the store cannot give its step, its spend or its reservation (the
 #: details go to the record's error and the log, never to the caller).
 LEDGER_DOWN = state_unavailable("the spend ledger (spending requests are denied until the state store answers)")
@@ -106,6 +110,8 @@ class _Step:
         self.stack = AsyncExitStack()
         self.hold: SpendHold | None = None
         self.error = ""
+        #: The DENY's reason code and message when the step could not be taken (error says why).
+        self.code, self.refusal = STATE_UNAVAILABLE, LEDGER_DOWN.message
         self.ended = False
 
     async def end(self) -> str:
@@ -146,6 +152,10 @@ class BudgetGuard:
         step = _Step()
         try:
             step.hold = await step.stack.enter_async_context(self.budgets.hold(principal_scopes(principal)))
+        except ScopeOverloaded as exc:  # its scope's line is full: DENY scope_overloaded, at once
+            log.warning("budgets: %s", exc)
+            step.error, step.code = str(exc), SCOPE_OVERLOADED
+            step.refusal = f"{exc}; this request is denied, retry it later"
         except StateError as exc:  # the store cannot give the step: view() and settle() deny, nothing raises
             log.error("budgets: %s", exc)
             step.error = str(exc)
@@ -176,7 +186,7 @@ class BudgetGuard:
                 async with self.budgets.hold(principal_scopes(principal)) as hold:
                     return SpendView(await hold.spend())
             if step.hold is None:
-                return SpendView(SpendSnapshot({}, {}), error=step.error, refusal=LEDGER_DOWN.message)
+                return SpendView(SpendSnapshot({}, {}), error=step.error, refusal=step.refusal, code=step.code)
             return SpendView(await step.hold.spend())
         except LedgerInvalid as exc:
             log.error("budgets: %s", exc)
@@ -205,7 +215,7 @@ class BudgetGuard:
                 log.error("budgets: %s", exc)
                 return _down(str(exc))
         elif step.hold is None:  # the step could not be taken; view() said so, unless the caller made the view up
-            settled = _down(step.error or "no budget step was taken")
+            settled = _deny(step.code, step.refusal, step.error or "no budget step was taken")
         else:
             settled = await _reserve(step.hold, plan, result, decision_id=decision_id, requested_by=requested_by)
         if step is None:

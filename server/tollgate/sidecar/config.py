@@ -115,6 +115,9 @@ class ServeConfig(EngineSettings):
     notification_max_attempts: int = 12
     #: How long a budget reservation holds its amount when no usage is reported, in seconds.
     reservation_ttl: float = 900.0
+    #: Budget requests of one scope that may wait at this sidecar (past it, or after state_store_timeout in line,
+    #: DENY scope_overloaded); 256, so that a burst of 200 of one session is decided whole (tests/e2e).
+    budget_line: int = 256
     #: Where budgets, approvals, kill switches and the fleet registry live: "" is SQLite in data_dir (one
     #: sidecar); a postgresql://USER@HOST:PORT/DB URL is the store a fleet shares (libpq's query parameters, such
     #: as ?sslmode=verify-full, pass through; PGPASSFILE works as with psql).
@@ -241,6 +244,8 @@ class ServeConfig(EngineSettings):
             raise ConfigError("max_concurrent_streams: must be 1 or more")
         if self.reservation_ttl <= 0:
             raise ConfigError("reservation_ttl: must be greater than 0 seconds")
+        if self.budget_line < 1:
+            raise ConfigError("budget_line: must be 1 or more")
         if self.bundle_poll <= 0:
             raise ConfigError("bundle_poll: must be greater than 0 seconds")
         if self.bundle_timeout <= 0:

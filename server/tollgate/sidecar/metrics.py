@@ -34,7 +34,7 @@ from tollgate.contract import (
     STATE_STALE,
     STATE_UNAVAILABLE,
 )
-from tollgate.decision import BUDGET_EXCEEDED, BUDGET_UNAVAILABLE
+from tollgate.decision import BUDGET_EXCEEDED, BUDGET_UNAVAILABLE, SCOPE_OVERLOADED
 from tollgate.encoding import format_time
 from tollgate.engine import RESTART_REASONS
 from tollgate.identity import CALLER_UNAUTHENTICATED, PRINCIPAL_MISMATCH
@@ -58,7 +58,7 @@ _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: The reason codes of the server's own DENYs (its rules and fail-closed paths), counted by name from the start.
 SERVER_REASON_CODES = frozenset({
     NO_BUNDLE, ENGINE_ERROR, POLICY_CONTRACT, DEADLINE_EXCEEDED, KILLED, EXPORT_LAG, PRINCIPAL_MISMATCH,
-    CALLER_UNAUTHENTICATED, BUDGET_EXCEEDED, BUDGET_UNAVAILABLE, STATE_UNAVAILABLE, STATE_STALE,
+    CALLER_UNAUTHENTICATED, BUDGET_EXCEEDED, BUDGET_UNAVAILABLE, SCOPE_OVERLOADED, STATE_UNAVAILABLE, STATE_STALE,
     "approval_denied", "approval_expired", "approval_used", "approval_mismatch", "approval_pending",
 })
 

@@ -151,7 +151,7 @@ def _open_sqlite(config: ServeConfig, clock: Clock) -> SidecarState:
     from tollgate.state._toolresults import LocalToolResults
 
     local = open_local_state(Path(config.data_dir), clock=clock, approver_groups=config.approver_groups,
-                             reservation_ttl=config.reservation_ttl)
+                             reservation_ttl=config.reservation_ttl, line=_line(config))
 
     async def close() -> None:
         local.close()
@@ -204,7 +204,7 @@ async def _open_postgres(config: ServeConfig, clock: Clock) -> SidecarState:
     kill_switches = PgKillSwitches(store, clock=clock, max_staleness=config.kill_switch_max_staleness,
                                    refresh_every=config.kill_switch_refresh)
     approvals = PgApprovals(store, approver_groups=config.approver_groups, clock=clock)
-    budgets = InLine(PgBudgets(store, ttl=config.reservation_ttl, clock=clock))
+    budgets = InLine(PgBudgets(store, ttl=config.reservation_ttl, clock=clock), locks=_line(config))
     store_plugin = StorePlugin("state store", store.close, schema=None if checked else
                                (lambda: _check_schema(store, upgrade=config.state_store_migrate, at_start=False)))
     listener = ListenerPlugin(kill_switches, approvals_changed=approvals.changed)
@@ -249,9 +249,10 @@ class InLine:
     In line (one asyncio lock per scope value, as on SQLite), each process holds at most one connection per hot
     scope, and the store's advisory locks order the processes."""
 
-    def __init__(self, budgets: BudgetStore) -> None:
+    def __init__(self, budgets: BudgetStore, *, locks: ScopeLocks | None = None) -> None:
         self._budgets = budgets
-        self._locks = ScopeLocks()
+        #: Bounded (config budget_line, and state_store_timeout of waiting): a full line is DENY scope_overloaded.
+        self._locks = ScopeLocks() if locks is None else locks
 
     @contextlib.asynccontextmanager
     async def hold(self, scopes: Mapping[str, str]) -> AsyncIterator[SpendHold]:
@@ -270,6 +271,12 @@ class InLine:
 
     async def usage(self, scopes: Mapping[str, str]) -> list[ScopeSpend]:
         return await self._budgets.usage(scopes)
+
+
+def _line(config: ServeConfig) -> ScopeLocks:
+    """The budget steps' line per scope value in this process: at most budget_line waiting, each at most
+    state_store_timeout; past either the request is DENY scope_overloaded."""
+    return ScopeLocks(max_waiting=config.budget_line, max_wait=config.state_store_timeout)
 
 
 def _sweep(budgets: BudgetStore, config: ServeConfig) -> Plugin:

@@ -115,29 +115,51 @@ class _ScopeLock:
         self.users = 0
 
 
+class ScopeOverloaded(StateError):
+    """A scope's line in this process is full, or a request waited in it past the bound: the request is DENY
+    scope_overloaded at once (logged like every decision), not queued without end."""
+
+
 class ScopeLocks:
     """One asyncio.Lock per (scope, value), kept only while a hold holds it or waits for it: the table is as large
     as the budget steps in flight, however many session ids pass through. Locks are taken in sorted order, so two
-    holds sharing several scopes never wait for each other in a cycle. Used on the event loop only."""
+    holds sharing several scopes never wait for each other in a cycle. Used on the event loop only.
 
-    def __init__(self) -> None:
+    The sidecar bounds the line of one scope value: past max_waiting requests waiting behind its holder, or once
+    a request has waited max_wait seconds for its locks (None: no bound), held() raises ScopeOverloaded. A hot
+    session then costs its own requests a DENY, never every request a queue (measured before the bound: 128 in
+    flight on one session, p99 2.5 s)."""
+
+    def __init__(self, *, max_waiting: int | None = None, max_wait: float | None = None) -> None:
         self._locks: dict[tuple[str, str], _ScopeLock] = {}
+        self.max_waiting = max_waiting
+        self.max_wait = max_wait
 
     def __len__(self) -> int:
         return len(self._locks)
 
     @contextlib.asynccontextmanager
     async def held(self, scopes: Mapping[str, str]) -> AsyncIterator[None]:
-        """Hold every (scope, value) lock of scopes until the block ends."""
+        """Hold every (scope, value) lock of scopes until the block ends (ScopeOverloaded: none held)."""
         taken: list[tuple[tuple[str, str], _ScopeLock]] = []
+        loop = asyncio.get_running_loop()
+        deadline = None if self.max_wait is None else loop.time() + self.max_wait
         try:
             for key in sorted(scopes.items()):
                 entry = self._locks.get(key)
                 if entry is None:
                     entry = self._locks[key] = _ScopeLock()
+                elif self.max_waiting is not None and entry.lock.locked() and entry.users - 1 >= self.max_waiting:
+                    raise ScopeOverloaded(f"{entry.users - 1} requests of {key[0]} {key[1]!r} already wait for "
+                                          "their budget step at this sidecar")
                 entry.users += 1
                 try:
-                    await entry.lock.acquire()
+                    async with asyncio.timeout_at(deadline):
+                        await entry.lock.acquire()
+                except TimeoutError:
+                    self._leave(key, entry)
+                    raise ScopeOverloaded(f"a request of {key[0]} {key[1]!r} waited {self.max_wait:g}s for its "
+                                          "budget step at this sidecar") from None
                 except BaseException:  # cancelled while waiting: no longer a user
                     self._leave(key, entry)
                     raise
@@ -212,9 +234,9 @@ class LocalBudgets:
     """Budgets behind BudgetStore: a budget step holds the lock of each (scope, value) it is counted under, so
     two requests of one session take turns and requests of unrelated scopes never wait for each other."""
 
-    def __init__(self, budgets: Budgets) -> None:
+    def __init__(self, budgets: Budgets, *, locks: ScopeLocks | None = None) -> None:
         self.budgets = budgets
-        self.locks = ScopeLocks()
+        self.locks = ScopeLocks() if locks is None else locks  # (an empty one is falsy: len 0)
 
     @contextlib.asynccontextmanager
     async def hold(self, scopes: Mapping[str, str]) -> AsyncIterator[LocalHold]:
@@ -299,15 +321,16 @@ class LocalState:
 
 def open_local_state(data_dir: Path, *, clock: Clock = SystemClock(),
                      approver_groups: Mapping[str, Sequence[str]] | None = None,
-                     reservation_ttl: float = DEFAULT_TTL) -> LocalState:
+                     reservation_ttl: float = DEFAULT_TTL, line: ScopeLocks | None = None) -> LocalState:
     """Open (creating or migrating) DATA_DIR/state.db; StateError when it cannot be opened or its schema is newer
-    than this server knows. Blocking: call it at start-up, before the loop serves."""
+    than this server knows. Blocking: call it at start-up, before the loop serves. line: the budget steps' bounded
+    line (ScopeLocks; default: unbounded, the sidecar passes its configured one)."""
     store = StateStore(data_dir / "state.db")
     try:
         kill_switches = KillSwitches(store, clock=clock)
         approvals = Approvals(store, approver_groups=approver_groups, clock=clock)
         return LocalState(store, LocalKillSwitches(kill_switches), LocalApprovals(approvals),
-                          LocalBudgets(Budgets(store, ttl=reservation_ttl, clock=clock)),
+                          LocalBudgets(Budgets(store, ttl=reservation_ttl, clock=clock), locks=line),
                           LocalFleet(store, clock=clock),
                           ChangeWatch(store, kill_switches=kill_switches, approvals=approvals))
     except BaseException:

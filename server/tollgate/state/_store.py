@@ -115,10 +115,17 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
-    # executescript() would COMMIT the open transaction first; run statement by statement inside it.
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    # executescript() would COMMIT the open transaction first; run statement by statement inside it. A piece
+    # is run once it is a complete statement (a trigger's body holds several ";").
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                db.execute(statement)
+            statement = ""
+    if statement.strip(" \n;"):
+        db.execute(statement)
 
 
 def private_dir(path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from tollgate.clock import Clock, SystemClock
 from tollgate.contract import MAX_AMOUNT, is_amount
+from tollgate.state._live_totals import sqlite_step
 from tollgate.state._store import StateError, StateStore
 
 #: The scopes a budget limit can name, and the principal field each one reads.
@@ -100,6 +101,9 @@ _SCHEMA = (
     CREATE INDEX budget_live_workflow ON budget_reservations (workflow, unit, day) WHERE status = 'reserved';
     CREATE INDEX budget_live_workflow_month ON budget_reservations (workflow, unit, month) WHERE status = 'reserved'
     """,
+    # 5: the open reservations are running totals too (state/_live_totals.py): a decision's spend costs the same
+    # with 2,000 unreported reservations of its session as with none.
+    sqlite_step(),
 )
 
 #: Sums of floats drift (0.1 + 0.2 > 0.3); the policy compares exact decimals, so the re-check allows this much.
@@ -308,8 +312,7 @@ class Budgets:
                     (reservation_id, scopes["session"], scopes["agent"], scopes["team"],
                      scopes["workflow"], unit, float(amount), stamp.strftime("%Y-%m-%d"),
                      stamp.strftime("%Y-%m"), now, now + self.ttl, decision_id, requested_by))
-                _add_committed(db, scopes, unit, 0.0, periods={"run": "run", "day": window_period("day", now),
-                                                               "month": window_period("month", now)})
+                # Its triggers add it to the running totals of its scopes (state/_live_totals.py).
         return reservation_id
 
     def report(self, reservation_id: str, *, amount: float, unit: str = "", reported_by: str | None = None,
@@ -430,25 +433,26 @@ class Budgets:
 
     def _window_spend(self, scope: str, value: str, window: str, now: float) -> dict[str, tuple[float, float, bool]]:
         """(committed, live reserved, whether a value of it is invalid) by unit, for one scope value over one
-        window: committed from the running totals (a row per unit), reserved from the open reservations alone
-        (partial indexes hold only those), so the cost follows the open reservations, not the day's rows."""
+        window: both from the running totals (a row per unit), less the open rows past their expiry that the
+        sweep has not marked yet (the scope's partial index by expiry), so the cost follows neither the day's
+        rows nor the open reservations (state/_live_totals.py)."""
         db = self._store.db
-        found: dict[str, tuple[float, float, bool]] = {}
-        for unit, total in db.execute("SELECT unit, committed FROM budget_totals WHERE scope = ? AND value = ? "
-                                      "AND period = ?", (scope, value, window_period(window, now))):
-            committed = _number(total)
-            found[unit] = (committed, 0.0, not fine(committed))
+        totals: dict[str, list[Any]] = {}
+        for unit, committed, reserved, live, invalid in db.execute(
+                "SELECT unit, committed, reserved, live, invalid FROM budget_totals WHERE scope = ? AND value = ? "
+                "AND period = ?", (scope, value, window_period(window, now))):
+            totals[unit] = [_number(committed), math.nan if reserved is None else _number(reserved), live, invalid]
         where, params = self._window(window, now)
         # INDEXED BY: left to itself the planner takes (status, expires_at), every open row of every scope.
         index = f"budget_live_{scope}_month" if window == "month" else f"budget_live_{scope}"
-        for unit, total, invalid in db.execute(
-                f"SELECT unit, SUM(amount), MAX({_INVALID}) FROM budget_reservations INDEXED BY {index} "
-                f"WHERE {scope} = :value AND status = 'reserved' AND expires_at > :now{where} GROUP BY unit",
+        for unit, total, count, invalid in db.execute(
+                f"SELECT unit, SUM(amount), COUNT(*), SUM({_INVALID}) FROM budget_reservations INDEXED BY {index} "
+                f"WHERE {scope} = :value AND status = 'reserved' AND expires_at <= :now{where} GROUP BY unit",
                 {"value": value, "now": now, "max": MAX_AMOUNT, **params}):
-            committed, _, bad = found.get(unit, (0.0, 0.0, False))
-            reserved = _number(total)
-            found[unit] = (committed, reserved, bad or bool(invalid) or not fine(reserved))
-        return found
+            row = totals.setdefault(unit, [0.0, 0.0, 0, 0])
+            row[1], row[2], row[3] = row[1] - _number(total), row[2] - count, row[3] - invalid
+        return {unit: live_spend(committed, reserved, live, invalid)
+                for unit, (committed, reserved, live, invalid) in totals.items()}
 
     @staticmethod
     def _window(window: str, now: float) -> tuple[str, dict[str, str]]:
@@ -471,6 +475,16 @@ def window_period(window: str, now: float) -> str:
     if window == "month":
         return f"month {stamp:%Y-%m}"
     return "run"
+
+
+def live_spend(committed: float, reserved: float, live: int, invalid: int) -> tuple[float, float, bool]:
+    """(committed, reserved, whether a value of it is invalid) of one total, once its rows past expiry are
+    taken off: no open row left is exactly 0, and the last bits a running sum drifts below 0 are 0."""
+    if live <= 0:
+        reserved = 0.0
+    elif -_TOLERANCE < reserved < 0:
+        reserved = 0.0
+    return committed, reserved, invalid > 0 or not fine(committed) or not fine(reserved)
 
 
 def fine(total: float) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import math
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ import psycopg
 
 from tollgate.clock import Clock, SystemClock
 from tollgate.contract import MAX_AMOUNT
+from tollgate.state._live_totals import pg_step
 from tollgate.state._store import StateError
 from tollgate.state.budgets import (
     DEFAULT_TTL,
@@ -45,8 +47,8 @@ from tollgate.state.budgets import (
     check_reporter,
     closed,
     expired_now,
-    fine,
     limit_checks,
+    live_spend,
     new_reservation_id,
     report_unit,
     reservation_scopes,
@@ -100,6 +102,9 @@ _SCHEMA = (
         PRIMARY KEY (scope, value, unit, period)
     );
     """,
+    # 2: the open reservations are running totals too, kept by triggers (state/_live_totals.py): a step's
+    # spend read is one primary-key row per scope window plus the few rows past expiry not swept yet.
+    pg_step(),
 )
 
 #: The condition that keeps a window's rows and its value's format: the current UTC day or month; a run is
@@ -221,32 +226,38 @@ class PgBudgets:
         return found
 
     async def _windows(self, conn: psycopg.AsyncConnection[Any], scopes: Mapping[str, str], now: float) -> _Windows:
-        """Every window of every scope named, in one statement: committed from the running totals (by primary
-        key), live reserved from the open reservations (through the scope's partial index)."""
+        """Every window of every scope named, in one statement: committed and live reserved from the running
+        totals (by primary key), less the open rows past their expiry the sweep has not marked yet (through the
+        scope's partial index by expiry): the cost follows neither the day's rows nor the open reservations."""
         parts: list[str] = []
         params: list[Any] = []
         stamp = datetime.fromtimestamp(now, UTC)
         for scope, value in scopes.items():
             for window in _windows_of(scope):
-                parts.append("SELECT %s::text, %s::text, unit, committed, 0::float8, "
+                parts.append("SELECT %s::text, %s::text, unit, committed, reserved, live, invalid, "
                              f"NOT ({_VALID_TOTAL}) FROM budget_totals WHERE scope = %s AND value = %s AND period = %s")
                 params += [scope, window, scope, value, window_period(window, now)]
                 where, extra = _WINDOW_ROWS.get(window, ("", ""))
                 # The scope's name is one of WINDOWS' keys (checked above), never a caller's string.
-                parts.append(f"SELECT %s::text, %s::text, unit, 0::float8, SUM(amount), bool_or(NOT ({_VALID_AMOUNT})) "
+                parts.append(f"SELECT %s::text, %s::text, unit, 0::float8, -SUM(amount), -COUNT(*), "
+                             f"-SUM(CASE WHEN {_VALID_AMOUNT} THEN 0 ELSE 1 END), false "
                              f"FROM budget_reservations WHERE {scope} = %s AND status = 'reserved' "
-                             f"AND expires_at > %s{where} GROUP BY unit")
+                             f"AND expires_at <= %s{where} GROUP BY unit")
                 params += [scope, window, value, now, *([f"{stamp:{extra}}"] if extra else [])]
-        found: _Windows = {}
         if not parts:
-            return found
+            return {}
         with self._failing("read spend"):
             rows = await (await conn.execute(" UNION ALL ".join(parts), params)).fetchall()
-        for scope, window, unit, committed, reserved, bad in rows:
-            units = found.setdefault((scope, window), {})
-            was_committed, was_reserved, was_bad = units.get(unit, (0.0, 0.0, False))
-            committed, reserved = was_committed + _number(committed), was_reserved + _number(reserved)
-            units[unit] = (committed, reserved, was_bad or bool(bad) or not fine(committed) or not fine(reserved))
+        sums: dict[tuple[str, str, str], list[Any]] = {}
+        for scope, window, unit, committed, reserved, live, invalid, bad in rows:
+            row = sums.setdefault((scope, window, unit), [0.0, 0.0, 0, 0, False])
+            row[0] += _number(committed)
+            row[1] += math.nan if reserved is None else float(reserved)
+            row[2], row[3], row[4] = row[2] + int(live), row[3] + int(invalid), row[4] or bool(bad)
+        found: _Windows = {}
+        for (scope, window, unit), (committed, reserved, live, invalid, bad) in sums.items():
+            committed, reserved, wrong = live_spend(committed, reserved, live, invalid)
+            found.setdefault((scope, window), {})[unit] = (committed, reserved, wrong or bad)
         return found
 
     def _invalid(self, scope: str, value: str, unit: str) -> LedgerInvalid:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,32 @@ class BoundedConnection(psycopg.AsyncConnection[Any]):
             raise psycopg.OperationalError(f"the store did not answer within {self.bound:g}s") from exc
 
 
+#: Seconds a pooled connection may sit idle and still be handed out unchecked: below the time a store takes to
+#: go away and come back, so a connection that outlived a restart is always checked (see _check_idle).
+IDLE_CHECK_SECONDS = 1.0
+
+
+async def _check_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's check on checkout, only for a connection idle past IDLE_CHECK_SECONDS.
+
+    psycopg_pool's check_connection costs a round trip on every checkout: 7 waits on the server per budget step
+    instead of 6 (the transaction's BEGIN, its statements and COMMIT; tools/bench_budget_step.py), and the
+    server's CPU for an empty statement, on the one connection the step holds while its scopes wait.
+
+    A connection in steady use was answered a moment ago. After a store restart no connection that outlived it
+    is handed out unchecked: one used during the outage failed there and was discarded by the pool, and one not
+    used has sat idle longer than the restart took, so past IDLE_CHECK_SECONDS; the first request after the
+    store's return gets a live connection, as with the check on every checkout. What is left unchecked is a
+    connection that died within the last second while the store stayed up (a backend terminated by hand): the
+    step's first statement fails, the store turns that into StateError (DENY state_unavailable, as any
+    outage), and the pool discards it, so the next checkout connects again.
+    """
+    returned = getattr(conn, "_tollgate_returned", None)
+    if returned is not None and time.monotonic() - returned < IDLE_CHECK_SECONDS:
+        return
+    await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+
 class PgStore:
     """One process's pool onto the shared store, and the per-component schema versions."""
 
@@ -121,8 +148,8 @@ class PgStore:
             options.url, kwargs=kwargs, min_size=options.min_connections, max_size=options.max_connections,
             connection_class=self.connection_class,
             open=False, timeout=options.timeout, name="tollgate-state",
-            # A connection broken while the store was down is found and replaced before it is handed out.
-            check=psycopg_pool.AsyncConnectionPool.check_connection,
+            # A connection idle for a while is checked before it is handed out; one in steady use is not.
+            check=_check_idle,
             # While the store is down, requests fail at the timeout. The pool's retries back off (1 s, doubling)
             # within one attempt: a short attempt keeps that backoff short, and the next request that finds no
             # connection starts a new attempt at once, so spending resumes within seconds of the store's return.
@@ -144,7 +171,10 @@ class PgStore:
         """A pooled connection (autocommit); any database failure inside becomes StateError("cannot <doing>")."""
         try:
             async with self.pool.connection(timeout=self.options.timeout) as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:  # when it was last answered, for the pool's next check (_check_idle)
+                    conn._tollgate_returned = time.monotonic()  # type: ignore[attr-defined]
         except psycopg_pool.PoolTimeout as exc:
             raise StateError(f"state store {self.name}: cannot {doing} (no connection within {self.options.timeout:g}"
                              "s: the store is unreachable or every connection is busy)") from exc
