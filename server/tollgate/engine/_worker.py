@@ -1,9 +1,12 @@
 """An engine worker process: holds one embedded OPA engine and answers evaluations over a socket.
 
 Started by the pool with `python -m tollgate.engine._worker FD`. Frames on the socket are
-tollgate.engine._frames' (a 4-byte big-endian length and a payload). The first request carries the bundle
-(`{"entrypoint", "modules", "data"}`); the worker compiles it and answers `{"ok": true, "cpu_ns": N}` (its
-process CPU time then) or `{"error": {...}}`. Every later request is an input document as JSON, answered with
+tollgate.engine._frames' (a 4-byte big-endian length and a payload). The first two carry the bundle: its spec
+(`{"entrypoint", "mask", "modules"}`), then its data document as JSON, which goes to the bridge as it is (parsing
+it in Python first would cost this process the data's objects, ~80 MiB for 10,000 agent manifests, for nothing).
+The worker compiles the bundle, prepares the one query it answers with (each prepared query holds a copy of the
+data in the bridge: see EmbeddedOpa.prepare) and answers `{"ok": true, "cpu_ns": N}` (its process CPU time then)
+or `{"error": {...}}`. Every later request is an input document as JSON, answered with
 the OPA bridge's raw result envelope in a marked frame, led by the worker's process CPU time when the evaluation
 finished: the pool's deadline counts the CPU an evaluation used, not the time it waited to run. The answers to
 frames that arrived together are sent together, but never later than _FLUSH_NS of CPU after the last mark sent.
@@ -46,14 +49,15 @@ def _die_with_parent() -> None:
         pass
 
 
-def _first_frame(sock: socket.socket, reader: FrameReader) -> bytes | None:
-    """The bundle spec; None when the pool closed the socket before sending one. What arrives behind it stays
-    in the reader."""
-    while chunk := sock.recv(_RECV_SIZE):
-        if frames := reader.feed(chunk):
-            return frames[0]  # the pool sends nothing else before the worker answers this one
-    reader.finish()
-    return None
+def _bundle_frames(sock: socket.socket, reader: FrameReader) -> list[bytes] | None:
+    """The bundle's spec and data frames; None when the pool closed the socket before sending both."""
+    frames: list[bytes] = []
+    while len(frames) < 2 and (chunk := sock.recv(_RECV_SIZE)):
+        frames += reader.feed(chunk)  # the pool sends nothing else before the worker answers these
+    if len(frames) < 2:
+        reader.finish()
+        return None
+    return frames
 
 
 def _with_mask(engine: EmbeddedOpa, entrypoint: str, mask: str) -> Callable[[bytes, bytes], bytes]:
@@ -61,6 +65,9 @@ def _with_mask(engine: EmbeddedOpa, entrypoint: str, mask: str) -> Callable[[byt
     # One query parses the input once; the comprehensions keep an undefined document from making the
     # whole query undefined.
     query = f"decision := [x | x := {_ref(entrypoint)}]; mask := [x | x := {_ref(mask)}]".encode()
+    # Prepared now (tens of ms, more on a busy machine), or every new worker's first request would run into the
+    # deadline.
+    engine.prepare_query(query)  # the only query prepared: the fallback below prepares its two when first needed
     query_raw, evaluate_raw, mask_path = engine.query_raw, engine.evaluate_raw, mask.encode()
 
     def evaluate(path: bytes, input_json: bytes) -> bytes:
@@ -87,29 +94,29 @@ def main() -> int:
     sock = socket.socket(fileno=int(sys.argv[1]))
     reader = FrameReader()
     try:
-        init = _first_frame(sock, reader)
+        frames = _bundle_frames(sock, reader)
     except FrameError as exc:
         print(f"tollgate engine worker: {exc}", file=sys.stderr)
         return 1
-    if init is None:
+    if frames is None:
         return 0
     from tollgate.engine._base import EngineError
     from tollgate.engine._opa import EmbeddedOpa
 
-    spec = json.loads(init)
+    spec = json.loads(frames[0])
     path = spec["entrypoint"].encode()
     mask_path: str | None = spec.get("mask") or None
     try:
-        engine = EmbeddedOpa(spec["modules"], spec["data"])
-        del spec
-        engine.compile()  # a broken bundle is refused at load time, not on a live request
-        # The engine prepares a query the first time it sees it (tens of ms, more on a busy machine): do it
-        # for the entrypoint now, or every new worker's first request would run into the deadline.
-        engine.evaluate_raw(path, b"{}")
+        engine = EmbeddedOpa(spec["modules"], frames.pop())
+        del frames, spec  # the bridge holds the data now
+        # A broken bundle is refused at load time, not on a live request; and the engine prepares a query the
+        # first time it sees it (tens of ms, more on a busy machine): done now for the one query answered with,
+        # or every new worker's first request would run into the deadline.
         evaluate: Callable[[bytes, bytes], bytes] = engine.evaluate_raw
         if mask_path is not None:
             evaluate = _with_mask(engine, path.decode(), mask_path)
-            evaluate(path, b"{}")
+        else:
+            engine.prepare(path)
     except EngineError as exc:
         sock.sendall(encode(json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()))
         return 1
