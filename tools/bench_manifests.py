@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import bench_request  # the request tools/bench.py sends
 from benchkit.bundles import DEFAULT_LIBRARY, MANIFEST_DATA_VALUES, ONE_RULE, manifest_bundle
+from benchkit.wire import bench_request  # the request tools/bench.py sends
 
 from tollgate.api._authorization import RequestLimits
 from tollgate.api._convert import to_decision_request

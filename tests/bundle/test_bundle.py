@@ -139,5 +139,15 @@ def test_yaml_data_is_read_with_libyaml_when_pyyaml_has_it(tmp_path: Path) -> No
 
 def test_a_yaml_date_in_the_data_is_refused_as_a_bundle_error(tmp_path: Path) -> None:
     (tmp_path / "data.yaml").write_text("since: 2026-01-01\n")
-    with pytest.raises(BundleError, match="not JSON.*quote YAML dates"):
+    with pytest.raises(BundleError, match=r"not JSON.*quote YAML dates"):
         load_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("value", [
+    {}, {"a": {}}, {"a": {"b": {"c": [1, {"d": None}]}, "é\"q": "x\u2028"}, "n": 1.5, "t": True},
+    {"agents": {f"a{i}": {"tools": ["x"], "n": i} for i in range(3)}, "k": {1: "int key", "s": 2}},
+])
+def test_compact_json_is_json_dumps_compact_whatever_the_value(value: object) -> None:
+    from tollgate.bundle._loader import compact_json
+
+    assert compact_json(value) == json.dumps(value, separators=(",", ":")).encode()

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import eventually, write_policy
 from tollgate.bundle import load_bundle
 from tollgate.engine import UNDEFINED, EngineConfig, EngineError, EvaluationTimeout, WorkerPoolEngine
+from tollgate.engine._worker import worker_env
 
 POLICY = """
 package tollgate
@@ -359,3 +360,18 @@ def test_the_workers_are_sent_the_bundles_data_as_it_is_kept_and_nothing_parses_
 
     asyncio.run(main())
     assert "data" not in vars(bundle)  # the server holds the data once, as the bundle's JSON bytes
+
+
+def test_the_workers_get_gomaxprocs_1_and_the_servers_go_settings(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    monkeypatch.setenv("GOMEMLIMIT", "300MiB")
+    monkeypatch.setenv("GOGC", "150")
+
+    async def body(engine: WorkerPoolEngine) -> None:
+        for worker in engine._workers:
+            environ = Path(f"/proc/{worker.proc.pid}/environ").read_bytes().split(b"\0")
+            assert {b"GOMAXPROCS=1", b"GOMEMLIMIT=300MiB", b"GOGC=150"} <= set(environ)
+
+    _run(tmp_path, EngineConfig(workers=2, eval_timeout=5.0), body)
+    assert worker_env({"GOMAXPROCS": "4"})["GOMAXPROCS"] == "4"  # the operator's own setting wins

@@ -51,6 +51,7 @@ from tollgate.engine._base import (
 )
 from tollgate.engine._frames import HEADER_SIZE, MAX_FRAME, FrameError, FrameReader, header
 from tollgate.engine._watch import HeadWatch, Sweep, expire_waiting, sweep_period
+from tollgate.engine._worker import worker_env
 from tollgate.net import Backoff, Jitter
 
 log = logging.getLogger(__name__)
@@ -213,8 +214,7 @@ class WorkerPoolEngine:
 
     async def _spawn(self) -> _Worker:
         parent, child = socket.socketpair()
-        env = dict(os.environ)
-        env.setdefault("GOMAXPROCS", "1")  # one evaluation at a time per worker; leave cores to the others
+        env = worker_env(os.environ)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tollgate.engine._worker", str(child.fileno())],

@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from tollgate.engine._frames import FrameError, FrameReader, encode, marked_header
@@ -38,6 +38,26 @@ _RECV_SIZE = 65536  # below malloc's mmap threshold
 #: takes the last mark it has as the start of the evaluation it watches, so this bounds how much CPU of earlier
 #: evaluations it can count against a later one (and how long a finished answer can wait for its batch).
 _FLUSH_NS = 2_000_000
+
+
+def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a worker is started with: the server's, and GOMAXPROCS=1 unless it sets one (one
+    evaluation at a time per worker; leave cores to the others).
+
+    GOGC and GOMEMLIMIT are Go's defaults unless the server's environment sets them, on purpose. A worker's live
+    Go heap is the bundle's data twice (the bridge's own map and its prepared query's store: ~170 MB for 10,000
+    agent manifests, ~12 MB for 10) and GOGC=100 lets the heap reach twice the live heap before a collection, so
+    a worker peaks at about twice its data. A lower GOGC would cut that only by costing CPU for every bundle:
+    each cycle marks the live heap, but cycles come once per GOGC % of it allocated, so the marking cost per
+    answer is (allocation per answer) x 100 / GOGC whatever the data (an answer allocates ~110 KB with the
+    default library; with the bridge's data live at 10 and at 10,000 manifests the workers' CPU per answer was
+    the same within the shared machine's noise, see tools/bench_manifests.py). GOMEMLIMIT bounds the heap softly
+    and is for the operator who knows the bundle (say 2x its data.json bytes x 6 + 64 MiB): set below the live
+    heap it would make every worker collect continuously.
+    """
+    env = dict(environ)
+    env.setdefault("GOMAXPROCS", "1")
+    return env
 
 
 def _die_with_parent() -> None:
