@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import gc
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -102,7 +103,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     policy = ONE_RULE if args.policy == "one-rule" else DEFAULT_LIBRARY
-    for n in (int(x) for x in args.manifests.split(",")):
+    counts = [int(x) for x in args.manifests.split(",")]
+    if len(counts) > 1:  # each count in a process of its own, so that its VmHWM is its own
+        for n in counts:
+            subprocess.run([sys.executable, __file__, "--policy", args.policy, "--manifests", str(n), "--calls",
+                            str(args.calls), "--workers", str(args.workers)], check=True)
+        return 0
+    for n in counts:
         with tempfile.TemporaryDirectory() as tmp:
             bundle_dir = manifest_bundle(policy, Path(tmp) / "bundle", n)
             print(f"{args.policy}, {n} manifests:")
