@@ -172,11 +172,21 @@ def compact_json(value: Any, depth: int = 2) -> bytes:
     """json.dumps(value, separators=(",", ":")).encode(), encoded a member at a time down to `depth` levels of
     objects with string keys: one C call over 10,000 manifests holds the GIL for most of a second, and the server
     loads a new revision in a thread while its event loop answers requests; between members, the loop gets its
-    turn. (Bytes from the start: no whole-document str beside them.)"""
+    turn. (The parts are joined once, into bytes: no whole-document str or intermediate copy beside them.)"""
+    parts: list[bytes] = []
+    _encode(value, depth, parts)
+    return b"".join(parts)
+
+
+def _encode(value: Any, depth: int, parts: list[bytes]) -> None:
     if depth <= 0 or not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        return json.dumps(value, separators=(",", ":")).encode()
-    members = [json.dumps(k).encode() + b":" + compact_json(v, depth - 1) for k, v in value.items()]
-    return b"{" + b",".join(members) + b"}"
+        parts.append(json.dumps(value, separators=(",", ":")).encode())
+        return
+    parts.append(b"{")
+    for n, (key, member) in enumerate(value.items()):
+        parts.append(b"," + json.dumps(key).encode() + b":" if n else json.dumps(key).encode() + b":")
+        _encode(member, depth - 1, parts)
+    parts.append(b"}")
 
 
 def read_directory(root: Path, size_limit: int = DEFAULT_SIZE_LIMIT) -> Iterable[tuple[str, bytes]]:
