@@ -111,3 +111,43 @@ def test_missing_path_and_corrupt_tarball_are_refused(tmp_path: Path) -> None:
     corrupt.write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(BundleError, match="not a readable"):
         load_bundle(corrupt)
+
+
+def test_the_data_is_kept_once_as_compact_json_and_parsed_only_when_read(tmp_path: Path) -> None:
+    (tmp_path / "agents" / "a").mkdir(parents=True)
+    (tmp_path / "agents" / "a" / "data.yaml").write_text("team: platform\ntools: [x, y]\n")
+    (tmp_path / "data.json").write_text('{"top": {"n": 1, "s": "é"}}')
+    bundle = load_bundle(tmp_path)
+    assert json.loads(bundle.data_json) == {"agents": {"a": {"team": "platform", "tools": ["x", "y"]}},
+                                            "top": {"n": 1, "s": "é"}}
+    assert b" " not in bundle.data_json and bundle.data_json.isascii()  # compact, and safe for any JSON reader
+    assert "data" not in vars(bundle)  # no parsed copy beside the bytes until someone reads .data
+    assert bundle.data is bundle.data and bundle.data["top"] == {"n": 1, "s": "é"}
+
+
+def test_yaml_data_is_read_with_libyaml_when_pyyaml_has_it(tmp_path: Path) -> None:
+    import yaml
+
+    from tollgate.bundle._loader import YAML_LOADER
+
+    assert YAML_LOADER is (yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)
+    # The safe constructors either way: a Python object tag is refused, not built.
+    (tmp_path / "data.yaml").write_text("x: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(BundleError, match="does not parse"):
+        load_bundle(tmp_path)
+
+
+def test_a_yaml_date_in_the_data_is_refused_as_a_bundle_error(tmp_path: Path) -> None:
+    (tmp_path / "data.yaml").write_text("since: 2026-01-01\n")
+    with pytest.raises(BundleError, match=r"not JSON.*quote YAML dates"):
+        load_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("value", [
+    {}, {"a": {}}, {"a": {"b": {"c": [1, {"d": None}]}, "é\"q": "x\u2028"}, "n": 1.5, "t": True},
+    {"agents": {f"a{i}": {"tools": ["x"], "n": i} for i in range(3)}, "k": {1: "int key", "s": 2}},
+])
+def test_compact_json_is_json_dumps_compact_whatever_the_value(value: object) -> None:
+    from tollgate.bundle._loader import compact_json
+
+    assert compact_json(value) == json.dumps(value, separators=(",", ":")).encode()

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import eventually, write_policy
 from tollgate.bundle import load_bundle
 from tollgate.engine import UNDEFINED, EngineConfig, EngineError, EvaluationTimeout, WorkerPoolEngine
+from tollgate.engine._worker import worker_env
 
 POLICY = """
 package tollgate
@@ -343,3 +344,34 @@ def test_large_inputs_leave_one_worker_free_for_small_ones(tmp_path: Path) -> No
         assert [a["who"][:1] for a in await asyncio.gather(*large)] == [str(i) for i in range(6)]  # type: ignore[index]
 
     _run(tmp_path, EngineConfig(workers=2, eval_timeout=5.0), body)
+
+
+def test_the_workers_are_sent_the_bundles_data_as_it_is_kept_and_nothing_parses_it(tmp_path: Path) -> None:
+    rego = 'package tollgate\n\ndecision := {"decision": "allow", "team": data.agents[input.who].team}\n'
+    bundle = load_bundle(write_policy(tmp_path / "b", rego, '{"agents": {"a": {"team": "t"}}}'))
+
+    async def main() -> None:
+        engine = WorkerPoolEngine(bundle, EngineConfig(workers=1, eval_timeout=5.0))
+        await engine.start()
+        try:
+            assert await engine.evaluate(_input("a")) == {"decision": "allow", "team": "t"}
+        finally:
+            await engine.close()
+
+    asyncio.run(main())
+    assert "data" not in vars(bundle)  # the server holds the data once, as the bundle's JSON bytes
+
+
+def test_the_workers_get_gomaxprocs_1_and_the_servers_go_settings(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    monkeypatch.setenv("GOMEMLIMIT", "300MiB")
+    monkeypatch.setenv("GOGC", "150")
+
+    async def body(engine: WorkerPoolEngine) -> None:
+        for worker in engine._workers:
+            environ = Path(f"/proc/{worker.proc.pid}/environ").read_bytes().split(b"\0")
+            assert {b"GOMAXPROCS=1", b"GOMEMLIMIT=300MiB", b"GOGC=150"} <= set(environ)
+
+    _run(tmp_path, EngineConfig(workers=2, eval_timeout=5.0), body)
+    assert worker_env({"GOMAXPROCS": "4"})["GOMAXPROCS"] == "4"  # the operator's own setting wins

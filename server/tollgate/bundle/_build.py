@@ -15,7 +15,14 @@ from typing import Any
 
 from tollgate.bundle._archive import MANIFEST_FILE, write_archive, write_file_atomically
 from tollgate.bundle._canonical import check_data_file
-from tollgate.bundle._loader import DEFAULT_SIZE_LIMIT, BundleError, load_bundle, read_directory
+from tollgate.bundle._loader import (
+    DEFAULT_DATA_LIMITS,
+    DEFAULT_SIZE_LIMIT,
+    BundleError,
+    check_data_limits,
+    load_bundle,
+    read_directory,
+)
 
 
 class BuildError(BundleError):
@@ -61,13 +68,14 @@ def build_bundle(
     revision = git_revision(root) if revision is None else revision
     if not revision.strip():
         raise BuildError(f"build {root}: the revision is empty (hint: pass --revision)")
-    loaded = load_bundle(root, size_limit=size_limit, include_tests=include_tests)
     files = {name: content for name, content in read_directory(root, size_limit)
              if include_tests or not name.endswith("_test.rego")}
     has_manifest = files.pop(MANIFEST_FILE, None) is not None
     where = str(root)
+    check_data_limits(where, files, DEFAULT_DATA_LIMITS)  # before any data is parsed, as load_bundle does
     for name, content in sorted(files.items()):
-        check_data_file(where, name, content)
+        check_data_file(where, name, content)  # before the load: it names what OPA would read differently, where
+    loaded = load_bundle(root, size_limit=size_limit, include_tests=include_tests)
     packages = {name: _package_path(where, name, content) for name, content in files.items()
                 if name.endswith(".rego")}
     if has_manifest:

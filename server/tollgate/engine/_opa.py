@@ -26,14 +26,16 @@ def _library() -> Any:
 class EmbeddedOpa:
     """One in-process OPA engine holding one bundle's modules and data. Evaluations are serialised."""
 
-    def __init__(self, modules: Mapping[str, str], data: Mapping[str, Any]) -> None:
+    def __init__(self, modules: Mapping[str, str], data: Mapping[str, Any] | bytes) -> None:
+        """data: the data document, or its JSON as bytes (handed to the bridge as it is, never parsed here)."""
         self._lib = _library()
         self._handle: int | None = self._lib.OpaNew()
         try:
             for path, source in modules.items():
                 self._call(self._lib.OpaAddPolicy, _cstr(path), _cstr(source))
-            if data:
-                self._call(self._lib.OpaAddData, b"", json.dumps(data).encode())
+            raw = data if isinstance(data, bytes) else json.dumps(data).encode() if data else b""
+            if raw and raw != b"{}":
+                self._call(self._lib.OpaAddData, b"", raw)
         except BaseException:
             self.close()
             raise
@@ -64,6 +66,25 @@ class EmbeddedOpa:
         that does not compile would only fail on its first live request. Raises EngineError carrying every
         compile error as `file:line: message`."""
         self.query("compiled := true")
+
+    def prepare(self, path: bytes) -> None:
+        """Compile every module and prepare the query of data.<path>, without keeping any other: the bridge
+        gives each prepared query its own copy of the data (an inmem store made from it), so a worker that
+        also kept compile()'s query would hold the bundle's data once more for nothing. Raises EngineError
+        (prepare_error, carrying every compile error) if the bundle does not compile; an evaluation error
+        with the empty input is not one (the document may need an input)."""
+        self._check_prepared(self.evaluate_raw(path, b"{}"))
+
+    def prepare_query(self, query: bytes) -> None:
+        """Like prepare, for an ad-hoc query."""
+        self._check_prepared(self.query_raw(query, b"{}"))
+
+    @staticmethod
+    def _check_prepared(raw: bytes) -> None:
+        if raw.startswith(b'{"error"'):
+            error = json.loads(raw)["error"]
+            if error.get("code") == "prepare_error":
+                raise EngineError("prepare_error", str(error.get("message", "")))
 
     def evaluate_raw(self, path: bytes, input_json: bytes, coverage: bool = False) -> bytes:
         """Evaluate data.<path> (dot-separated) for a JSON input; return the raw envelope.

@@ -51,6 +51,7 @@ from tollgate.engine._base import (
 )
 from tollgate.engine._frames import HEADER_SIZE, MAX_FRAME, FrameError, FrameReader, header
 from tollgate.engine._watch import HeadWatch, Sweep, expire_waiting, sweep_period
+from tollgate.engine._worker import worker_env
 from tollgate.net import Backoff, Jitter
 
 log = logging.getLogger(__name__)
@@ -158,11 +159,9 @@ class WorkerPoolEngine:
         mask = config.mask.strip("/").replace("/", ".")
         #: Whether the workers evaluate the mask rule (and answer [decision, mask]).
         self.masks = bool(mask) and may_define(bundle.modules, mask)
-        self._spec = json.dumps(
-            {"entrypoint": config.entrypoint.strip("/").replace("/", "."),
-             "mask": mask if self.masks else None,
-             "modules": dict(bundle.modules), "data": bundle.data}
-        ).encode()
+        # What each worker is sent: the spec, then the data as the bundle keeps it (no second copy here).
+        self._spec = json.dumps({"entrypoint": config.entrypoint.strip("/").replace("/", "."),
+                                 "mask": mask if self.masks else None, "modules": dict(bundle.modules)}).encode()
         self._workers: list[_Worker] = []
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._waiting_large: collections.deque[_Pending] = collections.deque()  # large inputs wait apart
@@ -196,8 +195,8 @@ class WorkerPoolEngine:
         """Start every worker; raise EngineError (and leave nothing running) if the bundle is refused."""
         self._loop = asyncio.get_running_loop()
         self._sweep = Sweep(self._loop, sweep_period(self._config.eval_timeout), self._on_sweep)
-        if len(self._spec) > MAX_FRAME:
-            raise EngineError("bundle_too_large", f"the bundle is {len(self._spec)} bytes as JSON, over the "
+        if (size := max(len(self._spec), len(self._bundle.data_json))) > MAX_FRAME:
+            raise EngineError("bundle_too_large", f"the bundle is {size} bytes as JSON, over the "
                               f"{MAX_FRAME}-byte limit of the engine workers' protocol (hint: split its data)")
         results = await asyncio.gather(
             *(self._spawn() for _ in range(self._config.worker_count())), return_exceptions=True
@@ -215,8 +214,7 @@ class WorkerPoolEngine:
 
     async def _spawn(self) -> _Worker:
         parent, child = socket.socketpair()
-        env = dict(os.environ)
-        env.setdefault("GOMAXPROCS", "1")  # one evaluation at a time per worker; leave cores to the others
+        env = worker_env(os.environ)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tollgate.engine._worker", str(child.fileno())],
@@ -227,9 +225,10 @@ class WorkerPoolEngine:
         loop = asyncio.get_running_loop()
         try:
             parent.setblocking(False)
-            # The header, then the spec as it is: joining them would copy the whole bundle once per worker.
-            await loop.sock_sendall(parent, header(len(self._spec)))
-            await loop.sock_sendall(parent, self._spec)
+            # Each header, then its payload as it is: joining them would copy the whole data once per worker.
+            for payload in (self._spec, self._bundle.data_json):
+                await loop.sock_sendall(parent, header(len(payload)))
+                await loop.sock_sendall(parent, payload)
             reply = await asyncio.wait_for(_read_reply(loop, parent), self._config.start_timeout)
         except BaseException as exc:
             proc.kill()
