@@ -8,8 +8,9 @@ import sys
 from tests.conftest import ROOT
 
 CODE = ["server", "tools/tollgate_cli", "tools/gen_proto.py", "tools/bench.py", "tools/benchkit",
-        "tools/bench_fleet.py", "tools/bench_log.py", "tools/bench_path.py",
-        "tools/bench_engine.py", "tools/rego_cost.py", "tools/make_decision_sample.py"]
+        "tools/bench_fleet.py", "tools/bench_budgets.py", "tools/bench_budget_step.py", "tools/bench_log.py",
+        "tools/bench_path.py", "tools/bench_engine.py", "tools/bench_manifests.py", "tools/rego_cost.py",
+        "tools/make_decision_sample.py"]
 
 
 def test_ruff() -> None:
