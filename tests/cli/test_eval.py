@@ -31,7 +31,7 @@ def test_explain_names_the_rule_that_made_each_reason_and_those_that_passed_it_o
     replica = _line(sql, '"code": "sql_not_replica"')
     tools_file = REGO / "tollgate" / "rules" / "tools" / "tools.rego"
     tools_rego = tools_file.read_text().splitlines()
-    dispatch = _line(tools_file, "in data.tollgate.arguments[entry.arguments.kind].deny")
+    dispatch = _line(tools_file, "in data.tollgate.arguments[kind].deny")
     tools = max(i for i, line in enumerate(tools_rego[:dispatch], 1) if line.startswith("deny contains"))
     lines = result.stdout.splitlines()
     assert lines[0].startswith("DENY  bundle=sha256:")

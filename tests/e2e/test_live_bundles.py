@@ -7,7 +7,6 @@ import itertools
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -196,10 +195,14 @@ def test_revision_switch_under_load_fails_no_request_and_attributes_every_decisi
     threads = [threading.Thread(target=client, args=(n,)) for n in range(len(answers))]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    # Enough requests on each side of the switch, counted rather than timed (a busy machine answers fewer a second).
+    wait_for(lambda: bool(errors) or all(len(a) >= 30 for a in answers), what="30 answers per client on v1")
     service.publish(make_bundle("v2"))
-    wait_for(lambda: all(a and a[-1].bundle_revision == "v2" for a in answers), what="every client on v2")
-    time.sleep(0.5)
+    wait_for(lambda: bool(errors) or all(a and a[-1].bundle_revision == "v2" for a in answers),
+             what="every client on v2")
+    on_v1 = [len(a) for a in answers]
+    wait_for(lambda: bool(errors) or all(len(a) >= n + 25 for a, n in zip(answers, on_v1, strict=True)),
+             what="25 more answers per client on v2")
     stop.set()
     for t in threads:
         t.join(20)

@@ -191,7 +191,9 @@ def test_https_with_a_private_ca_a_client_certificate_and_a_token_answers_as_emb
 @pytest.mark.parametrize(("case", "options", "why"), [
     ("system-trust-only", {"context": None}, "CERTIFICATE_VERIFY_FAILED"),
     ("another-ca", {"ca": "other_ca"}, "CERTIFICATE_VERIFY_FAILED"),
-    ("no-client-certificate", {"client": False}, "CERTIFICATE_REQUIRED"),
+    # TLS 1.3: the client finishes its handshake before the server checks for a certificate, so the refusal
+    # arrives as the server's alert or, when the server has already closed, as a reset: either way, no answer.
+    ("no-client-certificate", {"client": False}, "CERTIFICATE_REQUIRED|Connection reset by peer"),
     ("no-token", {"token": ""}, "HTTP 401"),
     ("wrong-token", {"token": "guessed"}, "HTTP 401"),
 ])
@@ -204,7 +206,7 @@ def test_what_does_not_verify_is_an_engine_error_never_an_unverified_answer(
 
     async def main(engine: RemoteOpaEngine) -> None:
         assert not await engine.healthy()
-        assert why in engine.unhealthy, engine.unhealthy
+        assert any(cause in engine.unhealthy for cause in why.split("|")), engine.unhealthy
         with pytest.raises(EngineError) as caught:
             await engine.evaluate_with_mask(_inputs()[0])
         assert caught.value.code == "engine_error"
