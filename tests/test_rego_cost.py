@@ -8,23 +8,19 @@ costs each request nothing. The sample is the commonest call: a read-only tool i
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import REGO
+from tests.conftest import REGO, ROOT
 from tollgate.bundle import load_bundle
 from tollgate.engine._opa import EmbeddedOpa
 
-SAMPLE: dict[str, Any] = {
-    "kind": "tool",
-    "tool": {"server": "github", "name": "get_pull_request", "arguments": {"repo": "payments-api", "number": 42}},
-    "principal": {"agent_id": "code-reviewer", "session_id": "s1"},
-    "now": "2026-12-02T00:00:00Z",
-    "state": {"killed": [], "spend": {}, "spend_month": {}},
-    "context": {},
-}
+sys.path.insert(0, str(ROOT / "tools"))  # tools/rego_cost.py measures the same request
+
+from rego_cost import SAMPLE
 
 # Measured on the restructured library (the library before it entered 72 rules and took 850 steps for the
 # decision); a little headroom so a new rule on another path does not trip it, none for a return to the old cost.
