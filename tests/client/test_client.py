@@ -28,6 +28,7 @@ from tollgate.client import (
     NotFound,
     Principal,
     SidecarUnavailable,
+    TollgateError,
     tool_request,
 )
 from tollgate.testing import capture
@@ -119,6 +120,23 @@ def test_async_client_answers_as_the_sync_one(server: Server) -> None:
 
     allow, deny, request_id = asyncio.run(run())
     assert allow.allowed and not deny.allowed and request_id == allow.request_id
+
+
+def test_async_client_reports_a_tool_result_once_as_the_sync_one_does(server: Server) -> None:
+    async def run() -> tuple[Decision, pb.ReportToolResultResponse, pb.ReportToolResultResponse]:
+        async with AsyncClient(server.address, timeout=10) as c:
+            allow = await c.authorize_tool(REVIEWER, "github", "get_pull_request", PR)
+            first = await c.report_tool_result("ok", decision_id=allow.decision_id, duration_ms=12)
+            again = await c.report_tool_result("ok", decision_id=allow.decision_id, duration_ms=12)
+            with pytest.raises(TollgateError, match="already"):
+                await c.report_tool_result("error", decision_id=allow.decision_id, duration_ms=12)
+            with pytest.raises(ValueError, match="result: must be one of ok, error, interrupted"):
+                await c.report_tool_result("fine", decision_id=allow.decision_id)
+            return allow, first, again
+
+    allow, first, again = asyncio.run(run())
+    assert (first.decision_id, first.duration_ms, first.unchanged) == (allow.decision_id, 12, False)
+    assert again.unchanged
 
 
 # Fail closed.

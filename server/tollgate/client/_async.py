@@ -13,7 +13,7 @@ import grpc
 
 from tollgate.client import _core
 from tollgate.client._errors import Denied, SidecarUnavailable, TollgateError
-from tollgate.client._outcome import OutcomeReceipt, outcome_request, to_receipt
+from tollgate.client._outcome import OutcomeReceipt, outcome_request, to_receipt, tool_result_request
 from tollgate.client._reservation import Reservation
 from tollgate.client._values import SIDECAR_UNAVAILABLE, TLS, ApprovalState, Decision, Principal, UsageReport
 from tollgate.net import Backoff
@@ -188,6 +188,17 @@ class AsyncClient:
         response = await self._unary(lambda t: self._stub.ReportOutcome(request, timeout=t, metadata=self._metadata),
                                      f"report the outcome of session {session_id}", timeout)
         return to_receipt(response)
+
+    async def report_tool_result(self, result: str, *, decision_id: str = "", request_id: str = "",
+                                 duration_ms: int | None = None, timeout: float | None = None
+                                 ) -> pb.ReportToolResultResponse:
+        """As Client.report_tool_result."""
+        request = tool_result_request(result, decision_id=decision_id, request_id=request_id,
+                                      duration_ms=duration_ms)
+        response: pb.ReportToolResultResponse = await self._unary(
+            lambda t: self._stub.ReportToolResult(request, timeout=t, metadata=self._metadata),
+            f"report the result of {decision_id or request_id}", timeout)
+        return response
 
     async def wait_for_approval(self, approval_id: str, timeout: float) -> ApprovalState:
         """As Client.wait_for_approval."""

@@ -37,6 +37,22 @@ def outcome_request(session_id: str, outcome: str, *, task_id: str = "", labels:
                                    labels=list(labels), summary=summary, replace=replace)
 
 
+#: What a tool call came to, as ReportToolResult takes it.
+TOOL_RESULTS = ("ok", "error", "interrupted")
+
+
+def tool_result_request(result: str, *, decision_id: str = "", request_id: str = "",
+                        duration_ms: int | None = None) -> pb.ReportToolResultRequest:
+    """The request; ValueError for a result that is not ok, error or interrupted."""
+    if result not in TOOL_RESULTS:
+        raise ValueError(f"result: must be one of {', '.join(TOOL_RESULTS)}, not {result!r}")
+    request = pb.ReportToolResultRequest(decision_id=decision_id, request_id=request_id,
+                                         result=pb.ToolResult.Value(f"TOOL_RESULT_{result.upper()}"))
+    if duration_ms is not None:
+        request.duration_ms = duration_ms
+    return request
+
+
 def to_receipt(response: pb.ReportOutcomeResponse) -> OutcomeReceipt:
     at = response.reported_at.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
     return OutcomeReceipt(session_id=response.session_id, task_id=response.task_id,

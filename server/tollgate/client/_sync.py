@@ -12,7 +12,7 @@ import grpc
 
 from tollgate.client import _core
 from tollgate.client._errors import Denied, SidecarUnavailable, TollgateError
-from tollgate.client._outcome import OutcomeReceipt, outcome_request, to_receipt
+from tollgate.client._outcome import OutcomeReceipt, outcome_request, to_receipt, tool_result_request
 from tollgate.client._reservation import Reservation
 from tollgate.client._values import SIDECAR_UNAVAILABLE, TLS, ApprovalState, Decision, Principal, UsageReport
 from tollgate.net import Backoff
@@ -193,10 +193,8 @@ class Client:
         """Say what became of a tool call this caller was answered for (by decision_id, or the request_id it asked
         under): "ok", "error" or "interrupted", and how long it ran (None: the sidecar measures from the decision).
         TollgateError (ALREADY_EXISTS) for a different result already reported; NotFound for no such decision."""
-        request = pb.ReportToolResultRequest(decision_id=decision_id, request_id=request_id,
-                                             result=pb.ToolResult.Value(f"TOOL_RESULT_{result.upper()}"))
-        if duration_ms is not None:
-            request.duration_ms = duration_ms
+        request = tool_result_request(result, decision_id=decision_id, request_id=request_id,
+                                      duration_ms=duration_ms)
         response: pb.ReportToolResultResponse = self._unary(
             lambda t: self._stub.ReportToolResult(request, timeout=t, metadata=self._metadata),
             f"report the result of {decision_id or request_id}", timeout)
