@@ -59,6 +59,25 @@ def test_bad_tls_and_identity_settings_name_the_key(overrides: dict[str, object]
         load_config(None, overrides)
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"reservation_ttl": 0}, "reservation_ttl: must be greater than 0 seconds"),
+    ({"budget_line": 0}, "budget_line: must be 1 or more"),
+    ({"budget_line_wait": 0}, "budget_line_wait: must be above 0 and at most 600 seconds, not 0"),
+    ({"budget_line_wait": float("nan")}, "budget_line_wait: must be above 0 and at most 600 seconds, not nan"),
+    ({"budget_line_wait": 601}, "budget_line_wait: must be above 0 and at most 600 seconds, not 601"),
+], ids=["ttl-zero", "line-zero", "wait-zero", "wait-nan", "wait-long"])
+def test_bad_budget_settings_name_the_key(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_the_budget_line_waits_budget_line_wait_not_the_store_timeout() -> None:
+    from tollgate.sidecar.state import _line
+
+    line = _line(load_config(None, {"budget_line_wait": 7, "state_store_timeout": 1}))
+    assert (line.max_waiting, line.max_wait) == (256, 7)
+
+
 def test_admin_identities_from_a_flag_are_comma_separated() -> None:
     config = load_config(None, {"admin_identities": "uid:0, spiffe://acme/ops/oncall"})
     assert config.admin_identity_list() == ["uid:0", "spiffe://acme/ops/oncall"]

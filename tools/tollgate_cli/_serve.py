@@ -59,6 +59,7 @@ def _field_help(name: str) -> str:
         "admin_token_file": "file holding the admin token",
         "reservation_ttl": "seconds a budget reservation holds its amount until usage is reported",
         "budget_line": "budget requests of one scope that may wait at this sidecar (past it: DENY scope_overloaded)",
+        "budget_line_wait": "seconds a budget request may wait in its scope's line (past it: DENY scope_overloaded)",
         "state_store": "postgresql:// URL of the state store a fleet shares (empty: SQLite in the data dir)",
         "state_store_timeout": "seconds a state-store call may take before the request is DENY state_unavailable",
         "state_store_password_file": "file holding the state store's password (its first line)",

@@ -20,6 +20,7 @@ from tollgate.contract import MAX_DEPTH
 from tollgate.decisionlog import ShippingConfig
 from tollgate.identity import CallerMap, CallerResolver, IdentityConfigError, TokenVerifier, valid_caller_id
 from tollgate.net import HttpOptions, ssl_context
+from tollgate.sidecar._budget_config import BudgetSettings
 from tollgate.sidecar._config_files import BUNDLE_HEADERS as _BUNDLE_HEADERS
 from tollgate.sidecar._config_files import ConfigError as ConfigError  # re-exported: every caller imports it from here
 from tollgate.sidecar._config_files import read_headers as _read_headers
@@ -39,9 +40,9 @@ def default_bundle() -> str:
 
 
 @dataclass(frozen=True)
-class ServeConfig(EngineSettings):
+class ServeConfig(BudgetSettings, EngineSettings):
     """Everything `tollgate serve` needs. Keys in the YAML file are these names (dashes also accepted); the engine's
-    are in EngineSettings (sidecar/_engine_config.py)."""
+    are in EngineSettings (sidecar/_engine_config.py), the budgets' in BudgetSettings (sidecar/_budget_config.py)."""
 
     #: gRPC address: HOST:PORT (port 0 picks a free one) or unix:PATH.
     listen: str = "127.0.0.1:50051"
@@ -113,11 +114,6 @@ class ServeConfig(EngineSettings):
     console_url: str = ""
     #: Deliveries of one notification before it is given up (dead); retries back off from 1 s to 5 min.
     notification_max_attempts: int = 12
-    #: How long a budget reservation holds its amount when no usage is reported, in seconds.
-    reservation_ttl: float = 900.0
-    #: Budget requests of one scope that may wait at this sidecar (past it, or after state_store_timeout in line,
-    #: DENY scope_overloaded); 256, so that a burst of 200 of one session is decided whole (tests/e2e).
-    budget_line: int = 256
     #: Where budgets, approvals, kill switches and the fleet registry live: "" is SQLite in data_dir (one
     #: sidecar); a postgresql://USER@HOST:PORT/DB URL is the store a fleet shares (libpq's query parameters, such
     #: as ?sslmode=verify-full, pass through; PGPASSFILE works as with psql).
@@ -225,6 +221,7 @@ class ServeConfig(EngineSettings):
 
     def validate(self) -> ServeConfig:
         self._validate_engine()
+        self._validate_budgets()
         if self.eval_timeout_ms <= 0:
             raise ConfigError("eval_timeout_ms: must be greater than 0")
         if self.workers < 0:
@@ -242,10 +239,6 @@ class ServeConfig(EngineSettings):
             raise ConfigError("max_concurrent_rpcs: must be 1 or more")
         if self.max_concurrent_streams < 1:
             raise ConfigError("max_concurrent_streams: must be 1 or more")
-        if self.reservation_ttl <= 0:
-            raise ConfigError("reservation_ttl: must be greater than 0 seconds")
-        if self.budget_line < 1:
-            raise ConfigError("budget_line: must be 1 or more")
         if self.bundle_poll <= 0:
             raise ConfigError("bundle_poll: must be greater than 0 seconds")
         if self.bundle_timeout <= 0:

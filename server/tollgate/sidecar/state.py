@@ -251,7 +251,7 @@ class InLine:
 
     def __init__(self, budgets: BudgetStore, *, locks: ScopeLocks | None = None) -> None:
         self._budgets = budgets
-        #: Bounded (config budget_line, and state_store_timeout of waiting): a full line is DENY scope_overloaded.
+        #: Bounded (budget_line waiting, each at most budget_line_wait seconds): past either, DENY scope_overloaded.
         self._locks = ScopeLocks() if locks is None else locks
 
     @contextlib.asynccontextmanager
@@ -275,8 +275,8 @@ class InLine:
 
 def _line(config: ServeConfig) -> ScopeLocks:
     """The budget steps' line per scope value in this process: at most budget_line waiting, each at most
-    state_store_timeout; past either the request is DENY scope_overloaded."""
-    return ScopeLocks(max_waiting=config.budget_line, max_wait=config.state_store_timeout)
+    budget_line_wait seconds; past either the request is DENY scope_overloaded."""
+    return ScopeLocks(max_waiting=config.budget_line, max_wait=config.budget_line_wait)
 
 
 def _sweep(budgets: BudgetStore, config: ServeConfig) -> Plugin:
