@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.pki import TestCA
 from tollgate.client import TLS, Client, Principal, TollgateError, tool_request
 from tollgate.v1 import approval_pb2, approval_pb2_grpc
 from tollgate.v1 import authorization_pb2 as pb
+from tollgate.v1 import authorization_pb2_grpc as pb_grpc
 from tollgate_cli._hook import read_event
 
 CONFIG = {"approver_groups": {"platform-leads": ["paula"]}}
@@ -124,15 +124,17 @@ def test_an_ask_let_run_at_the_keyboard_leaves_no_pending_approval_and_can_never
     assert answer["permissionDecision"] == "ask"
     assert "if you let the call run, the PostToolUse hook closes it" in answer["permissionDecisionReason"]
     approval_id = re.search(r"approval (apr_\S+) is needed", answer["permissionDecisionReason"]).group(1)  # type: ignore[union-attr]
-    watched: list[Any] = []
-    with Client(server.address, timeout=10) as client:  # a harness waiting on it sees it close
-        waiting = threading.Thread(target=lambda: watched.append(client.wait_for_approval(approval_id, 30)))
-        waiting.start()
-        time.sleep(0.5)
+    # A harness waiting on it sees it close: its stream has said "pending" before the result is reported.
+    waiting = pb_grpc.AuthorizationServiceStub(server.channel).WaitForApproval(
+        pb.WaitForApprovalRequest(approval_id=approval_id), timeout=40)
+    try:
+        assert next(waiting).status == "pending"
         report(server.address, "Bash", command, "toolu_deploy", session, tool_response={"stdout": "deployed"})
-        waiting.join(40)
-    assert watched and watched[0].status == "expired", watched
-    assert watched[0].reason == "answered at the keyboard in Claude Code; not decided in Tollgate"
+        closed = next(waiting)
+    finally:
+        waiting.cancel()
+    assert closed.status == "expired", closed
+    assert closed.reason == "answered at the keyboard in Claude Code; not decided in Tollgate"
     stub = approval_pb2_grpc.ApprovalServiceStub(server.channel)
     approval = stub.GetApproval(approval_pb2.GetApprovalRequest(id=approval_id), timeout=10,
                                 metadata=server.admin_metadata)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import eventually
 from tollgate.contract import ALLOW, DENY, PolicyResult, ReservePlan
 from tollgate.decision import SCOPE_OVERLOADED, BudgetGuard, Settlement
 from tollgate.state import LocalBudgets, ScopeLocks, StateStore
@@ -43,12 +44,13 @@ def _code(settled: Settlement) -> str:
 
 def test_a_full_line_denies_scope_overloaded_at_once_and_the_line_still_gets_through(tmp_path: Path) -> None:
     async def run() -> None:
-        guard = _guard(tmp_path, ScopeLocks(max_waiting=4))
+        locks = ScopeLocks(max_waiting=4)
+        guard = _guard(tmp_path, locks)
         release, entered = asyncio.Event(), asyncio.Event()
         first = asyncio.ensure_future(_decide(guard, HOT, before_settle=release, entered=entered))
         await entered.wait()
         waiting = [asyncio.ensure_future(_decide(guard, HOT)) for _ in range(4)]
-        await asyncio.sleep(0.05)  # the four are in line
+        await eventually(lambda: locks.waiting == 4, what="the four in line")
         # Past the line: answered while the holder still holds (no wait on the release below).
         over = await asyncio.wait_for(asyncio.gather(*(_decide(guard, HOT) for _ in range(8))), timeout=10)
         assert {(s.result.decision, _code(s)) for s in over} == {(DENY, SCOPE_OVERLOADED)}
@@ -117,12 +119,13 @@ def test_the_line_in_front_of_a_shared_store_is_bounded_too(pg_url: str) -> None
         try:
             budgets = PgBudgets(store)
             await budgets.start(upgrade=True)
-            guard = BudgetGuard(InLine(budgets, locks=ScopeLocks(max_waiting=2)))
+            locks = ScopeLocks(max_waiting=2)
+            guard = BudgetGuard(InLine(budgets, locks=locks))
             release, entered = asyncio.Event(), asyncio.Event()
             first = asyncio.ensure_future(_decide(guard, HOT, before_settle=release, entered=entered))
             await entered.wait()
             waiting = [asyncio.ensure_future(_decide(guard, HOT)) for _ in range(2)]
-            await asyncio.sleep(0.05)
+            await eventually(lambda: locks.waiting == 2, what="the two in line")
             over = await asyncio.wait_for(_decide(guard, HOT), timeout=10)
             assert (over.result.decision, _code(over)) == (DENY, SCOPE_OVERLOADED)
             assert (await asyncio.wait_for(_decide(guard, COLD), timeout=10)).result.decision == ALLOW

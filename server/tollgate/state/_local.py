@@ -138,6 +138,11 @@ class ScopeLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
+    @property
+    def waiting(self) -> int:
+        """Holds waiting for a lock now (every user of a lock but the one holding it)."""
+        return sum(entry.users - entry.lock.locked() for entry in self._locks.values())
+
     @contextlib.asynccontextmanager
     async def held(self, scopes: Mapping[str, str]) -> AsyncIterator[None]:
         """Hold every (scope, value) lock of scopes until the block ends (ScopeOverloaded: none held)."""
